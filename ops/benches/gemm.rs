@@ -1,0 +1,89 @@
+//! Compares the two pure-Rust SGEMMs on the shapes W1 runs (row-major, 2 threads):
+//! `gemm` (rayon) against `matrixmultiply` (ndarray's default, with its threading feature).
+//!
+//!     cargo bench -p kallista-ops --bench gemm
+use std::time::Instant;
+
+fn time_it(mut f: impl FnMut(), reps: usize) -> f64 {
+    f();
+    let mut best = f64::MAX;
+    for _ in 0..reps {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    best
+}
+
+fn main() {
+    std::env::set_var("MMTHREADS", "2");
+    let shapes = [
+        (512usize, 2048usize, 1024usize, "video x@W (B*T x F x 4u)"),
+        (2048, 1024, 512, "video dW = X^T dZ"),
+        (32, 1024, 256, "recurrent h@U"),
+        (256, 1024, 256, "recurrent dU slice"),
+        (4096, 1024, 2048, "infer x@W B=256"),
+        (512, 512, 512, "square 512"),
+    ];
+    println!("{:<28} {:>10} {:>10} {:>10}", "shape", "gemm-1t", "gemm-2t", "mmul-2t");
+    for (m, k, n, name) in shapes {
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 * 0.01).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 11) as f32 * 0.01).collect();
+        let mut c = vec![0f32; m * n];
+        let flops = 2.0 * (m * k * n) as f64;
+        let reps = (2e10 / flops).clamp(3.0, 200.0) as usize;
+        let mut run_gemm = |par| {
+            time_it(
+                || unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        c.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        a.as_ptr(),
+                        1,
+                        k as isize,
+                        b.as_ptr(),
+                        1,
+                        n as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        par,
+                    )
+                },
+                reps,
+            )
+        };
+        let g1 = run_gemm(gemm::Parallelism::None);
+        let g2 = run_gemm(gemm::Parallelism::Rayon(2));
+        let mm = time_it(
+            || unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    a.as_ptr(),
+                    k as isize,
+                    1,
+                    b.as_ptr(),
+                    n as isize,
+                    1,
+                    0.0,
+                    c.as_mut_ptr(),
+                    n as isize,
+                    1,
+                )
+            },
+            reps,
+        );
+        let gf = |t: f64| flops / t / 1e9;
+        println!("{:<28} {:>10.1} {:>10.1} {:>10.1}   GFLOP/s ({m}x{k}x{n})", name, gf(g1), gf(g2), gf(mm));
+    }
+}

@@ -1,0 +1,232 @@
+//! The LSTM over a whole sequence as one op (Keras layout and gate order
+//! i, f, c, o; sigmoid gates, tanh cell activation).
+//!
+//! Forward: one GEMM projects all time steps (`x·kernel + bias`), then each
+//! step adds `h_{t-1}·recurrent_kernel` and applies the gates. Backward:
+//! back-propagation through time fills `dZ` step by step (one small GEMM per
+//! step for `dh_{t-1}`), and the weight gradients are then single large GEMMs
+//! over all steps. Masked steps (padding) carry `h` and `c` unchanged, and
+//! their output repeats the previous one, as Keras does.
+
+use super::tape::{Backward, Gradients, Tape, Var};
+use super::Mask;
+use crate::backend::{math, MatMut, MatRef};
+use crate::error::{OpsError, Result};
+use crate::tensor::Tensor;
+
+/// Options of [`lstm`].
+#[derive(Clone, Debug, Default)]
+pub struct LstmOptions {
+    /// Return `[B, T, u]` (all steps) instead of `[B, u]` (last step).
+    pub return_sequences: bool,
+    /// `[B * T]` valid-step mask.
+    pub mask: Option<Mask>,
+}
+
+/// LSTM forward over `x: [B, T, I]` with `kernel: [I, 4u]`, `recurrent: [u, 4u]`, `bias: [4u]`.
+pub fn lstm(tape: &mut Tape, x: Var, kernel: Var, recurrent: Var, bias: Option<Var>, opts: LstmOptions) -> Result<Var> {
+    let xs = tape.shape(x).to_vec();
+    let ks = tape.shape(kernel).to_vec();
+    let rs = tape.shape(recurrent).to_vec();
+    if xs.len() != 3 || ks.len() != 2 || rs.len() != 2 || ks[0] != xs[2] || rs[1] != ks[1] || rs[1] != 4 * rs[0] {
+        return Err(OpsError::shape("lstm", "x [B,T,I], kernel [I,4u], recurrent_kernel [u,4u]", &[&xs, &ks, &rs]));
+    }
+    let (b, t, i, u) = (xs[0], xs[1], xs[2], rs[0]);
+    let g4 = 4 * u;
+    if let Some(bv) = bias {
+        if tape.shape(bv) != [g4] {
+            return Err(OpsError::shape("lstm", "bias must be [4u]", &[&[g4], tape.shape(bv)]));
+        }
+    }
+    if let Some(m) = &opts.mask {
+        if m.len() != b * t {
+            return Err(OpsError::shape("lstm", "mask must be [B, T]", &[&[b, t], &[m.len()]]));
+        }
+    }
+    let be = tape.backend();
+    // Z = X·K + bias for all steps at once; rows are (batch, step), batch-major.
+    let mut gates = vec![0.0; b * t * g4];
+    if let Some(bv) = bias {
+        let bd = tape.value(bv).data();
+        gates.chunks_mut(g4).for_each(|r| r.copy_from_slice(bd));
+    }
+    be.matmul(
+        MatRef::dense(tape.value(x).data(), b * t, i),
+        MatRef::dense(tape.value(kernel).data(), i, g4),
+        MatMut::dense(&mut gates, b * t, g4),
+        bias.is_some(),
+    )?;
+    let rk = tape.value(recurrent).data();
+    // hprev[(b, t)] = h_{t-1}; c[(b, t)] = c_t; tc = tanh(c_t).
+    let mut hprev = vec![0.0; b * t * u];
+    let mut cs = vec![0.0; b * t * u];
+    let mut tc = vec![0.0; b * t * u];
+    let mut h_last = vec![0.0; b * u];
+    let mut h_new = vec![0.0; u];
+    for step in 0..t {
+        if step > 0 {
+            be.matmul(
+                MatRef { data: &hprev, offset: step * u, rows: b, cols: u, row_stride: t * u, col_stride: 1 },
+                MatRef::dense(rk, u, g4),
+                MatMut { data: &mut gates, offset: step * g4, rows: b, cols: g4, row_stride: t * g4, col_stride: 1 },
+                true,
+            )?;
+        }
+        for row in 0..b {
+            let r = row * t + step;
+            let z = &mut gates[r * g4..(r + 1) * g4];
+            math::sigmoid_inplace(&mut z[..2 * u]);
+            math::tanh_inplace(&mut z[2 * u..3 * u]);
+            math::sigmoid_inplace(&mut z[3 * u..]);
+            let valid = opts.mask.as_ref().is_none_or(|m| m[r]);
+            let (before, rest) = cs.split_at_mut(r * u);
+            let c_now = &mut rest[..u];
+            let c_prev: Option<&[f32]> = if step > 0 { Some(&before[(r - 1) * u..r * u]) } else { None };
+            if valid {
+                for k in 0..u {
+                    let cp = c_prev.map_or(0.0, |c| c[k]);
+                    c_now[k] = z[u + k] * cp + z[k] * z[2 * u + k];
+                }
+            } else {
+                match c_prev {
+                    Some(cp) => c_now.copy_from_slice(cp),
+                    None => c_now.fill(0.0),
+                }
+            }
+            let tcr = &mut tc[r * u..(r + 1) * u];
+            tcr.copy_from_slice(c_now);
+            math::tanh_inplace(tcr);
+            if valid {
+                for k in 0..u {
+                    h_new[k] = z[3 * u + k] * tcr[k];
+                }
+            } else {
+                h_new.copy_from_slice(&hprev[r * u..(r + 1) * u]);
+            }
+            if step + 1 < t {
+                hprev[(r + 1) * u..(r + 2) * u].copy_from_slice(&h_new);
+            } else {
+                h_last[row * u..(row + 1) * u].copy_from_slice(&h_new);
+            }
+        }
+    }
+    let out = if opts.return_sequences {
+        let mut y = vec![0.0; b * t * u];
+        for row in 0..b {
+            for step in 0..t {
+                let r = row * t + step;
+                let src = if step + 1 < t { &hprev[(r + 1) * u..(r + 2) * u] } else { &h_last[row * u..(row + 1) * u] };
+                y[r * u..(r + 1) * u].copy_from_slice(src);
+            }
+        }
+        Tensor::new(&[b, t, u], y)?
+    } else {
+        Tensor::new(&[b, u], h_last)?
+    };
+    let rule = LstmBackward { x, kernel, recurrent, bias, opts, dims: (b, t, i, u), gates, cs, tc, hprev };
+    Ok(tape.push(out, Box::new(rule)))
+}
+
+struct LstmBackward {
+    x: Var,
+    kernel: Var,
+    recurrent: Var,
+    bias: Option<Var>,
+    opts: LstmOptions,
+    dims: (usize, usize, usize, usize),
+    gates: Vec<f32>,
+    cs: Vec<f32>,
+    tc: Vec<f32>,
+    hprev: Vec<f32>,
+}
+
+impl Backward for LstmBackward {
+    fn name(&self) -> &'static str {
+        "lstm"
+    }
+    fn inputs(&self) -> Vec<Var> {
+        let mut v = vec![self.x, self.kernel, self.recurrent];
+        v.extend(self.bias);
+        v
+    }
+    fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
+        let (b, t, i, u) = self.dims;
+        let g4 = 4 * u;
+        let be = tape.backend();
+        let rk = tape.value(self.recurrent).data();
+        let mut dz = vec![0.0; b * t * g4];
+        let mut dh = if self.opts.return_sequences { vec![0.0; b * u] } else { dy.to_vec() };
+        let mut dc = vec![0.0; b * u];
+        let mut dh_next = vec![0.0; b * u];
+        for step in (0..t).rev() {
+            if self.opts.return_sequences {
+                for row in 0..b {
+                    let src = &dy[(row * t + step) * u..(row * t + step + 1) * u];
+                    dh[row * u..(row + 1) * u].iter_mut().zip(src).for_each(|(a, g)| *a += g);
+                }
+            }
+            for row in 0..b {
+                let r = row * t + step;
+                if !self.opts.mask.as_ref().is_none_or(|m| m[r]) {
+                    continue; // carried state: dh and dc pass through unchanged
+                }
+                let z = &self.gates[r * g4..(r + 1) * g4];
+                let tcr = &self.tc[r * u..(r + 1) * u];
+                let dzr = &mut dz[r * g4..(r + 1) * g4];
+                let dhr = &dh[row * u..(row + 1) * u];
+                let dcr = &mut dc[row * u..(row + 1) * u];
+                for k in 0..u {
+                    let (ig, fg, gg, og) = (z[k], z[u + k], z[2 * u + k], z[3 * u + k]);
+                    let cp = if step > 0 { self.cs[(r - 1) * u + k] } else { 0.0 };
+                    let dcn = dcr[k] + dhr[k] * og * (1.0 - tcr[k] * tcr[k]);
+                    dzr[k] = dcn * gg * ig * (1.0 - ig);
+                    dzr[u + k] = dcn * cp * fg * (1.0 - fg);
+                    dzr[2 * u + k] = dcn * ig * (1.0 - gg * gg);
+                    dzr[3 * u + k] = dhr[k] * tcr[k] * og * (1.0 - og);
+                    dcr[k] = dcn * fg;
+                }
+            }
+            if step == 0 {
+                break;
+            }
+            // dh_{t-1} = dZ_t · U^T for valid rows; masked rows carry dh.
+            be.matmul(
+                MatRef { data: &dz, offset: step * g4, rows: b, cols: g4, row_stride: t * g4, col_stride: 1 },
+                MatRef::dense(rk, u, g4).t(),
+                MatMut::dense(&mut dh_next, b, u),
+                false,
+            )?;
+            if let Some(m) = &self.opts.mask {
+                for row in 0..b {
+                    if !m[row * t + step] {
+                        dh_next[row * u..(row + 1) * u].copy_from_slice(&dh[row * u..(row + 1) * u]);
+                    }
+                }
+            }
+            std::mem::swap(&mut dh, &mut dh_next);
+        }
+        let dz_m = MatRef::dense(&dz, b * t, g4);
+        if let Some(dk) = grads.slot(self.kernel, i * g4) {
+            be.matmul(MatRef::dense(tape.value(self.x).data(), b * t, i).t(), dz_m, MatMut::dense(dk, i, g4), true)?;
+        }
+        if let Some(du) = grads.slot(self.recurrent, u * g4) {
+            be.matmul(MatRef::dense(&self.hprev, b * t, u).t(), dz_m, MatMut::dense(du, u, g4), true)?;
+        }
+        if let Some(bv) = self.bias {
+            if let Some(db) = grads.slot(bv, g4) {
+                for r in dz.chunks(g4) {
+                    db.iter_mut().zip(r).for_each(|(a, g)| *a += g);
+                }
+            }
+        }
+        if let Some(dx) = grads.slot(self.x, b * t * i) {
+            be.matmul(
+                dz_m,
+                MatRef::dense(tape.value(self.kernel).data(), i, g4).t(),
+                MatMut::dense(dx, b * t, i),
+                true,
+            )?;
+        }
+        Ok(())
+    }
+}

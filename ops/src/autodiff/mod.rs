@@ -1,0 +1,33 @@
+//! Reverse-mode automatic differentiation on an eager tape.
+//!
+//! Each op runs its forward kernel at once, pushes its output on the [`Tape`]
+//! and records a [`Backward`] rule next to it (in the same file: forward and
+//! backward side by side). [`Tape::backward`] walks the tape in reverse and
+//! returns a [`Gradients`] store. Only values that depend on a leaf created
+//! with `requires_grad` get a gradient: data inputs and frozen weights cost
+//! nothing in the backward pass.
+//!
+//! Recurrent layers are single fused ops over the whole sequence (as cuDNN
+//! does): the input projection of all time steps is one GEMM, and so are the
+//! weight gradients after back-propagation through time.
+
+mod activation;
+mod embedding;
+mod gru;
+mod linear;
+mod loss;
+mod lstm;
+mod shape;
+mod tape;
+
+pub use activation::activation;
+pub use embedding::embedding;
+pub use gru::{gru, GruOptions};
+pub use linear::{add, dense, dropout, weighted_sum};
+pub use loss::{binary_crossentropy, categorical_crossentropy, mean_squared_error, sparse_categorical_crossentropy};
+pub use lstm::{lstm, LstmOptions};
+pub use shape::{concat_last, reshape};
+pub use tape::{Backward, Gradients, Tape, Var};
+
+/// A `[batch, time]` mask of valid time steps (true = keep), from an Embedding with `mask_zero`.
+pub type Mask = std::sync::Arc<Vec<bool>>;

@@ -1,0 +1,88 @@
+//! Shape ops: `reshape` and `concat_last` (concatenation on the last axis).
+
+use super::tape::{Backward, Gradients, Tape, Var};
+use crate::error::{OpsError, Result};
+
+/// The same values under a new shape with as many elements.
+pub fn reshape(tape: &mut Tape, x: Var, shape: &[usize]) -> Result<Var> {
+    let y = tape.value(x).reshape(shape)?;
+    Ok(tape.push(y, Box::new(ReshapeBackward { x })))
+}
+
+struct ReshapeBackward {
+    x: Var,
+}
+
+impl Backward for ReshapeBackward {
+    fn name(&self) -> &'static str {
+        "reshape"
+    }
+    fn inputs(&self) -> Vec<Var> {
+        vec![self.x]
+    }
+    fn backward(&self, _tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
+        grads.accumulate(self.x, dy.to_vec());
+        Ok(())
+    }
+}
+
+/// Concatenates on the last axis; all leading dimensions must agree.
+pub fn concat_last(tape: &mut Tape, xs: &[Var]) -> Result<Var> {
+    if xs.is_empty() {
+        return Err(OpsError::shape("concatenate", "needs at least one input", &[]));
+    }
+    let lead = tape.shape(xs[0])[..tape.shape(xs[0]).len() - 1].to_vec();
+    let mut widths = Vec::with_capacity(xs.len());
+    for &x in xs {
+        let s = tape.shape(x);
+        if s.len() != lead.len() + 1 || s[..lead.len()] != lead[..] {
+            let shapes: Vec<&[usize]> = xs.iter().map(|v| tape.shape(*v)).collect();
+            return Err(OpsError::shape("concatenate", "all dimensions but the last must agree", &shapes));
+        }
+        widths.push(s[lead.len()]);
+    }
+    let rows: usize = lead.iter().product();
+    let total: usize = widths.iter().sum();
+    let mut y = vec![0.0; rows * total];
+    let mut off = 0;
+    for (&x, &w) in xs.iter().zip(&widths) {
+        let src = tape.value(x).data();
+        for r in 0..rows {
+            y[r * total + off..r * total + off + w].copy_from_slice(&src[r * w..(r + 1) * w]);
+        }
+        off += w;
+    }
+    let mut shape = lead;
+    shape.push(total);
+    let t = crate::tensor::Tensor::new(&shape, y)?;
+    Ok(tape.push(t, Box::new(ConcatBackward { xs: xs.to_vec(), widths, rows })))
+}
+
+struct ConcatBackward {
+    xs: Vec<Var>,
+    widths: Vec<usize>,
+    rows: usize,
+}
+
+impl Backward for ConcatBackward {
+    fn name(&self) -> &'static str {
+        "concatenate"
+    }
+    fn inputs(&self) -> Vec<Var> {
+        self.xs.clone()
+    }
+    fn backward(&self, _tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
+        let total: usize = self.widths.iter().sum();
+        let mut off = 0;
+        for (&x, &w) in self.xs.iter().zip(&self.widths) {
+            if let Some(dx) = grads.slot(x, self.rows * w) {
+                for r in 0..self.rows {
+                    let src = &dy[r * total + off..r * total + off + w];
+                    dx[r * w..(r + 1) * w].iter_mut().zip(src).for_each(|(a, b)| *a += b);
+                }
+            }
+            off += w;
+        }
+        Ok(())
+    }
+}

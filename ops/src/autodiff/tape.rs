@@ -1,0 +1,162 @@
+//! The tape: values in creation order, each with the rule that back-propagates
+//! through the op that made it.
+
+use crate::backend::{cpu_backend, Backend};
+use crate::error::Result;
+use crate::tensor::Tensor;
+use std::sync::Arc;
+
+/// A handle to a value on a [`Tape`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Var(pub(crate) usize);
+
+/// The backward rule of one op. Contract: `backward` adds the op's
+/// contribution to the gradient of each input that `grads.wants`, given the
+/// gradient `grad_out` of the op's output; it never overwrites other
+/// contributions.
+pub trait Backward: Send + Sync {
+    /// Op name for error messages.
+    fn name(&self) -> &'static str;
+    /// The vars this op read.
+    fn inputs(&self) -> Vec<Var>;
+    /// Accumulates input gradients.
+    fn backward(&self, tape: &Tape, out: Var, grad_out: &[f32], grads: &mut Gradients) -> Result<()>;
+}
+
+struct Node {
+    value: Tensor,
+    requires_grad: bool,
+    rule: Option<Box<dyn Backward>>,
+}
+
+/// An eager autodiff tape.
+pub struct Tape {
+    nodes: Vec<Node>,
+    backend: Arc<dyn Backend>,
+}
+
+impl Default for Tape {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Tape {
+    /// A tape on the CPU backend.
+    pub fn new() -> Self {
+        Tape { nodes: Vec::new(), backend: cpu_backend() }
+    }
+
+    /// A tape whose ops run on `backend`.
+    pub fn with_backend(backend: Arc<dyn Backend>) -> Self {
+        Tape { nodes: Vec::new(), backend }
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    /// A leaf; `requires_grad` makes [`Tape::backward`] return its gradient.
+    pub fn leaf(&mut self, value: Tensor, requires_grad: bool) -> Var {
+        self.nodes.push(Node { value, requires_grad, rule: None });
+        Var(self.nodes.len() - 1)
+    }
+
+    /// Records an op's output. It requires a gradient iff one of the rule's inputs does.
+    pub fn push(&mut self, value: Tensor, rule: Box<dyn Backward>) -> Var {
+        let requires_grad = rule.inputs().iter().any(|v| self.nodes[v.0].requires_grad);
+        let rule = if requires_grad { Some(rule) } else { None };
+        self.nodes.push(Node { value, requires_grad, rule });
+        Var(self.nodes.len() - 1)
+    }
+
+    pub fn value(&self, v: Var) -> &Tensor {
+        &self.nodes[v.0].value
+    }
+
+    pub fn shape(&self, v: Var) -> &[usize] {
+        self.nodes[v.0].value.shape()
+    }
+
+    pub fn requires_grad(&self, v: Var) -> bool {
+        self.nodes[v.0].requires_grad
+    }
+
+    /// Number of values recorded.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Back-propagates from `root` with seed gradient `seed` (same shape as `root`;
+    /// for a scalar loss, `[1.0]`).
+    pub fn backward_with(&self, root: Var, seed: Vec<f32>) -> Result<Gradients> {
+        let mut grads = Gradients {
+            slots: vec![None; root.0 + 1],
+            wants: self.nodes[..=root.0].iter().map(|n| n.requires_grad).collect(),
+        };
+        if !self.nodes[root.0].requires_grad {
+            return Ok(grads);
+        }
+        grads.slots[root.0] = Some(seed);
+        for i in (0..=root.0).rev() {
+            let Some(rule) = &self.nodes[i].rule else { continue };
+            let Some(g) = grads.slots[i].take() else { continue };
+            rule.backward(self, Var(i), &g, &mut grads)?;
+            grads.slots[i] = Some(g);
+        }
+        Ok(grads)
+    }
+
+    /// Back-propagates from a scalar `root`.
+    pub fn backward(&self, root: Var) -> Result<Gradients> {
+        let n = self.value(root).len();
+        self.backward_with(root, vec![1.0; n])
+    }
+}
+
+/// Gradients from one backward pass, indexed by [`Var`].
+pub struct Gradients {
+    slots: Vec<Option<Vec<f32>>>,
+    wants: Vec<bool>,
+}
+
+impl Gradients {
+    /// Whether `v` takes a gradient (it depends on a `requires_grad` leaf).
+    pub fn wants(&self, v: Var) -> bool {
+        self.wants.get(v.0).copied().unwrap_or(false)
+    }
+
+    /// The accumulator of `v`, zero-filled to `len` on first use; `None` if `v` needs no gradient.
+    pub fn slot(&mut self, v: Var, len: usize) -> Option<&mut [f32]> {
+        if !self.wants(v) {
+            return None;
+        }
+        let s = self.slots[v.0].get_or_insert_with(|| vec![0.0; len]);
+        Some(s.as_mut_slice())
+    }
+
+    /// Adds `g` into `v`'s gradient (moves it in when it is the first contribution).
+    pub fn accumulate(&mut self, v: Var, g: Vec<f32>) {
+        if !self.wants(v) {
+            return;
+        }
+        match &mut self.slots[v.0] {
+            Some(s) => s.iter_mut().zip(&g).for_each(|(a, b)| *a += b),
+            slot @ None => *slot = Some(g),
+        }
+    }
+
+    /// The gradient of `v` (None if nothing flowed into it).
+    pub fn get(&self, v: Var) -> Option<&[f32]> {
+        self.slots.get(v.0).and_then(|s| s.as_deref())
+    }
+
+    /// Takes the gradient of `v` out of the store.
+    pub fn take(&mut self, v: Var) -> Option<Vec<f32>> {
+        self.slots.get_mut(v.0).and_then(|s| s.take())
+    }
+}

@@ -1,0 +1,189 @@
+//! The CPU backend: `gemm` (pure-Rust SGEMM, chosen over ndarray's
+//! `matrixmultiply` by `benches/gemm.rs`) and vectorised activation kernels.
+//!
+//! Threading: a GEMM uses the rayon pool when it is big enough to pay for the
+//! fork/join, except inside [`with_single_threaded_kernels`], which the model
+//! uses when it already runs one batch shard per thread.
+
+use super::{math, Activation, Backend, MatMut, MatRef};
+use crate::error::{OpsError, Result};
+use std::cell::Cell;
+
+/// The CPU backend (stateless; see [`super::cpu_backend`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuBackend;
+
+thread_local! {
+    static SINGLE_THREADED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with this thread's kernels kept on this thread (no nested parallelism).
+pub fn with_single_threaded_kernels<R>(f: impl FnOnce() -> R) -> R {
+    let before = SINGLE_THREADED.with(|s| s.replace(true));
+    let out = f();
+    SINGLE_THREADED.with(|s| s.set(before));
+    out
+}
+
+/// Below this many multiply-adds a GEMM runs on one thread.
+const PARALLEL_MIN_MACS: usize = 4 << 20;
+
+fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || SINGLE_THREADED.with(|s| s.get()) || m * n * k < PARALLEL_MIN_MACS {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(threads)
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn matmul(&self, a: MatRef<'_>, b: MatRef<'_>, c: MatMut<'_>, accumulate: bool) -> Result<()> {
+        let (m, k, n) = (a.rows, a.cols, b.cols);
+        if b.rows != k || c.rows != m || c.cols != n {
+            return Err(OpsError::shape(
+                "matmul",
+                "inner or outer dimensions differ",
+                &[&[a.rows, a.cols], &[b.rows, b.cols], &[c.rows, c.cols]],
+            ));
+        }
+        if !a.in_bounds() || !b.in_bounds() || !c.in_bounds() {
+            return Err(OpsError::shape("matmul", "a strided view reaches past its buffer", &[&[m, k], &[k, n]]));
+        }
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        if k == 0 {
+            if !accumulate {
+                for i in 0..m {
+                    for j in 0..n {
+                        c.data[c.offset + i * c.row_stride + j * c.col_stride] = 0.0;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        // SAFETY: all three views were bounds-checked above; `c` is borrowed mutably and
+        // cannot alias `a` or `b`.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.data.as_mut_ptr().add(c.offset),
+                c.col_stride as isize,
+                c.row_stride as isize,
+                accumulate,
+                a.data.as_ptr().add(a.offset),
+                a.col_stride as isize,
+                a.row_stride as isize,
+                b.data.as_ptr().add(b.offset),
+                b.col_stride as isize,
+                b.row_stride as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism(m, n, k),
+            );
+        }
+        Ok(())
+    }
+
+    fn activation_forward(&self, act: Activation, x: &mut [f32], cols: usize) -> Result<()> {
+        check_rows("activation_forward", x.len(), cols)?;
+        match act {
+            Activation::Linear => {}
+            Activation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Activation::Sigmoid => math::sigmoid_inplace(x),
+            Activation::Tanh => math::tanh_inplace(x),
+            Activation::Gelu => x.iter_mut().for_each(|v| *v = math::gelu(*v)),
+            Activation::Softmax => x.chunks_mut(cols).for_each(math::softmax_row),
+        }
+        Ok(())
+    }
+
+    fn activation_backward(&self, act: Activation, x: &[f32], y: &[f32], dy: &mut [f32], cols: usize) -> Result<()> {
+        check_rows("activation_backward", dy.len(), cols)?;
+        if y.len() != dy.len() || (act == Activation::Gelu && x.len() != dy.len()) {
+            return Err(OpsError::shape(
+                "activation_backward",
+                "gradient and value sizes differ",
+                &[&[y.len()], &[dy.len()]],
+            ));
+        }
+        match act {
+            Activation::Linear => {}
+            Activation::Relu => dy.iter_mut().zip(y).for_each(|(g, &y)| {
+                if y <= 0.0 {
+                    *g = 0.0
+                }
+            }),
+            Activation::Sigmoid => dy.iter_mut().zip(y).for_each(|(g, &y)| *g *= y * (1.0 - y)),
+            Activation::Tanh => dy.iter_mut().zip(y).for_each(|(g, &y)| *g *= 1.0 - y * y),
+            Activation::Gelu => dy.iter_mut().zip(x).for_each(|(g, &x)| *g *= math::gelu_grad(x)),
+            Activation::Softmax => {
+                for (g, y) in dy.chunks_mut(cols).zip(y.chunks(cols)) {
+                    let dot: f32 = g.iter().zip(y).map(|(a, b)| a * b).sum();
+                    g.iter_mut().zip(y).for_each(|(g, &y)| *g = y * (*g - dot));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_rows(op: &str, len: usize, cols: usize) -> Result<()> {
+    if cols == 0 || len % cols != 0 {
+        return Err(OpsError::shape(op, format!("{len} values are not rows of {cols}"), &[&[len], &[cols]]));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn matmul_matches_naive_including_transposed_views() {
+        let (m, k, n) = (7, 5, 3);
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
+        let want = naive(&a, &b, m, k, n);
+        let mut c = vec![0.0; m * n];
+        CpuBackend
+            .matmul(MatRef::dense(&a, m, k), MatRef::dense(&b, k, n), MatMut::dense(&mut c, m, n), false)
+            .unwrap();
+        for (x, y) in c.iter().zip(&want) {
+            assert!((x - y).abs() < 1e-5);
+        }
+        // (b^T a^T)^T == a b: compute c^T = b^T a^T through transposed views.
+        let mut ct = vec![0.0; n * m];
+        CpuBackend
+            .matmul(MatRef::dense(&b, k, n).t(), MatRef::dense(&a, m, k).t(), MatMut::dense(&mut ct, n, m), false)
+            .unwrap();
+        for i in 0..m {
+            for j in 0..n {
+                assert!((ct[j * m + i] - want[i * n + j]).abs() < 1e-5);
+            }
+        }
+        // accumulate adds onto c
+        CpuBackend.matmul(MatRef::dense(&a, m, k), MatRef::dense(&b, k, n), MatMut::dense(&mut c, m, n), true).unwrap();
+        assert!((c[0] - 2.0 * want[0]).abs() < 1e-5);
+    }
+}

@@ -1,0 +1,179 @@
+//! The one place that dispatches between CPU and CUDA.
+//!
+//! Ops call kernels through [`Backend`]; nothing else in the crate asks which
+//! device it runs on. [`backend_for`] returns the CPU backend, or the CUDA one
+//! when the crate is built with feature `cuda` (until then a typed
+//! [`OpsError::NotCompiledWithCuda`]).
+
+mod cpu;
+mod cuda;
+pub mod math;
+
+pub use cpu::{with_single_threaded_kernels, CpuBackend};
+
+use crate::error::{OpsError, Result};
+use std::sync::Arc;
+
+/// Where tensors live and kernels run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda(usize),
+}
+
+/// A read-only strided matrix inside a flat buffer: element `(i, j)` is
+/// `data[offset + i * row_stride + j * col_stride]`. A transpose swaps the strides.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub offset: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+/// A writable strided matrix, as [`MatRef`].
+#[derive(Debug)]
+pub struct MatMut<'a> {
+    pub data: &'a mut [f32],
+    pub offset: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A dense row-major `rows x cols` matrix at the start of `data`.
+    pub fn dense(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        MatRef { data, offset: 0, rows, cols, row_stride: cols, col_stride: 1 }
+    }
+
+    /// The transpose (no copy).
+    pub fn t(self) -> Self {
+        MatRef { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
+    }
+
+    fn last_index(&self) -> usize {
+        if self.rows == 0 || self.cols == 0 {
+            return self.offset;
+        }
+        self.offset + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
+    }
+
+    pub(crate) fn in_bounds(&self) -> bool {
+        self.rows == 0 || self.cols == 0 || self.last_index() < self.data.len()
+    }
+}
+
+impl<'a> MatMut<'a> {
+    /// A dense row-major `rows x cols` matrix at the start of `data`.
+    pub fn dense(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
+        MatMut { data, offset: 0, rows, cols, row_stride: cols, col_stride: 1 }
+    }
+
+    pub(crate) fn in_bounds(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || self.offset + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < self.data.len()
+    }
+}
+
+/// Elementwise activations with a closed-form derivative.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    Linear,
+    Relu,
+    Sigmoid,
+    Tanh,
+    Softmax,
+    Gelu,
+}
+
+impl Activation {
+    /// The Keras name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Linear => "linear",
+            Activation::Relu => "relu",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Tanh => "tanh",
+            Activation::Softmax => "softmax",
+            Activation::Gelu => "gelu",
+        }
+    }
+
+    /// Parses a Keras activation name.
+    pub fn from_name(name: &str) -> Result<Self> {
+        Ok(match name {
+            "linear" | "None" | "" => Activation::Linear,
+            "relu" => Activation::Relu,
+            "sigmoid" => Activation::Sigmoid,
+            "tanh" => Activation::Tanh,
+            "softmax" => Activation::Softmax,
+            "gelu" => Activation::Gelu,
+            other => {
+                return Err(OpsError::Config(format!(
+                    "unknown activation '{other}' (expected linear, relu, sigmoid, tanh, softmax or gelu)"
+                )))
+            }
+        })
+    }
+}
+
+/// Compute kernels on one device. Contract: every method validates that its
+/// views lie inside their buffers and returns a typed error otherwise; results
+/// are deterministic for the same inputs and thread count.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Short name, e.g. `"cpu"`.
+    fn name(&self) -> &'static str;
+
+    /// `c = a · b` (or `c += a · b` when `accumulate`), with `a: m x k`, `b: k x n`, `c: m x n`.
+    fn matmul(&self, a: MatRef<'_>, b: MatRef<'_>, c: MatMut<'_>, accumulate: bool) -> Result<()>;
+
+    /// Applies `act` in place to `x`, viewed as rows of `cols` elements (softmax is per row).
+    fn activation_forward(&self, act: Activation, x: &mut [f32], cols: usize) -> Result<()>;
+
+    /// Turns `dy` (gradient w.r.t. the output) into the gradient w.r.t. the input, in place.
+    /// `y` is the forward output; `x` the forward input (only GELU needs it).
+    fn activation_backward(&self, act: Activation, x: &[f32], y: &[f32], dy: &mut [f32], cols: usize) -> Result<()>;
+}
+
+/// The backend for a device.
+pub fn backend_for(device: Device) -> Result<Arc<dyn Backend>> {
+    match device {
+        Device::Cpu => Ok(cpu_backend()),
+        Device::Cuda(ordinal) => cuda::backend(ordinal),
+    }
+}
+
+/// The shared CPU backend.
+pub fn cpu_backend() -> Arc<dyn Backend> {
+    static CPU: std::sync::OnceLock<Arc<dyn Backend>> = std::sync::OnceLock::new();
+    CPU.get_or_init(|| Arc::new(CpuBackend)).clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuda_without_feature_is_a_typed_error() {
+        if cfg!(feature = "cuda") {
+            return;
+        }
+        assert!(matches!(backend_for(Device::Cuda(0)), Err(OpsError::NotCompiledWithCuda)));
+    }
+
+    #[test]
+    fn out_of_bounds_view_is_rejected() {
+        let a = vec![0.0; 4];
+        let b = vec![0.0; 4];
+        let mut c = vec![0.0; 4];
+        let bad = MatRef::dense(&a, 3, 2);
+        let r = cpu_backend().matmul(bad, MatRef::dense(&b, 2, 2), MatMut::dense(&mut c, 3, 2), false);
+        assert!(r.is_err());
+    }
+}

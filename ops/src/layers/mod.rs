@@ -1,0 +1,219 @@
+//! Keras layers: names, arguments, defaults and weight layouts as in Keras.
+//!
+//! A layer is a config plus its weights. [`Layer::build`] checks the input
+//! specs, declares the weights (shape and initialiser) and returns the output
+//! spec; the model draws the weights from a seed; [`Layer::forward`] records
+//! the layer's ops on a tape given the weights as tape vars, which is also how
+//! the gradient checks feed it perturbed weights.
+
+mod add;
+mod concatenate;
+mod dense;
+mod dropout;
+mod embedding;
+mod flatten;
+mod gru;
+mod lstm;
+mod registry;
+mod reshape;
+
+pub use add::Add;
+pub use concatenate::Concatenate;
+pub use dense::Dense;
+pub use dropout::Dropout;
+pub use embedding::Embedding;
+pub use flatten::Flatten;
+pub use gru::Gru;
+pub use lstm::Lstm;
+pub use registry::layer_from_config;
+pub use reshape::Reshape;
+
+use crate::autodiff::{Mask, Tape, Var};
+use crate::error::{OpsError, Result};
+use crate::init::{Initializer, Rng};
+use crate::tensor::{DType, IntTensor};
+
+/// A symbolic tensor's static description: shape without the batch axis, dtype,
+/// and whether it carries a time-step mask.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorSpec {
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+    pub masked: bool,
+}
+
+impl TensorSpec {
+    pub fn f32(shape: &[usize]) -> Self {
+        TensorSpec { shape: shape.to_vec(), dtype: DType::F32, masked: false }
+    }
+
+    /// `(None, d1, d2)` as Keras prints it.
+    pub fn keras_shape(&self) -> String {
+        let dims: Vec<String> =
+            std::iter::once("None".to_string()).chain(self.shape.iter().map(|d| d.to_string())).collect();
+        format!("({})", dims.join(", "))
+    }
+}
+
+/// A weight: name (Keras's), value, initialiser, and whether the optimizer may change it.
+#[derive(Clone, Debug)]
+pub struct Weight {
+    pub name: String,
+    pub value: crate::tensor::Tensor,
+    pub initializer: Initializer,
+    pub trainable: bool,
+}
+
+impl Weight {
+    /// A declared (zero-valued) trainable weight.
+    pub fn declare(name: &str, shape: &[usize], initializer: Initializer) -> Self {
+        Weight { name: name.to_string(), value: crate::tensor::Tensor::zeros(shape), initializer, trainable: true }
+    }
+}
+
+/// A runtime value flowing between layers: float activations (with an optional
+/// `[B, T]` mask) or integer ids.
+#[derive(Clone, Debug)]
+pub enum Value {
+    Float { var: Var, mask: Option<Mask> },
+    Int(IntTensor),
+}
+
+impl Value {
+    /// The float var, or a typed error naming the layer that needed one.
+    pub fn float(&self, layer: &str, class: &str) -> Result<(Var, Option<Mask>)> {
+        match self {
+            Value::Float { var, mask } => Ok((*var, mask.clone())),
+            Value::Int(t) => Err(OpsError::LayerInput {
+                layer: layer.into(),
+                class: class.into(),
+                detail: "got integer ids".into(),
+                expected: "float32 input".into(),
+                got: t.shape().to_vec(),
+            }),
+        }
+    }
+}
+
+/// What a layer needs at call time besides its inputs.
+pub struct CallContext<'a> {
+    pub training: bool,
+    pub rng: &'a mut Rng,
+}
+
+/// A Keras layer. Contract: `build` may be called several times (a shared
+/// layer is called on several inputs); the first call declares the weights and
+/// later calls must fit them, else a [`OpsError::LayerInput`] naming the
+/// layer. `forward` receives the weights in the order of `weights()`.
+pub trait Layer: Send + Sync + std::fmt::Debug {
+    /// Keras class name (`"Dense"`, `"LSTM"`, ...).
+    fn class_name(&self) -> &'static str;
+    /// The layer's unique name in its model.
+    fn name(&self) -> &str;
+    fn set_name(&mut self, name: String);
+    /// Whether the optimizer updates this layer's weights.
+    fn trainable(&self) -> bool;
+    fn set_trainable(&mut self, trainable: bool);
+    /// Keras-style arguments (without `name` and `trainable`, which the model writes).
+    fn config(&self) -> serde_json::Value;
+    /// Checks the inputs, declares weights on first call, and returns the output spec.
+    fn build(&mut self, inputs: &[TensorSpec]) -> Result<TensorSpec>;
+    fn weights(&self) -> &[Weight];
+    fn weights_mut(&mut self) -> &mut [Weight];
+    /// Records the layer's ops on `tape`.
+    fn forward(&self, tape: &mut Tape, weights: &[Var], inputs: &[Value], ctx: &mut CallContext<'_>) -> Result<Value>;
+    /// A boxed copy (layers are cloned when models are copied to worker threads).
+    fn box_clone(&self) -> Box<dyn Layer>;
+}
+
+impl Clone for Box<dyn Layer> {
+    fn clone(&self) -> Self {
+        self.box_clone()
+    }
+}
+
+/// Name and trainable flag shared by all layers.
+#[derive(Clone, Debug)]
+pub struct LayerBase {
+    pub name: String,
+    pub trainable: bool,
+    pub weights: Vec<Weight>,
+}
+
+impl Default for LayerBase {
+    fn default() -> Self {
+        LayerBase { name: String::new(), trainable: true, weights: vec![] }
+    }
+}
+
+/// Implements the bookkeeping methods of [`Layer`] through a `base: LayerBase` field.
+macro_rules! layer_base_methods {
+    () => {
+        fn name(&self) -> &str {
+            &self.base.name
+        }
+        fn set_name(&mut self, name: String) {
+            self.base.name = name;
+        }
+        fn trainable(&self) -> bool {
+            self.base.trainable
+        }
+        fn set_trainable(&mut self, trainable: bool) {
+            self.base.trainable = trainable;
+        }
+        fn weights(&self) -> &[$crate::layers::Weight] {
+            &self.base.weights
+        }
+        fn weights_mut(&mut self) -> &mut [$crate::layers::Weight] {
+            &mut self.base.weights
+        }
+        fn box_clone(&self) -> Box<dyn $crate::layers::Layer> {
+            Box::new(self.clone())
+        }
+    };
+}
+pub(crate) use layer_base_methods;
+
+/// Error for an input a layer cannot take.
+pub(crate) fn bad_input(layer: &dyn Layer, detail: &str, expected: impl Into<String>, got: &[usize]) -> OpsError {
+    OpsError::LayerInput {
+        layer: layer.name().to_string(),
+        class: layer.class_name().to_string(),
+        detail: detail.to_string(),
+        expected: expected.into(),
+        got: got.to_vec(),
+    }
+}
+
+/// Checks the number of inputs of a call.
+pub(crate) fn expect_inputs(layer: &dyn Layer, inputs: &[TensorSpec], n: usize) -> Result<()> {
+    if inputs.len() != n {
+        return Err(bad_input(layer, &format!("called on {} inputs", inputs.len()), format!("{n} input(s)"), &[]));
+    }
+    Ok(())
+}
+
+/// Declares weights on the first build; on later builds checks they still fit.
+pub(crate) fn declare_or_check(layer_name: &str, class: &str, base: &mut LayerBase, wanted: Vec<Weight>) -> Result<()> {
+    if base.weights.is_empty() {
+        base.weights = wanted;
+        return Ok(());
+    }
+    for (have, want) in base.weights.iter().zip(&wanted) {
+        if have.value.shape() != want.value.shape() {
+            return Err(OpsError::LayerInput {
+                layer: layer_name.into(),
+                class: class.into(),
+                detail: format!("shared layer called on an input that needs weight '{}' of another shape", want.name),
+                expected: format!("{:?}", have.value.shape()),
+                got: want.value.shape().to_vec(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Reads a layer config with serde, naming the layer and key on error.
+pub(crate) fn parse_config<T: serde::de::DeserializeOwned>(class: &str, v: &serde_json::Value) -> Result<T> {
+    serde_json::from_value(v.clone()).map_err(|e| OpsError::Config(format!("{class} config: {e}")))
+}

@@ -1,0 +1,172 @@
+//! The model's JSON config, Keras-like: inputs, layers with their class name
+//! and arguments, the call graph (`nodes`), outputs, and the weight seed.
+//! Executors rebuild models from it.
+
+use super::{Model, ModelBuilder, SymbolicTensor};
+use crate::error::{OpsError, Result};
+use crate::layers::layer_from_config;
+use crate::tensor::DType;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelJson {
+    class_name: String,
+    config: FunctionalJson,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FunctionalJson {
+    name: String,
+    #[serde(default)]
+    seed: u64,
+    inputs: Vec<InputJson>,
+    layers: Vec<LayerJson>,
+    nodes: Vec<NodeJson>,
+    outputs: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputJson {
+    name: String,
+    shape: Vec<usize>,
+    dtype: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LayerJson {
+    class_name: String,
+    name: String,
+    #[serde(default = "yes")]
+    trainable: bool,
+    #[serde(default)]
+    config: serde_json::Value,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A call of a layer on named tensors; its output is named after the layer
+/// (`layer` on the first call, `layer@k` on the k-th later one).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeJson {
+    layer: String,
+    inputs: Vec<String>,
+}
+
+fn parse_dtype(s: &str) -> Result<DType> {
+    match s {
+        "float32" => Ok(DType::F32),
+        "int32" | "int64" => Ok(DType::I32),
+        other => Err(OpsError::Config(format!("input dtype '{other}' (expected float32 or int32)"))),
+    }
+}
+
+impl Model {
+    /// The model's config as pretty JSON.
+    pub fn to_json(&self) -> String {
+        let j = ModelJson {
+            class_name: "Functional".into(),
+            config: FunctionalJson {
+                name: self.name.clone(),
+                seed: self.seed,
+                inputs: self
+                    .inputs
+                    .iter()
+                    .map(|&t| InputJson {
+                        name: self.tensors[t].name.clone(),
+                        shape: self.tensors[t].spec.shape.clone(),
+                        dtype: self.tensors[t].spec.dtype.to_string(),
+                    })
+                    .collect(),
+                layers: self
+                    .layers
+                    .iter()
+                    .map(|l| LayerJson {
+                        class_name: l.class_name().into(),
+                        name: l.name().into(),
+                        trainable: l.trainable(),
+                        config: l.config(),
+                    })
+                    .collect(),
+                nodes: self
+                    .nodes
+                    .iter()
+                    .map(|n| NodeJson {
+                        layer: self.layers[n.layer].name().into(),
+                        inputs: n.inputs.iter().map(|&i| self.tensors[i].name.clone()).collect(),
+                    })
+                    .collect(),
+                outputs: self.outputs.iter().map(|&o| self.tensors[o].name.clone()).collect(),
+            },
+        };
+        serde_json::to_string_pretty(&j).expect("model config serialises")
+    }
+
+    /// Rebuilds a model from [`Model::to_json`]'s output; weights are drawn from the config's seed.
+    pub fn from_json(json: &str) -> Result<Model> {
+        let j: ModelJson = serde_json::from_str(json)?;
+        if j.class_name != "Functional" {
+            return Err(OpsError::Config(format!("model class_name '{}' (expected Functional)", j.class_name)));
+        }
+        let c = j.config;
+        let mut g = ModelBuilder::new(&c.name);
+        let mut named: HashMap<String, SymbolicTensor> = HashMap::new();
+        let mut inputs = vec![];
+        for i in &c.inputs {
+            let t = g.input(&i.name, &i.shape, parse_dtype(&i.dtype)?);
+            named.insert(i.name.clone(), t);
+            inputs.push(t);
+        }
+        let mut ids = HashMap::new();
+        for l in &c.layers {
+            let mut layer = layer_from_config(&l.class_name, &l.config)
+                .map_err(|e| OpsError::Config(format!("layer '{}': {e}", l.name)))?;
+            layer.set_name(l.name.clone());
+            layer.set_trainable(l.trainable);
+            if ids.contains_key(&l.name) {
+                return Err(OpsError::Config(format!("two layers are named '{}'", l.name)));
+            }
+            ids.insert(l.name.clone(), g.add_boxed_layer(layer));
+        }
+        let mut calls: HashMap<String, usize> = HashMap::new();
+        for n in &c.nodes {
+            let id = *ids
+                .get(&n.layer)
+                .ok_or_else(|| OpsError::Config(format!("node calls unknown layer '{}'", n.layer)))?;
+            let args = n
+                .inputs
+                .iter()
+                .map(|name| {
+                    named.get(name).copied().ok_or_else(|| {
+                        OpsError::Config(format!("layer '{}' is called on unknown tensor '{name}'", n.layer))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let out = g.call(id, &args)?;
+            let k = calls.entry(n.layer.clone()).or_insert(0);
+            let name = if *k == 0 { n.layer.clone() } else { format!("{}@{k}", n.layer) };
+            *k += 1;
+            named.insert(name, out);
+        }
+        let outputs = c
+            .outputs
+            .iter()
+            .map(|o| named.get(o).copied().ok_or_else(|| OpsError::Config(format!("unknown output tensor '{o}'"))))
+            .collect::<Result<Vec<_>>>()?;
+        g.build(&inputs, &outputs, c.seed)
+    }
+}
+
+impl ModelBuilder {
+    /// Adds an already boxed layer, keeping its name (used when rebuilding from JSON).
+    pub(crate) fn add_boxed_layer(&mut self, layer: Box<dyn crate::layers::Layer>) -> super::LayerId {
+        self.push_layer(layer)
+    }
+}

@@ -1,0 +1,340 @@
+//! Running a model: forward on a tape, gradients, and the Keras batch calls
+//! `train_on_batch`, `test_on_batch`, `predict_on_batch`.
+//!
+//! A batch is split into one shard per thread of the rayon pool (shards of at
+//! least [`MIN_SHARD`] samples); each shard runs forward and backward on its
+//! own tape with single-threaded kernels, and the shard gradients are summed
+//! in shard order, so results do not depend on thread timing. Each shard's
+//! loss is seeded with `shard_size / batch_size`, so the sum is the gradient
+//! of the batch mean, as one large batch would give.
+
+use super::Model;
+use crate::autodiff::{Tape, Var};
+use crate::backend::with_single_threaded_kernels;
+use crate::error::{OpsError, Result};
+use crate::init::Rng;
+use crate::layers::{CallContext, Value};
+use crate::losses::Loss;
+use crate::metrics::Metric;
+use crate::optim::{Optimizer, OptimizerConfig, ParamUpdate};
+use crate::tensor::{Data, Tensor};
+use rayon::prelude::*;
+
+/// Smallest shard worth its own thread.
+pub const MIN_SHARD: usize = 8;
+
+/// What `compile` fixed: the optimizer, a loss per output, metrics on the first output.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    pub optimizer: OptimizerConfig,
+    pub losses: Vec<Loss>,
+    pub metrics: Vec<Metric>,
+}
+
+/// Loss and metric counts of one batch.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BatchResult {
+    /// Mean loss over the batch (summed over outputs).
+    pub loss: f32,
+    /// (metric name, correct, samples).
+    pub metrics: Vec<(String, usize, usize)>,
+    pub samples: usize,
+}
+
+impl BatchResult {
+    /// A metric's value (fraction correct).
+    pub fn metric(&self, name: &str) -> Option<f32> {
+        self.metrics.iter().find(|m| m.0 == name).map(|m| m.1 as f32 / m.2.max(1) as f32)
+    }
+}
+
+/// Gradients of every weight (in [`Model::weight_keys`] order); `None` for
+/// frozen weights.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WeightGrads {
+    pub values: Vec<Option<Vec<f32>>>,
+}
+
+impl WeightGrads {
+    /// Adds `other` elementwise (same model).
+    pub fn add_assign(&mut self, other: &WeightGrads) {
+        if self.values.is_empty() {
+            self.values = other.values.clone();
+            return;
+        }
+        for (a, b) in self.values.iter_mut().zip(&other.values) {
+            match (a, b) {
+                (Some(a), Some(b)) => a.iter_mut().zip(b).for_each(|(x, y)| *x += y),
+                (a @ None, Some(b)) => *a = Some(b.clone()),
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Model {
+    /// Sets the optimizer, one loss for every output, and metrics (Keras `compile`).
+    pub fn compile(&mut self, optimizer: OptimizerConfig, loss: Loss, metrics: &[Metric]) {
+        self.compile_multi(optimizer, vec![loss; self.outputs.len()], metrics);
+    }
+
+    /// `compile` with one loss per output.
+    pub fn compile_multi(&mut self, optimizer: OptimizerConfig, losses: Vec<Loss>, metrics: &[Metric]) {
+        self.optimizer = Some(Optimizer::new(optimizer.clone()));
+        self.compiled = Some(Compiled { optimizer, losses, metrics: metrics.to_vec() });
+    }
+
+    /// Checks count, dtype and per-sample shape of the inputs; returns the batch size.
+    pub fn check_inputs(&self, inputs: &[Data]) -> Result<usize> {
+        if inputs.len() != self.inputs.len() {
+            return Err(OpsError::Arity {
+                model: self.name.clone(),
+                what: "inputs",
+                expected: self.inputs.len(),
+                got: inputs.len(),
+            });
+        }
+        let batch = inputs.first().map_or(0, |d| d.batch());
+        for (d, &t) in inputs.iter().zip(&self.inputs) {
+            let spec = &self.tensors[t].spec;
+            if d.dtype() != spec.dtype
+                || d.shape().len() != spec.shape.len() + 1
+                || d.shape()[1..] != spec.shape[..]
+                || d.batch() != batch
+            {
+                return Err(OpsError::InputMismatch {
+                    model: self.name.clone(),
+                    input: self.tensors[t].name.clone(),
+                    expected: format!(
+                        "{} [batch={batch}, {}]",
+                        spec.dtype,
+                        spec.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+                    ),
+                    got: format!("{} {:?}", d.dtype(), d.shape()),
+                });
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Runs the graph on `tape`. Returns the output vars and, per layer, its weight vars.
+    pub fn forward_on_tape(
+        &self,
+        tape: &mut Tape,
+        inputs: &[Data],
+        training: bool,
+        with_grads: bool,
+        rng: &mut Rng,
+    ) -> Result<(Vec<Var>, Vec<Vec<Var>>)> {
+        self.check_inputs(inputs)?;
+        let wvars: Vec<Vec<Var>> = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.weights()
+                    .iter()
+                    .map(|w| tape.leaf(w.value.clone(), with_grads && l.trainable() && w.trainable))
+                    .collect()
+            })
+            .collect();
+        let mut values: Vec<Option<Value>> = vec![None; self.tensors.len()];
+        for (d, &t) in inputs.iter().zip(&self.inputs) {
+            values[t] = Some(match d {
+                Data::F32(x) => Value::Float { var: tape.leaf(x.clone(), false), mask: None },
+                Data::I32(x) => Value::Int(x.clone()),
+            });
+        }
+        let mut ctx = CallContext { training, rng };
+        for node in &self.nodes {
+            let args: Vec<Value> = node
+                .inputs
+                .iter()
+                .map(|&i| {
+                    values[i].clone().ok_or_else(|| {
+                        OpsError::Config(format!("tensor '{}' used before it is computed", self.tensors[i].name))
+                    })
+                })
+                .collect::<Result<_>>()?;
+            let layer = &self.layers[node.layer];
+            values[node.output] = Some(layer.forward(tape, &wvars[node.layer], &args, &mut ctx)?);
+        }
+        let outs = self
+            .outputs
+            .iter()
+            .map(|&o| match &values[o] {
+                Some(Value::Float { var, .. }) => Ok(*var),
+                _ => Err(OpsError::Config(format!("output '{}' is not a float tensor", self.tensors[o].name))),
+            })
+            .collect::<Result<_>>()?;
+        Ok((outs, wvars))
+    }
+
+    /// Forward pass in inference mode; one tensor per output.
+    pub fn predict_on_batch(&self, inputs: &[Data]) -> Result<Vec<Tensor>> {
+        let batch = self.check_inputs(inputs)?;
+        let shards = shard_bounds(batch);
+        let parts: Vec<Vec<Tensor>> = run_shards(&shards, |s, e| {
+            let sliced: Vec<Data> = slice_all(inputs, s, e, shards.len());
+            let mut tape = Tape::new();
+            let mut rng = Rng::new(0);
+            let (outs, _) = self.forward_on_tape(&mut tape, &sliced, false, false, &mut rng)?;
+            Ok(outs.iter().map(|v| tape.value(*v).clone()).collect())
+        })?;
+        (0..self.outputs.len()).map(|o| concat_rows(parts.iter().map(|p| &p[o]).collect())).collect()
+    }
+
+    fn compiled(&self) -> Result<&Compiled> {
+        self.compiled.as_ref().ok_or_else(|| OpsError::NotCompiled(self.name.clone()))
+    }
+
+    fn check_targets(&self, targets: &[Data], batch: usize) -> Result<()> {
+        if targets.len() != self.outputs.len() {
+            return Err(OpsError::Arity {
+                model: self.name.clone(),
+                what: "targets",
+                expected: self.outputs.len(),
+                got: targets.len(),
+            });
+        }
+        for (t, &o) in targets.iter().zip(&self.outputs) {
+            if t.batch() != batch {
+                return Err(OpsError::InputMismatch {
+                    model: self.name.clone(),
+                    input: format!("target of '{}'", self.tensors[o].name),
+                    expected: format!("batch {batch}"),
+                    got: format!("{:?}", t.shape()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Loss, metrics and weight gradients of one batch (no update): what a
+    /// worker computes in a `sync` round.
+    pub fn gradients_on_batch(&self, inputs: &[Data], targets: &[Data]) -> Result<(BatchResult, WeightGrads)> {
+        self.loss_and_grads(inputs, targets, true, true)
+    }
+
+    fn loss_and_grads(
+        &self,
+        inputs: &[Data],
+        targets: &[Data],
+        training: bool,
+        with_grads: bool,
+    ) -> Result<(BatchResult, WeightGrads)> {
+        let compiled = self.compiled()?;
+        let batch = self.check_inputs(inputs)?;
+        self.check_targets(targets, batch)?;
+        let shards = shard_bounds(batch);
+        let step_seed = self.seed ^ self.steps_run.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let parts: Vec<(BatchResult, WeightGrads)> = run_shards(&shards, |s, e| {
+            let ins = slice_all(inputs, s, e, shards.len());
+            let tgs = slice_all(targets, s, e, shards.len());
+            let mut tape = Tape::new();
+            let mut rng = Rng::new(step_seed.wrapping_add(s as u64));
+            let (outs, wvars) = self.forward_on_tape(&mut tape, &ins, training, with_grads, &mut rng)?;
+            let mut total: Option<Var> = None;
+            let mut loss_sum = 0.0;
+            for ((&o, loss), t) in outs.iter().zip(&compiled.losses).zip(&tgs) {
+                let l = loss.compute(&mut tape, o, t)?;
+                loss_sum += tape.value(l).item();
+                total = Some(match total {
+                    None => l,
+                    Some(acc) => crate::autodiff::add(&mut tape, acc, l)?,
+                });
+            }
+            let mut result =
+                BatchResult { loss: loss_sum * (e - s) as f32 / batch as f32, metrics: vec![], samples: e - s };
+            for m in &compiled.metrics {
+                let (ok, n) = m.count(tape.value(outs[0]), &tgs[0])?;
+                result.metrics.push((m.name(), ok, n));
+            }
+            let mut grads = WeightGrads::default();
+            if with_grads {
+                let root = total.ok_or_else(|| OpsError::Config("model has no outputs".into()))?;
+                let mut g = tape.backward_with(root, vec![(e - s) as f32 / batch as f32])?;
+                grads.values = wvars.iter().flatten().map(|v| g.take(*v)).collect();
+            }
+            Ok((result, grads))
+        })?;
+        let mut result = BatchResult { loss: 0.0, metrics: vec![], samples: batch };
+        let mut grads = WeightGrads::default();
+        for (r, g) in &parts {
+            result.loss += r.loss;
+            if result.metrics.is_empty() {
+                result.metrics = r.metrics.clone();
+            } else {
+                for (a, b) in result.metrics.iter_mut().zip(&r.metrics) {
+                    a.1 += b.1;
+                    a.2 += b.2;
+                }
+            }
+            grads.add_assign(g);
+        }
+        Ok((result, grads))
+    }
+
+    /// Applies gradients with the compiled optimizer (one step).
+    pub fn apply_gradients(&mut self, grads: WeightGrads) -> Result<()> {
+        let optimizer = self.optimizer.as_mut().ok_or_else(|| OpsError::NotCompiled(self.name.clone()))?;
+        let mut grads = grads.values.into_iter();
+        let mut keys = Vec::new();
+        let mut updates = Vec::new();
+        for layer in self.layers.iter_mut() {
+            let (lname, trainable) = (layer.name().to_string(), layer.trainable());
+            for w in layer.weights_mut() {
+                let g = grads.next().flatten();
+                if let (true, true, Some(g)) = (trainable, w.trainable, g) {
+                    keys.push(format!("{lname}/{}", w.name));
+                    updates.push((w.value.data_mut(), g));
+                }
+            }
+        }
+        let mut params: Vec<ParamUpdate<'_>> =
+            updates.into_iter().zip(&keys).map(|((value, grad), key)| ParamUpdate { key, value, grad }).collect();
+        optimizer.apply(&mut params)
+    }
+
+    /// One training step on a batch: forward, backward, optimizer update.
+    pub fn train_on_batch(&mut self, inputs: &[Data], targets: &[Data]) -> Result<BatchResult> {
+        let (result, grads) = self.gradients_on_batch(inputs, targets)?;
+        self.apply_gradients(grads)?;
+        self.steps_run += 1;
+        Ok(result)
+    }
+
+    /// Loss and metrics of a batch in inference mode.
+    pub fn test_on_batch(&self, inputs: &[Data], targets: &[Data]) -> Result<BatchResult> {
+        Ok(self.loss_and_grads(inputs, targets, false, false)?.0)
+    }
+}
+
+/// `[start, end)` of each shard of a batch.
+fn shard_bounds(batch: usize) -> Vec<(usize, usize)> {
+    let n = rayon::current_num_threads().min(batch / MIN_SHARD).max(1);
+    (0..n).map(|i| (i * batch / n, (i + 1) * batch / n)).collect()
+}
+
+fn run_shards<T: Send>(shards: &[(usize, usize)], f: impl Fn(usize, usize) -> Result<T> + Sync) -> Result<Vec<T>> {
+    if shards.len() == 1 {
+        return Ok(vec![f(shards[0].0, shards[0].1)?]);
+    }
+    shards.par_iter().map(|&(s, e)| with_single_threaded_kernels(|| f(s, e))).collect()
+}
+
+fn slice_all(data: &[Data], s: usize, e: usize, n_shards: usize) -> Vec<Data> {
+    if n_shards == 1 {
+        return data.to_vec();
+    }
+    data.iter().map(|d| d.slice_rows(s, e)).collect()
+}
+
+fn concat_rows(parts: Vec<&Tensor>) -> Result<Tensor> {
+    if parts.len() == 1 {
+        return Ok(parts[0].clone());
+    }
+    let mut shape = parts[0].shape().to_vec();
+    shape[0] = parts.iter().map(|p| p.shape()[0]).sum();
+    let data = parts.iter().flat_map(|p| p.data().iter().copied()).collect();
+    Tensor::new(&shape, data)
+}

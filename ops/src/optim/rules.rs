@@ -1,0 +1,98 @@
+//! The per-variable update rules (Keras 3 formulas), vectorised over chunks
+//! and spread over the rayon pool for large variables.
+
+use super::OptimizerKind;
+use rayon::prelude::*;
+
+const CHUNK: usize = 1 << 15;
+
+/// Applies one step of `kind` to `w` with gradient `g`, learning rate `lr` and
+/// 1-based step number `step`, updating `slots` in place.
+pub(super) fn update(kind: &OptimizerKind, lr: f32, step: u64, w: &mut [f32], g: &[f32], slots: &mut [Vec<f32>]) {
+    match *kind {
+        OptimizerKind::Sgd { momentum, nesterov } => {
+            if momentum == 0.0 {
+                par2(w, g, |w, g| w.iter_mut().zip(g).for_each(|(w, g)| *w -= lr * g));
+            } else {
+                let m = &mut slots[0];
+                par3(w, g, m, |w, g, m| {
+                    for k in 0..w.len() {
+                        m[k] = momentum * m[k] - lr * g[k];
+                        w[k] += if nesterov { momentum * m[k] - lr * g[k] } else { m[k] };
+                    }
+                });
+            }
+        }
+        OptimizerKind::Adam { beta_1, beta_2, epsilon } => adam(lr, step, beta_1, beta_2, epsilon, 0.0, w, g, slots),
+        OptimizerKind::Adamw { beta_1, beta_2, epsilon, weight_decay } => {
+            adam(lr, step, beta_1, beta_2, epsilon, weight_decay, w, g, slots)
+        }
+        OptimizerKind::Rmsprop { rho, momentum, epsilon } => {
+            let (v, rest) = slots.split_at_mut(1);
+            let v = &mut v[0];
+            if momentum == 0.0 {
+                par3(w, g, v, |w, g, v| {
+                    for k in 0..w.len() {
+                        v[k] = rho * v[k] + (1.0 - rho) * g[k] * g[k];
+                        w[k] -= lr * g[k] / (v[k] + epsilon).sqrt();
+                    }
+                });
+            } else {
+                let m = &mut rest[0];
+                for k in 0..w.len() {
+                    v[k] = rho * v[k] + (1.0 - rho) * g[k] * g[k];
+                    m[k] = momentum * m[k] + lr * g[k] / (v[k] + epsilon).sqrt();
+                    w[k] -= m[k];
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn adam(lr: f32, step: u64, b1: f32, b2: f32, eps: f32, wd: f32, w: &mut [f32], g: &[f32], slots: &mut [Vec<f32>]) {
+    let (m, v) = slots.split_at_mut(1);
+    let (m, v) = (&mut m[0], &mut v[0]);
+    let t = step as f64;
+    let alpha = (lr as f64 * (1.0 - (b2 as f64).powf(t)).sqrt() / (1.0 - (b1 as f64).powf(t))) as f32;
+    let decay = wd * lr;
+    let n = w.len();
+    let body = |(((w, g), m), v): (((&mut [f32], &[f32]), &mut [f32]), &mut [f32])| {
+        for k in 0..w.len() {
+            if decay != 0.0 {
+                w[k] -= w[k] * decay;
+            }
+            m[k] += (g[k] - m[k]) * (1.0 - b1);
+            v[k] += (g[k] * g[k] - v[k]) * (1.0 - b2);
+            w[k] -= m[k] * alpha / (v[k].sqrt() + eps);
+        }
+    };
+    if n < 2 * CHUNK {
+        body((((w, g), m.as_mut_slice()), v.as_mut_slice()));
+    } else {
+        w.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .for_each(body);
+    }
+}
+
+fn par2(w: &mut [f32], g: &[f32], f: impl Fn(&mut [f32], &[f32]) + Sync) {
+    if w.len() < 2 * CHUNK {
+        f(w, g)
+    } else {
+        w.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(w, g)| f(w, g));
+    }
+}
+
+fn par3(w: &mut [f32], g: &[f32], s: &mut [f32], f: impl Fn(&mut [f32], &[f32], &mut [f32]) + Sync) {
+    if w.len() < 2 * CHUNK {
+        f(w, g, s)
+    } else {
+        w.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(s.par_chunks_mut(CHUNK))
+            .for_each(|((w, g), s)| f(w, g, s));
+    }
+}

@@ -1,0 +1,266 @@
+//! Host tensors: [`Tensor`] (f32) and [`IntTensor`] (i32 token ids, labels).
+//!
+//! Storage is a shared, copy-on-write buffer: cloning a tensor onto the autodiff
+//! tape costs a reference count, not a copy of the weights, and the optimizer
+//! updates in place once the tape is gone. ndarray views give the usual
+//! n-dimensional API on top.
+
+use crate::error::{OpsError, Result};
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
+use std::sync::Arc;
+
+/// A dense, row-major f32 tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    shape: Vec<usize>,
+    data: Arc<Vec<f32>>,
+}
+
+/// A dense, row-major i32 tensor (token ids, class labels).
+#[derive(Clone, Debug, PartialEq)]
+pub struct IntTensor {
+    shape: Vec<usize>,
+    data: Arc<Vec<i32>>,
+}
+
+fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+impl Tensor {
+    /// A tensor from a shape and row-major data; errors if the sizes disagree.
+    pub fn new(shape: &[usize], data: Vec<f32>) -> Result<Self> {
+        if numel(shape) != data.len() {
+            return Err(OpsError::shape(
+                "Tensor::new",
+                format!("{} values for {} elements", data.len(), numel(shape)),
+                &[shape],
+            ));
+        }
+        Ok(Tensor { shape: shape.to_vec(), data: Arc::new(data) })
+    }
+
+    /// All zeros.
+    pub fn zeros(shape: &[usize]) -> Self {
+        Tensor { shape: shape.to_vec(), data: Arc::new(vec![0.0; numel(shape)]) }
+    }
+
+    /// Every element set to `value`.
+    pub fn full(shape: &[usize], value: f32) -> Self {
+        Tensor { shape: shape.to_vec(), data: Arc::new(vec![value; numel(shape)]) }
+    }
+
+    /// A scalar (shape `[]`).
+    pub fn scalar(value: f32) -> Self {
+        Tensor { shape: vec![], data: Arc::new(vec![value]) }
+    }
+
+    /// From an ndarray array (copies into row-major order).
+    pub fn from_array(a: ArrayD<f32>) -> Self {
+        let shape = a.shape().to_vec();
+        let data = if a.is_standard_layout() { a.into_raw_vec_and_offset().0 } else { a.iter().copied().collect() };
+        Tensor { shape, data: Arc::new(data) }
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+
+    /// Mutable data; copies the buffer first if another tensor shares it.
+    pub fn data_mut(&mut self) -> &mut [f32] {
+        Arc::make_mut(&mut self.data).as_mut_slice()
+    }
+
+    /// The buffer, copied only if shared.
+    pub fn into_vec(self) -> Vec<f32> {
+        Arc::try_unwrap(self.data).unwrap_or_else(|shared| (*shared).clone())
+    }
+
+    /// The same data under another shape with as many elements.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Self> {
+        if numel(shape) != self.len() {
+            return Err(OpsError::shape("reshape", "element counts differ", &[&self.shape, shape]));
+        }
+        Ok(Tensor { shape: shape.to_vec(), data: self.data.clone() })
+    }
+
+    /// An ndarray view.
+    pub fn view(&self) -> ArrayViewD<'_, f32> {
+        ArrayViewD::from_shape(IxDyn(&self.shape), &self.data).expect("shape matches data")
+    }
+
+    /// An owned ndarray copy.
+    pub fn to_array(&self) -> ArrayD<f32> {
+        self.view().to_owned()
+    }
+
+    /// The single value of a one-element tensor.
+    pub fn item(&self) -> f32 {
+        self.data[0]
+    }
+
+    /// Largest absolute elementwise difference; `f32::INFINITY` if shapes differ.
+    pub fn max_abs_diff(&self, other: &Tensor) -> f32 {
+        if self.shape != other.shape {
+            return f32::INFINITY;
+        }
+        self.data.iter().zip(other.data.iter()).fold(0.0, |m, (a, b)| m.max((a - b).abs()))
+    }
+}
+
+impl IntTensor {
+    /// A tensor from a shape and row-major data; errors if the sizes disagree.
+    pub fn new(shape: &[usize], data: Vec<i32>) -> Result<Self> {
+        if numel(shape) != data.len() {
+            return Err(OpsError::shape(
+                "IntTensor::new",
+                format!("{} values for {} elements", data.len(), numel(shape)),
+                &[shape],
+            ));
+        }
+        Ok(IntTensor { shape: shape.to_vec(), data: Arc::new(data) })
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn data(&self) -> &[i32] {
+        &self.data
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// An ndarray view.
+    pub fn view(&self) -> ArrayViewD<'_, i32> {
+        ArrayViewD::from_shape(IxDyn(&self.shape), &self.data).expect("shape matches data")
+    }
+
+    /// Rows `start..end` along the first axis (copies).
+    pub fn slice_rows(&self, start: usize, end: usize) -> IntTensor {
+        let row: usize = self.shape[1..].iter().product();
+        let mut shape = self.shape.clone();
+        shape[0] = end - start;
+        IntTensor { shape, data: Arc::new(self.data[start * row..end * row].to_vec()) }
+    }
+}
+
+impl Tensor {
+    /// Rows `start..end` along the first axis (copies).
+    pub fn slice_rows(&self, start: usize, end: usize) -> Tensor {
+        let row: usize = self.shape[1..].iter().product();
+        let mut shape = self.shape.clone();
+        shape[0] = end - start;
+        Tensor { shape, data: Arc::new(self.data[start * row..end * row].to_vec()) }
+    }
+}
+
+/// One input or target of a batch: float features or integer ids.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Data {
+    F32(Tensor),
+    I32(IntTensor),
+}
+
+impl Data {
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            Data::F32(t) => t.shape(),
+            Data::I32(t) => t.shape(),
+        }
+    }
+
+    /// Batch size (first dimension).
+    pub fn batch(&self) -> usize {
+        self.shape().first().copied().unwrap_or(0)
+    }
+
+    pub fn dtype(&self) -> DType {
+        match self {
+            Data::F32(_) => DType::F32,
+            Data::I32(_) => DType::I32,
+        }
+    }
+
+    /// Rows `start..end` along the batch axis.
+    pub fn slice_rows(&self, start: usize, end: usize) -> Data {
+        match self {
+            Data::F32(t) => Data::F32(t.slice_rows(start, end)),
+            Data::I32(t) => Data::I32(t.slice_rows(start, end)),
+        }
+    }
+}
+
+impl From<Tensor> for Data {
+    fn from(t: Tensor) -> Self {
+        Data::F32(t)
+    }
+}
+
+impl From<IntTensor> for Data {
+    fn from(t: IntTensor) -> Self {
+        Data::I32(t)
+    }
+}
+
+/// Element type of a model input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    F32,
+    I32,
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DType::F32 => "float32",
+            DType::I32 => "int32",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clone_shares_and_mutation_copies() {
+        let a = Tensor::new(&[2, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+        let mut b = a.clone();
+        b.data_mut()[0] = 9.0;
+        assert_eq!(a.data()[0], 1.0);
+        assert_eq!(b.data()[0], 9.0);
+    }
+
+    #[test]
+    fn new_rejects_wrong_length() {
+        assert!(Tensor::new(&[2, 3], vec![0.0; 5]).is_err());
+        assert!(IntTensor::new(&[4], vec![0; 3]).is_err());
+    }
+
+    #[test]
+    fn slice_rows_takes_leading_axis() {
+        let a = Tensor::new(&[3, 2], (0..6).map(|x| x as f32).collect()).unwrap();
+        assert_eq!(a.slice_rows(1, 3).data(), &[2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(a.slice_rows(1, 3).shape(), &[2, 2]);
+    }
+}
