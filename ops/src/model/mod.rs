@@ -14,6 +14,8 @@ mod run;
 mod summary;
 mod weights;
 
+pub use weights::{read_safetensors, write_atomic, write_safetensors};
+
 pub use builder::{LayerId, ModelBuilder, SymbolicTensor};
 pub use run::{BatchResult, Compiled, WeightGrads};
 
