@@ -76,13 +76,7 @@ impl GradCheck {
 
     /// Compares given analytic gradients with finite differences (exposed so a test can
     /// show that a wrong gradient is caught).
-    pub fn compare<F>(
-        &self,
-        inputs: &[Tensor],
-        analytic: &[Vec<f32>],
-        proj: &Tensor,
-        f: &F,
-    ) -> Result<GradCheckReport>
+    pub fn compare<F>(&self, inputs: &[Tensor], analytic: &[Vec<f32>], proj: &Tensor, f: &F) -> Result<GradCheckReport>
     where
         F: Fn(&mut Tape, &[Var]) -> Result<Var>,
     {
@@ -94,8 +88,13 @@ impl GradCheck {
         };
         // The same element picks for every comparison with this seed.
         let mut rng = Rng::new(self.seed ^ 0x5eed);
-        let mut report =
-            GradCheckReport { failures: vec![], checked: 0, max_abs_err: 0.0, analytic: analytic.to_vec(), proj: proj.clone() };
+        let mut report = GradCheckReport {
+            failures: vec![],
+            checked: 0,
+            max_abs_err: 0.0,
+            analytic: analytic.to_vec(),
+            proj: proj.clone(),
+        };
         for (idx, input) in inputs.iter().enumerate() {
             let n = input.len();
             let picks: Vec<usize> = if n <= self.samples_per_input {

@@ -123,7 +123,8 @@ fn masked_steps_carry_the_state() {
         let wv: Vec<Var> = w.iter().map(|t| tape.leaf(t.clone(), false)).collect();
         let mut rng = Rng::new(0);
         let mut ctx = CallContext { training: false, rng: &mut rng };
-        let Value::Float { var, .. } = layer.forward(&mut tape, &wv, &[Value::Float { var: xv, mask }], &mut ctx).unwrap()
+        let Value::Float { var, .. } =
+            layer.forward(&mut tape, &wv, &[Value::Float { var: xv, mask }], &mut ctx).unwrap()
         else {
             unreachable!()
         };

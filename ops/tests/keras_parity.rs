@@ -14,7 +14,8 @@ use std::path::Path;
 
 fn formula(shape: &[usize], k: usize, scale: f64) -> Tensor {
     let n: usize = shape.iter().product();
-    Tensor::new(shape, (0..n).map(|i| (scale * (0.37 * i as f64 + 1.3 * k as f64 + 0.1).sin()) as f32).collect()).unwrap()
+    Tensor::new(shape, (0..n).map(|i| (scale * (0.37 * i as f64 + 1.3 * k as f64 + 0.1).sin()) as f32).collect())
+        .unwrap()
 }
 
 /// Weight k (by sorted key) = formula(shape, k, 1/sqrt(rows) for matrices, 0.1 otherwise).
@@ -47,7 +48,12 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
 
 fn grads_by_key(model: &Model, x: &[Data], y: &[Data]) -> (f32, BTreeMap<String, Vec<f32>>) {
     let (r, g) = model.gradients_on_batch(x, y).unwrap();
-    let map = model.weight_keys().into_iter().zip(g.values).map(|(k, v)| (k, v.expect("every weight is trainable"))).collect();
+    let map = model
+        .weight_keys()
+        .into_iter()
+        .zip(g.values)
+        .map(|(k, v)| (k, v.expect("every weight is trainable")))
+        .collect();
     (r.loss, map)
 }
 
@@ -82,7 +88,11 @@ fn w1_model_matches_keras_loss_outputs_and_gradients() {
             "video_lstm/kernel" => g[..want.len()].to_vec(),
             "q_embed/embeddings" => {
                 let dim = want.shape()[1];
-                fx["rows/q_embed/embeddings"].data().iter().flat_map(|&r| g[r as usize * dim..(r as usize + 1) * dim].to_vec()).collect()
+                fx["rows/q_embed/embeddings"]
+                    .data()
+                    .iter()
+                    .flat_map(|&r| g[r as usize * dim..(r as usize + 1) * dim].to_vec())
+                    .collect()
             }
             _ => g.clone(),
         };

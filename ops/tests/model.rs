@@ -122,7 +122,7 @@ fn shared_layer_has_one_set_of_weights_and_sums_its_gradients() {
     let analytic = grads.values[k].clone().unwrap();
     // Finite differences through the whole model, on the shared kernel.
     let base = model.named_weights();
-    for i in 0..12 {
+    for (i, &a) in analytic.iter().enumerate() {
         let loss_at = |delta: f32| {
             let mut w = base.clone();
             let t = w.get_mut("dense/kernel").unwrap();
@@ -132,7 +132,7 @@ fn shared_layer_has_one_set_of_weights_and_sums_its_gradients() {
             m.test_on_batch(&x, &y).unwrap().loss as f64
         };
         let numeric = ((loss_at(1e-2) - loss_at(-1e-2)) / 2e-2) as f32;
-        assert!((numeric - analytic[i]).abs() < 1e-3 + 1e-2 * numeric.abs(), "element {i}: {} vs {numeric}", analytic[i]);
+        assert!((numeric - a).abs() < 1e-3 + 1e-2 * numeric.abs(), "element {i}: {a} vs {numeric}");
     }
     let json = model.to_json();
     assert_eq!(Model::from_json(&json).unwrap().count_params(), model.count_params());
@@ -154,7 +154,10 @@ fn two_outputs_with_two_losses() {
     let first = first.unwrap().loss;
     let mut last = first;
     for _ in 0..100 {
-        last = model.train_on_batch(&[Data::F32(xs.clone())], &[Data::I32(labels.clone()), Data::F32(target.clone())]).unwrap().loss;
+        last = model
+            .train_on_batch(&[Data::F32(xs.clone())], &[Data::I32(labels.clone()), Data::F32(target.clone())])
+            .unwrap()
+            .loss;
     }
     assert!(last < first * 0.5, "{first} -> {last}");
     let out = model.predict_on_batch(&[Data::F32(xs)]).unwrap();

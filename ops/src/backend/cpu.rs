@@ -139,7 +139,7 @@ impl Backend for CpuBackend {
 }
 
 fn check_rows(op: &str, len: usize, cols: usize) -> Result<()> {
-    if cols == 0 || len % cols != 0 {
+    if cols == 0 || !len.is_multiple_of(cols) {
         return Err(OpsError::shape(op, format!("{len} values are not rows of {cols}"), &[&[len], &[cols]]));
     }
     Ok(())

@@ -57,7 +57,8 @@ fn adam(lr: f32, step: u64, b1: f32, b2: f32, eps: f32, wd: f32, w: &mut [f32], 
     let alpha = (lr as f64 * (1.0 - (b2 as f64).powf(t)).sqrt() / (1.0 - (b1 as f64).powf(t))) as f32;
     let decay = wd * lr;
     let n = w.len();
-    let body = |(((w, g), m), v): (((&mut [f32], &[f32]), &mut [f32]), &mut [f32])| {
+    type Chunks<'a> = (((&'a mut [f32], &'a [f32]), &'a mut [f32]), &'a mut [f32]);
+    let body = |(((w, g), m), v): Chunks<'_>| {
         for k in 0..w.len() {
             if decay != 0.0 {
                 w[k] -= w[k] * decay;
