@@ -15,6 +15,10 @@ use std::time::Instant;
 
 const WARMUP: usize = 5;
 
+/// The allocator the `kallista` binary uses.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn batch(d: &VideoQaDims, b: usize, seed: u64) -> (Vec<Data>, Vec<Data>) {
     let mut rng = Rng::new(seed);
     let video = Tensor::new(&[b, d.frames, d.features], (0..b * d.frames * d.features).map(|_| rng.normal()).collect())
@@ -53,19 +57,32 @@ fn main() {
         }
         losses.push(r.loss);
     }
+    // Where a step's time goes: forward+backward vs the optimizer update.
+    let (mut fb, mut upd) = (vec![], vec![]);
+    for i in 0..10 {
+        let (x, y) = &train[i % train.len()];
+        let t = Instant::now();
+        let (_, g) = model.gradients_on_batch(x, y).unwrap();
+        fb.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        model.apply_gradients(g).unwrap();
+        upd.push(t.elapsed().as_secs_f64());
+    }
     let (ix, _) = batch(&d, 256, 1334);
     let mut itimes = vec![];
-    for i in 0..WARMUP + steps {
+    // W1_INFER_STEPS=0 skips inference (for profiling the train step alone).
+    let infer_steps: usize = std::env::var("W1_INFER_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(steps);
+    for i in 0..WARMUP + infer_steps {
         let t = Instant::now();
         model.predict_on_batch(&ix).unwrap();
         if i >= WARMUP {
             itimes.push(t.elapsed().as_secs_f64());
         }
     }
-    let (tr, inf) = (median(times), median(itimes));
+    let (tr, inf) = (median(times), if itimes.is_empty() { f64::NAN } else { median(itimes) });
     let fwd_flop = (16 * 2 * 2304 * 1024 + 20 * 2 * 384 * 512 + 2 * 384 * 128 + 2 * 128 * 1000) as f64;
     println!(
-        "{{\"peer\": \"kallista\", \"workload\": \"W1\", \"train_samples_per_s\": {:.2}, \"infer_samples_per_s\": {:.2}, \"step_ms_median\": {:.3}, \"infer_ms_median\": {:.3}, \"threads\": {}, \"train_gflops\": {:.2}, \"infer_gflops\": {:.2}, \"first_loss\": {:.4}, \"last_loss\": {:.4}}}",
+        "{{\"peer\": \"kallista\", \"workload\": \"W1\", \"train_samples_per_s\": {:.2}, \"infer_samples_per_s\": {:.2}, \"step_ms_median\": {:.3}, \"infer_ms_median\": {:.3}, \"threads\": {}, \"train_gflops\": {:.2}, \"infer_gflops\": {:.2}, \"fwd_bwd_ms\": {:.3}, \"update_ms\": {:.3}, \"first_loss\": {:.4}, \"last_loss\": {:.4}}}",
         32.0 / tr,
         256.0 / inf,
         tr * 1e3,
@@ -73,6 +90,8 @@ fn main() {
         rayon::current_num_threads(),
         3.0 * fwd_flop * 32.0 / tr / 1e9,
         fwd_flop * 256.0 / inf / 1e9,
+        median(fb) * 1e3,
+        median(upd) * 1e3,
         losses[0],
         losses[losses.len() - 1]
     );

@@ -138,7 +138,7 @@ impl Backward for GruBackward {
         let (b, t, i, u) = self.dims;
         let g3 = 3 * u;
         let be = tape.backend();
-        let rk = tape.value(self.recurrent).data();
+        let rk_t = super::transpose(tape.value(self.recurrent).data(), u, g3);
         let mut dxz = vec![0.0; b * t * g3];
         let mut drec = vec![0.0; b * t * g3];
         let mut dh = if self.opts.return_sequences { vec![0.0; b * u] } else { dy.to_vec() };
@@ -184,7 +184,7 @@ impl Backward for GruBackward {
                 // dh_{t-1} += dREC_t · U^T (masked rows have dREC = 0).
                 be.matmul(
                     MatRef { data: &drec, offset: step * g3, rows: b, cols: g3, row_stride: t * g3, col_stride: 1 },
-                    MatRef::dense(rk, u, g3).t(),
+                    MatRef::dense(&rk_t, g3, u),
                     MatMut::dense(&mut dh_next, b, u),
                     true,
                 )?;

@@ -31,3 +31,14 @@ pub use tape::{Backward, Gradients, Tape, Var};
 
 /// A `[batch, time]` mask of valid time steps (true = keep), from an Embedding with `mask_zero`.
 pub type Mask = std::sync::Arc<Vec<bool>>;
+
+/// A row-major `rows x cols` matrix transposed into a new row-major `cols x rows` one.
+pub(crate) fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0; rows * cols];
+    for (r, row) in a.chunks_exact(cols).enumerate() {
+        for (c, v) in row.iter().enumerate() {
+            t[c * rows + r] = *v;
+        }
+    }
+    t
+}

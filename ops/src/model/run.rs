@@ -64,7 +64,9 @@ impl WeightGrads {
         }
         for (a, b) in self.values.iter_mut().zip(&other.values) {
             match (a, b) {
-                (Some(a), Some(b)) => a.iter_mut().zip(b).for_each(|(x, y)| *x += y),
+                (Some(a), Some(b)) => a.par_chunks_mut(1 << 15).zip(b.par_chunks(1 << 15)).for_each(|(a, b)| {
+                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                }),
                 (a @ None, Some(b)) => *a = Some(b.clone()),
                 _ => {}
             }

@@ -58,16 +58,7 @@ fn adam(lr: f32, step: u64, b1: f32, b2: f32, eps: f32, wd: f32, w: &mut [f32], 
     let decay = wd * lr;
     let n = w.len();
     type Chunks<'a> = (((&'a mut [f32], &'a [f32]), &'a mut [f32]), &'a mut [f32]);
-    let body = |(((w, g), m), v): Chunks<'_>| {
-        for k in 0..w.len() {
-            if decay != 0.0 {
-                w[k] -= w[k] * decay;
-            }
-            m[k] += (g[k] - m[k]) * (1.0 - b1);
-            v[k] += (g[k] * g[k] - v[k]) * (1.0 - b2);
-            w[k] -= m[k] * alpha / (v[k].sqrt() + eps);
-        }
-    };
+    let body = |(((w, g), m), v): Chunks<'_>| adam_chunk(w, g, m, v, alpha, b1, b2, eps, decay);
     if n < 2 * CHUNK {
         body((((w, g), m.as_mut_slice()), v.as_mut_slice()));
     } else {
@@ -96,4 +87,32 @@ fn par3(w: &mut [f32], g: &[f32], s: &mut [f32], f: impl Fn(&mut [f32], &[f32], 
             .zip(s.par_chunks_mut(CHUNK))
             .for_each(|((w, g), s)| f(w, g, s));
     }
+}
+
+/// The Adam update of one chunk; compiled for AVX2+FMA too and picked at run time.
+#[allow(clippy::too_many_arguments)]
+fn adam_chunk(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], alpha: f32, b1: f32, b2: f32, eps: f32, decay: f32) {
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn body(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], alpha: f32, b1: f32, b2: f32, eps: f32, decay: f32) {
+        for (((w, g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            *w -= *w * decay;
+            *m += (g - *m) * (1.0 - b1);
+            *v += (g * g - *v) * (1.0 - b2);
+            *w -= *m * alpha / (v.sqrt() + eps);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn wide(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], alpha: f32, b1: f32, b2: f32, eps: f32, decay: f32) {
+                body(w, g, m, v, alpha, b1, b2, eps, decay)
+            }
+            // SAFETY: the features were detected at run time.
+            return unsafe { wide(w, g, m, v, alpha, b1, b2, eps, decay) };
+        }
+    }
+    body(w, g, m, v, alpha, b1, b2, eps, decay)
 }
