@@ -40,13 +40,14 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 by = {}
 for r in rows:
     by.setdefault(r["peer"], []).append(r)
-print(f"{'peer':<26}{'train/s (median)':>18}{'runs':>22}{'infer/s':>10}")
+print(f"{'peer':<26}{'train/s (median)':>18}{'runs':>22}{'train GFLOP/s':>15}{'infer/s':>10}")
 med = {}
 for p, rs in by.items():
     tr = [r["train_samples_per_s"] for r in rs]
     inf = [r["infer_samples_per_s"] for r in rs]
     med[p] = statistics.median(tr)
-    print(f"{p:<26}{med[p]:>18.1f}{str([round(t) for t in tr]):>22}{statistics.median(inf):>10.1f}")
+    gf = statistics.median(r["train_gflops"] for r in rs)
+    print(f"{p:<26}{med[p]:>18.1f}{str([round(t) for t in tr]):>22}{gf:>15.1f}{statistics.median(inf):>10.1f}")
 peers = {p: v for p, v in med.items() if p != "kallista"}
 best = max(peers, key=peers.get)
 print(f"\nratio kallista / best peer ({best}): {med['kallista'] / peers[best]:.2f}   (results: {sys.argv[1]})")
