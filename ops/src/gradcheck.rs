@@ -1,7 +1,7 @@
 //! Finite-difference gradient checks: the oracle every backward rule is tested
 //! against.
 //!
-//! [`check`] builds a scalar `L = sum(f(inputs) * R)` with a fixed random `R`,
+//! [`GradCheck::check`] builds a scalar `L = sum(f(inputs) * R)` with a fixed random `R`,
 //! takes its gradient through the tape, and compares a sample of elements of
 //! each input's gradient with central differences computed in f64 from f32
 //! evaluations.

@@ -34,4 +34,4 @@ pub mod optim;
 pub mod tensor;
 
 pub use error::{OpsError, Result};
-pub use tensor::{DType, Data, IntTensor, Tensor};
+pub use tensor::{ByteTensor, DType, Data, IntTensor, Tensor};

@@ -1,4 +1,6 @@
-//! Host tensors: [`Tensor`] (f32) and [`IntTensor`] (i32 token ids, labels).
+//! Host tensors: [`Tensor`] (f32, what the tape differentiates) and
+//! [`HostTensor`]s of plain values: [`IntTensor`] (i32 token ids, labels) and
+//! [`ByteTensor`] (u8 raw pixels).
 //!
 //! Storage is a shared, copy-on-write buffer: cloning a tensor onto the autodiff
 //! tape costs a reference count, not a copy of the weights, and the optimizer
@@ -16,12 +18,20 @@ pub struct Tensor {
     data: Arc<Vec<f32>>,
 }
 
-/// A dense, row-major i32 tensor (token ids, class labels).
+/// A dense, row-major tensor of plain values that never enter autodiff:
+/// [`IntTensor`] (i32 token ids, class labels) and [`ByteTensor`] (u8 raw pixels).
 #[derive(Clone, Debug, PartialEq)]
-pub struct IntTensor {
+pub struct HostTensor<T> {
     shape: Vec<usize>,
-    data: Arc<Vec<i32>>,
+    data: Arc<Vec<T>>,
 }
+
+/// i32 token ids and class labels.
+pub type IntTensor = HostTensor<i32>;
+
+/// u8 raw pixels (video frames, images), 4x smaller than f32 on the data path;
+/// models convert them to f32 at their input (see [`DType::U8`]).
+pub type ByteTensor = HostTensor<u8>;
 
 fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
@@ -120,24 +130,24 @@ impl Tensor {
     }
 }
 
-impl IntTensor {
+impl<T: Copy> HostTensor<T> {
     /// A tensor from a shape and row-major data; errors if the sizes disagree.
-    pub fn new(shape: &[usize], data: Vec<i32>) -> Result<Self> {
+    pub fn new(shape: &[usize], data: Vec<T>) -> Result<Self> {
         if numel(shape) != data.len() {
             return Err(OpsError::shape(
-                "IntTensor::new",
+                format!("HostTensor<{}>::new", std::any::type_name::<T>()),
                 format!("{} values for {} elements", data.len(), numel(shape)),
                 &[shape],
             ));
         }
-        Ok(IntTensor { shape: shape.to_vec(), data: Arc::new(data) })
+        Ok(HostTensor { shape: shape.to_vec(), data: Arc::new(data) })
     }
 
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
 
-    pub fn data(&self) -> &[i32] {
+    pub fn data(&self) -> &[T] {
         &self.data
     }
 
@@ -150,16 +160,16 @@ impl IntTensor {
     }
 
     /// An ndarray view.
-    pub fn view(&self) -> ArrayViewD<'_, i32> {
+    pub fn view(&self) -> ArrayViewD<'_, T> {
         ArrayViewD::from_shape(IxDyn(&self.shape), &self.data).expect("shape matches data")
     }
 
     /// Rows `start..end` along the first axis (copies).
-    pub fn slice_rows(&self, start: usize, end: usize) -> IntTensor {
+    pub fn slice_rows(&self, start: usize, end: usize) -> Self {
         let row: usize = self.shape[1..].iter().product();
         let mut shape = self.shape.clone();
         shape[0] = end - start;
-        IntTensor { shape, data: Arc::new(self.data[start * row..end * row].to_vec()) }
+        HostTensor { shape, data: Arc::new(self.data[start * row..end * row].to_vec()) }
     }
 }
 
@@ -173,11 +183,12 @@ impl Tensor {
     }
 }
 
-/// One input or target of a batch: float features or integer ids.
+/// One input or target of a batch: float features, integer ids, or raw bytes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Data {
     F32(Tensor),
     I32(IntTensor),
+    U8(ByteTensor),
 }
 
 impl Data {
@@ -185,6 +196,7 @@ impl Data {
         match self {
             Data::F32(t) => t.shape(),
             Data::I32(t) => t.shape(),
+            Data::U8(t) => t.shape(),
         }
     }
 
@@ -197,6 +209,7 @@ impl Data {
         match self {
             Data::F32(_) => DType::F32,
             Data::I32(_) => DType::I32,
+            Data::U8(_) => DType::U8,
         }
     }
 
@@ -205,6 +218,7 @@ impl Data {
         match self {
             Data::F32(t) => Data::F32(t.slice_rows(start, end)),
             Data::I32(t) => Data::I32(t.slice_rows(start, end)),
+            Data::U8(t) => Data::U8(t.slice_rows(start, end)),
         }
     }
 }
@@ -221,12 +235,25 @@ impl From<IntTensor> for Data {
     }
 }
 
+impl From<ByteTensor> for Data {
+    fn from(t: ByteTensor) -> Self {
+        Data::U8(t)
+    }
+}
+
 /// Element type of a model input.
+///
+/// `U8` is for raw pixels: the batch carries bytes ([`ByteTensor`]) and the
+/// model turns them into f32 values `0.0..=255.0` at its input, where they
+/// enter the tape; a `Rescaling` layer usually follows. Converting at the
+/// boundary keeps every op on f32 (one kernel per op, no dtype dispatch) while
+/// the data path moves a quarter of the bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DType {
     F32,
     I32,
+    U8,
 }
 
 impl std::fmt::Display for DType {
@@ -234,6 +261,7 @@ impl std::fmt::Display for DType {
         f.write_str(match self {
             DType::F32 => "float32",
             DType::I32 => "int32",
+            DType::U8 => "uint8",
         })
     }
 }

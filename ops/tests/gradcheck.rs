@@ -3,6 +3,9 @@
 //! check also shows its own power: the same comparison with the analytic
 //! gradient of one weight scaled by 1.1 must fail.
 
+mod common;
+
+use common::*;
 use kallista_ops::autodiff::{self, Mask, Tape, Var};
 use kallista_ops::backend::Activation;
 use kallista_ops::gradcheck::GradCheck;
@@ -11,63 +14,6 @@ use kallista_ops::layers::*;
 use kallista_ops::tensor::DType;
 use kallista_ops::{IntTensor, Result, Tensor};
 use std::sync::Arc;
-
-fn randn(shape: &[usize], seed: u64, scale: f32) -> Tensor {
-    let mut r = Rng::new(seed);
-    Tensor::new(shape, (0..shape.iter().product()).map(|_| scale * r.normal()).collect()).unwrap()
-}
-
-/// Weights of a built layer, drawn from their initialisers (biases nudged off zero).
-fn init_weights(layer: &mut dyn Layer, seed: u64) -> Vec<Tensor> {
-    let mut rng = Rng::new(seed);
-    layer
-        .weights_mut()
-        .iter_mut()
-        .map(|w| {
-            let shape = w.value.shape().to_vec();
-            let mut t = w.initializer.init(&shape, &mut rng);
-            t.data_mut().iter_mut().for_each(|v| *v += 0.1 * rng.normal());
-            t
-        })
-        .collect()
-}
-
-/// Checks `f` and that a 10% error in the gradient of input `corrupt` is caught.
-fn assert_grads<F>(what: &str, inputs: &[Tensor], corrupt: usize, f: F)
-where
-    F: Fn(&mut Tape, &[Var]) -> Result<Var>,
-{
-    let gc = GradCheck::default();
-    let report = gc.check(inputs, &f).unwrap();
-    assert!(report.ok(), "{what}: gradient mismatch (input, element, analytic, numeric): {:?}", report.failures);
-    let mut wrong = report.analytic.clone();
-    wrong[corrupt].iter_mut().for_each(|g| *g *= 1.1);
-    let caught = gc.compare(inputs, &wrong, &report.proj, &f).unwrap();
-    assert!(!caught.ok(), "{what}: a 10% error in input {corrupt}'s gradient went unnoticed");
-}
-
-/// Gradient check of a float-input layer w.r.t. its inputs and all its weights.
-fn check_layer(what: &str, mut layer: Box<dyn Layer>, inputs: Vec<Tensor>, mask: Option<Mask>) {
-    let specs: Vec<TensorSpec> = inputs
-        .iter()
-        .map(|t| TensorSpec { shape: t.shape()[1..].to_vec(), dtype: DType::F32, masked: mask.is_some() })
-        .collect();
-    layer.build(&specs).unwrap();
-    let weights = init_weights(&mut *layer, 11);
-    let n_in = inputs.len();
-    let mut all = inputs;
-    all.extend(weights);
-    let corrupt = all.len() - 1;
-    assert_grads(what, &all, corrupt, |tape, vars| {
-        let args: Vec<Value> = vars[..n_in].iter().map(|v| Value::Float { var: *v, mask: mask.clone() }).collect();
-        let mut rng = Rng::new(5);
-        let mut ctx = CallContext { training: true, rng: &mut rng };
-        match layer.forward(tape, &vars[n_in..], &args, &mut ctx)? {
-            Value::Float { var, .. } => Ok(var),
-            Value::Int(_) => unreachable!("float layers return floats"),
-        }
-    });
-}
 
 fn padding_mask(b: usize, t: usize, lengths: &[usize]) -> Mask {
     Arc::new((0..b * t).map(|i| (i % t) < lengths[i / t]).collect())
@@ -122,7 +68,7 @@ fn masked_steps_carry_the_state() {
         let xv = tape.leaf(x.clone(), false);
         let wv: Vec<Var> = w.iter().map(|t| tape.leaf(t.clone(), false)).collect();
         let mut rng = Rng::new(0);
-        let mut ctx = CallContext { training: false, rng: &mut rng };
+        let mut ctx = CallContext::new(false, &mut rng);
         let Value::Float { var, .. } =
             layer.forward(&mut tape, &wv, &[Value::Float { var: xv, mask }], &mut ctx).unwrap()
         else {
@@ -147,23 +93,6 @@ fn concatenate_add_flatten_reshape_dropout() {
     check_layer_no_weights("Dropout", Box::new(Dropout::new(0.5)), vec![a]);
 }
 
-/// Layers without weights: the check covers the inputs; a `Dense` after them gives
-/// the projection a weight to corrupt (so the power test still applies).
-fn check_layer_no_weights(what: &str, mut layer: Box<dyn Layer>, inputs: Vec<Tensor>) {
-    let specs: Vec<TensorSpec> = inputs.iter().map(|t| TensorSpec::f32(&t.shape()[1..])).collect();
-    layer.build(&specs).unwrap();
-    let n = inputs.len();
-    assert_grads(what, &inputs, n - 1, |tape, vars| {
-        let args: Vec<Value> = vars.iter().map(|v| Value::Float { var: *v, mask: None }).collect();
-        let mut rng = Rng::new(5);
-        let mut ctx = CallContext { training: true, rng: &mut rng };
-        match layer.forward(tape, &[], &args, &mut ctx)? {
-            Value::Float { var, .. } => autodiff::activation(tape, var, Activation::Tanh),
-            Value::Int(_) => unreachable!(),
-        }
-    });
-}
-
 #[test]
 fn embedding_table_gradient_with_repeated_ids() {
     let mut layer = Embedding::new(7, 3).mask_zero(true);
@@ -172,7 +101,7 @@ fn embedding_table_gradient_with_repeated_ids() {
     let ids = IntTensor::new(&[2, 4], vec![1, 2, 2, 0, 6, 1, 0, 0]).unwrap();
     assert_grads("Embedding", &table, 0, |tape, vars| {
         let mut rng = Rng::new(0);
-        let mut ctx = CallContext { training: true, rng: &mut rng };
+        let mut ctx = CallContext::new(true, &mut rng);
         match layer.forward(tape, vars, &[Value::Int(ids.clone())], &mut ctx)? {
             Value::Float { var, .. } => autodiff::activation(tape, var, Activation::Tanh),
             Value::Int(_) => unreachable!(),

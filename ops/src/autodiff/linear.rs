@@ -168,3 +168,30 @@ impl Backward for WeightedSumBackward {
         Ok(())
     }
 }
+
+/// `x * scale + offset` elementwise with scalar constants (Keras `Rescaling`).
+pub fn scale_shift(tape: &mut Tape, x: Var, scale: f32, offset: f32) -> Result<Var> {
+    let y: Vec<f32> = tape.value(x).data().iter().map(|v| v * scale + offset).collect();
+    let shape = tape.shape(x).to_vec();
+    Ok(tape.push(Tensor::new(&shape, y)?, Box::new(ScaleShiftBackward { x, scale })))
+}
+
+struct ScaleShiftBackward {
+    x: Var,
+    scale: f32,
+}
+
+impl Backward for ScaleShiftBackward {
+    fn name(&self) -> &'static str {
+        "scale_shift"
+    }
+    fn inputs(&self) -> Vec<Var> {
+        vec![self.x]
+    }
+    fn backward(&self, _tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
+        if let Some(dx) = grads.slot(self.x, dy.len()) {
+            dx.iter_mut().zip(dy).for_each(|(d, g)| *d += g * self.scale);
+        }
+        Ok(())
+    }
+}

@@ -12,22 +12,32 @@
 //! weight gradients after back-propagation through time.
 
 mod activation;
+mod batchnorm;
+mod conv;
+mod depthwise;
 mod embedding;
 mod gru;
 mod linear;
 mod loss;
 mod lstm;
+mod pool;
 mod shape;
 mod tape;
+mod window;
 
 pub use activation::activation;
+pub use batchnorm::{batch_norm, BatchMoments, BatchNormStats};
+pub use conv::{conv2d, Conv2dOptions};
+pub use depthwise::depthwise_conv2d;
 pub use embedding::embedding;
 pub use gru::{gru, GruOptions};
-pub use linear::{add, dense, dropout, weighted_sum};
+pub use linear::{add, dense, dropout, scale_shift, weighted_sum};
 pub use loss::{binary_crossentropy, categorical_crossentropy, mean_squared_error, sparse_categorical_crossentropy};
 pub use lstm::{lstm, LstmOptions};
-pub use shape::{concat_last, reshape};
+pub use pool::{global_pool2d, pool2d, PoolKind};
+pub use shape::{concat_last, reshape, zero_pad2d};
 pub use tape::{Backward, Gradients, Tape, Var};
+pub use window::{Padding, Window2d};
 
 /// A `[batch, time]` mask of valid time steps (true = keep), from an Embedding with `mask_zero`.
 pub type Mask = std::sync::Arc<Vec<bool>>;

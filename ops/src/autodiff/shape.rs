@@ -86,3 +86,50 @@ impl Backward for ConcatBackward {
         Ok(())
     }
 }
+
+/// Zero padding of height and width: x `[N, H, W, C]` -> `[N, top + H + bottom, left + W + right, C]`.
+pub fn zero_pad2d(tape: &mut Tape, x: Var, rows: (usize, usize), cols: (usize, usize)) -> Result<Var> {
+    let (n, h, w, c) = super::window::nhwc("zero_pad2d", tape.shape(x))?;
+    let (oh, ow) = (rows.0 + h + rows.1, cols.0 + w + cols.1);
+    let xv = tape.value(x).data();
+    let mut y = vec![0.0; n * oh * ow * c];
+    for f in 0..n {
+        for r in 0..h {
+            let src = &xv[((f * h + r) * w) * c..((f * h + r) * w + w) * c];
+            let at = ((f * oh + r + rows.0) * ow + cols.0) * c;
+            y[at..at + w * c].copy_from_slice(src);
+        }
+    }
+    let t = crate::tensor::Tensor::new(&[n, oh, ow, c], y)?;
+    Ok(tape.push(t, Box::new(ZeroPadBackward { x, dims: (n, h, w, c), rows: rows.0, cols: cols.0, oh, ow })))
+}
+
+struct ZeroPadBackward {
+    x: Var,
+    dims: (usize, usize, usize, usize),
+    rows: usize,
+    cols: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Backward for ZeroPadBackward {
+    fn name(&self) -> &'static str {
+        "zero_pad2d"
+    }
+    fn inputs(&self) -> Vec<Var> {
+        vec![self.x]
+    }
+    fn backward(&self, _tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
+        let (n, h, w, c) = self.dims;
+        let Some(dx) = grads.slot(self.x, n * h * w * c) else { return Ok(()) };
+        for f in 0..n {
+            for r in 0..h {
+                let at = ((f * self.oh + r + self.rows) * self.ow + self.cols) * c;
+                let dst = &mut dx[((f * h + r) * w) * c..((f * h + r) * w + w) * c];
+                dst.iter_mut().zip(&dy[at..at + w * c]).for_each(|(d, g)| *d += g);
+            }
+        }
+        Ok(())
+    }
+}

@@ -7,26 +7,45 @@
 //! the gradient checks feed it perturbed weights.
 
 mod add;
+mod args;
+mod batch_normalization;
 mod concatenate;
+mod conv2d;
 mod dense;
+mod depthwise_conv2d;
 mod dropout;
 mod embedding;
 mod flatten;
 mod gru;
 mod lstm;
+mod pooling;
 mod registry;
+mod rescaling;
 mod reshape;
+mod time_distributed;
+mod zero_padding2d;
 
+pub use crate::autodiff::PoolKind;
 pub use add::Add;
+pub use args::{Padding, Pair};
+pub use batch_normalization::BatchNormalization;
 pub use concatenate::Concatenate;
+pub use conv2d::Conv2D;
 pub use dense::Dense;
+pub use depthwise_conv2d::DepthwiseConv2D;
 pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use flatten::Flatten;
 pub use gru::Gru;
 pub use lstm::Lstm;
-pub use registry::layer_from_config;
+pub use pooling::{
+    AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, GlobalPooling2D, MaxPooling2D, Pooling2D,
+};
+pub use registry::{layer_from_config, LayerJson};
+pub use rescaling::Rescaling;
 pub use reshape::Reshape;
+pub use time_distributed::TimeDistributed;
+pub use zero_padding2d::{Padding2d, ZeroPadding2D};
 
 use crate::autodiff::{Mask, Tape, Var};
 use crate::error::{OpsError, Result};
@@ -69,6 +88,11 @@ impl Weight {
     pub fn declare(name: &str, shape: &[usize], initializer: Initializer) -> Self {
         Weight { name: name.to_string(), value: crate::tensor::Tensor::zeros(shape), initializer, trainable: true }
     }
+
+    /// A declared non-trainable weight: state the layer updates itself (moving statistics).
+    pub fn state(name: &str, shape: &[usize], initializer: Initializer) -> Self {
+        Weight { trainable: false, ..Weight::declare(name, shape, initializer) }
+    }
 }
 
 /// A runtime value flowing between layers: float activations (with an optional
@@ -95,16 +119,46 @@ impl Value {
     }
 }
 
-/// What a layer needs at call time besides its inputs.
+/// A new value for a non-trainable weight, computed by a forward pass in
+/// training mode (BatchNormalization's moving statistics). `weight` is the tape
+/// var the layer received for that weight; the model maps it back to the
+/// weight and writes the value after the step (see `model::run`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateUpdate {
+    pub weight: Var,
+    pub value: crate::tensor::Tensor,
+}
+
+/// What a layer needs at call time besides its inputs, and what it reports back.
 pub struct CallContext<'a> {
     pub training: bool,
     pub rng: &'a mut Rng,
+    /// State updates recorded by the layers of this forward pass, in call order.
+    pub updates: Vec<StateUpdate>,
+}
+
+impl<'a> CallContext<'a> {
+    pub fn new(training: bool, rng: &'a mut Rng) -> Self {
+        CallContext { training, rng, updates: vec![] }
+    }
+}
+
+/// The key of a weight relative to the layer that exposes it, and whether the
+/// optimizer may change it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WeightPath {
+    /// `"kernel"` for a layer's own weight; `"conv1/kernel"` for the weight
+    /// `kernel` of layer `conv1` inside a nested model or wrapper.
+    pub path: String,
+    /// False for non-trainable weights and for every weight of a frozen layer.
+    pub trainable: bool,
 }
 
 /// A Keras layer. Contract: `build` may be called several times (a shared
 /// layer is called on several inputs); the first call declares the weights and
 /// later calls must fit them, else a [`OpsError::LayerInput`] naming the
-/// layer. `forward` receives the weights in the order of `weights()`.
+/// layer. `forward` receives the weights in the order of `weights()`, which
+/// includes the weights of wrapped layers (TimeDistributed, a nested model).
 pub trait Layer: Send + Sync + std::fmt::Debug {
     /// Keras class name (`"Dense"`, `"LSTM"`, ...).
     fn class_name(&self) -> &'static str;
@@ -113,13 +167,37 @@ pub trait Layer: Send + Sync + std::fmt::Debug {
     fn set_name(&mut self, name: String);
     /// Whether the optimizer updates this layer's weights.
     fn trainable(&self) -> bool;
+    /// Freezes or unfreezes the layer; wrappers and nested models pass it on to
+    /// every layer inside, as Keras's `layer.trainable = ...` does.
     fn set_trainable(&mut self, trainable: bool);
     /// Keras-style arguments (without `name` and `trainable`, which the model writes).
     fn config(&self) -> serde_json::Value;
     /// Checks the inputs, declares weights on first call, and returns the output spec.
     fn build(&mut self, inputs: &[TensorSpec]) -> Result<TensorSpec>;
-    fn weights(&self) -> &[Weight];
-    fn weights_mut(&mut self) -> &mut [Weight];
+    /// Every weight, in `forward` order (a wrapper's come from the layers it holds).
+    fn weights(&self) -> Vec<&Weight>;
+    fn weights_mut(&mut self) -> Vec<&mut Weight>;
+    /// Key and trainability of each weight of `weights()`, in the same order.
+    /// Default: the weight's name, trainable if both the layer and the weight are.
+    fn weight_paths(&self) -> Vec<WeightPath> {
+        let on = self.trainable();
+        self.weights().iter().map(|w| WeightPath { path: w.name.clone(), trainable: on && w.trainable }).collect()
+    }
+    /// Draws the weights from their initialisers. A nested model keeps the
+    /// weights it already has (drawn when it was built, or loaded), as a Keras
+    /// model used as a layer does.
+    fn init_weights(&mut self, rng: &mut Rng) {
+        for w in self.weights_mut() {
+            let shape = w.value.shape().to_vec();
+            w.value = w.initializer.init(&shape, rng);
+        }
+    }
+    /// Whether a training-mode forward pass depends on the whole batch at once
+    /// (BatchNormalization's batch statistics), so the batch must not be split
+    /// into shards that run separately.
+    fn uses_batch_statistics(&self) -> bool {
+        false
+    }
     /// Records the layer's ops on `tape`.
     fn forward(&self, tape: &mut Tape, weights: &[Var], inputs: &[Value], ctx: &mut CallContext<'_>) -> Result<Value>;
     /// A boxed copy (layers are cloned when models are copied to worker threads).
@@ -161,11 +239,11 @@ macro_rules! layer_base_methods {
         fn set_trainable(&mut self, trainable: bool) {
             self.base.trainable = trainable;
         }
-        fn weights(&self) -> &[$crate::layers::Weight] {
-            &self.base.weights
+        fn weights(&self) -> Vec<&$crate::layers::Weight> {
+            self.base.weights.iter().collect()
         }
-        fn weights_mut(&mut self) -> &mut [$crate::layers::Weight] {
-            &mut self.base.weights
+        fn weights_mut(&mut self) -> Vec<&mut $crate::layers::Weight> {
+            self.base.weights.iter_mut().collect()
         }
         fn box_clone(&self) -> Box<dyn $crate::layers::Layer> {
             Box::new(self.clone())
@@ -216,4 +294,20 @@ pub(crate) fn declare_or_check(layer_name: &str, class: &str, base: &mut LayerBa
 /// Reads a layer config with serde, naming the layer and key on error.
 pub(crate) fn parse_config<T: serde::de::DeserializeOwned>(class: &str, v: &serde_json::Value) -> Result<T> {
     serde_json::from_value(v.clone()).map_err(|e| OpsError::Config(format!("{class} config: {e}")))
+}
+
+/// `LSTM` -> `lstm`, `GlobalAveragePooling2D` -> `global_average_pooling2d`.
+pub(crate) fn snake(class: &str) -> String {
+    let mut out = String::new();
+    let chars: Vec<char> = class.chars().collect();
+    for (i, c) in chars.iter().enumerate() {
+        if c.is_uppercase()
+            && i > 0
+            && (chars[i - 1].is_lowercase() || chars.get(i + 1).is_some_and(|n| n.is_lowercase()))
+        {
+            out.push('_');
+        }
+        out.extend(c.to_lowercase());
+    }
+    out
 }

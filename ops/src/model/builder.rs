@@ -4,7 +4,7 @@
 use super::{Model, Node, SymTensor};
 use crate::error::{OpsError, Result};
 use crate::init::Rng;
-use crate::layers::{Layer, TensorSpec};
+use crate::layers::{snake, Layer, TensorSpec};
 use crate::tensor::DType;
 use std::collections::HashMap;
 
@@ -122,6 +122,7 @@ impl ModelBuilder {
             compiled: None,
             optimizer: None,
             steps_run: 0,
+            trainable: true,
         };
         model.check_reachable()?;
         model.initialize(seed);
@@ -137,22 +138,6 @@ impl ModelBuilder {
             format!("{base}_{}", *n - 1)
         }
     }
-}
-
-/// `LSTM` -> `lstm`, `GlobalAveragePooling2D` -> `global_average_pooling2d`.
-fn snake(class: &str) -> String {
-    let mut out = String::new();
-    let chars: Vec<char> = class.chars().collect();
-    for (i, c) in chars.iter().enumerate() {
-        if c.is_uppercase()
-            && i > 0
-            && (chars[i - 1].is_lowercase() || chars.get(i + 1).is_some_and(|n| n.is_lowercase()))
-        {
-            out.push('_');
-        }
-        out.extend(c.to_lowercase());
-    }
-    out
 }
 
 impl Model {
@@ -178,15 +163,13 @@ impl Model {
         Ok(())
     }
 
-    /// Draws every weight from its initialiser: one generator per layer, seeded in layer order.
+    /// Draws every weight from its initialiser: one generator per layer, seeded
+    /// in layer order. Nested models keep their weights (see [`Layer::init_weights`]).
     pub fn initialize(&mut self, seed: u64) {
         let mut master = Rng::new(seed);
         for layer in self.layers.iter_mut() {
             let mut rng = Rng::new(master.next_seed());
-            for w in layer.weights_mut() {
-                let shape = w.value.shape().to_vec();
-                w.value = w.initializer.init(&shape, &mut rng);
-            }
+            layer.init_weights(&mut rng);
         }
         self.seed = seed;
     }

@@ -1,10 +1,14 @@
 //! The model's JSON config, Keras-like: inputs, layers with their class name
 //! and arguments, the call graph (`nodes`), outputs, and the weight seed.
 //! Executors rebuild models from it.
+//!
+//! A nested model is a layer whose `class_name` is `"Functional"` and whose
+//! `config` is the nested model's own config object (as Keras writes it);
+//! `TimeDistributed` holds its layer's `{class_name, name, trainable, config}`.
 
 use super::{Model, ModelBuilder, SymbolicTensor};
 use crate::error::{OpsError, Result};
-use crate::layers::layer_from_config;
+use crate::layers::LayerJson;
 use crate::tensor::DType;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -18,7 +22,7 @@ struct ModelJson {
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FunctionalJson {
+pub(crate) struct FunctionalJson {
     name: String,
     #[serde(default)]
     seed: u64,
@@ -36,21 +40,6 @@ struct InputJson {
     dtype: String,
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LayerJson {
-    class_name: String,
-    name: String,
-    #[serde(default = "yes")]
-    trainable: bool,
-    #[serde(default)]
-    config: serde_json::Value,
-}
-
-fn yes() -> bool {
-    true
-}
-
 /// A call of a layer on named tensors; its output is named after the layer
 /// (`layer` on the first call, `layer@k` on the k-th later one).
 #[derive(Serialize, Deserialize)]
@@ -64,49 +53,43 @@ fn parse_dtype(s: &str) -> Result<DType> {
     match s {
         "float32" => Ok(DType::F32),
         "int32" | "int64" => Ok(DType::I32),
-        other => Err(OpsError::Config(format!("input dtype '{other}' (expected float32 or int32)"))),
+        "uint8" => Ok(DType::U8),
+        other => Err(OpsError::Config(format!("input dtype '{other}' (expected float32, int32 or uint8)"))),
     }
 }
 
 impl Model {
     /// The model's config as pretty JSON.
     pub fn to_json(&self) -> String {
-        let j = ModelJson {
-            class_name: "Functional".into(),
-            config: FunctionalJson {
-                name: self.name.clone(),
-                seed: self.seed,
-                inputs: self
-                    .inputs
-                    .iter()
-                    .map(|&t| InputJson {
-                        name: self.tensors[t].name.clone(),
-                        shape: self.tensors[t].spec.shape.clone(),
-                        dtype: self.tensors[t].spec.dtype.to_string(),
-                    })
-                    .collect(),
-                layers: self
-                    .layers
-                    .iter()
-                    .map(|l| LayerJson {
-                        class_name: l.class_name().into(),
-                        name: l.name().into(),
-                        trainable: l.trainable(),
-                        config: l.config(),
-                    })
-                    .collect(),
-                nodes: self
-                    .nodes
-                    .iter()
-                    .map(|n| NodeJson {
-                        layer: self.layers[n.layer].name().into(),
-                        inputs: n.inputs.iter().map(|&i| self.tensors[i].name.clone()).collect(),
-                    })
-                    .collect(),
-                outputs: self.outputs.iter().map(|&o| self.tensors[o].name.clone()).collect(),
-            },
-        };
+        let j = ModelJson { class_name: "Functional".into(), config: self.functional_json() };
         serde_json::to_string_pretty(&j).expect("model config serialises")
+    }
+
+    /// The config object of the graph (what a nested model writes as its layer config).
+    pub(crate) fn functional_json(&self) -> FunctionalJson {
+        FunctionalJson {
+            name: self.name.clone(),
+            seed: self.seed,
+            inputs: self
+                .inputs
+                .iter()
+                .map(|&t| InputJson {
+                    name: self.tensors[t].name.clone(),
+                    shape: self.tensors[t].spec.shape.clone(),
+                    dtype: self.tensors[t].spec.dtype.to_string(),
+                })
+                .collect(),
+            layers: self.layers.iter().map(|l| LayerJson::of(&**l)).collect(),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| NodeJson {
+                    layer: self.layers[n.layer].name().into(),
+                    inputs: n.inputs.iter().map(|&i| self.tensors[i].name.clone()).collect(),
+                })
+                .collect(),
+            outputs: self.outputs.iter().map(|&o| self.tensors[o].name.clone()).collect(),
+        }
     }
 
     /// Rebuilds a model from [`Model::to_json`]'s output; weights are drawn from the config's seed.
@@ -115,7 +98,11 @@ impl Model {
         if j.class_name != "Functional" {
             return Err(OpsError::Config(format!("model class_name '{}' (expected Functional)", j.class_name)));
         }
-        let c = j.config;
+        Model::from_functional(j.config)
+    }
+
+    /// Rebuilds a model from its graph config object.
+    pub(crate) fn from_functional(c: FunctionalJson) -> Result<Model> {
         let mut g = ModelBuilder::new(&c.name);
         let mut named: HashMap<String, SymbolicTensor> = HashMap::new();
         let mut inputs = vec![];
@@ -126,10 +113,7 @@ impl Model {
         }
         let mut ids = HashMap::new();
         for l in &c.layers {
-            let mut layer = layer_from_config(&l.class_name, &l.config)
-                .map_err(|e| OpsError::Config(format!("layer '{}': {e}", l.name)))?;
-            layer.set_name(l.name.clone());
-            layer.set_trainable(l.trainable);
+            let layer = l.build()?;
             if ids.contains_key(&l.name) {
                 return Err(OpsError::Config(format!("two layers are named '{}'", l.name)));
             }

@@ -7,9 +7,14 @@
 //! ([`Model::train_on_batch`] and friends), prints a [`Model::summary`],
 //! serialises to JSON ([`Model::to_json`] / [`Model::from_json`]) and saves its
 //! weights and optimizer state as safetensors.
+//!
+//! A `Model` is also a [`Layer`] (as in Keras): applied inside another model it
+//! runs its graph on the outer tape, and its weights are keyed
+//! `<model name>/<inner layer>/<weight>` in the outer model (see `nested.rs`).
 
 mod builder;
 mod config;
+mod nested;
 mod run;
 mod summary;
 mod weights;
@@ -17,9 +22,9 @@ mod weights;
 pub use weights::{read_safetensors, write_atomic, write_safetensors};
 
 pub use builder::{LayerId, ModelBuilder, SymbolicTensor};
-pub use run::{BatchResult, Compiled, WeightGrads};
+pub use run::{BatchResult, Compiled, ForwardPass, WeightGrads};
 
-use crate::layers::{Layer, TensorSpec};
+use crate::layers::{Layer, TensorSpec, Weight};
 use crate::optim::Optimizer;
 
 /// A model input: its name and per-sample spec.
@@ -59,6 +64,9 @@ pub struct Model {
     pub(crate) optimizer: Option<Optimizer>,
     /// Training steps run (drives the dropout random stream).
     pub(crate) steps_run: u64,
+    /// Whether the optimizer may change the weights when this model is a layer
+    /// of another model (Keras `model.trainable`).
+    pub(crate) trainable: bool,
 }
 
 impl Model {
@@ -99,31 +107,46 @@ impl Model {
         Ok(())
     }
 
+    /// Every weight in forward order (the order of [`Model::weight_keys`] and of
+    /// [`WeightGrads`]): its key `<layer>/<path>`, value, and whether the optimizer
+    /// may change it.
+    pub(crate) fn weight_entries(&self) -> Vec<(String, &Weight, bool)> {
+        self.layers
+            .iter()
+            .flat_map(|l| {
+                let name = l.name().to_string();
+                l.weights()
+                    .into_iter()
+                    .zip(l.weight_paths())
+                    .map(move |(w, p)| (format!("{name}/{}", p.path), w, p.trainable))
+            })
+            .collect()
+    }
+
+    /// Every weight, mutable, in the order of [`Model::weight_entries`].
+    pub(crate) fn weights_flat_mut(&mut self) -> Vec<&mut Weight> {
+        self.layers.iter_mut().flat_map(|l| l.weights_mut()).collect()
+    }
+
     /// Total number of weights (trainable and not).
     pub fn count_params(&self) -> usize {
-        self.layers.iter().flat_map(|l| l.weights()).map(|w| w.value.len()).sum()
+        self.weight_entries().iter().map(|(_, w, _)| w.value.len()).sum()
     }
 
     /// Number of weights the optimizer updates.
     pub fn count_trainable_params(&self) -> usize {
-        self.layers
-            .iter()
-            .filter(|l| l.trainable())
-            .flat_map(|l| l.weights())
-            .filter(|w| w.trainable)
-            .map(|w| w.value.len())
-            .sum()
+        self.weight_entries().iter().filter(|(_, _, t)| *t).map(|(_, w, _)| w.value.len()).sum()
     }
 
-    /// `<layer>/<weight>` keys of all weights, in layer order.
+    /// `<layer>/<weight>` keys of all weights, in layer order; a nested model's or
+    /// wrapper's weights are `<layer>/<inner layer>/<weight>`.
     pub fn weight_keys(&self) -> Vec<String> {
-        self.layers.iter().flat_map(|l| l.weights().iter().map(move |w| format!("{}/{}", l.name(), w.name))).collect()
+        self.weight_entries().into_iter().map(|(k, _, _)| k).collect()
     }
 
-    /// A weight by `<layer>/<weight>` key.
+    /// A weight by key (see [`Model::weight_keys`]).
     pub fn weight(&self, key: &str) -> Option<&crate::tensor::Tensor> {
-        let (l, w) = key.split_once('/')?;
-        self.layer(l)?.weights().iter().find(|x| x.name == w).map(|x| &x.value)
+        self.weight_entries().into_iter().find(|(k, _, _)| k == key).map(|(_, w, _)| &w.value)
     }
 
     /// The optimizer, once compiled.

@@ -7,13 +7,26 @@
 //! in shard order, so results do not depend on thread timing. Each shard's
 //! loss is seeded with `shard_size / batch_size`, so the sum is the gradient
 //! of the batch mean, as one large batch would give.
+//!
+//! BatchNormalization in training mode normalises with the statistics of the
+//! whole batch, which shards cannot see from their own tapes. Rather than
+//! synchronise shards in the middle of a forward pass, a training step of a
+//! model with such a layer ([`Layer::uses_batch_statistics`](crate::layers::Layer::uses_batch_statistics)) runs as one
+//! shard, whose kernels may still use every thread. Results then do not depend
+//! on the thread count, as for every other model. Inference is sharded as usual
+//! (it uses the moving statistics).
+//!
+//! State updates (the new moving statistics) travel in [`WeightGrads::state`]
+//! beside the gradients and are written by [`Model::apply_gradients`] after
+//! the optimizer step, so that a step is deterministic and a driver that
+//! combines several workers' results averages them.
 
 use super::Model;
 use crate::autodiff::{Tape, Var};
 use crate::backend::with_single_threaded_kernels;
 use crate::error::{OpsError, Result};
 use crate::init::Rng;
-use crate::layers::{CallContext, Value};
+use crate::layers::{CallContext, StateUpdate, Value};
 use crate::losses::Loss;
 use crate::metrics::Metric;
 use crate::optim::{Optimizer, OptimizerConfig, ParamUpdate};
@@ -49,29 +62,57 @@ impl BatchResult {
 }
 
 /// Gradients of every weight (in [`Model::weight_keys`] order); `None` for
-/// frozen weights.
+/// frozen weights. Also carries the state updates of the step.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct WeightGrads {
     pub values: Vec<Option<Vec<f32>>>,
+    /// New values of non-trainable state weights (BatchNormalization moving
+    /// statistics), by weight index as `values`, summed over `state_parts`
+    /// contributions; [`Model::apply_gradients`] writes their mean.
+    pub state: Vec<Option<Vec<f32>>>,
+    /// How many forward passes contributed to `state` (0: no update).
+    pub state_parts: usize,
+}
+
+fn add_into(dst: &mut [Option<Vec<f32>>], src: &[Option<Vec<f32>>]) {
+    for (a, b) in dst.iter_mut().zip(src) {
+        match (a, b) {
+            (Some(a), Some(b)) => a.par_chunks_mut(1 << 15).zip(b.par_chunks(1 << 15)).for_each(|(a, b)| {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+            }),
+            (a @ None, Some(b)) => *a = Some(b.clone()),
+            _ => {}
+        }
+    }
 }
 
 impl WeightGrads {
-    /// Adds `other` elementwise (same model).
+    /// Adds `other` elementwise (same model); state updates are summed too and
+    /// their part counts added, so that the applied state is their mean.
     pub fn add_assign(&mut self, other: &WeightGrads) {
         if self.values.is_empty() {
             self.values = other.values.clone();
-            return;
+        } else {
+            add_into(&mut self.values, &other.values);
         }
-        for (a, b) in self.values.iter_mut().zip(&other.values) {
-            match (a, b) {
-                (Some(a), Some(b)) => a.par_chunks_mut(1 << 15).zip(b.par_chunks(1 << 15)).for_each(|(a, b)| {
-                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                }),
-                (a @ None, Some(b)) => *a = Some(b.clone()),
-                _ => {}
-            }
+        if self.state.is_empty() {
+            self.state = other.state.clone();
+        } else {
+            add_into(&mut self.state, &other.state);
         }
+        self.state_parts += other.state_parts;
     }
+}
+
+/// What [`Model::forward_on_tape`] recorded.
+#[derive(Clone, Debug)]
+pub struct ForwardPass {
+    /// One var per model output.
+    pub outputs: Vec<Var>,
+    /// One leaf per weight, in [`Model::weight_keys`] order.
+    pub weights: Vec<Var>,
+    /// State updates by weight index (training mode only).
+    pub updates: Vec<(usize, Tensor)>,
 }
 
 impl Model {
@@ -119,7 +160,9 @@ impl Model {
         Ok(batch)
     }
 
-    /// Runs the graph on `tape`. Returns the output vars and, per layer, its weight vars.
+    /// Runs the graph on `tape`: weights become leaves (requiring a gradient when
+    /// `with_grads` and trainable), inputs become values (`uint8` ones as f32
+    /// leaves, see [`crate::DType::U8`]).
     pub fn forward_on_tape(
         &self,
         tape: &mut Tape,
@@ -127,26 +170,76 @@ impl Model {
         training: bool,
         with_grads: bool,
         rng: &mut Rng,
-    ) -> Result<(Vec<Var>, Vec<Vec<Var>>)> {
+    ) -> Result<ForwardPass> {
         self.check_inputs(inputs)?;
+        let mut flat = vec![];
         let wvars: Vec<Vec<Var>> = self
             .layers
             .iter()
             .map(|l| {
-                l.weights()
-                    .iter()
-                    .map(|w| tape.leaf(w.value.clone(), with_grads && l.trainable() && w.trainable))
-                    .collect()
+                let vars: Vec<Var> = l
+                    .weights()
+                    .into_iter()
+                    .zip(l.weight_paths())
+                    .map(|(w, p)| tape.leaf(w.value.clone(), with_grads && p.trainable))
+                    .collect();
+                flat.extend_from_slice(&vars);
+                vars
             })
             .collect();
+        let values: Vec<Value> = inputs
+            .iter()
+            .map(|d| {
+                Ok(match d {
+                    Data::F32(x) => Value::Float { var: tape.leaf(x.clone(), false), mask: None },
+                    Data::I32(x) => Value::Int(x.clone()),
+                    Data::U8(x) => {
+                        let f = Tensor::new(x.shape(), x.data().iter().map(|&b| b as f32).collect())?;
+                        Value::Float { var: tape.leaf(f, false), mask: None }
+                    }
+                })
+            })
+            .collect::<Result<_>>()?;
+        let mut ctx = CallContext::new(training, rng);
+        let outs = self.run_graph(tape, &wvars, values, &mut ctx)?;
+        let outputs = outs
+            .iter()
+            .zip(&self.outputs)
+            .map(|(v, &o)| match v {
+                Value::Float { var, .. } => Ok(*var),
+                _ => Err(OpsError::Config(format!("output '{}' is not a float tensor", self.tensors[o].name))),
+            })
+            .collect::<Result<_>>()?;
+        let index: std::collections::HashMap<Var, usize> = flat.iter().enumerate().map(|(i, v)| (*v, i)).collect();
+        let updates = ctx
+            .updates
+            .into_iter()
+            .map(|StateUpdate { weight, value }| {
+                index.get(&weight).map(|&i| (i, value)).ok_or_else(|| {
+                    OpsError::Config(format!(
+                        "model '{}': a layer updated a var that is not one of its weights",
+                        self.name
+                    ))
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(ForwardPass { outputs, weights: flat, updates })
+    }
+
+    /// Runs the graph's nodes in order on values already on `tape`; `wvars` holds
+    /// each layer's weight vars. Returns the output values. A nested model's
+    /// forward calls this with the vars its outer model gave it.
+    pub(crate) fn run_graph(
+        &self,
+        tape: &mut Tape,
+        wvars: &[Vec<Var>],
+        inputs: Vec<Value>,
+        ctx: &mut CallContext<'_>,
+    ) -> Result<Vec<Value>> {
         let mut values: Vec<Option<Value>> = vec![None; self.tensors.len()];
-        for (d, &t) in inputs.iter().zip(&self.inputs) {
-            values[t] = Some(match d {
-                Data::F32(x) => Value::Float { var: tape.leaf(x.clone(), false), mask: None },
-                Data::I32(x) => Value::Int(x.clone()),
-            });
+        for (v, &t) in inputs.into_iter().zip(&self.inputs) {
+            values[t] = Some(v);
         }
-        let mut ctx = CallContext { training, rng };
         for node in &self.nodes {
             let args: Vec<Value> = node
                 .inputs
@@ -158,17 +251,21 @@ impl Model {
                 })
                 .collect::<Result<_>>()?;
             let layer = &self.layers[node.layer];
-            values[node.output] = Some(layer.forward(tape, &wvars[node.layer], &args, &mut ctx)?);
+            values[node.output] = Some(layer.forward(tape, &wvars[node.layer], &args, ctx)?);
         }
-        let outs = self
-            .outputs
+        self.outputs
             .iter()
-            .map(|&o| match &values[o] {
-                Some(Value::Float { var, .. }) => Ok(*var),
-                _ => Err(OpsError::Config(format!("output '{}' is not a float tensor", self.tensors[o].name))),
+            .map(|&o| {
+                values[o]
+                    .clone()
+                    .ok_or_else(|| OpsError::Config(format!("output '{}' is not computed", self.tensors[o].name)))
             })
-            .collect::<Result<_>>()?;
-        Ok((outs, wvars))
+            .collect()
+    }
+
+    /// Whether a training step must see the whole batch at once (see the module doc).
+    fn needs_whole_batch(&self) -> bool {
+        self.layers.iter().any(|l| l.uses_batch_statistics())
     }
 
     /// Forward pass in inference mode; one tensor per output.
@@ -179,8 +276,8 @@ impl Model {
             let sliced: Vec<Data> = slice_all(inputs, s, e, shards.len());
             let mut tape = Tape::new();
             let mut rng = Rng::new(0);
-            let (outs, _) = self.forward_on_tape(&mut tape, &sliced, false, false, &mut rng)?;
-            Ok(outs.iter().map(|v| tape.value(*v).clone()).collect())
+            let pass = self.forward_on_tape(&mut tape, &sliced, false, false, &mut rng)?;
+            Ok(pass.outputs.iter().map(|v| tape.value(*v).clone()).collect())
         })?;
         (0..self.outputs.len()).map(|o| concat_rows(parts.iter().map(|p| &p[o]).collect())).collect()
     }
@@ -227,14 +324,15 @@ impl Model {
         let compiled = self.compiled()?;
         let batch = self.check_inputs(inputs)?;
         self.check_targets(targets, batch)?;
-        let shards = shard_bounds(batch);
+        let shards = if training && self.needs_whole_batch() { vec![(0, batch)] } else { shard_bounds(batch) };
         let step_seed = self.seed ^ self.steps_run.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let parts: Vec<(BatchResult, WeightGrads)> = run_shards(&shards, |s, e| {
             let ins = slice_all(inputs, s, e, shards.len());
             let tgs = slice_all(targets, s, e, shards.len());
             let mut tape = Tape::new();
             let mut rng = Rng::new(step_seed.wrapping_add(s as u64));
-            let (outs, wvars) = self.forward_on_tape(&mut tape, &ins, training, with_grads, &mut rng)?;
+            let pass = self.forward_on_tape(&mut tape, &ins, training, with_grads, &mut rng)?;
+            let outs = &pass.outputs;
             let mut total: Option<Var> = None;
             let mut loss_sum = 0.0;
             for ((&o, loss), t) in outs.iter().zip(&compiled.losses).zip(&tgs) {
@@ -255,7 +353,14 @@ impl Model {
             if with_grads {
                 let root = total.ok_or_else(|| OpsError::Config("model has no outputs".into()))?;
                 let mut g = tape.backward_with(root, vec![(e - s) as f32 / batch as f32])?;
-                grads.values = wvars.iter().flatten().map(|v| g.take(*v)).collect();
+                grads.values = pass.weights.iter().map(|v| g.take(*v)).collect();
+            }
+            if !pass.updates.is_empty() {
+                grads.state = vec![None; pass.weights.len()];
+                for (i, t) in pass.updates {
+                    grads.state[i] = Some(t.into_vec());
+                }
+                grads.state_parts = 1;
             }
             Ok((result, grads))
         })?;
@@ -276,20 +381,34 @@ impl Model {
         Ok((result, grads))
     }
 
-    /// Applies gradients with the compiled optimizer (one step).
+    /// Applies gradients with the compiled optimizer (one step) and writes the
+    /// state updates (their mean when several parts contributed).
     pub fn apply_gradients(&mut self, grads: WeightGrads) -> Result<()> {
+        let entries: Vec<(String, bool)> = self.weight_entries().into_iter().map(|(k, _, t)| (k, t)).collect();
         let optimizer = self.optimizer.as_mut().ok_or_else(|| OpsError::NotCompiled(self.name.clone()))?;
-        let mut grads = grads.values.into_iter();
+        let weights: Vec<&mut crate::layers::Weight> = self.layers.iter_mut().flat_map(|l| l.weights_mut()).collect();
+        for ((w, s), (key, _)) in weights.iter().zip(&grads.state).zip(&entries) {
+            if let Some(s) = s {
+                if s.len() != w.value.len() {
+                    return Err(OpsError::shape(
+                        format!("apply_gradients: state of '{key}'"),
+                        "the update's size differs from the weight's",
+                        &[w.value.shape(), &[s.len()]],
+                    ));
+                }
+            }
+        }
+        let state_scale = 1.0 / grads.state_parts.max(1) as f32;
         let mut keys = Vec::new();
         let mut updates = Vec::new();
-        for layer in self.layers.iter_mut() {
-            let (lname, trainable) = (layer.name().to_string(), layer.trainable());
-            for w in layer.weights_mut() {
-                let g = grads.next().flatten();
-                if let (true, true, Some(g)) = (trainable, w.trainable, g) {
-                    keys.push(format!("{lname}/{}", w.name));
-                    updates.push((w.value.data_mut(), g));
-                }
+        let (mut state, mut values) = (grads.state.into_iter(), grads.values.into_iter());
+        for (w, (key, trainable)) in weights.into_iter().zip(&entries) {
+            if let Some(Some(s)) = state.next() {
+                w.value.data_mut().iter_mut().zip(&s).for_each(|(v, n)| *v = n * state_scale);
+            }
+            if let (true, Some(g)) = (*trainable, values.next().flatten()) {
+                keys.push(key.clone());
+                updates.push((w.value.data_mut(), g));
             }
         }
         let mut params: Vec<ParamUpdate<'_>> =

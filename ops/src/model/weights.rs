@@ -75,10 +75,7 @@ pub fn write_safetensors(
 impl Model {
     /// All weights by `<layer>/<weight>` key.
     pub fn named_weights(&self) -> BTreeMap<String, Tensor> {
-        self.layers
-            .iter()
-            .flat_map(|l| l.weights().iter().map(move |w| (format!("{}/{}", l.name(), w.name), w.value.clone())))
-            .collect()
+        self.weight_entries().into_iter().map(|(k, w, _)| (k, w.value.clone())).collect()
     }
 
     /// Saves weights, optimizer state (when compiled) and the model config.
@@ -105,19 +102,17 @@ impl Model {
     /// mismatch nothing is changed and the error lists every mismatch.
     pub fn set_weights(&mut self, weights: &BTreeMap<String, Tensor>) -> Result<()> {
         let mut problems = vec![];
-        for l in &self.layers {
-            for w in l.weights() {
-                let key = format!("{}/{}", l.name(), w.name);
-                match weights.get(&key) {
-                    None => problems.push(format!("missing '{key}' (model expects {:?})", w.value.shape())),
-                    Some(t) if t.shape() != w.value.shape() => {
-                        problems.push(format!("'{key}': file has {:?}, model expects {:?}", t.shape(), w.value.shape()))
-                    }
-                    _ => {}
+        let keys = self.weight_keys();
+        for (key, w, _) in self.weight_entries() {
+            match weights.get(&key) {
+                None => problems.push(format!("missing '{key}' (model expects {:?})", w.value.shape())),
+                Some(t) if t.shape() != w.value.shape() => {
+                    problems.push(format!("'{key}': file has {:?}, model expects {:?}", t.shape(), w.value.shape()))
                 }
+                _ => {}
             }
         }
-        let known: std::collections::HashSet<String> = self.weight_keys().into_iter().collect();
+        let known: std::collections::HashSet<&String> = keys.iter().collect();
         for k in weights.keys() {
             if !known.contains(k) {
                 problems.push(format!("unexpected '{k}' (no such weight in the model)"));
@@ -126,11 +121,8 @@ impl Model {
         if !problems.is_empty() {
             return Err(OpsError::WeightMismatch(problems));
         }
-        for l in self.layers.iter_mut() {
-            let lname = l.name().to_string();
-            for w in l.weights_mut() {
-                w.value = weights[&format!("{lname}/{}", w.name)].clone();
-            }
+        for (w, key) in self.weights_flat_mut().into_iter().zip(&keys) {
+            w.value = weights[key].clone();
         }
         Ok(())
     }
@@ -141,13 +133,12 @@ impl Model {
         let (opt_tensors, weights): (BTreeMap<_, _>, BTreeMap<_, _>) =
             tensors.into_iter().partition(|(k, _)| k.starts_with(OPT_PREFIX));
         self.set_weights(&weights)?;
+        let keys = self.weight_keys();
         if let Some(opt) = self.optimizer.as_mut() {
             opt.iterations = meta.get(ITER_KEY).and_then(|s| s.parse().ok()).unwrap_or(0);
             opt.slots.clear();
             let names = opt.config.kind.slot_names();
-            for key in
-                self.layers.iter().flat_map(|l| l.weights().iter().map(move |w| format!("{}/{}", l.name(), w.name)))
-            {
+            for key in keys {
                 let slots: Option<Vec<Vec<f32>>> = names
                     .iter()
                     .map(|n| opt_tensors.get(&format!("{OPT_PREFIX}{key}/{n}")).map(|t| t.data().to_vec()))

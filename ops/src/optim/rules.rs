@@ -91,10 +91,30 @@ fn par3(w: &mut [f32], g: &[f32], s: &mut [f32], f: impl Fn(&mut [f32], &[f32], 
 
 /// The Adam update of one chunk; compiled for AVX2+FMA too and picked at run time.
 #[allow(clippy::too_many_arguments)]
-fn adam_chunk(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], alpha: f32, b1: f32, b2: f32, eps: f32, decay: f32) {
+fn adam_chunk(
+    w: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    alpha: f32,
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    decay: f32,
+) {
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn body(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], alpha: f32, b1: f32, b2: f32, eps: f32, decay: f32) {
+    fn body(
+        w: &mut [f32],
+        g: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        alpha: f32,
+        b1: f32,
+        b2: f32,
+        eps: f32,
+        decay: f32,
+    ) {
         for (((w, g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
             *w -= *w * decay;
             *m += (g - *m) * (1.0 - b1);
@@ -107,7 +127,17 @@ fn adam_chunk(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], alpha: f32
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             #[target_feature(enable = "avx2,fma")]
             #[allow(clippy::too_many_arguments)]
-            unsafe fn wide(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], alpha: f32, b1: f32, b2: f32, eps: f32, decay: f32) {
+            unsafe fn wide(
+                w: &mut [f32],
+                g: &[f32],
+                m: &mut [f32],
+                v: &mut [f32],
+                alpha: f32,
+                b1: f32,
+                b2: f32,
+                eps: f32,
+                decay: f32,
+            ) {
                 body(w, g, m, v, alpha, b1, b2, eps, decay)
             }
             // SAFETY: the features were detected at run time.

@@ -1,0 +1,308 @@
+//! 2-D convolution on NHWC tensors (Keras `Conv2D`): kernel `[kh, kw, in, out]`,
+//! bias `[out]`, strides, dilation, `'valid'` / `'same'` padding.
+//!
+//! Forward is im2col + GEMM: each output pixel's receptive field becomes one
+//! row of `kh * kw * in` values (in the kernel's `(ky, kx, c)` order), so that
+//! `rows · kernel` is directly the NHWC output. The rows are built and
+//! multiplied block by block (whole images, about [`BLOCK_FLOATS`] values of
+//! im2col at a time) so that each block stays in cache between being written
+//! and being read by the GEMM, and the full im2col matrix is never stored.
+//! Backward rebuilds each block and computes
+//! `dKernel += colsᵀ · dY`, `dCols = dY · kernelᵀ` and scatters `dCols` back
+//! onto the input (col2im); `dBias` is the column sum of `dY`.
+
+use super::tape::{Backward, Gradients, Tape, Var};
+use super::window::{nhwc, Padding, Window2d};
+use crate::backend::{MatMut, MatRef};
+use crate::error::{OpsError, Result};
+use crate::tensor::Tensor;
+
+/// Target size, in f32 values, of one block of im2col rows (about 1 MiB).
+const BLOCK_FLOATS: usize = 1 << 18;
+
+/// Strides, dilation and padding of a 2-D window op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dOptions {
+    pub strides: (usize, usize),
+    pub dilation: (usize, usize),
+    pub padding: Padding,
+}
+
+impl Default for Conv2dOptions {
+    fn default() -> Self {
+        Conv2dOptions { strides: (1, 1), dilation: (1, 1), padding: Padding::Valid }
+    }
+}
+
+/// `conv2d(x, kernel) + bias`: x `[N, H, W, C]`, kernel `[kh, kw, C, O]`, bias `[O]` -> `[N, OH, OW, O]`.
+pub fn conv2d(tape: &mut Tape, x: Var, kernel: Var, bias: Option<Var>, opts: Conv2dOptions) -> Result<Var> {
+    let xs = tape.shape(x).to_vec();
+    let ks = tape.shape(kernel).to_vec();
+    let (n, h, w, c) = nhwc("conv2d", &xs)?;
+    if ks.len() != 4 || ks[2] != c {
+        return Err(OpsError::shape("conv2d", "x [N, H, W, C] against kernel [kh, kw, C, O]", &[&xs, &ks]));
+    }
+    let o = ks[3];
+    if let Some(b) = bias {
+        if tape.shape(b) != [o] {
+            return Err(OpsError::shape("conv2d", "bias must be [O]", &[&ks, tape.shape(b)]));
+        }
+    }
+    let win = Window2d::new("conv2d", (h, w), (ks[0], ks[1]), opts.strides, opts.dilation, opts.padding)?;
+    let geo = ConvGeometry { win, n, c, o };
+    let mut y = vec![0.0; n * geo.out_pixels() * o];
+    if let Some(b) = bias {
+        let bv = tape.value(b).data();
+        y.chunks_mut(o).for_each(|r| r.copy_from_slice(bv));
+    }
+    let xv = tape.value(x).data();
+    let kv = tape.value(kernel).data();
+    let be = tape.backend();
+    let mut cols = vec![];
+    for (f0, f1) in geo.blocks() {
+        let rows = (f1 - f0) * geo.out_pixels();
+        let lhs = geo.cols(xv, f0, f1, &mut cols);
+        let out = &mut y[f0 * geo.out_pixels() * o..f1 * geo.out_pixels() * o];
+        be.matmul(
+            MatRef::dense(lhs, rows, geo.kk()),
+            MatRef::dense(kv, geo.kk(), o),
+            MatMut::dense(out, rows, o),
+            bias.is_some(),
+        )?;
+    }
+    let shape = [n, win.out_h, win.out_w, o];
+    Ok(tape.push(Tensor::new(&shape, y)?, Box::new(Conv2dBackward { x, kernel, bias, geo })))
+}
+
+/// Sizes of one convolution.
+#[derive(Clone, Copy, Debug)]
+struct ConvGeometry {
+    win: Window2d,
+    n: usize,
+    c: usize,
+    o: usize,
+}
+
+impl ConvGeometry {
+    fn out_pixels(&self) -> usize {
+        self.win.out_h * self.win.out_w
+    }
+
+    /// Length of one im2col row.
+    fn kk(&self) -> usize {
+        self.win.kh * self.win.kw * self.c
+    }
+
+    /// `[first, end)` image ranges of about [`BLOCK_FLOATS`] im2col values each.
+    fn blocks(&self) -> impl Iterator<Item = (usize, usize)> {
+        let per_image = (self.out_pixels() * self.kk()).max(1);
+        let step = (BLOCK_FLOATS / per_image).max(1);
+        let n = self.n;
+        (0..n).step_by(step).map(move |f| (f, (f + step).min(n)))
+    }
+
+    /// The im2col rows of images `[f0, f1)`: `x` itself for a pointwise conv, else built in `buf`.
+    fn cols<'a>(&self, x: &'a [f32], f0: usize, f1: usize, buf: &'a mut Vec<f32>) -> &'a [f32] {
+        let img = self.win.in_h * self.win.in_w * self.c;
+        if self.win.is_pointwise() {
+            return &x[f0 * img..f1 * img];
+        }
+        let kk = self.kk();
+        buf.resize((f1 - f0) * self.out_pixels() * kk, 0.0);
+        let w = &self.win;
+        let c = self.c;
+        let mut row = 0;
+        for f in f0..f1 {
+            let xi = &x[f * img..(f + 1) * img];
+            for oy in 0..w.out_h {
+                for ox in 0..w.out_w {
+                    let dst = &mut buf[row * kk..(row + 1) * kk];
+                    for ky in 0..w.kh {
+                        let seg = &mut dst[ky * w.kw * c..(ky + 1) * w.kw * c];
+                        let Some(iy) = w.in_row(oy, ky) else {
+                            seg.fill(0.0);
+                            continue;
+                        };
+                        for kx in 0..w.kw {
+                            let d = &mut seg[kx * c..(kx + 1) * c];
+                            match w.in_col(ox, kx) {
+                                Some(ix) => d.copy_from_slice(&xi[(iy * w.in_w + ix) * c..(iy * w.in_w + ix + 1) * c]),
+                                None => d.fill(0.0),
+                            }
+                        }
+                    }
+                    row += 1;
+                }
+            }
+        }
+        buf
+    }
+
+    /// Adds the im2col-shaped gradient `dcols` of images `[f0, f1)` onto `dx` (col2im).
+    fn add_cols(&self, dcols: &[f32], f0: usize, f1: usize, dx: &mut [f32]) {
+        let img = self.win.in_h * self.win.in_w * self.c;
+        let kk = self.kk();
+        let w = &self.win;
+        let c = self.c;
+        if w.is_pointwise() {
+            dx[f0 * img..f1 * img].iter_mut().zip(dcols).for_each(|(a, g)| *a += g);
+            return;
+        }
+        let mut row = 0;
+        for f in f0..f1 {
+            let xi = &mut dx[f * img..(f + 1) * img];
+            for oy in 0..w.out_h {
+                for ox in 0..w.out_w {
+                    let src = &dcols[row * kk..(row + 1) * kk];
+                    for ky in 0..w.kh {
+                        let Some(iy) = w.in_row(oy, ky) else { continue };
+                        for kx in 0..w.kw {
+                            if let Some(ix) = w.in_col(ox, kx) {
+                                let s = &src[(ky * w.kw + kx) * c..(ky * w.kw + kx + 1) * c];
+                                let d = &mut xi[(iy * w.in_w + ix) * c..(iy * w.in_w + ix + 1) * c];
+                                d.iter_mut().zip(s).for_each(|(a, g)| *a += g);
+                            }
+                        }
+                    }
+                    row += 1;
+                }
+            }
+        }
+    }
+}
+
+struct Conv2dBackward {
+    x: Var,
+    kernel: Var,
+    bias: Option<Var>,
+    geo: ConvGeometry,
+}
+
+impl Backward for Conv2dBackward {
+    fn name(&self) -> &'static str {
+        "conv2d"
+    }
+    fn inputs(&self) -> Vec<Var> {
+        let mut v = vec![self.x, self.kernel];
+        v.extend(self.bias);
+        v
+    }
+    fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
+        let g = &self.geo;
+        let (kk, o, px) = (g.kk(), g.o, g.out_pixels());
+        if let Some(b) = self.bias {
+            if let Some(db) = grads.slot(b, o) {
+                for r in dy.chunks_exact(o) {
+                    db.iter_mut().zip(r).for_each(|(a, v)| *a += v);
+                }
+            }
+        }
+        let be = tape.backend();
+        let xv = tape.value(self.x).data();
+        let want_dx = grads.wants(self.x);
+        let want_dk = grads.wants(self.kernel);
+        // kernelᵀ as a dense [O, kk] matrix, so that the dCols GEMM reads both operands row-major.
+        let kt = if want_dx { super::transpose(tape.value(self.kernel).data(), kk, o) } else { vec![] };
+        let mut dk = if want_dk { vec![0.0; kk * o] } else { vec![] };
+        let mut dx = if want_dx { vec![0.0; xv.len()] } else { vec![] };
+        let (mut cols, mut dcols) = (vec![], vec![]);
+        for (f0, f1) in g.blocks() {
+            let rows = (f1 - f0) * px;
+            let dy_b = MatRef::dense(&dy[f0 * px * o..f1 * px * o], rows, o);
+            if want_dk {
+                let lhs = g.cols(xv, f0, f1, &mut cols);
+                be.matmul(MatRef::dense(lhs, rows, kk).t(), dy_b, MatMut::dense(&mut dk, kk, o), true)?;
+            }
+            if want_dx {
+                dcols.resize(rows * kk, 0.0);
+                be.matmul(dy_b, MatRef::dense(&kt, o, kk), MatMut::dense(&mut dcols, rows, kk), false)?;
+                g.add_cols(&dcols, f0, f1, &mut dx);
+            }
+        }
+        if want_dk {
+            grads.accumulate(self.kernel, dk);
+        }
+        if want_dx {
+            grads.accumulate(self.x, dx);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::init::Rng;
+
+    fn rand(n: usize, seed: u64) -> Vec<f32> {
+        let mut r = Rng::new(seed);
+        (0..n).map(|_| r.normal()).collect()
+    }
+
+    /// Direct convolution: y, and for a given dy the gradients dx and dk.
+    fn naive(
+        x: &[f32],
+        k: &[f32],
+        dy: &[f32],
+        (n, c, o): (usize, usize, usize),
+        w: &Window2d,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (mut y, mut dx, mut dk) = (vec![0.0; n * w.out_h * w.out_w * o], vec![0.0; x.len()], vec![0.0; k.len()]);
+        for f in 0..n {
+            for oy in 0..w.out_h {
+                for ox in 0..w.out_w {
+                    let out = ((f * w.out_h + oy) * w.out_w + ox) * o;
+                    for ky in 0..w.kh {
+                        for kx in 0..w.kw {
+                            let (Some(iy), Some(ix)) = (w.in_row(oy, ky), w.in_col(ox, kx)) else { continue };
+                            for ci in 0..c {
+                                let xi = ((f * w.in_h + iy) * w.in_w + ix) * c + ci;
+                                for oc in 0..o {
+                                    let ki = ((ky * w.kw + kx) * c + ci) * o + oc;
+                                    y[out + oc] += x[xi] * k[ki];
+                                    dx[xi] += dy[out + oc] * k[ki];
+                                    dk[ki] += dy[out + oc] * x[xi];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (y, dx, dk)
+    }
+
+    fn max_rel(a: &[f32], b: &[f32]) -> f32 {
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-20);
+        a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs())) / scale
+    }
+
+    #[test]
+    fn matches_direct_convolution_across_blocks() {
+        // (n, h, w, c, kh, kw, o, strides, dilation, padding); the first spans several im2col blocks.
+        let cases = [
+            (20, 20, 20, 8, 3, 3, 4, (1, 1), (1, 1), Padding::Same),
+            (3, 9, 8, 3, 3, 2, 5, (2, 3), (1, 1), Padding::Same),
+            (2, 9, 10, 2, 3, 3, 3, (1, 1), (2, 2), Padding::Valid),
+            (2, 7, 7, 4, 1, 1, 6, (1, 1), (1, 1), Padding::Valid),
+            (2, 6, 6, 3, 4, 4, 2, (2, 2), (1, 1), Padding::Same),
+        ];
+        for (i, &(n, h, w, c, kh, kw, o, s, d, p)) in cases.iter().enumerate() {
+            let win = Window2d::new("t", (h, w), (kh, kw), s, d, p).unwrap();
+            let x = rand(n * h * w * c, i as u64);
+            let k = rand(kh * kw * c * o, 100 + i as u64);
+            let dy = rand(n * win.out_h * win.out_w * o, 200 + i as u64);
+            let (y0, dx0, dk0) = naive(&x, &k, &dy, (n, c, o), &win);
+            let mut tape = Tape::new();
+            let xv = tape.leaf(Tensor::new(&[n, h, w, c], x).unwrap(), true);
+            let kv = tape.leaf(Tensor::new(&[kh, kw, c, o], k).unwrap(), true);
+            let opts = Conv2dOptions { strides: s, dilation: d, padding: p };
+            let y = conv2d(&mut tape, xv, kv, None, opts).unwrap();
+            assert_eq!(tape.shape(y), [n, win.out_h, win.out_w, o]);
+            assert!(max_rel(tape.value(y).data(), &y0) < 1e-5, "case {i}: forward");
+            let g = tape.backward_with(y, dy).unwrap();
+            assert!(max_rel(g.get(xv).unwrap(), &dx0) < 1e-5, "case {i}: dx");
+            assert!(max_rel(g.get(kv).unwrap(), &dk0) < 1e-5, "case {i}: dkernel");
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Pooling on NHWC tensors: windowed max and average (Keras `MaxPooling2D`,
+//! `AveragePooling2D`) and global max and average over height and width.
+//!
+//! With `'same'` padding the padded cells are ignored, as in TensorFlow: a
+//! max never picks them and an average divides by the number of valid cells
+//! of its window only. Max pooling sends the gradient to the first maximal
+//! cell of each window (the one the forward pass picked).
+
+use super::tape::{Backward, Gradients, Tape, Var};
+use super::window::{nhwc, Padding, Window2d};
+use crate::error::Result;
+use crate::tensor::Tensor;
+
+/// Max or average.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolKind {
+    Max,
+    Average,
+}
+
+/// Windowed pooling: x `[N, H, W, C]` -> `[N, OH, OW, C]`.
+pub fn pool2d(
+    tape: &mut Tape,
+    x: Var,
+    kind: PoolKind,
+    pool: (usize, usize),
+    strides: (usize, usize),
+    padding: Padding,
+) -> Result<Var> {
+    let op = match kind {
+        PoolKind::Max => "max_pool2d",
+        PoolKind::Average => "avg_pool2d",
+    };
+    let (n, h, w, c) = nhwc(op, tape.shape(x))?;
+    let win = Window2d::new(op, (h, w), pool, strides, (1, 1), padding)?;
+    let xv = tape.value(x).data();
+    let out_px = win.out_h * win.out_w;
+    let mut y = vec![0.0; n * out_px * c];
+    // Max: the flat input index chosen for each output; average: 1 / valid cells per output pixel.
+    let mut argmax = vec![];
+    let mut inv_count = vec![];
+    match kind {
+        PoolKind::Max => {
+            argmax = vec![0usize; y.len()];
+            for (p, (out, arg)) in y.chunks_exact_mut(c).zip(argmax.chunks_exact_mut(c)).enumerate() {
+                let (f, oy, ox) = (p / out_px, p / win.out_w % win.out_h, p % win.out_w);
+                out.fill(f32::NEG_INFINITY);
+                for_cells(&win, oy, ox, |pix| {
+                    let at = (f * h * w + pix) * c;
+                    for (ci, (o, a)) in out.iter_mut().zip(arg.iter_mut()).enumerate() {
+                        let v = xv[at + ci];
+                        if v > *o {
+                            *o = v;
+                            *a = at + ci;
+                        }
+                    }
+                });
+            }
+        }
+        PoolKind::Average => {
+            inv_count = (0..out_px)
+                .map(|p| {
+                    let mut k = 0usize;
+                    for_cells(&win, p / win.out_w, p % win.out_w, |_| k += 1);
+                    1.0 / k as f32
+                })
+                .collect();
+            for (p, out) in y.chunks_exact_mut(c).enumerate() {
+                let (f, oy, ox) = (p / out_px, p / win.out_w % win.out_h, p % win.out_w);
+                for_cells(&win, oy, ox, |pix| {
+                    let at = (f * h * w + pix) * c;
+                    out.iter_mut().zip(&xv[at..at + c]).for_each(|(o, v)| *o += v);
+                });
+                let s = inv_count[p % out_px];
+                out.iter_mut().for_each(|o| *o *= s);
+            }
+        }
+    }
+    let shape = [n, win.out_h, win.out_w, c];
+    Ok(tape.push(Tensor::new(&shape, y)?, Box::new(PoolBackward { x, win, c, argmax, inv_count })))
+}
+
+/// Calls `f(input_pixel)` for every cell of window `(oy, ox)` inside the input.
+#[inline]
+fn for_cells(win: &Window2d, oy: usize, ox: usize, mut f: impl FnMut(usize)) {
+    for ky in 0..win.kh {
+        let Some(iy) = win.in_row(oy, ky) else { continue };
+        for kx in 0..win.kw {
+            if let Some(ix) = win.in_col(ox, kx) {
+                f(iy * win.in_w + ix);
+            }
+        }
+    }
+}
+
+struct PoolBackward {
+    x: Var,
+    win: Window2d,
+    c: usize,
+    argmax: Vec<usize>,
+    inv_count: Vec<f32>,
+}
+
+impl Backward for PoolBackward {
+    fn name(&self) -> &'static str {
+        if self.argmax.is_empty() {
+            "avg_pool2d"
+        } else {
+            "max_pool2d"
+        }
+    }
+    fn inputs(&self) -> Vec<Var> {
+        vec![self.x]
+    }
+    fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
+        let len = tape.value(self.x).len();
+        let Some(dx) = grads.slot(self.x, len) else { return Ok(()) };
+        if !self.argmax.is_empty() {
+            for (g, &a) in dy.iter().zip(&self.argmax) {
+                dx[a] += g;
+            }
+            return Ok(());
+        }
+        let (win, c) = (&self.win, self.c);
+        let out_px = win.out_h * win.out_w;
+        let img = win.in_h * win.in_w * c;
+        for (p, g) in dy.chunks_exact(c).enumerate() {
+            let (f, oy, ox) = (p / out_px, p / win.out_w % win.out_h, p % win.out_w);
+            let s = self.inv_count[p % out_px];
+            for_cells(win, oy, ox, |pix| {
+                let at = f * img + pix * c;
+                dx[at..at + c].iter_mut().zip(g).for_each(|(d, v)| *d += v * s);
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Global pooling over height and width: x `[N, H, W, C]` -> `[N, C]` (or `[N, 1, 1, C]` with `keepdims`).
+pub fn global_pool2d(tape: &mut Tape, x: Var, kind: PoolKind, keepdims: bool) -> Result<Var> {
+    let op = match kind {
+        PoolKind::Max => "global_max_pool2d",
+        PoolKind::Average => "global_avg_pool2d",
+    };
+    let (n, h, w, c) = nhwc(op, tape.shape(x))?;
+    let xv = tape.value(x).data();
+    let px = h * w;
+    let mut y = vec![0.0; n * c];
+    let mut argmax = vec![];
+    match kind {
+        PoolKind::Average => {
+            for (f, out) in y.chunks_exact_mut(c).enumerate() {
+                for p in xv[f * px * c..(f + 1) * px * c].chunks_exact(c) {
+                    out.iter_mut().zip(p).for_each(|(o, v)| *o += v);
+                }
+                let s = 1.0 / px as f32;
+                out.iter_mut().for_each(|o| *o *= s);
+            }
+        }
+        PoolKind::Max => {
+            argmax = vec![0usize; n * c];
+            for (f, (out, arg)) in y.chunks_exact_mut(c).zip(argmax.chunks_exact_mut(c)).enumerate() {
+                out.fill(f32::NEG_INFINITY);
+                for p in 0..px {
+                    let at = (f * px + p) * c;
+                    for (ci, (o, a)) in out.iter_mut().zip(arg.iter_mut()).enumerate() {
+                        if xv[at + ci] > *o {
+                            *o = xv[at + ci];
+                            *a = at + ci;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let shape = if keepdims { vec![n, 1, 1, c] } else { vec![n, c] };
+    Ok(tape.push(Tensor::new(&shape, y)?, Box::new(GlobalPoolBackward { x, px, c, argmax })))
+}
+
+struct GlobalPoolBackward {
+    x: Var,
+    px: usize,
+    c: usize,
+    argmax: Vec<usize>,
+}
+
+impl Backward for GlobalPoolBackward {
+    fn name(&self) -> &'static str {
+        "global_pool2d"
+    }
+    fn inputs(&self) -> Vec<Var> {
+        vec![self.x]
+    }
+    fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
+        let len = tape.value(self.x).len();
+        let Some(dx) = grads.slot(self.x, len) else { return Ok(()) };
+        if !self.argmax.is_empty() {
+            for (g, &a) in dy.iter().zip(&self.argmax) {
+                dx[a] += g;
+            }
+            return Ok(());
+        }
+        let (px, c) = (self.px, self.c);
+        let s = 1.0 / px as f32;
+        for (f, g) in dy.chunks_exact(c).enumerate() {
+            for d in dx[f * px * c..(f + 1) * px * c].chunks_exact_mut(c) {
+                d.iter_mut().zip(g).for_each(|(d, v)| *d += v * s);
+            }
+        }
+        Ok(())
+    }
+}
