@@ -7,13 +7,16 @@
 //! multiplied block by block (whole images, about [`BLOCK_FLOATS`] values of
 //! im2col at a time) so that each block stays in cache between being written
 //! and being read by the GEMM, and the full im2col matrix is never stored.
-//! Backward rebuilds each block and computes
-//! `dKernel += colsᵀ · dY`, `dCols = dY · kernelᵀ` and scatters `dCols` back
-//! onto the input (col2im); `dBias` is the column sum of `dY`.
+//! The activation is fused: applied in place on each block of the GEMM's
+//! output, and undone in backward from the output alone (so Keras's
+//! `Conv2D(..., activation='relu')` costs no extra tensor or pass).
+//! Backward, block by block: `dZ = dY ⊙ act'(Y)`, `dBias += colsum(dZ)`,
+//! `dKernel += colsᵀ · dZ` (the im2col block rebuilt), `dCols = dZ · kernelᵀ`
+//! scattered back onto the input (col2im).
 
 use super::tape::{Backward, Gradients, Tape, Var};
 use super::window::{nhwc, Padding, Window2d};
-use crate::backend::{MatMut, MatRef};
+use crate::backend::{Activation, MatMut, MatRef};
 use crate::error::{OpsError, Result};
 use crate::tensor::Tensor;
 
@@ -34,8 +37,20 @@ impl Default for Conv2dOptions {
     }
 }
 
-/// `conv2d(x, kernel) + bias`: x `[N, H, W, C]`, kernel `[kh, kw, C, O]`, bias `[O]` -> `[N, OH, OW, O]`.
-pub fn conv2d(tape: &mut Tape, x: Var, kernel: Var, bias: Option<Var>, opts: Conv2dOptions) -> Result<Var> {
+/// `act(conv2d(x, kernel) + bias)`: x `[N, H, W, C]`, kernel `[kh, kw, C, O]`, bias `[O]` -> `[N, OH, OW, O]`.
+/// Every activation but GELU (whose derivative needs its input) is fused.
+pub fn conv2d(
+    tape: &mut Tape,
+    x: Var,
+    kernel: Var,
+    bias: Option<Var>,
+    opts: Conv2dOptions,
+    act: Activation,
+) -> Result<Var> {
+    if act == Activation::Gelu {
+        let z = conv2d(tape, x, kernel, bias, opts, Activation::Linear)?;
+        return super::activation(tape, z, act);
+    }
     let xs = tape.shape(x).to_vec();
     let ks = tape.shape(kernel).to_vec();
     let (n, h, w, c) = nhwc("conv2d", &xs)?;
@@ -69,9 +84,10 @@ pub fn conv2d(tape: &mut Tape, x: Var, kernel: Var, bias: Option<Var>, opts: Con
             MatMut::dense(out, rows, o),
             bias.is_some(),
         )?;
+        be.activation_forward(act, out, o)?;
     }
     let shape = [n, win.out_h, win.out_w, o];
-    Ok(tape.push(Tensor::new(&shape, y)?, Box::new(Conv2dBackward { x, kernel, bias, geo })))
+    Ok(tape.push(Tensor::new(&shape, y)?, Box::new(Conv2dBackward { x, kernel, bias, geo, act })))
 }
 
 /// Sizes of one convolution.
@@ -111,22 +127,32 @@ impl ConvGeometry {
         buf.resize((f1 - f0) * self.out_pixels() * kk, 0.0);
         let w = &self.win;
         let c = self.c;
+        // With dilation 1, the kw taps of one kernel row are kw * c contiguous input
+        // values whenever the window lies inside the input horizontally: one copy.
+        let contiguous = w.dw == 1;
         let mut row = 0;
         for f in f0..f1 {
             let xi = &x[f * img..(f + 1) * img];
             for oy in 0..w.out_h {
                 for ox in 0..w.out_w {
                     let dst = &mut buf[row * kk..(row + 1) * kk];
+                    let first = w.in_col(ox, 0);
+                    let inside = contiguous && first.is_some() && w.in_col(ox, w.kw - 1).is_some();
                     for ky in 0..w.kh {
                         let seg = &mut dst[ky * w.kw * c..(ky + 1) * w.kw * c];
                         let Some(iy) = w.in_row(oy, ky) else {
                             seg.fill(0.0);
                             continue;
                         };
+                        if let (true, Some(ix)) = (inside, first) {
+                            let at = (iy * w.in_w + ix) * c;
+                            copy_floats(seg, &xi[at..at + w.kw * c]);
+                            continue;
+                        }
                         for kx in 0..w.kw {
                             let d = &mut seg[kx * c..(kx + 1) * c];
                             match w.in_col(ox, kx) {
-                                Some(ix) => d.copy_from_slice(&xi[(iy * w.in_w + ix) * c..(iy * w.in_w + ix + 1) * c]),
+                                Some(ix) => copy_floats(d, &xi[(iy * w.in_w + ix) * c..(iy * w.in_w + ix + 1) * c]),
                                 None => d.fill(0.0),
                             }
                         }
@@ -171,11 +197,32 @@ impl ConvGeometry {
     }
 }
 
+/// `dst = src` for the short runs of im2col (a kernel row of a few channels):
+/// fixed-size 8-float moves instead of a `memcpy` call per run, which costs more
+/// than the copy itself when `kw * c` is 9 (RGB input).
+#[inline(always)]
+fn copy_floats(dst: &mut [f32], src: &[f32]) {
+    if dst.len() >= 64 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (d, s) in (&mut d).zip(&mut s) {
+        let s: &[f32; 8] = s.try_into().expect("chunks of 8");
+        d.copy_from_slice(s);
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = *s;
+    }
+}
+
 struct Conv2dBackward {
     x: Var,
     kernel: Var,
     bias: Option<Var>,
     geo: ConvGeometry,
+    act: Activation,
 }
 
 impl Backward for Conv2dBackward {
@@ -187,37 +234,45 @@ impl Backward for Conv2dBackward {
         v.extend(self.bias);
         v
     }
-    fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
+    fn backward(&self, tape: &Tape, out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
         let g = &self.geo;
         let (kk, o, px) = (g.kk(), g.o, g.out_pixels());
-        if let Some(b) = self.bias {
-            if let Some(db) = grads.slot(b, o) {
-                for r in dy.chunks_exact(o) {
-                    db.iter_mut().zip(r).for_each(|(a, v)| *a += v);
-                }
-            }
-        }
         let be = tape.backend();
         let xv = tape.value(self.x).data();
+        let yv = tape.value(out).data();
         let want_dx = grads.wants(self.x);
         let want_dk = grads.wants(self.kernel);
+        let want_db = self.bias.is_some_and(|b| grads.wants(b));
         // kernelᵀ as a dense [O, kk] matrix, so that the dCols GEMM reads both operands row-major.
         let kt = if want_dx { super::transpose(tape.value(self.kernel).data(), kk, o) } else { vec![] };
         let mut dk = if want_dk { vec![0.0; kk * o] } else { vec![] };
+        let mut db = vec![0.0; if want_db { o } else { 0 }];
         let mut dx = if want_dx { vec![0.0; xv.len()] } else { vec![] };
-        let (mut cols, mut dcols) = (vec![], vec![]);
+        let (mut cols, mut dcols, mut dz) = (vec![], vec![], vec![]);
         for (f0, f1) in g.blocks() {
             let rows = (f1 - f0) * px;
-            let dy_b = MatRef::dense(&dy[f0 * px * o..f1 * px * o], rows, o);
+            let span = f0 * px * o..f1 * px * o;
+            dz.clear();
+            dz.extend_from_slice(&dy[span.clone()]);
+            be.activation_backward(self.act, &[], &yv[span], &mut dz, o)?;
+            if want_db {
+                for r in dz.chunks_exact(o) {
+                    db.iter_mut().zip(r).for_each(|(a, v)| *a += v);
+                }
+            }
+            let dz_m = MatRef::dense(&dz, rows, o);
             if want_dk {
                 let lhs = g.cols(xv, f0, f1, &mut cols);
-                be.matmul(MatRef::dense(lhs, rows, kk).t(), dy_b, MatMut::dense(&mut dk, kk, o), true)?;
+                be.matmul(MatRef::dense(lhs, rows, kk).t(), dz_m, MatMut::dense(&mut dk, kk, o), true)?;
             }
             if want_dx {
                 dcols.resize(rows * kk, 0.0);
-                be.matmul(dy_b, MatRef::dense(&kt, o, kk), MatMut::dense(&mut dcols, rows, kk), false)?;
+                be.matmul(dz_m, MatRef::dense(&kt, o, kk), MatMut::dense(&mut dcols, rows, kk), false)?;
                 g.add_cols(&dcols, f0, f1, &mut dx);
             }
+        }
+        if let (true, Some(b)) = (want_db, self.bias) {
+            grads.accumulate(b, db);
         }
         if want_dk {
             grads.accumulate(self.kernel, dk);
@@ -297,7 +352,7 @@ mod tests {
             let xv = tape.leaf(Tensor::new(&[n, h, w, c], x).unwrap(), true);
             let kv = tape.leaf(Tensor::new(&[kh, kw, c, o], k).unwrap(), true);
             let opts = Conv2dOptions { strides: s, dilation: d, padding: p };
-            let y = conv2d(&mut tape, xv, kv, None, opts).unwrap();
+            let y = conv2d(&mut tape, xv, kv, None, opts, Activation::Linear).unwrap();
             assert_eq!(tape.shape(y), [n, win.out_h, win.out_w, o]);
             assert!(max_rel(tape.value(y).data(), &y0) < 1e-5, "case {i}: forward");
             let g = tape.backward_with(y, dy).unwrap();

@@ -182,8 +182,7 @@ impl Layer for Conv2D {
 
     fn forward(&self, tape: &mut Tape, weights: &[Var], inputs: &[Value], _ctx: &mut CallContext<'_>) -> Result<Value> {
         let (x, _) = inputs[0].float(self.name(), self.class_name())?;
-        let z = autodiff::conv2d(tape, x, weights[0], weights.get(1).copied(), self.options())?;
-        let y = autodiff::activation(tape, z, self.act)?;
+        let y = autodiff::conv2d(tape, x, weights[0], weights.get(1).copied(), self.options(), self.act)?;
         Ok(Value::Float { var: y, mask: None })
     }
 }
