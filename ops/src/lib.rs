@@ -1,13 +1,17 @@
 //! # kallista-ops
 //!
-//! Brief overview: [`Tensor`] and [`IntTensor`] hold data on the host; the
-//! [`backend::Backend`] trait is the one dispatch point for kernels (CPU on
-//! `gemm`, CUDA behind feature `cuda`); [`autodiff`] records ops on a
-//! [`autodiff::Tape`] and back-propagates; [`layers`] are the Keras layers with
-//! Keras names, defaults and weight layouts; [`model::Model`] is the functional
-//! API (inputs, shared layers, several inputs and outputs) with `summary`, a
-//! JSON config, safetensors weights and `train_on_batch`; [`optim`] holds the
-//! optimizers and schedules; [`losses`] and [`metrics`] what `compile` takes.
+//! Brief overview: [`Tensor`] (f32), [`IntTensor`] (ids) and [`ByteTensor`]
+//! (raw pixels) hold data on the host; the [`backend::Backend`] trait is the
+//! one dispatch point for kernels (CPU on `gemm`, CUDA behind feature `cuda`);
+//! [`autodiff`] records ops on a [`autodiff::Tape`] and back-propagates;
+//! [`layers`] are the Keras layers with Keras names, defaults and weight
+//! layouts (dense, recurrent, and channels-last image layers: `Conv2D`,
+//! `DepthwiseConv2D`, pooling, `BatchNormalization`, `TimeDistributed`);
+//! [`model::Model`] is the functional API (inputs, shared layers, several
+//! inputs and outputs, and a model used as a layer of another) with `summary`,
+//! a JSON config, safetensors weights and `train_on_batch`; [`optim`] holds the
+//! optimizers and schedules; [`losses`] and [`metrics`] what `compile` takes;
+//! [`applications`] ready-made models.
 //!
 //! ```
 //! use kallista_ops::{layers::*, model::ModelBuilder, tensor::DType};
