@@ -66,26 +66,29 @@ pub fn conv2d(
     let win = Window2d::new("conv2d", (h, w), (ks[0], ks[1]), opts.strides, opts.dilation, opts.padding)?;
     let geo = ConvGeometry { win, n, c, o };
     let mut y = vec![0.0; n * geo.out_pixels() * o];
-    if let Some(b) = bias {
-        let bv = tape.value(b).data();
-        y.chunks_mut(o).for_each(|r| r.copy_from_slice(bv));
-    }
     let xv = tape.value(x).data();
     let kv = tape.value(kernel).data();
+    let bv = bias.map(|b| tape.value(b).data());
     let be = tape.backend();
-    let mut cols = vec![];
-    for (f0, f1) in geo.blocks() {
-        let rows = (f1 - f0) * geo.out_pixels();
-        let lhs = geo.cols(xv, f0, f1, &mut cols);
-        let out = &mut y[f0 * geo.out_pixels() * o..f1 * geo.out_pixels() * o];
-        be.matmul(
-            MatRef::dense(lhs, rows, geo.kk()),
-            MatRef::dense(kv, geo.kk(), o),
-            MatMut::dense(out, rows, o),
-            bias.is_some(),
-        )?;
-        be.activation_forward(act, out, o)?;
-    }
+    with_scratch(|scratch| -> Result<()> {
+        for (f0, f1) in geo.blocks() {
+            let rows = (f1 - f0) * geo.out_pixels();
+            let lhs = geo.cols(xv, f0, f1, &mut scratch.cols);
+            let out = &mut y[f0 * geo.out_pixels() * o..f1 * geo.out_pixels() * o];
+            be.matmul(
+                MatRef::dense(lhs, rows, geo.kk()),
+                MatRef::dense(kv, geo.kk(), o),
+                MatMut::dense(out, rows, o),
+                false,
+            )?;
+            // Bias and activation while the block is still in cache.
+            if let Some(bv) = bv {
+                out.chunks_exact_mut(o).for_each(|r| r.iter_mut().zip(bv).for_each(|(a, b)| *a += b));
+            }
+            be.activation_forward(act, out, o)?;
+        }
+        Ok(())
+    })?;
     let shape = [n, win.out_h, win.out_w, o];
     Ok(tape.push(Tensor::new(&shape, y)?, Box::new(Conv2dBackward { x, kernel, bias, geo, act })))
 }
@@ -197,6 +200,38 @@ impl ConvGeometry {
     }
 }
 
+/// Per-thread work buffers of the blocked loops (im2col rows, their gradient,
+/// the activation's gradient): a few MiB that would otherwise be allocated, and
+/// page-faulted in by the allocator, on every call of every convolution.
+#[derive(Default)]
+struct Scratch {
+    cols: Vec<f32>,
+    dcols: Vec<f32>,
+    dz: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
+/// Runs `f` with this thread's [`Scratch`] (fresh buffers if it is in use), and
+/// releases buffers that an unusually large image made bigger than a few blocks.
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut s) => {
+            let out = f(&mut s);
+            let Scratch { cols, dcols, dz } = &mut *s;
+            for v in [cols, dcols, dz] {
+                if v.capacity() > 4 * BLOCK_FLOATS {
+                    *v = Vec::new();
+                }
+            }
+            out
+        }
+        Err(_) => f(&mut Scratch::default()),
+    })
+}
+
 /// `dst = src` for the short runs of im2col (a kernel row of a few channels):
 /// fixed-size 8-float moves instead of a `memcpy` call per run, which costs more
 /// than the copy itself when `kw * c` is 9 (RGB input).
@@ -248,29 +283,31 @@ impl Backward for Conv2dBackward {
         let mut dk = if want_dk { vec![0.0; kk * o] } else { vec![] };
         let mut db = vec![0.0; if want_db { o } else { 0 }];
         let mut dx = if want_dx { vec![0.0; xv.len()] } else { vec![] };
-        let (mut cols, mut dcols, mut dz) = (vec![], vec![], vec![]);
-        for (f0, f1) in g.blocks() {
-            let rows = (f1 - f0) * px;
-            let span = f0 * px * o..f1 * px * o;
-            dz.clear();
-            dz.extend_from_slice(&dy[span.clone()]);
-            be.activation_backward(self.act, &[], &yv[span], &mut dz, o)?;
-            if want_db {
-                for r in dz.chunks_exact(o) {
-                    db.iter_mut().zip(r).for_each(|(a, v)| *a += v);
+        with_scratch(|Scratch { cols, dcols, dz }| -> Result<()> {
+            for (f0, f1) in g.blocks() {
+                let rows = (f1 - f0) * px;
+                let span = f0 * px * o..f1 * px * o;
+                dz.clear();
+                dz.extend_from_slice(&dy[span.clone()]);
+                be.activation_backward(self.act, &[], &yv[span], dz, o)?;
+                if want_db {
+                    for r in dz.chunks_exact(o) {
+                        db.iter_mut().zip(r).for_each(|(a, v)| *a += v);
+                    }
+                }
+                let dz_m = MatRef::dense(dz, rows, o);
+                if want_dk {
+                    let lhs = g.cols(xv, f0, f1, cols);
+                    be.matmul(MatRef::dense(lhs, rows, kk).t(), dz_m, MatMut::dense(&mut dk, kk, o), true)?;
+                }
+                if want_dx {
+                    dcols.resize(rows * kk, 0.0);
+                    be.matmul(dz_m, MatRef::dense(&kt, o, kk), MatMut::dense(dcols, rows, kk), false)?;
+                    g.add_cols(dcols, f0, f1, &mut dx);
                 }
             }
-            let dz_m = MatRef::dense(&dz, rows, o);
-            if want_dk {
-                let lhs = g.cols(xv, f0, f1, &mut cols);
-                be.matmul(MatRef::dense(lhs, rows, kk).t(), dz_m, MatMut::dense(&mut dk, kk, o), true)?;
-            }
-            if want_dx {
-                dcols.resize(rows * kk, 0.0);
-                be.matmul(dz_m, MatRef::dense(&kt, o, kk), MatMut::dense(&mut dcols, rows, kk), false)?;
-                g.add_cols(&dcols, f0, f1, &mut dx);
-            }
-        }
+            Ok(())
+        })?;
         if let (true, Some(b)) = (want_db, self.bias) {
             grads.accumulate(b, db);
         }
