@@ -123,3 +123,37 @@ fn a_frozen_sub_model_is_bit_identical_after_training() {
     assert_ne!(before["td_cnn/frame_cnn/conv1/kernel"], moved["td_cnn/frame_cnn/conv1/kernel"]);
     assert_ne!(before["td_cnn/frame_cnn/bn/moving_mean"], moved["td_cnn/frame_cnn/bn/moving_mean"]);
 }
+
+#[test]
+fn bad_image_inputs_and_configs_give_typed_errors() {
+    use kallista_ops::OpsError;
+    let mut g = ModelBuilder::new("bad");
+    let flat = g.input("flat", &[10], DType::F32);
+    match g.apply(Conv2D::new(2, 3).name("c"), &[flat]) {
+        Err(OpsError::LayerInput { layer, class, got, .. }) => {
+            assert_eq!((layer.as_str(), class.as_str(), got), ("c", "Conv2D", vec![10]))
+        }
+        other => panic!("{other:?}"),
+    }
+    let small = g.input("small", &[2, 2, 1], DType::F32);
+    let err = g.apply(Conv2D::new(2, 3).name("big_kernel"), &[small]).unwrap_err().to_string();
+    assert!(err.contains("big_kernel") && err.contains("[2, 2, 1]"), "{err}");
+    let err = g.apply(TimeDistributed::new(Dense::new(2)).name("td"), &[flat]).unwrap_err().to_string();
+    assert!(err.contains("'td'") && err.contains("time"), "{err}");
+    let wrong = g.input("wrong", &[5, 5, 2], DType::F32);
+    let err = g.apply(frame_cnn(1), &[wrong]).unwrap_err().to_string();
+    assert!(err.contains("frame_cnn") && err.contains("(None, 6, 6, 2)"), "{err}");
+    // Configs Kallista does not implement are refused by name, not ignored.
+    for (class, cfg) in [
+        ("Conv2D", serde_json::json!({"filters": 2, "kernel_size": 3, "data_format": "channels_first"})),
+        ("Conv2D", serde_json::json!({"filters": 2, "kernel_size": 3, "strides": 2, "dilation_rate": 2})),
+        ("Conv2D", serde_json::json!({"filters": 2, "kernel_size": 3, "padding": "causal"})),
+        ("MaxPooling2D", serde_json::json!({"pool_size": 2, "data_format": "channels_first"})),
+    ] {
+        let err = layer_from_config(class, &cfg).unwrap_err().to_string();
+        assert!(err.contains(class), "{class}: {err}");
+    }
+    let mut bn = layer_from_config("BatchNormalization", &serde_json::json!({"axis": 1})).unwrap();
+    let err = bn.build(&[TensorSpec::f32(&[4, 4, 3])]).unwrap_err().to_string();
+    assert!(err.contains("axis=1"), "{err}");
+}
