@@ -35,6 +35,14 @@ fn batch(d: &VideoQaPixelsDims, b: usize, seed: u64) -> (Vec<Data>, Vec<Data>) {
     (vec![Data::U8(video), Data::I32(q)], vec![Data::I32(a)])
 }
 
+/// The 1-minute load average (as the peers record it), or `null`.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "null".into())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -85,7 +93,7 @@ fn main() {
     let (tr, inf) = (median(times), if itimes.is_empty() { f64::NAN } else { median(itimes) });
     let fwd_flop = d.forward_flops();
     println!(
-        "{{\"peer\": \"kallista\", \"workload\": \"W2\", \"train_samples_per_s\": {:.2}, \"infer_samples_per_s\": {:.2}, \"step_ms_median\": {:.3}, \"infer_ms_median\": {:.3}, \"threads\": {}, \"train_gflops\": {:.2}, \"infer_gflops\": {:.2}, \"fwd_bwd_ms\": {:.3}, \"update_ms\": {:.3}, \"first_loss\": {:.4}, \"last_loss\": {:.4}}}",
+        "{{\"peer\": \"kallista\", \"workload\": \"W2\", \"train_samples_per_s\": {:.2}, \"infer_samples_per_s\": {:.2}, \"step_ms_median\": {:.3}, \"infer_ms_median\": {:.3}, \"threads\": {}, \"train_gflops\": {:.2}, \"infer_gflops\": {:.2}, \"fwd_bwd_ms\": {:.3}, \"update_ms\": {:.3}, \"first_loss\": {:.4}, \"last_loss\": {:.4}, \"loadavg_1m\": {}}}",
         16.0 / tr,
         256.0 / inf,
         tr * 1e3,
@@ -96,6 +104,7 @@ fn main() {
         median(fb) * 1e3,
         median(upd) * 1e3,
         losses[0],
-        losses[losses.len() - 1]
+        losses[losses.len() - 1],
+        loadavg()
     );
 }

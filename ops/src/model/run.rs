@@ -10,11 +10,13 @@
 //!
 //! BatchNormalization in training mode normalises with the statistics of the
 //! whole batch, which shards cannot see from their own tapes. Rather than
-//! synchronise shards in the middle of a forward pass, a training step of a
-//! model with such a layer ([`Layer::uses_batch_statistics`](crate::layers::Layer::uses_batch_statistics)) runs as one
-//! shard, whose kernels may still use every thread. Results then do not depend
-//! on the thread count, as for every other model. Inference is sharded as usual
-//! (it uses the moving statistics).
+//! synchronise shards in the middle of a forward pass (a barrier per
+//! BatchNormalization, forward and backward), a training step of a model with
+//! such a layer (`Layer::uses_batch_statistics`) runs as one shard, whose GEMMs
+//! may still use every thread. Results then do not depend on the thread count,
+//! as for every other model, and match Keras's statistics over the batch.
+//! Inference is sharded as usual (it uses the moving statistics), and so is
+//! training when every BatchNormalization is frozen.
 //!
 //! State updates (the new moving statistics) travel in [`WeightGrads::state`]
 //! beside the gradients and are written by [`Model::apply_gradients`] after
