@@ -1,7 +1,18 @@
 //! # kallista-data
 //!
-//! Dataset makers (the synthetic video-QA set), ingest of image folders and
-//! video files into Parquet, tokenizer and vocabularies, and the documented
-//! Arrow schemas (`SCHEMA.md`).
-//!
-//! Empty until the data issue; the layout is fixed by `DESIGN.md`.
+//! Brief overview: [`video_qa::make_video_qa`] renders the synthetic
+//! video-QA set; [`ingest::ingest_frames`] turns published-style frame
+//! folders plus annotations into the same table; [`schema`] defines the
+//! clips table (documented in `data/SCHEMA.md`) and checks it on read;
+//! [`parquet_io`] writes it and reads it back as decoded `u8` frame tensors;
+//! [`tokenizer`] is the question tokenizer that SQL also uses.
+
+pub mod error;
+pub mod frames;
+pub mod ingest;
+pub mod parquet_io;
+pub mod schema;
+pub mod tokenizer;
+pub mod video_qa;
+
+pub use error::{DataError, Result};

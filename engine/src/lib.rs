@@ -1,10 +1,17 @@
 //! # kallista-engine
 //!
-//! Everything DataFusion/Ballista: Arrow <-> tensor conversion, the training,
-//! evaluation and prediction operators, the gradient-reduce stage, the
-//! scheduler and executor processes, the driver loop and checkpoints.
-//!
-//! Empty until the distributed-training issue: the layout is fixed by
-//! `DESIGN.md`, and this crate takes no DataFusion dependency before it has
-//! code that uses one (a cold DataFusion + Ballista build costs ~46 minutes on
-//! the project's 2-core machines).
+//! Brief overview: [`session::connect`] opens a client context on the
+//! embedded Ballista cluster or a remote scheduler, with Kallista's SQL
+//! functions ([`functions`]) registered; [`sql`] runs SQL scripts (statement
+//! splitting, `${var}` substitution, rendering). The training operators,
+//! gradient reduce and driver loop come with the distributed-training issue.
+
+pub mod cluster;
+pub mod error;
+pub mod functions;
+pub mod session;
+pub mod sql;
+
+pub use ballista;
+pub use datafusion;
+pub use error::{EngineError, Result};

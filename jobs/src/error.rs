@@ -1,12 +1,18 @@
-//! The typed error of job runs.
+//! The typed error of job runs and CLI subcommands.
 
 use thiserror::Error;
 
-/// What can go wrong running a job.
+/// What can go wrong running a job or a subcommand.
 #[derive(Debug, Error)]
 pub enum JobError {
     #[error(transparent)]
     Ops(#[from] kallista_ops::OpsError),
+    #[error(transparent)]
+    Data(#[from] kallista_data::DataError),
+    #[error(transparent)]
+    Engine(#[from] kallista_engine::EngineError),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
     #[error("{0}")]
     Invalid(String),
 }

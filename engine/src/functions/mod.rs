@@ -1,0 +1,38 @@
+//! Kallista's SQL functions. One function per file; [`kallista_functions`]
+//! returns them all, and every role (client, scheduler, executors, the
+//! embedded cluster) registers that same list, so they cannot drift apart.
+
+mod lookup;
+mod pad;
+mod tokenize;
+
+pub use lookup::LookupUdf;
+pub use pad::PadUdf;
+pub use tokenize::TokenizeUdf;
+
+use datafusion::arrow::datatypes::{DataType, Field};
+use datafusion::execution::FunctionRegistry;
+use datafusion::logical_expr::ScalarUDF;
+use std::sync::Arc;
+
+/// Every Kallista scalar function.
+pub fn kallista_functions() -> Vec<Arc<ScalarUDF>> {
+    vec![
+        Arc::new(ScalarUDF::new_from_impl(TokenizeUdf::new())),
+        Arc::new(ScalarUDF::new_from_impl(LookupUdf::new())),
+        Arc::new(ScalarUDF::new_from_impl(PadUdf::new())),
+    ]
+}
+
+/// Registers every Kallista function in `registry`.
+pub fn register_all(registry: &mut dyn FunctionRegistry) -> datafusion::error::Result<()> {
+    for f in kallista_functions() {
+        registry.register_udf(f)?;
+    }
+    Ok(())
+}
+
+/// `List<item>` with DataFusion's default (nullable) item field.
+pub(crate) fn list_of(item: DataType) -> DataType {
+    DataType::List(Arc::new(Field::new_list_field(item, true)))
+}

@@ -1,0 +1,54 @@
+//! Sessions on a Ballista cluster with Kallista's functions registered.
+//!
+//! Ballista 55 needs custom functions in several places (see
+//! `shared/BALLISTA-NOTES.md`): in the state the embedded cluster is built
+//! from, and again on the client context, whose function lists
+//! `upgrade_for_ballista` replaces. The adaptive planner stays off: with it,
+//! losing an executor that held finished partial results hung jobs forever.
+
+use crate::error::Result;
+use crate::functions::{kallista_functions, register_all};
+use ballista::prelude::SessionContextExt;
+use ballista_core::config::BALLISTA_ADAPTIVE_PLANNER_ENABLED;
+use ballista_core::extension::SessionConfigExt;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::SessionState;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+/// Where queries run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cluster {
+    /// Scheduler and executor in this process (Ballista's standalone mode).
+    Embedded,
+    /// A running scheduler, `df://host:port`.
+    Remote(String),
+}
+
+/// The session config every Kallista role uses.
+pub fn kallista_config() -> SessionConfig {
+    SessionConfig::new_with_ballista()
+        .with_ballista_standalone_parallelism(2)
+        .with_target_partitions(2)
+        .set_bool(BALLISTA_ADAPTIVE_PLANNER_ENABLED, false)
+}
+
+/// A session state with Kallista's functions.
+pub fn kallista_state() -> Result<SessionState> {
+    let mut state = SessionStateBuilder::new().with_config(kallista_config()).with_default_features().build();
+    register_all(&mut state)?;
+    Ok(state)
+}
+
+/// A client context on `cluster`.
+pub async fn connect(cluster: &Cluster) -> Result<SessionContext> {
+    let state = kallista_state()?;
+    let ctx = match cluster {
+        Cluster::Embedded => SessionContext::standalone_with_state(state).await?,
+        Cluster::Remote(url) => SessionContext::remote_with_state(url, state).await?,
+    };
+    for f in kallista_functions() {
+        ctx.register_udf(f.as_ref().clone());
+    }
+    // Lets queries name Parquet files and directories directly: `SELECT ... FROM 'dir/'`.
+    Ok(ctx.enable_url_table())
+}

@@ -1,0 +1,179 @@
+//! Running SQL scripts: statements split on `;` (outside quotes and
+//! comments), `${name}` variables substituted, each statement run on the
+//! cluster, and results rendered for a terminal.
+
+use crate::error::{EngineError, Result};
+use datafusion::arrow::array::{Array, UInt64Array};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::prelude::SessionContext;
+use std::collections::BTreeMap;
+
+/// Splits a script into statements (without the `;`), skipping empty ones and
+/// `--` comments; `;` inside quotes does not split.
+pub fn split_statements(sql: &str) -> Vec<String> {
+    let mut out = vec![];
+    let mut cur = String::new();
+    let mut chars = sql.chars().peekable();
+    let mut quote: Option<char> = None;
+    while let Some(c) = chars.next() {
+        match quote {
+            Some(q) => {
+                cur.push(c);
+                if c == q {
+                    quote = None;
+                }
+            }
+            None => match c {
+                '\'' | '"' => {
+                    quote = Some(c);
+                    cur.push(c);
+                }
+                '-' if chars.peek() == Some(&'-') => {
+                    for n in chars.by_ref() {
+                        if n == '\n' {
+                            cur.push('\n');
+                            break;
+                        }
+                    }
+                }
+                ';' => {
+                    if !cur.trim().is_empty() {
+                        out.push(cur.trim().to_string());
+                    }
+                    cur.clear();
+                }
+                _ => cur.push(c),
+            },
+        }
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur.trim().to_string());
+    }
+    out
+}
+
+/// Replaces `${name}` with `vars[name]`; an unknown name is an error naming it.
+pub fn substitute(sql: &str, vars: &BTreeMap<String, String>) -> Result<String> {
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| {
+            EngineError::Invalid(format!("unterminated variable near '{}'", &rest[start..rest.len().min(start + 20)]))
+        })?;
+        let name = &after[..end];
+        let value = vars.get(name).ok_or_else(|| {
+            EngineError::Invalid(format!("undefined variable ${{{name}}} (set it with --set {name}=VALUE)"))
+        })?;
+        out.push_str(value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Defaults a script declares in `--! set name = value` lines (the command line overrides them).
+pub fn script_defaults(script: &str) -> BTreeMap<String, String> {
+    script
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("--! set "))
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// What one statement gave.
+#[derive(Debug)]
+pub enum StatementResult {
+    /// Rows of a query.
+    Rows(Vec<RecordBatch>),
+    /// Rows written by `COPY` or `INSERT`.
+    Written(u64),
+    /// DDL and other statements without output.
+    Done,
+}
+
+impl StatementResult {
+    /// Rendering for a terminal: a table, a row count, or `OK`.
+    pub fn render(&self) -> String {
+        match self {
+            StatementResult::Rows(b) => {
+                let n: usize = b.iter().map(|b| b.num_rows()).sum();
+                match pretty_format_batches(b) {
+                    Ok(t) => format!("{t}\n{n} row{}", if n == 1 { "" } else { "s" }),
+                    Err(e) => format!("(cannot render: {e})"),
+                }
+            }
+            StatementResult::Written(n) => format!("wrote {n} rows"),
+            StatementResult::Done => "OK".into(),
+        }
+    }
+}
+
+/// Runs one statement.
+pub async fn run_statement(ctx: &SessionContext, sql: &str) -> Result<StatementResult> {
+    let head = sql.trim_start().split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+    let df = ctx.sql(sql).await?;
+    let batches = df.collect().await?;
+    let is_count =
+        batches.len() == 1 && batches[0].num_columns() == 1 && batches[0].schema().field(0).name() == "count";
+    if (head == "COPY" || head == "INSERT") && is_count {
+        let c =
+            batches[0].column(0).as_any().downcast_ref::<UInt64Array>().map(|a| a.iter().flatten().sum()).unwrap_or(0);
+        return Ok(StatementResult::Written(c));
+    }
+    if matches!(head.as_str(), "CREATE" | "DROP" | "SET") || batches.iter().all(|b| b.num_columns() == 0) {
+        return Ok(StatementResult::Done);
+    }
+    Ok(StatementResult::Rows(batches))
+}
+
+/// Runs a script; `report(index, statement, result)` sees each result as it comes.
+/// An error names the script and the statement number.
+pub async fn run_script(
+    ctx: &SessionContext,
+    name: &str,
+    script: &str,
+    vars: &BTreeMap<String, String>,
+    mut report: impl FnMut(usize, &str, &StatementResult),
+) -> Result<Vec<StatementResult>> {
+    let script = substitute(script, vars)?;
+    let mut results = vec![];
+    for (i, stmt) in split_statements(&script).iter().enumerate() {
+        let r = run_statement(ctx, stmt).await.map_err(|e| EngineError::Statement {
+            file: name.to_string(),
+            index: i + 1,
+            source: Box::new(e),
+        })?;
+        report(i + 1, stmt, &r);
+        results.push(r);
+    }
+    Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_outside_quotes_and_comments() {
+        let s = "SELECT ';' AS a; -- a comment; with semicolons\nSELECT 2;;\n  ";
+        assert_eq!(split_statements(s), vec!["SELECT ';' AS a", "SELECT 2"]);
+    }
+
+    #[test]
+    fn reads_declared_defaults() {
+        let d = script_defaults("--! set question_len = 12\n-- not one\nSELECT 1;");
+        assert_eq!(d, BTreeMap::from([("question_len".to_string(), "12".to_string())]));
+    }
+
+    #[test]
+    fn substitutes_and_names_unknown_variables() {
+        let vars = BTreeMap::from([("data".to_string(), "/tmp/d".to_string())]);
+        assert_eq!(substitute("LOCATION '${data}/clips/'", &vars).unwrap(), "LOCATION '/tmp/d/clips/'");
+        let e = substitute("${nope}", &vars).unwrap_err().to_string();
+        assert!(e.contains("${nope}"), "{e}");
+    }
+}
