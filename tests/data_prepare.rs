@@ -138,7 +138,8 @@ fn make_then_prepare_with_sql() {
                     "padding on the right: {q:?} for '{question}'"
                 );
                 // Every split is looked up in the one train vocabulary; unknown words map to <unk> = 1.
-                let want: Vec<i32> = words.iter().take(6).map(|w| vocab.get(&w.to_lowercase()).copied().unwrap_or(1)).collect();
+                let want: Vec<i32> =
+                    words.iter().take(6).map(|w| vocab.get(&w.to_lowercase()).copied().unwrap_or(1)).collect();
                 assert_eq!(q[..n], want[..], "ids of '{question}' in {split}");
             }
         }

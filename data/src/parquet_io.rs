@@ -9,9 +9,8 @@ use crate::error::{DataError, Result};
 use crate::frames::{self, FrameEncoding};
 use crate::schema::{self, col};
 use arrow::array::{
-    ArrayBuilder,
-    Array, ArrayRef, BinaryArray, BinaryBuilder, Int32Array, Int32Builder, ListArray, ListBuilder, RecordBatch,
-    StringArray, StringBuilder,
+    Array, ArrayBuilder, ArrayRef, BinaryArray, BinaryBuilder, Int32Array, Int32Builder, ListArray, ListBuilder,
+    RecordBatch, StringArray, StringBuilder,
 };
 use arrow::datatypes::{DataType, Field};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;

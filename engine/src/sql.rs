@@ -114,7 +114,7 @@ impl StatementResult {
 
 /// Runs one statement.
 pub async fn run_statement(ctx: &SessionContext, sql: &str) -> Result<StatementResult> {
-    let head = sql.trim_start().split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+    let head = sql.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
     let df = ctx.sql(sql).await?;
     let batches = df.collect().await?;
     let is_count =
