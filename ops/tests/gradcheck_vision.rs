@@ -1,7 +1,7 @@
 //! Finite-difference gradient checks of the image layers w.r.t. their inputs
 //! and trainable weights: convolutions (strided, dilated, 'same' on odd and
 //! even sizes), pooling, BatchNormalization (training and inference),
-//! Rescaling and ZeroPadding2D. Each check also proves its power: a 10% error
+//! Rescaling, ZeroPadding2D and Activation. Each check also proves its power: a 10% error
 //! in one gradient must be caught (see `common/mod.rs`).
 
 mod common;
@@ -95,4 +95,14 @@ fn rescaling_and_zero_padding() {
     let x = || vec![randn(&[2, 3, 4, 2], 13, 1.0)];
     check_layer_no_weights("Rescaling", Box::new(Rescaling::new(0.5, 0.25)), x());
     check_layer_no_weights("ZeroPadding2D", Box::new(ZeroPadding2D::new(((1, 0), (2, 1)))), x());
+}
+
+#[test]
+fn activation_layer() {
+    // Away from relu's kink at 0 the finite differences are exact enough;
+    // softmax couples the last axis, so its Jacobian is not diagonal.
+    let x = || vec![randn(&[2, 3, 4, 5], 14, 1.0)];
+    for name in ["relu", "sigmoid", "tanh", "softmax", "gelu"] {
+        check_layer_no_weights(&format!("Activation {name}"), Box::new(Activation::new(name)), x());
+    }
 }

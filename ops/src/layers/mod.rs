@@ -6,6 +6,7 @@
 //! the layer's ops on a tape given the weights as tape vars, which is also how
 //! the gradient checks feed it perturbed weights.
 
+mod activation;
 mod add;
 mod args;
 mod batch_normalization;
@@ -26,6 +27,7 @@ mod time_distributed;
 mod zero_padding2d;
 
 pub use crate::autodiff::PoolKind;
+pub use activation::Activation;
 pub use add::Add;
 pub use args::{Padding, Pair};
 pub use batch_normalization::BatchNormalization;

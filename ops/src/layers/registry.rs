@@ -46,6 +46,7 @@ impl LayerJson {
 /// A layer from `class_name` and its config object.
 pub fn layer_from_config(class_name: &str, config: &serde_json::Value) -> Result<Box<dyn Layer>> {
     Ok(match class_name {
+        "Activation" => Box::new(Activation::from_config(config)?),
         "Dense" => Box::new(Dense::from_config(config)?),
         "Embedding" => Box::new(Embedding::from_config(config)?),
         "LSTM" => Box::new(Lstm::from_config(config)?),
@@ -71,6 +72,7 @@ pub fn layer_from_config(class_name: &str, config: &serde_json::Value) -> Result
 }
 
 const KNOWN: &[&str] = &[
+    "Activation",
     "Dense",
     "Embedding",
     "LSTM",
