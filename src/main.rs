@@ -129,6 +129,9 @@ struct SqlArgs {
     /// A running scheduler (df://host:port); default: the embedded cluster.
     #[arg(long)]
     scheduler: Option<String>,
+    /// Give up on a statement that runs longer than this.
+    #[arg(long, default_value_t = 3600)]
+    statement_timeout_seconds: u64,
     /// Script variable, `${name}` in the SQL.
     #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_var)]
     vars: Vec<(String, String)>,
@@ -214,7 +217,8 @@ fn run(cli: Cli) -> Result<(), kallista_jobs::JobError> {
             };
             let cluster = args.scheduler.map_or(Cluster::Embedded, Cluster::Remote);
             let vars: BTreeMap<String, String> = args.vars.into_iter().collect();
-            kallista_jobs::sql_cmd::run_sql(&source, &cluster, &vars, |out| println!("{out}")).map(|_| ())
+            let timeout = std::time::Duration::from_secs(args.statement_timeout_seconds);
+            kallista_jobs::sql_cmd::run_sql(&source, &cluster, &vars, timeout, |out| println!("{out}")).map(|_| ())
         }
     }
 }

@@ -131,22 +131,24 @@ pub async fn run_statement(ctx: &SessionContext, sql: &str) -> Result<StatementR
 }
 
 /// Runs a script; `report(index, statement, result)` sees each result as it comes.
-/// An error names the script and the statement number.
+/// An error names the script and the statement number; a statement that runs
+/// longer than `timeout` is an error too (a stuck cluster job must not hang the caller).
 pub async fn run_script(
     ctx: &SessionContext,
     name: &str,
     script: &str,
     vars: &BTreeMap<String, String>,
+    timeout: std::time::Duration,
     mut report: impl FnMut(usize, &str, &StatementResult),
 ) -> Result<Vec<StatementResult>> {
     let script = substitute(script, vars)?;
     let mut results = vec![];
     for (i, stmt) in split_statements(&script).iter().enumerate() {
-        let r = run_statement(ctx, stmt).await.map_err(|e| EngineError::Statement {
-            file: name.to_string(),
-            index: i + 1,
-            source: Box::new(e),
-        })?;
+        let r = match tokio::time::timeout(timeout, run_statement(ctx, stmt)).await {
+            Ok(r) => r,
+            Err(_) => Err(EngineError::Invalid(format!("did not finish within {} s", timeout.as_secs()))),
+        }
+        .map_err(|e| EngineError::Statement { file: name.to_string(), index: i + 1, source: Box::new(e) })?;
         report(i + 1, stmt, &r);
         results.push(r);
     }

@@ -14,11 +14,13 @@ pub enum SqlSource {
     Query(String),
 }
 
-/// Runs the SQL; `print` receives each statement's rendered result.
+/// Runs the SQL; `print` receives each statement's rendered result; each
+/// statement must finish within `timeout`.
 pub fn run_sql(
     source: &SqlSource,
     cluster: &Cluster,
     vars: &BTreeMap<String, String>,
+    timeout: std::time::Duration,
     mut print: impl FnMut(&str),
 ) -> Result<Vec<StatementResult>, JobError> {
     let (name, script) = match source {
@@ -36,7 +38,7 @@ pub fn run_sql(
         .map_err(|e| JobError::Invalid(format!("tokio runtime: {e}")))?;
     rt.block_on(async {
         let ctx = connect(cluster).await?;
-        let results = run_script(&ctx, &name, &script, &all_vars, |_, _, r| print(&r.render())).await?;
+        let results = run_script(&ctx, &name, &script, &all_vars, timeout, |_, _, r| print(&r.render())).await?;
         Ok(results)
     })
 }
