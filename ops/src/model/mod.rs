@@ -14,11 +14,13 @@
 
 mod builder;
 mod config;
+mod import;
 mod nested;
 mod run;
 mod summary;
 mod weights;
 
+pub use import::{read_torch_safetensors, TorchEntry, TorchLayout, TorchMapping};
 pub use weights::{read_safetensors, write_atomic, write_safetensors};
 
 pub use builder::{LayerId, ModelBuilder, SymbolicTensor};
