@@ -146,6 +146,20 @@ fn make_then_prepare_with_sql() {
     }
     assert_eq!(rows, 150, "every clip is in exactly one prepared split");
 
+    // The prepared splits decode straight into training tensors.
+    let mut decoded = 0;
+    for f in kallista_data::parquet_io::parquet_files(&out.join("train")).unwrap() {
+        for b in kallista_data::parquet_io::ClipReader::open(&f, 32).unwrap() {
+            let b = b.unwrap();
+            assert_eq!(b.shape[1..], [3, 24, 24, 3]);
+            let (ids, len) = b.question_ids.clone().expect("prepared tables carry question_ids");
+            assert_eq!((len, ids.len()), (6, 6 * b.shape[0]));
+            assert!(b.answer_ids.as_ref().unwrap().iter().all(|a| (0..n_answers).contains(a)));
+            decoded += b.shape[0];
+        }
+    }
+    assert_eq!(decoded, split_of.values().filter(|s| *s == "train").count());
+
     // A plain query prints a table.
     let table = ok(kallista(&[
         "sql",

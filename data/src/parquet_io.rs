@@ -149,6 +149,10 @@ pub struct ClipBatch {
     /// `[rows, frames, height, width, 3]`, row-major.
     pub frames: Vec<u8>,
     pub shape: [usize; 5],
+    /// Prepared tables only (`jobs/video_qa/prepare.sql`): `[rows, question_len]` token ids.
+    pub question_ids: Option<(Vec<i32>, usize)>,
+    /// Prepared tables only: the answer ids.
+    pub answer_ids: Option<Vec<i32>>,
 }
 
 /// Streams the clips of one Parquet file as decoded batches.
@@ -176,15 +180,32 @@ impl ClipReader {
         })
     }
 
+    /// A column cast to `to` (other Arrow writers use view or large types), or a schema error naming it.
+    fn cast_column(&self, batch: &RecordBatch, name: &str, to: &DataType) -> Result<ArrayRef> {
+        let c = batch.column_by_name(name).ok_or_else(|| DataError::Schema {
+            path: self.path.clone(),
+            column: name.into(),
+            detail: "missing".into(),
+        })?;
+        arrow::compute::cast(c, to).map_err(|e| DataError::Schema {
+            path: self.path.clone(),
+            column: name.into(),
+            detail: format!("has type {}, cannot be read as {to}: {e}", c.data_type()),
+        })
+    }
+
     fn decode(&self, batch: &RecordBatch) -> Result<ClipBatch> {
         let strings = |name: &str| -> Result<Vec<String>> {
-            let a: &StringArray = self.column(batch, name)?;
+            let c = self.cast_column(batch, name, &DataType::Utf8)?;
+            let a = c.as_any().downcast_ref::<StringArray>().expect("cast to Utf8");
             Ok((0..a.len()).map(|i| a.value(i).to_string()).collect())
         };
         let ints = |name: &str| -> Result<&Int32Array> { self.column(batch, name) };
         let (nf, h, w) = (ints(col::NUM_FRAMES)?, ints(col::HEIGHT)?, ints(col::WIDTH)?);
-        let enc: &StringArray = self.column(batch, col::FRAME_ENCODING)?;
-        let frames: &ListArray = self.column(batch, col::FRAMES)?;
+        let enc = self.cast_column(batch, col::FRAME_ENCODING, &DataType::Utf8)?;
+        let enc = enc.as_any().downcast_ref::<StringArray>().expect("cast to Utf8");
+        let frames = self.cast_column(batch, col::FRAMES, &schema::frames_type())?;
+        let frames = frames.as_any().downcast_ref::<ListArray>().expect("cast to a list");
         let rows = batch.num_rows();
         let bad = |r: usize, column: &str, detail: String| DataError::BadValue {
             path: self.path.clone(),
@@ -217,7 +238,39 @@ impl ClipReader {
                     .map_err(|e| bad(r, col::FRAMES, format!("frame {t}: {e}")))?;
             }
         }
+        let question_ids = match batch.column_by_name("question_ids") {
+            None => None,
+            Some(_) => {
+                let target = DataType::List(Arc::new(Field::new_list_field(DataType::Int32, true)));
+                let q = self.cast_column(batch, "question_ids", &target)?;
+                let q = q.as_any().downcast_ref::<ListArray>().expect("cast to a list");
+                let len = if rows > 0 { q.value(0).len() } else { 0 };
+                let mut ids = Vec::with_capacity(rows * len);
+                for r in 0..rows {
+                    let v = q.value(r);
+                    let v = v.as_any().downcast_ref::<Int32Array>().expect("list of int32");
+                    if v.len() != len {
+                        return Err(bad(
+                            r,
+                            "question_ids",
+                            format!("{} ids, the batch's first row has {len}", v.len()),
+                        ));
+                    }
+                    ids.extend(v.values().iter());
+                }
+                Some((ids, len))
+            }
+        };
+        let answer_ids = match batch.column_by_name("answer_id") {
+            None => None,
+            Some(_) => {
+                let a = self.cast_column(batch, "answer_id", &DataType::Int32)?;
+                Some(a.as_any().downcast_ref::<Int32Array>().expect("cast to int32").values().to_vec())
+            }
+        };
         Ok(ClipBatch {
+            question_ids,
+            answer_ids,
             video_ids: strings(col::VIDEO_ID)?,
             splits: strings(col::SPLIT)?,
             questions: strings(col::QUESTION)?,
