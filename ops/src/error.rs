@@ -57,6 +57,11 @@ pub enum OpsError {
     #[error("{path}: invalid safetensors file: {detail}")]
     Safetensors { path: String, detail: String },
 
+    /// An HDF5 file (Keras `.weights.h5`) cannot be read, or an object in it
+    /// is not what the Keras format puts there; `object` is its HDF5 path.
+    #[error("{path}: HDF5 object '{object}': {detail}")]
+    Hdf5 { path: String, object: String, detail: String },
+
     /// JSON (de)serialisation of a model config failed.
     #[error("model config JSON: {0}")]
     Json(#[from] serde_json::Error),

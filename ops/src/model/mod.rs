@@ -15,12 +15,14 @@
 mod builder;
 mod config;
 mod import;
+mod keras_h5;
 mod nested;
 mod run;
 mod summary;
 mod weights;
 
 pub use import::{read_torch_safetensors, TorchEntry, TorchLayout, TorchMapping};
+pub use keras_h5::{read_keras_weights_h5, KerasVars};
 pub use weights::{read_safetensors, write_atomic, write_safetensors};
 
 pub use builder::{LayerId, ModelBuilder, SymbolicTensor};
