@@ -1,12 +1,52 @@
 //! `applications::inception_v3` against Keras 3's InceptionV3: parameter
-//! counts (Keras's `model.summary()` numbers), the layer names Keras gives a
-//! fresh session, the output shapes, and the typed error below 75x75.
+//! counts (Keras's `model.summary()` numbers), the whole graph (every layer's
+//! name, class, inputs in order and weight shapes, from
+//! `fixtures/make_inception_fixture.py`), the output shapes, and the typed
+//! error below 75x75.
 
 mod common;
 
 use common::*;
 use kallista_ops::applications::{inception_v3, Pooling};
 use kallista_ops::Data;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+#[test]
+fn graph_matches_keras_layer_for_layer() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/inception_v3_keras_graph.json");
+    let keras: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let model = inception_v3(false, Pooling::Avg, (75, 75), 0, 1).unwrap();
+    assert_eq!(keras["count_params"].as_u64().unwrap() as usize, model.count_params());
+    let ours: Value = serde_json::from_str(&model.to_json()).unwrap();
+    let ours = &ours["config"];
+    // Keras lists the InputLayer among the layers; Kallista lists it in `inputs`.
+    let k_layers: Vec<&Value> =
+        keras["layers"].as_array().unwrap().iter().filter(|l| l["class_name"] != "InputLayer").collect();
+    let o_layers = ours["layers"].as_array().unwrap();
+    let o_nodes = ours["nodes"].as_array().unwrap();
+    assert_eq!(k_layers.len(), o_layers.len());
+    assert_eq!(o_nodes.len(), o_layers.len(), "each layer is called once");
+    // Keras lists layers in topological order, Kallista in creation order (the
+    // order that numbers the names); the graph is compared by name.
+    let class_of: BTreeMap<&str, &Value> =
+        o_layers.iter().map(|l| (l["name"].as_str().unwrap(), &l["class_name"])).collect();
+    let node_of: BTreeMap<&str, &Value> = o_nodes.iter().map(|n| (n["layer"].as_str().unwrap(), n)).collect();
+    let mut keras_weights = BTreeMap::new();
+    for k in &k_layers {
+        let name = k["name"].as_str().unwrap();
+        assert_eq!(Some(&&k["class_name"]), class_of.get(name), "class of {name}");
+        // Inputs in argument order: the channel order of every concatenation.
+        assert_eq!(k["inbound"], node_of[name]["inputs"], "inputs of {name}");
+        for (key, shape) in k["weights"].as_object().unwrap() {
+            let shape: Vec<usize> = shape.as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+            keras_weights.insert(key.clone(), shape);
+        }
+    }
+    let our_weights: BTreeMap<String, Vec<usize>> =
+        model.named_weights().into_iter().map(|(k, t)| (k, t.shape().to_vec())).collect();
+    assert_eq!(our_weights, keras_weights, "weight keys and shapes");
+}
 
 #[test]
 fn notop_avg_has_keras_parameter_count_and_names() {
@@ -62,4 +102,52 @@ fn top_and_spatial_outputs() {
 fn below_75_is_a_typed_error() {
     let err = inception_v3(false, Pooling::Avg, (74, 100), 0, 1).unwrap_err().to_string();
     assert!(err.contains("75") && err.contains("74x100"), "{err}");
+}
+
+/// `formula()` of `make_inception_fixture.py`: weight number `k` (index of its
+/// key in sorted order), computed in f64 and rounded to f32 as numpy does.
+fn formula(key: &str, k: usize, shape: &[usize]) -> kallista_ops::Tensor {
+    let n: usize = shape.iter().product();
+    let data = (0..n)
+        .map(|j| {
+            let s = (0.37 * j as f64 + 1.3 * k as f64).sin();
+            let v = if key.ends_with("/kernel") {
+                let fan_in: usize = shape[..shape.len() - 1].iter().product();
+                2.0 / (fan_in as f64).sqrt() * s
+            } else if key.ends_with("/moving_variance") {
+                1.0 + 0.5 * s * s
+            } else {
+                0.1 * s
+            };
+            v as f32
+        })
+        .collect();
+    kallista_ops::Tensor::new(shape, data).unwrap()
+}
+
+#[test]
+fn forward_matches_keras() {
+    let mut model = inception_v3(false, Pooling::Avg, (75, 75), 0, 1).unwrap();
+    let weights: BTreeMap<String, kallista_ops::Tensor> = model
+        .named_weights()
+        .into_iter()
+        .enumerate()
+        .map(|(k, (key, t))| {
+            let v = formula(&key, k, t.shape());
+            (key, v)
+        })
+        .collect();
+    model.set_weights(&weights).unwrap();
+    let n = 75 * 75 * 3;
+    let x =
+        kallista_ops::Tensor::new(&[1, 75, 75, 3], (0..n).map(|i| (0.011 * i as f64).sin() as f32).collect()).unwrap();
+    let y = &model.predict_on_batch(&[Data::F32(x)]).unwrap()[0];
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/inception_v3_keras_forward.safetensors");
+    let (want, _) = kallista_ops::model::read_safetensors(std::path::Path::new(path)).unwrap();
+    let want = &want["y"];
+    assert_eq!(y.shape(), want.shape());
+    let scale = want.data().iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = y.max_abs_diff(want);
+    assert!(scale > 1e-2, "the reference output is not degenerate");
+    assert!(err <= 1e-4 * scale, "max |kallista - keras| = {err}, max |keras| = {scale}");
 }
