@@ -116,9 +116,10 @@ impl TorchMapping {
     }
 
     /// `nn.BatchNorm2d` / `BatchNorm1d` `module` -> BatchNormalization `layer`
-    /// (with `scale` and `center`, as Keras's defaults; for InceptionV3's
-    /// `scale=False` blocks add the torch weight to the ignored suffixes only
-    /// if it is all ones).
+    /// with Keras's defaults `scale=True, center=True`. A Keras layer built
+    /// with `scale=False` (InceptionV3's blocks) has no `gamma`: map the other
+    /// three with [`TorchMapping::entry`], and only if the torch weight is all
+    /// ones, since dropping any other value changes the output.
     pub fn batch_norm(self, module: &str, layer: &str) -> Self {
         [("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"), ("running_var", "moving_variance")]
             .into_iter()
