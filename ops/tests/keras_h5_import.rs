@@ -72,3 +72,43 @@ fn keras_weights_h5_mismatches_are_all_listed() {
     let err = model.load_keras_weights_h5(fixture("no_such.weights.h5")).unwrap_err();
     assert!(matches!(err, OpsError::Hdf5 { .. }), "{err}");
 }
+
+/// The legacy HDF5 format (`model.save("x.h5")`: `model_weights` with
+/// `layer_names` / `weight_names`) goes through the same entry point and
+/// gives the same weights; its weight names omit the nested model's name.
+#[test]
+fn keras_legacy_h5_loads_every_weight_exactly() {
+    // `model_weights` (full-model save) and root (Keras 2 weights-only) layouts.
+    for file in ["keras_toy_legacy.h5", "keras_toy_legacy_root.h5"] {
+        let mut model = toy(5, 2);
+        model.load_keras_weights_h5(fixture(file)).unwrap();
+        let (want, _) = read_safetensors(&fixture("keras_toy_weights.safetensors")).unwrap();
+        let have = model.named_weights();
+        assert_eq!(have.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "{file}");
+        for (k, w) in &want {
+            assert_eq!(have[k].shape(), w.shape(), "{file} {k}");
+            assert_eq!(have[k].data(), w.data(), "{file} {k}");
+        }
+    }
+}
+
+#[test]
+fn keras_legacy_h5_mismatches_are_all_listed() {
+    let mut model = toy(7, 3);
+    let before = model.named_weights();
+    let err = model.load_keras_weights_h5(fixture("keras_toy_legacy.h5")).unwrap_err();
+    let OpsError::WeightMismatch(p) = &err else { panic!("{err}") };
+    let text = p.join("\n");
+    for needle in [
+        "'td_cnn/frame_cnn/proj/kernel' (/model_weights/td_cnn/proj/kernel): file has [4, 5], model expects [4, 7]",
+        "'td_cnn/frame_cnn/proj/bias' (/model_weights/td_cnn/proj/bias): file has [5], model expects [7]",
+        "'q_gru/kernel' (/model_weights/q_gru/q_gru/gru_cell/kernel): file has [3, 6], model expects [3, 9]",
+        "'q_gru/recurrent_kernel'",
+        "'q_gru/bias'",
+        "'video_lstm/kernel' (/model_weights/video_lstm/video_lstm/lstm_cell/kernel)",
+        "'fc_out/kernel'",
+    ] {
+        assert!(text.contains(needle), "no '{needle}' in:\n{text}");
+    }
+    assert_eq!(model.named_weights(), before, "nothing changes on error");
+}
