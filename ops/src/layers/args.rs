@@ -84,6 +84,53 @@ pub(crate) fn check_strides_dilation(class: &str, strides: Pair, dilation: Pair)
     Ok(())
 }
 
+/// The builder methods and window options shared by the convolution layers,
+/// whose configs carry the same Keras fields (`strides`, `padding`,
+/// `dilation_rate`, `activation`, `use_bias`) and a `base: LayerBase`.
+macro_rules! conv_builder_methods {
+    () => {
+        pub fn strides(mut self, strides: impl Into<$crate::layers::args::Pair>) -> Self {
+            self.cfg.strides = strides.into();
+            self
+        }
+
+        pub fn padding(mut self, padding: $crate::layers::args::Padding) -> Self {
+            self.cfg.padding = padding;
+            self
+        }
+
+        pub fn dilation_rate(mut self, dilation: impl Into<$crate::layers::args::Pair>) -> Self {
+            self.cfg.dilation_rate = dilation.into();
+            self
+        }
+
+        /// Sets the activation by Keras name; an unknown name fails at build.
+        pub fn activation(mut self, name: &str) -> Self {
+            self.cfg.activation = name.to_string();
+            self
+        }
+
+        pub fn use_bias(mut self, use_bias: bool) -> Self {
+            self.cfg.use_bias = use_bias;
+            self
+        }
+
+        pub fn name(mut self, name: &str) -> Self {
+            self.base.name = name.into();
+            self
+        }
+
+        fn options(&self) -> $crate::autodiff::Conv2dOptions {
+            $crate::autodiff::Conv2dOptions {
+                strides: self.cfg.strides.tuple(),
+                dilation: self.cfg.dilation_rate.tuple(),
+                padding: self.cfg.padding,
+            }
+        }
+    };
+}
+pub(crate) use conv_builder_methods;
+
 #[cfg(test)]
 mod tests {
     use super::*;

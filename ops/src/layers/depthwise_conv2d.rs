@@ -8,13 +8,15 @@
 //! Shapes: `[B, H, W, in]` -> `[B, OH, OW, in * depth_multiplier]`, `OH` as
 //! for Conv2D.
 
-use super::args::{channels_last, check_channels_last, check_strides_dilation, one, valid, Padding, Pair};
+use super::args::{
+    channels_last, check_channels_last, check_strides_dilation, conv_builder_methods, one, valid, Padding, Pair,
+};
 use super::dense::{glorot, linear, yes, zeros};
 use super::{
     bad_input, declare_or_check, expect_inputs, layer_base_methods, parse_config, CallContext, Layer, LayerBase,
     TensorSpec, Value, Weight,
 };
-use crate::autodiff::{self, Conv2dOptions, Tape, Var, Window2d};
+use crate::autodiff::{self, Tape, Var, Window2d};
 use crate::backend::Activation;
 use crate::error::{OpsError, Result};
 use crate::init::Initializer;
@@ -83,50 +85,13 @@ impl DepthwiseConv2D {
         self
     }
 
-    pub fn strides(mut self, strides: impl Into<Pair>) -> Self {
-        self.cfg.strides = strides.into();
-        self
-    }
-
-    pub fn padding(mut self, padding: Padding) -> Self {
-        self.cfg.padding = padding;
-        self
-    }
-
-    pub fn dilation_rate(mut self, dilation: impl Into<Pair>) -> Self {
-        self.cfg.dilation_rate = dilation.into();
-        self
-    }
-
-    /// Sets the activation by Keras name; an unknown name fails at build.
-    pub fn activation(mut self, name: &str) -> Self {
-        self.cfg.activation = name.to_string();
-        self
-    }
-
-    pub fn use_bias(mut self, use_bias: bool) -> Self {
-        self.cfg.use_bias = use_bias;
-        self
-    }
-
-    pub fn name(mut self, name: &str) -> Self {
-        self.base.name = name.into();
-        self
-    }
+    conv_builder_methods!();
 
     pub(crate) fn from_config(v: &serde_json::Value) -> Result<Self> {
         let cfg: DepthwiseConv2DConfig = parse_config("DepthwiseConv2D", v)?;
         let act = Activation::from_name(&cfg.activation)?;
         check_config(&cfg)?;
         Ok(DepthwiseConv2D { base: LayerBase::default(), cfg, act })
-    }
-
-    fn options(&self) -> Conv2dOptions {
-        Conv2dOptions {
-            strides: self.cfg.strides.tuple(),
-            dilation: self.cfg.dilation_rate.tuple(),
-            padding: self.cfg.padding,
-        }
     }
 }
 

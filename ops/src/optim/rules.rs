@@ -54,12 +54,16 @@ fn adam(lr: f32, step: u64, b1: f32, b2: f32, eps: f32, wd: f32, w: &mut [f32], 
     let (m, v) = slots.split_at_mut(1);
     let (m, v) = (&mut m[0], &mut v[0]);
     let t = step as f64;
-    let alpha = (lr as f64 * (1.0 - (b2 as f64).powf(t)).sqrt() / (1.0 - (b1 as f64).powf(t))) as f32;
-    let decay = wd * lr;
-    let n = w.len();
+    let k = AdamStep {
+        alpha: (lr as f64 * (1.0 - (b2 as f64).powf(t)).sqrt() / (1.0 - (b1 as f64).powf(t))) as f32,
+        b1,
+        b2,
+        eps,
+        decay: wd * lr,
+    };
     type Chunks<'a> = (((&'a mut [f32], &'a [f32]), &'a mut [f32]), &'a mut [f32]);
-    let body = |(((w, g), m), v): Chunks<'_>| adam_chunk(w, g, m, v, alpha, b1, b2, eps, decay);
-    if n < 2 * CHUNK {
+    let body = |(((w, g), m), v): Chunks<'_>| adam_chunk(w, g, m, v, k);
+    if w.len() < 2 * CHUNK {
         body((((w, g), m.as_mut_slice()), v.as_mut_slice()));
     } else {
         w.par_chunks_mut(CHUNK)
@@ -89,60 +93,37 @@ fn par3(w: &mut [f32], g: &[f32], s: &mut [f32], f: impl Fn(&mut [f32], &[f32], 
     }
 }
 
-/// The Adam update of one chunk; compiled for AVX2+FMA too and picked at run time.
-#[allow(clippy::too_many_arguments)]
-fn adam_chunk(
-    w: &mut [f32],
-    g: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
+/// The constants of one Adam step (Keras 3's formula; `decay` = AdamW's `weight_decay * lr`).
+#[derive(Clone, Copy)]
+struct AdamStep {
     alpha: f32,
     b1: f32,
     b2: f32,
     eps: f32,
     decay: f32,
-) {
+}
+
+/// The Adam update of one chunk; compiled for AVX2+FMA too and picked at run time.
+fn adam_chunk(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: AdamStep) {
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    fn body(
-        w: &mut [f32],
-        g: &[f32],
-        m: &mut [f32],
-        v: &mut [f32],
-        alpha: f32,
-        b1: f32,
-        b2: f32,
-        eps: f32,
-        decay: f32,
-    ) {
+    fn body(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: AdamStep) {
         for (((w, g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-            *w -= *w * decay;
-            *m += (g - *m) * (1.0 - b1);
-            *v += (g * g - *v) * (1.0 - b2);
-            *w -= *m * alpha / (v.sqrt() + eps);
+            *w -= *w * k.decay;
+            *m += (g - *m) * (1.0 - k.b1);
+            *v += (g * g - *v) * (1.0 - k.b2);
+            *w -= *m * k.alpha / (v.sqrt() + k.eps);
         }
     }
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             #[target_feature(enable = "avx2,fma")]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn wide(
-                w: &mut [f32],
-                g: &[f32],
-                m: &mut [f32],
-                v: &mut [f32],
-                alpha: f32,
-                b1: f32,
-                b2: f32,
-                eps: f32,
-                decay: f32,
-            ) {
-                body(w, g, m, v, alpha, b1, b2, eps, decay)
+            unsafe fn wide(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: AdamStep) {
+                body(w, g, m, v, k)
             }
             // SAFETY: the features were detected at run time.
-            return unsafe { wide(w, g, m, v, alpha, b1, b2, eps, decay) };
+            return unsafe { wide(w, g, m, v, k) };
         }
     }
-    body(w, g, m, v, alpha, b1, b2, eps, decay)
+    body(w, g, m, v, k)
 }
