@@ -89,7 +89,23 @@ fn splits_are_by_video() {
         }
     }
     assert_eq!(seen.len(), 200);
+    // One row per video, so the check above only guards against duplicates; the split must also be
+    // a property of the video alone: a smaller set of the same seed, sharded differently, agrees.
+    let small = tmp("splits-small");
+    let mut opts = MakeOptions::new(&small, 120, 2, 16, 3);
+    opts.videos_per_shard = 7;
+    make_video_qa(&opts, |_| {}).unwrap();
+    let mut compared = 0;
+    for b in read_all(&small) {
+        for (v, s) in b.video_ids.iter().zip(&b.splits) {
+            assert_eq!(seen.get(v), Some(s), "video {v} changed split between sets");
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 120);
+    assert!(seen.values().any(|s| s != "train"), "splits other than train exist");
     std::fs::remove_dir_all(&d).ok();
+    std::fs::remove_dir_all(&small).ok();
 }
 
 fn write_png(path: &Path, h: u32, w: u32, shade: u8) {
