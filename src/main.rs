@@ -37,6 +37,23 @@ enum Command {
         #[arg(long, default_value_t = 1234)]
         seed: u64,
     },
+    /// Train a job (YAML) on the embedded cluster (scheduler and executor in this process).
+    Train(JobArgs),
+    /// Submit a job (YAML) to a running cluster.
+    Submit {
+        #[command(flatten)]
+        job: JobArgs,
+        /// The scheduler, df://HOST:PORT.
+        #[arg(long)]
+        scheduler: String,
+    },
+    /// Run a ready-made job directory (e.g. jobs/video_qa): make and prepare its data when absent, train, test.
+    Run {
+        /// A directory holding job.yaml (or the job file itself).
+        dir: PathBuf,
+        #[command(flatten)]
+        overrides: OverrideArgs,
+    },
     /// Make or ingest datasets.
     #[command(subcommand)]
     Data(DataCommand),
@@ -73,6 +90,62 @@ enum Command {
         #[arg(long)]
         work_dir: Option<String>,
     },
+}
+
+#[derive(Args)]
+struct JobArgs {
+    /// The job file (YAML).
+    job: PathBuf,
+    #[command(flatten)]
+    overrides: OverrideArgs,
+    /// Continue from the job dir's last checkpoint (same data order, optimizer state).
+    #[arg(long)]
+    resume: bool,
+}
+
+#[derive(Args)]
+struct OverrideArgs {
+    /// Overrides job_dir.
+    #[arg(long)]
+    job_dir: Option<PathBuf>,
+    /// Overrides data.train (a Parquet file or directory).
+    #[arg(long)]
+    train_files: Option<String>,
+    /// Overrides data.eval.
+    #[arg(long)]
+    eval_files: Option<String>,
+    /// Overrides scaling.workers.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Overrides training.max_steps (and drops training.epochs).
+    #[arg(long)]
+    max_steps: Option<u64>,
+}
+
+impl OverrideArgs {
+    fn into_overrides(self) -> kallista_jobs::spec::Overrides {
+        kallista_jobs::spec::Overrides {
+            job_dir: self.job_dir,
+            train_files: self.train_files,
+            eval_files: self.eval_files,
+            workers: self.workers,
+            max_steps: self.max_steps,
+        }
+    }
+}
+
+fn print_report(r: &kallista_engine::train::driver::TrainReport) {
+    println!(
+        "trained {} steps in {} rounds: {:.1} samples/s, {:.0} ms per round ({:.0} ms compute)",
+        r.steps, r.rounds, r.samples_per_s, r.mean_round_ms, r.mean_compute_ms
+    );
+    for s in [&r.eval, &r.test].into_iter().flatten() {
+        println!("{} accuracy {:.4} (loss {:.4}, {} rows)", s.split, s.overall.accuracy(), s.overall.loss(), s.overall.rows);
+        for (family, c) in &s.families {
+            println!("  {family:<14} {:.4}  ({} rows)", c.accuracy(), c.rows);
+        }
+    }
+    println!("weights: {}", r.weights.display());
 }
 
 #[derive(Subcommand)]
@@ -152,6 +225,33 @@ fn run(cli: Cli) -> Result<(), kallista_jobs::JobError> {
     match cli.command {
         Command::Demo { samples, epochs, seed } => {
             kallista_jobs::demo::run_demo(samples, epochs, seed, |line| println!("{line}")).map(|_| ())
+        }
+        Command::Train(args) => {
+            let r = kallista_jobs::train_cmd::train_cmd(
+                &args.job,
+                &args.overrides.into_overrides(),
+                args.resume,
+                &Cluster::Embedded,
+                |line| eprintln!("{line}"),
+            )?;
+            print_report(&r);
+            Ok(())
+        }
+        Command::Submit { job, scheduler } => {
+            let r = kallista_jobs::train_cmd::train_cmd(
+                &job.job,
+                &job.overrides.into_overrides(),
+                job.resume,
+                &Cluster::Remote(scheduler),
+                |line| eprintln!("{line}"),
+            )?;
+            print_report(&r);
+            Ok(())
+        }
+        Command::Run { dir, overrides } => {
+            let r = kallista_jobs::train_cmd::run_cmd(&dir, &overrides.into_overrides(), |line| eprintln!("{line}"))?;
+            print_report(&r);
+            Ok(())
         }
         Command::Data(DataCommand::MakeVideoQa {
             out,

@@ -171,10 +171,20 @@ impl ClipReader {
         let inner = builder.with_batch_size(batch_size).build().map_err(|e| DataError::parquet(path, e))?;
         Ok(ClipReader { path: path.to_path_buf(), inner, row: 0 })
     }
+}
 
+/// Decodes record batches of the clips schema (or the prepared tables') to
+/// [`ClipBatch`]es; errors name `path` and the row counted from `first_row`.
+/// Only the frame columns are required; the string columns are read when present.
+pub struct ClipDecoder<'a> {
+    pub path: &'a Path,
+    pub first_row: usize,
+}
+
+impl ClipDecoder<'_> {
     fn column<'a, T: 'static>(&self, batch: &'a RecordBatch, name: &str) -> Result<&'a T> {
         batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<T>()).ok_or_else(|| DataError::Schema {
-            path: self.path.clone(),
+            path: self.path.to_path_buf(),
             column: name.into(),
             detail: "missing or of an unexpected type".into(),
         })
@@ -183,19 +193,23 @@ impl ClipReader {
     /// A column cast to `to` (other Arrow writers use view or large types), or a schema error naming it.
     fn cast_column(&self, batch: &RecordBatch, name: &str, to: &DataType) -> Result<ArrayRef> {
         let c = batch.column_by_name(name).ok_or_else(|| DataError::Schema {
-            path: self.path.clone(),
+            path: self.path.to_path_buf(),
             column: name.into(),
             detail: "missing".into(),
         })?;
         arrow::compute::cast(c, to).map_err(|e| DataError::Schema {
-            path: self.path.clone(),
+            path: self.path.to_path_buf(),
             column: name.into(),
             detail: format!("has type {}, cannot be read as {to}: {e}", c.data_type()),
         })
     }
 
-    fn decode(&self, batch: &RecordBatch) -> Result<ClipBatch> {
+    pub fn decode(&self, batch: &RecordBatch) -> Result<ClipBatch> {
+        // Optional here: the training operators pass only the columns they use.
         let strings = |name: &str| -> Result<Vec<String>> {
+            if batch.column_by_name(name).is_none() {
+                return Ok(vec![]);
+            }
             let c = self.cast_column(batch, name, &DataType::Utf8)?;
             let a = c.as_any().downcast_ref::<StringArray>().expect("cast to Utf8");
             Ok((0..a.len()).map(|i| a.value(i).to_string()).collect())
@@ -208,8 +222,8 @@ impl ClipReader {
         let frames = frames.as_any().downcast_ref::<ListArray>().expect("cast to a list");
         let rows = batch.num_rows();
         let bad = |r: usize, column: &str, detail: String| DataError::BadValue {
-            path: self.path.clone(),
-            row: self.row + r,
+            path: self.path.to_path_buf(),
+            row: self.first_row + r,
             column: column.into(),
             detail,
         };
@@ -289,7 +303,7 @@ impl Iterator for ClipReader {
             Ok(b) => b,
             Err(e) => return Some(Err(DataError::parquet(&self.path, e))),
         };
-        let r = self.decode(&batch);
+        let r = ClipDecoder { path: &self.path, first_row: self.row }.decode(&batch);
         self.row += batch.num_rows();
         Some(r)
     }

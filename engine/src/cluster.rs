@@ -9,7 +9,7 @@
 //! so lost tasks are re-run promptly.
 
 use crate::error::{EngineError, Result};
-use crate::functions::kallista_functions;
+use crate::functions::{kallista_aggregates, kallista_functions};
 use crate::session::kallista_config;
 use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_executor::executor_process::{start_executor_process, ExecutorProcessConfig};
@@ -99,6 +99,9 @@ pub async fn run_executor(opts: &ExecutorOptions) -> Result<()> {
     let mut registry = BallistaFunctionRegistry::default();
     for f in kallista_functions() {
         registry.scalar_functions.insert(f.name().to_string(), f);
+    }
+    for f in kallista_aggregates() {
+        registry.aggregate_functions.insert(f.name().to_string(), f);
     }
     let config = ExecutorProcessConfig {
         bind_host: opts.bind_host.clone(),

@@ -15,6 +15,14 @@ pub enum EngineError {
     Data(#[from] kallista_data::DataError),
     #[error("{file}: statement {index}: {source}")]
     Statement { file: String, index: usize, source: Box<EngineError> },
+    #[error(transparent)]
+    Ops(#[from] kallista_ops::OpsError),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: {detail}")]
+    Corrupt { path: String, detail: String },
+    #[error("training: {0}")]
+    Training(String),
     #[error("{0}")]
     Invalid(String),
 }
@@ -22,9 +30,12 @@ pub enum EngineError {
 impl From<datafusion::error::DataFusionError> for EngineError {
     fn from(e: datafusion::error::DataFusionError) -> Self {
         match e {
-            datafusion::error::DataFusionError::External(inner) => match inner.downcast::<kallista_data::DataError>() {
-                Ok(d) => EngineError::Data(*d),
-                Err(other) => EngineError::DataFusion(datafusion::error::DataFusionError::External(other)),
+            datafusion::error::DataFusionError::External(inner) => match inner.downcast::<EngineError>() {
+                Ok(e) => *e,
+                Err(inner) => match inner.downcast::<kallista_data::DataError>() {
+                    Ok(d) => EngineError::Data(*d),
+                    Err(other) => EngineError::DataFusion(datafusion::error::DataFusionError::External(other)),
+                },
             },
             other => EngineError::DataFusion(other),
         }

@@ -3,14 +3,19 @@
 //! Brief overview: [`session::connect`] opens a client context on the
 //! embedded Ballista cluster or a remote scheduler, with Kallista's SQL
 //! functions ([`functions`]) registered; [`sql`] runs SQL scripts (statement
-//! splitting, `${var}` substitution, rendering). The training operators,
-//! gradient reduce and driver loop come with the distributed-training issue.
+//! splitting, `${var}` substitution, rendering); [`train`] holds distributed
+//! training: the training and evaluation operators (aggregate functions run
+//! by Ballista on the executors), the exact gradient reduce of the driver
+//! stage, data staging, and the driver loop with checkpoints and evaluation;
+//! [`embedded`] runs a scheduler and an executor inside the process.
 
 pub mod cluster;
+pub mod embedded;
 pub mod error;
 pub mod functions;
 pub mod session;
 pub mod sql;
+pub mod train;
 
 pub use ballista;
 pub use datafusion;

@@ -7,7 +7,7 @@
 //! losing an executor that held finished partial results hung jobs forever.
 
 use crate::error::Result;
-use crate::functions::{kallista_functions, register_all};
+use crate::functions::{kallista_aggregates, kallista_functions, register_all};
 use ballista::prelude::SessionContextExt;
 use ballista_core::config::BALLISTA_ADAPTIVE_PLANNER_ENABLED;
 use ballista_core::extension::SessionConfigExt;
@@ -46,9 +46,38 @@ pub async fn connect(cluster: &Cluster) -> Result<SessionContext> {
         Cluster::Embedded => SessionContext::standalone_with_state(state).await?,
         Cluster::Remote(url) => SessionContext::remote_with_state(url, state).await?,
     };
+    register_on_client(&ctx);
+    // Lets queries name Parquet files and directories directly: `SELECT ... FROM 'dir/'`.
+    Ok(ctx.enable_url_table())
+}
+
+/// Registers Kallista's functions on a client context (Ballista replaces the state's lists).
+fn register_on_client(ctx: &SessionContext) {
     for f in kallista_functions() {
         ctx.register_udf(f.as_ref().clone());
     }
-    // Lets queries name Parquet files and directories directly: `SELECT ... FROM 'dir/'`.
+    for f in kallista_aggregates() {
+        ctx.register_udaf(f.as_ref().clone());
+    }
+}
+
+/// A client context for a training job with `workers` workers: scans split
+/// into `workers` partitions of whole files, Parquet filters pushed into the
+/// scan (a round reads only its blocks). `Cluster::Embedded` starts the
+/// in-process cluster of [`crate::embedded`] with `workers` task slots.
+pub async fn training_session(cluster: &Cluster, workers: usize) -> Result<SessionContext> {
+    let url = match cluster {
+        Cluster::Embedded => crate::embedded::start_embedded_cluster(workers.max(2)).await?,
+        Cluster::Remote(url) => url.clone(),
+    };
+    let mut config = kallista_config().with_target_partitions(workers.max(1));
+    let opts = config.options_mut();
+    opts.optimizer.repartition_file_scans = false;
+    opts.execution.parquet.pushdown_filters = true;
+    opts.execution.parquet.reorder_filters = true;
+    let mut state = SessionStateBuilder::new().with_config(config).with_default_features().build();
+    register_all(&mut state)?;
+    let ctx = SessionContext::remote_with_state(&url, state).await?;
+    register_on_client(&ctx);
     Ok(ctx.enable_url_table())
 }

@@ -13,6 +13,8 @@ pub enum JobError {
     Engine(#[from] kallista_engine::EngineError),
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
+    #[error("{file}: {key}: {detail}")]
+    Spec { file: String, key: String, detail: String },
     #[error("{0}")]
     Invalid(String),
 }

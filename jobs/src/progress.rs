@@ -28,13 +28,18 @@ impl Progress {
 
     /// Reports that `done` units are finished.
     pub fn update(&self, done: usize) {
+        self.update_with(done, "");
+    }
+
+    /// Reports progress with a status message (step, loss, speed).
+    pub fn update_with(&self, done: usize, message: &str) {
         let mut st = self.state.lock().expect("progress lock");
         let pct = done * 100 / self.total;
         let rate = done as f64 / self.start.elapsed().as_secs_f64().max(1e-9);
         if self.tty {
             let filled = pct * 30 / 100;
             eprint!(
-                "\r{} [{}{}] {done}/{} ({rate:.0}/s)",
+                "\r{} [{}{}] {done}/{} ({rate:.1}/s) {message}\x1b[K",
                 self.label,
                 "#".repeat(filled),
                 " ".repeat(30 - filled),
@@ -45,7 +50,7 @@ impl Progress {
             }
             let _ = std::io::stderr().flush();
         } else if pct / 10 > st.0 * 100 / self.total / 10 || done >= self.total {
-            eprintln!("{}: {done}/{} ({pct}%, {rate:.0}/s)", self.label, self.total);
+            eprintln!("{}: {done}/{} ({pct}%, {rate:.1}/s) {message}", self.label, self.total);
         }
         *st = (done, Instant::now());
     }

@@ -12,7 +12,7 @@ pub use tokenize::TokenizeUdf;
 
 use datafusion::arrow::datatypes::{DataType, Field};
 use datafusion::execution::FunctionRegistry;
-use datafusion::logical_expr::ScalarUDF;
+use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 use std::sync::Arc;
 
 /// Every Kallista scalar function.
@@ -24,10 +24,21 @@ pub fn kallista_functions() -> Vec<Arc<ScalarUDF>> {
     ]
 }
 
+/// Every Kallista aggregate function: the training round and evaluation operators.
+pub fn kallista_aggregates() -> Vec<Arc<AggregateUDF>> {
+    vec![
+        Arc::new(AggregateUDF::new_from_impl(crate::train::train_udaf::TrainUdaf::new())),
+        Arc::new(AggregateUDF::new_from_impl(crate::train::eval_udaf::EvaluateUdaf::new())),
+    ]
+}
+
 /// Registers every Kallista function in `registry`.
 pub fn register_all(registry: &mut dyn FunctionRegistry) -> datafusion::error::Result<()> {
     for f in kallista_functions() {
         registry.register_udf(f)?;
+    }
+    for f in kallista_aggregates() {
+        registry.register_udaf(f)?;
     }
     Ok(())
 }

@@ -157,4 +157,9 @@ impl Model {
     pub fn optimizer(&self) -> Option<&Optimizer> {
         self.optimizer.as_ref()
     }
+
+    /// The optimizer, to set its state (a driver averaging workers' slots).
+    pub fn optimizer_mut(&mut self) -> Option<&mut Optimizer> {
+        self.optimizer.as_mut()
+    }
 }

@@ -313,7 +313,22 @@ impl Model {
     /// Loss, metrics and weight gradients of one batch (no update): what a
     /// worker computes in a `sync` round.
     pub fn gradients_on_batch(&self, inputs: &[Data], targets: &[Data]) -> Result<(BatchResult, WeightGrads)> {
-        self.loss_and_grads(inputs, targets, true, true)
+        let step_seed = self.seed ^ self.steps_run.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.loss_and_grads(inputs, targets, true, true, None, step_seed)
+    }
+
+    /// Gradients of one micro-batch as one shard on this thread, with
+    /// single-threaded kernels and the given dropout seed: the result depends
+    /// only on the weights, the rows and `seed`, never on the thread count, so
+    /// distributed workers that split a batch into the same micro-batches
+    /// compute the same numbers.
+    pub fn gradients_on_micro_batch(
+        &self,
+        inputs: &[Data],
+        targets: &[Data],
+        seed: u64,
+    ) -> Result<(BatchResult, WeightGrads)> {
+        with_single_threaded_kernels(|| self.loss_and_grads(inputs, targets, true, true, Some(1), seed))
     }
 
     fn loss_and_grads(
@@ -322,12 +337,14 @@ impl Model {
         targets: &[Data],
         training: bool,
         with_grads: bool,
+        max_shards: Option<usize>,
+        step_seed: u64,
     ) -> Result<(BatchResult, WeightGrads)> {
         let compiled = self.compiled()?;
         let batch = self.check_inputs(inputs)?;
         self.check_targets(targets, batch)?;
-        let shards = if training && self.needs_whole_batch() { vec![(0, batch)] } else { shard_bounds(batch) };
-        let step_seed = self.seed ^ self.steps_run.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let one_shard = max_shards == Some(1) || (training && self.needs_whole_batch());
+        let shards = if one_shard { vec![(0, batch)] } else { shard_bounds(batch) };
         let parts: Vec<(BatchResult, WeightGrads)> = run_shards(&shards, |s, e| {
             let ins = slice_all(inputs, s, e, shards.len());
             let tgs = slice_all(targets, s, e, shards.len());
@@ -418,6 +435,17 @@ impl Model {
         optimizer.apply(&mut params)
     }
 
+    /// Steps run so far (it seeds dropout); a worker that continues another
+    /// process's training sets it so that its random streams continue too.
+    pub fn steps_run(&self) -> u64 {
+        self.steps_run
+    }
+
+    /// See [`Model::steps_run`].
+    pub fn set_steps_run(&mut self, steps: u64) {
+        self.steps_run = steps;
+    }
+
     /// One training step on a batch: forward, backward, optimizer update.
     pub fn train_on_batch(&mut self, inputs: &[Data], targets: &[Data]) -> Result<BatchResult> {
         let (result, grads) = self.gradients_on_batch(inputs, targets)?;
@@ -428,7 +456,7 @@ impl Model {
 
     /// Loss and metrics of a batch in inference mode.
     pub fn test_on_batch(&self, inputs: &[Data], targets: &[Data]) -> Result<BatchResult> {
-        Ok(self.loss_and_grads(inputs, targets, false, false)?.0)
+        Ok(self.loss_and_grads(inputs, targets, false, false, None, 0)?.0)
     }
 }
 

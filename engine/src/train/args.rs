@@ -1,0 +1,50 @@
+//! Argument handling shared by the training and evaluation functions: the
+//! JSON spec literal, and the clip columns as a record batch the data crate
+//! decodes.
+
+use crate::error::EngineError;
+use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::datatypes::{Field, Schema};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::physical_expr::expressions::Literal;
+use datafusion::physical_plan::PhysicalExpr;
+use datafusion::scalar::ScalarValue;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+
+/// The clip columns every Kallista training function takes first, in order.
+pub const CLIP_ARGS: [&str; 7] =
+    ["frames", "frame_encoding", "num_frames", "height", "width", "question_ids", "answer_id"];
+
+/// Wraps an engine error for DataFusion (downcast again on the driver's side).
+pub fn external(e: impl Into<EngineError>) -> DataFusionError {
+    DataFusionError::External(Box::new(e.into()))
+}
+
+/// Parses the last argument, a string literal holding the spec as JSON.
+pub fn spec_literal<T: DeserializeOwned>(function: &str, exprs: &[Arc<dyn PhysicalExpr>]) -> Result<T> {
+    let text = exprs
+        .last()
+        .and_then(|e| e.downcast_ref::<Literal>())
+        .and_then(|l| match l.value() {
+            ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
+                Some(s.clone())
+            }
+            _ => None,
+        })
+        .ok_or_else(|| {
+            DataFusionError::Plan(format!("{function}: the last argument must be the spec, a string literal"))
+        })?;
+    serde_json::from_str(&text).map_err(|e| DataFusionError::Plan(format!("{function}: bad spec: {e}")))
+}
+
+/// The first `names.len()` argument arrays as a record batch with those column names.
+pub fn named_batch(names: &[&str], values: &[ArrayRef]) -> Result<RecordBatch> {
+    if values.len() < names.len() {
+        return Err(DataFusionError::Plan(format!("expected {} arguments, got {}", names.len() + 1, values.len())));
+    }
+    let fields: Vec<Field> =
+        names.iter().zip(values).map(|(n, v)| Field::new(*n, v.data_type().clone(), true)).collect();
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), values[..names.len()].to_vec())?)
+}

@@ -1,0 +1,132 @@
+//! `kallista_evaluate(frames, frame_encoding, num_frames, height, width,
+//! question_ids, answer_id, family, spec)`: loss and accuracy per question
+//! family, computed where the rows are scanned (a partial aggregate per
+//! partition, inference mode) and summed in the final stage. Returns a JSON
+//! object `{family: {rows, loss_sum, correct}}`.
+
+use super::args::{external, named_batch, spec_literal, CLIP_ARGS};
+use super::model_cache::model_for;
+use super::round::{EvalCounts, EvalSpec};
+use super::worker::to_model_data;
+use datafusion::arrow::array::{Array, ArrayRef, StringArray};
+use datafusion::arrow::compute::{cast, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Signature, Volatility};
+use datafusion::scalar::ScalarValue;
+use kallista_data::parquet_io::ClipDecoder;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// See the module docs.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct EvaluateUdaf {
+    signature: Signature,
+}
+
+impl EvaluateUdaf {
+    pub fn new() -> Self {
+        EvaluateUdaf { signature: Signature::any(CLIP_ARGS.len() + 2, Volatility::Volatile) }
+    }
+}
+
+impl Default for EvaluateUdaf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AggregateUDFImpl for EvaluateUdaf {
+    fn name(&self) -> &str {
+        "kallista_evaluate"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        let spec: EvalSpec = spec_literal(self.name(), args.exprs)?;
+        Ok(Box::new(EvaluateAccumulator { spec, counts: BTreeMap::new() }))
+    }
+
+    fn state_fields(&self, _args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        Ok(vec![Arc::new(Field::new("counts", DataType::Utf8, true))])
+    }
+}
+
+#[derive(Debug)]
+struct EvaluateAccumulator {
+    spec: EvalSpec,
+    counts: BTreeMap<String, EvalCounts>,
+}
+
+impl EvaluateAccumulator {
+    fn to_json(&self) -> Result<ScalarValue> {
+        let json = serde_json::to_string(&self.counts).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(ScalarValue::Utf8(Some(json)))
+    }
+}
+
+impl Accumulator for EvaluateAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let batch = named_batch(&CLIP_ARGS, values)?;
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let families = cast(&values[CLIP_ARGS.len()], &DataType::Utf8)?;
+        let families = families.as_any().downcast_ref::<StringArray>().expect("cast to Utf8");
+        let mut names: Vec<&str> = (0..families.len()).map(|i| families.value(i)).collect();
+        names.sort_unstable();
+        names.dedup();
+        let model = model_for(&self.spec.model).map_err(external)?;
+        for family in names {
+            let mask = datafusion::arrow::compute::kernels::cmp::eq(families, &StringArray::new_scalar(family))?;
+            let rows = filter_record_batch(&batch, &mask)?;
+            let decoded = ClipDecoder { path: Path::new("evaluation data"), first_row: 0 }
+                .decode(&rows)
+                .map_err(external)?;
+            let (x, y) = to_model_data(&decoded, &self.spec.model.input_columns).map_err(external)?;
+            let r = model.test_on_batch(&x, &[y]).map_err(|e| external(crate::EngineError::from(e)))?;
+            let c = self.counts.entry(family.to_string()).or_default();
+            c.rows += r.samples as u64;
+            c.loss_sum += r.loss as f64 * r.samples as f64;
+            c.correct += r.metrics.first().map_or(0, |m| m.1 as u64);
+        }
+        Ok(())
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        Ok(vec![self.to_json()?])
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        let states = cast(&states[0], &DataType::Utf8)?;
+        let states = states.as_any().downcast_ref::<StringArray>().expect("cast to Utf8");
+        for i in 0..states.len() {
+            if states.is_null(i) {
+                continue;
+            }
+            let part: BTreeMap<String, EvalCounts> =
+                serde_json::from_str(states.value(i)).map_err(|e| DataFusionError::External(Box::new(e)))?;
+            for (family, c) in part {
+                self.counts.entry(family).or_default().add(&c);
+            }
+        }
+        Ok(())
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        self.to_json()
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self) + self.counts.len() * 64
+    }
+}

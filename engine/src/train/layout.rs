@@ -1,0 +1,201 @@
+//! Staging: the job's data rewritten once, by a Ballista SQL job, into the
+//! layout the rounds read.
+//!
+//! Rows are ordered by a hash of (video, question, seed) (a shuffle that does
+//! not depend on how the source was sharded) and cut into blocks of
+//! `micro_batch` rows; block `b` goes to file `shard=b % shards`, sorted by
+//! block. A round selects its blocks with `block IN (...)`; with the filter
+//! pushed into the Parquet scan and the page index, the scan decodes the
+//! frames of the selected rows only. (Ballista 55's COPY ignored
+//! `max_row_group_size`, which would have made each block a row group.)
+//! The written files are then checked against the expected row counts.
+
+use super::schedule::BlockSchedule;
+use crate::error::{EngineError, Result};
+use datafusion::prelude::SessionContext;
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::file::statistics::Statistics;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Where a split's rows come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum DataSource {
+    /// A Parquet file or directory (prepared video-QA schema, `data/SCHEMA.md`).
+    Parquet(PathBuf),
+    /// A query whose result has those columns.
+    Sql(String),
+}
+
+impl DataSource {
+    /// As a SQL relation.
+    pub fn relation(&self) -> String {
+        match self {
+            DataSource::Parquet(p) => {
+                let mut s = p.display().to_string();
+                if p.is_dir() && !s.ends_with('/') {
+                    s.push('/');
+                }
+                format!("'{}'", s.replace('\'', "''"))
+            }
+            DataSource::Sql(q) => format!("({q})"),
+        }
+    }
+}
+
+/// The columns the staged tables keep.
+pub const STAGED_COLUMNS: &str =
+    "frames, frame_encoding, num_frames, height, width, question_ids, answer_id, family";
+
+/// A staged split, as recorded next to it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Staged {
+    pub source: DataSource,
+    pub dir: PathBuf,
+    pub rows: u64,
+    pub micro_batch: usize,
+    pub shards: usize,
+    pub seed: u64,
+    /// Blocks in each shard file.
+    pub blocks_per_shard: Vec<usize>,
+}
+
+impl Staged {
+    /// The training schedule over this split with `blocks_per_step_per_shard`.
+    pub fn schedule(&self, blocks_per_step_per_shard: usize) -> BlockSchedule {
+        BlockSchedule {
+            shards: self.shards,
+            blocks_per_shard: self.blocks_per_shard.iter().copied().min().unwrap_or(0),
+            blocks_per_step_per_shard,
+            seed: self.seed,
+        }
+    }
+
+    /// Total blocks.
+    pub fn blocks(&self) -> u64 {
+        self.blocks_per_shard.iter().sum::<usize>() as u64
+    }
+}
+
+fn record_path(dir: &Path) -> PathBuf {
+    dir.with_extension("layout.json")
+}
+
+async fn count_rows(ctx: &SessionContext, source: &DataSource) -> Result<u64> {
+    let df = ctx.sql(&format!("SELECT COUNT(*) AS n FROM {}", source.relation())).await?;
+    let batches = df.collect().await?;
+    let col = batches.first().map(|b| b.column(0).clone());
+    let n = col
+        .as_ref()
+        .and_then(|c| c.as_any().downcast_ref::<datafusion::arrow::array::Int64Array>())
+        .map(|a| a.value(0))
+        .ok_or_else(|| EngineError::Invalid("COUNT(*) returned no value".into()))?;
+    Ok(n as u64)
+}
+
+/// Stages `source` into `dir` (reusing an earlier staging of the same source
+/// and parameters). `full_blocks_only` drops the rows that do not fill a
+/// block in every shard (training); evaluation keeps every row.
+pub async fn stage(
+    ctx: &SessionContext,
+    source: &DataSource,
+    dir: &Path,
+    micro_batch: usize,
+    shards: usize,
+    seed: u64,
+    full_blocks_only: bool,
+) -> Result<Staged> {
+    if let Ok(text) = std::fs::read_to_string(record_path(dir)) {
+        if let Ok(s) = serde_json::from_str::<Staged>(&text) {
+            if s.source == *source && s.micro_batch == micro_batch && s.shards == shards && s.seed == seed {
+                return Ok(s);
+            }
+        }
+    }
+    let rows = count_rows(ctx, source).await?;
+    let keep_blocks = if full_blocks_only {
+        (rows as usize / micro_batch / shards) * shards
+    } else {
+        (rows as usize).div_ceil(micro_batch)
+    };
+    if keep_blocks == 0 {
+        return Err(EngineError::Invalid(format!(
+            "{}: {rows} rows, fewer than one block of {micro_batch} rows per shard ({shards} shards)",
+            source.relation()
+        )));
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| EngineError::Io { path: dir.display().to_string(), source: e })?;
+    }
+    let sql = format!(
+        "COPY (
+           SELECT {STAGED_COLUMNS}, block, block % {shards} AS shard FROM (
+             SELECT *, CAST((ROW_NUMBER() OVER (
+                 ORDER BY md5(concat(video_id, '|', question, '|', '{seed}')), video_id, question) - 1)
+               / {micro_batch} AS BIGINT) AS block
+             FROM {relation}) ranked
+           WHERE block < {keep_blocks}
+           ORDER BY block)
+         TO '{out}/' STORED AS PARQUET PARTITIONED BY (shard)",
+        relation = source.relation(),
+        out = dir.display(),
+    );
+    ctx.sql(&sql).await?.collect().await?;
+    let blocks_per_shard = check_layout(dir, micro_batch, shards, full_blocks_only)?;
+    let staged = Staged {
+        source: source.clone(),
+        dir: dir.to_path_buf(),
+        rows: if full_blocks_only { (keep_blocks * micro_batch) as u64 } else { rows },
+        micro_batch,
+        shards,
+        seed,
+        blocks_per_shard,
+    };
+    let json = serde_json::to_vec_pretty(&staged).map_err(|e| EngineError::Invalid(e.to_string()))?;
+    kallista_ops::model::write_atomic(&record_path(dir), &json)?;
+    Ok(staged)
+}
+
+/// Counts the rows of each shard and checks them against the layout:
+/// every shard holds whole blocks (`full_blocks_only`) and the blocks of its
+/// residue class. Returns the blocks per shard.
+fn check_layout(dir: &Path, micro_batch: usize, shards: usize, full_blocks_only: bool) -> Result<Vec<usize>> {
+    let mut counts = vec![0usize; shards];
+    for (f, count) in counts.iter_mut().enumerate() {
+        let shard_dir = dir.join(format!("shard={f}"));
+        let mut rows = 0usize;
+        let files = if shard_dir.exists() { kallista_data::parquet_io::parquet_files(&shard_dir)? } else { vec![] };
+        for path in files {
+            let bad = |detail: String| EngineError::Corrupt { path: path.display().to_string(), detail };
+            let file =
+                std::fs::File::open(&path).map_err(|e| EngineError::Io { path: path.display().to_string(), source: e })?;
+            let reader = SerializedFileReader::new(file).map_err(|e| bad(e.to_string()))?;
+            let meta = reader.metadata();
+            let block_col = meta
+                .file_metadata()
+                .schema_descr()
+                .columns()
+                .iter()
+                .position(|c| c.name() == "block")
+                .ok_or_else(|| bad("no block column".into()))?;
+            for (g, rg) in meta.row_groups().iter().enumerate() {
+                if let Some(Statistics::Int64(s)) = rg.column(block_col).statistics() {
+                    if let (Some(lo), Some(hi)) = (s.min_opt(), s.max_opt()) {
+                        if *lo < 0 || *hi < *lo {
+                            return Err(bad(format!("row group {g}: block range {lo}..{hi}")));
+                        }
+                    }
+                }
+                rows += rg.num_rows() as usize;
+            }
+        }
+        if full_blocks_only && rows % micro_batch != 0 {
+            return Err(EngineError::Corrupt {
+                path: shard_dir.display().to_string(),
+                detail: format!("{rows} rows, not whole blocks of {micro_batch}"),
+            });
+        }
+        *count = rows.div_ceil(micro_batch);
+    }
+    Ok(counts)
+}

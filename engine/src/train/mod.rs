@@ -1,0 +1,39 @@
+//! Distributed training on Ballista (`DESIGN.md`, "The data path").
+//!
+//! A job runs as Ballista queries on the job's cluster:
+//! 1. staging ([`layout`]): one SQL job rewrites each split into `shards`
+//!    Parquet files of fixed-size blocks, one row group each;
+//! 2. rounds: one query per round,
+//!    `SELECT kallista_train(<clip columns>, block, '<round spec>') FROM train WHERE block IN (...)`.
+//!    Ballista scans the round's blocks in `workers` partitions; the partial
+//!    aggregate on each partition decodes its rows and runs forward/backward
+//!    ([`worker`]); the final aggregate, on one partition, reduces the
+//!    partial results in block order ([`reduce`]). The driver ([`driver`])
+//!    applies the optimizer and publishes the next weights version;
+//! 3. evaluations: `SELECT kallista_evaluate(...) FROM eval`, per partition, summed.
+//!
+//! How weights reach executors, and what a round costs besides compute: the
+//! driver writes each version to `<job_dir>/weights/step-N.safetensors`
+//! (weights only in `sync`; with optimizer slots in `average`) and names it
+//! in the round's spec; each executor loads it once into its cached model
+//! ([`model_cache`]). Workers write their partial results (exact i64
+//! gradient sums or f64 deltas, [`vectors`]) to `<job_dir>/rounds/`, and only
+//! their paths cross Ballista's shuffle. Per round that is: one Ballista job
+//! (~50 ms on a push-scheduled cluster here), one weights file written by the
+//! driver and read by each executor, one partial file per worker, one
+//! reduced file. `metrics.jsonl` records `round_ms` and `compute_ms` (the
+//! slowest partition's forward/backward) of every round, and
+//! `cargo bench --bench engine_w1` measures the difference.
+
+pub mod args;
+pub mod driver;
+pub mod eval_udaf;
+pub mod exact;
+pub mod layout;
+pub mod model_cache;
+pub mod reduce;
+pub mod round;
+pub mod schedule;
+pub mod train_udaf;
+pub mod vectors;
+pub mod worker;

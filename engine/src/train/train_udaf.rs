@@ -1,0 +1,155 @@
+//! `kallista_train(frames, frame_encoding, num_frames, height, width,
+//! question_ids, answer_id, block, spec)`: one training round as an
+//! aggregate.
+//!
+//! Ballista runs it in two stages: a partial aggregate on every scan
+//! partition (one per worker, on the executors), which collects its rows by
+//! block and runs forward/backward on them ([`super::worker`]), and a final
+//! aggregate on one partition, the driver stage, which reduces the partial
+//! results in block order ([`super::reduce`]). The state that crosses
+//! the shuffle is a few hundred bytes of JSON naming the partial result files.
+//! Returns the round's [`RoundResult`] as JSON.
+
+use super::args::{external, named_batch, spec_literal, CLIP_ARGS};
+use super::model_cache::model_for;
+use super::reduce::reduce;
+use super::round::{Mode, PartialResult, RoundSpec};
+use super::worker::{average_part, sync_part};
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array, StringArray};
+use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Signature, Volatility};
+use datafusion::scalar::ScalarValue;
+use kallista_data::parquet_io::{ClipBatch, ClipDecoder};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// See the module docs.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct TrainUdaf {
+    signature: Signature,
+}
+
+impl TrainUdaf {
+    pub fn new() -> Self {
+        TrainUdaf { signature: Signature::any(CLIP_ARGS.len() + 2, Volatility::Volatile) }
+    }
+}
+
+impl Default for TrainUdaf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AggregateUDFImpl for TrainUdaf {
+    fn name(&self) -> &str {
+        "kallista_train"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        let spec: RoundSpec = spec_literal(self.name(), args.exprs)?;
+        Ok(Box::new(TrainAccumulator { spec: Arc::new(spec), rows: BTreeMap::new(), partials: vec![], bytes: 0 }))
+    }
+
+    fn state_fields(&self, _args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        Ok(vec![Arc::new(Field::new("partials", DataType::Utf8, true))])
+    }
+}
+
+/// Rows by block until the partition ends, then the partial results.
+#[derive(Debug)]
+struct TrainAccumulator {
+    spec: Arc<RoundSpec>,
+    rows: BTreeMap<u64, Vec<RecordBatch>>,
+    partials: Vec<PartialResult>,
+    bytes: usize,
+}
+
+impl TrainAccumulator {
+    /// Computes the partition's pending blocks into a partial result.
+    fn flush(&mut self) -> Result<()> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::take(&mut self.rows);
+        self.bytes = 0;
+        let mut blocks: BTreeMap<u64, ClipBatch> = BTreeMap::new();
+        let source = Path::new("staged training data");
+        for (block, batches) in rows {
+            let batch = concat_batches(&batches[0].schema(), &batches)?;
+            let decoded = ClipDecoder { path: source, first_row: 0 }.decode(&batch).map_err(external)?;
+            blocks.insert(block, decoded);
+        }
+        let model = model_for(&self.spec.model).map_err(external)?;
+        let partial = match self.spec.mode {
+            Mode::Sync => sync_part(&model, &self.spec, &blocks),
+            Mode::Average => average_part(&model, &self.spec, &blocks),
+        }
+        .map_err(external)?;
+        self.partials.push(partial);
+        Ok(())
+    }
+}
+
+impl Accumulator for TrainAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let batch = named_batch(&CLIP_ARGS, values)?;
+        let blocks = cast(&values[CLIP_ARGS.len()], &DataType::Int64)?;
+        let blocks = blocks.as_any().downcast_ref::<Int64Array>().expect("cast to Int64");
+        let mut start = 0;
+        for i in 1..=blocks.len() {
+            if i == blocks.len() || blocks.value(i) != blocks.value(start) {
+                let part = batch.slice(start, i - start);
+                self.bytes += part.get_array_memory_size();
+                self.rows.entry(blocks.value(start) as u64).or_default().push(part);
+                start = i;
+            }
+        }
+        Ok(())
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        self.flush()?;
+        let json = serde_json::to_string(&self.partials).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(vec![ScalarValue::Utf8(Some(json))])
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        let states = cast(&states[0], &DataType::Utf8)?;
+        let states = states.as_any().downcast_ref::<StringArray>().expect("cast to Utf8");
+        for i in 0..states.len() {
+            if states.is_null(i) {
+                continue;
+            }
+            let parts: Vec<PartialResult> =
+                serde_json::from_str(states.value(i)).map_err(|e| DataFusionError::External(Box::new(e)))?;
+            self.partials.extend(parts);
+        }
+        Ok(())
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        self.flush()?;
+        let out = self.spec.out_dir.join(format!("round-{}.vec", self.spec.round));
+        let result = reduce(self.spec.mode, std::mem::take(&mut self.partials), &out).map_err(external)?;
+        let json = serde_json::to_string(&result).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(ScalarValue::Utf8(Some(json)))
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self) + self.bytes
+    }
+}

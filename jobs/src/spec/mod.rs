@@ -1,0 +1,310 @@
+//! The job spec: a YAML file with `model`, `data`, `training`, `scaling` and
+//! `job_dir` (plus `dataset`, how `kallista run` makes the data). Every key is
+//! checked before any work starts; errors name the key.
+//!
+//! ```yaml
+//! job_dir: target/jobs/video_qa
+//! model: { name: video_qa, inputs: [...], layers: [...], outputs: [fc_out] }
+//! data: { train: ${job_dir}/dataset/prepared/train/, eval: ..., test: ... }
+//! training: { optimizer: {name: adam, learning_rate: 0.001}, batch_size: 64, epochs: 10 }
+//! scaling: { workers: 2, mode: sync }
+//! ```
+
+pub mod data_check;
+pub mod model;
+
+use crate::error::JobError;
+use kallista_engine::train::layout::DataSource;
+use kallista_engine::train::round::Mode;
+use kallista_ops::optim::OptimizerConfig;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The whole job file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Where the job writes everything (`--job-dir` overrides).
+    #[serde(default)]
+    pub job_dir: Option<String>,
+    pub model: model::ModelSpec,
+    pub data: DataSpec,
+    pub training: TrainingSpec,
+    #[serde(default)]
+    pub scaling: ScalingSpec,
+    /// How `kallista run` makes and prepares the data when absent.
+    #[serde(default)]
+    pub dataset: Option<DatasetSpec>,
+}
+
+/// A split: a Parquet file or directory, or `{sql: "SELECT ..."}`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SourceSpec {
+    Path(String),
+    Sql {
+        sql: String,
+    },
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    pub train: SourceSpec,
+    #[serde(default)]
+    pub eval: Option<SourceSpec>,
+    #[serde(default)]
+    pub test: Option<SourceSpec>,
+    /// The target column (answer ids).
+    #[serde(default = "default_label")]
+    pub label: String,
+}
+
+fn default_label() -> String {
+    "answer_id".into()
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSpec {
+    pub optimizer: serde_json::Value,
+    #[serde(default = "default_loss")]
+    pub loss: String,
+    #[serde(default = "default_metrics")]
+    pub metrics: Vec<String>,
+    pub batch_size: usize,
+    #[serde(default)]
+    pub epochs: Option<u64>,
+    #[serde(default)]
+    pub max_steps: Option<u64>,
+    #[serde(default)]
+    pub eval_every_steps: Option<u64>,
+    #[serde(default)]
+    pub eval_steps: Option<u64>,
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every_steps: u64,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+}
+
+fn default_loss() -> String {
+    "sparse_categorical_crossentropy".into()
+}
+fn default_metrics() -> Vec<String> {
+    vec!["accuracy".into()]
+}
+fn default_checkpoint_every() -> u64 {
+    100
+}
+fn default_seed() -> u64 {
+    1234
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScalingSpec {
+    #[serde(default = "one")]
+    pub workers: usize,
+    #[serde(default = "sync")]
+    pub mode: Mode,
+    #[serde(default = "one_u64")]
+    pub sync_every_steps: u64,
+    /// Rows per block (default: batch_size / shards).
+    #[serde(default)]
+    pub micro_batch_size: Option<usize>,
+    /// Files the training data is staged into; at least `workers`.
+    #[serde(default = "four")]
+    pub shards: usize,
+}
+
+impl Default for ScalingSpec {
+    fn default() -> Self {
+        ScalingSpec { workers: 1, mode: Mode::Sync, sync_every_steps: 1, micro_batch_size: None, shards: 4 }
+    }
+}
+
+fn one() -> usize {
+    1
+}
+fn one_u64() -> u64 {
+    1
+}
+fn four() -> usize {
+    4
+}
+fn sync() -> Mode {
+    Mode::Sync
+}
+
+/// The synthetic video-QA set `kallista run` makes when the data is absent.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSpec {
+    /// Where the clips go (`<dir>/clips/`); `${job_dir}` allowed.
+    pub dir: String,
+    pub videos: usize,
+    #[serde(default = "eight")]
+    pub frames: usize,
+    #[serde(default = "sixty_four")]
+    pub size: usize,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// The SQL script that prepares it, relative to the job file; run with
+    /// `--set data=<dir> --set out=<prepared>`.
+    pub prepare: String,
+    /// Where the prepared splits go; `${job_dir}` allowed.
+    pub prepared: String,
+}
+
+fn eight() -> usize {
+    8
+}
+fn sixty_four() -> usize {
+    64
+}
+
+/// Command-line overrides of a job file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub job_dir: Option<PathBuf>,
+    pub train_files: Option<String>,
+    pub eval_files: Option<String>,
+    pub workers: Option<usize>,
+    pub max_steps: Option<u64>,
+}
+
+/// A spec error naming the file and key.
+pub fn spec_error(file: &Path, key: &str, detail: impl std::fmt::Display) -> JobError {
+    JobError::Spec { file: file.display().to_string(), key: key.into(), detail: detail.to_string() }
+}
+
+/// Reads and parses a job file (types and unknown keys; the rest is [`JobSpec::validate`]'s).
+pub fn load(path: &Path) -> Result<JobSpec, JobError> {
+    let text = std::fs::read_to_string(path).map_err(|e| JobError::Io { path: path.display().to_string(), source: e })?;
+    let de = serde_yaml::Deserializer::from_str(&text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        spec_error(path, if key == "." { "(top level)" } else { &key }, e.into_inner())
+    })
+}
+
+impl JobSpec {
+    /// Applies overrides; resolves `${job_dir}`.
+    pub fn apply(&mut self, o: &Overrides) {
+        if let Some(d) = &o.job_dir {
+            self.job_dir = Some(d.display().to_string());
+        }
+        if let Some(t) = &o.train_files {
+            self.data.train = SourceSpec::Path(t.clone());
+        }
+        if let Some(e) = &o.eval_files {
+            self.data.eval = Some(SourceSpec::Path(e.clone()));
+        }
+        if let Some(w) = o.workers {
+            self.scaling.workers = w;
+        }
+        if let Some(m) = o.max_steps {
+            self.training.max_steps = Some(m);
+            self.training.epochs = None;
+        }
+    }
+
+    /// The job directory, or an error naming `job_dir`.
+    pub fn job_dir(&self, file: &Path) -> Result<PathBuf, JobError> {
+        self.job_dir
+            .as_ref()
+            .map(PathBuf::from)
+            .ok_or_else(|| spec_error(file, "job_dir", "missing: set it in the file or pass --job-dir"))
+    }
+
+    /// `s` with `${job_dir}` replaced.
+    pub fn expand(&self, s: &str) -> String {
+        match &self.job_dir {
+            Some(d) => s.replace("${job_dir}", d.trim_end_matches('/')),
+            None => s.to_string(),
+        }
+    }
+
+    /// A split as the engine takes it.
+    pub fn source(&self, s: &SourceSpec) -> DataSource {
+        match s {
+            SourceSpec::Path(p) => DataSource::Parquet(PathBuf::from(self.expand(p))),
+            SourceSpec::Sql { sql } => DataSource::Sql(self.expand(sql)),
+        }
+    }
+
+    /// The optimizer, with unknown keys rejected.
+    pub fn optimizer(&self, file: &Path) -> Result<OptimizerConfig, JobError> {
+        let key = "training.optimizer";
+        let config: OptimizerConfig =
+            serde_json::from_value(self.training.optimizer.clone()).map_err(|e| spec_error(file, key, e))?;
+        // Serde ignores unknown keys next to a flattened enum: compare with what the config writes back.
+        let known = serde_json::to_value(&config).map_err(|e| spec_error(file, key, e))?;
+        if let (Some(given), Some(known)) = (self.training.optimizer.as_object(), known.as_object()) {
+            if let Some(k) = given.keys().find(|k| !known.contains_key(*k)) {
+                let expected: Vec<&String> = known.keys().collect();
+                return Err(spec_error(file, &format!("{key}.{k}"), format!("unknown key (expected one of {expected:?})")));
+            }
+        }
+        Ok(config)
+    }
+
+    /// Checks the values the types cannot: ranges and how keys combine.
+    pub fn validate(&self, file: &Path) -> Result<(), JobError> {
+        let t = &self.training;
+        let s = &self.scaling;
+        let err = |key: &str, detail: String| Err(spec_error(file, key, detail));
+        if t.batch_size == 0 {
+            return err("training.batch_size", "must be positive".into());
+        }
+        match (t.epochs, t.max_steps) {
+            (None, None) => return err("training.epochs", "set training.epochs or training.max_steps".into()),
+            (Some(_), Some(_)) => {
+                return err("training.max_steps", "set training.epochs or training.max_steps, not both".into())
+            }
+            (Some(0), _) | (_, Some(0)) => return err("training.epochs", "must be positive".into()),
+            _ => {}
+        }
+        for (key, v) in [("training.eval_every_steps", t.eval_every_steps), ("training.eval_steps", t.eval_steps)] {
+            if v == Some(0) {
+                return err(key, "must be positive".into());
+            }
+        }
+        if t.checkpoint_every_steps == 0 {
+            return err("training.checkpoint_every_steps", "must be positive".into());
+        }
+        kallista_ops::losses::Loss::from_name(&t.loss).map_err(|e| spec_error(file, "training.loss", e))?;
+        if t.metrics.first().map(String::as_str) != Some("accuracy") {
+            return err("training.metrics", format!("expected [accuracy] (got {:?})", t.metrics));
+        }
+        self.optimizer(file)?;
+        if s.shards == 0 {
+            return err("scaling.shards", "must be positive".into());
+        }
+        if s.workers == 0 || s.workers > s.shards {
+            return err(
+                "scaling.workers",
+                format!("{} workers with {} shards: expected 1 to scaling.shards", s.workers, s.shards),
+            );
+        }
+        if s.sync_every_steps == 0 {
+            return err("scaling.sync_every_steps", "must be positive".into());
+        }
+        let micro = self.micro_batch();
+        if micro == 0 || t.batch_size % (micro * s.shards) != 0 {
+            return err(
+                "scaling.micro_batch_size",
+                format!(
+                    "training.batch_size {} must be a multiple of micro_batch_size ({micro}) x shards ({})",
+                    t.batch_size, s.shards
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Rows per block.
+    pub fn micro_batch(&self) -> usize {
+        self.scaling.micro_batch_size.unwrap_or(self.training.batch_size / self.scaling.shards.max(1))
+    }
+}

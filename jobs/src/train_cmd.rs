@@ -1,0 +1,159 @@
+//! `kallista train JOB.yaml` (embedded cluster), `kallista submit JOB.yaml
+//! --scheduler df://HOST:PORT` (a running cluster) and `kallista run DIR`
+//! (make and prepare the data when absent, then train and test): a job file
+//! turned into engine calls.
+
+use crate::error::JobError;
+use crate::plot::plot_training_curve;
+use crate::progress::Progress;
+use crate::spec::{self, data_check::check_split, load, JobSpec, Overrides, SourceSpec};
+use kallista_engine::session::{training_session, Cluster};
+use kallista_engine::train::driver::{train, Event, TrainConfig, TrainReport};
+use kallista_engine::train::layout::DataSource;
+use kallista_engine::train::round::CompileSpec;
+use std::path::{Path, PathBuf};
+
+/// A job file checked and turned into the engine's config: every error here
+/// comes before any work starts.
+pub fn prepare_job(file: &Path, overrides: &Overrides, resume: bool) -> Result<(TrainConfig, JobSpec), JobError> {
+    let mut job = load(file)?;
+    job.apply(overrides);
+    job.validate(file)?;
+    let job_dir = job.job_dir(file)?;
+    let optimizer = job.optimizer(file)?;
+    let model = job.model.build(file, job.training.seed)?;
+    let input_columns = job.model.input_columns(file)?;
+    let splits = [("data.train", Some(&job.data.train)), ("data.eval", job.data.eval.as_ref()), ("data.test", job.data.test.as_ref())];
+    for (key, source) in splits {
+        if let Some(SourceSpec::Path(p)) = source {
+            check_split(file, key, Path::new(&job.expand(p)), &job.data.label, &model, &input_columns)?;
+        }
+    }
+    if resume && !job_dir.join("checkpoints/last.json").exists() {
+        return Err(JobError::Invalid(format!(
+            "--resume: no checkpoint in {} (checkpoints/last.json)",
+            job_dir.display()
+        )));
+    }
+    let t = &job.training;
+    let config = TrainConfig {
+        job_dir,
+        model,
+        compile: CompileSpec { optimizer, loss: t.loss.clone(), metrics: t.metrics.clone() },
+        input_columns,
+        train: job.source(&job.data.train),
+        eval: job.data.eval.as_ref().map(|s| job.source(s)),
+        test: job.data.test.as_ref().map(|s| job.source(s)),
+        batch_size: t.batch_size,
+        micro_batch: job.micro_batch(),
+        shards: job.scaling.shards,
+        workers: job.scaling.workers,
+        mode: job.scaling.mode,
+        sync_every_steps: job.scaling.sync_every_steps,
+        epochs: t.epochs,
+        max_steps: t.max_steps,
+        eval_every_steps: t.eval_every_steps,
+        eval_steps: t.eval_steps,
+        checkpoint_every_steps: t.checkpoint_every_steps,
+        seed: t.seed,
+        resume,
+    };
+    Ok((config, job))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, JobError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| JobError::Invalid(format!("tokio runtime: {e}")))
+}
+
+/// Runs a prepared job on `cluster`, reporting progress and writing the training curve.
+pub fn run_training(config: TrainConfig, cluster: &Cluster, mut log: impl FnMut(&str) + Send) -> Result<TrainReport, JobError> {
+    let job_dir = config.job_dir.clone();
+    let workers = config.workers;
+    let mut bar: Option<Progress> = None;
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        let ctx = training_session(cluster, workers).await?;
+        let mut on_event = |e: &Event| match e {
+            Event::Log(s) => log(s),
+            Event::Round { step, max_steps, loss, accuracy, samples_per_s } => {
+                let b = bar.get_or_insert_with(|| Progress::new("training", *max_steps as usize));
+                b.update_with(
+                    *step as usize,
+                    &format!("step {step}/{max_steps} loss {loss:.4} acc {accuracy:.3} {samples_per_s:.0} samples/s"),
+                );
+            }
+            Event::Eval(s) => {
+                let families: Vec<String> =
+                    s.families.iter().map(|(k, c)| format!("{k} {:.3}", c.accuracy())).collect();
+                log(&format!(
+                    "{} at step {}: loss {:.4} accuracy {:.4} ({} rows; {})",
+                    s.split,
+                    s.step,
+                    s.overall.loss(),
+                    s.overall.accuracy(),
+                    s.overall.rows,
+                    families.join(", ")
+                ));
+                let _ = plot_training_curve(&job_dir.join("metrics.jsonl"), &job_dir.join("training_curve.png"));
+            }
+        };
+        train(config, &ctx, &mut on_event).await
+    })?;
+    plot_training_curve(&job_dir.join("metrics.jsonl"), &job_dir.join("training_curve.png"))?;
+    Ok(report)
+}
+
+/// `kallista train` / `kallista submit`.
+pub fn train_cmd(
+    file: &Path,
+    overrides: &Overrides,
+    resume: bool,
+    cluster: &Cluster,
+    mut log: impl FnMut(&str) + Send,
+) -> Result<TrainReport, JobError> {
+    let (config, _) = prepare_job(file, overrides, resume)?;
+    log(&format!("job dir {}", config.job_dir.display()));
+    run_training(config, cluster, log)
+}
+
+/// `kallista run DIR`: `DIR/job.yaml`, with its `dataset` made and prepared when absent.
+pub fn run_cmd(dir: &Path, overrides: &Overrides, mut log: impl FnMut(&str) + Send) -> Result<TrainReport, JobError> {
+    let file = if dir.is_dir() { dir.join("job.yaml") } else { dir.to_path_buf() };
+    let mut job = load(&file)?;
+    job.apply(overrides);
+    let dataset = job.dataset.clone().ok_or_else(|| spec::spec_error(&file, "dataset", "missing: `kallista run` needs it"))?;
+    let clips = PathBuf::from(job.expand(&dataset.dir));
+    if !clips.join("clips").exists() {
+        log(&format!("making {} video-QA clips in {}", dataset.videos, clips.display()));
+        let opts =
+            kallista_data::video_qa::MakeOptions::new(clips.clone(), dataset.videos, dataset.frames, dataset.size, dataset.seed);
+        let (_, summary) = crate::data_cmd::make_video_qa_cmd(&opts)?;
+        log(summary.trim_end());
+    }
+    let prepared = PathBuf::from(job.expand(&dataset.prepared));
+    if !prepared.join("train").exists() {
+        let script = file.parent().unwrap_or(Path::new(".")).join(&dataset.prepare);
+        log(&format!("preparing with {}", script.display()));
+        let vars = [("data".to_string(), clips.display().to_string()), ("out".to_string(), prepared.display().to_string())]
+            .into_iter()
+            .collect();
+        crate::sql_cmd::run_sql(
+            &crate::sql_cmd::SqlSource::File(script),
+            &Cluster::Embedded,
+            &vars,
+            std::time::Duration::from_secs(3600),
+            |_| {},
+        )?;
+    }
+    let (config, _) = prepare_job(&file, overrides, false)?;
+    log(&format!("job dir {}", config.job_dir.display()));
+    run_training(config, &Cluster::Embedded, log)
+}
+
+/// Where a source comes from, for messages.
+pub fn describe(s: &DataSource) -> String {
+    s.relation()
+}
