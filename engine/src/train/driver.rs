@@ -373,9 +373,6 @@ pub async fn train(cfg: TrainConfig, ctx: &SessionContext, on_event: &mut (dyn F
             "round_ms": ms, "compute_ms": result.max_compute_ms, "partitions": result.partitions,
         }))?;
         on_event(&Event::Round { step, max_steps, loss, accuracy, samples_per_s: rate });
-        if step % d.cfg.checkpoint_every_steps == 0 || step == max_steps {
-            d.checkpoint(step)?;
-        }
         let eval_due = d.cfg.eval_every_steps.is_some_and(|n| step % n == 0) || step == max_steps;
         if let (true, Some(e)) = (eval_due, &eval) {
             let summary = d.evaluate("kallista_eval", e, "eval", step).await?;
@@ -388,6 +385,10 @@ pub async fn train(cfg: TrainConfig, ctx: &SessionContext, on_event: &mut (dyn F
             }
             on_event(&Event::Eval(summary.clone()));
             last_eval = Some(summary);
+        }
+        // After the evaluation, so that the checkpoint records the best accuracy so far.
+        if step % d.cfg.checkpoint_every_steps == 0 || step == max_steps {
+            d.checkpoint(step)?;
         }
     }
     report.steps = step;
