@@ -57,6 +57,7 @@ pub fn prepare_job(file: &Path, overrides: &Overrides, resume: bool) -> Result<(
         checkpoint_every_steps: t.checkpoint_every_steps,
         seed: t.seed,
         resume,
+        round_timeout: std::time::Duration::from_secs(job.scaling.round_timeout_seconds),
     };
     Ok((config, job))
 }

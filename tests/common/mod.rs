@@ -105,6 +105,7 @@ scaling:
   workers: {workers}
   mode: sync
   shards: 4
+  round_timeout_seconds: 30
 "#,
         job_dir = dir.join("job").display(),
         data = data.display(),

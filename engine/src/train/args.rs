@@ -13,9 +13,30 @@ use datafusion::scalar::ScalarValue;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 
-/// The clip columns every Kallista training function takes first, in order.
-pub const CLIP_ARGS: [&str; 7] =
-    ["frames", "frame_encoding", "num_frames", "height", "width", "question_ids", "answer_id"];
+/// The table columns that feed the model inputs bound to `input_columns`
+/// (`frames` needs its encoding and sizes too), then the label `answer_id`:
+/// the first arguments of the training and evaluation functions, in order.
+pub fn data_columns(input_columns: &[String]) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = vec![];
+    for c in input_columns {
+        let cols: &[&'static str] = match c.as_str() {
+            "frames" => &["frames", "frame_encoding", "num_frames", "height", "width"],
+            "question_ids" => &["question_ids"],
+            "features" => &["features"],
+            _ => &[],
+        };
+        for col in cols {
+            if !out.contains(col) {
+                out.push(col);
+            }
+        }
+    }
+    out.push("answer_id");
+    out
+}
+
+/// The input column kinds the functions know.
+pub const INPUT_COLUMNS: [&str; 3] = ["frames", "question_ids", "features"];
 
 /// Wraps an engine error for DataFusion (downcast again on the driver's side).
 pub fn external(e: impl Into<EngineError>) -> DataFusionError {

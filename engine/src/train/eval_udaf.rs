@@ -1,13 +1,13 @@
-//! `kallista_evaluate(frames, frame_encoding, num_frames, height, width,
-//! question_ids, answer_id, family, spec)`: loss and accuracy per question
+//! `kallista_evaluate(<data columns>, family, spec)` (data columns as
+//! [`super::args::data_columns`]): loss and accuracy per question
 //! family, computed where the rows are scanned (a partial aggregate per
 //! partition, inference mode) and summed in the final stage. Returns a JSON
 //! object `{family: {rows, loss_sum, correct}}`.
 
-use super::args::{external, named_batch, spec_literal, CLIP_ARGS};
+use super::args::{data_columns, external, named_batch, spec_literal};
 use super::model_cache::model_for;
 use super::round::{EvalCounts, EvalSpec};
-use super::worker::to_model_data;
+use super::worker::decode_rows;
 use datafusion::arrow::array::{Array, ArrayRef, StringArray};
 use datafusion::arrow::compute::{cast, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
@@ -15,9 +15,7 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Signature, Volatility};
 use datafusion::scalar::ScalarValue;
-use kallista_data::parquet_io::ClipDecoder;
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 /// See the module docs.
@@ -28,7 +26,7 @@ pub struct EvaluateUdaf {
 
 impl EvaluateUdaf {
     pub fn new() -> Self {
-        EvaluateUdaf { signature: Signature::any(CLIP_ARGS.len() + 2, Volatility::Volatile) }
+        EvaluateUdaf { signature: Signature::variadic_any(Volatility::Volatile) }
     }
 }
 
@@ -76,11 +74,12 @@ impl EvaluateAccumulator {
 
 impl Accumulator for EvaluateAccumulator {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let batch = named_batch(&CLIP_ARGS, values)?;
+        let names = data_columns(&self.spec.model.input_columns);
+        let batch = named_batch(&names, values)?;
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let families = cast(&values[CLIP_ARGS.len()], &DataType::Utf8)?;
+        let families = cast(&values[names.len()], &DataType::Utf8)?;
         let families = families.as_any().downcast_ref::<StringArray>().expect("cast to Utf8");
         let mut names: Vec<&str> = (0..families.len()).map(|i| families.value(i)).collect();
         names.sort_unstable();
@@ -89,10 +88,7 @@ impl Accumulator for EvaluateAccumulator {
         for family in names {
             let mask = datafusion::arrow::compute::kernels::cmp::eq(families, &StringArray::new_scalar(family))?;
             let rows = filter_record_batch(&batch, &mask)?;
-            let decoded = ClipDecoder { path: Path::new("evaluation data"), first_row: 0 }
-                .decode(&rows)
-                .map_err(external)?;
-            let (x, y) = to_model_data(&decoded, &self.spec.model.input_columns).map_err(external)?;
+            let (x, y) = decode_rows(&model, &rows, &self.spec.model.input_columns).map_err(external)?;
             let r = model.test_on_batch(&x, &[y]).map_err(|e| external(crate::EngineError::from(e)))?;
             let c = self.counts.entry(family.to_string()).or_default();
             c.rows += r.samples as u64;

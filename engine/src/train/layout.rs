@@ -43,15 +43,26 @@ impl DataSource {
     }
 }
 
-/// The columns the staged tables keep.
-pub const STAGED_COLUMNS: &str =
-    "frames, frame_encoding, num_frames, height, width, question_ids, answer_id, family";
+/// Where and how a split is staged.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub dir: PathBuf,
+    /// The data columns to keep (besides `family` and `block`), comma-separated.
+    pub columns: String,
+    pub micro_batch: usize,
+    pub shards: usize,
+    pub seed: u64,
+    /// Drop the rows that do not fill a block in every shard (training);
+    /// evaluation keeps every row.
+    pub full_blocks_only: bool,
+}
 
 /// A staged split, as recorded next to it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Staged {
     pub source: DataSource,
     pub dir: PathBuf,
+    pub columns: String,
     pub rows: u64,
     pub micro_batch: usize,
     pub shards: usize,
@@ -93,21 +104,19 @@ async fn count_rows(ctx: &SessionContext, source: &DataSource) -> Result<u64> {
     Ok(n as u64)
 }
 
-/// Stages `source` into `dir` (reusing an earlier staging of the same source
-/// and parameters). `full_blocks_only` drops the rows that do not fill a
-/// block in every shard (training); evaluation keeps every row.
-pub async fn stage(
-    ctx: &SessionContext,
-    source: &DataSource,
-    dir: &Path,
-    micro_batch: usize,
-    shards: usize,
-    seed: u64,
-    full_blocks_only: bool,
-) -> Result<Staged> {
+/// Stages `source` as `layout` says (reusing an earlier staging of the same
+/// source and parameters).
+pub async fn stage(ctx: &SessionContext, source: &DataSource, layout: &Layout) -> Result<Staged> {
+    let Layout { dir, columns, micro_batch, shards, seed, full_blocks_only } = layout;
+    let (dir, micro_batch, shards, seed, full_blocks_only) = (dir.as_path(), *micro_batch, *shards, *seed, *full_blocks_only);
     if let Ok(text) = std::fs::read_to_string(record_path(dir)) {
         if let Ok(s) = serde_json::from_str::<Staged>(&text) {
-            if s.source == *source && s.micro_batch == micro_batch && s.shards == shards && s.seed == seed {
+            if s.source == *source
+                && s.columns == *columns
+                && s.micro_batch == micro_batch
+                && s.shards == shards
+                && s.seed == seed
+            {
                 return Ok(s);
             }
         }
@@ -129,7 +138,7 @@ pub async fn stage(
     }
     let sql = format!(
         "COPY (
-           SELECT {STAGED_COLUMNS}, block, block % {shards} AS shard FROM (
+           SELECT {columns}, family, block, block % {shards} AS shard FROM (
              SELECT *, CAST((ROW_NUMBER() OVER (
                  ORDER BY md5(concat(video_id, '|', question, '|', '{seed}')), video_id, question) - 1)
                / {micro_batch} AS BIGINT) AS block
@@ -145,6 +154,7 @@ pub async fn stage(
     let staged = Staged {
         source: source.clone(),
         dir: dir.to_path_buf(),
+        columns: columns.clone(),
         rows: if full_blocks_only { (keep_blocks * micro_batch) as u64 } else { rows },
         micro_batch,
         shards,

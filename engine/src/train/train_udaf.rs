@@ -1,6 +1,7 @@
-//! `kallista_train(frames, frame_encoding, num_frames, height, width,
-//! question_ids, answer_id, block, spec)`: one training round as an
-//! aggregate.
+//! `kallista_train(<data columns>, block, spec)`: one training round as an
+//! aggregate. The data columns are those of
+//! [`super::args::data_columns`] for the model's inputs, e.g. `frames,
+//! frame_encoding, num_frames, height, width, question_ids, answer_id`.
 //!
 //! Ballista runs it in two stages: a partial aggregate on every scan
 //! partition (one per worker, on the executors), which collects its rows by
@@ -10,7 +11,7 @@
 //! the shuffle is a few hundred bytes of JSON naming the partial result files.
 //! Returns the round's [`RoundResult`] as JSON.
 
-use super::args::{external, named_batch, spec_literal, CLIP_ARGS};
+use super::args::{data_columns, external, named_batch, spec_literal};
 use super::model_cache::model_for;
 use super::reduce::reduce;
 use super::round::{Mode, PartialResult, RoundSpec};
@@ -23,9 +24,7 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Signature, Volatility};
 use datafusion::scalar::ScalarValue;
-use kallista_data::parquet_io::{ClipBatch, ClipDecoder};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 /// See the module docs.
@@ -36,7 +35,7 @@ pub struct TrainUdaf {
 
 impl TrainUdaf {
     pub fn new() -> Self {
-        TrainUdaf { signature: Signature::any(CLIP_ARGS.len() + 2, Volatility::Volatile) }
+        TrainUdaf { signature: Signature::variadic_any(Volatility::Volatile) }
     }
 }
 
@@ -86,12 +85,9 @@ impl TrainAccumulator {
         }
         let rows = std::mem::take(&mut self.rows);
         self.bytes = 0;
-        let mut blocks: BTreeMap<u64, ClipBatch> = BTreeMap::new();
-        let source = Path::new("staged training data");
+        let mut blocks: BTreeMap<u64, RecordBatch> = BTreeMap::new();
         for (block, batches) in rows {
-            let batch = concat_batches(&batches[0].schema(), &batches)?;
-            let decoded = ClipDecoder { path: source, first_row: 0 }.decode(&batch).map_err(external)?;
-            blocks.insert(block, decoded);
+            blocks.insert(block, concat_batches(&batches[0].schema(), &batches)?);
         }
         let model = model_for(&self.spec.model).map_err(external)?;
         let partial = match self.spec.mode {
@@ -106,8 +102,9 @@ impl TrainAccumulator {
 
 impl Accumulator for TrainAccumulator {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let batch = named_batch(&CLIP_ARGS, values)?;
-        let blocks = cast(&values[CLIP_ARGS.len()], &DataType::Int64)?;
+        let names = data_columns(&self.spec.model.input_columns);
+        let batch = named_batch(&names, values)?;
+        let blocks = cast(&values[names.len()], &DataType::Int64)?;
         let blocks = blocks.as_any().downcast_ref::<Int64Array>().expect("cast to Int64");
         let mut start = 0;
         for i in 1..=blocks.len() {

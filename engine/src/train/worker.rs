@@ -12,49 +12,69 @@ use super::exact::add_exact;
 use super::round::{PartialResult, RoundSpec};
 use super::vectors::{write_vectors, Vectors};
 use crate::error::{EngineError, Result};
-use kallista_data::parquet_io::ClipBatch;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray};
+use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::datatypes::{ArrowPrimitiveType, DataType, Field, Float32Type, Int32Type};
+use datafusion::arrow::record_batch::RecordBatch;
+use kallista_data::parquet_io::ClipDecoder;
 use kallista_ops::model::Model;
-use kallista_ops::{ByteTensor, Data, IntTensor};
+use kallista_ops::{ByteTensor, Data, IntTensor, Tensor};
+use std::path::Path;
+use std::sync::Arc;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-/// Model inputs and the target of decoded rows.
-pub fn to_model_data(batch: &ClipBatch, input_columns: &[String]) -> Result<(Vec<Data>, Data)> {
-    let rows = batch.shape[0];
-    let inputs = input_columns
-        .iter()
-        .map(|c| match c.as_str() {
-            "frames" => Ok(Data::U8(ByteTensor::new(&batch.shape, batch.frames.clone())?)),
-            "question_ids" => {
-                let (ids, len) = batch
-                    .question_ids
-                    .as_ref()
-                    .ok_or_else(|| EngineError::Training("the data has no question_ids column".into()))?;
-                Ok(Data::I32(IntTensor::new(&[rows, *len], ids.clone())?))
+/// Model inputs and the target of a block's rows (named as [`super::args::data_columns`]).
+pub fn decode_rows(model: &Model, batch: &RecordBatch, input_columns: &[String]) -> Result<(Vec<Data>, Data)> {
+    let rows = batch.num_rows();
+    let source = Path::new("staged data");
+    let clips = if input_columns.iter().any(|c| c == "frames") {
+        Some(ClipDecoder { path: source, first_row: 0 }.decode(batch)?)
+    } else {
+        None
+    };
+    let specs = model.input_specs();
+    let column = |name: &str| {
+        batch.column_by_name(name).ok_or_else(|| EngineError::Training(format!("the data has no {name} column")))
+    };
+    let mut inputs = Vec::with_capacity(input_columns.len());
+    for (c, spec) in input_columns.iter().zip(&specs) {
+        let mut shape = vec![rows];
+        shape.extend_from_slice(&spec.spec.shape);
+        inputs.push(match c.as_str() {
+            "frames" => {
+                let clips = clips.as_ref().expect("decoded above");
+                Data::U8(ByteTensor::new(&clips.shape, clips.frames.clone())?)
             }
-            other => Err(EngineError::Training(format!("unknown input column '{other}'"))),
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let answers =
-        batch.answer_ids.clone().ok_or_else(|| EngineError::Training("the data has no answer_id column".into()))?;
+            "question_ids" => Data::I32(IntTensor::new(&shape, list_values::<Int32Type>(column(c)?, c, &shape)?)?),
+            "features" => Data::F32(Tensor::new(&shape, list_values::<Float32Type>(column(c)?, c, &shape)?)?),
+            other => return Err(EngineError::Training(format!("unknown input column '{other}'"))),
+        });
+    }
+    let answers = cast(column("answer_id")?, &DataType::Int32).map_err(|e| EngineError::Training(e.to_string()))?;
+    let answers = answers.as_primitive::<Int32Type>().values().to_vec();
     Ok((inputs, Data::I32(IntTensor::new(&[rows], answers)?)))
 }
 
-/// Rows of several blocks as one batch, in the given block order.
-fn concat(blocks: &[&ClipBatch]) -> ClipBatch {
-    let mut out = blocks[0].clone();
-    for b in &blocks[1..] {
-        out.frames.extend_from_slice(&b.frames);
-        out.shape[0] += b.shape[0];
-        if let (Some((ids, _)), Some((more, _))) = (out.question_ids.as_mut(), b.question_ids.as_ref()) {
-            ids.extend_from_slice(more);
+/// The flattened values of a list column whose rows must hold `shape[1..]` values each.
+fn list_values<T: ArrowPrimitiveType>(col: &ArrayRef, name: &str, shape: &[usize]) -> Result<Vec<T::Native>> {
+    let per_row: usize = shape[1..].iter().product();
+    let list = cast(col, &DataType::List(Arc::new(Field::new_list_field(T::DATA_TYPE, true))))
+        .map_err(|e| EngineError::Training(format!("column {name}: {e}")))?;
+    let list = list.as_list::<i32>();
+    let mut out = Vec::with_capacity(shape.iter().product());
+    for r in 0..list.len() {
+        let v = list.value(r);
+        if v.len() != per_row {
+            return Err(EngineError::Training(format!(
+                "column {name}, row {r}: {} values, the model input takes {per_row}",
+                v.len()
+            )));
         }
-        if let (Some(a), Some(more)) = (out.answer_ids.as_mut(), b.answer_ids.as_ref()) {
-            a.extend_from_slice(more);
-        }
+        out.extend_from_slice(v.as_primitive::<T>().values());
     }
-    out
+    Ok(out)
 }
 
 fn dropout_seed(seed: u64, step: u64, block: u64) -> u64 {
@@ -66,7 +86,7 @@ fn partial_path(spec: &RoundSpec, first_block: u64) -> std::path::PathBuf {
 }
 
 /// `sync`: the exact sum of the gradients of every block, written to the round's directory.
-pub fn sync_part(model: &Model, spec: &RoundSpec, blocks: &BTreeMap<u64, ClipBatch>) -> Result<PartialResult> {
+pub fn sync_part(model: &Model, spec: &RoundSpec, blocks: &BTreeMap<u64, RecordBatch>) -> Result<PartialResult> {
     let start = Instant::now();
     let Some(&first_block) = blocks.keys().next() else { return Ok(PartialResult::default()) };
     let step = spec.first_step;
@@ -74,7 +94,7 @@ pub fn sync_part(model: &Model, spec: &RoundSpec, blocks: &BTreeMap<u64, ClipBat
     let per_block: Vec<_> = blocks
         .par_iter()
         .map(|(&block, rows)| {
-            let (x, y) = to_model_data(rows, &spec.model.input_columns)?;
+            let (x, y) = decode_rows(model, rows, &spec.model.input_columns)?;
             Ok(model.gradients_on_micro_batch(&x, &[y], dropout_seed(spec.seed, step, block))?)
         })
         .collect::<Result<Vec<_>>>()?;
@@ -102,18 +122,19 @@ pub fn sync_part(model: &Model, spec: &RoundSpec, blocks: &BTreeMap<u64, ClipBat
 
 /// `average`: local steps on this partition's blocks of each step of the
 /// round, then each weight's change and the optimizer's slots.
-pub fn average_part(model: &Model, spec: &RoundSpec, blocks: &BTreeMap<u64, ClipBatch>) -> Result<PartialResult> {
+pub fn average_part(model: &Model, spec: &RoundSpec, blocks: &BTreeMap<u64, RecordBatch>) -> Result<PartialResult> {
     let start = Instant::now();
     let Some(&first_block) = blocks.keys().next() else { return Ok(PartialResult::default()) };
     let mut local = model.clone();
     let mut out = PartialResult { first_block, ..Default::default() };
     for (i, step_blocks) in spec.steps.iter().enumerate() {
-        let mine: Vec<&ClipBatch> = step_blocks.iter().filter_map(|b| blocks.get(b)).collect();
+        let mine: Vec<&RecordBatch> = step_blocks.iter().filter_map(|b| blocks.get(b)).collect();
         if mine.is_empty() {
             continue;
         }
         local.set_steps_run(spec.first_step + i as u64);
-        let (x, y) = to_model_data(&concat(&mine), &spec.model.input_columns)?;
+        let rows = concat_batches(&mine[0].schema(), mine).map_err(|e| EngineError::Training(e.to_string()))?;
+        let (x, y) = decode_rows(model, &rows, &spec.model.input_columns)?;
         let r = local.train_on_batch(&x, &[y])?;
         out.parts += 1;
         out.rows += r.samples as u64;

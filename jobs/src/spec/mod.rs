@@ -115,11 +115,25 @@ pub struct ScalingSpec {
     /// Files the training data is staged into; at least `workers`.
     #[serde(default = "four")]
     pub shards: usize,
+    /// A round still running after this many seconds is resubmitted (up to 3 times).
+    #[serde(default = "round_timeout")]
+    pub round_timeout_seconds: u64,
+}
+
+fn round_timeout() -> u64 {
+    600
 }
 
 impl Default for ScalingSpec {
     fn default() -> Self {
-        ScalingSpec { workers: 1, mode: Mode::Sync, sync_every_steps: 1, micro_batch_size: None, shards: 4 }
+        ScalingSpec {
+            workers: 1,
+            mode: Mode::Sync,
+            sync_every_steps: 1,
+            micro_batch_size: None,
+            shards: 4,
+            round_timeout_seconds: round_timeout(),
+        }
     }
 }
 
@@ -286,6 +300,9 @@ impl JobSpec {
                 "scaling.workers",
                 format!("{} workers with {} shards: expected 1 to scaling.shards", s.workers, s.shards),
             );
+        }
+        if s.round_timeout_seconds == 0 {
+            return err("scaling.round_timeout_seconds", "must be positive".into());
         }
         if s.sync_every_steps == 0 {
             return err("scaling.sync_every_steps", "must be positive".into());
