@@ -140,7 +140,13 @@ fn print_report(r: &kallista_engine::train::driver::TrainReport) {
         r.steps, r.rounds, r.samples_per_s, r.mean_round_ms, r.mean_compute_ms
     );
     for s in [&r.eval, &r.test].into_iter().flatten() {
-        println!("{} accuracy {:.4} (loss {:.4}, {} rows)", s.split, s.overall.accuracy(), s.overall.loss(), s.overall.rows);
+        println!(
+            "{} accuracy {:.4} (loss {:.4}, {} rows)",
+            s.split,
+            s.overall.accuracy(),
+            s.overall.loss(),
+            s.overall.rows
+        );
         for (family, c) in &s.families {
             println!("  {family:<14} {:.4}  ({} rows)", c.accuracy(), c.rows);
         }

@@ -10,7 +10,6 @@ mod common;
 
 use common::*;
 use std::net::TcpListener;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -70,41 +69,19 @@ fn start_cluster(name: &str) -> Cluster {
     cluster
 }
 
-/// The per-family majority baseline of the eval split: the accuracy of always
-/// answering each family's most frequent training answer.
-fn majority_baseline(data: &Path) -> f64 {
-    let q = format!(
-        "WITH top AS (SELECT family, answer FROM (SELECT family, answer, ROW_NUMBER() OVER (PARTITION BY family ORDER BY COUNT(*) DESC, answer) AS r FROM '{d}/train/' GROUP BY family, answer) WHERE r = 1) \
-         SELECT CAST(SUM(CASE WHEN e.answer = top.answer THEN 1 ELSE 0 END) AS DOUBLE) / COUNT(*) AS acc FROM '{d}/eval/' e JOIN top ON e.family = top.family",
-        d = data.display()
-    );
-    let out = ok(kallista(&["sql", "-e", &q]));
-    out.lines().find_map(|l| l.trim_matches(|c| c == '|' || c == ' ').parse::<f64>().ok()).expect(&out)
-}
-
 #[test]
 fn a_job_submitted_to_a_scheduler_with_two_executors_learns_and_fills_its_job_dir() {
-    let data = prepared_set(300);
+    let data = learning_set();
     let dir = temp_dir("submit");
-    let job = small_job(&dir, data, 2, "  epochs: 25\n  eval_every_steps: 60\n  checkpoint_every_steps: 60");
+    let job = learning_job(&dir, &data);
     let cluster = start_cluster("submit");
     let out = ok(kallista(&["submit", job.to_str().unwrap(), "--scheduler", &cluster.url]));
-    let job_dir = dir.join("job");
-    for f in ["model.json", "metrics.jsonl", "training_curve.png", "results.json", "checkpoints/last.json", "checkpoints/best.safetensors"] {
-        assert!(job_dir.join(f).is_file(), "{f} missing from the job dir\n{out}");
-    }
-    let results: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(job_dir.join("results.json")).unwrap()).unwrap();
-    let eval = results["eval"]["overall"]["correct"].as_f64().unwrap() / results["eval"]["overall"]["rows"].as_f64().unwrap();
-    let baseline = majority_baseline(data);
-    assert!(eval >= baseline + 0.15, "eval accuracy {eval:.3} vs majority baseline {baseline:.3}\n{out}");
-    let metrics = std::fs::read_to_string(job_dir.join("metrics.jsonl")).unwrap();
-    assert!(metrics.lines().filter(|l| l.contains("\"kind\":\"eval\"")).count() >= 2, "{metrics}");
+    check_learned(&dir.join("job"), &data, &out);
 }
 
 #[test]
 fn killing_an_executor_mid_job_still_finishes_with_the_same_weights() {
-    let data = prepared_set(300);
+    let data = &prepared_set(300);
     let dir = temp_dir("kill");
     let job = small_job(&dir, data, 2, "  max_steps: 40\n  checkpoint_every_steps: 1000");
     let reference = dir.join("reference");

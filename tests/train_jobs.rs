@@ -1,4 +1,5 @@
-//! `kallista train` on the embedded cluster: `sync` gives the same bits with
+//! `kallista train` on the embedded cluster: a job learns (eval accuracy well
+//! above the majority baseline) and leaves its job dir; `sync` gives the same bits with
 //! 1, 2 and 4 workers; `--resume` continues to the same weights as a run
 //! that went straight through; bad job files fail before any work with the
 //! key named.
@@ -8,8 +9,17 @@ mod common;
 use common::*;
 
 #[test]
+fn a_job_on_the_embedded_cluster_learns_and_fills_its_job_dir() {
+    let data = learning_set();
+    let dir = temp_dir("embedded-learns");
+    let job = learning_job(&dir, &data);
+    let out = ok(kallista(&["train", job.to_str().unwrap()]));
+    check_learned(&dir.join("job"), &data, &out);
+}
+
+#[test]
 fn sync_training_is_bit_identical_for_one_two_and_four_workers() {
-    let data = prepared_set(300);
+    let data = &prepared_set(300);
     let dir = temp_dir("sync-workers");
     let job = small_job(&dir, data, 1, "  max_steps: 5");
     let mut results = vec![];
@@ -30,7 +40,7 @@ fn sync_training_is_bit_identical_for_one_two_and_four_workers() {
 
 #[test]
 fn resume_from_a_checkpoint_ends_with_the_weights_of_an_uninterrupted_run() {
-    let data = prepared_set(300);
+    let data = &prepared_set(300);
     let dir = temp_dir("resume");
     let job = small_job(&dir, data, 2, "  max_steps: 8\n  checkpoint_every_steps: 2");
     let straight = dir.join("straight");
@@ -47,7 +57,7 @@ fn resume_from_a_checkpoint_ends_with_the_weights_of_an_uninterrupted_run() {
 
 /// Runs `train` on a job file edited by `edit` and returns stderr; asserts failure before any work.
 fn fails_with(name: &str, edit: impl Fn(String) -> String) -> String {
-    let data = prepared_set(300);
+    let data = &prepared_set(300);
     let dir = temp_dir(&format!("bad-{name}"));
     let job = small_job(&dir, data, 1, "  max_steps: 2");
     let text = std::fs::read_to_string(&job).unwrap();
@@ -70,7 +80,10 @@ fn bad_job_files_fail_before_any_work_with_the_key_named() {
     let e = fails_with("missing-data", |t| t.replace("/train/", "/no-such-split/"));
     assert!(e.contains("data.train:") && e.contains("no-such-split") && e.contains("does not exist"), "{e}");
     let e = fails_with("shape", |t| t.replace("shape: [4, 32, 32, 3]", "shape: [8, 32, 32, 3]"));
-    assert!(e.contains("model.inputs[0].shape: input 'video' is [8, 32, 32, 3]") && e.contains("[4, 32, 32, 3]"), "{e}");
+    assert!(
+        e.contains("model.inputs[0].shape: input 'video' is [8, 32, 32, 3]") && e.contains("[4, 32, 32, 3]"),
+        "{e}"
+    );
     let e = fails_with("column", |t| t.replace("column: question_ids", "column: question_text"));
     assert!(e.contains("model.inputs[1].column: 'question_text'"), "{e}");
     let e = fails_with("classes", |t| t.replace("units: 32, activation: softmax", "units: 3, activation: softmax"));

@@ -9,12 +9,19 @@ pub enum JobError {
     Ops(#[from] kallista_ops::OpsError),
     #[error(transparent)]
     Data(#[from] kallista_data::DataError),
+    /// Boxed: DataFusion's error makes the engine's large.
     #[error(transparent)]
-    Engine(#[from] kallista_engine::EngineError),
+    Engine(Box<kallista_engine::EngineError>),
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
     #[error("{file}: {key}: {detail}")]
     Spec { file: String, key: String, detail: String },
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<kallista_engine::EngineError> for JobError {
+    fn from(e: kallista_engine::EngineError) -> Self {
+        JobError::Engine(Box::new(e))
+    }
 }

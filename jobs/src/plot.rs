@@ -36,7 +36,8 @@ fn polyline(img: &mut RgbImage, points: &[(f64, f64)], color: Rgb<u8>) {
 
 /// Draws the curve of `metrics` into `out` (atomically).
 pub fn plot_training_curve(metrics: &Path, out: &Path) -> Result<(), JobError> {
-    let text = std::fs::read_to_string(metrics).map_err(|e| JobError::Io { path: metrics.display().to_string(), source: e })?;
+    let text = std::fs::read_to_string(metrics)
+        .map_err(|e| JobError::Io { path: metrics.display().to_string(), source: e })?;
     let lines: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     let get = |kind: &str, field: &str| -> Vec<(f64, f64)> {
         lines

@@ -23,7 +23,11 @@ pub fn prepare_job(file: &Path, overrides: &Overrides, resume: bool) -> Result<(
     let optimizer = job.optimizer(file)?;
     let model = job.model.build(file, job.training.seed)?;
     let input_columns = job.model.input_columns(file)?;
-    let splits = [("data.train", Some(&job.data.train)), ("data.eval", job.data.eval.as_ref()), ("data.test", job.data.test.as_ref())];
+    let splits = [
+        ("data.train", Some(&job.data.train)),
+        ("data.eval", job.data.eval.as_ref()),
+        ("data.test", job.data.test.as_ref()),
+    ];
     for (key, source) in splits {
         if let Some(SourceSpec::Path(p)) = source {
             check_split(file, key, Path::new(&job.expand(p)), &job.data.label, &model, &input_columns)?;
@@ -70,7 +74,11 @@ fn runtime() -> Result<tokio::runtime::Runtime, JobError> {
 }
 
 /// Runs a prepared job on `cluster`, reporting progress and writing the training curve.
-pub fn run_training(config: TrainConfig, cluster: &Cluster, mut log: impl FnMut(&str) + Send) -> Result<TrainReport, JobError> {
+pub fn run_training(
+    config: TrainConfig,
+    cluster: &Cluster,
+    mut log: impl FnMut(&str) + Send,
+) -> Result<TrainReport, JobError> {
     let job_dir = config.job_dir.clone();
     let workers = config.workers;
     let mut bar: Option<Progress> = None;
@@ -125,12 +133,18 @@ pub fn run_cmd(dir: &Path, overrides: &Overrides, mut log: impl FnMut(&str) + Se
     let file = if dir.is_dir() { dir.join("job.yaml") } else { dir.to_path_buf() };
     let mut job = load(&file)?;
     job.apply(overrides);
-    let dataset = job.dataset.clone().ok_or_else(|| spec::spec_error(&file, "dataset", "missing: `kallista run` needs it"))?;
+    let dataset =
+        job.dataset.clone().ok_or_else(|| spec::spec_error(&file, "dataset", "missing: `kallista run` needs it"))?;
     let clips = PathBuf::from(job.expand(&dataset.dir));
     if !clips.join("clips").exists() {
         log(&format!("making {} video-QA clips in {}", dataset.videos, clips.display()));
-        let opts =
-            kallista_data::video_qa::MakeOptions::new(clips.clone(), dataset.videos, dataset.frames, dataset.size, dataset.seed);
+        let opts = kallista_data::video_qa::MakeOptions::new(
+            clips.clone(),
+            dataset.videos,
+            dataset.frames,
+            dataset.size,
+            dataset.seed,
+        );
         let (_, summary) = crate::data_cmd::make_video_qa_cmd(&opts)?;
         log(summary.trim_end());
     }
@@ -138,9 +152,10 @@ pub fn run_cmd(dir: &Path, overrides: &Overrides, mut log: impl FnMut(&str) + Se
     if !prepared.join("train").exists() {
         let script = file.parent().unwrap_or(Path::new(".")).join(&dataset.prepare);
         log(&format!("preparing with {}", script.display()));
-        let vars = [("data".to_string(), clips.display().to_string()), ("out".to_string(), prepared.display().to_string())]
-            .into_iter()
-            .collect();
+        let vars =
+            [("data".to_string(), clips.display().to_string()), ("out".to_string(), prepared.display().to_string())]
+                .into_iter()
+                .collect();
         crate::sql_cmd::run_sql(
             &crate::sql_cmd::SqlSource::File(script),
             &Cluster::Embedded,

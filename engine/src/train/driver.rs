@@ -104,7 +104,6 @@ fn sql_str(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-
 /// Runs a query returning one string (the functions' JSON answers).
 async fn query_string(ctx: &SessionContext, sql: &str) -> Result<String> {
     let batches = ctx.sql(sql).await?.collect().await?;
@@ -169,15 +168,16 @@ impl Driver<'_> {
     /// Writes the weights version of `step` that the next round reads.
     fn publish(&mut self, step: u64) -> Result<()> {
         let path = self.dir("weights").join(format!("step-{step}.safetensors"));
-        match self.cfg.mode {
+        let bytes = match self.cfg.mode {
             // Workers only need the optimizer state when they step themselves.
-            Mode::Average => self.cfg.model.save_weights(&path)?,
-            Mode::Sync => kallista_ops::model::write_safetensors(
+            Mode::Average => self.cfg.model.weights_bytes(&path)?,
+            Mode::Sync => kallista_ops::model::safetensors_bytes(
                 &path,
                 &self.cfg.model.named_weights(),
                 HashMap::from([("kallista.step".to_string(), step.to_string())]),
             )?,
-        }
+        };
+        super::vectors::replace_file(&path, &bytes)?;
         let old = std::mem::replace(&mut self.model_ref.weights, path);
         if old.starts_with(self.dir("weights")) && old != self.model_ref.weights {
             let _ = std::fs::remove_file(old);
@@ -280,7 +280,11 @@ impl Driver<'_> {
 }
 
 /// Runs the job on the cluster behind `ctx` (see [`crate::session::training_session`]).
-pub async fn train(cfg: TrainConfig, ctx: &SessionContext, on_event: &mut (dyn FnMut(&Event) + Send)) -> Result<TrainReport> {
+pub async fn train(
+    cfg: TrainConfig,
+    ctx: &SessionContext,
+    on_event: &mut (dyn FnMut(&Event) + Send),
+) -> Result<TrainReport> {
     for sub in ["weights", "rounds", "checkpoints", "data"] {
         let p = cfg.job_dir.join(sub);
         std::fs::create_dir_all(&p).map_err(io(&p))?;
@@ -325,7 +329,9 @@ pub async fn train(cfg: TrainConfig, ctx: &SessionContext, on_event: &mut (dyn F
     if per_epoch == 0 {
         return Err(EngineError::Invalid(format!(
             "training data: {} rows make no step of batch {} (need {} per shard)",
-            train.rows, cfg.batch_size, cfg.batch_size / cfg.shards
+            train.rows,
+            cfg.batch_size,
+            cfg.batch_size / cfg.shards
         )));
     }
     let max_steps = cfg.max_steps.unwrap_or_else(|| cfg.epochs.unwrap_or(1) * per_epoch);
@@ -415,7 +421,7 @@ pub async fn train(cfg: TrainConfig, ctx: &SessionContext, on_event: &mut (dyn F
             "round_ms": ms, "compute_ms": result.max_compute_ms, "partitions": result.partitions,
         }))?;
         on_event(&Event::Round { step, max_steps, loss, accuracy, samples_per_s: rate });
-        let eval_due = d.cfg.eval_every_steps.is_some_and(|n| step % n == 0) || step == max_steps;
+        let eval_due = d.cfg.eval_every_steps.is_some_and(|n| step.is_multiple_of(n)) || step == max_steps;
         if let (true, Some(e)) = (eval_due, &eval) {
             let summary = d.evaluate("kallista_eval", e, "eval", step).await?;
             if d.best.is_none_or(|b| summary.overall.accuracy() > b) {
@@ -429,7 +435,7 @@ pub async fn train(cfg: TrainConfig, ctx: &SessionContext, on_event: &mut (dyn F
             last_eval = Some(summary);
         }
         // After the evaluation, so that the checkpoint records the best accuracy so far.
-        if step % d.cfg.checkpoint_every_steps == 0 || step == max_steps {
+        if step.is_multiple_of(d.cfg.checkpoint_every_steps) || step == max_steps {
             d.checkpoint(step)?;
         }
     }

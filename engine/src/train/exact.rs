@@ -44,7 +44,7 @@ mod tests {
     #[test]
     fn grouping_does_not_change_the_sum() {
         let parts: Vec<Vec<f32>> = (0..8)
-            .map(|k| (0..64).map(|i| ((i * 7 + k * 13) as f32).sin() * 10f32.powi((i % 9) as i32 - 6)).collect())
+            .map(|k| (0..64).map(|i| ((i * 7 + k * 13) as f32).sin() * 10f32.powi(i % 9 - 6)).collect())
             .collect();
         let exact = |groups: &[&[usize]]| {
             let mut total = vec![0i64; 64];

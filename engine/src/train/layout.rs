@@ -108,7 +108,8 @@ async fn count_rows(ctx: &SessionContext, source: &DataSource) -> Result<u64> {
 /// source and parameters).
 pub async fn stage(ctx: &SessionContext, source: &DataSource, layout: &Layout) -> Result<Staged> {
     let Layout { dir, columns, micro_batch, shards, seed, full_blocks_only } = layout;
-    let (dir, micro_batch, shards, seed, full_blocks_only) = (dir.as_path(), *micro_batch, *shards, *seed, *full_blocks_only);
+    let (dir, micro_batch, shards, seed, full_blocks_only) =
+        (dir.as_path(), *micro_batch, *shards, *seed, *full_blocks_only);
     if let Ok(text) = std::fs::read_to_string(record_path(dir)) {
         if let Ok(s) = serde_json::from_str::<Staged>(&text) {
             if s.source == *source
@@ -177,8 +178,8 @@ fn check_layout(dir: &Path, micro_batch: usize, shards: usize, full_blocks_only:
         let files = if shard_dir.exists() { kallista_data::parquet_io::parquet_files(&shard_dir)? } else { vec![] };
         for path in files {
             let bad = |detail: String| EngineError::Corrupt { path: path.display().to_string(), detail };
-            let file =
-                std::fs::File::open(&path).map_err(|e| EngineError::Io { path: path.display().to_string(), source: e })?;
+            let file = std::fs::File::open(&path)
+                .map_err(|e| EngineError::Io { path: path.display().to_string(), source: e })?;
             let reader = SerializedFileReader::new(file).map_err(|e| bad(e.to_string()))?;
             let meta = reader.metadata();
             let block_col = meta
@@ -199,7 +200,7 @@ fn check_layout(dir: &Path, micro_batch: usize, shards: usize, full_blocks_only:
                 rows += rg.num_rows() as usize;
             }
         }
-        if full_blocks_only && rows % micro_batch != 0 {
+        if full_blocks_only && !rows.is_multiple_of(micro_batch) {
             return Err(EngineError::Corrupt {
                 path: shard_dir.display().to_string(),
                 detail: format!("{rows} rows, not whole blocks of {micro_batch}"),

@@ -64,7 +64,21 @@ pub fn write_vectors<T: Element>(path: &Path, vectors: &Vectors<T>) -> Result<()
             x.put(&mut out);
         }
     }
-    kallista_ops::model::write_atomic(path, &out).map_err(EngineError::from)
+    replace_file(path, &out)
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, without
+/// fsync: for the files of a round in flight (partial results, weights
+/// versions), which a crash makes obsolete anyway; readers never see a torn
+/// file. Checkpoints are written durably (`kallista_ops::model::write_atomic`).
+pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()));
+    let io = |p: &Path, e| EngineError::Io { path: p.display().to_string(), source: e };
+    std::fs::write(&tmp, bytes).map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
 }
 
 /// Reads a file written by [`write_vectors`] with the same element type.

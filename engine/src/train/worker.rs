@@ -19,10 +19,10 @@ use datafusion::arrow::record_batch::RecordBatch;
 use kallista_data::parquet_io::ClipDecoder;
 use kallista_ops::model::Model;
 use kallista_ops::{ByteTensor, Data, IntTensor, Tensor};
-use std::path::Path;
-use std::sync::Arc;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Model inputs and the target of a block's rows (named as [`super::args::data_columns`]).

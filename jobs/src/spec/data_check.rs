@@ -30,10 +30,9 @@ pub fn check_split(
     }
     let files = parquet_files(data).map_err(|e| bad(e.to_string()))?;
     let first = files.first().ok_or_else(|| bad(format!("{}: no .parquet files", data.display())))?;
-    let reader = SerializedFileReader::new(
-        std::fs::File::open(first).map_err(|e| bad(format!("{}: {e}", first.display())))?,
-    )
-    .map_err(|e| bad(format!("{}: {e}", first.display())))?;
+    let reader =
+        SerializedFileReader::new(std::fs::File::open(first).map_err(|e| bad(format!("{}: {e}", first.display())))?)
+            .map_err(|e| bad(format!("{}: {e}", first.display())))?;
     let schema = reader.metadata().file_metadata().schema_descr_ptr();
     let top: Vec<String> = schema.root_schema().get_fields().iter().map(|f| f.name().to_string()).collect();
     let mut needed: Vec<&str> = REQUIRED.to_vec();
@@ -81,8 +80,9 @@ pub fn check_split(
     let classes = model.output_specs().first().and_then(|s| s.shape.last().copied()).unwrap_or(0);
     let col = schema.columns().iter().position(|c| c.name() == label);
     for f in &files {
-        let reader = SerializedFileReader::new(std::fs::File::open(f).map_err(|e| bad(format!("{}: {e}", f.display())))?)
-            .map_err(|e| bad(format!("{}: {e}", f.display())))?;
+        let reader =
+            SerializedFileReader::new(std::fs::File::open(f).map_err(|e| bad(format!("{}: {e}", f.display())))?)
+                .map_err(|e| bad(format!("{}: {e}", f.display())))?;
         for rg in reader.metadata().row_groups() {
             let max = col.and_then(|c| match rg.column(c).statistics() {
                 Some(Statistics::Int32(s)) => s.max_opt().map(|m| *m as i64),

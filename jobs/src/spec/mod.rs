@@ -42,9 +42,7 @@ pub struct JobSpec {
 #[serde(untagged)]
 pub enum SourceSpec {
     Path(String),
-    Sql {
-        sql: String,
-    },
+    Sql { sql: String },
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -194,7 +192,8 @@ pub fn spec_error(file: &Path, key: &str, detail: impl std::fmt::Display) -> Job
 
 /// Reads and parses a job file (types and unknown keys; the rest is [`JobSpec::validate`]'s).
 pub fn load(path: &Path) -> Result<JobSpec, JobError> {
-    let text = std::fs::read_to_string(path).map_err(|e| JobError::Io { path: path.display().to_string(), source: e })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| JobError::Io { path: path.display().to_string(), source: e })?;
     let de = serde_yaml::Deserializer::from_str(&text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
@@ -257,7 +256,11 @@ impl JobSpec {
         if let (Some(given), Some(known)) = (self.training.optimizer.as_object(), known.as_object()) {
             if let Some(k) = given.keys().find(|k| !known.contains_key(*k)) {
                 let expected: Vec<&String> = known.keys().collect();
-                return Err(spec_error(file, &format!("{key}.{k}"), format!("unknown key (expected one of {expected:?})")));
+                return Err(spec_error(
+                    file,
+                    &format!("{key}.{k}"),
+                    format!("unknown key (expected one of {expected:?})"),
+                ));
             }
         }
         Ok(config)
@@ -308,7 +311,7 @@ impl JobSpec {
             return err("scaling.sync_every_steps", "must be positive".into());
         }
         let micro = self.micro_batch();
-        if micro == 0 || t.batch_size % (micro * s.shards) != 0 {
+        if micro == 0 || !t.batch_size.is_multiple_of(micro * s.shards) {
             return err(
                 "scaling.micro_batch_size",
                 format!(

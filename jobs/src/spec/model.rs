@@ -110,17 +110,18 @@ impl InputRef {
     }
 }
 
-/// `{name, seed, inputs, layers, nodes, outputs}` of a graph.
-fn functional(
-    file: &Path,
-    key: &str,
-    name: &str,
+/// One graph of the model section (the model or a sub-model).
+struct Graph<'a> {
+    name: &'a str,
     seed: u64,
-    inputs: &[InputSpec],
-    layers: &[LayerSpec],
-    outputs: &[String],
-    models: &BTreeMap<String, Value>,
-) -> Result<Value, JobError> {
+    inputs: &'a [InputSpec],
+    layers: &'a [LayerSpec],
+    outputs: &'a [String],
+}
+
+/// `{name, seed, inputs, layers, nodes, outputs}` of a graph; `key` names it in errors.
+fn functional(file: &Path, key: &str, g: &Graph<'_>, models: &BTreeMap<String, Value>) -> Result<Value, JobError> {
+    let Graph { name, seed, inputs, layers, outputs } = g;
     let mut layer_json = vec![];
     let mut nodes = vec![];
     for (i, l) in layers.iter().enumerate() {
@@ -160,14 +161,19 @@ impl ModelSpec {
         for (k, (name, m)) in self.models.iter().enumerate() {
             let key = format!("model.models.{name}");
             let seed = seed.wrapping_add(1 + k as u64);
-            let config = functional(file, &key, name, seed, &m.inputs, &m.layers, &m.outputs, &models)?;
+            let graph = Graph { name, seed, inputs: &m.inputs, layers: &m.layers, outputs: &m.outputs };
+            let config = functional(file, &key, &graph, &models)?;
             // Build it alone first, so that its errors name it.
             let text = json!({"class_name": "Functional", "config": config}).to_string();
             Model::from_json(&text).map_err(|e| spec_error(file, &key, e))?;
-            models.insert(name.clone(), json!({"class_name": "Functional", "name": name, "trainable": true, "config": config}));
+            models.insert(
+                name.clone(),
+                json!({"class_name": "Functional", "name": name, "trainable": true, "config": config}),
+            );
         }
-        let config =
-            functional(file, "model", &self.name, seed, &self.inputs, &self.layers, &self.outputs, &models)?;
+        let graph =
+            Graph { name: &self.name, seed, inputs: &self.inputs, layers: &self.layers, outputs: &self.outputs };
+        let config = functional(file, "model", &graph, &models)?;
         let text = json!({"class_name": "Functional", "config": config}).to_string();
         Model::from_json(&text).map_err(|e| {
             let msg = e.to_string();
@@ -192,7 +198,9 @@ impl ModelSpec {
                     &format!("model.inputs[{i}].column"),
                     format!("'{other}': expected frames or question_ids"),
                 )),
-                None => Err(spec_error(file, &format!("model.inputs[{i}].column"), "missing: which data column feeds it")),
+                None => {
+                    Err(spec_error(file, &format!("model.inputs[{i}].column"), "missing: which data column feeds it"))
+                }
             })
             .collect()
     }

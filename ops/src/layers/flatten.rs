@@ -15,6 +15,11 @@ impl Flatten {
         Flatten::default()
     }
 
+    pub fn name(mut self, name: &str) -> Self {
+        self.base.name = name.into();
+        self
+    }
+
     pub(crate) fn from_config(v: &serde_json::Value) -> Result<Self> {
         if v.as_object().is_some_and(|o| !o.is_empty()) {
             return Err(OpsError::Config(format!("Flatten takes no arguments, got {v}")));

@@ -57,6 +57,15 @@ pub fn write_safetensors(
     tensors: &BTreeMap<String, Tensor>,
     metadata: HashMap<String, String>,
 ) -> Result<()> {
+    write_atomic(path, &safetensors_bytes(path, tensors, metadata)?)
+}
+
+/// f32 tensors and metadata in the safetensors format (`path` names errors).
+pub fn safetensors_bytes(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>> {
     let bytes: BTreeMap<&String, Vec<u8>> =
         tensors.iter().map(|(k, t)| (k, t.data().iter().flat_map(|v| v.to_le_bytes()).collect())).collect();
     let views: Vec<(String, TensorView<'_>)> = tensors
@@ -67,9 +76,8 @@ pub fn write_safetensors(
                 .map_err(|e| OpsError::Safetensors { path: path.display().to_string(), detail: e.to_string() })
         })
         .collect::<Result<_>>()?;
-    let out = safetensors::serialize(views, &Some(metadata))
-        .map_err(|e| OpsError::Safetensors { path: path.display().to_string(), detail: e.to_string() })?;
-    write_atomic(path, &out)
+    safetensors::serialize(views, &Some(metadata))
+        .map_err(|e| OpsError::Safetensors { path: path.display().to_string(), detail: e.to_string() })
 }
 
 impl Model {
@@ -80,6 +88,11 @@ impl Model {
 
     /// Saves weights, optimizer state (when compiled) and the model config.
     pub fn save_weights(&self, path: impl AsRef<Path>) -> Result<()> {
+        write_atomic(path.as_ref(), &self.weights_bytes(path.as_ref())?)
+    }
+
+    /// What [`Model::save_weights`] writes, as bytes (`path` names errors).
+    pub fn weights_bytes(&self, path: &Path) -> Result<Vec<u8>> {
         let mut tensors = self.named_weights();
         let mut meta = HashMap::from([(CONFIG_KEY.to_string(), self.to_json())]);
         if let Some(opt) = &self.optimizer {
@@ -95,7 +108,7 @@ impl Model {
                 }
             }
         }
-        write_safetensors(path.as_ref(), &tensors, meta)
+        safetensors_bytes(path, &tensors, meta)
     }
 
     /// Sets weights by key; every key and shape must match the model. On any
