@@ -117,7 +117,8 @@ async fn query_string(ctx: &SessionContext, sql: &str) -> Result<String> {
 }
 
 /// Runs a round's query; resubmits it when it has not finished within
-/// `timeout` (at most [`ROUND_ATTEMPTS`] times). Rounds are idempotent: a
+/// `timeout` or the cluster failed it (at most [`ROUND_ATTEMPTS`] times).
+/// Rounds are idempotent: a
 /// rerun recomputes the same partial files under the same names. Ballista
 /// re-runs the tasks of a lost executor by itself; this is the backstop for
 /// the rare job that never completes after an executor loss (seen once in
@@ -129,19 +130,19 @@ async fn run_round(
     step: u64,
     on_event: &mut (dyn FnMut(&Event) + Send),
 ) -> Result<String> {
+    let mut last = String::new();
     for attempt in 1..=ROUND_ATTEMPTS {
-        match tokio::time::timeout(timeout, query_string(ctx, sql)).await {
-            Ok(result) => return result,
-            Err(_) => on_event(&Event::Log(format!(
-                "round at step {step} did not finish within {}s (attempt {attempt}/{ROUND_ATTEMPTS}); resubmitting",
-                timeout.as_secs()
-            ))),
-        }
+        last = match tokio::time::timeout(timeout, query_string(ctx, sql)).await {
+            Ok(Ok(result)) => return Ok(result),
+            // Errors of the round itself (bad rows, a model error) fail at once;
+            // what the cluster reports (lost executors, failed stages) is retried.
+            Ok(Err(e @ (EngineError::Training(_) | EngineError::Data(_) | EngineError::Ops(_)))) => return Err(e),
+            Ok(Err(e)) => format!("failed: {e}"),
+            Err(_) => format!("did not finish within {}s", timeout.as_secs()),
+        };
+        on_event(&Event::Log(format!("round at step {step} {last} (attempt {attempt}/{ROUND_ATTEMPTS}); resubmitting")));
     }
-    Err(EngineError::Training(format!(
-        "round at step {step} did not finish within {}s, {ROUND_ATTEMPTS} times",
-        timeout.as_secs()
-    )))
+    Err(EngineError::Training(format!("round at step {step} {last}, {ROUND_ATTEMPTS} times")))
 }
 
 /// How often a round is submitted before the job fails.
