@@ -140,7 +140,9 @@ async fn run_round(
             Ok(Err(e)) => format!("failed: {e}"),
             Err(_) => format!("did not finish within {}s", timeout.as_secs()),
         };
-        on_event(&Event::Log(format!("round at step {step} {last} (attempt {attempt}/{ROUND_ATTEMPTS}); resubmitting")));
+        on_event(&Event::Log(format!(
+            "round at step {step} {last} (attempt {attempt}/{ROUND_ATTEMPTS}); resubmitting"
+        )));
     }
     Err(EngineError::Training(format!("round at step {step} {last}, {ROUND_ATTEMPTS} times")))
 }
