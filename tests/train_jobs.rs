@@ -95,3 +95,33 @@ fn bad_job_files_fail_before_any_work_with_the_key_named() {
     let e = fails_with("layer", |t| t.replace("class: LSTM, input: td_cnn", "class: LSTM, input: nowhere"));
     assert!(e.contains("model.layers[2] (video_lstm)") && e.contains("nowhere"), "{e}");
 }
+
+#[test]
+fn average_mode_takes_local_steps_and_averages_them_each_round() {
+    let data = &prepared_set(300);
+    let dir = temp_dir("average");
+    let job = small_job(&dir, data, 2, "  max_steps: 6");
+    let text = std::fs::read_to_string(&job).unwrap().replace("mode: sync", "mode: average\n  sync_every_steps: 3");
+    std::fs::write(&job, text).unwrap();
+    let out = ok(kallista(&["train", job.to_str().unwrap()]));
+    assert!(out.contains("trained 6 steps in 2 rounds"), "{out}");
+    let metrics = std::fs::read_to_string(dir.join("job/metrics.jsonl")).unwrap();
+    let rounds: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["kind"] == "train")
+        .collect();
+    // Each round saw 3 steps of 32 rows, spread over both workers.
+    assert_eq!(rounds.len(), 2);
+    for r in &rounds {
+        assert_eq!(r["rows"], 96, "{r}");
+        assert_eq!(r["partitions"], 2, "{r}");
+    }
+    let one_step = {
+        let job_dir = dir.join("one-step");
+        ok(kallista(&["train", job.to_str().unwrap(), "--max-steps", "1", "--job-dir", job_dir.to_str().unwrap()]));
+        weights(&final_weights(&job_dir))
+    };
+    let trained = weights(&final_weights(&dir.join("job")));
+    assert_ne!(trained, one_step);
+}

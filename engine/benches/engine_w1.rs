@@ -9,7 +9,8 @@
 //!     cargo bench -p kallista-engine --bench engine_w1     # ROUNDS=2 STEPS=30 by default
 //!
 //! Runs: `in_process` (train_on_batch, 2 threads), `sync` (2 workers: one
-//! optimizer step per round) and `average` (2 workers, 10 local steps per round).
+//! optimizer step per round) and `average` (2 workers, 10 and 50 local steps
+//! per round).
 
 use datafusion::arrow::array::{ArrayRef, Float32Array, Int32Array, ListArray, RecordBatch, StringArray};
 use datafusion::arrow::buffer::OffsetBuffer;
@@ -126,9 +127,9 @@ fn main() {
     for round in 0..rounds {
         let rate = in_process(&file, &d, steps);
         println!("{{\"run\": \"in_process\", \"round\": {round}, \"samples_per_s\": {rate:.1}}}");
-        for (mode, every) in [(Mode::Sync, 1u64), (Mode::Average, 10)] {
+        for (mode, every) in [(Mode::Sync, 1u64), (Mode::Average, 10), (Mode::Average, 50)] {
             let config = TrainConfig {
-                job_dir: dir.join(format!("job-{round}-{mode:?}")),
+                job_dir: dir.join(format!("job-{round}-{mode:?}-{every}")),
                 model: video_qa(&d, 1234).unwrap(),
                 compile: compile_spec(),
                 input_columns: vec!["features".into(), "question_ids".into()],
@@ -142,7 +143,7 @@ fn main() {
                 mode,
                 sync_every_steps: every,
                 epochs: None,
-                max_steps: Some(steps as u64),
+                max_steps: Some((steps as u64).max(every)),
                 eval_every_steps: None,
                 eval_steps: None,
                 checkpoint_every_steps: 1_000_000,
@@ -153,7 +154,7 @@ fn main() {
             let t = Instant::now();
             let r = rt.block_on(train(config, &ctx, &mut |_| {})).unwrap();
             println!(
-                "{{\"run\": \"{mode:?}\", \"round\": {round}, \"samples_per_s\": {:.1}, \"ratio_to_in_process\": {:.3}, \"rounds\": {}, \"round_ms\": {:.1}, \"compute_ms\": {:.1}, \"overhead_ms\": {:.1}, \"job_wall_s\": {:.1}}}",
+                "{{\"run\": \"{mode:?}\", \"sync_every_steps\": {every}, \"round\": {round}, \"samples_per_s\": {:.1}, \"ratio_to_in_process\": {:.3}, \"rounds\": {}, \"round_ms\": {:.1}, \"compute_ms\": {:.1}, \"overhead_ms\": {:.1}, \"job_wall_s\": {:.1}}}",
                 r.samples_per_s,
                 r.samples_per_s / rate,
                 r.rounds,

@@ -34,6 +34,9 @@ pub fn reduce(mode: Mode, mut partials: Vec<PartialResult>, out: &Path) -> Resul
     let mut parts = 0u64;
     let mut exact: Vectors<i64> = vec![];
     let mut float: Vectors<f64> = vec![];
+    let widen = |v: Vectors<f32>| -> Vectors<f64> {
+        v.into_iter().map(|(k, x)| (k, x.into_iter().map(f64::from).collect())).collect()
+    };
     for p in &partials {
         result.rows += p.rows;
         result.loss_sum += p.loss_sum;
@@ -48,7 +51,7 @@ pub fn reduce(mode: Mode, mut partials: Vec<PartialResult>, out: &Path) -> Resul
             }
             Mode::Average => {
                 parts += 1;
-                add_all(&mut float, read_vectors::<f64>(file)?, file)?;
+                add_all(&mut float, widen(read_vectors::<f32>(file)?), file)?;
             }
         }
     }

@@ -63,7 +63,7 @@ pub struct EvalSpec {
 /// What one partition of a round produced.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PartialResult {
-    /// The vectors (exact gradient sums in `sync`, weight deltas and
+    /// The vectors (exact i64 gradient sums in `sync`, f32 weight deltas and
     /// optimizer slots in `average`); `None` when the partition had no rows.
     pub file: Option<PathBuf>,
     /// The partition's smallest block id: partial results are combined in this order.

@@ -127,6 +127,12 @@ pub fn average_part(model: &Model, spec: &RoundSpec, blocks: &BTreeMap<u64, Reco
     let Some(&first_block) = blocks.keys().next() else { return Ok(PartialResult::default()) };
     let mut local = model.clone();
     let mut out = PartialResult { first_block, ..Default::default() };
+    // One thread per worker, as the in-process loop gives each batch shard:
+    // workers of one executor share its cores instead of contending for them.
+    let one_thread = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .map_err(|e| EngineError::Training(format!("thread pool: {e}")))?;
     for (i, step_blocks) in spec.steps.iter().enumerate() {
         let mine: Vec<&RecordBatch> = step_blocks.iter().filter_map(|b| blocks.get(b)).collect();
         if mine.is_empty() {
@@ -135,25 +141,25 @@ pub fn average_part(model: &Model, spec: &RoundSpec, blocks: &BTreeMap<u64, Reco
         local.set_steps_run(spec.first_step + i as u64);
         let rows = concat_batches(&mine[0].schema(), mine).map_err(|e| EngineError::Training(e.to_string()))?;
         let (x, y) = decode_rows(model, &rows, &spec.model.input_columns)?;
-        let r = local.train_on_batch(&x, &[y])?;
+        let r = one_thread.install(|| local.train_on_batch(&x, &[y]))?;
         out.parts += 1;
         out.rows += r.samples as u64;
         out.loss_sum += r.loss as f64 * r.samples as f64;
         out.correct += r.metrics.first().map_or(0, |m| m.1 as u64);
     }
     let before = model.named_weights();
-    let mut vectors: Vectors<f64> = local
+    let mut vectors: Vectors<f32> = local
         .named_weights()
         .into_iter()
         .map(|(k, after)| {
-            let delta = after.data().iter().zip(before[&k].data()).map(|(a, b)| (*a - *b) as f64).collect();
+            let delta = after.data().iter().zip(before[&k].data()).map(|(a, b)| *a - *b).collect();
             (k, delta)
         })
         .collect();
     if let Some(opt) = local.optimizer() {
         for (key, slots) in &opt.slots {
             for (n, s) in slots.iter().enumerate() {
-                vectors.push((format!("slot/{n}/{key}"), s.iter().map(|&v| v as f64).collect()));
+                vectors.push((format!("slot/{n}/{key}"), s.clone()));
             }
         }
     }
