@@ -3,8 +3,10 @@
 //! on it (they must be registered in the client, the scheduler and every
 //! executor for this to work).
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use common::{free_port, spawn_kallista};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// Kills the cluster processes when the test ends, however it ends.
@@ -19,21 +21,13 @@ impl Drop for Procs {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn spawn(args: &[String]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_kallista")).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
-}
-
 #[test]
 fn sql_with_kallista_functions_on_a_scheduler_and_two_executors() {
     let sched = free_port();
-    let mut procs = Procs(vec![spawn(&["scheduler".into(), "--port".into(), sched.to_string()])]);
+    let mut procs = Procs(vec![spawn_kallista(&["scheduler".into(), "--port".into(), sched.to_string()])]);
     for _ in 0..2 {
         let work = std::env::temp_dir().join(format!("kallista-exec-{}-{}", std::process::id(), free_port()));
-        procs.0.push(spawn(&[
+        procs.0.push(spawn_kallista(&[
             "executor".into(),
             "--port".into(),
             free_port().to_string(),

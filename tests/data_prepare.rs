@@ -4,25 +4,13 @@
 //! answer in the answer vocabulary, every token id below the vocabulary size,
 //! padding on the right.
 
+mod common;
+
 use arrow::array::{Array, Int32Array, ListArray, RecordBatch, StringArray};
+use common::{kallista, ok};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn kallista(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kallista")).args(args).output().expect("run kallista")
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "kallista failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn read_dir_batches(path: &Path) -> Vec<RecordBatch> {
     let files: Vec<PathBuf> = if path.is_dir() {

@@ -9,7 +9,6 @@
 mod common;
 
 use common::*;
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,21 +28,13 @@ impl Drop for Cluster {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn spawn(args: &[String]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_kallista")).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
-}
-
 fn start_cluster(name: &str) -> Cluster {
     let port = free_port();
-    let scheduler = spawn(&["scheduler".into(), "--port".into(), port.to_string()]);
+    let scheduler = spawn_kallista(&["scheduler".into(), "--port".into(), port.to_string()]);
     let executors = (0..2)
         .map(|i| {
             let work = temp_dir(&format!("{name}-exec{i}"));
-            spawn(&[
+            spawn_kallista(&[
                 "executor".into(),
                 "--port".into(),
                 free_port().to_string(),

@@ -34,7 +34,12 @@ pub fn kallista_config() -> SessionConfig {
 
 /// A session state with Kallista's functions.
 pub fn kallista_state() -> Result<SessionState> {
-    let mut state = SessionStateBuilder::new().with_config(kallista_config()).with_default_features().build();
+    state_with(kallista_config())
+}
+
+/// A session state on `config` with Kallista's functions.
+fn state_with(config: SessionConfig) -> Result<SessionState> {
+    let mut state = SessionStateBuilder::new().with_config(config).with_default_features().build();
     register_all(&mut state)?;
     Ok(state)
 }
@@ -75,9 +80,7 @@ pub async fn training_session(cluster: &Cluster, workers: usize) -> Result<Sessi
     opts.optimizer.repartition_file_scans = false;
     opts.execution.parquet.pushdown_filters = true;
     opts.execution.parquet.reorder_filters = true;
-    let mut state = SessionStateBuilder::new().with_config(config).with_default_features().build();
-    register_all(&mut state)?;
-    let ctx = SessionContext::remote_with_state(&url, state).await?;
+    let ctx = SessionContext::remote_with_state(&url, state_with(config)?).await?;
     register_on_client(&ctx);
     Ok(ctx.enable_url_table())
 }

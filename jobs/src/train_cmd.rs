@@ -9,7 +9,6 @@ use crate::progress::Progress;
 use crate::spec::{self, data_check::check_split, load, JobSpec, Overrides, SourceSpec};
 use kallista_engine::session::{training_session, Cluster};
 use kallista_engine::train::driver::{train, Event, TrainConfig, TrainReport};
-use kallista_engine::train::layout::DataSource;
 use kallista_engine::train::round::CompileSpec;
 use std::path::{Path, PathBuf};
 
@@ -167,9 +166,4 @@ pub fn run_cmd(dir: &Path, overrides: &Overrides, mut log: impl FnMut(&str) + Se
     let (config, _) = prepare_job(&file, overrides, false)?;
     log(&format!("job dir {}", config.job_dir.display()));
     run_training(config, &Cluster::Embedded, log)
-}
-
-/// Where a source comes from, for messages.
-pub fn describe(s: &DataSource) -> String {
-    s.relation()
 }

@@ -4,6 +4,9 @@
 
 use crate::error::EngineError;
 use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::array::{Array, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::{DataFusionError, Result};
@@ -11,6 +14,7 @@ use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_plan::PhysicalExpr;
 use datafusion::scalar::ScalarValue;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::sync::Arc;
 
 /// The table columns that feed the model inputs bound to `input_columns`
@@ -34,9 +38,6 @@ pub fn data_columns(input_columns: &[String]) -> Vec<&'static str> {
     out.push("answer_id");
     out
 }
-
-/// The input column kinds the functions know.
-pub const INPUT_COLUMNS: [&str; 3] = ["frames", "question_ids", "features"];
 
 /// Wraps an engine error for DataFusion (downcast again on the driver's side).
 pub fn external(e: impl Into<EngineError>) -> DataFusionError {
@@ -68,4 +69,20 @@ pub fn named_batch(names: &[&str], values: &[ArrayRef]) -> Result<RecordBatch> {
     let fields: Vec<Field> =
         names.iter().zip(values).map(|(n, v)| Field::new(*n, v.data_type().clone(), true)).collect();
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), values[..names.len()].to_vec())?)
+}
+
+/// A value as a JSON string scalar: the state and result of Kallista's aggregates.
+pub fn json_scalar<T: Serialize>(value: &T) -> Result<ScalarValue> {
+    let json = serde_json::to_string(value).map_err(|e| DataFusionError::External(Box::new(e)))?;
+    Ok(ScalarValue::Utf8(Some(json)))
+}
+
+/// The non-null JSON strings of a state column, parsed.
+pub fn json_states<T: DeserializeOwned>(states: &ArrayRef) -> Result<Vec<T>> {
+    let states = cast(states, &DataType::Utf8)?;
+    let states = states.as_any().downcast_ref::<StringArray>().expect("cast to Utf8");
+    (0..states.len())
+        .filter(|&i| !states.is_null(i))
+        .map(|i| serde_json::from_str(states.value(i)).map_err(|e| DataFusionError::External(Box::new(e))))
+        .collect()
 }

@@ -4,14 +4,14 @@
 //! partition, inference mode) and summed in the final stage. Returns a JSON
 //! object `{family: {rows, loss_sum, correct}}`.
 
-use super::args::{data_columns, external, named_batch, spec_literal};
+use super::args::{data_columns, external, json_scalar, json_states, named_batch, spec_literal};
 use super::model_cache::model_for;
 use super::round::{EvalCounts, EvalSpec};
 use super::worker::decode_rows;
 use datafusion::arrow::array::{Array, ArrayRef, StringArray};
 use datafusion::arrow::compute::{cast, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
-use datafusion::error::{DataFusionError, Result};
+use datafusion::error::Result;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Signature, Volatility};
 use datafusion::scalar::ScalarValue;
@@ -65,13 +65,6 @@ struct EvaluateAccumulator {
     counts: BTreeMap<String, EvalCounts>,
 }
 
-impl EvaluateAccumulator {
-    fn to_json(&self) -> Result<ScalarValue> {
-        let json = serde_json::to_string(&self.counts).map_err(|e| DataFusionError::External(Box::new(e)))?;
-        Ok(ScalarValue::Utf8(Some(json)))
-    }
-}
-
 impl Accumulator for EvaluateAccumulator {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
         let names = data_columns(&self.spec.model.input_columns);
@@ -99,18 +92,11 @@ impl Accumulator for EvaluateAccumulator {
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        Ok(vec![self.to_json()?])
+        Ok(vec![json_scalar(&self.counts)?])
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let states = cast(&states[0], &DataType::Utf8)?;
-        let states = states.as_any().downcast_ref::<StringArray>().expect("cast to Utf8");
-        for i in 0..states.len() {
-            if states.is_null(i) {
-                continue;
-            }
-            let part: BTreeMap<String, EvalCounts> =
-                serde_json::from_str(states.value(i)).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        for part in json_states::<BTreeMap<String, EvalCounts>>(&states[0])? {
             for (family, c) in part {
                 self.counts.entry(family).or_default().add(&c);
             }
@@ -119,7 +105,7 @@ impl Accumulator for EvaluateAccumulator {
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        self.to_json()
+        json_scalar(&self.counts)
     }
 
     fn size(&self) -> usize {

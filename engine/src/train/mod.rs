@@ -17,7 +17,7 @@
 //! (weights only in `sync`; with optimizer slots in `average`) and names it
 //! in the round's spec; each executor loads it once into its cached model
 //! ([`model_cache`]). Workers write their partial results (exact i64
-//! gradient sums or f64 deltas, [`vectors`]) to `<job_dir>/rounds/`, and only
+//! gradient sums or f32 deltas and slots, [`vectors`]) to `<job_dir>/rounds/`, and only
 //! their paths cross Ballista's shuffle. Per round that is: one Ballista job
 //! (~50 ms on a push-scheduled cluster here), one weights file written by the
 //! driver and read by each executor, one partial file per worker, one

@@ -5,8 +5,8 @@
 //! safetensors file in the job directory and names it in the round's query;
 //! an executor that has not loaded that file yet reads it (weights plus
 //! optimizer state) into its cached model. Cost per round and executor: one
-//! file read and parse (about 1 ms per 4 MB here); `round_ms - compute_ms`
-//! in `metrics.jsonl` holds it together with the other round overheads.
+//! file read and parse; `round_ms - compute_ms` in `metrics.jsonl` holds it
+//! together with the other round overheads.
 
 use super::round::{CompileSpec, ModelRef};
 use crate::error::{EngineError, Result};

@@ -11,16 +11,16 @@
 //! the shuffle is a few hundred bytes of JSON naming the partial result files.
 //! Returns the round's [`RoundResult`] as JSON.
 
-use super::args::{data_columns, external, named_batch, spec_literal};
+use super::args::{data_columns, external, json_scalar, json_states, named_batch, spec_literal};
 use super::model_cache::model_for;
 use super::reduce::reduce;
 use super::round::{Mode, PartialResult, RoundSpec};
 use super::worker::{average_part, sync_part};
-use datafusion::arrow::array::{Array, ArrayRef, Int64Array, StringArray};
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array};
 use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::error::{DataFusionError, Result};
+use datafusion::error::Result;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Signature, Volatility};
 use datafusion::scalar::ScalarValue;
@@ -120,19 +120,11 @@ impl Accumulator for TrainAccumulator {
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
         self.flush()?;
-        let json = serde_json::to_string(&self.partials).map_err(|e| DataFusionError::External(Box::new(e)))?;
-        Ok(vec![ScalarValue::Utf8(Some(json))])
+        Ok(vec![json_scalar(&self.partials)?])
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let states = cast(&states[0], &DataType::Utf8)?;
-        let states = states.as_any().downcast_ref::<StringArray>().expect("cast to Utf8");
-        for i in 0..states.len() {
-            if states.is_null(i) {
-                continue;
-            }
-            let parts: Vec<PartialResult> =
-                serde_json::from_str(states.value(i)).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        for parts in json_states::<Vec<PartialResult>>(&states[0])? {
             self.partials.extend(parts);
         }
         Ok(())
@@ -142,8 +134,7 @@ impl Accumulator for TrainAccumulator {
         self.flush()?;
         let out = self.spec.out_dir.join(format!("round-{}.vec", self.spec.round));
         let result = reduce(self.spec.mode, std::mem::take(&mut self.partials), &out).map_err(external)?;
-        let json = serde_json::to_string(&result).map_err(|e| DataFusionError::External(Box::new(e)))?;
-        Ok(ScalarValue::Utf8(Some(json)))
+        json_scalar(&result)
     }
 
     fn size(&self) -> usize {

@@ -29,7 +29,7 @@ use std::time::Instant;
 pub fn decode_rows(model: &Model, batch: &RecordBatch, input_columns: &[String]) -> Result<(Vec<Data>, Data)> {
     let rows = batch.num_rows();
     let source = Path::new("staged data");
-    let clips = if input_columns.iter().any(|c| c == "frames") {
+    let mut clips = if input_columns.iter().any(|c| c == "frames") {
         Some(ClipDecoder { path: source, first_row: 0 }.decode(batch)?)
     } else {
         None
@@ -44,8 +44,9 @@ pub fn decode_rows(model: &Model, batch: &RecordBatch, input_columns: &[String])
         shape.extend_from_slice(&spec.spec.shape);
         inputs.push(match c.as_str() {
             "frames" => {
-                let clips = clips.as_ref().expect("decoded above");
-                Data::U8(ByteTensor::new(&clips.shape, clips.frames.clone())?)
+                // Moved, not copied: the frames are the bulk of a block.
+                let clips = clips.take().ok_or_else(|| EngineError::Training("frames bound to two inputs".into()))?;
+                Data::U8(ByteTensor::new(&clips.shape, clips.frames)?)
             }
             "question_ids" => Data::I32(IntTensor::new(&shape, list_values::<Int32Type>(column(c)?, c, &shape)?)?),
             "features" => Data::F32(Tensor::new(&shape, list_values::<Float32Type>(column(c)?, c, &shape)?)?),
