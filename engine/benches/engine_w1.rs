@@ -1,16 +1,18 @@
 //! W1 (`shared/peers/WORKLOAD.md`: the video-QA model on precomputed frame
 //! features, batch 32, Adam) trained through the embedded Ballista cluster
-//! against the same model trained in-process on the same rows, side by side.
-//! Prints one JSON line per run with samples/s, and for the cluster the mean
-//! round time, the slowest partition's compute and their difference: the
-//! per-round overhead (Ballista job, weights version written and loaded,
-//! partial and reduced gradient files).
+//! against the same model trained in-process on the same rows, side by side:
+//! each cluster run sits between two in-process measurements, and its ratio
+//! is to their mean (the machine's speed drifts). Prints one JSON line per run
+//! with samples/s, and for the cluster the mean round time, the slowest
+//! partition's compute and their difference: the per-round overhead
+//! (Ballista job, Parquet scan, weights version written and loaded, partial
+//! and reduced result files).
 //!
-//!     cargo bench -p kallista-engine --bench engine_w1     # ROUNDS=2 STEPS=30 by default
+//!     cargo bench -p kallista-engine --bench engine_w1     # ROUNDS=1 ROUNDS_PER_RUN=2 SYNC_STEPS=20
 //!
-//! Runs: `in_process` (train_on_batch, 2 threads), `sync` (2 workers: one
-//! optimizer step per round) and `average` (2 workers, 10 and 50 local steps
-//! per round).
+//! Runs: `default` (the job spec's defaults: a worker per core, `average`,
+//! 200 local steps per round), `average` with 1 worker, and `sync` with 2
+//! workers and 1 worker (one optimizer step per round).
 
 use datafusion::arrow::array::{ArrayRef, Float32Array, Int32Array, ListArray, RecordBatch, StringArray};
 use datafusion::arrow::buffer::OffsetBuffer;
@@ -18,7 +20,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use kallista_engine::session::{training_session, Cluster};
 use kallista_engine::train::driver::{train, TrainConfig};
 use kallista_engine::train::layout::DataSource;
-use kallista_engine::train::round::{CompileSpec, Mode};
+use kallista_engine::train::round::{default_workers, CompileSpec, Mode, DEFAULT_SYNC_EVERY_STEPS};
 use kallista_engine::train::worker::decode_rows;
 use kallista_ops::applications::{video_qa, VideoQaDims};
 use kallista_ops::init::Rng;
@@ -103,7 +105,7 @@ fn in_process(file: &Path, d: &VideoQaDims, steps: usize) -> f64 {
             .build()
             .unwrap();
     let columns = vec!["features".to_string(), "question_ids".to_string()];
-    let batches: Vec<_> = reader.map(|b| decode_rows(&model, &b.unwrap(), &columns).unwrap()).collect();
+    let batches: Vec<_> = reader.take(steps + 3).map(|b| decode_rows(&model, &b.unwrap(), &columns).unwrap()).collect();
     let mut timed = 0.0;
     for i in 0..steps + 3 {
         let (x, y) = &batches[i % batches.len()];
@@ -116,20 +118,71 @@ fn in_process(file: &Path, d: &VideoQaDims, steps: usize) -> f64 {
     (steps * BATCH) as f64 / timed
 }
 
+/// Mean milliseconds of each part of a round, from the job's `metrics.jsonl`.
+fn round_parts(job_dir: &Path) -> String {
+    let text = std::fs::read_to_string(job_dir.join("metrics.jsonl")).unwrap();
+    let rounds: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["kind"] == "train")
+        .collect();
+    let keys = ["round_ms", "query_ms", "scan_ms", "load_ms", "compute_ms", "write_ms", "reduce_ms"];
+    let means: Vec<String> = keys
+        .iter()
+        .map(|k| {
+            let mean = rounds.iter().map(|r| r[k].as_f64().unwrap()).sum::<f64>() / rounds.len() as f64;
+            format!("\"{k}\": {mean:.1}")
+        })
+        .collect();
+    format!("{{{}}}", means.join(", "))
+}
+
+/// One cluster run's settings.
+struct Run {
+    name: &'static str,
+    workers: usize,
+    mode: Mode,
+    every: u64,
+    steps: u64,
+}
+
 fn main() {
     let d = VideoQaDims::w1();
-    let (rounds, steps) = (env("ROUNDS", 2), env("STEPS", 30));
+    let (rounds, per_run, sync_steps) =
+        (env("ROUNDS", 1), env("ROUNDS_PER_RUN", 2) as u64, env("SYNC_STEPS", 20) as u64);
     let dir = std::env::temp_dir().join(format!("kallista-engine-w1-{}", std::process::id()));
     let file = dir.join("train/part-0.parquet");
-    write_rows(&file, &d, BATCH * 16);
+    // One default round's rows: a round scans each row once, so fewer rows
+    // would hide the scan's cost.
+    write_rows(&file, &d, BATCH * DEFAULT_SYNC_EVERY_STEPS as usize);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let ctx = rt.block_on(training_session(&Cluster::Embedded, 2)).unwrap();
+    let every = DEFAULT_SYNC_EVERY_STEPS;
+    let runs = [
+        Run {
+            name: "default",
+            workers: default_workers().min(4),
+            mode: Mode::default(),
+            every,
+            steps: per_run * every,
+        },
+        Run { name: "average_1_worker", workers: 1, mode: Mode::Average, every, steps: per_run * every },
+        Run { name: "sync_2_workers", workers: 2, mode: Mode::Sync, every: 1, steps: sync_steps },
+        Run { name: "sync_1_worker", workers: 1, mode: Mode::Sync, every: 1, steps: sync_steps },
+    ];
+    in_process(&file, &d, 10); // warm-up: the first run of a process is slower
+                               // One embedded cluster per worker count, reused by every round.
+    let mut sessions = std::collections::BTreeMap::new();
+    for run in &runs {
+        sessions
+            .entry(run.workers)
+            .or_insert_with(|| rt.block_on(training_session(&Cluster::Embedded, run.workers)).unwrap());
+    }
     for round in 0..rounds {
-        let rate = in_process(&file, &d, steps);
-        println!("{{\"run\": \"in_process\", \"round\": {round}, \"samples_per_s\": {rate:.1}}}");
-        for (mode, every) in [(Mode::Sync, 1u64), (Mode::Average, 10), (Mode::Average, 50)] {
+        for run in &runs {
+            let ctx = &sessions[&run.workers];
+            let before = in_process(&file, &d, 60);
             let config = TrainConfig {
-                job_dir: dir.join(format!("job-{round}-{mode:?}-{every}")),
+                job_dir: dir.join(format!("job-{round}-{}", run.name)),
                 model: video_qa(&d, 1234).unwrap(),
                 compile: compile_spec(),
                 input_columns: vec!["features".into(), "question_ids".into()],
@@ -139,11 +192,11 @@ fn main() {
                 batch_size: BATCH,
                 micro_batch: 8,
                 shards: 4,
-                workers: 2,
-                mode,
-                sync_every_steps: every,
+                workers: run.workers,
+                mode: run.mode,
+                sync_every_steps: run.every,
                 epochs: None,
-                max_steps: Some((steps as u64).max(every)),
+                max_steps: Some(run.steps),
                 eval_every_steps: None,
                 eval_steps: None,
                 checkpoint_every_steps: 1_000_000,
@@ -151,19 +204,33 @@ fn main() {
                 resume: false,
                 round_timeout: std::time::Duration::from_secs(600),
             };
+            let job_dir = config.job_dir.clone();
             let t = Instant::now();
-            let r = rt.block_on(train(config, &ctx, &mut |_| {})).unwrap();
+            let r = rt.block_on(train(config, ctx, &mut |_| {})).unwrap();
+            let wall = t.elapsed().as_secs_f64();
+            let parts = round_parts(&job_dir);
+            let _ = std::fs::remove_dir_all(&job_dir); // its staged copy of the data is large
+            let after = in_process(&file, &d, 60);
+            let rate = (before + after) / 2.0;
+            println!("{{\"run\": \"in_process\", \"round\": {round}, \"samples_per_s\": {rate:.1}, \"before\": {before:.1}, \"after\": {after:.1}}}");
             println!(
-                "{{\"run\": \"{mode:?}\", \"sync_every_steps\": {every}, \"round\": {round}, \"samples_per_s\": {:.1}, \"ratio_to_in_process\": {:.3}, \"rounds\": {}, \"round_ms\": {:.1}, \"compute_ms\": {:.1}, \"overhead_ms\": {:.1}, \"job_wall_s\": {:.1}}}",
+                "{{\"run\": \"{}\", \"workers\": {}, \"mode\": \"{:?}\", \"sync_every_steps\": {}, \"round\": {round}, \"samples_per_s\": {:.1}, \"ratio_to_in_process\": {:.3}, \"rounds\": {}, \"round_ms\": {:.1}, \"compute_ms\": {:.1}, \"overhead_ms\": {:.1}, \"job_wall_s\": {:.1}, \"parts\": {}}}",
+                run.name,
+                run.workers,
+                run.mode,
+                run.every,
                 r.samples_per_s,
                 r.samples_per_s / rate,
                 r.rounds,
                 r.mean_round_ms,
                 r.mean_compute_ms,
                 r.mean_round_ms - r.mean_compute_ms,
-                t.elapsed().as_secs_f64()
+                wall,
+                parts
             );
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+    // The embedded clusters' servers never finish: do not wait for them.
+    rt.shutdown_background();
 }

@@ -50,7 +50,7 @@ pub fn prepare_job(file: &Path, overrides: &Overrides, resume: bool) -> Result<(
         batch_size: t.batch_size,
         micro_batch: job.micro_batch(),
         shards: job.scaling.shards,
-        workers: job.scaling.workers,
+        workers: job.scaling.workers(),
         mode: job.scaling.mode,
         sync_every_steps: job.scaling.sync_every_steps,
         epochs: t.epochs,

@@ -3,10 +3,12 @@
 //! embedded cluster) registers that same list, so they cannot drift apart.
 
 mod lookup;
+mod pack;
 mod pad;
 mod tokenize;
 
 pub use lookup::LookupUdf;
+pub use pack::PackF32Udf;
 pub use pad::PadUdf;
 pub use tokenize::TokenizeUdf;
 
@@ -21,6 +23,7 @@ pub fn kallista_functions() -> Vec<Arc<ScalarUDF>> {
         Arc::new(ScalarUDF::new_from_impl(TokenizeUdf::new())),
         Arc::new(ScalarUDF::new_from_impl(LookupUdf::new())),
         Arc::new(ScalarUDF::new_from_impl(PadUdf::new())),
+        Arc::new(ScalarUDF::new_from_impl(PackF32Udf::new())),
     ]
 }
 

@@ -39,6 +39,19 @@ pub fn data_columns(input_columns: &[String]) -> Vec<&'static str> {
     out
 }
 
+/// How staging selects the `features` column.
+pub const PACKED_FEATURES: &str = "kallista_pack_f32(features) AS features";
+
+/// The select list that stages [`data_columns`]: float lists packed into
+/// bytes (`kallista_pack_f32`), which rounds scan at copy speed.
+pub fn staging_select(input_columns: &[String]) -> String {
+    let packed = |c: &str| match c {
+        "features" => PACKED_FEATURES.to_string(),
+        other => other.to_string(),
+    };
+    data_columns(input_columns).into_iter().map(packed).collect::<Vec<_>>().join(", ")
+}
+
 /// Wraps an engine error for DataFusion (downcast again on the driver's side).
 pub fn external(e: impl Into<EngineError>) -> DataFusionError {
     DataFusionError::External(Box::new(e.into()))

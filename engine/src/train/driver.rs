@@ -1,12 +1,14 @@
 //! The driver loop of `train_and_evaluate`: stage the data, then rounds of
-//! one Ballista query each, the optimizer step here, a new weights version,
-//! and on schedule checkpoints and distributed evaluations.
+//! one Ballista query each (in `sync` followed by the optimizer step here and
+//! a new weights version), and on schedule checkpoints and distributed
+//! evaluations.
 //!
 //! The job directory (visible to every executor: one machine, or a shared
 //! file system) holds:
 //! - `model.json`: the model config;
 //! - `data/{train,eval,test}/`: the staged splits ([`super::layout`]);
-//! - `weights/step-N.safetensors`: the version the next round reads;
+//! - `weights/step-N.safetensors`: the version the next round reads (the
+//!   driver writes it in `sync`, the round's final stage in `average`);
 //! - `rounds/`: partial and reduced results of the round in flight;
 //! - `checkpoints/step-N.safetensors` (weights + optimizer state),
 //!   `checkpoints/last.json`, `checkpoints/best.safetensors` + `best.json`;
@@ -171,27 +173,44 @@ impl Driver<'_> {
     /// Writes the weights version of `step` that the next round reads.
     fn publish(&mut self, step: u64) -> Result<()> {
         let path = self.dir("weights").join(format!("step-{step}.safetensors"));
-        let bytes = match self.cfg.mode {
+        match self.cfg.mode {
             // Workers only need the optimizer state when they step themselves.
-            Mode::Average => self.cfg.model.weights_bytes(&path)?,
-            Mode::Sync => kallista_ops::model::safetensors_bytes(
+            Mode::Average => self.cfg.model.write_weights(&path, false)?,
+            Mode::Sync => kallista_ops::model::write_safetensors_file(
                 &path,
                 &self.cfg.model.named_weights(),
                 HashMap::from([("kallista.step".to_string(), step.to_string())]),
+                false,
             )?,
-        };
-        super::vectors::replace_file(&path, &bytes)?;
+        }
+        self.adopt(path);
+        Ok(())
+    }
+
+    /// Makes `path` the weights version the next round reads, and removes the previous one.
+    fn adopt(&mut self, path: PathBuf) {
         let old = std::mem::replace(&mut self.model_ref.weights, path);
         if old.starts_with(self.dir("weights")) && old != self.model_ref.weights {
             let _ = std::fs::remove_file(old);
         }
-        Ok(())
+    }
+
+    /// Writes the job's weights and optimizer state to `file`, durably: in
+    /// `sync` the driver's model holds them; in `average` the published
+    /// version does.
+    fn save_state(&self, file: &Path) -> Result<()> {
+        match self.cfg.mode {
+            Mode::Sync => Ok(self.cfg.model.save_weights(file)?),
+            Mode::Average => Ok(kallista_ops::model::replace_file(file, true, |tmp| {
+                std::fs::copy(&self.model_ref.weights, tmp).map(|_| ())
+            })?),
+        }
     }
 
     fn checkpoint(&mut self, step: u64) -> Result<()> {
         let dir = self.dir("checkpoints");
         let file = dir.join(format!("step-{step}.safetensors"));
-        self.cfg.model.save_weights(&file)?;
+        self.save_state(&file)?;
         let last = LastCheckpoint { step, file: file.clone(), best_eval_accuracy: self.best };
         let json = serde_json::to_vec_pretty(&last).map_err(|e| EngineError::Invalid(e.to_string()))?;
         kallista_ops::model::write_atomic(&dir.join("last.json"), &json)?;
@@ -238,48 +257,34 @@ impl Driver<'_> {
         Ok(summary)
     }
 
-    /// Applies a reduced round result to the driver's model.
-    fn apply(&mut self, result: &RoundResult, steps: u64) -> Result<()> {
+    /// Applies a `sync` round's mean gradients to the driver's model.
+    fn apply(&mut self, result: &RoundResult) -> Result<()> {
         let Some(file) = &result.file else {
             return Err(EngineError::Training("a round produced no gradients (no rows reached the workers)".into()));
         };
-        let vectors: HashMap<String, Vec<f32>> = read_vectors::<f32>(file)?.into_iter().collect();
+        let mut vectors: HashMap<String, Vec<f32>> = read_vectors::<f32>(file)?.into_iter().collect();
         let model = &mut self.cfg.model;
         let keys = model.weight_keys();
-        match self.cfg.mode {
-            Mode::Sync => {
-                let grads = WeightGrads {
-                    values: keys.iter().map(|k| vectors.get(k).cloned()).collect(),
-                    state: keys.iter().map(|k| vectors.get(&format!("state/{k}")).cloned()).collect(),
-                    state_parts: usize::from(keys.iter().any(|k| vectors.contains_key(&format!("state/{k}")))),
-                };
-                model.apply_gradients(grads)?;
-            }
-            Mode::Average => {
-                let mut weights = model.named_weights();
-                for (k, w) in weights.iter_mut() {
-                    if let Some(d) = vectors.get(k) {
-                        w.data_mut().iter_mut().zip(d).for_each(|(v, d)| *v += d);
-                    }
-                }
-                model.set_weights(&weights)?;
-                if let Some(opt) = model.optimizer_mut() {
-                    let n = opt.config.kind.slot_names().len();
-                    for key in &keys {
-                        let slots: Option<Vec<Vec<f32>>> =
-                            (0..n).map(|i| vectors.get(&format!("slot/{i}/{key}")).cloned()).collect();
-                        if let Some(s) = slots {
-                            opt.slots.insert(key.clone(), s);
-                        }
-                    }
-                    opt.iterations += steps;
-                }
-            }
-        }
-        let done = model.steps_run() + steps;
-        model.set_steps_run(done);
+        let grads = WeightGrads {
+            state_parts: usize::from(keys.iter().any(|k| vectors.contains_key(&format!("state/{k}")))),
+            state: keys.iter().map(|k| vectors.remove(&format!("state/{k}"))).collect(),
+            values: keys.iter().map(|k| vectors.remove(k)).collect(),
+        };
+        model.apply_gradients(grads)?;
+        model.set_steps_run(model.steps_run() + 1);
         Ok(())
     }
+}
+
+/// Steps of the `average` round starting at `step`: `every`, cut short so
+/// that a round ends on each evaluation, each checkpoint and the last step.
+fn round_steps(step: u64, every: u64, max_steps: u64, checkpoint_every: u64, eval_every: Option<u64>) -> u64 {
+    let next_multiple = |n: u64| step.checked_div(n).map_or(u64::MAX, |q| (q + 1) * n);
+    let mut end = (step + every).min(max_steps).min(next_multiple(checkpoint_every));
+    if let Some(n) = eval_every {
+        end = end.min(next_multiple(n));
+    }
+    end - step
 }
 
 /// Runs the job on the cluster behind `ctx` (see [`crate::session::training_session`]).
@@ -301,7 +306,7 @@ pub async fn train(
     let data = cfg.job_dir.join("data");
     let layout = |dir: &str, full_blocks_only| super::layout::Layout {
         dir: data.join(dir),
-        columns: columns.clone(),
+        columns: super::args::staging_select(&cfg.input_columns),
         micro_batch: cfg.micro_batch,
         shards: cfg.shards,
         seed: cfg.seed,
@@ -380,7 +385,13 @@ pub async fn train(
     while step < max_steps {
         let k = match d.cfg.mode {
             Mode::Sync => 1,
-            Mode::Average => d.cfg.sync_every_steps.min(max_steps - step),
+            Mode::Average => round_steps(
+                step,
+                d.cfg.sync_every_steps,
+                max_steps,
+                d.cfg.checkpoint_every_steps,
+                d.cfg.eval_every_steps,
+            ),
         };
         let steps: Vec<Vec<u64>> = (step..step + k).map(|s| schedule.blocks_of_step(s)).collect();
         let mut blocks: Vec<u64> = steps.concat();
@@ -392,7 +403,9 @@ pub async fn train(
             first_step: step,
             steps,
             seed: d.cfg.seed,
+            workers: d.cfg.workers,
             out_dir: d.dir("rounds"),
+            next_weights: d.dir("weights").join(format!("step-{}.safetensors", step + k)),
         };
         let spec_json = serde_json::to_string(&spec).map_err(|e| EngineError::Invalid(e.to_string()))?;
         let list = blocks.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", ");
@@ -402,18 +415,31 @@ pub async fn train(
         );
         let t0 = Instant::now();
         let json = run_round(ctx, &sql, d.cfg.round_timeout, step, on_event).await?;
+        let query_ms = t0.elapsed().as_secs_f64() * 1e3;
         let result: RoundResult =
             serde_json::from_str(&json).map_err(|e| EngineError::Training(format!("round result: {e}")))?;
-        d.apply(&result, k)?;
-        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        step += k;
+        match d.cfg.mode {
+            Mode::Sync => {
+                d.apply(&result)?;
+                d.publish(step)?;
+            }
+            Mode::Average => match &result.file {
+                Some(published) => d.adopt(published.clone()),
+                None => {
+                    return Err(EngineError::Training(
+                        "a round produced no weights (no rows reached the workers)".into(),
+                    ))
+                }
+            },
+        }
         for f in std::fs::read_dir(d.dir("rounds")).map_err(io(&d.dir("rounds")))?.flatten() {
             let _ = std::fs::remove_file(f.path());
         }
-        step += k;
-        d.publish(step)?;
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
         report.rounds += 1;
         round_ms += ms;
-        compute_ms += result.max_compute_ms;
+        compute_ms += result.slowest.compute_ms;
         samples += result.rows;
         let loss = result.loss_sum / result.rows.max(1) as f64;
         let accuracy = result.correct as f64 / result.rows.max(1) as f64;
@@ -421,7 +447,10 @@ pub async fn train(
         d.log_metrics(serde_json::json!({
             "kind": "train", "step": step, "epoch": step as f64 / per_epoch as f64,
             "loss": loss, "accuracy": accuracy, "rows": result.rows, "samples_per_s": rate,
-            "round_ms": ms, "compute_ms": result.max_compute_ms, "partitions": result.partitions,
+            "round_ms": ms, "query_ms": query_ms, "compute_ms": result.slowest.compute_ms,
+            "scan_ms": result.slowest.scan_ms, "load_ms": result.slowest.load_ms,
+            "write_ms": result.slowest.write_ms, "reduce_ms": result.reduce_ms,
+            "partitions": result.partitions, "steps_in_round": k,
         }))?;
         on_event(&Event::Round { step, max_steps, loss, accuracy, samples_per_s: rate });
         let eval_due = d.cfg.eval_every_steps.is_some_and(|n| step.is_multiple_of(n)) || step == max_steps;
@@ -430,7 +459,7 @@ pub async fn train(
             if d.best.is_none_or(|b| summary.overall.accuracy() > b) {
                 d.best = Some(summary.overall.accuracy());
                 let best_file = d.dir("checkpoints").join("best.safetensors");
-                d.cfg.model.save_weights(&best_file)?;
+                d.save_state(&best_file)?;
                 let json = serde_json::to_vec_pretty(&summary).map_err(|e| EngineError::Invalid(e.to_string()))?;
                 kallista_ops::model::write_atomic(&d.dir("checkpoints").join("best.json"), &json)?;
             }
@@ -459,4 +488,19 @@ pub async fn train(
     let json = serde_json::to_vec_pretty(&report).map_err(|e| EngineError::Invalid(e.to_string()))?;
     kallista_ops::model::write_atomic(&d.dir("results.json"), &json)?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_steps;
+
+    #[test]
+    fn average_rounds_end_on_evaluations_checkpoints_and_the_last_step() {
+        assert_eq!(round_steps(0, 100, 1000, 500, Some(1000)), 100);
+        assert_eq!(round_steps(450, 100, 1000, 500, None), 50, "checkpoint at 500");
+        assert_eq!(round_steps(500, 100, 1000, 500, Some(250)), 100);
+        assert_eq!(round_steps(700, 100, 1000, 500, Some(250)), 50, "evaluation at 750");
+        assert_eq!(round_steps(950, 100, 980, 500, None), 30, "last step");
+        assert_eq!(round_steps(3, 100, 1000, 0, Some(0)), 100, "zero means never");
+    }
 }

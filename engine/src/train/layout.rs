@@ -12,6 +12,8 @@
 
 use super::schedule::BlockSchedule;
 use crate::error::{EngineError, Result};
+use datafusion::config::{ParquetColumnOptions, TableParquetOptions};
+use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::prelude::SessionContext;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::file::statistics::Statistics;
@@ -47,7 +49,8 @@ impl DataSource {
 #[derive(Clone, Debug)]
 pub struct Layout {
     pub dir: PathBuf,
-    /// The data columns to keep (besides `family` and `block`), comma-separated.
+    /// The data columns to keep (besides `family` and `block`), as a select
+    /// list ([`super::args::staging_select`]).
     pub columns: String,
     pub micro_batch: usize,
     pub shards: usize,
@@ -104,6 +107,24 @@ async fn count_rows(ctx: &SessionContext, source: &DataSource) -> Result<u64> {
     Ok(n as u64)
 }
 
+/// Parquet options of the staged files: the session's, with packed float
+/// columns stored plain and uncompressed (floats gain little from zstd or a
+/// dictionary, W1: 8%, and every round decodes them again). Given to the
+/// write itself: Ballista 55 sends a COPY statement's OPTIONS nowhere, and
+/// replaces the session's parquet settings with the defaults.
+fn staging_options(ctx: &SessionContext, select: &str) -> TableParquetOptions {
+    let mut options = ctx.state().default_table_options().parquet;
+    if select.contains(super::args::PACKED_FEATURES) {
+        let plain = ParquetColumnOptions {
+            compression: Some("uncompressed".into()),
+            dictionary_enabled: Some(false),
+            ..Default::default()
+        };
+        options.column_specific_options.insert("features".into(), plain);
+    }
+    options
+}
+
 /// Stages `source` as `layout` says (reusing an earlier staging of the same
 /// source and parameters).
 pub async fn stage(ctx: &SessionContext, source: &DataSource, layout: &Layout) -> Result<Staged> {
@@ -138,19 +159,18 @@ pub async fn stage(ctx: &SessionContext, source: &DataSource, layout: &Layout) -
         std::fs::remove_dir_all(dir).map_err(|e| EngineError::Io { path: dir.display().to_string(), source: e })?;
     }
     let sql = format!(
-        "COPY (
-           SELECT {columns}, family, block, block % {shards} AS shard FROM (
-             SELECT *, CAST((ROW_NUMBER() OVER (
-                 ORDER BY md5(concat(video_id, '|', question, '|', '{seed}')), video_id, question) - 1)
-               / {micro_batch} AS BIGINT) AS block
-             FROM {relation}) ranked
-           WHERE block < {keep_blocks}
-           ORDER BY block)
-         TO '{out}/' STORED AS PARQUET PARTITIONED BY (shard)",
+        "SELECT {columns}, family, block, block % {shards} AS shard FROM (
+           SELECT *, CAST((ROW_NUMBER() OVER (
+               ORDER BY md5(concat(video_id, '|', question, '|', '{seed}')), video_id, question) - 1)
+             / {micro_batch} AS BIGINT) AS block
+           FROM {relation}) ranked
+         WHERE block < {keep_blocks}
+         ORDER BY block",
         relation = source.relation(),
-        out = dir.display(),
     );
-    ctx.sql(&sql).await?.collect().await?;
+    let write = DataFrameWriteOptions::new().with_partition_by(vec!["shard".into()]);
+    let options = staging_options(ctx, columns);
+    ctx.sql(&sql).await?.write_parquet(&format!("{}/", dir.display()), write, Some(options)).await?;
     let blocks_per_shard = check_layout(dir, micro_batch, shards, full_blocks_only)?;
     let staged = Staged {
         source: source.clone(),

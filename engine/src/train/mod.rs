@@ -17,13 +17,20 @@
 //! (weights only in `sync`; with optimizer slots in `average`) and names it
 //! in the round's spec; each executor loads it once into its cached model
 //! ([`model_cache`]). Workers write their partial results (exact i64
-//! gradient sums or f32 deltas and slots, [`vectors`]) to `<job_dir>/rounds/`, and only
-//! their paths cross Ballista's shuffle. Per round that is: one Ballista job
-//! (~50 ms on a push-scheduled cluster here), one weights file written by the
-//! driver and read by each executor, one partial file per worker, one
-//! reduced file. `metrics.jsonl` records `round_ms` and `compute_ms` (the
-//! slowest partition's forward/backward) of every round, and
-//! `cargo bench --bench engine_w1` measures the difference.
+//! gradient sums, or f32 weights and slots, [`vectors`]) to
+//! `<job_dir>/rounds/`, and only their paths cross Ballista's shuffle; the
+//! final stage writes their mean (one `average` worker's file is its own
+//! mean and is passed on as is). Per round that is one Ballista job (~50 ms
+//! on a push-scheduled cluster here), the round's Parquet scan, one weights
+//! file written by the driver and read by each executor, one partial file
+//! per worker and one reduced file. `metrics.jsonl` records each part of
+//! every round (`round_ms`, `query_ms`, and for the slowest partition
+//! `scan_ms`, `load_ms`, `compute_ms`, `write_ms`, then `reduce_ms`), and
+//! `cargo bench --bench engine_w1` reports their means for the W1 model.
+//!
+//! The defaults (a worker per core, `average` rounds of 200 local steps, see
+//! [`round`]) amortize those costs; a `sync` round is one optimizer step and
+//! pays them every step.
 
 pub mod args;
 pub mod driver;

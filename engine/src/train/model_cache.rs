@@ -5,8 +5,7 @@
 //! safetensors file in the job directory and names it in the round's query;
 //! an executor that has not loaded that file yet reads it (weights plus
 //! optimizer state) into its cached model. Cost per round and executor: one
-//! file read and parse; `round_ms - compute_ms` in `metrics.jsonl` holds it
-//! together with the other round overheads.
+//! file read and parse, `load_ms` in `metrics.jsonl`.
 
 use super::round::{CompileSpec, ModelRef};
 use crate::error::{EngineError, Result};
@@ -57,4 +56,23 @@ pub fn model_for(r: &ModelRef) -> Result<Arc<Model>> {
     let model = Arc::new(model);
     models.insert(r.config.clone(), Cached { weights: r.weights.clone(), model: model.clone() });
     Ok(model)
+}
+
+/// The model of `r` with the weights version it names, taken out of the
+/// cache: no copy when nothing else holds it (the round's final stage, after
+/// its workers finished, turns it into the next version).
+pub fn take_model(r: &ModelRef) -> Result<Model> {
+    let model = model_for(r)?;
+    let mut models = MODELS.lock().map_err(|_| EngineError::Training("model cache poisoned".into()))?;
+    models.remove(&r.config);
+    drop(models);
+    Ok(Arc::try_unwrap(model).unwrap_or_else(|shared| (*shared).clone()))
+}
+
+/// Caches `model` as the version `weights` of the model of `config`: the
+/// executor that published it needs no load in the next round.
+pub fn keep(config: &std::path::Path, weights: &std::path::Path, model: Model) -> Result<()> {
+    let mut models = MODELS.lock().map_err(|_| EngineError::Training("model cache poisoned".into()))?;
+    models.insert(config.to_path_buf(), Cached { weights: weights.to_path_buf(), model: Arc::new(model) });
+    Ok(())
 }

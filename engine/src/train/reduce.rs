@@ -1,10 +1,15 @@
 //! The driver stage's reduce: partial results of every partition, combined in
-//! a fixed order (by their first block) into one file of f32 vectors.
+//! a fixed order (by their first block): in `sync` into one file of mean
+//! gradients for the driver's optimizer step; in `average` into the next
+//! weights version, published here (the driver only adopts its path).
 
 use super::exact::mean_of_exact;
-use super::round::{Mode, PartialResult, RoundResult};
+use super::model_cache::{keep, take_model};
+use super::round::{Mode, PartialResult, RoundResult, RoundSpec};
 use super::vectors::{read_vectors, write_vectors, Element, Vectors};
 use crate::error::{EngineError, Result};
+use kallista_ops::Tensor;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 fn add_all<T: Element + std::ops::AddAssign>(total: &mut Vectors<T>, part: Vectors<T>, file: &Path) -> Result<()> {
@@ -27,44 +32,172 @@ fn add_all<T: Element + std::ops::AddAssign>(total: &mut Vectors<T>, part: Vecto
     Ok(())
 }
 
-/// Combines `partials` (any order; sorted here) into `out`.
-pub fn reduce(mode: Mode, mut partials: Vec<PartialResult>, out: &Path) -> Result<RoundResult> {
+/// Combines `partials` (any order; sorted here) as the module docs say;
+/// `out` is the `sync` result file.
+pub fn reduce(spec: &RoundSpec, mut partials: Vec<PartialResult>, out: &Path) -> Result<RoundResult> {
+    let start = std::time::Instant::now();
     partials.sort_by_key(|p| p.first_block);
     let mut result = RoundResult::default();
     let mut parts = 0u64;
     let mut exact: Vectors<i64> = vec![];
-    let mut float: Vectors<f64> = vec![];
-    let widen = |v: Vectors<f32>| -> Vectors<f64> {
-        v.into_iter().map(|(k, x)| (k, x.into_iter().map(f64::from).collect())).collect()
-    };
+    let mut float: Vectors<f32> = vec![];
     for p in &partials {
         result.rows += p.rows;
         result.loss_sum += p.loss_sum;
         result.correct += p.correct;
-        result.max_compute_ms = result.max_compute_ms.max(p.compute_ms);
+        if p.times.compute_ms >= result.slowest.compute_ms {
+            result.slowest = p.times.clone();
+        }
         let (Some(file), true) = (&p.file, p.parts > 0) else { continue };
         result.partitions += 1;
-        match mode {
+        match spec.mode {
             Mode::Sync => {
                 parts += p.parts;
                 add_all(&mut exact, read_vectors::<i64>(file)?, file)?;
             }
             Mode::Average => {
                 parts += 1;
-                add_all(&mut float, widen(read_vectors::<f32>(file)?), file)?;
+                add_all(&mut float, read_vectors::<f32>(file)?, file)?;
             }
         }
     }
     if parts == 0 {
         return Ok(result);
     }
-    let means: Vectors<f32> = match mode {
-        Mode::Sync => exact.into_iter().map(|(k, s)| (k, mean_of_exact(&s, parts))).collect(),
-        Mode::Average => {
-            float.into_iter().map(|(k, s)| (k, s.into_iter().map(|v| (v / parts as f64) as f32).collect())).collect()
+    match spec.mode {
+        Mode::Sync => {
+            let means: Vectors<f32> = exact.into_iter().map(|(k, s)| (k, mean_of_exact(&s, parts))).collect();
+            write_vectors(out, &means)?;
+            result.file = Some(out.to_path_buf());
         }
-    };
-    write_vectors(out, &means)?;
-    result.file = Some(out.to_path_buf());
+        Mode::Average => {
+            // Summed in block order, so the same partials give the same bits;
+            // one worker's vectors are used as they are.
+            if parts > 1 {
+                let n = parts as f32;
+                float.iter_mut().for_each(|(_, s)| s.iter_mut().for_each(|v| *v /= n));
+            }
+            publish_average(spec, float)?;
+            result.file = Some(spec.next_weights.clone());
+        }
+    }
+    result.reduce_ms = start.elapsed().as_secs_f64() * 1e3;
     Ok(result)
+}
+
+/// Writes the version the averaged weights and slots make after the round's
+/// steps, and keeps it in this executor's model cache.
+fn publish_average(spec: &RoundSpec, means: Vectors<f32>) -> Result<()> {
+    let mut next = take_model(&spec.model)?;
+    let mut means: HashMap<String, Vec<f32>> = means.into_iter().collect();
+    let missing = |key: &str| EngineError::Training(format!("the round's result has no '{key}'"));
+    let mut weights = BTreeMap::new();
+    for (key, w) in next.named_weights() {
+        let values = means.remove(&key).ok_or_else(|| missing(&key))?;
+        weights.insert(key, Tensor::new(w.shape(), values)?);
+    }
+    next.set_weights(&weights)?;
+    let keys = next.weight_keys();
+    if let Some(opt) = next.optimizer_mut() {
+        let n = opt.config.kind.slot_names().len();
+        for key in keys {
+            let slots: Option<Vec<Vec<f32>>> = (0..n).map(|i| means.remove(&format!("slot/{i}/{key}"))).collect();
+            if let Some(s) = slots {
+                opt.slots.insert(key, s);
+            }
+        }
+        opt.iterations += spec.steps.len() as u64;
+    }
+    next.write_weights(&spec.next_weights, false)?;
+    keep(&spec.model.config, &spec.next_weights, next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::model_cache::{compile, model_for};
+    use crate::train::round::{CompileSpec, ModelRef};
+    use kallista_ops::applications::{video_qa, VideoQaDims};
+    use kallista_ops::model::Model;
+    use kallista_ops::optim::OptimizerConfig;
+
+    fn tiny_model(compile_spec: &CompileSpec) -> Model {
+        let d = VideoQaDims {
+            frames: 2,
+            features: 3,
+            question_len: 4,
+            vocab: 10,
+            answers: 5,
+            embedding: 4,
+            video_units: 3,
+            question_units: 3,
+            hidden: 4,
+            mask_zero: false,
+        };
+        let mut model = video_qa(&d, 5).unwrap();
+        compile(&mut model, compile_spec).unwrap();
+        model
+    }
+
+    /// A worker's partial result: every weight plus `add`, every slot `add`.
+    fn partial(model: &Model, dir: &Path, first_block: u64, add: f32) -> PartialResult {
+        let mut vectors: Vectors<f32> = vec![];
+        for (key, w) in model.named_weights() {
+            vectors.push((format!("slot/0/{key}"), vec![add; w.len()]));
+            vectors.push((format!("slot/1/{key}"), vec![add; w.len()]));
+            vectors.push((key, w.data().iter().map(|v| v + add).collect()));
+        }
+        let file = dir.join(format!("part-{first_block}.vec"));
+        write_vectors(&file, &vectors).unwrap();
+        PartialResult { file: Some(file), first_block, parts: 3, rows: 6, ..Default::default() }
+    }
+
+    #[test]
+    fn average_publishes_the_mean_version_and_keeps_it_cached() {
+        let dir = std::env::temp_dir().join(format!("kallista-reduce-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let compile_spec = CompileSpec {
+            optimizer: OptimizerConfig::adam(0.01),
+            loss: "sparse_categorical_crossentropy".into(),
+            metrics: vec![],
+        };
+        let model = tiny_model(&compile_spec);
+        let (config, first) = (dir.join("model.json"), dir.join("step-0.safetensors"));
+        std::fs::write(&config, model.to_json()).unwrap();
+        model.save_weights(&first).unwrap();
+        let mut spec = RoundSpec {
+            model: ModelRef { config, weights: first, compile: compile_spec.clone(), input_columns: vec![] },
+            mode: Mode::Average,
+            round: 0,
+            first_step: 0,
+            steps: vec![vec![0], vec![1], vec![2]],
+            seed: 0,
+            workers: 2,
+            out_dir: dir.clone(),
+            next_weights: dir.join("step-3.safetensors"),
+        };
+        let parts = vec![partial(&model, &dir, 8, 3.0), partial(&model, &dir, 0, 1.0)];
+        let result = reduce(&spec, parts, &dir.join("unused.vec")).unwrap();
+        assert_eq!(result.file.as_deref(), Some(spec.next_weights.as_path()));
+        assert_eq!((result.rows, result.partitions), (12, 2));
+
+        let mut published = tiny_model(&compile_spec);
+        published.load_weights(&spec.next_weights).unwrap();
+        for (key, w) in model.named_weights() {
+            let got = published.named_weights()[&key].clone();
+            for (a, b) in got.data().iter().zip(w.data()) {
+                assert!((a - (b + 2.0)).abs() < 1e-5, "{key}: {a} vs {b} + 2");
+            }
+        }
+        let opt = published.optimizer().unwrap();
+        assert_eq!(opt.iterations, 3);
+        assert!(opt.slots.values().flatten().flatten().all(|v| *v == 2.0));
+
+        // The next round on this executor finds the version without reading it.
+        std::fs::remove_file(&spec.next_weights).unwrap();
+        spec.model.weights = spec.next_weights.clone();
+        let cached = model_for(&spec.model).unwrap();
+        assert_eq!(cached.named_weights(), published.named_weights());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// How workers combine their work into one update.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Each round: every worker computes gradients on its share of one
@@ -15,8 +15,26 @@ pub enum Mode {
     Sync,
     /// Each round: every worker takes `sync_every_steps` local optimizer
     /// steps from the published weights; the driver averages the results.
+    /// The default: a round costs a Ballista job and a weights exchange
+    /// (`engine_w1` bench), which only many steps per round amortize.
+    #[default]
     Average,
 }
+
+/// Workers by default: one per core of the machine that runs the job (on
+/// `kallista train`, the embedded cluster's executor). Each worker is one
+/// model replica on one thread, as the in-process loop runs one batch shard
+/// per core; with one worker per core the Parquet scan is parallel too, which
+/// measured fastest (`engine_w1` bench). A remote cluster's size is set in the
+/// job instead.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Local steps per `average` round by default: enough that a round's fixed
+/// costs (a Ballista job, the weights and slots written and read) stay a few
+/// percent of its compute for the W1 model (`engine_w1` bench).
+pub const DEFAULT_SYNC_EVERY_STEPS: u64 = 200;
 
 /// How the model is compiled on every worker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -50,8 +68,14 @@ pub struct RoundSpec {
     /// The blocks of each step of the round, in step order (one step in `sync`).
     pub steps: Vec<Vec<u64>>,
     pub seed: u64,
+    /// Partitions of the round: each worker takes `cores / workers` threads.
+    pub workers: usize,
     /// Where workers write their partial results.
     pub out_dir: PathBuf,
+    /// `average`: where the final stage writes the next weights version
+    /// (weights, optimizer slots and iteration count), which that executor
+    /// also keeps in its model cache.
+    pub next_weights: PathBuf,
 }
 
 /// One evaluation pass.
@@ -63,7 +87,7 @@ pub struct EvalSpec {
 /// What one partition of a round produced.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PartialResult {
-    /// The vectors (exact i64 gradient sums in `sync`, f32 weight deltas and
+    /// The vectors (exact i64 gradient sums in `sync`, f32 weights and
     /// optimizer slots in `average`); `None` when the partition had no rows.
     pub file: Option<PathBuf>,
     /// The partition's smallest block id: partial results are combined in this order.
@@ -73,21 +97,36 @@ pub struct PartialResult {
     pub rows: u64,
     pub loss_sum: f64,
     pub correct: u64,
-    /// Milliseconds of forward/backward in this partition.
+    pub times: PartTimes,
+}
+
+/// Where a partition's time went, in milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartTimes {
+    /// From the operator's start to its last row: the Parquet scan and decode.
+    pub scan_ms: f64,
+    /// Loading the weights version (when new) and copying it for local steps.
+    pub load_ms: f64,
+    /// Forward, backward and local optimizer steps.
     pub compute_ms: f64,
+    /// Writing the partial result.
+    pub write_ms: f64,
 }
 
 /// The reduced result of a round, read by the driver.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RoundResult {
-    /// f32 vectors: mean gradients (`sync`) or mean deltas and slots (`average`).
+    /// `sync`: the mean gradients, f32 vectors; `average`: the next weights
+    /// version, already published (the spec's `next_weights`).
     pub file: Option<PathBuf>,
     pub partitions: u64,
     pub rows: u64,
     pub loss_sum: f64,
     pub correct: u64,
-    /// The slowest partition's compute time.
-    pub max_compute_ms: f64,
+    /// The times of the partition with the longest compute.
+    pub slowest: PartTimes,
+    /// Reading, combining and writing the partial results.
+    pub reduce_ms: f64,
 }
 
 /// Loss and accuracy counts of one question family.

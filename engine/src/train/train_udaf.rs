@@ -17,7 +17,7 @@ use super::reduce::reduce;
 use super::round::{Mode, PartialResult, RoundSpec};
 use super::worker::{average_part, sync_part};
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array};
-use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::Result;
@@ -26,6 +26,7 @@ use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Signature, Volatil
 use datafusion::scalar::ScalarValue;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// See the module docs.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -60,7 +61,13 @@ impl AggregateUDFImpl for TrainUdaf {
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         let spec: RoundSpec = spec_literal(self.name(), args.exprs)?;
-        Ok(Box::new(TrainAccumulator { spec: Arc::new(spec), rows: BTreeMap::new(), partials: vec![], bytes: 0 }))
+        Ok(Box::new(TrainAccumulator {
+            spec: Arc::new(spec),
+            rows: BTreeMap::new(),
+            partials: vec![],
+            bytes: 0,
+            started: Instant::now(),
+        }))
     }
 
     fn state_fields(&self, _args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
@@ -75,6 +82,8 @@ struct TrainAccumulator {
     rows: BTreeMap<u64, Vec<RecordBatch>>,
     partials: Vec<PartialResult>,
     bytes: usize,
+    /// When the partition's scan began: the time to the first flush is its scan.
+    started: Instant,
 }
 
 impl TrainAccumulator {
@@ -83,18 +92,19 @@ impl TrainAccumulator {
         if self.rows.is_empty() {
             return Ok(());
         }
-        let rows = std::mem::take(&mut self.rows);
+        let scan_ms = self.started.elapsed().as_secs_f64() * 1e3;
+        let blocks = std::mem::take(&mut self.rows);
         self.bytes = 0;
-        let mut blocks: BTreeMap<u64, RecordBatch> = BTreeMap::new();
-        for (block, batches) in rows {
-            blocks.insert(block, concat_batches(&batches[0].schema(), &batches)?);
-        }
+        let loading = Instant::now();
         let model = model_for(&self.spec.model).map_err(external)?;
-        let partial = match self.spec.mode {
+        let load_ms = loading.elapsed().as_secs_f64() * 1e3;
+        let mut partial = match self.spec.mode {
             Mode::Sync => sync_part(&model, &self.spec, &blocks),
             Mode::Average => average_part(&model, &self.spec, &blocks),
         }
         .map_err(external)?;
+        partial.times.scan_ms = scan_ms;
+        partial.times.load_ms += load_ms;
         self.partials.push(partial);
         Ok(())
     }
@@ -106,11 +116,13 @@ impl Accumulator for TrainAccumulator {
         let batch = named_batch(&names, values)?;
         let blocks = cast(&values[names.len()], &DataType::Int64)?;
         let blocks = blocks.as_any().downcast_ref::<Int64Array>().expect("cast to Int64");
+        // The slices below keep the whole batch alive: count it once (a
+        // slice reports its parent's buffers, which overcounts many times).
+        self.bytes += batch.get_array_memory_size();
         let mut start = 0;
         for i in 1..=blocks.len() {
             if i == blocks.len() || blocks.value(i) != blocks.value(start) {
                 let part = batch.slice(start, i - start);
-                self.bytes += part.get_array_memory_size();
                 self.rows.entry(blocks.value(start) as u64).or_default().push(part);
                 start = i;
             }
@@ -133,7 +145,7 @@ impl Accumulator for TrainAccumulator {
     fn evaluate(&mut self) -> Result<ScalarValue> {
         self.flush()?;
         let out = self.spec.out_dir.join(format!("round-{}.vec", self.spec.round));
-        let result = reduce(self.spec.mode, std::mem::take(&mut self.partials), &out).map_err(external)?;
+        let result = reduce(&self.spec, std::mem::take(&mut self.partials), &out).map_err(external)?;
         json_scalar(&result)
     }
 

@@ -16,31 +16,24 @@ use std::path::Path;
 
 const MAGIC: &[u8] = b"KALLISTA-VEC1\n";
 
-/// An element type of a vector file.
-pub trait Element: Copy + Default + Send + Sync + 'static {
+/// An element type of a vector file: plain data, stored little-endian.
+pub trait Element: bytemuck::Pod + Default + Send + Sync + 'static {
     const CODE: u8;
-    const SIZE: usize;
-    fn put(self, out: &mut Vec<u8>);
-    fn get(bytes: &[u8]) -> Self;
 }
 
-macro_rules! element {
-    ($t:ty, $code:expr) => {
-        impl Element for $t {
-            const CODE: u8 = $code;
-            const SIZE: usize = std::mem::size_of::<$t>();
-            fn put(self, out: &mut Vec<u8>) {
-                out.extend_from_slice(&self.to_le_bytes());
-            }
-            fn get(bytes: &[u8]) -> Self {
-                <$t>::from_le_bytes(bytes.try_into().expect("element size"))
-            }
-        }
-    };
+// Values are written and read as their in-memory bytes.
+#[cfg(target_endian = "big")]
+compile_error!("vector files are little-endian; big-endian targets need a byte-swapping path");
+
+impl Element for f32 {
+    const CODE: u8 = 1;
 }
-element!(f32, 1);
-element!(f64, 2);
-element!(i64, 3);
+impl Element for f64 {
+    const CODE: u8 = 2;
+}
+impl Element for i64 {
+    const CODE: u8 = 3;
+}
 
 /// Named vectors of one element type, in a fixed order.
 pub type Vectors<T> = Vec<(String, Vec<T>)>;
@@ -49,65 +42,60 @@ fn corrupt(path: &Path, detail: impl Into<String>) -> EngineError {
     EngineError::Corrupt { path: path.display().to_string(), detail: detail.into() }
 }
 
-/// Writes `vectors` to `path` atomically.
+/// Writes `vectors` to `path` atomically, without fsync (the files of a round
+/// in flight, which a crash makes obsolete), streamed from the vectors.
 pub fn write_vectors<T: Element>(path: &Path, vectors: &Vectors<T>) -> Result<()> {
+    use std::io::Write;
     let header: Vec<(&str, usize)> = vectors.iter().map(|(k, v)| (k.as_str(), v.len())).collect();
     let header = serde_json::to_vec(&header).map_err(|e| EngineError::Invalid(e.to_string()))?;
-    let values: usize = vectors.iter().map(|(_, v)| v.len()).sum();
-    let mut out = Vec::with_capacity(MAGIC.len() + 9 + header.len() + values * T::SIZE);
-    out.extend_from_slice(MAGIC);
-    out.push(T::CODE);
-    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
-    out.extend_from_slice(&header);
-    for (_, v) in vectors {
-        for &x in v {
-            x.put(&mut out);
+    Ok(kallista_ops::model::replace_file(path, false, |tmp| {
+        let mut f = std::fs::File::create(tmp)?;
+        f.write_all(MAGIC)?;
+        f.write_all(&[T::CODE])?;
+        f.write_all(&(header.len() as u64).to_le_bytes())?;
+        f.write_all(&header)?;
+        for (_, v) in vectors {
+            f.write_all(bytemuck::cast_slice(v))?;
         }
-    }
-    replace_file(path, &out)
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename, without
-/// fsync: for the files of a round in flight (partial results, weights
-/// versions), which a crash makes obsolete anyway; readers never see a torn
-/// file. Checkpoints are written durably (`kallista_ops::model::write_atomic`).
-pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()));
-    let io = |p: &Path, e| EngineError::Io { path: p.display().to_string(), source: e };
-    std::fs::write(&tmp, bytes).map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+        Ok(())
+    })?)
 }
 
 /// Reads a file written by [`write_vectors`] with the same element type.
 pub fn read_vectors<T: Element>(path: &Path) -> Result<Vectors<T>> {
-    let bytes = std::fs::read(path).map_err(|e| EngineError::Io { path: path.display().to_string(), source: e })?;
-    if bytes.len() < MAGIC.len() + 9 || &bytes[..MAGIC.len()] != MAGIC {
+    use std::io::Read;
+    let io = |e| EngineError::Io { path: path.display().to_string(), source: e };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    let mut head = [0u8; MAGIC.len() + 9];
+    if size < head.len() as u64 || file.read_exact(&mut head).is_err() || &head[..MAGIC.len()] != MAGIC {
         return Err(corrupt(path, "not a Kallista vector file"));
     }
-    let code = bytes[MAGIC.len()];
+    let code = head[MAGIC.len()];
     if code != T::CODE {
         return Err(corrupt(path, format!("element type {code}, expected {}", T::CODE)));
     }
-    let at = MAGIC.len() + 1;
-    let header_len = u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes")) as usize;
-    let start = at + 8;
-    let header: Vec<(String, usize)> = bytes
-        .get(start..start + header_len)
-        .ok_or_else(|| corrupt(path, "truncated header"))
-        .and_then(|h| serde_json::from_slice(h).map_err(|e| corrupt(path, format!("header: {e}"))))?;
-    let mut pos = start + header_len;
+    let header_len = u64::from_le_bytes(head[MAGIC.len() + 1..].try_into().expect("8 bytes"));
+    if header_len > size - head.len() as u64 {
+        return Err(corrupt(path, "truncated header"));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    let header: Vec<(String, usize)> =
+        serde_json::from_slice(&header).map_err(|e| corrupt(path, format!("header: {e}")))?;
+    let values = header
+        .iter()
+        .fold(0u64, |sum, (_, len)| sum.saturating_add((*len as u64).saturating_mul(size_of::<T>() as u64)));
+    let expected = (head.len() as u64 + header_len).saturating_add(values);
+    if expected != size {
+        return Err(corrupt(path, format!("{size} bytes, the header describes {expected}")));
+    }
+    // Sizes checked above: each read fills its vector exactly.
     let mut out = Vec::with_capacity(header.len());
     for (name, len) in header {
-        let end = pos + len * T::SIZE;
-        let raw = bytes.get(pos..end).ok_or_else(|| corrupt(path, format!("truncated at '{name}'")))?;
-        out.push((name, raw.chunks_exact(T::SIZE).map(T::get).collect()));
-        pos = end;
-    }
-    if pos != bytes.len() {
-        return Err(corrupt(path, format!("{} bytes after the last vector", bytes.len() - pos)));
+        let mut values = vec![T::default(); len];
+        file.read_exact(bytemuck::cast_slice_mut(&mut values)).map_err(io)?;
+        out.push((name, values));
     }
     Ok(out)
 }

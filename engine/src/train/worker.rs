@@ -13,7 +13,7 @@ use super::round::{PartialResult, RoundSpec};
 use super::vectors::{write_vectors, Vectors};
 use crate::error::{EngineError, Result};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
-use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{ArrowPrimitiveType, DataType, Field, Float32Type, Int32Type};
 use datafusion::arrow::record_batch::RecordBatch;
 use kallista_data::parquet_io::ClipDecoder;
@@ -27,56 +27,128 @@ use std::time::Instant;
 
 /// Model inputs and the target of a block's rows (named as [`super::args::data_columns`]).
 pub fn decode_rows(model: &Model, batch: &RecordBatch, input_columns: &[String]) -> Result<(Vec<Data>, Data)> {
-    let rows = batch.num_rows();
-    let source = Path::new("staged data");
-    let mut clips = if input_columns.iter().any(|c| c == "frames") {
-        Some(ClipDecoder { path: source, first_row: 0 }.decode(batch)?)
-    } else {
-        None
-    };
+    decode_batches(model, &[batch], input_columns)
+}
+
+/// [`decode_rows`] of several batches as one batch, copying each value once.
+pub fn decode_batches(model: &Model, batches: &[&RecordBatch], input_columns: &[String]) -> Result<(Vec<Data>, Data)> {
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     let specs = model.input_specs();
-    let column = |name: &str| {
-        batch.column_by_name(name).ok_or_else(|| EngineError::Training(format!("the data has no {name} column")))
-    };
     let mut inputs = Vec::with_capacity(input_columns.len());
     for (c, spec) in input_columns.iter().zip(&specs) {
         let mut shape = vec![rows];
         shape.extend_from_slice(&spec.spec.shape);
         inputs.push(match c.as_str() {
-            "frames" => {
-                // Moved, not copied: the frames are the bulk of a block.
-                let clips = clips.take().ok_or_else(|| EngineError::Training("frames bound to two inputs".into()))?;
-                Data::U8(ByteTensor::new(&clips.shape, clips.frames)?)
-            }
-            "question_ids" => Data::I32(IntTensor::new(&shape, list_values::<Int32Type>(column(c)?, c, &shape)?)?),
-            "features" => Data::F32(Tensor::new(&shape, list_values::<Float32Type>(column(c)?, c, &shape)?)?),
+            "frames" => frames(batches, rows)?,
+            "question_ids" => Data::I32(IntTensor::new(&shape, list_values::<Int32Type>(batches, c, &shape)?)?),
+            "features" => Data::F32(Tensor::new(&shape, float_values(batches, c, &shape)?)?),
             other => return Err(EngineError::Training(format!("unknown input column '{other}'"))),
         });
     }
-    let answers = cast(column("answer_id")?, &DataType::Int32).map_err(|e| EngineError::Training(e.to_string()))?;
-    let answers = answers.as_primitive::<Int32Type>().values().to_vec();
+    let mut answers = Vec::with_capacity(rows);
+    for b in batches {
+        let a = cast(column(b, "answer_id")?, &DataType::Int32).map_err(|e| EngineError::Training(e.to_string()))?;
+        answers.extend_from_slice(a.as_primitive::<Int32Type>().values());
+    }
     Ok((inputs, Data::I32(IntTensor::new(&[rows], answers)?)))
 }
 
-/// The flattened values of a list column whose rows must hold `shape[1..]` values each.
-fn list_values<T: ArrowPrimitiveType>(col: &ArrayRef, name: &str, shape: &[usize]) -> Result<Vec<T::Native>> {
-    let per_row: usize = shape[1..].iter().product();
-    let list = cast(col, &DataType::List(Arc::new(Field::new_list_field(T::DATA_TYPE, true))))
-        .map_err(|e| EngineError::Training(format!("column {name}: {e}")))?;
-    let list = list.as_list::<i32>();
-    let mut out = Vec::with_capacity(shape.iter().product());
-    for r in 0..list.len() {
-        let v = list.value(r);
-        if v.len() != per_row {
-            return Err(EngineError::Training(format!(
-                "column {name}, row {r}: {} values, the model input takes {per_row}",
-                v.len()
-            )));
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
+    batch.column_by_name(name).ok_or_else(|| EngineError::Training(format!("the data has no {name} column")))
+}
+
+/// The decoded clips of `batches`, one `[rows, frames, height, width, 3]` tensor.
+fn frames(batches: &[&RecordBatch], rows: usize) -> Result<Data> {
+    let source = Path::new("staged data");
+    let mut shape: Option<Vec<usize>> = None;
+    let mut all = vec![];
+    let mut first_row = 0;
+    for b in batches {
+        let clips = ClipDecoder { path: source, first_row }.decode(b)?;
+        first_row += b.num_rows();
+        match &shape {
+            Some(s) if s[1..] != clips.shape[1..] => {
+                return Err(EngineError::Training(format!(
+                    "clips of one step differ in shape: {:?} and {:?}",
+                    &s[1..],
+                    &clips.shape[1..]
+                )))
+            }
+            Some(_) => all.extend_from_slice(&clips.frames),
+            // Moved, not copied: the frames are the bulk of a block.
+            None => {
+                shape = Some(clips.shape.to_vec());
+                all = clips.frames;
+            }
         }
-        out.extend_from_slice(v.as_primitive::<T>().values());
+    }
+    let mut shape = shape.unwrap_or_default();
+    if let Some(r) = shape.first_mut() {
+        *r = rows;
+    }
+    Ok(Data::U8(ByteTensor::new(&shape, all)?))
+}
+
+/// The values of a float column: packed bytes as staged
+/// (`kallista_pack_f32`), or a float list.
+fn float_values(batches: &[&RecordBatch], name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    let per_row: usize = shape[1..].iter().product();
+    let mut out = Vec::with_capacity(shape.iter().product());
+    let mut row = 0;
+    for b in batches {
+        let col = column(b, name)?;
+        if *col.data_type() != DataType::LargeBinary {
+            out.extend(list_values::<Float32Type>(&[b], name, &[b.num_rows(), per_row])?);
+            row += b.num_rows();
+            continue;
+        }
+        let bytes = col.as_binary::<i64>();
+        for r in 0..bytes.len() {
+            let v = bytes.value(r);
+            if v.len() != per_row * 4 || bytes.is_null(r) {
+                return Err(EngineError::Training(format!(
+                    "column {name}, row {}: {} floats, the model input takes {per_row}",
+                    row + r,
+                    v.len() / 4
+                )));
+            }
+            let at = out.len();
+            out.resize(at + per_row, 0.0);
+            bytemuck::cast_slice_mut::<f32, u8>(&mut out[at..]).copy_from_slice(v);
+        }
+        row += bytes.len();
     }
     Ok(out)
 }
+
+/// The flattened values of a list column whose rows must hold `shape[1..]` values each.
+fn list_values<T: ArrowPrimitiveType>(batches: &[&RecordBatch], name: &str, shape: &[usize]) -> Result<Vec<T::Native>> {
+    let per_row: usize = shape[1..].iter().product();
+    let mut out = Vec::with_capacity(shape.iter().product());
+    let mut row = 0;
+    for b in batches {
+        let list = cast(column(b, name)?, &DataType::List(Arc::new(Field::new_list_field(T::DATA_TYPE, true))))
+            .map_err(|e| EngineError::Training(format!("column {name}: {e}")))?;
+        let list = list.as_list::<i32>();
+        for r in 0..list.len() {
+            let v = list.value(r);
+            if v.len() != per_row {
+                return Err(EngineError::Training(format!(
+                    "column {name}, row {}: {} values, the model input takes {per_row}",
+                    row + r,
+                    v.len()
+                )));
+            }
+            out.extend_from_slice(v.as_primitive::<T>().values());
+        }
+        row += list.len();
+    }
+    Ok(out)
+}
+
+/// A partition's rows by block, as the scan delivered them (not concatenated:
+/// decoding copies each value once).
+pub type Blocks = BTreeMap<u64, Vec<RecordBatch>>;
 
 fn dropout_seed(seed: u64, step: u64, block: u64) -> u64 {
     seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ block.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
@@ -86,8 +158,22 @@ fn partial_path(spec: &RoundSpec, first_block: u64) -> std::path::PathBuf {
     spec.out_dir.join(format!("round-{}-part-{first_block}.vec", spec.round))
 }
 
+/// Writes a partition's vectors to the round's directory and names the file in `out`.
+fn write_part<T: super::vectors::Element>(
+    spec: &RoundSpec,
+    vectors: &Vectors<T>,
+    mut out: PartialResult,
+) -> Result<PartialResult> {
+    let start = Instant::now();
+    let path = partial_path(spec, out.first_block);
+    write_vectors(&path, vectors)?;
+    out.file = Some(path);
+    out.times.write_ms = start.elapsed().as_secs_f64() * 1e3;
+    Ok(out)
+}
+
 /// `sync`: the exact sum of the gradients of every block, written to the round's directory.
-pub fn sync_part(model: &Model, spec: &RoundSpec, blocks: &BTreeMap<u64, RecordBatch>) -> Result<PartialResult> {
+pub fn sync_part(model: &Model, spec: &RoundSpec, blocks: &Blocks) -> Result<PartialResult> {
     let start = Instant::now();
     let Some(&first_block) = blocks.keys().next() else { return Ok(PartialResult::default()) };
     let step = spec.first_step;
@@ -95,7 +181,8 @@ pub fn sync_part(model: &Model, spec: &RoundSpec, blocks: &BTreeMap<u64, RecordB
     let per_block: Vec<_> = blocks
         .par_iter()
         .map(|(&block, rows)| {
-            let (x, y) = decode_rows(model, rows, &spec.model.input_columns)?;
+            let rows: Vec<&RecordBatch> = rows.iter().collect();
+            let (x, y) = decode_batches(model, &rows, &spec.model.input_columns)?;
             Ok(model.gradients_on_micro_batch(&x, &[y], dropout_seed(spec.seed, step, block))?)
         })
         .collect::<Result<Vec<_>>>()?;
@@ -114,59 +201,171 @@ pub fn sync_part(model: &Model, spec: &RoundSpec, blocks: &BTreeMap<u64, RecordB
             add_exact(&mut sums[i].1, values, &name)?;
         }
     }
-    let path = partial_path(spec, first_block);
-    write_vectors(&path, &sums)?;
-    out.file = Some(path);
-    out.compute_ms = start.elapsed().as_secs_f64() * 1e3;
-    Ok(out)
+    out.times.compute_ms = start.elapsed().as_secs_f64() * 1e3;
+    write_part(spec, &sums, out)
 }
 
 /// `average`: local steps on this partition's blocks of each step of the
-/// round, then each weight's change and the optimizer's slots.
-pub fn average_part(model: &Model, spec: &RoundSpec, blocks: &BTreeMap<u64, RecordBatch>) -> Result<PartialResult> {
-    let start = Instant::now();
+/// round, then the weights and the optimizer's slots they ended with.
+/// Weights, not their change: with one worker the driver then continues
+/// from exactly the weights the worker reached.
+pub fn average_part(model: &Model, spec: &RoundSpec, blocks: &Blocks) -> Result<PartialResult> {
     let Some(&first_block) = blocks.keys().next() else { return Ok(PartialResult::default()) };
+    let copied = Instant::now();
     let mut local = model.clone();
     let mut out = PartialResult { first_block, ..Default::default() };
-    // One thread per worker, as the in-process loop gives each batch shard:
-    // workers of one executor share its cores instead of contending for them.
-    let one_thread = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
+    out.times.load_ms = copied.elapsed().as_secs_f64() * 1e3;
+    let start = Instant::now();
+    // The executor's cores shared among the round's workers, as the
+    // in-process loop shares them among batch shards.
+    let threads = (rayon::current_num_threads() / spec.workers.max(1)).max(1);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
         .build()
         .map_err(|e| EngineError::Training(format!("thread pool: {e}")))?;
     for (i, step_blocks) in spec.steps.iter().enumerate() {
-        let mine: Vec<&RecordBatch> = step_blocks.iter().filter_map(|b| blocks.get(b)).collect();
+        let mine: Vec<&RecordBatch> = step_blocks.iter().filter_map(|b| blocks.get(b)).flatten().collect();
         if mine.is_empty() {
             continue;
         }
         local.set_steps_run(spec.first_step + i as u64);
-        let rows = concat_batches(&mine[0].schema(), mine).map_err(|e| EngineError::Training(e.to_string()))?;
-        let (x, y) = decode_rows(model, &rows, &spec.model.input_columns)?;
-        let r = one_thread.install(|| local.train_on_batch(&x, &[y]))?;
+        let (x, y) = decode_batches(model, &mine, &spec.model.input_columns)?;
+        let r = pool.install(|| local.train_on_batch(&x, &[y]))?;
         out.parts += 1;
         out.rows += r.samples as u64;
         out.loss_sum += r.loss as f64 * r.samples as f64;
         out.correct += r.metrics.first().map_or(0, |m| m.1 as u64);
     }
-    let before = model.named_weights();
-    let mut vectors: Vectors<f32> = local
-        .named_weights()
-        .into_iter()
-        .map(|(k, after)| {
-            let delta = after.data().iter().zip(before[&k].data()).map(|(a, b)| *a - *b).collect();
-            (k, delta)
-        })
-        .collect();
-    if let Some(opt) = local.optimizer() {
-        for (key, slots) in &opt.slots {
-            for (n, s) in slots.iter().enumerate() {
-                vectors.push((format!("slot/{n}/{key}"), s.clone()));
+    let mut vectors: Vectors<f32> = local.named_weights().into_iter().map(|(k, w)| (k, w.into_vec())).collect();
+    if let Some(opt) = local.optimizer_mut() {
+        for (key, slots) in std::mem::take(&mut opt.slots) {
+            for (n, s) in slots.into_iter().enumerate() {
+                vectors.push((format!("slot/{n}/{key}"), s));
             }
         }
     }
-    let path = partial_path(spec, first_block);
-    write_vectors(&path, &vectors)?;
-    out.file = Some(path);
-    out.compute_ms = start.elapsed().as_secs_f64() * 1e3;
-    Ok(out)
+    out.times.compute_ms = start.elapsed().as_secs_f64() * 1e3;
+    write_part(spec, &vectors, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::round::{CompileSpec, Mode, ModelRef};
+    use crate::train::vectors::read_vectors;
+    use datafusion::arrow::array::{Float32Array, Int32Array, LargeBinaryArray, ListArray};
+    use datafusion::arrow::buffer::OffsetBuffer;
+    use datafusion::arrow::datatypes::Schema;
+    use kallista_ops::applications::{video_qa, VideoQaDims};
+    use kallista_ops::init::Rng;
+    use kallista_ops::optim::OptimizerConfig;
+
+    fn dims() -> VideoQaDims {
+        VideoQaDims {
+            frames: 2,
+            features: 3,
+            question_len: 4,
+            vocab: 10,
+            answers: 5,
+            embedding: 4,
+            video_units: 3,
+            question_units: 3,
+            hidden: 4,
+            mask_zero: false,
+        }
+    }
+
+    fn list(values: ArrayRef, per_row: usize, rows: usize) -> ArrayRef {
+        let field = Arc::new(Field::new_list_field(values.data_type().clone(), true));
+        Arc::new(ListArray::new(field, OffsetBuffer::from_lengths(std::iter::repeat_n(per_row, rows)), values, None))
+    }
+
+    /// `rows` random rows; features as a float list, or packed as staging packs them.
+    fn block(d: &VideoQaDims, rows: usize, seed: u64, packed: bool) -> RecordBatch {
+        let mut rng = Rng::new(seed);
+        let per = d.frames * d.features;
+        let features: Vec<f32> = (0..rows * per).map(|_| rng.normal()).collect();
+        let features: ArrayRef = if packed {
+            let bytes: Vec<&[u8]> = features.chunks(per).map(bytemuck::cast_slice).collect();
+            Arc::new(LargeBinaryArray::from(bytes))
+        } else {
+            list(Arc::new(Float32Array::from(features)), per, rows)
+        };
+        let q: Vec<i32> = (0..rows * d.question_len).map(|_| 1 + rng.below(d.vocab - 1) as i32).collect();
+        let answers: Vec<i32> = (0..rows).map(|_| rng.below(d.answers) as i32).collect();
+        let schema = Schema::new(vec![
+            Field::new("features", features.data_type().clone(), false),
+            Field::new("question_ids", DataType::List(Arc::new(Field::new_list_field(DataType::Int32, true))), false),
+            Field::new("answer_id", DataType::Int32, false),
+        ]);
+        let q = list(Arc::new(Int32Array::from(q)), d.question_len, rows);
+        RecordBatch::try_new(Arc::new(schema), vec![features, q, Arc::new(Int32Array::from(answers))]).unwrap()
+    }
+
+    fn columns() -> Vec<String> {
+        vec!["features".into(), "question_ids".into()]
+    }
+
+    #[test]
+    fn packed_and_listed_features_decode_alike() {
+        let d = dims();
+        let model = video_qa(&d, 3).unwrap();
+        let (listed, packed) = (block(&d, 3, 9, false), block(&d, 3, 9, true));
+        let (a, ya) = decode_batches(&model, &[&listed, &listed], &columns()).unwrap();
+        let (b, yb) = decode_batches(&model, &[&packed, &packed], &columns()).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(ya, yb);
+        assert_eq!(a[0].shape(), &[6, 2, 3]);
+    }
+
+    /// One `average` worker takes exactly the steps in-process training takes:
+    /// the driver then continues from the weights and slots it would have had.
+    #[test]
+    fn one_average_worker_matches_in_process_training() {
+        let d = dims();
+        let mut model = video_qa(&d, 5).unwrap();
+        let compile = CompileSpec {
+            optimizer: OptimizerConfig::adam(0.01),
+            loss: "sparse_categorical_crossentropy".into(),
+            metrics: vec!["accuracy".into()],
+        };
+        crate::train::model_cache::compile(&mut model, &compile).unwrap();
+        let blocks: Blocks = (0..4).map(|b| (b, vec![block(&d, 2, 100 + b, b % 2 == 0)])).collect();
+        let out_dir = std::env::temp_dir().join(format!("kallista-worker-{}", std::process::id()));
+        std::fs::create_dir_all(&out_dir).unwrap();
+        let spec = RoundSpec {
+            model: ModelRef { config: "unused".into(), weights: "unused".into(), compile, input_columns: columns() },
+            mode: Mode::Average,
+            round: 7,
+            first_step: 7,
+            steps: vec![vec![0, 1], vec![2, 3], vec![1, 2]],
+            seed: 1,
+            workers: 1,
+            out_dir: out_dir.clone(),
+            next_weights: out_dir.join("unused.safetensors"),
+        };
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let part = pool.install(|| average_part(&model, &spec, &blocks)).unwrap();
+        assert_eq!((part.parts, part.rows), (3, 12));
+
+        let mut local = model.clone();
+        for (i, step) in spec.steps.iter().enumerate() {
+            let rows: Vec<&RecordBatch> = step.iter().flat_map(|b| &blocks[b]).collect();
+            let (x, y) = decode_batches(&model, &rows, &columns()).unwrap();
+            local.set_steps_run(7 + i as u64);
+            pool.install(|| local.train_on_batch(&x, &[y])).unwrap();
+        }
+        let got: std::collections::HashMap<String, Vec<f32>> =
+            read_vectors::<f32>(part.file.as_ref().unwrap()).unwrap().into_iter().collect();
+        for (key, w) in local.named_weights() {
+            assert_eq!(got[&key], w.data(), "{key}");
+            assert_ne!(w.data(), model.named_weights()[&key].data(), "{key} did not train");
+        }
+        for (key, slots) in &local.optimizer().unwrap().slots {
+            for (n, s) in slots.iter().enumerate() {
+                assert_eq!(&got[&format!("slot/{n}/{key}")], s, "slot {n} of {key}");
+            }
+        }
+        std::fs::remove_dir_all(&out_dir).unwrap();
+    }
 }

@@ -18,19 +18,43 @@ fn io_err(path: &Path, source: std::io::Error) -> OpsError {
     OpsError::Io { path: path.display().to_string(), source }
 }
 
-/// Writes `bytes` to `path` atomically (temporary file in the same directory, fsync, rename).
+/// Writes `bytes` to `path` atomically and durably (see [`replace_file`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("weights"),
-        std::process::id()
-    ));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
-    f.sync_all().map_err(|e| io_err(&tmp, e))?;
+    replace_file(path, true, |tmp| std::fs::write(tmp, bytes))
+}
+
+/// Writes `path` through a temporary file in the same directory (`write`
+/// fills it) and a rename, so that readers never see a torn file. `durable`
+/// adds an fsync before the rename (checkpoints); without it a crash may lose
+/// the file, which suits scratch files a crash makes obsolete anyway.
+pub fn replace_file(path: &Path, durable: bool, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<()> {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()));
+    let written = write(&tmp).and_then(|()| if durable { std::fs::File::open(&tmp)?.sync_all() } else { Ok(()) });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(&tmp, e));
+    }
     std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+}
+
+// The byte casts below are little-endian layouts, as safetensors requires.
+#[cfg(target_endian = "big")]
+compile_error!("weights files are little-endian; big-endian targets need a byte-swapping path");
+
+/// `values` as their little-endian bytes, without a copy.
+fn f32_as_le_bytes(values: &[f32]) -> &[u8] {
+    bytemuck::cast_slice(values)
+}
+
+/// Little-endian f32 bytes (any alignment) as values, in one copy.
+fn f32_from_le_bytes(bytes: &[u8]) -> Vec<f32> {
+    let n = bytes.len() / 4;
+    let mut out = vec![0f32; n];
+    bytemuck::cast_slice_mut::<f32, u8>(&mut out).copy_from_slice(&bytes[..n * 4]);
+    out
 }
 
 /// Reads every f32 tensor of a safetensors file, with its metadata.
@@ -44,8 +68,7 @@ pub fn read_safetensors(path: &Path) -> Result<(BTreeMap<String, Tensor>, HashMa
         if view.dtype() != Dtype::F32 {
             return Err(bad(format!("tensor '{name}' is {:?}, expected F32", view.dtype())));
         }
-        let data: Vec<f32> =
-            view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let data: Vec<f32> = f32_from_le_bytes(view.data());
         out.insert(name, Tensor::new(view.shape(), data)?);
     }
     Ok((out, meta.metadata().clone().unwrap_or_default()))
@@ -57,27 +80,42 @@ pub fn write_safetensors(
     tensors: &BTreeMap<String, Tensor>,
     metadata: HashMap<String, String>,
 ) -> Result<()> {
-    write_atomic(path, &safetensors_bytes(path, tensors, metadata)?)
+    write_safetensors_file(path, tensors, metadata, true)
 }
 
-/// f32 tensors and metadata in the safetensors format (`path` names errors).
-pub fn safetensors_bytes(
+/// Writes f32 tensors and metadata as a safetensors file through a temporary
+/// file and a rename, streamed from the tensors; `durable` adds an fsync
+/// before the rename (checkpoints), without it a crash may lose the file but
+/// never leaves a torn one (scratch files a crash makes obsolete anyway).
+pub fn write_safetensors_file(
     path: &Path,
     tensors: &BTreeMap<String, Tensor>,
     metadata: HashMap<String, String>,
-) -> Result<Vec<u8>> {
-    let bytes: BTreeMap<&String, Vec<u8>> =
-        tensors.iter().map(|(k, t)| (k, t.data().iter().flat_map(|v| v.to_le_bytes()).collect())).collect();
+    durable: bool,
+) -> Result<()> {
+    let views = tensors.iter().map(|(k, t)| (k.clone(), t.shape().to_vec(), t.data()));
+    write_views(path, views, metadata, durable)
+}
+
+/// Streams borrowed f32 values to `path` (see [`write_safetensors_file`]).
+fn write_views<'a>(
+    path: &Path,
+    tensors: impl Iterator<Item = (String, Vec<usize>, &'a [f32])>,
+    metadata: HashMap<String, String>,
+    durable: bool,
+) -> Result<()> {
+    let bad = |e: safetensors::SafeTensorError| OpsError::Safetensors {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    };
     let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
-        .map(|(k, t)| {
-            TensorView::new(Dtype::F32, t.shape().to_vec(), &bytes[k])
-                .map(|v| (k.clone(), v))
-                .map_err(|e| OpsError::Safetensors { path: path.display().to_string(), detail: e.to_string() })
+        .map(|(k, shape, values)| {
+            TensorView::new(Dtype::F32, shape, f32_as_le_bytes(values)).map(|v| (k, v)).map_err(bad)
         })
         .collect::<Result<_>>()?;
-    safetensors::serialize(views, &Some(metadata))
-        .map_err(|e| OpsError::Safetensors { path: path.display().to_string(), detail: e.to_string() })
+    replace_file(path, durable, |tmp| {
+        safetensors::serialize_to_file(views, &Some(metadata), tmp).map_err(std::io::Error::other)
+    })
 }
 
 impl Model {
@@ -88,12 +126,22 @@ impl Model {
 
     /// Saves weights, optimizer state (when compiled) and the model config.
     pub fn save_weights(&self, path: impl AsRef<Path>) -> Result<()> {
-        write_atomic(path.as_ref(), &self.weights_bytes(path.as_ref())?)
+        self.write_weights(path.as_ref(), true)
     }
 
-    /// What [`Model::save_weights`] writes, as bytes (`path` names errors).
-    pub fn weights_bytes(&self, path: &Path) -> Result<Vec<u8>> {
-        let mut tensors = self.named_weights();
+    /// What [`Model::save_weights`] writes, streamed to `path`; `durable`
+    /// as in [`write_safetensors_file`].
+    pub fn write_weights(&self, path: &Path, durable: bool) -> Result<()> {
+        let (views, meta) = self.weight_views()?;
+        write_views(path, views.into_iter(), meta, durable)
+    }
+
+    /// Every weight and optimizer slot by its file key, borrowed, and the file's metadata.
+    #[allow(clippy::type_complexity)]
+    fn weight_views(&self) -> Result<(Vec<(String, Vec<usize>, &[f32])>, HashMap<String, String>)> {
+        let entries = self.weight_entries();
+        let mut views: Vec<(String, Vec<usize>, &[f32])> =
+            entries.iter().map(|(k, w, _)| (k.clone(), w.value.shape().to_vec(), w.value.data())).collect();
         let mut meta = HashMap::from([(CONFIG_KEY.to_string(), self.to_json())]);
         if let Some(opt) = &self.optimizer {
             meta.insert(ITER_KEY.into(), opt.iterations.to_string());
@@ -104,11 +152,18 @@ impl Model {
                     .map(|t| t.shape().to_vec())
                     .unwrap_or_else(|| vec![slots.first().map_or(0, |s| s.len())]);
                 for (name, s) in names.iter().zip(slots) {
-                    tensors.insert(format!("{OPT_PREFIX}{key}/{name}"), Tensor::new(&shape, s.clone())?);
+                    if shape.iter().product::<usize>() != s.len() {
+                        return Err(OpsError::shape(
+                            format!("optimizer slot '{key}/{name}'"),
+                            "slot size differs from the weight",
+                            &[&shape, &[s.len()]],
+                        ));
+                    }
+                    views.push((format!("{OPT_PREFIX}{key}/{name}"), shape.clone(), s.as_slice()));
                 }
             }
         }
-        safetensors_bytes(path, &tensors, meta)
+        Ok((views, meta))
     }
 
     /// Sets weights by key; every key and shape must match the model. On any
@@ -143,7 +198,7 @@ impl Model {
     /// Loads weights (and optimizer state, when the file has it and the model is compiled).
     pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let (tensors, meta) = read_safetensors(path.as_ref())?;
-        let (opt_tensors, weights): (BTreeMap<_, _>, BTreeMap<_, _>) =
+        let (mut opt_tensors, weights): (BTreeMap<_, _>, BTreeMap<_, _>) =
             tensors.into_iter().partition(|(k, _)| k.starts_with(OPT_PREFIX));
         self.set_weights(&weights)?;
         let keys = self.weight_keys();
@@ -154,7 +209,7 @@ impl Model {
             for key in keys {
                 let slots: Option<Vec<Vec<f32>>> = names
                     .iter()
-                    .map(|n| opt_tensors.get(&format!("{OPT_PREFIX}{key}/{n}")).map(|t| t.data().to_vec()))
+                    .map(|n| opt_tensors.remove(&format!("{OPT_PREFIX}{key}/{n}")).map(|t| t.into_vec()))
                     .collect();
                 if let Some(s) = slots {
                     opt.slots.insert(key, s);
