@@ -6,8 +6,10 @@
 //! `micro_batch` rows; block `b` goes to file `shard=b % shards`, sorted by
 //! block. A round selects its blocks with `block IN (...)`; with the filter
 //! pushed into the Parquet scan and the page index, the scan decodes the
-//! frames of the selected rows only. (Ballista 55's COPY ignored
-//! `max_row_group_size`, which would have made each block a row group.)
+//! frames of the selected rows only. The files are written with
+//! `DataFrame::write_parquet` and explicit options rather than SQL `COPY`:
+//! Ballista 55 sends a COPY's `OPTIONS` nowhere and writes with default
+//! Parquet options unless the plan itself carries them ([`staging_options`]).
 //! The written files are then checked against the expected row counts.
 
 use super::schedule::BlockSchedule;
@@ -110,8 +112,8 @@ async fn count_rows(ctx: &SessionContext, source: &DataSource) -> Result<u64> {
 /// Parquet options of the staged files: the session's, with packed float
 /// columns stored plain and uncompressed (floats gain little from zstd or a
 /// dictionary, W1: 8%, and every round decodes them again). Given to the
-/// write itself: Ballista 55 sends a COPY statement's OPTIONS nowhere, and
-/// replaces the session's parquet settings with the defaults.
+/// write itself: Ballista 55 encodes a plan's Parquet format with default
+/// options where the plan names none, so session settings do not reach it.
 fn staging_options(ctx: &SessionContext, select: &str) -> TableParquetOptions {
     let mut options = ctx.state().default_table_options().parquet;
     if select.contains(super::args::PACKED_FEATURES) {
