@@ -8,7 +8,7 @@
 //! (Ballista job, Parquet scan, weights version written and loaded, partial
 //! and reduced result files).
 //!
-//!     cargo bench -p kallista-engine --bench engine_w1     # ROUNDS=1 ROUNDS_PER_RUN=2 SYNC_STEPS=20
+//!     cargo bench -p kallista-engine --bench engine_w1     # ROUNDS=1 ROUNDS_PER_RUN=2 SYNC_STEPS=20 RUNS=<all>
 //!
 //! Runs: `default` (the job spec's defaults: a worker per core, `average`,
 //! 200 local steps per round), `average` with 1 worker, and `sync` with 2
@@ -170,7 +170,11 @@ fn main() {
         Run { name: "sync_1_worker", workers: 1, mode: Mode::Sync, every: 1, steps: sync_steps },
     ];
     in_process(&file, &d, 10); // warm-up: the first run of a process is slower
-                               // One embedded cluster per worker count, reused by every round.
+                               // RUNS=default,sync_2_workers picks runs by name (all by default).
+    let picked = std::env::var("RUNS").ok();
+    let runs: Vec<Run> =
+        runs.into_iter().filter(|r| picked.as_deref().is_none_or(|p| p.split(',').any(|n| n == r.name))).collect();
+    // One embedded cluster per worker count, reused by every round.
     let mut sessions = std::collections::BTreeMap::new();
     for run in &runs {
         sessions
