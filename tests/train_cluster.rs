@@ -8,58 +8,10 @@
 
 mod common;
 
+use common::cluster::start_cluster;
 use common::*;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Kills the cluster processes when the test ends, however it ends.
-struct Cluster {
-    scheduler: Child,
-    executors: Vec<Child>,
-    url: String,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in std::iter::once(&mut self.scheduler).chain(self.executors.iter_mut()) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Starts a scheduler and two executors with `slots` task slots each.
-fn start_cluster(name: &str, slots: usize) -> Cluster {
-    let port = free_port();
-    let scheduler = spawn_kallista(&["scheduler".into(), "--port".into(), port.to_string()]);
-    let executors = (0..2)
-        .map(|i| {
-            let work = temp_dir(&format!("{name}-exec{i}"));
-            spawn_kallista(&[
-                "executor".into(),
-                "--port".into(),
-                free_port().to_string(),
-                "--grpc-port".into(),
-                free_port().to_string(),
-                "--scheduler-port".into(),
-                port.to_string(),
-                "--task-slots".into(),
-                slots.to_string(),
-                "--work-dir".into(),
-                work.display().to_string(),
-            ])
-        })
-        .collect();
-    let cluster = Cluster { scheduler, executors, url: format!("df://127.0.0.1:{port}") };
-    // Wait until a query runs (both executors registered takes a moment).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !kallista(&["sql", "--scheduler", &cluster.url, "-e", "SELECT 1"]).status.success() {
-        assert!(Instant::now() < deadline, "cluster did not come up");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    std::thread::sleep(Duration::from_secs(2));
-    cluster
-}
 
 #[test]
 fn a_job_submitted_to_a_scheduler_with_two_executors_learns_and_fills_its_job_dir() {

@@ -68,3 +68,33 @@ impl ScalarUDFImpl for PackF32Udf {
         Ok(ColumnarValue::Array(Arc::new(out.finish())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PackF32Udf;
+    use datafusion::arrow::array::AsArray;
+    use datafusion::logical_expr::ScalarUDF;
+    use datafusion::prelude::SessionContext;
+
+    async fn pack(sql_list: &str) -> datafusion::error::Result<Vec<Option<Vec<u8>>>> {
+        let ctx = SessionContext::new();
+        ctx.register_udf(ScalarUDF::new_from_impl(PackF32Udf::new()));
+        let sql = format!("SELECT kallista_pack_f32(v) FROM (VALUES ({sql_list}), (NULL)) t(v)");
+        let batches = ctx.sql(&sql).await?.collect().await?;
+        let col = batches[0].column(0).as_binary::<i64>();
+        Ok(col.iter().map(|v| v.map(<[u8]>::to_vec)).collect())
+    }
+
+    #[tokio::test]
+    async fn packs_each_rows_floats_as_little_endian_bytes() {
+        let rows = pack("[CAST(1.5 AS FLOAT), -2.0, 0.25]").await.unwrap();
+        let expected: Vec<u8> = [1.5f32, -2.0, 0.25].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(rows, vec![Some(expected), None]);
+    }
+
+    #[tokio::test]
+    async fn a_null_inside_a_row_is_an_error_naming_the_row() {
+        let e = pack("[CAST(1.5 AS FLOAT), NULL]").await.unwrap_err().to_string();
+        assert!(e.contains("row 0 holds 1 null values"), "{e}");
+    }
+}

@@ -39,17 +39,17 @@ pub fn data_columns(input_columns: &[String]) -> Vec<&'static str> {
     out
 }
 
-/// How staging selects the `features` column.
-pub const PACKED_FEATURES: &str = "kallista_pack_f32(features) AS features";
+/// The data columns staged as packed bytes (`kallista_pack_f32`): float
+/// lists, which rounds then scan at copy speed.
+pub fn packed_columns(input_columns: &[String]) -> Vec<&'static str> {
+    data_columns(input_columns).into_iter().filter(|c| *c == "features").collect()
+}
 
-/// The select list that stages [`data_columns`]: float lists packed into
-/// bytes (`kallista_pack_f32`), which rounds scan at copy speed.
+/// The select list that stages [`data_columns`], [`packed_columns`] packed.
 pub fn staging_select(input_columns: &[String]) -> String {
-    let packed = |c: &str| match c {
-        "features" => PACKED_FEATURES.to_string(),
-        other => other.to_string(),
-    };
-    data_columns(input_columns).into_iter().map(packed).collect::<Vec<_>>().join(", ")
+    let packed = packed_columns(input_columns);
+    let select = |c: &str| if packed.contains(&c) { format!("kallista_pack_f32({c}) AS {c}") } else { c.to_string() };
+    data_columns(input_columns).into_iter().map(select).collect::<Vec<_>>().join(", ")
 }
 
 /// Wraps an engine error for DataFusion (downcast again on the driver's side).

@@ -176,7 +176,7 @@ impl Driver<'_> {
         match self.cfg.mode {
             // Workers only need the optimizer state when they step themselves.
             Mode::Average => self.cfg.model.write_weights(&path, false)?,
-            Mode::Sync => kallista_ops::model::write_safetensors_file(
+            Mode::Sync => kallista_ops::model::write_safetensors(
                 &path,
                 &self.cfg.model.named_weights(),
                 HashMap::from([("kallista.step".to_string(), step.to_string())]),
@@ -307,6 +307,7 @@ pub async fn train(
     let layout = |dir: &str, full_blocks_only| super::layout::Layout {
         dir: data.join(dir),
         columns: super::args::staging_select(&cfg.input_columns),
+        plain_columns: super::args::packed_columns(&cfg.input_columns),
         micro_batch: cfg.micro_batch,
         shards: cfg.shards,
         seed: cfg.seed,

@@ -54,6 +54,8 @@ pub struct Layout {
     /// The data columns to keep (besides `family` and `block`), as a select
     /// list ([`super::args::staging_select`]).
     pub columns: String,
+    /// Columns written plain and uncompressed ([`super::args::packed_columns`]).
+    pub plain_columns: Vec<&'static str>,
     pub micro_batch: usize,
     pub shards: usize,
     pub seed: u64,
@@ -109,20 +111,20 @@ async fn count_rows(ctx: &SessionContext, source: &DataSource) -> Result<u64> {
     Ok(n as u64)
 }
 
-/// Parquet options of the staged files: the session's, with packed float
-/// columns stored plain and uncompressed (floats gain little from zstd or a
+/// Parquet options of the staged files: the session's, with `plain` columns
+/// stored plain and uncompressed (packed floats gain little from zstd or a
 /// dictionary, W1: 8%, and every round decodes them again). Given to the
 /// write itself: Ballista 55 encodes a plan's Parquet format with default
 /// options where the plan names none, so session settings do not reach it.
-fn staging_options(ctx: &SessionContext, select: &str) -> TableParquetOptions {
+fn staging_options(ctx: &SessionContext, plain: &[&str]) -> TableParquetOptions {
     let mut options = ctx.state().default_table_options().parquet;
-    if select.contains(super::args::PACKED_FEATURES) {
-        let plain = ParquetColumnOptions {
+    for column in plain {
+        let column_options = ParquetColumnOptions {
             compression: Some("uncompressed".into()),
             dictionary_enabled: Some(false),
             ..Default::default()
         };
-        options.column_specific_options.insert("features".into(), plain);
+        options.column_specific_options.insert(column.to_string(), column_options);
     }
     options
 }
@@ -130,7 +132,7 @@ fn staging_options(ctx: &SessionContext, select: &str) -> TableParquetOptions {
 /// Stages `source` as `layout` says (reusing an earlier staging of the same
 /// source and parameters).
 pub async fn stage(ctx: &SessionContext, source: &DataSource, layout: &Layout) -> Result<Staged> {
-    let Layout { dir, columns, micro_batch, shards, seed, full_blocks_only } = layout;
+    let Layout { dir, columns, plain_columns, micro_batch, shards, seed, full_blocks_only } = layout;
     let (dir, micro_batch, shards, seed, full_blocks_only) =
         (dir.as_path(), *micro_batch, *shards, *seed, *full_blocks_only);
     if let Ok(text) = std::fs::read_to_string(record_path(dir)) {
@@ -171,7 +173,7 @@ pub async fn stage(ctx: &SessionContext, source: &DataSource, layout: &Layout) -
         relation = source.relation(),
     );
     let write = DataFrameWriteOptions::new().with_partition_by(vec!["shard".into()]);
-    let options = staging_options(ctx, columns);
+    let options = staging_options(ctx, plain_columns);
     ctx.sql(&sql).await?.write_parquet(&format!("{}/", dir.display()), write, Some(options)).await?;
     let blocks_per_shard = check_layout(dir, micro_batch, shards, full_blocks_only)?;
     let staged = Staged {

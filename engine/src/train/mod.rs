@@ -41,6 +41,8 @@ pub mod model_cache;
 pub mod reduce;
 pub mod round;
 pub mod schedule;
+#[cfg(test)]
+mod test_model;
 pub mod train_udaf;
 pub mod vectors;
 pub mod worker;

@@ -24,6 +24,10 @@ struct Cached {
 
 static MODELS: LazyLock<Mutex<HashMap<PathBuf, Cached>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
+fn cache() -> Result<std::sync::MutexGuard<'static, HashMap<PathBuf, Cached>>> {
+    MODELS.lock().map_err(|_| EngineError::Training("model cache poisoned".into()))
+}
+
 /// Builds a compiled model from its config (no weights loaded).
 pub fn compiled_model(r: &ModelRef) -> Result<Model> {
     let json = std::fs::read_to_string(&r.config)
@@ -42,7 +46,7 @@ pub fn compile(model: &mut Model, spec: &CompileSpec) -> Result<()> {
 
 /// The model of `r` with the weights version it names.
 pub fn model_for(r: &ModelRef) -> Result<Arc<Model>> {
-    let mut models = MODELS.lock().map_err(|_| EngineError::Training("model cache poisoned".into()))?;
+    let mut models = cache()?;
     if let Some(c) = models.get(&r.config) {
         if c.weights == r.weights {
             return Ok(c.model.clone());
@@ -63,7 +67,7 @@ pub fn model_for(r: &ModelRef) -> Result<Arc<Model>> {
 /// its workers finished, turns it into the next version).
 pub fn take_model(r: &ModelRef) -> Result<Model> {
     let model = model_for(r)?;
-    let mut models = MODELS.lock().map_err(|_| EngineError::Training("model cache poisoned".into()))?;
+    let mut models = cache()?;
     models.remove(&r.config);
     drop(models);
     Ok(Arc::try_unwrap(model).unwrap_or_else(|shared| (*shared).clone()))
@@ -72,7 +76,7 @@ pub fn take_model(r: &ModelRef) -> Result<Model> {
 /// Caches `model` as the version `weights` of the model of `config`: the
 /// executor that published it needs no load in the next round.
 pub fn keep(config: &std::path::Path, weights: &std::path::Path, model: Model) -> Result<()> {
-    let mut models = MODELS.lock().map_err(|_| EngineError::Training("model cache poisoned".into()))?;
+    let mut models = cache()?;
     models.insert(config.to_path_buf(), Cached { weights: weights.to_path_buf(), model: Arc::new(model) });
     Ok(())
 }

@@ -5,7 +5,7 @@
 
 use super::exact::mean_of_exact;
 use super::model_cache::{keep, take_model};
-use super::round::{Mode, PartialResult, RoundResult, RoundSpec};
+use super::round::{slot_vector, Mode, PartialResult, RoundResult, RoundSpec};
 use super::vectors::{read_vectors, write_vectors, Element, Vectors};
 use crate::error::{EngineError, Result};
 use kallista_ops::Tensor;
@@ -91,17 +91,18 @@ fn publish_average(spec: &RoundSpec, means: Vectors<f32>) -> Result<()> {
     let mut next = take_model(&spec.model)?;
     let mut means: HashMap<String, Vec<f32>> = means.into_iter().collect();
     let missing = |key: &str| EngineError::Training(format!("the round's result has no '{key}'"));
+    let keys = next.weight_keys();
     let mut weights = BTreeMap::new();
-    for (key, w) in next.named_weights() {
-        let values = means.remove(&key).ok_or_else(|| missing(&key))?;
-        weights.insert(key, Tensor::new(w.shape(), values)?);
+    for key in &keys {
+        let shape = next.weight(key).map(|w| w.shape().to_vec()).ok_or_else(|| missing(key))?;
+        let values = means.remove(key).ok_or_else(|| missing(key))?;
+        weights.insert(key.clone(), Tensor::new(&shape, values)?);
     }
     next.set_weights(&weights)?;
-    let keys = next.weight_keys();
     if let Some(opt) = next.optimizer_mut() {
         let n = opt.config.kind.slot_names().len();
         for key in keys {
-            let slots: Option<Vec<Vec<f32>>> = (0..n).map(|i| means.remove(&format!("slot/{i}/{key}"))).collect();
+            let slots: Option<Vec<Vec<f32>>> = (0..n).map(|i| means.remove(&slot_vector(i, &key))).collect();
             if let Some(s) = slots {
                 opt.slots.insert(key, s);
             }
@@ -115,36 +116,17 @@ fn publish_average(spec: &RoundSpec, means: Vectors<f32>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::model_cache::{compile, model_for};
-    use crate::train::round::{CompileSpec, ModelRef};
-    use kallista_ops::applications::{video_qa, VideoQaDims};
+    use crate::train::model_cache::model_for;
+    use crate::train::round::ModelRef;
+    use crate::train::test_model::{adam, tiny_model};
     use kallista_ops::model::Model;
-    use kallista_ops::optim::OptimizerConfig;
-
-    fn tiny_model(compile_spec: &CompileSpec) -> Model {
-        let d = VideoQaDims {
-            frames: 2,
-            features: 3,
-            question_len: 4,
-            vocab: 10,
-            answers: 5,
-            embedding: 4,
-            video_units: 3,
-            question_units: 3,
-            hidden: 4,
-            mask_zero: false,
-        };
-        let mut model = video_qa(&d, 5).unwrap();
-        compile(&mut model, compile_spec).unwrap();
-        model
-    }
 
     /// A worker's partial result: every weight plus `add`, every slot `add`.
     fn partial(model: &Model, dir: &Path, first_block: u64, add: f32) -> PartialResult {
         let mut vectors: Vectors<f32> = vec![];
         for (key, w) in model.named_weights() {
-            vectors.push((format!("slot/0/{key}"), vec![add; w.len()]));
-            vectors.push((format!("slot/1/{key}"), vec![add; w.len()]));
+            vectors.push((slot_vector(0, &key), vec![add; w.len()]));
+            vectors.push((slot_vector(1, &key), vec![add; w.len()]));
             vectors.push((key, w.data().iter().map(|v| v + add).collect()));
         }
         let file = dir.join(format!("part-{first_block}.vec"));
@@ -156,11 +138,7 @@ mod tests {
     fn average_publishes_the_mean_version_and_keeps_it_cached() {
         let dir = std::env::temp_dir().join(format!("kallista-reduce-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let compile_spec = CompileSpec {
-            optimizer: OptimizerConfig::adam(0.01),
-            loss: "sparse_categorical_crossentropy".into(),
-            metrics: vec![],
-        };
+        let compile_spec = adam(&[]);
         let model = tiny_model(&compile_spec);
         let (config, first) = (dir.join("model.json"), dir.join("step-0.safetensors"));
         std::fs::write(&config, model.to_json()).unwrap();

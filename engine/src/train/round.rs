@@ -100,6 +100,12 @@ pub struct PartialResult {
     pub times: PartTimes,
 }
 
+/// The name of optimizer slot `n` of weight `key` in an `average` partial
+/// result (the weights themselves go by their keys).
+pub fn slot_vector(n: usize, key: &str) -> String {
+    format!("slot/{n}/{key}")
+}
+
 /// Where a partition's time went, in milliseconds.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PartTimes {

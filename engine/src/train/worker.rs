@@ -9,7 +9,7 @@
 //! final optimizer slots.
 
 use super::exact::add_exact;
-use super::round::{PartialResult, RoundSpec};
+use super::round::{slot_vector, PartialResult, RoundSpec};
 use super::vectors::{write_vectors, Vectors};
 use crate::error::{EngineError, Result};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
@@ -240,7 +240,7 @@ pub fn average_part(model: &Model, spec: &RoundSpec, blocks: &Blocks) -> Result<
     if let Some(opt) = local.optimizer_mut() {
         for (key, slots) in std::mem::take(&mut opt.slots) {
             for (n, s) in slots.into_iter().enumerate() {
-                vectors.push((format!("slot/{n}/{key}"), s));
+                vectors.push((slot_vector(n, &key), s));
             }
         }
     }
@@ -251,29 +251,14 @@ pub fn average_part(model: &Model, spec: &RoundSpec, blocks: &Blocks) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::round::{CompileSpec, Mode, ModelRef};
+    use crate::train::round::{Mode, ModelRef};
+    use crate::train::test_model::{adam, tiny_dims, tiny_model};
     use crate::train::vectors::read_vectors;
     use datafusion::arrow::array::{Float32Array, Int32Array, LargeBinaryArray, ListArray};
     use datafusion::arrow::buffer::OffsetBuffer;
     use datafusion::arrow::datatypes::Schema;
-    use kallista_ops::applications::{video_qa, VideoQaDims};
+    use kallista_ops::applications::VideoQaDims;
     use kallista_ops::init::Rng;
-    use kallista_ops::optim::OptimizerConfig;
-
-    fn dims() -> VideoQaDims {
-        VideoQaDims {
-            frames: 2,
-            features: 3,
-            question_len: 4,
-            vocab: 10,
-            answers: 5,
-            embedding: 4,
-            video_units: 3,
-            question_units: 3,
-            hidden: 4,
-            mask_zero: false,
-        }
-    }
 
     fn list(values: ArrayRef, per_row: usize, rows: usize) -> ArrayRef {
         let field = Arc::new(Field::new_list_field(values.data_type().clone(), true));
@@ -308,8 +293,8 @@ mod tests {
 
     #[test]
     fn packed_and_listed_features_decode_alike() {
-        let d = dims();
-        let model = video_qa(&d, 3).unwrap();
+        let d = tiny_dims();
+        let model = tiny_model(&adam(&[]));
         let (listed, packed) = (block(&d, 3, 9, false), block(&d, 3, 9, true));
         let (a, ya) = decode_batches(&model, &[&listed, &listed], &columns()).unwrap();
         let (b, yb) = decode_batches(&model, &[&packed, &packed], &columns()).unwrap();
@@ -322,14 +307,9 @@ mod tests {
     /// the driver then continues from the weights and slots it would have had.
     #[test]
     fn one_average_worker_matches_in_process_training() {
-        let d = dims();
-        let mut model = video_qa(&d, 5).unwrap();
-        let compile = CompileSpec {
-            optimizer: OptimizerConfig::adam(0.01),
-            loss: "sparse_categorical_crossentropy".into(),
-            metrics: vec!["accuracy".into()],
-        };
-        crate::train::model_cache::compile(&mut model, &compile).unwrap();
+        let d = tiny_dims();
+        let compile = adam(&["accuracy"]);
+        let model = tiny_model(&compile);
         let blocks: Blocks = (0..4).map(|b| (b, vec![block(&d, 2, 100 + b, b % 2 == 0)])).collect();
         let out_dir = std::env::temp_dir().join(format!("kallista-worker-{}", std::process::id()));
         std::fs::create_dir_all(&out_dir).unwrap();
@@ -363,7 +343,7 @@ mod tests {
         }
         for (key, slots) in &local.optimizer().unwrap().slots {
             for (n, s) in slots.iter().enumerate() {
-                assert_eq!(&got[&format!("slot/{n}/{key}")], s, "slot {n} of {key}");
+                assert_eq!(&got[&slot_vector(n, key)], s, "slot {n} of {key}");
             }
         }
         std::fs::remove_dir_all(&out_dir).unwrap();

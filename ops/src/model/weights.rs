@@ -74,20 +74,11 @@ pub fn read_safetensors(path: &Path) -> Result<(BTreeMap<String, Tensor>, HashMa
     Ok((out, meta.metadata().clone().unwrap_or_default()))
 }
 
-/// Writes f32 tensors and metadata as a safetensors file, atomically.
-pub fn write_safetensors(
-    path: &Path,
-    tensors: &BTreeMap<String, Tensor>,
-    metadata: HashMap<String, String>,
-) -> Result<()> {
-    write_safetensors_file(path, tensors, metadata, true)
-}
-
 /// Writes f32 tensors and metadata as a safetensors file through a temporary
 /// file and a rename, streamed from the tensors; `durable` adds an fsync
 /// before the rename (checkpoints), without it a crash may lose the file but
 /// never leaves a torn one (scratch files a crash makes obsolete anyway).
-pub fn write_safetensors_file(
+pub fn write_safetensors(
     path: &Path,
     tensors: &BTreeMap<String, Tensor>,
     metadata: HashMap<String, String>,
@@ -97,7 +88,7 @@ pub fn write_safetensors_file(
     write_views(path, views, metadata, durable)
 }
 
-/// Streams borrowed f32 values to `path` (see [`write_safetensors_file`]).
+/// Streams borrowed f32 values to `path` (see [`write_safetensors`]).
 fn write_views<'a>(
     path: &Path,
     tensors: impl Iterator<Item = (String, Vec<usize>, &'a [f32])>,
@@ -130,7 +121,7 @@ impl Model {
     }
 
     /// What [`Model::save_weights`] writes, streamed to `path`; `durable`
-    /// as in [`write_safetensors_file`].
+    /// as in [`write_safetensors`].
     pub fn write_weights(&self, path: &Path, durable: bool) -> Result<()> {
         let (views, meta) = self.weight_views()?;
         write_views(path, views.into_iter(), meta, durable)
