@@ -61,8 +61,12 @@ enum Command {
     Sql(SqlArgs),
     /// Run a Ballista scheduler with Kallista's functions (binds loopback by default).
     Scheduler {
+        /// Address to listen on (0.0.0.0: every interface).
         #[arg(long, default_value = "127.0.0.1")]
         bind_host: String,
+        /// The name clients and executors reach this scheduler by (default: the bind host).
+        #[arg(long)]
+        external_host: Option<String>,
         #[arg(long, default_value_t = 50050)]
         port: u16,
         /// Seconds without a heartbeat after which an executor is declared lost.
@@ -71,8 +75,13 @@ enum Command {
     },
     /// Run a Ballista executor with Kallista's functions and operators.
     Executor {
+        /// Address to listen on (0.0.0.0: every interface).
         #[arg(long, default_value = "127.0.0.1")]
         bind_host: String,
+        /// The name the scheduler and other executors reach this one by
+        /// (default: the bind host; bound to 0.0.0.0, the address the scheduler sees).
+        #[arg(long)]
+        external_host: Option<String>,
         /// Flight (data) port.
         #[arg(long, default_value_t = 50051)]
         port: u16,
@@ -105,9 +114,9 @@ struct JobArgs {
 
 #[derive(Args)]
 struct OverrideArgs {
-    /// Overrides job_dir.
+    /// Overrides job_dir (a path or an s3://, gs://, az:// or file:// URL).
     #[arg(long)]
-    job_dir: Option<PathBuf>,
+    job_dir: Option<String>,
     /// Overrides data.train (a Parquet file or directory).
     #[arg(long)]
     train_files: Option<String>,
@@ -151,7 +160,9 @@ fn print_report(r: &kallista_engine::train::driver::TrainReport) {
             println!("  {family:<14} {:.4}  ({} rows)", c.accuracy(), c.rows);
         }
     }
-    println!("weights: {}", r.weights.display());
+    if let Some(w) = &r.weights {
+        println!("weights: {w}");
+    }
 }
 
 #[derive(Subcommand)]
@@ -299,13 +310,24 @@ fn run(cli: Cli) -> Result<(), kallista_jobs::JobError> {
             print!("{summary}");
             Ok(())
         }
-        Command::Scheduler { bind_host, port, executor_timeout_seconds } => {
-            let opts = kallista_engine::cluster::SchedulerOptions { bind_host, port, executor_timeout_seconds };
+        Command::Scheduler { bind_host, external_host, port, executor_timeout_seconds } => {
+            let opts =
+                kallista_engine::cluster::SchedulerOptions { bind_host, external_host, port, executor_timeout_seconds };
             kallista_jobs::cluster_cmd::scheduler_cmd(&opts)
         }
-        Command::Executor { bind_host, port, grpc_port, scheduler_host, scheduler_port, task_slots, work_dir } => {
+        Command::Executor {
+            bind_host,
+            external_host,
+            port,
+            grpc_port,
+            scheduler_host,
+            scheduler_port,
+            task_slots,
+            work_dir,
+        } => {
             let opts = kallista_engine::cluster::ExecutorOptions {
                 bind_host,
+                external_host,
                 port,
                 grpc_port,
                 scheduler_host,
@@ -329,7 +351,31 @@ fn run(cli: Cli) -> Result<(), kallista_jobs::JobError> {
     }
 }
 
+/// Logs to stderr: `RUST_LOG` when set, else info for Kallista and warnings
+/// for its dependencies; each line names its time, level and module.
+fn init_logging() {
+    let default = "warn,kallista=info,kallista_engine=info,kallista_jobs=info,kallista_data=info";
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| default.to_string());
+    env_logger::Builder::new()
+        .parse_filters(&filter)
+        .format(|out, record| {
+            use std::io::Write;
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            writeln!(
+                out,
+                "[{}.{:03} {} {}] {}",
+                t.as_secs(),
+                t.subsec_millis(),
+                record.level(),
+                record.target(),
+                record.args()
+            )
+        })
+        .init();
+}
+
 fn main() -> ExitCode {
+    init_logging();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -173,6 +173,13 @@ impl ClipReader {
     }
 }
 
+/// The most frames a clip may have.
+pub const MAX_FRAMES: usize = 4096;
+/// The largest frame side, in pixels.
+pub const MAX_SIDE: usize = 8192;
+/// The most bytes one batch of clips may decode to.
+pub const MAX_BATCH_BYTES: usize = 16 << 30;
+
 /// Decodes record batches of the clips schema (or the prepared tables') to
 /// [`ClipBatch`]es; errors name `path` and the row counted from `first_row`.
 /// Only the frame columns are required; the string columns are read when present.
@@ -227,11 +234,32 @@ impl ClipDecoder<'_> {
             column: column.into(),
             detail,
         };
-        let dims = if rows > 0 { (nf.value(0) as usize, h.value(0) as usize, w.value(0) as usize) } else { (0, 0, 0) };
+        let dims = if rows > 0 { (nf.value(0), h.value(0), w.value(0)) } else { (0, 0, 0) };
+        // Checked before anything is allocated: the sizes come from the file.
+        if dims.0 < 0 || dims.0 as usize > MAX_FRAMES || dims.1 < 0 || dims.2 < 0 {
+            return Err(bad(
+                0,
+                col::NUM_FRAMES,
+                format!("clip is {}x{}x{}: out of range (at most {MAX_FRAMES} frames)", dims.0, dims.1, dims.2),
+            ));
+        }
+        if dims.1 as usize > MAX_SIDE || dims.2 as usize > MAX_SIDE {
+            return Err(bad(
+                0,
+                col::HEIGHT,
+                format!("frames of {}x{} exceed {MAX_SIDE} pixels a side", dims.1, dims.2),
+            ));
+        }
+        let dims = (dims.0 as usize, dims.1 as usize, dims.2 as usize);
         let frame_bytes = dims.1 * dims.2 * 3;
-        let mut out = vec![0u8; rows * dims.0 * frame_bytes];
+        let total = rows.checked_mul(dims.0 * frame_bytes).filter(|&n| n <= MAX_BATCH_BYTES).ok_or_else(|| {
+            bad(0, col::FRAMES, format!("{rows} clips of {dims:?} exceed {MAX_BATCH_BYTES} bytes decoded"))
+        })?;
+        let mut out = vec![0u8; total];
         for r in 0..rows {
-            if (nf.value(r) as usize, h.value(r) as usize, w.value(r) as usize) != dims {
+            if (nf.value(r) as i64, h.value(r) as i64, w.value(r) as i64)
+                != (dims.0 as i64, dims.1 as i64, dims.2 as i64)
+            {
                 return Err(bad(
                     r,
                     col::NUM_FRAMES,
@@ -321,4 +349,45 @@ pub fn parquet_files(path: &Path) -> Result<Vec<PathBuf>> {
         .collect();
     files.sort();
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::buffer::OffsetBuffer;
+    use arrow::datatypes::Schema;
+
+    /// One clip whose size columns claim `frames` x `side` x `side`, with one 1-byte frame.
+    fn claimed(frames: i32, side: i32) -> RecordBatch {
+        let bytes = BinaryArray::from(vec![&b"x"[..]]);
+        let field = Arc::new(Field::new_list_field(DataType::Binary, true));
+        let list = ListArray::new(field, OffsetBuffer::from_lengths([1]), Arc::new(bytes), None);
+        let schema = Schema::new(vec![
+            Field::new(col::FRAMES, list.data_type().clone(), true),
+            Field::new(col::FRAME_ENCODING, DataType::Utf8, true),
+            Field::new(col::NUM_FRAMES, DataType::Int32, true),
+            Field::new(col::HEIGHT, DataType::Int32, true),
+            Field::new(col::WIDTH, DataType::Int32, true),
+        ]);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(list),
+            Arc::new(StringArray::from(vec!["raw"])),
+            Arc::new(Int32Array::from(vec![frames])),
+            Arc::new(Int32Array::from(vec![side])),
+            Arc::new(Int32Array::from(vec![side])),
+        ];
+        RecordBatch::try_new(Arc::new(schema), columns).unwrap()
+    }
+
+    #[test]
+    fn clip_sizes_from_the_file_are_checked_before_allocating() {
+        let decoder = ClipDecoder { path: Path::new("clips.parquet"), first_row: 7 };
+        for (frames, side, column) in [(-1, 8, "num_frames"), (1 << 30, 8, "num_frames"), (1, 1 << 20, "height")] {
+            let e = decoder.decode(&claimed(frames, side)).unwrap_err().to_string();
+            assert!(e.contains("clips.parquet: row 7") && e.contains(&format!("column '{column}'")), "{e}");
+        }
+        // In range, the frame's own size is what is wrong.
+        let e = decoder.decode(&claimed(1, 8)).unwrap_err().to_string();
+        assert!(e.contains("column 'frames'") && e.contains("frame 0"), "{e}");
+    }
 }

@@ -13,13 +13,21 @@
 //! Runs: `default` (the job spec's defaults: a worker per core, `average`,
 //! 200 local steps per round), `average` with 1 worker, and `sync` with 2
 //! workers and 1 worker (one optimizer step per round).
+//!
+//! With `W1_S3=s3://bucket/prefix` (and the `AWS_*` variables of that store),
+//! each run is also made with its data and job dir in the bucket, right after
+//! the same run on local files (`"store": "s3"` / `"file"` in the output):
+//! `scripts/bench-w1-s3.sh` starts a local S3 server and does that.
 
 use datafusion::arrow::array::{ArrayRef, Float32Array, Int32Array, ListArray, RecordBatch, StringArray};
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use kallista_engine::session::{training_session, Cluster};
+use kallista_engine::store::{blocking, Location};
 use kallista_engine::train::driver::{train, TrainConfig};
+use kallista_engine::train::job_dir::JobDir;
 use kallista_engine::train::layout::DataSource;
+use kallista_engine::train::metrics::{read_metrics, MetricsLine};
 use kallista_engine::train::round::{default_workers, CompileSpec, Mode, DEFAULT_SYNC_EVERY_STEPS};
 use kallista_engine::train::worker::decode_rows;
 use kallista_ops::applications::{video_qa, VideoQaDims};
@@ -105,7 +113,8 @@ fn in_process(file: &Path, d: &VideoQaDims, steps: usize) -> f64 {
             .build()
             .unwrap();
     let columns = vec!["features".to_string(), "question_ids".to_string()];
-    let batches: Vec<_> = reader.take(steps + 3).map(|b| decode_rows(&model, &b.unwrap(), &columns).unwrap()).collect();
+    let batches: Vec<_> =
+        reader.take(steps + 3).map(|b| decode_rows(&model, &b.unwrap(), &columns, "w1").unwrap()).collect();
     let mut timed = 0.0;
     for i in 0..steps + 3 {
         let (x, y) = &batches[i % batches.len()];
@@ -119,20 +128,27 @@ fn in_process(file: &Path, d: &VideoQaDims, steps: usize) -> f64 {
 }
 
 /// Mean milliseconds of each part of a round, from the job's `metrics.jsonl`.
-fn round_parts(job_dir: &Path) -> String {
-    let text = std::fs::read_to_string(job_dir.join("metrics.jsonl")).unwrap();
-    let rounds: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .filter(|v: &serde_json::Value| v["kind"] == "train")
-        .collect();
-    let keys = ["round_ms", "query_ms", "scan_ms", "load_ms", "compute_ms", "write_ms", "reduce_ms"];
-    let means: Vec<String> = keys
-        .iter()
-        .map(|k| {
-            let mean = rounds.iter().map(|r| r[k].as_f64().unwrap()).sum::<f64>() / rounds.len() as f64;
-            format!("\"{k}\": {mean:.1}")
+fn round_parts(job_dir: &JobDir) -> String {
+    let rounds: Vec<_> = read_metrics(job_dir)
+        .unwrap()
+        .into_iter()
+        .filter_map(|l| match l {
+            MetricsLine::Train(t) => Some(t),
+            MetricsLine::Eval(_) => None,
         })
+        .collect();
+    let parts: [(&str, fn(&kallista_engine::train::metrics::TrainLine) -> f64); 7] = [
+        ("round_ms", |t| t.round_ms),
+        ("query_ms", |t| t.query_ms),
+        ("scan_ms", |t| t.scan_ms),
+        ("load_ms", |t| t.load_ms),
+        ("compute_ms", |t| t.compute_ms),
+        ("write_ms", |t| t.write_ms),
+        ("reduce_ms", |t| t.reduce_ms),
+    ];
+    let means: Vec<String> = parts
+        .iter()
+        .map(|(k, f)| format!("\"{k}\": {:.1}", rounds.iter().map(f).sum::<f64>() / rounds.len().max(1) as f64))
         .collect();
     format!("{{{}}}", means.join(", "))
 }
@@ -181,44 +197,53 @@ fn main() {
             .entry(run.workers)
             .or_insert_with(|| rt.block_on(training_session(&Cluster::Embedded, run.workers)).unwrap());
     }
+    // The stores each run is made on: local files, and the bucket of `W1_S3`.
+    let local = Location::from_path(&dir).unwrap();
+    let mut stores = vec![("file", local.clone())];
+    if let Ok(url) = std::env::var("W1_S3") {
+        let bucket = Location::parse(&url).unwrap().join(&format!("engine-w1-{}", std::process::id()));
+        blocking::write(&bucket.join("train/part-0.parquet"), std::fs::read(&file).unwrap()).unwrap();
+        stores.push(("s3", bucket));
+    }
     for round in 0..rounds {
         for run in &runs {
-            let ctx = &sessions[&run.workers];
-            let before = in_process(&file, &d, 60);
-            let config = TrainConfig {
-                job_dir: dir.join(format!("job-{round}-{}", run.name)),
-                model: video_qa(&d, 1234).unwrap(),
-                compile: compile_spec(),
-                input_columns: vec!["features".into(), "question_ids".into()],
-                train: DataSource::Parquet(dir.join("train")),
-                eval: None,
-                test: None,
-                batch_size: BATCH,
-                micro_batch: 8,
-                shards: 4,
-                workers: run.workers,
-                mode: run.mode,
-                sync_every_steps: run.every,
-                epochs: None,
-                max_steps: Some(run.steps),
-                eval_every_steps: None,
-                eval_steps: None,
-                checkpoint_every_steps: 1_000_000,
-                seed: 1,
-                resume: false,
-                round_timeout: std::time::Duration::from_secs(600),
-            };
-            let job_dir = config.job_dir.clone();
-            let t = Instant::now();
-            let r = rt.block_on(train(config, ctx, &mut |_| {})).unwrap();
-            let wall = t.elapsed().as_secs_f64();
-            let parts = round_parts(&job_dir);
-            let _ = std::fs::remove_dir_all(&job_dir); // its staged copy of the data is large
-            let after = in_process(&file, &d, 60);
-            let rate = (before + after) / 2.0;
-            println!("{{\"run\": \"in_process\", \"round\": {round}, \"samples_per_s\": {rate:.1}, \"before\": {before:.1}, \"after\": {after:.1}}}");
-            println!(
-                "{{\"run\": \"{}\", \"workers\": {}, \"mode\": \"{:?}\", \"sync_every_steps\": {}, \"round\": {round}, \"samples_per_s\": {:.1}, \"ratio_to_in_process\": {:.3}, \"rounds\": {}, \"round_ms\": {:.1}, \"compute_ms\": {:.1}, \"overhead_ms\": {:.1}, \"job_wall_s\": {:.1}, \"parts\": {}}}",
+            for (store, base) in &stores {
+                let ctx = &sessions[&run.workers];
+                let before = in_process(&file, &d, 60);
+                let config = TrainConfig {
+                    job_dir: JobDir::new(base.join(&format!("job-{round}-{}", run.name))),
+                    model: video_qa(&d, 1234).unwrap(),
+                    compile: compile_spec(),
+                    input_columns: vec!["features".into(), "question_ids".into()],
+                    train: DataSource::Parquet(base.join("train")),
+                    eval: None,
+                    test: None,
+                    batch_size: BATCH,
+                    micro_batch: 8,
+                    shards: 4,
+                    workers: run.workers,
+                    mode: run.mode,
+                    sync_every_steps: run.every,
+                    epochs: None,
+                    max_steps: Some(run.steps),
+                    eval_every_steps: None,
+                    eval_steps: None,
+                    checkpoint_every_steps: 1_000_000,
+                    seed: 1,
+                    resume: false,
+                    round_timeout: std::time::Duration::from_secs(600),
+                };
+                let job_dir = config.job_dir.clone();
+                let t = Instant::now();
+                let r = rt.block_on(train(config, ctx, &mut |_| {})).unwrap();
+                let wall = t.elapsed().as_secs_f64();
+                let parts = round_parts(&job_dir);
+                blocking::delete_all(job_dir.root()).unwrap(); // its staged copy of the data is large
+                let after = in_process(&file, &d, 60);
+                let rate = (before + after) / 2.0;
+                println!("{{\"run\": \"in_process\", \"round\": {round}, \"samples_per_s\": {rate:.1}, \"before\": {before:.1}, \"after\": {after:.1}}}");
+                println!(
+                "{{\"run\": \"{}\", \"store\": \"{store}\", \"workers\": {}, \"mode\": \"{:?}\", \"sync_every_steps\": {}, \"round\": {round}, \"samples_per_s\": {:.1}, \"ratio_to_in_process\": {:.3}, \"rounds\": {}, \"round_ms\": {:.1}, \"compute_ms\": {:.1}, \"overhead_ms\": {:.1}, \"job_wall_s\": {:.1}, \"parts\": {}}}",
                 run.name,
                 run.workers,
                 run.mode,
@@ -232,7 +257,11 @@ fn main() {
                 wall,
                 parts
             );
+            }
         }
+    }
+    for (_, base) in &stores[1..] {
+        blocking::delete_all(base).unwrap();
     }
     let _ = std::fs::remove_dir_all(&dir);
     // The embedded clusters' servers never finish: do not wait for them.

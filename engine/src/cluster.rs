@@ -3,10 +3,19 @@
 //! registered in every role (scheduler: session builder; executor: function
 //! registry), as `shared/BALLISTA-NOTES.md` says Ballista 55 needs.
 //!
-//! Both bind loopback by default. Fault detection is tightened from
-//! Ballista's defaults (executor lost after 180 s) to seconds: executors
-//! heartbeat every 2 s and the scheduler expires one after 6 s of silence,
-//! so lost tasks are re-run promptly.
+//! Both bind loopback by default; `--bind-host 0.0.0.0` listens everywhere,
+//! and `--external-host` is the name others reach a process by (without it,
+//! an executor bound everywhere is known by the address its registration
+//! came from). Every role resolves object-store URLs with the same registry
+//! ([`crate::store`]). Fault detection is tightened from Ballista's defaults
+//! (executor lost after 180 s) to seconds: executors heartbeat every 2 s and
+//! the scheduler expires one after 6 s of silence, so lost tasks are re-run
+//! promptly.
+//!
+//! Placement: the scheduler hands out tasks round-robin over executors and
+//! puts one partition in each task, so the workers of a round land on
+//! distinct executors while free slots allow (Ballista's default fills the
+//! first executor's slots first and packs partitions into tasks).
 
 use crate::error::{EngineError, Result};
 use crate::functions::{kallista_aggregates, kallista_functions};
@@ -14,17 +23,19 @@ use crate::session::kallista_config;
 use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_executor::executor_process::{start_executor_process, ExecutorProcessConfig};
 use ballista_scheduler::cluster::BallistaCluster;
-use ballista_scheduler::config::SchedulerConfig;
+use ballista_scheduler::config::{SchedulerConfig, TaskDistributionPolicy};
 use ballista_scheduler::scheduler_process::start_server;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::SessionConfig;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Options of [`run_scheduler`].
 #[derive(Clone, Debug)]
 pub struct SchedulerOptions {
     pub bind_host: String,
+    /// The name clients and executors reach this scheduler by (default: the bind host).
+    pub external_host: Option<String>,
     pub port: u16,
     /// An executor silent this long is declared lost and its tasks re-run.
     pub executor_timeout_seconds: u64,
@@ -32,7 +43,12 @@ pub struct SchedulerOptions {
 
 impl Default for SchedulerOptions {
     fn default() -> Self {
-        SchedulerOptions { bind_host: "127.0.0.1".into(), port: 50050, executor_timeout_seconds: 6 }
+        SchedulerOptions {
+            bind_host: "127.0.0.1".into(),
+            external_host: None,
+            port: 50050,
+            executor_timeout_seconds: 6,
+        }
     }
 }
 
@@ -40,6 +56,10 @@ impl Default for SchedulerOptions {
 #[derive(Clone, Debug)]
 pub struct ExecutorOptions {
     pub bind_host: String,
+    /// The name the scheduler and other executors reach this one by; without
+    /// it, the bind host, or (bound to `0.0.0.0`) the address the scheduler
+    /// sees its registration come from.
+    pub external_host: Option<String>,
     /// Flight (data) port.
     pub port: u16,
     /// gRPC (control) port.
@@ -56,6 +76,7 @@ impl Default for ExecutorOptions {
     fn default() -> Self {
         ExecutorOptions {
             bind_host: "127.0.0.1".into(),
+            external_host: None,
             port: 50051,
             grpc_port: 50052,
             scheduler_host: "127.0.0.1".into(),
@@ -66,11 +87,52 @@ impl Default for ExecutorOptions {
     }
 }
 
-/// Builds the session state the scheduler plans with: Kallista's functions on the given config.
+/// Builds the session state the scheduler plans with: Kallista's functions
+/// and object stores on the given config.
 fn session_builder(config: SessionConfig) -> datafusion::common::Result<datafusion::execution::SessionState> {
-    let mut state = SessionStateBuilder::new().with_config(config).with_default_features().build();
+    let mut state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(crate::store::runtime_env(None)?)
+        .with_default_features()
+        .build();
     crate::functions::register_all(&mut state)?;
     Ok(state)
+}
+
+/// Who runs a partition: this process's executor, as the placement record
+/// (`metrics.jsonl`) names it.
+#[derive(Clone, Debug)]
+pub struct ExecutorIdentity {
+    /// The advertised host and Flight port (`host:port`).
+    pub name: String,
+    /// Tasks it runs at once: the workers that share its cores.
+    pub task_slots: usize,
+}
+
+static THIS_EXECUTOR: OnceLock<ExecutorIdentity> = OnceLock::new();
+
+/// The executor of this process (an in-process, unregistered one when the
+/// process runs none: unit tests).
+pub fn this_executor() -> &'static ExecutorIdentity {
+    THIS_EXECUTOR.get_or_init(|| ExecutorIdentity {
+        name: format!("in-process (pid {})", std::process::id()),
+        task_slots: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    })
+}
+
+/// Whether `host` means every interface.
+fn unspecified(host: &str) -> bool {
+    host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified())
+}
+
+/// This host's name, for a process bound everywhere with no `--external-host`.
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Runs a scheduler until the process ends.
@@ -78,12 +140,18 @@ pub async fn run_scheduler(opts: &SchedulerOptions) -> Result<()> {
     let addr: SocketAddr = format!("{}:{}", opts.bind_host, opts.port)
         .parse()
         .map_err(|e| EngineError::Invalid(format!("--bind-host/--port: {e}")))?;
+    let external_host = opts.external_host.clone().unwrap_or_else(|| match unspecified(&opts.bind_host) {
+        true => host_name(),
+        false => opts.bind_host.clone(),
+    });
     let mut config = SchedulerConfig {
         bind_host: opts.bind_host.clone(),
-        external_host: opts.bind_host.clone(),
+        external_host,
         bind_port: opts.port,
+        task_distribution: TaskDistributionPolicy::RoundRobin,
         ..Default::default()
     };
+    log::info!("scheduler listening on {addr} (advertised as {})", config.external_host);
     config.executor_timeout_seconds = opts.executor_timeout_seconds;
     config.expire_dead_executor_interval_seconds = 2;
     let config = config
@@ -103,18 +171,41 @@ pub async fn run_executor(opts: &ExecutorOptions) -> Result<()> {
     for f in kallista_aggregates() {
         registry.aggregate_functions.insert(f.name().to_string(), f);
     }
+    let external_host =
+        opts.external_host.clone().or_else(|| (!unspecified(&opts.bind_host)).then(|| opts.bind_host.clone()));
+    let advertised = external_host.clone().unwrap_or_else(host_name);
+    let _ = THIS_EXECUTOR
+        .set(ExecutorIdentity { name: format!("{advertised}:{}", opts.port), task_slots: opts.task_slots.max(1) });
+    // Shuffle files and spills in one place: the given work dir, or one of this process's.
+    let work_dir = opts.work_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("kallista-executor-{}", std::process::id())).display().to_string()
+    });
+    std::fs::create_dir_all(&work_dir).map_err(|e| EngineError::Io { path: work_dir.clone(), source: e })?;
+    let spill_dir = work_dir.clone();
+    let runtime: ballista_core::RuntimeProducer =
+        Arc::new(move |_: &SessionConfig| crate::store::runtime_env(Some(&spill_dir)));
+    log::info!(
+        "executor {advertised}:{} (bind {}, grpc {}), {} task slots, scheduler {}:{}",
+        opts.port,
+        opts.bind_host,
+        opts.grpc_port,
+        opts.task_slots,
+        opts.scheduler_host,
+        opts.scheduler_port
+    );
     let config = ExecutorProcessConfig {
         bind_host: opts.bind_host.clone(),
-        external_host: Some(opts.bind_host.clone()),
+        external_host,
         port: opts.port,
         grpc_port: opts.grpc_port,
         scheduler_host: opts.scheduler_host.clone(),
         scheduler_port: opts.scheduler_port,
         scheduler_connect_timeout_seconds: 30,
         vcores: opts.task_slots,
-        work_dir: opts.work_dir.clone(),
+        work_dir: Some(work_dir),
         executor_heartbeat_interval_seconds: 2,
         override_function_registry: Some(Arc::new(registry)),
+        override_runtime_producer: Some(runtime),
         override_config_producer: Some(Arc::new(kallista_config)),
         ..Default::default()
     };

@@ -23,8 +23,39 @@ pub enum EngineError {
     Corrupt { path: String, detail: String },
     #[error("training: {0}")]
     Training(String),
+    #[error("{url}: {detail}")]
+    Store { url: String, detail: String },
+    /// A worker's failure in a round, with the executor it ran on. A
+    /// `deterministic` one (bad data, NaN loss, a shape mismatch) would fail
+    /// the same way again; its text ends in [`DETERMINISTIC`], which the
+    /// driver still recognizes after Ballista turned it into text on another
+    /// host, and then fails the job at once instead of resubmitting the round.
+    #[error("worker of round {round} on executor {executor}: {detail}{}", if *deterministic { DETERMINISTIC } else { "" })]
+    Worker { round: u64, executor: String, detail: String, deterministic: bool },
     #[error("{0}")]
     Invalid(String),
+}
+
+/// Ends the text of a deterministic worker failure.
+pub const DETERMINISTIC: &str = " [deterministic: not retried]";
+
+impl EngineError {
+    /// `e`, raised by a worker of `round` on `executor`.
+    pub fn worker(e: EngineError, round: u64, executor: &str) -> EngineError {
+        let deterministic = e.is_deterministic();
+        EngineError::Worker { round, executor: executor.to_string(), detail: e.to_string(), deterministic }
+    }
+
+    /// Whether a rerun would fail the same way: errors of the data, the
+    /// model or the job itself, also when they come back as text from a
+    /// remote executor. Lost executors, timeouts and storage errors are not.
+    pub fn is_deterministic(&self) -> bool {
+        match self {
+            EngineError::Training(_) | EngineError::Data(_) | EngineError::Ops(_) | EngineError::Corrupt { .. } => true,
+            EngineError::Worker { deterministic, .. } => *deterministic,
+            other => other.to_string().contains(DETERMINISTIC),
+        }
+    }
 }
 
 impl From<datafusion::error::DataFusionError> for EngineError {
@@ -39,5 +70,23 @@ impl From<datafusion::error::DataFusionError> for EngineError {
             },
             other => EngineError::DataFusion(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_failures_are_recognized_after_travelling_as_text() {
+        let bad_row = EngineError::Corrupt { path: "s3://b/x.parquet".into(), detail: "row 3".into() };
+        let worker = EngineError::worker(bad_row, 7, "10.0.0.2:50051");
+        assert!(worker.is_deterministic());
+        // What the driver gets from a remote executor: Ballista's text around ours.
+        let remote = EngineError::Invalid(format!("Job failed: Task failed: External error: {worker}"));
+        assert!(remote.is_deterministic(), "{remote}");
+        let lost = EngineError::worker(EngineError::Store { url: "s3://b/k".into(), detail: "timeout".into() }, 7, "e");
+        assert!(!lost.is_deterministic());
+        assert!(!EngineError::Invalid("executor lost".into()).is_deterministic());
     }
 }

@@ -7,7 +7,9 @@
 //! training: the training and evaluation operators (aggregate functions run
 //! by Ballista on the executors), the exact gradient reduce of the driver
 //! stage, data staging, and the driver loop with checkpoints and evaluation;
-//! [`embedded`] runs a scheduler and an executor inside the process.
+//! [`embedded`] runs a scheduler and an executor inside the process;
+//! [`store`] resolves every path a job touches (`file://`, `s3://`, `gs://`,
+//! `az://`, `http(s)://`) through one object-store registry.
 
 pub mod cluster;
 pub mod embedded;
@@ -15,6 +17,7 @@ pub mod error;
 pub mod functions;
 pub mod session;
 pub mod sql;
+pub mod store;
 pub mod train;
 
 pub use ballista;

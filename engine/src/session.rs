@@ -9,7 +9,7 @@
 use crate::error::Result;
 use crate::functions::{kallista_aggregates, kallista_functions, register_all};
 use ballista::prelude::SessionContextExt;
-use ballista_core::config::BALLISTA_ADAPTIVE_PLANNER_ENABLED;
+use ballista_core::config::{BALLISTA_ADAPTIVE_PLANNER_ENABLED, BALLISTA_SCHEDULER_MAX_PARTITIONS_PER_TASK};
 use ballista_core::extension::SessionConfigExt;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::SessionState;
@@ -24,12 +24,15 @@ pub enum Cluster {
     Remote(String),
 }
 
-/// The session config every Kallista role uses.
+/// The session config every Kallista role uses. One partition per task: a
+/// training round's partitions are its workers, each on its own slot (and,
+/// with the scheduler's round-robin placement, on distinct executors).
 pub fn kallista_config() -> SessionConfig {
     SessionConfig::new_with_ballista()
         .with_ballista_standalone_parallelism(2)
         .with_target_partitions(2)
         .set_bool(BALLISTA_ADAPTIVE_PLANNER_ENABLED, false)
+        .set_usize(BALLISTA_SCHEDULER_MAX_PARTITIONS_PER_TASK, 1)
 }
 
 /// A session state with Kallista's functions.
@@ -37,9 +40,13 @@ pub fn kallista_state() -> Result<SessionState> {
     state_with(kallista_config())
 }
 
-/// A session state on `config` with Kallista's functions.
+/// A session state on `config` with Kallista's functions and object stores.
 fn state_with(config: SessionConfig) -> Result<SessionState> {
-    let mut state = SessionStateBuilder::new().with_config(config).with_default_features().build();
+    let mut state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(crate::store::runtime_env(None)?)
+        .with_default_features()
+        .build();
     register_all(&mut state)?;
     Ok(state)
 }

@@ -5,7 +5,9 @@
 
 use crate::error::JobError;
 use image::{Rgb, RgbImage};
-use std::path::Path;
+use kallista_engine::store::blocking;
+use kallista_engine::train::job_dir::JobDir;
+use kallista_engine::train::metrics::{read_metrics, MetricsLine};
 
 const W: u32 = 800;
 const H: u32 = 480;
@@ -34,19 +36,20 @@ fn polyline(img: &mut RgbImage, points: &[(f64, f64)], color: Rgb<u8>) {
     }
 }
 
-/// Draws the curve of `metrics` into `out` (atomically).
-pub fn plot_training_curve(metrics: &Path, out: &Path) -> Result<(), JobError> {
-    let text = std::fs::read_to_string(metrics)
-        .map_err(|e| JobError::Io { path: metrics.display().to_string(), source: e })?;
-    let lines: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let get = |kind: &str, field: &str| -> Vec<(f64, f64)> {
-        lines
-            .iter()
-            .filter(|v| v["kind"] == kind && (kind != "eval" || v["split"] == "eval"))
-            .filter_map(|v| Some((v["step"].as_f64()?, v[field].as_f64()?)))
-            .collect()
-    };
-    let (loss, acc, eval) = (get("train", "loss"), get("train", "accuracy"), get("eval", "accuracy"));
+/// Draws the job's training curve (train loss and accuracy, eval accuracy)
+/// from its `metrics.jsonl` into its `training_curve.png`, in one put.
+pub fn plot_training_curve(job: &JobDir) -> Result<(), JobError> {
+    let (mut loss, mut acc, mut eval) = (vec![], vec![], vec![]);
+    for line in read_metrics(job)? {
+        match line {
+            MetricsLine::Train(t) => {
+                loss.push((t.step as f64, t.loss));
+                acc.push((t.step as f64, t.accuracy));
+            }
+            MetricsLine::Eval(e) if e.split == "eval" => eval.push((e.step as f64, e.accuracy)),
+            MetricsLine::Eval(_) => {}
+        }
+    }
     let max_step = loss.iter().chain(&eval).map(|p| p.0).fold(1.0, f64::max);
     let max_loss = loss.iter().map(|p| p.1).fold(1e-9, f64::max);
     let mut img = RgbImage::from_pixel(W, H, Rgb([255, 255, 255]));
@@ -74,8 +77,8 @@ pub fn plot_training_curve(metrics: &Path, out: &Path) -> Result<(), JobError> {
     polyline(&mut img, &scaled(eval, 1.0), Rgb([210, 30, 30]));
     let mut png = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .map_err(|e| JobError::Invalid(format!("{}: {e}", out.display())))?;
-    kallista_ops::model::write_atomic(out, &png)?;
+        .map_err(|e| JobError::Invalid(format!("{}: {e}", job.curve())))?;
+    blocking::write(&job.curve(), png)?;
     Ok(())
 }
 

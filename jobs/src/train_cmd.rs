@@ -6,9 +6,11 @@
 use crate::error::JobError;
 use crate::plot::plot_training_curve;
 use crate::progress::Progress;
-use crate::spec::{self, data_check::check_split, load, JobSpec, Overrides, SourceSpec};
+use crate::spec::{self, data_check::check_split, load, JobSpec, Overrides};
 use kallista_engine::session::{training_session, Cluster};
+use kallista_engine::store::blocking;
 use kallista_engine::train::driver::{train, Event, TrainConfig, TrainReport};
+use kallista_engine::train::layout::DataSource;
 use kallista_engine::train::round::CompileSpec;
 use std::path::{Path, PathBuf};
 
@@ -27,26 +29,36 @@ pub fn prepare_job(file: &Path, overrides: &Overrides, resume: bool) -> Result<(
         ("data.eval", job.data.eval.as_ref()),
         ("data.test", job.data.test.as_ref()),
     ];
+    let mut sources = vec![];
     for (key, source) in splits {
-        if let Some(SourceSpec::Path(p)) = source {
-            check_split(file, key, Path::new(&job.expand(p)), &job.data.label, &model, &input_columns)?;
+        let Some(source) = source else {
+            sources.push(None);
+            continue;
+        };
+        let data = job.source(file, key, source)?;
+        if let DataSource::Parquet(at) = &data {
+            check_split(file, key, at, &job.data.label, &model, &input_columns)?;
         }
+        sources.push(Some(data));
     }
-    if resume && !job_dir.join("checkpoints/last.json").exists() {
+    if resume && !blocking::exists(&job_dir.last())? {
         return Err(JobError::Invalid(format!(
             "--resume: no checkpoint in {} (checkpoints/last.json)",
-            job_dir.display()
+            job_dir.root()
         )));
     }
+    let mut sources = sources.into_iter();
+    let train = sources.next().flatten().ok_or_else(|| JobError::Invalid("data.train: missing".into()))?;
+    let (eval, test) = (sources.next().flatten(), sources.next().flatten());
     let t = &job.training;
     let config = TrainConfig {
         job_dir,
         model,
         compile: CompileSpec { optimizer, loss: t.loss.clone(), metrics: t.metrics.clone() },
         input_columns,
-        train: job.source(&job.data.train),
-        eval: job.data.eval.as_ref().map(|s| job.source(s)),
-        test: job.data.test.as_ref().map(|s| job.source(s)),
+        train,
+        eval,
+        test,
         batch_size: t.batch_size,
         micro_batch: job.micro_batch(),
         shards: job.scaling.shards,
@@ -105,12 +117,12 @@ pub fn run_training(
                     s.overall.rows,
                     families.join(", ")
                 ));
-                let _ = plot_training_curve(&job_dir.join("metrics.jsonl"), &job_dir.join("training_curve.png"));
+                let _ = plot_training_curve(&job_dir);
             }
         };
         train(config, &ctx, &mut on_event).await
     })?;
-    plot_training_curve(&job_dir.join("metrics.jsonl"), &job_dir.join("training_curve.png"))?;
+    plot_training_curve(&job_dir)?;
     Ok(report)
 }
 
@@ -123,7 +135,7 @@ pub fn train_cmd(
     mut log: impl FnMut(&str) + Send,
 ) -> Result<TrainReport, JobError> {
     let (config, _) = prepare_job(file, overrides, resume)?;
-    log(&format!("job dir {}", config.job_dir.display()));
+    log(&format!("job dir {}", config.job_dir.root()));
     run_training(config, cluster, log)
 }
 
@@ -134,7 +146,18 @@ pub fn run_cmd(dir: &Path, overrides: &Overrides, mut log: impl FnMut(&str) + Se
     job.apply(overrides);
     let dataset =
         job.dataset.clone().ok_or_else(|| spec::spec_error(&file, "dataset", "missing: `kallista run` needs it"))?;
-    let clips = PathBuf::from(job.expand(&dataset.dir));
+    let local = |key: &str, value: &str| -> Result<PathBuf, JobError> {
+        let at =
+            kallista_engine::store::Location::parse(&job.expand(value)).map_err(|e| spec::spec_error(&file, key, e))?;
+        at.local_path().ok_or_else(|| {
+            spec::spec_error(
+                &file,
+                key,
+                format!("{at}: `kallista run` makes the data on this machine: use a local path"),
+            )
+        })
+    };
+    let clips = local("dataset.dir", &dataset.dir)?;
     if !clips.join("clips").exists() {
         log(&format!("making {} video-QA clips in {}", dataset.videos, clips.display()));
         let opts = kallista_data::video_qa::MakeOptions::new(
@@ -147,7 +170,7 @@ pub fn run_cmd(dir: &Path, overrides: &Overrides, mut log: impl FnMut(&str) + Se
         let (_, summary) = crate::data_cmd::make_video_qa_cmd(&opts)?;
         log(summary.trim_end());
     }
-    let prepared = PathBuf::from(job.expand(&dataset.prepared));
+    let prepared = local("dataset.prepared", &dataset.prepared)?;
     if !prepared.join("train").exists() {
         let script = file.parent().unwrap_or(Path::new(".")).join(&dataset.prepare);
         log(&format!("preparing with {}", script.display()));
@@ -164,6 +187,6 @@ pub fn run_cmd(dir: &Path, overrides: &Overrides, mut log: impl FnMut(&str) + Se
         )?;
     }
     let (config, _) = prepare_job(&file, overrides, false)?;
-    log(&format!("job dir {}", config.job_dir.display()));
+    log(&format!("job dir {}", config.job_dir.root()));
     run_training(config, &Cluster::Embedded, log)
 }

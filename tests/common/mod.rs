@@ -4,13 +4,19 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod s3;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
 
 pub fn kallista(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kallista")).args(args).output().expect("run kallista")
+    kallista_env(args, &[])
+}
+
+/// `kallista ARGS` with extra environment variables (object-store credentials).
+pub fn kallista_env(args: &[&str], env: &[(String, String)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kallista")).args(args).envs(env.iter().cloned()).output().expect("run kallista")
 }
 
 pub fn ok(out: Output) -> String {
@@ -26,16 +32,6 @@ pub fn ok(out: Output) -> String {
 /// A free loopback port (the OS picks it).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Starts `kallista ARGS` in the background, output discarded.
-pub fn spawn_kallista(args: &[String]) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_kallista"))
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
 }
 
 /// A fresh directory for one test.
@@ -167,12 +163,17 @@ pub fn learning_set() -> PathBuf {
 /// clips (4 frames), batch 32, 16 epochs: about 380 rounds, under a minute here.
 /// (Smaller models stayed at the question-only answer prior on this little data.)
 pub fn learning_job(dir: &Path, data: &Path) -> PathBuf {
+    learning_job_at(dir, &dir.join("job").display().to_string(), &data.display().to_string())
+}
+
+/// [`learning_job`] with its job dir and data at any URLs.
+pub fn learning_job_at(dir: &Path, job_dir: &str, data: &str) -> PathBuf {
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/video_qa/job.yaml")).unwrap();
     let text = text[..text.find("# How `kallista run`").unwrap()].to_string();
     let edits = [
-        ("job_dir: target/jobs/video_qa".to_string(), format!("job_dir: {}", dir.join("job").display())),
+        ("job_dir: target/jobs/video_qa".to_string(), format!("job_dir: {job_dir}")),
         ("shape: [8, 64, 64, 3]".into(), "shape: [4, 64, 64, 3]".into()),
-        ("${job_dir}/dataset/prepared".into(), data.display().to_string()),
+        ("${job_dir}/dataset/prepared".into(), data.to_string()),
         ("batch_size: 16".into(), "batch_size: 32".into()),
         ("epochs: 7".into(), "epochs: 16".into()),
         ("eval_every_steps: 1000".into(), "eval_every_steps: 100".into()),
@@ -190,15 +191,23 @@ pub fn learning_job(dir: &Path, data: &Path) -> PathBuf {
 }
 
 /// The per-family majority baseline of the eval split: the accuracy of always
-/// answering each family's most frequent training answer.
-pub fn majority_baseline(data: &Path) -> f64 {
+/// answering each family's most frequent training answer. `data` is a path or
+/// URL; `env` reaches its store.
+pub fn majority_baseline(data: &str, env: &[(String, String)]) -> f64 {
     let q = format!(
         "WITH top AS (SELECT family, answer FROM (SELECT family, answer, ROW_NUMBER() OVER (PARTITION BY family ORDER BY COUNT(*) DESC, answer) AS r FROM '{d}/train/' GROUP BY family, answer) WHERE r = 1) \
          SELECT CAST(SUM(CASE WHEN e.answer = top.answer THEN 1 ELSE 0 END) AS DOUBLE) / COUNT(*) AS acc FROM '{d}/eval/' e JOIN top ON e.family = top.family",
-        d = data.display()
+        d = data
     );
-    let out = ok(kallista(&["sql", "-e", &q]));
+    let out = ok(kallista_env(&["sql", "-e", &q], env));
     out.lines().find_map(|l| l.trim_matches(|c| c == '|' || c == ' ').parse::<f64>().ok()).expect(&out)
+}
+
+/// A job dir's object `name`, if it exists (any store: the test process needs its credentials).
+pub fn job_object(job_dir: &str, name: &str) -> Option<Vec<u8>> {
+    use kallista_engine::store::{blocking, Location};
+    let at = Location::parse(job_dir).unwrap().join(name);
+    blocking::exists(&at).unwrap().then(|| blocking::read(&at).unwrap().to_vec())
 }
 
 /// Checks a finished learning job: its job dir holds what a job leaves, eval
@@ -206,6 +215,11 @@ pub fn majority_baseline(data: &Path) -> f64 {
 /// full job reaches 0.90), and the direction questions, which only the
 /// frames answer (majority ~0.5), are answered from the pixels.
 pub fn check_learned(job_dir: &Path, data: &Path, out: &str) {
+    check_learned_at(&job_dir.display().to_string(), &data.display().to_string(), &[], out)
+}
+
+/// [`check_learned`] on a job dir and data at any URLs, `env` reaching their store.
+pub fn check_learned_at(job_dir: &str, data: &str, env: &[(String, String)], out: &str) {
     for f in [
         "model.json",
         "metrics.jsonl",
@@ -215,17 +229,36 @@ pub fn check_learned(job_dir: &Path, data: &Path, out: &str) {
         "checkpoints/best.safetensors",
         "checkpoints/best.json",
     ] {
-        assert!(job_dir.join(f).is_file(), "{f} missing from the job dir\n{out}");
+        assert!(job_object(job_dir, f).is_some(), "{f} missing from the job dir {job_dir}\n{out}");
     }
-    let results: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(job_dir.join("results.json")).unwrap()).unwrap();
+    let results: serde_json::Value = serde_json::from_slice(&job_object(job_dir, "results.json").unwrap()).unwrap();
     let overall = &results["eval"]["overall"];
     let eval = overall["correct"].as_f64().unwrap() / overall["rows"].as_f64().unwrap();
-    let baseline = majority_baseline(data);
+    let baseline = majority_baseline(data, env);
     assert!(eval >= baseline + 0.10, "eval accuracy {eval:.3} vs majority baseline {baseline:.3}\n{out}");
     let family = &results["eval"]["families"]["direction"];
     let direction = family["correct"].as_f64().unwrap() / family["rows"].as_f64().unwrap();
     assert!(direction >= 0.8, "direction accuracy {direction:.3}\n{out}");
-    let metrics = std::fs::read_to_string(job_dir.join("metrics.jsonl")).unwrap();
+    let metrics = String::from_utf8(job_object(job_dir, "metrics.jsonl").unwrap()).unwrap();
     assert!(metrics.lines().filter(|l| l.contains("\"kind\":\"eval\"")).count() >= 3, "{metrics}");
+}
+
+/// Every `train` line of a job's `metrics.jsonl`.
+pub fn train_lines(job_dir: &str) -> Vec<serde_json::Value> {
+    let metrics = String::from_utf8(job_object(job_dir, "metrics.jsonl").unwrap_or_default()).unwrap();
+    metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["kind"] == "train")
+        .collect()
+}
+
+/// The weights of the newest version in a job dir on any store.
+pub fn final_weights_at(job_dir: &str) -> std::collections::BTreeMap<String, Vec<f32>> {
+    use kallista_engine::store::{blocking, Location};
+    let versions = blocking::list(&Location::parse(job_dir).unwrap().join("weights")).unwrap();
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    let bytes = blocking::read(&versions[0].0).unwrap();
+    let (tensors, _) = kallista_ops::model::parse_safetensors(&bytes, versions[0].0.as_str()).unwrap();
+    tensors.into_iter().map(|(k, t)| (k, t.data().to_vec())).collect()
 }

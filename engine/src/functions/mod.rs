@@ -5,11 +5,13 @@
 mod lookup;
 mod pack;
 mod pad;
+mod shard;
 mod tokenize;
 
 pub use lookup::LookupUdf;
 pub use pack::PackF32Udf;
 pub use pad::PadUdf;
+pub use shard::ShardUdf;
 pub use tokenize::TokenizeUdf;
 
 use datafusion::arrow::datatypes::{DataType, Field};
@@ -24,6 +26,7 @@ pub fn kallista_functions() -> Vec<Arc<ScalarUDF>> {
         Arc::new(ScalarUDF::new_from_impl(LookupUdf::new())),
         Arc::new(ScalarUDF::new_from_impl(PadUdf::new())),
         Arc::new(ScalarUDF::new_from_impl(PackF32Udf::new())),
+        Arc::new(ScalarUDF::new_from_impl(ShardUdf::new())),
     ]
 }
 

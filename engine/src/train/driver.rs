@@ -1,37 +1,28 @@
 //! The driver loop of `train_and_evaluate`: stage the data, then rounds of
 //! one Ballista query each (in `sync` followed by the optimizer step here and
 //! a new weights version), and on schedule checkpoints and distributed
-//! evaluations.
-//!
-//! The job directory (visible to every executor: one machine, or a shared
-//! file system) holds:
-//! - `model.json`: the model config;
-//! - `data/{train,eval,test}/`: the staged splits ([`super::layout`]);
-//! - `weights/step-N.safetensors`: the version the next round reads (the
-//!   driver writes it in `sync`, the round's final stage in `average`);
-//! - `rounds/`: partial and reduced results of the round in flight;
-//! - `checkpoints/step-N.safetensors` (weights + optimizer state),
-//!   `checkpoints/last.json`, `checkpoints/best.safetensors` + `best.json`;
-//! - `metrics.jsonl`: one line per round and per evaluation;
-//! - `results.json`: the final evaluation and test results.
+//! evaluations. Everything it keeps goes to the job dir ([`JobDir`]), on
+//! whatever store its URL names.
 
-use super::layout::{stage, DataSource, Staged};
+use super::job_dir::JobDir;
+use super::layout::{sql_str, stage, DataSource, Layout, Staged};
+use super::metrics::{EvalLine, MetricsLine, MetricsLog, TrainLine};
 use super::round::{CompileSpec, EvalCounts, EvalSpec, Mode, ModelRef, RoundResult, RoundSpec};
+use super::schedule::BlockSchedule;
 use super::vectors::read_vectors;
 use crate::error::{EngineError, Result};
+use crate::store::{blocking, Location};
 use datafusion::arrow::array::{Array, StringArray};
 use datafusion::prelude::SessionContext;
 use kallista_ops::model::{Model, WeightGrads};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Everything a training job needs, as the engine sees it.
 #[derive(Clone, Debug)]
 pub struct TrainConfig {
-    pub job_dir: PathBuf,
+    pub job_dir: JobDir,
     /// The built model (its weights are the initial ones unless resuming).
     pub model: Model,
     pub compile: CompileSpec,
@@ -82,7 +73,7 @@ pub struct TrainReport {
     pub rounds: u64,
     pub train_rows: u64,
     /// Final weights (with optimizer state).
-    pub weights: PathBuf,
+    pub weights: Option<Location>,
     pub eval: Option<EvalSummary>,
     pub best_eval_accuracy: Option<f64>,
     pub test: Option<EvalSummary>,
@@ -91,19 +82,16 @@ pub struct TrainReport {
     pub mean_compute_ms: f64,
 }
 
+/// `checkpoints/last.json`: what `--resume` continues from.
 #[derive(Serialize, Deserialize)]
 struct LastCheckpoint {
     step: u64,
-    file: PathBuf,
+    file: Location,
     best_eval_accuracy: Option<f64>,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
-    move |e| EngineError::Io { path: path.display().to_string(), source: e }
-}
-
-fn sql_str(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(value).map_err(|e| EngineError::Invalid(e.to_string()))
 }
 
 /// Runs a query returning one string (the functions' JSON answers).
@@ -118,13 +106,17 @@ async fn query_string(ctx: &SessionContext, sql: &str) -> Result<String> {
     s.ok_or_else(|| EngineError::Training(format!("no result from: {sql}")))
 }
 
+/// How often a round is submitted before the job fails.
+const ROUND_ATTEMPTS: usize = 3;
+
 /// Runs a round's query; resubmits it when it has not finished within
-/// `timeout` or the cluster failed it (at most [`ROUND_ATTEMPTS`] times).
-/// Rounds are idempotent: a
-/// rerun recomputes the same partial files under the same names. Ballista
-/// re-runs the tasks of a lost executor by itself; this is the backstop for
-/// the rare job that never completes after an executor loss (seen once in
-/// this project's fault tests, as in upstream apache/datafusion-ballista#1986).
+/// `timeout` or the cluster failed it (lost executors, failed stages), at
+/// most [`ROUND_ATTEMPTS`] times. A deterministic failure (a bad row, a NaN
+/// loss: [`EngineError::is_deterministic`]) fails at once. Rounds are
+/// idempotent: a rerun recomputes the same partial results under the same
+/// names. Ballista re-runs the tasks of a lost executor by itself; this is
+/// the backstop for the rare job that never completes after an executor loss
+/// (upstream apache/datafusion-ballista#1986).
 async fn run_round(
     ctx: &SessionContext,
     sql: &str,
@@ -136,144 +128,18 @@ async fn run_round(
     for attempt in 1..=ROUND_ATTEMPTS {
         last = match tokio::time::timeout(timeout, query_string(ctx, sql)).await {
             Ok(Ok(result)) => return Ok(result),
-            // Errors of the round itself (bad rows, a model error) fail at once;
-            // what the cluster reports (lost executors, failed stages) is retried.
-            Ok(Err(e @ (EngineError::Training(_) | EngineError::Data(_) | EngineError::Ops(_)))) => return Err(e),
+            Ok(Err(e)) if e.is_deterministic() => {
+                return Err(EngineError::Training(format!("round at step {step} failed: {e}")))
+            }
             Ok(Err(e)) => format!("failed: {e}"),
             Err(_) => format!("did not finish within {}s", timeout.as_secs()),
         };
+        log::warn!("round at step {step} {last} (attempt {attempt}/{ROUND_ATTEMPTS})");
         on_event(&Event::Log(format!(
             "round at step {step} {last} (attempt {attempt}/{ROUND_ATTEMPTS}); resubmitting"
         )));
     }
     Err(EngineError::Training(format!("round at step {step} {last}, {ROUND_ATTEMPTS} times")))
-}
-
-/// How often a round is submitted before the job fails.
-const ROUND_ATTEMPTS: usize = 3;
-
-struct Driver<'a> {
-    cfg: TrainConfig,
-    ctx: &'a SessionContext,
-    metrics: std::fs::File,
-    model_ref: ModelRef,
-    best: Option<f64>,
-}
-
-impl Driver<'_> {
-    fn dir(&self, sub: &str) -> PathBuf {
-        self.cfg.job_dir.join(sub)
-    }
-
-    fn log_metrics(&mut self, line: serde_json::Value) -> Result<()> {
-        writeln!(self.metrics, "{line}").map_err(io(&self.cfg.job_dir))?;
-        self.metrics.flush().map_err(io(&self.cfg.job_dir))
-    }
-
-    /// Writes the weights version of `step` that the next round reads.
-    fn publish(&mut self, step: u64) -> Result<()> {
-        let path = self.dir("weights").join(format!("step-{step}.safetensors"));
-        match self.cfg.mode {
-            // Workers only need the optimizer state when they step themselves.
-            Mode::Average => self.cfg.model.write_weights(&path, false)?,
-            Mode::Sync => kallista_ops::model::write_safetensors(
-                &path,
-                &self.cfg.model.named_weights(),
-                HashMap::from([("kallista.step".to_string(), step.to_string())]),
-                false,
-            )?,
-        }
-        self.adopt(path);
-        Ok(())
-    }
-
-    /// Makes `path` the weights version the next round reads, and removes the previous one.
-    fn adopt(&mut self, path: PathBuf) {
-        let old = std::mem::replace(&mut self.model_ref.weights, path);
-        if old.starts_with(self.dir("weights")) && old != self.model_ref.weights {
-            let _ = std::fs::remove_file(old);
-        }
-    }
-
-    /// Writes the job's weights and optimizer state to `file`, durably: in
-    /// `sync` the driver's model holds them; in `average` the published
-    /// version does.
-    fn save_state(&self, file: &Path) -> Result<()> {
-        match self.cfg.mode {
-            Mode::Sync => Ok(self.cfg.model.save_weights(file)?),
-            Mode::Average => Ok(kallista_ops::model::replace_file(file, true, |tmp| {
-                std::fs::copy(&self.model_ref.weights, tmp).map(|_| ())
-            })?),
-        }
-    }
-
-    fn checkpoint(&mut self, step: u64) -> Result<()> {
-        let dir = self.dir("checkpoints");
-        let file = dir.join(format!("step-{step}.safetensors"));
-        self.save_state(&file)?;
-        let last = LastCheckpoint { step, file: file.clone(), best_eval_accuracy: self.best };
-        let json = serde_json::to_vec_pretty(&last).map_err(|e| EngineError::Invalid(e.to_string()))?;
-        kallista_ops::model::write_atomic(&dir.join("last.json"), &json)?;
-        // Keep the two newest step checkpoints.
-        let mut steps: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
-            .map_err(io(&dir))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter_map(|p| {
-                let n = p.file_name()?.to_str()?.strip_prefix("step-")?.strip_suffix(".safetensors")?.parse().ok()?;
-                Some((n, p))
-            })
-            .collect();
-        steps.sort();
-        for (_, p) in steps.iter().rev().skip(2) {
-            let _ = std::fs::remove_file(p);
-        }
-        Ok(())
-    }
-
-    async fn evaluate(&mut self, table: &str, staged: &Staged, split: &str, step: u64) -> Result<EvalSummary> {
-        let spec = EvalSpec { model: self.model_ref.clone() };
-        let spec = serde_json::to_string(&spec).map_err(|e| EngineError::Invalid(e.to_string()))?;
-        let filter = match (split, self.cfg.eval_steps) {
-            ("eval", Some(n)) => {
-                let blocks = (n * self.cfg.batch_size as u64).div_ceil(staged.micro_batch as u64);
-                format!("WHERE block < {blocks}")
-            }
-            _ => String::new(),
-        };
-        let columns = super::args::data_columns(&self.model_ref.input_columns).join(", ");
-        let sql = format!("SELECT kallista_evaluate({columns}, family, {}) FROM {table} {filter}", sql_str(&spec));
-        let json = query_string(self.ctx, &sql).await?;
-        let families: BTreeMap<String, EvalCounts> =
-            serde_json::from_str(&json).map_err(|e| EngineError::Training(format!("evaluation result: {e}")))?;
-        let mut overall = EvalCounts::default();
-        families.values().for_each(|c| overall.add(c));
-        let summary = EvalSummary { split: split.into(), step, overall, families };
-        let line = serde_json::json!({
-            "kind": "eval", "split": split, "step": step,
-            "loss": summary.overall.loss(), "accuracy": summary.overall.accuracy(),
-            "families": summary.families.iter().map(|(k, c)| (k.clone(), c.accuracy())).collect::<BTreeMap<_, _>>(),
-        });
-        self.log_metrics(line)?;
-        Ok(summary)
-    }
-
-    /// Applies a `sync` round's mean gradients to the driver's model.
-    fn apply(&mut self, result: &RoundResult) -> Result<()> {
-        let Some(file) = &result.file else {
-            return Err(EngineError::Training("a round produced no gradients (no rows reached the workers)".into()));
-        };
-        let mut vectors: HashMap<String, Vec<f32>> = read_vectors::<f32>(file)?.into_iter().collect();
-        let model = &mut self.cfg.model;
-        let keys = model.weight_keys();
-        let grads = WeightGrads {
-            state_parts: usize::from(keys.iter().any(|k| vectors.contains_key(&format!("state/{k}")))),
-            state: keys.iter().map(|k| vectors.remove(&format!("state/{k}"))).collect(),
-            values: keys.iter().map(|k| vectors.remove(k)).collect(),
-        };
-        model.apply_gradients(grads)?;
-        model.set_steps_run(model.steps_run() + 1);
-        Ok(())
-    }
 }
 
 /// Steps of the `average` round starting at `step`: `every`, cut short so
@@ -287,25 +153,398 @@ fn round_steps(step: u64, every: u64, max_steps: u64, checkpoint_every: u64, eva
     end - step
 }
 
+/// A finished round, as the driver takes it.
+struct RoundOutcome {
+    result: RoundResult,
+    /// Optimizer steps the round took.
+    steps: u64,
+    query_ms: f64,
+    started: Instant,
+}
+
+/// The staged splits of a job.
+struct Splits {
+    train: Staged,
+    eval: Option<Staged>,
+    test: Option<Staged>,
+}
+
+/// A running job: the driver's state between named steps.
+struct Job<'a> {
+    cfg: TrainConfig,
+    ctx: &'a SessionContext,
+    splits: Splits,
+    schedule: BlockSchedule,
+    max_steps: u64,
+    step: u64,
+    metrics: MetricsLog,
+    model_ref: ModelRef,
+    best: Option<f64>,
+    last_eval: Option<EvalSummary>,
+    report: TrainReport,
+    started: Instant,
+    round_ms: f64,
+    compute_ms: f64,
+    samples: u64,
+}
+
 /// Runs the job on the cluster behind `ctx` (see [`crate::session::training_session`]).
 pub async fn train(
     cfg: TrainConfig,
     ctx: &SessionContext,
     on_event: &mut (dyn FnMut(&Event) + Send),
 ) -> Result<TrainReport> {
-    for sub in ["weights", "rounds", "checkpoints", "data"] {
-        let p = cfg.job_dir.join(sub);
-        std::fs::create_dir_all(&p).map_err(io(&p))?;
+    let mut job = Job::start(cfg, ctx, on_event).await?;
+    while job.step < job.max_steps {
+        let round = job.run_round(on_event).await?;
+        job.apply_round(&round)?;
+        job.record_round(&round, on_event)?;
+        if job.eval_due() {
+            job.evaluate_and_keep_best(on_event).await?;
+        }
+        // After the evaluation, so that the checkpoint records the best accuracy so far.
+        if job.checkpoint_due() {
+            job.checkpoint()?;
+        }
     }
-    let config_path = cfg.job_dir.join("model.json");
-    kallista_ops::model::write_atomic(&config_path, cfg.model.to_json().as_bytes())?;
-    let bps = cfg.batch_size / cfg.micro_batch / cfg.shards;
-    let columns = super::args::data_columns(&cfg.input_columns).join(", ");
+    job.finish(on_event).await
+}
 
-    on_event(&Event::Log(format!("staging training data from {}", cfg.train.relation())));
-    let data = cfg.job_dir.join("data");
-    let layout = |dir: &str, full_blocks_only| super::layout::Layout {
-        dir: data.join(dir),
+impl<'a> Job<'a> {
+    /// Writes the model config, stages the splits, resumes or starts the
+    /// metrics, and publishes the first weights version.
+    async fn start(
+        cfg: TrainConfig,
+        ctx: &'a SessionContext,
+        on_event: &mut (dyn FnMut(&Event) + Send),
+    ) -> Result<Job<'a>> {
+        let dir = cfg.job_dir.clone();
+        blocking::write(&dir.model_json(), cfg.model.to_json().into_bytes())?;
+        let splits = stage_splits(&cfg, ctx, on_event).await?;
+        let schedule = splits.train.schedule(cfg.batch_size / cfg.micro_batch / cfg.shards);
+        let per_epoch = schedule.steps_per_epoch();
+        if per_epoch == 0 {
+            return Err(EngineError::Invalid(format!(
+                "training data: {} rows make no step of batch {} (need {} per shard)",
+                splits.train.rows,
+                cfg.batch_size,
+                cfg.batch_size / cfg.shards
+            )));
+        }
+        let max_steps = cfg.max_steps.unwrap_or_else(|| cfg.epochs.unwrap_or(1) * per_epoch);
+        let mut model = cfg.model.clone();
+        super::model_cache::compile(&mut model, &cfg.compile)?;
+        let (mut step, mut best) = (0, None);
+        if cfg.resume {
+            let last: LastCheckpoint = serde_json::from_str(&blocking::read_string(&dir.last())?)
+                .map_err(|e| EngineError::Corrupt { path: dir.last().to_string(), detail: e.to_string() })?;
+            model.load_weights_bytes(&blocking::read(&last.file)?, &last.file.to_string())?;
+            model.set_steps_run(last.step);
+            (step, best) = (last.step, last.best_eval_accuracy);
+            on_event(&Event::Log(format!("resumed from {} (step {step})", last.file)));
+        } else {
+            // A fresh start: nothing of an earlier run may be taken for this one's.
+            blocking::delete(&dir.last())?;
+            for stale in [dir.checkpoints(), dir.weights_dir(), dir.root().join("rounds")] {
+                blocking::delete_all(&stale)?;
+            }
+        }
+        let metrics = MetricsLog::open(&dir, cfg.resume)?;
+        let model_ref = ModelRef {
+            config: dir.model_json(),
+            weights: dir.weights(step),
+            compile: cfg.compile.clone(),
+            input_columns: cfg.input_columns.clone(),
+        };
+        let report = TrainReport { train_rows: splits.train.rows, ..Default::default() };
+        let mut job = Job {
+            cfg: TrainConfig { model, ..cfg },
+            ctx,
+            splits,
+            schedule,
+            max_steps,
+            step,
+            metrics,
+            model_ref,
+            best,
+            last_eval: None,
+            report,
+            started: Instant::now(),
+            round_ms: 0.0,
+            compute_ms: 0.0,
+            samples: 0,
+        };
+        job.publish()?;
+        Ok(job)
+    }
+
+    fn dir(&self) -> &JobDir {
+        &self.cfg.job_dir
+    }
+
+    /// Writes the weights version the next round reads (weights only in
+    /// `sync`; with the optimizer state in `average`, where workers step).
+    fn publish(&mut self) -> Result<()> {
+        let at = self.dir().weights(self.step);
+        let bytes = match self.cfg.mode {
+            Mode::Average => self.cfg.model.weights_bytes()?,
+            Mode::Sync => kallista_ops::model::safetensors_bytes(
+                &self.cfg.model.named_weights(),
+                HashMap::from([("kallista.step".to_string(), self.step.to_string())]),
+            )?,
+        };
+        blocking::write_scratch(&at, bytes)?;
+        self.adopt(at)
+    }
+
+    /// Makes `at` the weights version the next round reads, and deletes the previous one.
+    fn adopt(&mut self, at: Location) -> Result<()> {
+        let old = std::mem::replace(&mut self.model_ref.weights, at);
+        if old != self.model_ref.weights && old.as_str().starts_with(&self.dir().weights_dir().dir_url()) {
+            blocking::delete(&old)?;
+        }
+        Ok(())
+    }
+
+    /// Runs the next round's query: its steps, blocks and spec.
+    async fn run_round(&mut self, on_event: &mut (dyn FnMut(&Event) + Send)) -> Result<RoundOutcome> {
+        let step = self.step;
+        let k = match self.cfg.mode {
+            Mode::Sync => 1,
+            Mode::Average => round_steps(
+                step,
+                self.cfg.sync_every_steps,
+                self.max_steps,
+                self.cfg.checkpoint_every_steps,
+                self.cfg.eval_every_steps,
+            ),
+        };
+        let steps: Vec<Vec<u64>> = (step..step + k).map(|s| self.schedule.blocks_of_step(s)).collect();
+        let mut blocks: Vec<u64> = steps.concat();
+        blocks.sort_unstable();
+        let spec = RoundSpec {
+            model: self.model_ref.clone(),
+            mode: self.cfg.mode,
+            round: step,
+            first_step: step,
+            steps,
+            seed: self.cfg.seed,
+            workers: self.cfg.workers,
+            job: self.dir().clone(),
+            data: self.splits.train.dir.clone(),
+            next_weights: self.dir().weights(step + k),
+        };
+        let spec_json = serde_json::to_string(&spec).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let list = blocks.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", ");
+        let columns = super::args::data_columns(&self.cfg.input_columns).join(", ");
+        let sql = format!(
+            "SELECT kallista_train({columns}, block, {}) FROM kallista_train WHERE block IN ({list})",
+            sql_str(&spec_json)
+        );
+        let t0 = Instant::now();
+        let json = run_round(self.ctx, &sql, self.cfg.round_timeout, step, on_event).await?;
+        let query_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let result: RoundResult =
+            serde_json::from_str(&json).map_err(|e| EngineError::Training(format!("round result: {e}")))?;
+        Ok(RoundOutcome { result, steps: k, query_ms, started: t0 })
+    }
+
+    /// Takes the round's result: in `sync` the optimizer step here and a new
+    /// version; in `average` the version the final stage published. Then the
+    /// round's scratch objects go.
+    fn apply_round(&mut self, round: &RoundOutcome) -> Result<()> {
+        let no_rows =
+            |what: &str| EngineError::Training(format!("a round produced no {what} (no rows reached the workers)"));
+        let result = &round.result;
+        self.step += round.steps;
+        match self.cfg.mode {
+            Mode::Sync => {
+                let file = result.file.as_ref().ok_or_else(|| no_rows("gradients"))?;
+                self.apply_gradients(file)?;
+                blocking::delete(file)?;
+                self.publish()?;
+            }
+            Mode::Average => self.adopt(result.file.clone().ok_or_else(|| no_rows("weights"))?)?,
+        }
+        for f in &result.partial_files {
+            blocking::delete(f)?;
+        }
+        Ok(())
+    }
+
+    /// Applies a `sync` round's mean gradients to the driver's model.
+    fn apply_gradients(&mut self, file: &Location) -> Result<()> {
+        let mut vectors: HashMap<String, Vec<f32>> = read_vectors::<f32>(file)?.into_iter().collect();
+        let model = &mut self.cfg.model;
+        let keys = model.weight_keys();
+        let grads = WeightGrads {
+            state_parts: usize::from(keys.iter().any(|k| vectors.contains_key(&format!("state/{k}")))),
+            state: keys.iter().map(|k| vectors.remove(&format!("state/{k}"))).collect(),
+            values: keys.iter().map(|k| vectors.remove(k)).collect(),
+        };
+        model.apply_gradients(grads)?;
+        model.set_steps_run(model.steps_run() + 1);
+        Ok(())
+    }
+
+    /// Adds the round to `metrics.jsonl` and the progress report.
+    fn record_round(&mut self, round: &RoundOutcome, on_event: &mut (dyn FnMut(&Event) + Send)) -> Result<()> {
+        let result = &round.result;
+        let ms = round.started.elapsed().as_secs_f64() * 1e3;
+        self.report.rounds += 1;
+        self.round_ms += ms;
+        self.compute_ms += result.slowest.compute_ms;
+        self.samples += result.rows;
+        let loss = result.loss_sum / result.rows.max(1) as f64;
+        let accuracy = result.correct as f64 / result.rows.max(1) as f64;
+        let rate = self.samples as f64 / self.started.elapsed().as_secs_f64();
+        let step = self.step;
+        log::info!(
+            "step {step}/{}: loss {loss:.4} accuracy {accuracy:.3}, round {ms:.0} ms over {} partitions",
+            self.max_steps,
+            result.partitions
+        );
+        self.metrics.push(&MetricsLine::Train(TrainLine {
+            step,
+            epoch: step as f64 / self.schedule.steps_per_epoch() as f64,
+            loss,
+            accuracy,
+            rows: result.rows,
+            samples_per_s: rate,
+            round_ms: ms,
+            query_ms: round.query_ms,
+            compute_ms: result.slowest.compute_ms,
+            scan_ms: result.slowest.scan_ms,
+            load_ms: result.slowest.load_ms,
+            write_ms: result.slowest.write_ms,
+            reduce_ms: result.reduce_ms,
+            partitions: result.partitions,
+            steps_in_round: round.steps,
+            parts: result.parts.clone(),
+        }))?;
+        on_event(&Event::Round { step, max_steps: self.max_steps, loss, accuracy, samples_per_s: rate });
+        Ok(())
+    }
+
+    fn eval_due(&self) -> bool {
+        self.splits.eval.is_some()
+            && (self.cfg.eval_every_steps.is_some_and(|n| self.step.is_multiple_of(n)) || self.step == self.max_steps)
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        self.step.is_multiple_of(self.cfg.checkpoint_every_steps) || self.step == self.max_steps
+    }
+
+    /// Evaluates on the eval split; keeps the best weights so far.
+    async fn evaluate_and_keep_best(&mut self, on_event: &mut (dyn FnMut(&Event) + Send)) -> Result<()> {
+        let summary = self.evaluate("eval").await?;
+        if self.best.is_none_or(|b| summary.overall.accuracy() > b) {
+            self.best = Some(summary.overall.accuracy());
+            self.save_state(&self.dir().best())?;
+            blocking::write(&self.dir().best_json(), to_json(&summary)?)?;
+        }
+        self.metrics.flush()?;
+        on_event(&Event::Eval(summary.clone()));
+        self.last_eval = Some(summary);
+        Ok(())
+    }
+
+    /// Runs `kallista_evaluate` over a staged split.
+    async fn evaluate(&mut self, split: &str) -> Result<EvalSummary> {
+        let staged = match split {
+            "eval" => self.splits.eval.as_ref(),
+            _ => self.splits.test.as_ref(),
+        }
+        .ok_or_else(|| EngineError::Invalid(format!("no {split} split")))?;
+        let spec = EvalSpec { model: self.model_ref.clone(), data: staged.dir.clone() };
+        let spec = serde_json::to_string(&spec).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let filter = match (split, self.cfg.eval_steps) {
+            ("eval", Some(n)) => {
+                let blocks = (n * self.cfg.batch_size as u64).div_ceil(staged.micro_batch as u64);
+                format!("WHERE block < {blocks}")
+            }
+            _ => String::new(),
+        };
+        let columns = super::args::data_columns(&self.model_ref.input_columns).join(", ");
+        let sql =
+            format!("SELECT kallista_evaluate({columns}, family, {}) FROM kallista_{split} {filter}", sql_str(&spec));
+        let json = query_string(self.ctx, &sql).await?;
+        let families: BTreeMap<String, EvalCounts> =
+            serde_json::from_str(&json).map_err(|e| EngineError::Training(format!("evaluation result: {e}")))?;
+        let mut overall = EvalCounts::default();
+        families.values().for_each(|c| overall.add(c));
+        let summary = EvalSummary { split: split.into(), step: self.step, overall, families };
+        self.metrics.push(&MetricsLine::Eval(EvalLine {
+            split: split.into(),
+            step: self.step,
+            loss: summary.overall.loss(),
+            accuracy: summary.overall.accuracy(),
+            families: summary.families.iter().map(|(k, c)| (k.clone(), c.accuracy())).collect(),
+        }))?;
+        Ok(summary)
+    }
+
+    /// Writes the job's weights and optimizer state to `at`, durably: in
+    /// `sync` the driver's model holds them; in `average` the published
+    /// version does.
+    fn save_state(&self, at: &Location) -> Result<()> {
+        let bytes = match self.cfg.mode {
+            Mode::Sync => self.cfg.model.weights_bytes()?.into(),
+            Mode::Average => blocking::read(&self.model_ref.weights)?,
+        };
+        blocking::write(at, bytes)
+    }
+
+    /// Writes the step's checkpoint, then `last.json` naming it; keeps the two newest.
+    fn checkpoint(&mut self) -> Result<()> {
+        let at = self.dir().checkpoint(self.step);
+        self.save_state(&at)?;
+        let last = LastCheckpoint { step: self.step, file: at, best_eval_accuracy: self.best };
+        blocking::write(&self.dir().last(), to_json(&last)?)?;
+        self.metrics.flush()?;
+        let mut steps: Vec<(u64, Location)> = blocking::list(&self.dir().checkpoints())?
+            .into_iter()
+            .filter_map(|(l, _)| Some((JobDir::checkpoint_step(l.file_name())?, l)))
+            .collect();
+        steps.sort_by_key(|(n, _)| *n);
+        for (_, old) in steps.iter().rev().skip(2) {
+            blocking::delete(old)?;
+        }
+        Ok(())
+    }
+
+    /// The test evaluation, `results.json`, and the report.
+    async fn finish(mut self, on_event: &mut (dyn FnMut(&Event) + Send)) -> Result<TrainReport> {
+        let mut report = std::mem::take(&mut self.report);
+        report.steps = self.step;
+        report.weights = Some(self.model_ref.weights.clone());
+        report.eval = self.last_eval.take();
+        report.best_eval_accuracy = self.best;
+        if self.splits.test.is_some() {
+            let summary = self.evaluate("test").await?;
+            on_event(&Event::Eval(summary.clone()));
+            report.test = Some(summary);
+        }
+        if report.rounds > 0 {
+            report.samples_per_s = self.samples as f64 / self.started.elapsed().as_secs_f64();
+            report.mean_round_ms = self.round_ms / report.rounds as f64;
+            report.mean_compute_ms = self.compute_ms / report.rounds as f64;
+        }
+        self.metrics.flush()?;
+        blocking::write(&self.dir().results(), to_json(&report)?)?;
+        Ok(report)
+    }
+}
+
+/// Stages every split of the job and names them as tables for the rounds.
+async fn stage_splits(
+    cfg: &TrainConfig,
+    ctx: &SessionContext,
+    on_event: &mut (dyn FnMut(&Event) + Send),
+) -> Result<Splits> {
+    let layout = |split: &str, full_blocks_only| Layout {
+        job: cfg.job_dir.clone(),
+        split: split.into(),
         columns: super::args::staging_select(&cfg.input_columns),
         plain_columns: super::args::packed_columns(&cfg.input_columns),
         micro_batch: cfg.micro_batch,
@@ -313,6 +552,7 @@ pub async fn train(
         seed: cfg.seed,
         full_blocks_only,
     };
+    on_event(&Event::Log(format!("staging training data from {}", cfg.train.relation())));
     let train = stage(ctx, &cfg.train, &layout("train", true)).await?;
     let eval = match &cfg.eval {
         Some(s) => Some(stage(ctx, s, &layout("eval", false)).await?),
@@ -325,170 +565,15 @@ pub async fn train(
     for (name, s) in [("train", Some(&train)), ("eval", eval.as_ref()), ("test", test.as_ref())] {
         if let Some(s) = s {
             ctx.sql(&format!("DROP TABLE IF EXISTS kallista_{name}")).await?.collect().await?;
-            let dir = format!("{}/", s.dir.display());
-            ctx.sql(&format!("CREATE EXTERNAL TABLE kallista_{name} STORED AS PARQUET LOCATION {}", sql_str(&dir)))
-                .await?
-                .collect()
-                .await?;
+            let sql = format!(
+                "CREATE EXTERNAL TABLE kallista_{name} STORED AS PARQUET LOCATION {}",
+                sql_str(&s.dir.dir_url())
+            );
+            ctx.sql(&sql).await?.collect().await?;
             on_event(&Event::Log(format!("{name}: {} rows in {} blocks over {} shards", s.rows, s.blocks(), s.shards)));
         }
     }
-    let schedule = train.schedule(bps);
-    let per_epoch = schedule.steps_per_epoch();
-    if per_epoch == 0 {
-        return Err(EngineError::Invalid(format!(
-            "training data: {} rows make no step of batch {} (need {} per shard)",
-            train.rows,
-            cfg.batch_size,
-            cfg.batch_size / cfg.shards
-        )));
-    }
-    let max_steps = cfg.max_steps.unwrap_or_else(|| cfg.epochs.unwrap_or(1) * per_epoch);
-
-    let mut model = cfg.model.clone();
-    super::model_cache::compile(&mut model, &cfg.compile)?;
-    let metrics_path = cfg.job_dir.join("metrics.jsonl");
-    let mut step = 0;
-    let mut best = None;
-    let last_path = cfg.job_dir.join("checkpoints/last.json");
-    if cfg.resume {
-        let text = std::fs::read_to_string(&last_path).map_err(io(&last_path))?;
-        let last: LastCheckpoint = serde_json::from_str(&text)
-            .map_err(|e| EngineError::Corrupt { path: last_path.display().to_string(), detail: e.to_string() })?;
-        model.load_weights(&last.file)?;
-        model.set_steps_run(last.step);
-        step = last.step;
-        best = last.best_eval_accuracy;
-        on_event(&Event::Log(format!("resumed from {} (step {step})", last.file.display())));
-    } else {
-        let _ = std::fs::remove_file(&last_path);
-    }
-    let metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(cfg.resume)
-        .write(true)
-        .truncate(!cfg.resume)
-        .open(&metrics_path)
-        .map_err(io(&metrics_path))?;
-    let model_ref = ModelRef {
-        config: config_path,
-        weights: PathBuf::new(),
-        compile: cfg.compile.clone(),
-        input_columns: cfg.input_columns.clone(),
-    };
-    let mut d = Driver { cfg: TrainConfig { model, ..cfg }, ctx, metrics, model_ref, best };
-    d.publish(step)?;
-
-    let mut report = TrainReport { train_rows: train.rows, ..Default::default() };
-    let (mut round_ms, mut compute_ms, mut samples) = (0.0, 0.0, 0u64);
-    let started = Instant::now();
-    let mut last_eval = None;
-    while step < max_steps {
-        let k = match d.cfg.mode {
-            Mode::Sync => 1,
-            Mode::Average => round_steps(
-                step,
-                d.cfg.sync_every_steps,
-                max_steps,
-                d.cfg.checkpoint_every_steps,
-                d.cfg.eval_every_steps,
-            ),
-        };
-        let steps: Vec<Vec<u64>> = (step..step + k).map(|s| schedule.blocks_of_step(s)).collect();
-        let mut blocks: Vec<u64> = steps.concat();
-        blocks.sort_unstable();
-        let spec = RoundSpec {
-            model: d.model_ref.clone(),
-            mode: d.cfg.mode,
-            round: step,
-            first_step: step,
-            steps,
-            seed: d.cfg.seed,
-            workers: d.cfg.workers,
-            out_dir: d.dir("rounds"),
-            next_weights: d.dir("weights").join(format!("step-{}.safetensors", step + k)),
-        };
-        let spec_json = serde_json::to_string(&spec).map_err(|e| EngineError::Invalid(e.to_string()))?;
-        let list = blocks.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", ");
-        let sql = format!(
-            "SELECT kallista_train({columns}, block, {}) FROM kallista_train WHERE block IN ({list})",
-            sql_str(&spec_json)
-        );
-        let t0 = Instant::now();
-        let json = run_round(ctx, &sql, d.cfg.round_timeout, step, on_event).await?;
-        let query_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let result: RoundResult =
-            serde_json::from_str(&json).map_err(|e| EngineError::Training(format!("round result: {e}")))?;
-        step += k;
-        match d.cfg.mode {
-            Mode::Sync => {
-                d.apply(&result)?;
-                d.publish(step)?;
-            }
-            Mode::Average => match &result.file {
-                Some(published) => d.adopt(published.clone()),
-                None => {
-                    return Err(EngineError::Training(
-                        "a round produced no weights (no rows reached the workers)".into(),
-                    ))
-                }
-            },
-        }
-        for f in std::fs::read_dir(d.dir("rounds")).map_err(io(&d.dir("rounds")))?.flatten() {
-            let _ = std::fs::remove_file(f.path());
-        }
-        let ms = t0.elapsed().as_secs_f64() * 1e3;
-        report.rounds += 1;
-        round_ms += ms;
-        compute_ms += result.slowest.compute_ms;
-        samples += result.rows;
-        let loss = result.loss_sum / result.rows.max(1) as f64;
-        let accuracy = result.correct as f64 / result.rows.max(1) as f64;
-        let rate = samples as f64 / started.elapsed().as_secs_f64();
-        d.log_metrics(serde_json::json!({
-            "kind": "train", "step": step, "epoch": step as f64 / per_epoch as f64,
-            "loss": loss, "accuracy": accuracy, "rows": result.rows, "samples_per_s": rate,
-            "round_ms": ms, "query_ms": query_ms, "compute_ms": result.slowest.compute_ms,
-            "scan_ms": result.slowest.scan_ms, "load_ms": result.slowest.load_ms,
-            "write_ms": result.slowest.write_ms, "reduce_ms": result.reduce_ms,
-            "partitions": result.partitions, "steps_in_round": k,
-        }))?;
-        on_event(&Event::Round { step, max_steps, loss, accuracy, samples_per_s: rate });
-        let eval_due = d.cfg.eval_every_steps.is_some_and(|n| step.is_multiple_of(n)) || step == max_steps;
-        if let (true, Some(e)) = (eval_due, &eval) {
-            let summary = d.evaluate("kallista_eval", e, "eval", step).await?;
-            if d.best.is_none_or(|b| summary.overall.accuracy() > b) {
-                d.best = Some(summary.overall.accuracy());
-                let best_file = d.dir("checkpoints").join("best.safetensors");
-                d.save_state(&best_file)?;
-                let json = serde_json::to_vec_pretty(&summary).map_err(|e| EngineError::Invalid(e.to_string()))?;
-                kallista_ops::model::write_atomic(&d.dir("checkpoints").join("best.json"), &json)?;
-            }
-            on_event(&Event::Eval(summary.clone()));
-            last_eval = Some(summary);
-        }
-        // After the evaluation, so that the checkpoint records the best accuracy so far.
-        if step.is_multiple_of(d.cfg.checkpoint_every_steps) || step == max_steps {
-            d.checkpoint(step)?;
-        }
-    }
-    report.steps = step;
-    report.weights = d.model_ref.weights.clone();
-    report.eval = last_eval;
-    report.best_eval_accuracy = d.best;
-    if let Some(t) = &test {
-        let summary = d.evaluate("kallista_test", t, "test", step).await?;
-        on_event(&Event::Eval(summary.clone()));
-        report.test = Some(summary);
-    }
-    if report.rounds > 0 {
-        report.samples_per_s = samples as f64 / started.elapsed().as_secs_f64();
-        report.mean_round_ms = round_ms / report.rounds as f64;
-        report.mean_compute_ms = compute_ms / report.rounds as f64;
-    }
-    let json = serde_json::to_vec_pretty(&report).map_err(|e| EngineError::Invalid(e.to_string()))?;
-    kallista_ops::model::write_atomic(&d.dir("results.json"), &json)?;
-    Ok(report)
+    Ok(Splits { train, eval, test })
 }
 
 #[cfg(test)]

@@ -81,7 +81,8 @@ impl Accumulator for EvaluateAccumulator {
         for family in names {
             let mask = datafusion::arrow::compute::kernels::cmp::eq(families, &StringArray::new_scalar(family))?;
             let rows = filter_record_batch(&batch, &mask)?;
-            let (x, y) = decode_rows(&model, &rows, &self.spec.model.input_columns).map_err(external)?;
+            let source = format!("{} (family {family})", self.spec.data);
+            let (x, y) = decode_rows(&model, &rows, &self.spec.model.input_columns, &source).map_err(external)?;
             let r = model.test_on_batch(&x, &[y]).map_err(|e| external(crate::EngineError::from(e)))?;
             let c = self.counts.entry(family.to_string()).or_default();
             c.rows += r.samples as u64;

@@ -1,65 +1,79 @@
 //! Staging: the job's data rewritten once, by a Ballista SQL job, into the
-//! layout the rounds read.
+//! layout the rounds read, in the job dir's store.
 //!
-//! Rows are ordered by a hash of (video, question, seed) (a shuffle that does
-//! not depend on how the source was sharded) and cut into blocks of
-//! `micro_batch` rows; block `b` goes to file `shard=b % shards`, sorted by
-//! block. A round selects its blocks with `block IN (...)`; with the filter
-//! pushed into the Parquet scan and the page index, the scan decodes the
-//! frames of the selected rows only. The files are written with
-//! `DataFrame::write_parquet` and explicit options rather than SQL `COPY`:
-//! Ballista 55 sends a COPY's `OPTIONS` nowhere and writes with default
-//! Parquet options unless the plan itself carries them ([`staging_options`]).
-//! The written files are then checked against the expected row counts.
+//! Rows are hashed into `shards` shards first ([`kallista_shard`] of video,
+//! question and seed: it does not depend on how the source was sharded), then
+//! ranked within their shard by a second hash; rank `r` of shard `s` lands
+//! in block `(r / micro_batch) * shards + s`, so file `shard=s` holds blocks
+//! `s, s + shards, ...`, in order, one Parquet row group each. Each shard is
+//! ranked on its own partition: no node sees every row. A round selects its
+//! blocks with `block IN (...)`; with the filter pushed into the Parquet scan
+//! the scan decodes the selected row groups only.
+//!
+//! Each staging writes a new version (`data/<split>/<version>/`) and then its
+//! record (`data/<split>.layout.json`) in one put, so a reader never mixes the
+//! files of two stagings, on a store no driver can list reliably or clean
+//! after a crash. Older versions are deleted afterwards.
+//!
+//! The files are written with `DataFrame::write_parquet` and explicit options
+//! rather than SQL `COPY`: Ballista 55 sends a COPY's `OPTIONS` nowhere and
+//! writes with default Parquet options unless the plan itself carries them
+//! ([`staging_options`]). The written files are then counted per shard.
+//!
+//! [`kallista_shard`]: crate::functions::ShardUdf
 
+use super::job_dir::JobDir;
 use super::schedule::BlockSchedule;
 use crate::error::{EngineError, Result};
+use crate::store::{blocking, Location};
+use datafusion::arrow::array::{Array, Int64Array};
 use datafusion::config::{ParquetColumnOptions, TableParquetOptions};
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::prelude::SessionContext;
-use parquet::file::reader::{FileReader, SerializedFileReader};
-use parquet::file::statistics::Statistics;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
 
 /// Where a split's rows come from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum DataSource {
-    /// A Parquet file or directory (prepared video-QA schema, `data/SCHEMA.md`).
-    Parquet(PathBuf),
+    /// A Parquet file or a prefix of Parquet files (prepared video-QA schema, `data/SCHEMA.md`).
+    Parquet(Location),
     /// A query whose result has those columns.
     Sql(String),
 }
 
 impl DataSource {
-    /// As a SQL relation.
+    /// As a SQL relation: a quoted URL (a prefix unless it names a `.parquet` file) or a subquery.
     pub fn relation(&self) -> String {
         match self {
             DataSource::Parquet(p) => {
-                let mut s = p.display().to_string();
-                if p.is_dir() && !s.ends_with('/') {
-                    s.push('/');
-                }
-                format!("'{}'", s.replace('\'', "''"))
+                let url = if p.file_name().ends_with(".parquet") { p.as_str().to_string() } else { p.dir_url() };
+                sql_str(&url)
             }
             DataSource::Sql(q) => format!("({q})"),
         }
     }
 }
 
+/// A SQL string literal.
+pub fn sql_str(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
 /// Where and how a split is staged.
 #[derive(Clone, Debug)]
 pub struct Layout {
-    pub dir: PathBuf,
-    /// The data columns to keep (besides `family` and `block`), as a select
-    /// list ([`super::args::staging_select`]).
+    pub job: JobDir,
+    /// `train`, `eval` or `test`.
+    pub split: String,
+    /// The data columns to keep (besides `video_id`, `family` and `block`),
+    /// as a select list ([`super::args::staging_select`]).
     pub columns: String,
     /// Columns written plain and uncompressed ([`super::args::packed_columns`]).
     pub plain_columns: Vec<&'static str>,
     pub micro_batch: usize,
     pub shards: usize,
     pub seed: u64,
-    /// Drop the rows that do not fill a block in every shard (training);
+    /// Keep the same whole number of blocks in every shard (training);
     /// evaluation keeps every row.
     pub full_blocks_only: bool,
 }
@@ -68,7 +82,8 @@ pub struct Layout {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Staged {
     pub source: DataSource,
-    pub dir: PathBuf,
+    /// This staging's version: the prefix that holds its `shard=N/` files.
+    pub dir: Location,
     pub columns: String,
     pub rows: u64,
     pub micro_batch: usize,
@@ -95,29 +110,49 @@ impl Staged {
     }
 }
 
-fn record_path(dir: &Path) -> PathBuf {
-    dir.with_extension("layout.json")
+/// Runs a query and returns its first two columns as integers, row by row.
+async fn int_pairs(ctx: &SessionContext, sql: &str) -> Result<Vec<(i64, i64)>> {
+    let batches = ctx.sql(sql).await?.collect().await?;
+    let mut out = vec![];
+    for b in &batches {
+        let cast = |i: usize| {
+            datafusion::arrow::compute::cast(b.column(i), &datafusion::arrow::datatypes::DataType::Int64)
+                .map_err(datafusion::error::DataFusionError::from)
+        };
+        let (a, c) = (cast(0)?, cast(1)?);
+        let (a, c) = (
+            a.as_any().downcast_ref::<Int64Array>().expect("cast to Int64"),
+            c.as_any().downcast_ref::<Int64Array>().expect("cast to Int64"),
+        );
+        out.extend((0..b.num_rows()).filter(|&r| !a.is_null(r)).map(|r| (a.value(r), c.value(r))));
+    }
+    Ok(out)
 }
 
-async fn count_rows(ctx: &SessionContext, source: &DataSource) -> Result<u64> {
-    let df = ctx.sql(&format!("SELECT COUNT(*) AS n FROM {}", source.relation())).await?;
-    let batches = df.collect().await?;
-    let col = batches.first().map(|b| b.column(0).clone());
-    let n = col
-        .as_ref()
-        .and_then(|c| c.as_any().downcast_ref::<datafusion::arrow::array::Int64Array>())
-        .map(|a| a.value(0))
-        .ok_or_else(|| EngineError::Invalid("COUNT(*) returned no value".into()))?;
-    Ok(n as u64)
+/// The shard of a row, as SQL.
+fn shard_expr(shards: usize, seed: u64) -> String {
+    format!("kallista_shard({shards}, video_id, question, '{seed}')")
 }
 
-/// Parquet options of the staged files: the session's, with `plain` columns
-/// stored plain and uncompressed (packed floats gain little from zstd or a
-/// dictionary, W1: 8%, and every round decodes them again). Given to the
-/// write itself: Ballista 55 encodes a plan's Parquet format with default
-/// options where the plan names none, so session settings do not reach it.
-fn staging_options(ctx: &SessionContext, plain: &[&str]) -> TableParquetOptions {
+/// Rows per shard of `source`.
+async fn rows_per_shard(ctx: &SessionContext, source: &DataSource, shards: usize, seed: u64) -> Result<Vec<u64>> {
+    let sql = format!("SELECT {} AS shard, COUNT(*) FROM {} GROUP BY 1", shard_expr(shards, seed), source.relation());
+    let mut counts = vec![0u64; shards];
+    for (s, n) in int_pairs(ctx, &sql).await? {
+        counts[s as usize] = n as u64;
+    }
+    Ok(counts)
+}
+
+/// Parquet options of the staged files: the session's, one row group per
+/// block, and `plain` columns stored plain and uncompressed (packed floats
+/// gain little from zstd or a dictionary, W1: 8%, and every round decodes
+/// them again). Given to the write itself: Ballista 55 encodes a plan's
+/// Parquet format with default options where the plan names none, so
+/// session settings do not reach it.
+fn staging_options(ctx: &SessionContext, plain: &[&str], micro_batch: usize) -> TableParquetOptions {
     let mut options = ctx.state().default_table_options().parquet;
+    options.global.max_row_group_size = micro_batch;
     for column in plain {
         let column_options = ParquetColumnOptions {
             compression: Some("uncompressed".into()),
@@ -129,105 +164,110 @@ fn staging_options(ctx: &SessionContext, plain: &[&str]) -> TableParquetOptions 
     options
 }
 
-/// Stages `source` as `layout` says (reusing an earlier staging of the same
-/// source and parameters).
+/// Stages `source` as `layout` says (reusing the current staging when it was
+/// made from the same source with the same parameters).
 pub async fn stage(ctx: &SessionContext, source: &DataSource, layout: &Layout) -> Result<Staged> {
-    let Layout { dir, columns, plain_columns, micro_batch, shards, seed, full_blocks_only } = layout;
-    let (dir, micro_batch, shards, seed, full_blocks_only) =
-        (dir.as_path(), *micro_batch, *shards, *seed, *full_blocks_only);
-    if let Ok(text) = std::fs::read_to_string(record_path(dir)) {
-        if let Ok(s) = serde_json::from_str::<Staged>(&text) {
-            if s.source == *source
-                && s.columns == *columns
-                && s.micro_batch == micro_batch
-                && s.shards == shards
-                && s.seed == seed
-            {
-                return Ok(s);
-            }
+    let Layout { job, split, columns, plain_columns, micro_batch, shards, seed, full_blocks_only } = layout;
+    let (micro_batch, shards, seed) = (*micro_batch, *shards, *seed);
+    let record = job.staged_record(split);
+    let current = match blocking::exists(&record)? {
+        true => serde_json::from_str::<Staged>(&blocking::read_string(&record)?).ok(),
+        false => None,
+    };
+    if let Some(s) = &current {
+        if s.source == *source
+            && s.columns == *columns
+            && s.micro_batch == micro_batch
+            && s.shards == shards
+            && s.seed == seed
+        {
+            return Ok(s.clone());
         }
     }
-    let rows = count_rows(ctx, source).await?;
-    let keep_blocks = if full_blocks_only {
-        (rows as usize / micro_batch / shards) * shards
-    } else {
-        (rows as usize).div_ceil(micro_batch)
-    };
-    if keep_blocks == 0 {
+    let per_shard = rows_per_shard(ctx, source, shards, seed).await?;
+    let min_rows = per_shard.iter().copied().min().unwrap_or(0) as usize;
+    let keep_rows_per_shard = if *full_blocks_only { Some(min_rows / micro_batch * micro_batch) } else { None };
+    if keep_rows_per_shard == Some(0) || per_shard.iter().all(|&n| n == 0) {
         return Err(EngineError::Invalid(format!(
-            "{}: {rows} rows, fewer than one block of {micro_batch} rows per shard ({shards} shards)",
-            source.relation()
+            "{}: {} rows, fewer than one block of {micro_batch} rows in some shard ({shards} shards: {per_shard:?})",
+            source.relation(),
+            per_shard.iter().sum::<u64>()
         )));
     }
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| EngineError::Io { path: dir.display().to_string(), source: e })?;
-    }
+    let version =
+        format!("v{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis()));
+    let dir = job.staged(split).join(&version);
+    let keep = keep_rows_per_shard.map_or(String::new(), |n| format!("WHERE rank_in_shard < {n}"));
     let sql = format!(
-        "SELECT {columns}, family, block, block % {shards} AS shard FROM (
-           SELECT *, CAST((ROW_NUMBER() OVER (
-               ORDER BY md5(concat(video_id, '|', question, '|', '{seed}')), video_id, question) - 1)
-             / {micro_batch} AS BIGINT) AS block
-           FROM {relation}) ranked
-         WHERE block < {keep_blocks}
-         ORDER BY block",
+        "SELECT {columns}, video_id, family, CAST((rank_in_shard / {micro_batch}) * {shards} + shard AS BIGINT) AS block, shard
+         FROM (
+           SELECT *, CAST(ROW_NUMBER() OVER (
+               PARTITION BY shard ORDER BY md5(concat(video_id, '|', question, '|', '{seed}')), video_id, question)
+             AS BIGINT) - 1 AS rank_in_shard
+           FROM (SELECT *, {shard} AS shard FROM {relation}) hashed) ranked
+         {keep}",
+        shard = shard_expr(shards, seed),
         relation = source.relation(),
     );
     let write = DataFrameWriteOptions::new().with_partition_by(vec!["shard".into()]);
-    let options = staging_options(ctx, plain_columns);
-    ctx.sql(&sql).await?.write_parquet(&format!("{}/", dir.display()), write, Some(options)).await?;
-    let blocks_per_shard = check_layout(dir, micro_batch, shards, full_blocks_only)?;
+    let options = staging_options(ctx, plain_columns, micro_batch);
+    ctx.sql(&sql).await?.write_parquet(&dir.dir_url(), write, Some(options)).await?;
+    let blocks_per_shard = check_layout(ctx, &dir, micro_batch, shards, keep_rows_per_shard).await?;
     let staged = Staged {
         source: source.clone(),
-        dir: dir.to_path_buf(),
+        dir,
         columns: columns.clone(),
-        rows: if full_blocks_only { (keep_blocks * micro_batch) as u64 } else { rows },
+        rows: blocks_rows(&per_shard, keep_rows_per_shard),
         micro_batch,
         shards,
         seed,
         blocks_per_shard,
     };
     let json = serde_json::to_vec_pretty(&staged).map_err(|e| EngineError::Invalid(e.to_string()))?;
-    kallista_ops::model::write_atomic(&record_path(dir), &json)?;
+    blocking::write(&record, json)?;
+    // Older versions, after the record no longer names them.
+    let current = staged.dir.object_path();
+    for (object, _) in blocking::list(&job.staged(split))? {
+        if !object.object_path().prefix_matches(&current) {
+            blocking::delete(&object)?;
+        }
+    }
     Ok(staged)
 }
 
-/// Counts the rows of each shard and checks them against the layout:
-/// every shard holds whole blocks (`full_blocks_only`) and the blocks of its
+fn blocks_rows(per_shard: &[u64], keep: Option<usize>) -> u64 {
+    match keep {
+        Some(n) => (n * per_shard.len()) as u64,
+        None => per_shard.iter().sum(),
+    }
+}
+
+/// Counts the rows of each shard as written and checks them against the
+/// layout: `keep` rows each (training), and only the blocks of the shard's
 /// residue class. Returns the blocks per shard.
-fn check_layout(dir: &Path, micro_batch: usize, shards: usize, full_blocks_only: bool) -> Result<Vec<usize>> {
+async fn check_layout(
+    ctx: &SessionContext,
+    dir: &Location,
+    micro_batch: usize,
+    shards: usize,
+    keep: Option<usize>,
+) -> Result<Vec<usize>> {
     let mut counts = vec![0usize; shards];
-    for (f, count) in counts.iter_mut().enumerate() {
-        let shard_dir = dir.join(format!("shard={f}"));
-        let mut rows = 0usize;
-        let files = if shard_dir.exists() { kallista_data::parquet_io::parquet_files(&shard_dir)? } else { vec![] };
-        for path in files {
-            let bad = |detail: String| EngineError::Corrupt { path: path.display().to_string(), detail };
-            let file = std::fs::File::open(&path)
-                .map_err(|e| EngineError::Io { path: path.display().to_string(), source: e })?;
-            let reader = SerializedFileReader::new(file).map_err(|e| bad(e.to_string()))?;
-            let meta = reader.metadata();
-            let block_col = meta
-                .file_metadata()
-                .schema_descr()
-                .columns()
-                .iter()
-                .position(|c| c.name() == "block")
-                .ok_or_else(|| bad("no block column".into()))?;
-            for (g, rg) in meta.row_groups().iter().enumerate() {
-                if let Some(Statistics::Int64(s)) = rg.column(block_col).statistics() {
-                    if let (Some(lo), Some(hi)) = (s.min_opt(), s.max_opt()) {
-                        if *lo < 0 || *hi < *lo {
-                            return Err(bad(format!("row group {g}: block range {lo}..{hi}")));
-                        }
-                    }
-                }
-                rows += rg.num_rows() as usize;
-            }
+    for (s, count) in counts.iter_mut().enumerate() {
+        let files = dir.join(&format!("shard={s}"));
+        if blocking::list(&files)?.is_empty() {
+            continue;
         }
-        if full_blocks_only && !rows.is_multiple_of(micro_batch) {
+        let sql = format!(
+            "SELECT COUNT(*), SUM(CASE WHEN block % {shards} = {s} AND block >= 0 THEN 0 ELSE 1 END) FROM {}",
+            sql_str(&files.dir_url())
+        );
+        let (rows, misplaced) = int_pairs(ctx, &sql).await?.first().copied().unwrap_or((0, 0));
+        let (rows, bad) = (rows as usize, misplaced > 0 || keep.is_some_and(|n| rows as usize != n));
+        if bad {
             return Err(EngineError::Corrupt {
-                path: shard_dir.display().to_string(),
-                detail: format!("{rows} rows, not whole blocks of {micro_batch}"),
+                path: files.to_string(),
+                detail: format!("{rows} rows ({misplaced} in blocks of other shards); the layout expects {keep:?} of blocks of {micro_batch}"),
             });
         }
         *count = rows.div_ceil(micro_batch);

@@ -12,20 +12,24 @@
 //!    applies the optimizer and publishes the next weights version;
 //! 3. evaluations: `SELECT kallista_evaluate(...) FROM eval`, per partition, summed.
 //!
-//! How weights reach executors, and what a round costs besides compute: the
-//! driver writes each version to `<job_dir>/weights/step-N.safetensors`
-//! (weights only in `sync`; with optimizer slots in `average`) and names it
-//! in the round's spec; each executor loads it once into its cached model
-//! ([`model_cache`]). Workers write their partial results (exact i64
-//! gradient sums, or f32 weights and slots, [`vectors`]) to
-//! `<job_dir>/rounds/`, and only their paths cross Ballista's shuffle; the
+//! The job dir ([`job_dir`]) is a URL on any store ([`crate::store`]): a
+//! local directory, or a prefix in a bucket that driver and executors reach
+//! from different hosts. How weights reach executors, and what a round costs
+//! besides compute: the driver writes each version to
+//! `<job_dir>/weights/step-N.safetensors` (weights only in `sync`; with
+//! optimizer slots in `average`) and names it in the round's spec; each
+//! executor loads it once into its cached model ([`model_cache`]). Workers
+//! write their partial results (exact i64 gradient sums, or f32 weights and
+//! slots, [`vectors`]) to `<job_dir>/rounds/`, and only their URLs cross
+//! Ballista's shuffle; the
 //! final stage writes their mean (one `average` worker's file is its own
 //! mean and is passed on as is). Per round that is one Ballista job (~50 ms
 //! on a push-scheduled cluster here), the round's Parquet scan, one weights
 //! file written by the driver and read by each executor, one partial file
-//! per worker and one reduced file. `metrics.jsonl` records each part of
-//! every round (`round_ms`, `query_ms`, and for the slowest partition
-//! `scan_ms`, `load_ms`, `compute_ms`, `write_ms`, then `reduce_ms`), and
+//! per worker and one reduced file. `metrics.jsonl` ([`metrics`]) records
+//! each part of every round (`round_ms`, `query_ms`, and for the slowest
+//! partition `scan_ms`, `load_ms`, `compute_ms`, `write_ms`, then
+//! `reduce_ms`; and for every partition the executor that ran it), and
 //! `cargo bench --bench engine_w1` reports their means for the W1 model.
 //!
 //! The defaults (a worker per core, `average` rounds of 200 local steps, see
@@ -36,7 +40,9 @@ pub mod args;
 pub mod driver;
 pub mod eval_udaf;
 pub mod exact;
+pub mod job_dir;
 pub mod layout;
+pub mod metrics;
 pub mod model_cache;
 pub mod reduce;
 pub mod round;

@@ -2,36 +2,35 @@
 //! driver publishes a new weights version.
 //!
 //! How weights reach executors: the driver writes each version as a
-//! safetensors file in the job directory and names it in the round's query;
-//! an executor that has not loaded that file yet reads it (weights plus
-//! optimizer state) into its cached model. Cost per round and executor: one
-//! file read and parse, `load_ms` in `metrics.jsonl`.
+//! safetensors object in the job directory's store and names it in the
+//! round's query; an executor that has not loaded that version yet reads it
+//! (weights plus optimizer state) into its cached model. Cost per round and
+//! executor: one object read and parse, `load_ms` in `metrics.jsonl`.
 
 use super::round::{CompileSpec, ModelRef};
 use crate::error::{EngineError, Result};
+use crate::store::{blocking, Location};
 use kallista_ops::losses::Loss;
 use kallista_ops::metrics::Metric;
 use kallista_ops::model::Model;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Mutex};
 
 /// A compiled model with the weights of `weights`.
 struct Cached {
-    weights: PathBuf,
+    weights: Location,
     model: Arc<Model>,
 }
 
-static MODELS: LazyLock<Mutex<HashMap<PathBuf, Cached>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+static MODELS: LazyLock<Mutex<HashMap<Location, Cached>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
-fn cache() -> Result<std::sync::MutexGuard<'static, HashMap<PathBuf, Cached>>> {
+fn cache() -> Result<std::sync::MutexGuard<'static, HashMap<Location, Cached>>> {
     MODELS.lock().map_err(|_| EngineError::Training("model cache poisoned".into()))
 }
 
 /// Builds a compiled model from its config (no weights loaded).
 pub fn compiled_model(r: &ModelRef) -> Result<Model> {
-    let json = std::fs::read_to_string(&r.config)
-        .map_err(|e| EngineError::Io { path: r.config.display().to_string(), source: e })?;
+    let json = blocking::read_string(&r.config)?;
     let mut model = Model::from_json(&json)?;
     compile(&mut model, &r.compile)?;
     Ok(model)
@@ -56,7 +55,7 @@ pub fn model_for(r: &ModelRef) -> Result<Arc<Model>> {
         Some(c) => Arc::try_unwrap(c.model).unwrap_or_else(|shared| (*shared).clone()),
         None => compiled_model(r)?,
     };
-    model.load_weights(&r.weights)?;
+    model.load_weights_bytes(&blocking::read(&r.weights)?, &r.weights.to_string())?;
     let model = Arc::new(model);
     models.insert(r.config.clone(), Cached { weights: r.weights.clone(), model: model.clone() });
     Ok(model)
@@ -75,8 +74,8 @@ pub fn take_model(r: &ModelRef) -> Result<Model> {
 
 /// Caches `model` as the version `weights` of the model of `config`: the
 /// executor that published it needs no load in the next round.
-pub fn keep(config: &std::path::Path, weights: &std::path::Path, model: Model) -> Result<()> {
+pub fn keep(config: &Location, weights: &Location, model: Model) -> Result<()> {
     let mut models = cache()?;
-    models.insert(config.to_path_buf(), Cached { weights: weights.to_path_buf(), model: Arc::new(model) });
+    models.insert(config.clone(), Cached { weights: weights.clone(), model: Arc::new(model) });
     Ok(())
 }

@@ -4,26 +4,27 @@
 //! weights version, published here (the driver only adopts its path).
 
 use super::exact::mean_of_exact;
+use super::metrics::PartLine;
 use super::model_cache::{keep, take_model};
 use super::round::{slot_vector, Mode, PartialResult, RoundResult, RoundSpec};
 use super::vectors::{read_vectors, write_vectors, Element, Vectors};
 use crate::error::{EngineError, Result};
+use crate::store::Location;
 use kallista_ops::Tensor;
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 
-fn add_all<T: Element + std::ops::AddAssign>(total: &mut Vectors<T>, part: Vectors<T>, file: &Path) -> Result<()> {
+fn add_all<T: Element + std::ops::AddAssign>(total: &mut Vectors<T>, part: Vectors<T>, file: &Location) -> Result<()> {
     if total.is_empty() {
         *total = part;
         return Ok(());
     }
     if total.len() != part.len() {
-        return Err(EngineError::Corrupt { path: file.display().to_string(), detail: "vector count differs".into() });
+        return Err(EngineError::Corrupt { path: file.to_string(), detail: "vector count differs".into() });
     }
     for ((name, sum), (other, values)) in total.iter_mut().zip(part) {
         if *name != other || sum.len() != values.len() {
             return Err(EngineError::Corrupt {
-                path: file.display().to_string(),
+                path: file.to_string(),
                 detail: format!("'{other}' does not line up with '{name}'"),
             });
         }
@@ -34,7 +35,7 @@ fn add_all<T: Element + std::ops::AddAssign>(total: &mut Vectors<T>, part: Vecto
 
 /// Combines `partials` (any order; sorted here) as the module docs say;
 /// `out` is the `sync` result file.
-pub fn reduce(spec: &RoundSpec, mut partials: Vec<PartialResult>, out: &Path) -> Result<RoundResult> {
+pub fn reduce(spec: &RoundSpec, mut partials: Vec<PartialResult>, out: &Location) -> Result<RoundResult> {
     let start = std::time::Instant::now();
     partials.sort_by_key(|p| p.first_block);
     let mut result = RoundResult::default();
@@ -48,6 +49,16 @@ pub fn reduce(spec: &RoundSpec, mut partials: Vec<PartialResult>, out: &Path) ->
         if p.times.compute_ms >= result.slowest.compute_ms {
             result.slowest = p.times.clone();
         }
+        result.parts.push(PartLine {
+            executor: p.executor.clone(),
+            first_block: p.first_block,
+            rows: p.rows,
+            scan_ms: p.times.scan_ms,
+            load_ms: p.times.load_ms,
+            compute_ms: p.times.compute_ms,
+            write_ms: p.times.write_ms,
+        });
+        result.partial_files.extend(p.file.clone());
         let (Some(file), true) = (&p.file, p.parts > 0) else { continue };
         result.partitions += 1;
         match spec.mode {
@@ -68,7 +79,7 @@ pub fn reduce(spec: &RoundSpec, mut partials: Vec<PartialResult>, out: &Path) ->
         Mode::Sync => {
             let means: Vectors<f32> = exact.into_iter().map(|(k, s)| (k, mean_of_exact(&s, parts))).collect();
             write_vectors(out, &means)?;
-            result.file = Some(out.to_path_buf());
+            result.file = Some(out.clone());
         }
         Mode::Average => {
             // Summed in block order, so the same partials give the same bits;
@@ -109,40 +120,41 @@ fn publish_average(spec: &RoundSpec, means: Vectors<f32>) -> Result<()> {
         }
         opt.iterations += spec.steps.len() as u64;
     }
-    next.write_weights(&spec.next_weights, false)?;
+    crate::store::blocking::write_scratch(&spec.next_weights, next.weights_bytes()?)?;
     keep(&spec.model.config, &spec.next_weights, next)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::job_dir::JobDir;
     use crate::train::model_cache::model_for;
     use crate::train::round::ModelRef;
     use crate::train::test_model::{adam, tiny_model};
     use kallista_ops::model::Model;
 
     /// A worker's partial result: every weight plus `add`, every slot `add`.
-    fn partial(model: &Model, dir: &Path, first_block: u64, add: f32) -> PartialResult {
+    fn partial(model: &Model, dir: &Location, first_block: u64, add: f32) -> PartialResult {
         let mut vectors: Vectors<f32> = vec![];
         for (key, w) in model.named_weights() {
             vectors.push((slot_vector(0, &key), vec![add; w.len()]));
             vectors.push((slot_vector(1, &key), vec![add; w.len()]));
             vectors.push((key, w.data().iter().map(|v| v + add).collect()));
         }
-        let file = dir.join(format!("part-{first_block}.vec"));
+        let file = dir.join(&format!("part-{first_block}.vec"));
         write_vectors(&file, &vectors).unwrap();
         PartialResult { file: Some(file), first_block, parts: 3, rows: 6, ..Default::default() }
     }
 
     #[test]
     fn average_publishes_the_mean_version_and_keeps_it_cached() {
-        let dir = std::env::temp_dir().join(format!("kallista-reduce-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let local = std::env::temp_dir().join(format!("kallista-reduce-{}", std::process::id()));
+        let dir = Location::from_path(&local).unwrap();
         let compile_spec = adam(&[]);
         let model = tiny_model(&compile_spec);
         let (config, first) = (dir.join("model.json"), dir.join("step-0.safetensors"));
-        std::fs::write(&config, model.to_json()).unwrap();
-        model.save_weights(&first).unwrap();
+        crate::store::blocking::write(&config, model.to_json().into_bytes()).unwrap();
+        crate::store::blocking::write(&first, model.weights_bytes().unwrap()).unwrap();
         let mut spec = RoundSpec {
             model: ModelRef { config, weights: first, compile: compile_spec.clone(), input_columns: vec![] },
             mode: Mode::Average,
@@ -151,16 +163,19 @@ mod tests {
             steps: vec![vec![0], vec![1], vec![2]],
             seed: 0,
             workers: 2,
-            out_dir: dir.clone(),
+            job: JobDir::new(dir.clone()),
+            data: dir.clone(),
             next_weights: dir.join("step-3.safetensors"),
         };
         let parts = vec![partial(&model, &dir, 8, 3.0), partial(&model, &dir, 0, 1.0)];
         let result = reduce(&spec, parts, &dir.join("unused.vec")).unwrap();
-        assert_eq!(result.file.as_deref(), Some(spec.next_weights.as_path()));
+        assert_eq!(result.file.as_ref(), Some(&spec.next_weights));
         assert_eq!((result.rows, result.partitions), (12, 2));
+        assert_eq!(result.parts.iter().map(|p| p.first_block).collect::<Vec<_>>(), vec![0, 8]);
+        assert_eq!(result.partial_files.len(), 2);
 
         let mut published = tiny_model(&compile_spec);
-        published.load_weights(&spec.next_weights).unwrap();
+        published.load_weights(spec.next_weights.local_path().unwrap()).unwrap();
         for (key, w) in model.named_weights() {
             let got = published.named_weights()[&key].clone();
             for (a, b) in got.data().iter().zip(w.data()) {
@@ -172,10 +187,10 @@ mod tests {
         assert!(opt.slots.values().flatten().flatten().all(|v| *v == 2.0));
 
         // The next round on this executor finds the version without reading it.
-        std::fs::remove_file(&spec.next_weights).unwrap();
+        crate::store::blocking::delete(&spec.next_weights).unwrap();
         spec.model.weights = spec.next_weights.clone();
         let cached = model_for(&spec.model).unwrap();
         assert_eq!(cached.named_weights(), published.named_weights());
-        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&local).unwrap();
     }
 }

@@ -2,9 +2,10 @@
 //! literal in the round's query: it reaches every executor intact and costs
 //! nothing to plan, unlike binary literals), and what they answer.
 
+use super::job_dir::JobDir;
+use crate::store::Location;
 use kallista_ops::optim::OptimizerConfig;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
 
 /// How workers combine their work into one update.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,9 +49,9 @@ pub struct CompileSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelRef {
     /// The model's JSON config (`<job_dir>/model.json`).
-    pub config: PathBuf,
+    pub config: Location,
     /// The weights version to use (safetensors, with optimizer state).
-    pub weights: PathBuf,
+    pub weights: Location,
     pub compile: CompileSpec,
     /// The data column feeding each model input, in input order
     /// (`frames` or `question_ids`).
@@ -68,20 +69,25 @@ pub struct RoundSpec {
     /// The blocks of each step of the round, in step order (one step in `sync`).
     pub steps: Vec<Vec<u64>>,
     pub seed: u64,
-    /// Partitions of the round: each worker takes `cores / workers` threads.
+    /// Partitions of the round (workers): an executor running several
+    /// shares its cores among them.
     pub workers: usize,
-    /// Where workers write their partial results.
-    pub out_dir: PathBuf,
+    /// The job dir: workers write their partial results to its `rounds/`.
+    pub job: JobDir,
+    /// The staged split the round reads (named in errors about its rows).
+    pub data: Location,
     /// `average`: where the final stage writes the next weights version
     /// (weights, optimizer slots and iteration count), which that executor
     /// also keeps in its model cache.
-    pub next_weights: PathBuf,
+    pub next_weights: Location,
 }
 
 /// One evaluation pass.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvalSpec {
     pub model: ModelRef,
+    /// The staged split evaluated (named in errors about its rows).
+    pub data: Location,
 }
 
 /// What one partition of a round produced.
@@ -89,7 +95,9 @@ pub struct EvalSpec {
 pub struct PartialResult {
     /// The vectors (exact i64 gradient sums in `sync`, f32 weights and
     /// optimizer slots in `average`); `None` when the partition had no rows.
-    pub file: Option<PathBuf>,
+    pub file: Option<Location>,
+    /// The executor that ran the partition ([`crate::cluster::this_executor`]).
+    pub executor: String,
     /// The partition's smallest block id: partial results are combined in this order.
     pub first_block: u64,
     /// Micro-batches (`sync`) or local steps (`average`) in `file`.
@@ -124,7 +132,11 @@ pub struct PartTimes {
 pub struct RoundResult {
     /// `sync`: the mean gradients, f32 vectors; `average`: the next weights
     /// version, already published (the spec's `next_weights`).
-    pub file: Option<PathBuf>,
+    pub file: Option<Location>,
+    /// The partial results' objects, which the driver deletes once the round is done.
+    pub partial_files: Vec<Location>,
+    /// Every partition: where it ran and where its time went, in block order.
+    pub parts: Vec<super::metrics::PartLine>,
     pub partitions: u64,
     pub rows: u64,
     pub loss_sum: f64,

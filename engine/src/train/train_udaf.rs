@@ -87,6 +87,15 @@ struct TrainAccumulator {
 }
 
 impl TrainAccumulator {
+    /// A worker's error, logged here (the executor's log) and passed on typed
+    /// ([`crate::error::EngineError::Worker`]): the driver fails the job at
+    /// once on a deterministic one instead of resubmitting the round.
+    fn failed(&self, e: crate::error::EngineError) -> datafusion::error::DataFusionError {
+        let e = crate::error::EngineError::worker(e, self.spec.round, &crate::cluster::this_executor().name);
+        log::error!("{e}");
+        external(e)
+    }
+
     /// Computes the partition's pending blocks into a partial result.
     fn flush(&mut self) -> Result<()> {
         if self.rows.is_empty() {
@@ -96,13 +105,21 @@ impl TrainAccumulator {
         let blocks = std::mem::take(&mut self.rows);
         self.bytes = 0;
         let loading = Instant::now();
-        let model = model_for(&self.spec.model).map_err(external)?;
+        let model = model_for(&self.spec.model).map_err(|e| self.failed(e))?;
         let load_ms = loading.elapsed().as_secs_f64() * 1e3;
+        let first = blocks.keys().next().copied().unwrap_or(0);
+        log::info!(
+            "round {} (step {}): partition from block {first}: {} blocks, {} steps",
+            self.spec.round,
+            self.spec.first_step,
+            blocks.len(),
+            self.spec.steps.len()
+        );
         let mut partial = match self.spec.mode {
             Mode::Sync => sync_part(&model, &self.spec, &blocks),
             Mode::Average => average_part(&model, &self.spec, &blocks),
         }
-        .map_err(external)?;
+        .map_err(|e| self.failed(e))?;
         partial.times.scan_ms = scan_ms;
         partial.times.load_ms += load_ms;
         self.partials.push(partial);
@@ -144,8 +161,8 @@ impl Accumulator for TrainAccumulator {
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
         self.flush()?;
-        let out = self.spec.out_dir.join(format!("round-{}.vec", self.spec.round));
-        let result = reduce(&self.spec, std::mem::take(&mut self.partials), &out).map_err(external)?;
+        let out = self.spec.job.reduced(self.spec.round);
+        let result = reduce(&self.spec, std::mem::take(&mut self.partials), &out).map_err(|e| self.failed(e))?;
         json_scalar(&result)
     }
 

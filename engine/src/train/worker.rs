@@ -25,13 +25,24 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Model inputs and the target of a block's rows (named as [`super::args::data_columns`]).
-pub fn decode_rows(model: &Model, batch: &RecordBatch, input_columns: &[String]) -> Result<(Vec<Data>, Data)> {
-    decode_batches(model, &[batch], input_columns)
+/// Model inputs and the target of a block's rows (named as [`super::args::data_columns`]);
+/// errors name `source` and the row within these rows.
+pub fn decode_rows(
+    model: &Model,
+    batch: &RecordBatch,
+    input_columns: &[String],
+    source: &str,
+) -> Result<(Vec<Data>, Data)> {
+    decode_batches(model, &[batch], input_columns, source)
 }
 
 /// [`decode_rows`] of several batches as one batch, copying each value once.
-pub fn decode_batches(model: &Model, batches: &[&RecordBatch], input_columns: &[String]) -> Result<(Vec<Data>, Data)> {
+pub fn decode_batches(
+    model: &Model,
+    batches: &[&RecordBatch],
+    input_columns: &[String],
+    source: &str,
+) -> Result<(Vec<Data>, Data)> {
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     let specs = model.input_specs();
     let mut inputs = Vec::with_capacity(input_columns.len());
@@ -39,7 +50,7 @@ pub fn decode_batches(model: &Model, batches: &[&RecordBatch], input_columns: &[
         let mut shape = vec![rows];
         shape.extend_from_slice(&spec.spec.shape);
         inputs.push(match c.as_str() {
-            "frames" => frames(batches, rows)?,
+            "frames" => frames(batches, rows, source)?,
             "question_ids" => Data::I32(IntTensor::new(&shape, list_values::<Int32Type>(batches, c, &shape)?)?),
             "features" => Data::F32(Tensor::new(&shape, float_values(batches, c, &shape)?)?),
             other => return Err(EngineError::Training(format!("unknown input column '{other}'"))),
@@ -58,8 +69,8 @@ fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
 }
 
 /// The decoded clips of `batches`, one `[rows, frames, height, width, 3]` tensor.
-fn frames(batches: &[&RecordBatch], rows: usize) -> Result<Data> {
-    let source = Path::new("staged data");
+fn frames(batches: &[&RecordBatch], rows: usize, source: &str) -> Result<Data> {
+    let source = Path::new(source);
     let mut shape: Option<Vec<usize>> = None;
     let mut all = vec![];
     let mut first_row = 0;
@@ -154,8 +165,18 @@ fn dropout_seed(seed: u64, step: u64, block: u64) -> u64 {
     seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ block.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
 }
 
-fn partial_path(spec: &RoundSpec, first_block: u64) -> std::path::PathBuf {
-    spec.out_dir.join(format!("round-{}-part-{first_block}.vec", spec.round))
+/// Where a block's rows come from, for errors: the staged shard file and the block.
+pub fn block_source(spec: &RoundSpec, block: u64) -> String {
+    format!("{} block {block}", spec.data)
+}
+
+/// Threads for one worker: this executor's cores shared among the round's
+/// workers it runs at once (at most its task slots), as the in-process loop
+/// shares them among batch shards.
+fn worker_threads(spec: &RoundSpec) -> usize {
+    let here = crate::cluster::this_executor();
+    let concurrent = here.task_slots.min(spec.workers).max(1);
+    (rayon::current_num_threads() / concurrent).max(1)
 }
 
 /// Writes a partition's vectors to the round's directory and names the file in `out`.
@@ -165,9 +186,9 @@ fn write_part<T: super::vectors::Element>(
     mut out: PartialResult,
 ) -> Result<PartialResult> {
     let start = Instant::now();
-    let path = partial_path(spec, out.first_block);
-    write_vectors(&path, vectors)?;
-    out.file = Some(path);
+    let at = spec.job.partial(spec.round, out.first_block);
+    write_vectors(&at, vectors)?;
+    out.file = Some(at);
     out.times.write_ms = start.elapsed().as_secs_f64() * 1e3;
     Ok(out)
 }
@@ -182,12 +203,17 @@ pub fn sync_part(model: &Model, spec: &RoundSpec, blocks: &Blocks) -> Result<Par
         .par_iter()
         .map(|(&block, rows)| {
             let rows: Vec<&RecordBatch> = rows.iter().collect();
-            let (x, y) = decode_batches(model, &rows, &spec.model.input_columns)?;
+            let (x, y) = decode_batches(model, &rows, &spec.model.input_columns, &block_source(spec, block))?;
             Ok(model.gradients_on_micro_batch(&x, &[y], dropout_seed(spec.seed, step, block))?)
         })
         .collect::<Result<Vec<_>>>()?;
     let mut sums: Vec<(String, Vec<i64>)> = vec![];
-    let mut out = PartialResult { first_block, parts: blocks.len() as u64, ..Default::default() };
+    let mut out = PartialResult {
+        first_block,
+        parts: blocks.len() as u64,
+        executor: crate::cluster::this_executor().name.clone(),
+        ..Default::default()
+    };
     for (result, grads) in &per_block {
         out.rows += result.samples as u64;
         out.loss_sum += result.loss as f64 * result.samples as f64;
@@ -213,12 +239,11 @@ pub fn average_part(model: &Model, spec: &RoundSpec, blocks: &Blocks) -> Result<
     let Some(&first_block) = blocks.keys().next() else { return Ok(PartialResult::default()) };
     let copied = Instant::now();
     let mut local = model.clone();
-    let mut out = PartialResult { first_block, ..Default::default() };
+    let executor = crate::cluster::this_executor().name.clone();
+    let mut out = PartialResult { first_block, executor, ..Default::default() };
     out.times.load_ms = copied.elapsed().as_secs_f64() * 1e3;
     let start = Instant::now();
-    // The executor's cores shared among the round's workers, as the
-    // in-process loop shares them among batch shards.
-    let threads = (rayon::current_num_threads() / spec.workers.max(1)).max(1);
+    let threads = worker_threads(spec);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -229,7 +254,8 @@ pub fn average_part(model: &Model, spec: &RoundSpec, blocks: &Blocks) -> Result<
             continue;
         }
         local.set_steps_run(spec.first_step + i as u64);
-        let (x, y) = decode_batches(model, &mine, &spec.model.input_columns)?;
+        let source = format!("{} blocks {step_blocks:?}", spec.data);
+        let (x, y) = decode_batches(model, &mine, &spec.model.input_columns, &source)?;
         let r = pool.install(|| local.train_on_batch(&x, &[y]))?;
         out.parts += 1;
         out.rows += r.samples as u64;
@@ -251,6 +277,8 @@ pub fn average_part(model: &Model, spec: &RoundSpec, blocks: &Blocks) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Location;
+    use crate::train::job_dir::JobDir;
     use crate::train::round::{Mode, ModelRef};
     use crate::train::test_model::{adam, tiny_dims, tiny_model};
     use crate::train::vectors::read_vectors;
@@ -296,8 +324,8 @@ mod tests {
         let d = tiny_dims();
         let model = tiny_model(&adam(&[]));
         let (listed, packed) = (block(&d, 3, 9, false), block(&d, 3, 9, true));
-        let (a, ya) = decode_batches(&model, &[&listed, &listed], &columns()).unwrap();
-        let (b, yb) = decode_batches(&model, &[&packed, &packed], &columns()).unwrap();
+        let (a, ya) = decode_batches(&model, &[&listed, &listed], &columns(), "test").unwrap();
+        let (b, yb) = decode_batches(&model, &[&packed, &packed], &columns(), "test").unwrap();
         assert_eq!(a, b);
         assert_eq!(ya, yb);
         assert_eq!(a[0].shape(), &[6, 2, 3]);
@@ -312,17 +340,19 @@ mod tests {
         let model = tiny_model(&compile);
         let blocks: Blocks = (0..4).map(|b| (b, vec![block(&d, 2, 100 + b, b % 2 == 0)])).collect();
         let out_dir = std::env::temp_dir().join(format!("kallista-worker-{}", std::process::id()));
-        std::fs::create_dir_all(&out_dir).unwrap();
+        let job = Location::from_path(&out_dir).unwrap();
+        let unused = job.join("unused");
         let spec = RoundSpec {
-            model: ModelRef { config: "unused".into(), weights: "unused".into(), compile, input_columns: columns() },
+            model: ModelRef { config: unused.clone(), weights: unused.clone(), compile, input_columns: columns() },
             mode: Mode::Average,
             round: 7,
             first_step: 7,
             steps: vec![vec![0, 1], vec![2, 3], vec![1, 2]],
             seed: 1,
             workers: 1,
-            out_dir: out_dir.clone(),
-            next_weights: out_dir.join("unused.safetensors"),
+            job: JobDir::new(job),
+            data: unused.clone(),
+            next_weights: unused,
         };
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
         let part = pool.install(|| average_part(&model, &spec, &blocks)).unwrap();
@@ -331,7 +361,7 @@ mod tests {
         let mut local = model.clone();
         for (i, step) in spec.steps.iter().enumerate() {
             let rows: Vec<&RecordBatch> = step.iter().flat_map(|b| &blocks[b]).collect();
-            let (x, y) = decode_batches(&model, &rows, &columns()).unwrap();
+            let (x, y) = decode_batches(&model, &rows, &columns(), "test").unwrap();
             local.set_steps_run(7 + i as u64);
             pool.install(|| local.train_on_batch(&x, &[y])).unwrap();
         }

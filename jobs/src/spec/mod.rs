@@ -14,17 +14,21 @@ pub mod data_check;
 pub mod model;
 
 use crate::error::JobError;
+use kallista_engine::store::Location;
+use kallista_engine::train::job_dir::JobDir;
 use kallista_engine::train::layout::DataSource;
 use kallista_engine::train::round::Mode;
 use kallista_ops::optim::OptimizerConfig;
 use serde::Deserialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The whole job file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
-    /// Where the job writes everything (`--job-dir` overrides).
+    /// Where the job writes everything (`--job-dir` overrides): a path
+    /// (relative ones are made absolute where the job is submitted) or a
+    /// `file://`, `s3://`, `gs://` or `az://` URL.
     #[serde(default)]
     pub job_dir: Option<String>,
     pub model: model::ModelSpec,
@@ -143,9 +147,13 @@ impl Default for ScalingSpec {
 }
 
 impl ScalingSpec {
-    /// The workers of the job: as set, or one per core of this machine, at most `shards`.
+    /// The workers of the job: as set, or one per core of this machine, at
+    /// most `shards` and dividing it (each worker scans whole shard files).
     pub fn workers(&self) -> usize {
-        self.workers.unwrap_or_else(|| kallista_engine::train::round::default_workers().min(self.shards.max(1)))
+        self.workers.unwrap_or_else(|| {
+            let most = kallista_engine::train::round::default_workers().min(self.shards.max(1));
+            (1..=most).rev().find(|w| self.shards.max(1).is_multiple_of(*w)).unwrap_or(1)
+        })
     }
 }
 
@@ -186,7 +194,7 @@ fn sixty_four() -> usize {
 /// Command-line overrides of a job file.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
-    pub job_dir: Option<PathBuf>,
+    pub job_dir: Option<String>,
     pub train_files: Option<String>,
     pub eval_files: Option<String>,
     pub workers: Option<usize>,
@@ -213,7 +221,7 @@ impl JobSpec {
     /// Applies overrides; resolves `${job_dir}`.
     pub fn apply(&mut self, o: &Overrides) {
         if let Some(d) = &o.job_dir {
-            self.job_dir = Some(d.display().to_string());
+            self.job_dir = Some(d.clone());
         }
         if let Some(t) = &o.train_files {
             self.data.train = SourceSpec::Path(t.clone());
@@ -230,12 +238,18 @@ impl JobSpec {
         }
     }
 
-    /// The job directory, or an error naming `job_dir`.
-    pub fn job_dir(&self, file: &Path) -> Result<PathBuf, JobError> {
-        self.job_dir
+    /// The job directory, made absolute here (so that every process of the
+    /// cluster reads the same place), or an error naming `job_dir`.
+    pub fn job_dir(&self, file: &Path) -> Result<JobDir, JobError> {
+        let dir = self
+            .job_dir
             .as_ref()
-            .map(PathBuf::from)
-            .ok_or_else(|| spec_error(file, "job_dir", "missing: set it in the file or pass --job-dir"))
+            .ok_or_else(|| spec_error(file, "job_dir", "missing: set it in the file or pass --job-dir"))?;
+        let at = Location::parse(dir).map_err(|e| spec_error(file, "job_dir", e))?;
+        if matches!(at.url().scheme(), "http" | "https") {
+            return Err(spec_error(file, "job_dir", format!("{at}: HTTP stores are read-only")));
+        }
+        Ok(JobDir::new(at))
     }
 
     /// `s` with `${job_dir}` replaced.
@@ -246,12 +260,14 @@ impl JobSpec {
         }
     }
 
-    /// A split as the engine takes it.
-    pub fn source(&self, s: &SourceSpec) -> DataSource {
-        match s {
-            SourceSpec::Path(p) => DataSource::Parquet(PathBuf::from(self.expand(p))),
+    /// A split as the engine takes it; `key` names it in errors.
+    pub fn source(&self, file: &Path, key: &str, s: &SourceSpec) -> Result<DataSource, JobError> {
+        Ok(match s {
+            SourceSpec::Path(p) => {
+                DataSource::Parquet(Location::parse(&self.expand(p)).map_err(|e| spec_error(file, key, e))?)
+            }
             SourceSpec::Sql { sql } => DataSource::Sql(self.expand(sql)),
-        }
+        })
     }
 
     /// The optimizer. Unknown keys are rejected by the optimizer kind's
@@ -298,6 +314,13 @@ impl JobSpec {
                 format!("{} workers with {} shards: expected 1 to scaling.shards", s.workers(), s.shards),
             );
         }
+        // Each worker scans whole shard files: otherwise some get none.
+        if !s.shards.is_multiple_of(s.workers()) {
+            return err(
+                "scaling.workers",
+                format!("{} workers with {} shards: scaling.shards must be a multiple of the workers", s.workers(), s.shards),
+            );
+        }
         if s.round_timeout_seconds == 0 {
             return err("scaling.round_timeout_seconds", "must be positive".into());
         }
@@ -332,6 +355,8 @@ mod tests {
     fn scaling_defaults_to_a_worker_per_core_and_long_average_rounds() {
         let s: ScalingSpec = serde_yaml::from_str("shards: 2").unwrap();
         assert_eq!(s.workers(), default_workers().min(2));
+        let s: ScalingSpec = serde_yaml::from_str("shards: 9").unwrap();
+        assert_eq!(9 % s.workers(), 0, "{} workers", s.workers());
         assert_eq!((s.mode, s.sync_every_steps), (Mode::Average, 200));
         let s: ScalingSpec = serde_yaml::from_str("{workers: 3, mode: sync}").unwrap();
         assert_eq!((s.workers(), s.mode), (3, Mode::Sync));

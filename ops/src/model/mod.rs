@@ -23,7 +23,9 @@ mod weights;
 
 pub use import::{read_torch_safetensors, TorchEntry, TorchLayout, TorchMapping};
 pub use keras_h5::{read_keras_weights_h5, KerasVars};
-pub use weights::{read_safetensors, replace_file, write_atomic, write_safetensors};
+pub use weights::{
+    parse_safetensors, read_safetensors, replace_file, safetensors_bytes, write_atomic, write_safetensors,
+};
 
 pub use builder::{LayerId, ModelBuilder, SymbolicTensor};
 pub use run::{BatchResult, Compiled, ForwardPass, WeightGrads};

@@ -60,9 +60,14 @@ fn f32_from_le_bytes(bytes: &[u8]) -> Vec<f32> {
 /// Reads every f32 tensor of a safetensors file, with its metadata.
 pub fn read_safetensors(path: &Path) -> Result<(BTreeMap<String, Tensor>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
-    let bad = |detail: String| OpsError::Safetensors { path: path.display().to_string(), detail };
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    parse_safetensors(&bytes, &path.display().to_string())
+}
+
+/// Every f32 tensor of safetensors `bytes` (read from `source`, which errors name), with the metadata.
+pub fn parse_safetensors(bytes: &[u8], source: &str) -> Result<(BTreeMap<String, Tensor>, HashMap<String, String>)> {
+    let bad = |detail: String| OpsError::Safetensors { path: source.to_string(), detail };
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != Dtype::F32 {
@@ -72,6 +77,28 @@ pub fn read_safetensors(path: &Path) -> Result<(BTreeMap<String, Tensor>, HashMa
         out.insert(name, Tensor::new(view.shape(), data)?);
     }
     Ok((out, meta.metadata().clone().unwrap_or_default()))
+}
+
+/// f32 tensors and metadata as the bytes of a safetensors file (for stores
+/// that take whole objects, such as S3).
+pub fn safetensors_bytes(tensors: &BTreeMap<String, Tensor>, metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+    let views = tensors.iter().map(|(k, t)| (k.clone(), t.shape().to_vec(), t.data()));
+    views_bytes(views, metadata)
+}
+
+/// Borrowed f32 values as safetensors bytes.
+fn views_bytes<'a>(
+    tensors: impl Iterator<Item = (String, Vec<usize>, &'a [f32])>,
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>> {
+    let bad =
+        |e: safetensors::SafeTensorError| OpsError::Safetensors { path: "(in memory)".into(), detail: e.to_string() };
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .map(|(k, shape, values)| {
+            TensorView::new(Dtype::F32, shape, f32_as_le_bytes(values)).map(|v| (k, v)).map_err(bad)
+        })
+        .collect::<Result<_>>()?;
+    safetensors::serialize(views, &Some(metadata)).map_err(bad)
 }
 
 /// Writes f32 tensors and metadata as a safetensors file through a temporary
@@ -125,6 +152,12 @@ impl Model {
     pub fn write_weights(&self, path: &Path, durable: bool) -> Result<()> {
         let (views, meta) = self.weight_views()?;
         write_views(path, views.into_iter(), meta, durable)
+    }
+
+    /// What [`Model::save_weights`] writes, as bytes.
+    pub fn weights_bytes(&self) -> Result<Vec<u8>> {
+        let (views, meta) = self.weight_views()?;
+        views_bytes(views.into_iter(), meta)
     }
 
     /// Every weight and optimizer slot by its file key, borrowed, and the file's metadata.
@@ -188,7 +221,14 @@ impl Model {
 
     /// Loads weights (and optimizer state, when the file has it and the model is compiled).
     pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<()> {
-        let (tensors, meta) = read_safetensors(path.as_ref())?;
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
+        self.load_weights_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// [`Model::load_weights`] from the bytes of a file read from `source` (which errors name).
+    pub fn load_weights_bytes(&mut self, bytes: &[u8], source: &str) -> Result<()> {
+        let (tensors, meta) = parse_safetensors(bytes, source)?;
         let (mut opt_tensors, weights): (BTreeMap<_, _>, BTreeMap<_, _>) =
             tensors.into_iter().partition(|(k, _)| k.starts_with(OPT_PREFIX));
         self.set_weights(&weights)?;
