@@ -129,7 +129,8 @@ async fn run_round(
         last = match tokio::time::timeout(timeout, query_string(ctx, sql)).await {
             Ok(Ok(result)) => return Ok(result),
             Ok(Err(e)) if e.is_deterministic() => {
-                return Err(EngineError::Training(format!("round at step {step} failed: {e}")))
+                let cause = EngineError::from_remote(&e.to_string()).unwrap_or(e);
+                return Err(EngineError::Training(format!("round at step {step} failed: {cause}")));
             }
             Ok(Err(e)) => format!("failed: {e}"),
             Err(_) => format!("did not finish within {}s", timeout.as_secs()),
