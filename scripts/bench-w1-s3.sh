@@ -17,4 +17,4 @@ trap 'kill $PID; rm -rf "$DATA"' EXIT
 export AWS_ENDPOINT="http://127.0.0.1:$PORT" AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"
 cd "$ROOT"
-W1_S3=s3://bench/w1 RUNS="${RUNS:-default,average_1_worker}" cargo bench -p kallista-engine --bench engine_w1
+W1_S3=s3://bench/w1 RUNS="${RUNS:-default,average_1_worker}" cargo bench --workspace --bench engine_w1

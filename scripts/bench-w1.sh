@@ -20,8 +20,8 @@ OUT="${OUT:-$(mktemp -d)/$NAME.jsonl}"
 [ -x "$PY" ] || { echo "peers venv missing: run $PEERS_SRC/setup.sh" >&2; exit 1; }
 
 cd "$ROOT"
-cargo bench -p kallista-ops --bench "$NAME" --no-run 2>/dev/null
-BENCH=$(cargo bench -p kallista-ops --bench "$NAME" --no-run --message-format=json 2>/dev/null \
+cargo bench --workspace --bench "$NAME" --no-run 2>/dev/null
+BENCH=$(cargo bench --workspace --bench "$NAME" --no-run --message-format=json 2>/dev/null \
   | NAME="$NAME" "$PY" -c 'import json,os,sys
 for l in sys.stdin:
     m=json.loads(l)

@@ -40,7 +40,10 @@ fn three_workers_of_every_round_run_on_three_different_executors() {
     let data = &prepared_set(300);
     let dir = temp_dir("placement");
     let job = small_job(&dir, data, 3, "  max_steps: 6");
-    let text = std::fs::read_to_string(&job).unwrap().replace("shards: 4", "shards: 3").replace("batch_size: 32", "batch_size: 30");
+    let text = std::fs::read_to_string(&job)
+        .unwrap()
+        .replace("shards: 4", "shards: 3")
+        .replace("batch_size: 32", "batch_size: 30");
     std::fs::write(&job, text).unwrap();
     let cluster = start_cluster_with("placement", ClusterOptions::new(3, 2));
     ok(kallista(&["submit", job.to_str().unwrap(), "--scheduler", &cluster.url]));

@@ -3,7 +3,7 @@
 //! each frame encoding; also the bytes each clip takes on disk. Prints one
 //! JSON line per case.
 //!
-//!     cargo bench -p kallista-data --bench read_path
+//!     cargo bench --workspace --bench read_path
 
 use kallista_data::frames::FrameEncoding;
 use kallista_data::parquet_io::{parquet_files, ClipReader};

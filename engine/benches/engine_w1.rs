@@ -8,7 +8,7 @@
 //! (Ballista job, Parquet scan, weights version written and loaded, partial
 //! and reduced result files).
 //!
-//!     cargo bench -p kallista-engine --bench engine_w1     # ROUNDS=1 ROUNDS_PER_RUN=2 SYNC_STEPS=20 RUNS=<all>
+//!     cargo bench --workspace --bench engine_w1     # ROUNDS=1 ROUNDS_PER_RUN=2 SYNC_STEPS=20 RUNS=<all>
 //!
 //! Runs: `default` (the job spec's defaults: a worker per core, `average`,
 //! 200 local steps per round), `average` with 1 worker, and `sync` with 2
@@ -27,7 +27,7 @@ use kallista_engine::store::{blocking, Location};
 use kallista_engine::train::driver::{train, TrainConfig};
 use kallista_engine::train::job_dir::JobDir;
 use kallista_engine::train::layout::DataSource;
-use kallista_engine::train::metrics::{read_metrics, MetricsLine};
+use kallista_engine::train::metrics::{read_metrics, MetricsLine, TrainLine};
 use kallista_engine::train::round::{default_workers, CompileSpec, Mode, DEFAULT_SYNC_EVERY_STEPS};
 use kallista_engine::train::worker::decode_rows;
 use kallista_ops::applications::{video_qa, VideoQaDims};
@@ -127,6 +127,9 @@ fn in_process(file: &Path, d: &VideoQaDims, steps: usize) -> f64 {
     (steps * BATCH) as f64 / timed
 }
 
+/// One part of a round's time in a metrics line.
+type Part = fn(&TrainLine) -> f64;
+
 /// Mean milliseconds of each part of a round, from the job's `metrics.jsonl`.
 fn round_parts(job_dir: &JobDir) -> String {
     let rounds: Vec<_> = read_metrics(job_dir)
@@ -137,7 +140,7 @@ fn round_parts(job_dir: &JobDir) -> String {
             MetricsLine::Eval(_) => None,
         })
         .collect();
-    let parts: [(&str, fn(&kallista_engine::train::metrics::TrainLine) -> f64); 7] = [
+    let parts: [(&str, Part); 7] = [
         ("round_ms", |t| t.round_ms),
         ("query_ms", |t| t.query_ms),
         ("scan_ms", |t| t.scan_ms),

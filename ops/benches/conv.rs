@@ -3,7 +3,7 @@
 //! `train_on_batch` runs them at batch 16 on 2 threads), forward and
 //! forward+backward, median milliseconds and GFLOP/s.
 //!
-//!     cargo bench -p kallista-ops --bench conv
+//!     cargo bench --workspace --bench conv
 
 use kallista_ops::autodiff::{conv2d, Conv2dOptions, Padding, Tape};
 use kallista_ops::backend::{with_single_threaded_kernels, Activation};

@@ -1,7 +1,7 @@
 //! Compares the two pure-Rust SGEMMs on the shapes W1 runs (row-major, 2 threads):
 //! `gemm` (rayon) against `matrixmultiply` (ndarray's default, with its threading feature).
 //!
-//!     cargo bench -p kallista-ops --bench gemm
+//!     cargo bench --workspace --bench gemm
 use std::time::Instant;
 
 fn time_it(mut f: impl FnMut(), reps: usize) -> f64 {

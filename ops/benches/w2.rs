@@ -4,7 +4,7 @@
 //! inference samples/s at batch 256; median over 20 steps after 5 warm-up
 //! steps; prints one JSON line like the peers do.
 //!
-//!     cargo bench -p kallista-ops --bench w2            # RAYON_NUM_THREADS=2 by default
+//!     cargo bench --workspace --bench w2            # RAYON_NUM_THREADS=2 by default
 //!     scripts/bench-w1.sh W2                            # this plus the peers, side by side
 
 use kallista_ops::applications::{video_qa_pixels, VideoQaPixelsDims};

@@ -43,7 +43,7 @@ fn failed(at: &Location) -> impl Fn(object_store::Error) -> EngineError + '_ {
 /// The whole object.
 pub fn read(at: &Location) -> Result<Bytes> {
     let (store, path, at2) = (store_of(at)?, at.object_path(), at.clone());
-    wait(async move { Ok(store.get(&path).await.map_err(failed(&at2))?.bytes().await.map_err(failed(&at2))?) })
+    wait(async move { store.get(&path).await.map_err(failed(&at2))?.bytes().await.map_err(failed(&at2)) })
 }
 
 /// Bytes `range` of the object.

@@ -318,7 +318,11 @@ impl JobSpec {
         if !s.shards.is_multiple_of(s.workers()) {
             return err(
                 "scaling.workers",
-                format!("{} workers with {} shards: scaling.shards must be a multiple of the workers", s.workers(), s.shards),
+                format!(
+                    "{} workers with {} shards: scaling.shards must be a multiple of the workers",
+                    s.workers(),
+                    s.shards
+                ),
             );
         }
         if s.round_timeout_seconds == 0 {
