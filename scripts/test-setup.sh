@@ -14,7 +14,7 @@ if [ -x "$TOOLS/bin/s3s-fs" ]; then
   echo "S3 test server present in $TOOLS"
 else
   # 0.14.1: the newest release that builds with the machine's rustc (1.95).
-  cargo install --quiet --root "$TOOLS" --target-dir "$HOME/.cache/kallista/tools-target" \
+  cargo install --quiet --root "$TOOLS" --target-dir "${KALLISTA_TOOLS_TARGET:-$HOME/.cache/kallista/tools-target}" \
     s3s-fs@0.14.1 --features binary --locked
   echo "S3 test server installed in $TOOLS"
 fi

@@ -95,9 +95,13 @@ enum Command {
         /// Concurrent tasks.
         #[arg(long, default_value_t = 2)]
         task_slots: usize,
-        /// Directory for shuffle files.
+        /// Directory for shuffle files and the object cache.
         #[arg(long)]
         work_dir: Option<String>,
+        /// GiB of staged data from network stores kept in the work dir, so
+        /// that later rounds read it locally (0: none).
+        #[arg(long, default_value_t = 16)]
+        object_cache_gib: u64,
     },
 }
 
@@ -324,6 +328,7 @@ fn run(cli: Cli) -> Result<(), kallista_jobs::JobError> {
             scheduler_port,
             task_slots,
             work_dir,
+            object_cache_gib,
         } => {
             let opts = kallista_engine::cluster::ExecutorOptions {
                 bind_host,
@@ -334,6 +339,7 @@ fn run(cli: Cli) -> Result<(), kallista_jobs::JobError> {
                 scheduler_port,
                 task_slots,
                 work_dir,
+                object_cache_bytes: object_cache_gib << 30,
             };
             kallista_jobs::cluster_cmd::executor_cmd(&opts)
         }

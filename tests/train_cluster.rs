@@ -4,7 +4,8 @@
 //! workers of every round run on distinct executors (the placement record in
 //! `metrics.jsonl`); killing, with SIGKILL, an executor that holds a worker
 //! of the running round still finishes with the weights of a run without a
-//! fault; a bad row fails the job at once, naming where it is.
+//! fault; a bad row fails the job at once, naming where it is; a round that
+//! runs past its timeout has its Ballista job cancelled before the retry.
 
 mod common;
 
@@ -147,11 +148,52 @@ fn a_bad_row_fails_the_job_within_one_round_naming_file_row_and_column() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let error = stderr.lines().find(|l| l.starts_with("error:")).expect(&stderr);
     // The staged file (the job's staging of the split), the row and the column.
-    let staged = format!("{}/data/train/v", dir.join("job").display());
+    let staged = format!("{}/data/train/immutable-v", dir.join("job").display());
     assert!(error.contains(&staged) && error.contains(": row ") && error.contains("column 'frames'"), "{error}");
     assert!(!stderr.contains("resubmitting"), "a bad row is not a lost executor: {stderr}");
     let logs = cluster.log(0) + &cluster.log(1);
     assert!(logs.contains("column 'frames'") && logs.contains(&staged), "executor logs:\n{logs}");
     let rounds = train_lines(&dir.join("job").display().to_string()).len();
     assert!(rounds < 40, "the job went on after the bad row ({rounds} rounds)");
+}
+
+#[test]
+fn a_round_past_its_timeout_has_its_job_cancelled_before_it_is_resubmitted() {
+    let data = &prepared_set(300);
+    let dir = temp_dir("timeout");
+    // One `average` round of 100,000 local steps: far past a 5 s timeout.
+    let job = small_job(&dir, data, 1, "  max_steps: 100000\n  checkpoint_every_steps: 100000");
+    let text = std::fs::read_to_string(&job)
+        .unwrap()
+        .replace("round_timeout_seconds: 30", "round_timeout_seconds: 5")
+        .replace("mode: sync", "mode: average\n  sync_every_steps: 100000");
+    std::fs::write(&job, text).unwrap();
+    let mut opts = ClusterOptions::new(1, 2);
+    opts.env = vec![("RUST_LOG".into(), "info".into())];
+    let cluster = start_cluster_with("timeout", opts);
+    let out = kallista(&["submit", job.to_str().unwrap(), "--scheduler", &cluster.url]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // Each attempt's job was cancelled (the scheduler confirmed it) before the next was sent.
+    let scheduler = std::fs::read_to_string(&cluster.scheduler_log).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    let cancelled: Vec<(usize, String)> = lines
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            let job = l.split("cancelled job ").nth(1)?.split_whitespace().next()?;
+            Some((i, job.to_string()))
+        })
+        .collect();
+    assert_eq!(cancelled.len(), 3, "{stderr}");
+    for (n, (at, job)) in cancelled.iter().enumerate() {
+        assert!(
+            scheduler.contains(&format!("Received cancellation request for job {job}")),
+            "job {job} not cancelled on the scheduler:\n{scheduler}"
+        );
+        let resubmitted = lines[*at..].iter().any(|l| l.contains(&format!("(attempt {}/3); resubmitting", n + 1)));
+        assert_eq!(resubmitted, n < 2, "attempt {} and its cancellation: {stderr}", n + 1);
+    }
+    let error = lines.iter().find(|l| l.starts_with("error:")).expect(&stderr);
+    assert!(error.contains("did not finish within 5s") && error.contains("3 times"), "{error}");
 }

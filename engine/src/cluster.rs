@@ -68,8 +68,11 @@ pub struct ExecutorOptions {
     pub scheduler_port: u16,
     /// Concurrent tasks.
     pub task_slots: usize,
-    /// Shuffle files and scratch space.
+    /// Shuffle files, scratch space and the object cache.
     pub work_dir: Option<String>,
+    /// The most bytes of immutable objects (staged data) kept in the work
+    /// dir's `object-cache/` ([`crate::store::cache`]); 0 turns it off.
+    pub object_cache_bytes: u64,
 }
 
 impl Default for ExecutorOptions {
@@ -83,6 +86,7 @@ impl Default for ExecutorOptions {
             scheduler_port: 50050,
             task_slots: 2,
             work_dir: None,
+            object_cache_bytes: 16 << 30,
         }
     }
 }
@@ -162,6 +166,25 @@ pub async fn run_scheduler(opts: &SchedulerOptions) -> Result<()> {
     start_server(cluster, addr, Arc::new(config)).await.map_err(|e| EngineError::Invalid(format!("scheduler: {e}")))
 }
 
+/// The default work dirs: `<temp>/kallista-executor-<pid>`.
+const WORK_DIR_PREFIX: &str = "kallista-executor-";
+
+/// Removes the default work dirs of processes that have ended (their shuffle
+/// files and object caches: nobody else cleans them up).
+fn remove_dead_work_dirs() {
+    if !std::path::Path::new("/proc/self").exists() {
+        return; // no way to tell a live process here
+    }
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name.to_str().and_then(|n| n.strip_prefix(WORK_DIR_PREFIX)).and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Runs an executor until the process ends.
 pub async fn run_executor(opts: &ExecutorOptions) -> Result<()> {
     let mut registry = BallistaFunctionRegistry::default();
@@ -178,9 +201,13 @@ pub async fn run_executor(opts: &ExecutorOptions) -> Result<()> {
         .set(ExecutorIdentity { name: format!("{advertised}:{}", opts.port), task_slots: opts.task_slots.max(1) });
     // Shuffle files and spills in one place: the given work dir, or one of this process's.
     let work_dir = opts.work_dir.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("kallista-executor-{}", std::process::id())).display().to_string()
+        remove_dead_work_dirs();
+        std::env::temp_dir().join(format!("{WORK_DIR_PREFIX}{}", std::process::id())).display().to_string()
     });
     std::fs::create_dir_all(&work_dir).map_err(|e| EngineError::Io { path: work_dir.clone(), source: e })?;
+    let cache_dir = std::path::Path::new(&work_dir).join("object-cache");
+    crate::store::cache::install(cache_dir.clone(), opts.object_cache_bytes)
+        .map_err(|e| EngineError::Io { path: cache_dir.display().to_string(), source: e })?;
     let spill_dir = work_dir.clone();
     let runtime: ballista_core::RuntimeProducer =
         Arc::new(move |_: &SessionConfig| crate::store::runtime_env(Some(&spill_dir)));

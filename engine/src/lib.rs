@@ -11,6 +11,7 @@
 //! [`store`] resolves every path a job touches (`file://`, `s3://`, `gs://`,
 //! `az://`, `http(s)://`) through one object-store registry.
 
+pub mod cancel;
 pub mod cluster;
 pub mod embedded;
 pub mod error;

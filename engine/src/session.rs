@@ -14,6 +14,7 @@ use ballista_core::extension::SessionConfigExt;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::SessionState;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use std::sync::Arc;
 
 /// Where queries run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,7 +83,9 @@ pub async fn training_session(cluster: &Cluster, workers: usize) -> Result<Sessi
         Cluster::Embedded => crate::embedded::start_embedded_cluster(workers.max(2)).await?,
         Cluster::Remote(url) => url.clone(),
     };
-    let mut config = kallista_config().with_target_partitions(workers.max(1));
+    let mut config = kallista_config()
+        .with_target_partitions(workers.max(1))
+        .with_extension(Arc::new(crate::cancel::SchedulerUrl(url.clone())));
     let opts = config.options_mut();
     opts.optimizer.repartition_file_scans = false;
     opts.execution.parquet.pushdown_filters = true;

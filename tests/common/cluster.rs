@@ -16,6 +16,7 @@ pub struct Cluster {
     pub names: Vec<String>,
     /// Each executor's working directory (its log is `executor.log` there).
     pub homes: Vec<PathBuf>,
+    pub scheduler_log: PathBuf,
     pub url: String,
 }
 
@@ -105,7 +106,8 @@ pub fn start_cluster_with(name: &str, opts: ClusterOptions) -> Cluster {
         names.push(format!("{}:{flight}", opts.external_host.as_deref().unwrap_or(&opts.bind_host)));
         homes.push(home);
     }
-    let cluster = Cluster { scheduler, executors, names, homes, url: format!("df://127.0.0.1:{port}") };
+    let scheduler_log = root.join("scheduler.log");
+    let cluster = Cluster { scheduler, executors, names, homes, scheduler_log, url: format!("df://127.0.0.1:{port}") };
     // Wait until a query runs, and every executor has started its registration.
     let deadline = Instant::now() + Duration::from_secs(60);
     while !kallista(&["sql", "--scheduler", &cluster.url, "-e", "SELECT 1"]).status.success()

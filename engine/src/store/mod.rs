@@ -20,6 +20,7 @@
 //! ```
 
 pub mod blocking;
+pub mod cache;
 mod location;
 mod registry;
 

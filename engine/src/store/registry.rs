@@ -83,7 +83,8 @@ pub fn runtime_env(temp_dir: Option<&str>) -> datafusion::error::Result<Arc<Runt
 ///   `AZURE_STORAGE_ACCOUNT_NAME` and friends;
 /// - `http(s)://`: read-only plain HTTP (WebDAV servers also take writes).
 ///
-/// Network stores do their I/O on Kallista's storage runtime
+/// Network stores read immutable objects through the executor's cache
+/// ([`super::cache`]) and do their I/O on Kallista's storage runtime
 /// ([`super::blocking`]), whichever runtime asks: a connection is never left
 /// waiting on a runtime whose threads are all busy with training.
 pub fn build_store(url: &Url) -> Result<Arc<dyn ObjectStore>> {
@@ -124,5 +125,8 @@ pub fn build_store(url: &Url) -> Result<Arc<dyn ObjectStore>> {
         }
         other => return Err(EngineError::Invalid(format!("{url}: no object store for scheme '{other}'"))),
     };
-    Ok(store)
+    Ok(match url.scheme() {
+        "file" => store,
+        _ => Arc::new(super::cache::CachedStore::new(store, store_key(url))),
+    })
 }

@@ -10,9 +10,11 @@ use super::metrics::{EvalLine, MetricsLine, MetricsLog, TrainLine};
 use super::round::{CompileSpec, EvalCounts, EvalSpec, Mode, ModelRef, RoundResult, RoundSpec};
 use super::schedule::BlockSchedule;
 use super::vectors::read_vectors;
+use crate::cancel::{collect_within, Deadline, Tracking};
 use crate::error::{EngineError, Result};
 use crate::store::{blocking, Location};
 use datafusion::arrow::array::{Array, StringArray};
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::SessionContext;
 use kallista_ops::model::{Model, WeightGrads};
 use serde::{Deserialize, Serialize};
@@ -96,7 +98,11 @@ fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
 
 /// Runs a query returning one string (the functions' JSON answers).
 async fn query_string(ctx: &SessionContext, sql: &str) -> Result<String> {
-    let batches = ctx.sql(sql).await?.collect().await?;
+    first_string(&ctx.sql(sql).await?.collect().await?, sql)
+}
+
+/// The string in the first row of a query's answer.
+fn first_string(batches: &[RecordBatch], sql: &str) -> Result<String> {
     let col = batches.iter().find(|b| b.num_rows() > 0).map(|b| b.column(0).clone());
     let s = col
         .as_ref()
@@ -110,7 +116,8 @@ async fn query_string(ctx: &SessionContext, sql: &str) -> Result<String> {
 const ROUND_ATTEMPTS: usize = 3;
 
 /// Runs a round's query; resubmits it when it has not finished within
-/// `timeout` or the cluster failed it (lost executors, failed stages), at
+/// `timeout` (after cancelling its Ballista job, for rounds of several
+/// steps: [`Tracking`]) or the cluster failed it (lost executors, failed stages), at
 /// most [`ROUND_ATTEMPTS`] times. A deterministic failure (a bad row, a NaN
 /// loss: [`EngineError::is_deterministic`]) fails at once. Rounds are
 /// idempotent: a rerun recomputes the same partial results under the same
@@ -122,23 +129,33 @@ async fn run_round(
     sql: &str,
     timeout: std::time::Duration,
     step: u64,
+    steps: u64,
     on_event: &mut (dyn FnMut(&Event) + Send),
 ) -> Result<String> {
+    // Rounds of many steps are worth a job id to cancel; one-step rounds
+    // (`sync`) keep the scheduler's pushed status, without polling delay.
+    let tracking = if steps > 1 { Tracking::Poll } else { Tracking::Push };
     let mut last = String::new();
     for attempt in 1..=ROUND_ATTEMPTS {
-        last = match tokio::time::timeout(timeout, query_string(ctx, sql)).await {
-            Ok(Ok(result)) => return Ok(result),
-            Ok(Err(e)) if e.is_deterministic() => {
+        last = match collect_within(ctx, sql, timeout, tracking).await {
+            Ok(Deadline::Finished(batches)) => return first_string(&batches, sql),
+            Err(e) if e.is_deterministic() => {
                 let cause = EngineError::from_remote(&e.to_string()).unwrap_or(e);
                 return Err(EngineError::Training(format!("round at step {step} failed: {cause}")));
             }
-            Ok(Err(e)) => format!("failed: {e}"),
-            Err(_) => format!("did not finish within {}s", timeout.as_secs()),
+            Err(e) => format!("failed: {e}"),
+            Ok(Deadline::TimedOut { job }) => format!(
+                "did not finish within {}s{}",
+                timeout.as_secs(),
+                job.map_or(String::new(), |j| format!(" (its job {j} cancelled)"))
+            ),
         };
         log::warn!("round at step {step} {last} (attempt {attempt}/{ROUND_ATTEMPTS})");
-        on_event(&Event::Log(format!(
-            "round at step {step} {last} (attempt {attempt}/{ROUND_ATTEMPTS}); resubmitting"
-        )));
+        if attempt < ROUND_ATTEMPTS {
+            on_event(&Event::Log(format!(
+                "round at step {step} {last} (attempt {attempt}/{ROUND_ATTEMPTS}); resubmitting"
+            )));
+        }
     }
     Err(EngineError::Training(format!("round at step {step} {last}, {ROUND_ATTEMPTS} times")))
 }
@@ -343,7 +360,7 @@ impl<'a> Job<'a> {
             sql_str(&spec_json)
         );
         let t0 = Instant::now();
-        let json = run_round(self.ctx, &sql, self.cfg.round_timeout, step, on_event).await?;
+        let json = run_round(self.ctx, &sql, self.cfg.round_timeout, step, k, on_event).await?;
         let query_ms = t0.elapsed().as_secs_f64() * 1e3;
         let result: RoundResult =
             serde_json::from_str(&json).map_err(|e| EngineError::Training(format!("round result: {e}")))?;

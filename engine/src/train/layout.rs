@@ -194,8 +194,12 @@ pub async fn stage(ctx: &SessionContext, source: &DataSource, layout: &Layout) -
             per_shard.iter().sum::<u64>()
         )));
     }
-    let version =
-        format!("v{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis()));
+    // Written once, never changed: executors may keep a copy (`store::cache`).
+    let version = format!(
+        "{}v{}",
+        crate::store::cache::IMMUTABLE_PREFIX,
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
+    );
     let dir = job.staged(split).join(&version);
     let keep = keep_rows_per_shard.map_or(String::new(), |n| format!("WHERE rank_in_shard < {n}"));
     let sql = format!(

@@ -33,6 +33,20 @@ fn add_all<T: Element + std::ops::AddAssign>(total: &mut Vectors<T>, part: Vecto
     Ok(())
 }
 
+/// Partial results read at once by the reducer.
+const READS_IN_FLIGHT: usize = 4;
+
+/// The vectors of every file of `group`, read concurrently, in its order.
+fn read_all<T: Element>(group: &[(&Location, u64)]) -> Vec<Result<Vectors<T>>> {
+    std::thread::scope(|s| {
+        let reads: Vec<_> = group.iter().map(|(file, _)| s.spawn(move || read_vectors::<T>(file))).collect();
+        reads
+            .into_iter()
+            .map(|r| r.join().unwrap_or_else(|_| Err(EngineError::Training("a partial read panicked".into()))))
+            .collect()
+    })
+}
+
 /// Combines `partials` (any order; sorted here) as the module docs say;
 /// `out` is the `sync` result file.
 pub fn reduce(spec: &RoundSpec, mut partials: Vec<PartialResult>, out: &Location) -> Result<RoundResult> {
@@ -59,16 +73,25 @@ pub fn reduce(spec: &RoundSpec, mut partials: Vec<PartialResult>, out: &Location
             write_ms: p.times.write_ms,
         });
         result.partial_files.extend(p.file.clone());
-        let (Some(file), true) = (&p.file, p.parts > 0) else { continue };
-        result.partitions += 1;
+    }
+    let files: Vec<(&Location, u64)> =
+        partials.iter().filter(|p| p.parts > 0).filter_map(|p| Some((p.file.as_ref()?, p.parts))).collect();
+    result.partitions = files.len() as u64;
+    // Read a few at a time (each is a network round trip on an object
+    // store), added in block order.
+    for group in files.chunks(READS_IN_FLIGHT) {
         match spec.mode {
             Mode::Sync => {
-                parts += p.parts;
-                add_all(&mut exact, read_vectors::<i64>(file)?, file)?;
+                for ((file, n), part) in group.iter().zip(read_all::<i64>(group)) {
+                    parts += n;
+                    add_all(&mut exact, part?, file)?;
+                }
             }
             Mode::Average => {
-                parts += 1;
-                add_all(&mut float, read_vectors::<f32>(file)?, file)?;
+                for ((file, _), part) in group.iter().zip(read_all::<f32>(group)) {
+                    parts += 1;
+                    add_all(&mut float, part?, file)?;
+                }
             }
         }
     }
