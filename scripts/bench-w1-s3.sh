@@ -6,7 +6,7 @@
 #   scripts/bench-w1-s3.sh                 # RUNS=default,average_1_worker ROUNDS=1 by default
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-SERVER="${KALLISTA_S3_SERVER:-$HOME/.cache/kallista/tools/bin/s3s-fs}"
+SERVER="${KALLISTA_S3_SERVER:-${KALLISTA_TOOLS:-$HOME/.cache/kallista/tools}/bin/s3s-fs}"
 [ -x "$SERVER" ] || "$ROOT/scripts/test-setup.sh"
 DATA="$(mktemp -d)"
 mkdir -p "$DATA/bench"

@@ -23,18 +23,16 @@ impl Drop for S3Server {
     }
 }
 
-/// The server binary: `$KALLISTA_S3_SERVER`, or where `.ci/run` installs it.
+/// The server binary: `$KALLISTA_S3_SERVER`, or where `scripts/test-setup.sh`
+/// installs it (`$KALLISTA_TOOLS`, by default `~/.cache/kallista/tools`).
 fn server_binary() -> PathBuf {
     if let Ok(p) = std::env::var("KALLISTA_S3_SERVER") {
         return PathBuf::from(p);
     }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let p = PathBuf::from(home).join(".cache/kallista/tools/bin/s3s-fs");
-    assert!(
-        p.is_file(),
-        "no S3 server at {}: install it with `cargo install --root ~/.cache/kallista/tools s3s-fs@0.14.1 --features binary --locked` (as .ci/run does) or set KALLISTA_S3_SERVER",
-        p.display()
-    );
+    let tools = std::env::var("KALLISTA_TOOLS")
+        .unwrap_or_else(|_| format!("{}/.cache/kallista/tools", std::env::var("HOME").unwrap_or_default()));
+    let p = PathBuf::from(tools).join("bin/s3s-fs");
+    assert!(p.is_file(), "no S3 server at {}: run scripts/test-setup.sh, or set KALLISTA_S3_SERVER", p.display());
     p
 }
 

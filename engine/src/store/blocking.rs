@@ -83,10 +83,7 @@ pub fn read_string(at: &Location) -> Result<String> {
 /// it is stored.
 pub fn write(at: &Location, bytes: impl Into<Bytes>) -> Result<()> {
     let bytes: Bytes = bytes.into();
-    if let Some(path) = at.local_path() {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| EngineError::Io { path: dir.display().to_string(), source: e })?;
-        }
+    if let Some(path) = local_with_parent(at)? {
         return Ok(kallista_ops::model::write_atomic(&path, &bytes)?);
     }
     put(at, bytes)
@@ -96,13 +93,19 @@ pub fn write(at: &Location, bytes: impl Into<Bytes>) -> Result<()> {
 /// makes obsolete anyway (a round's partial results).
 pub fn write_scratch(at: &Location, bytes: impl Into<Bytes>) -> Result<()> {
     let bytes: Bytes = bytes.into();
-    if let Some(path) = at.local_path() {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| EngineError::Io { path: dir.display().to_string(), source: e })?;
-        }
+    if let Some(path) = local_with_parent(at)? {
         return Ok(kallista_ops::model::replace_file(&path, false, |tmp| std::fs::write(tmp, &bytes))?);
     }
     put(at, bytes)
+}
+
+/// The local path of `at`, its directory created; `None` on other stores.
+fn local_with_parent(at: &Location) -> Result<Option<std::path::PathBuf>> {
+    let Some(path) = at.local_path() else { return Ok(None) };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| EngineError::Io { path: dir.display().to_string(), source: e })?;
+    }
+    Ok(Some(path))
 }
 
 fn put(at: &Location, bytes: Bytes) -> Result<()> {

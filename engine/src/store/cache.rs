@@ -108,17 +108,29 @@ impl ObjectCache {
         if meta.size > self.max_bytes {
             return Ok(None);
         }
-        let local = |e: std::io::Error| object_store::Error::Generic { store: "object cache", source: Box::new(e) };
         let partial = file.with_extension("part");
-        let mut out = std::fs::File::create(&partial).map_err(local)?;
-        let mut body = got.into_stream();
-        while let Some(chunk) = body.next().await {
-            out.write_all(&chunk?).map_err(local)?;
+        let written = async {
+            let local = |e: std::io::Error| object_store::Error::Generic { store: "object cache", source: Box::new(e) };
+            let mut out = std::fs::File::create(&partial).map_err(local)?;
+            let mut body = got.into_stream();
+            while let Some(chunk) = body.next().await {
+                out.write_all(&chunk?).map_err(local)?;
+            }
+            drop(out);
+            std::fs::rename(&partial, &file).map_err(local)
+        };
+        if let Err(e) = written.await {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
         }
-        drop(out);
-        std::fs::rename(&partial, &file).map_err(local)?;
         self.lock().bytes += meta.size;
         Ok(Some(Entry { file, meta }))
+    }
+
+    /// The local copy of `key` if it is already here.
+    fn peek(&self, key: &str) -> Option<Entry> {
+        let state = self.lock();
+        state.slots.get(key).and_then(|(slot, _)| slot.entry.get().cloned().flatten())
     }
 
     /// Evicts the least recently used objects but `key` while over the limit.
@@ -172,10 +184,11 @@ impl CachedStore {
             && options.if_modified_since.is_none()
             && options.if_unmodified_since.is_none()
             && options.version.is_none();
+        let key = format!("{}/{location}", self.key);
         match CACHE.get() {
-            Some(cache) if plain && is_immutable(location) => {
-                cache.entry(format!("{}/{location}", self.key), self.inner.as_ref(), location).await
-            }
+            // Metadata alone is not worth a download.
+            Some(cache) if plain && options.head => Ok(cache.peek(&key)),
+            Some(cache) if plain && is_immutable(location) => cache.entry(key, self.inner.as_ref(), location).await,
             _ => Ok(None),
         }
     }
@@ -281,6 +294,24 @@ mod tests {
         assert_eq!(store.head(&frozen).await.unwrap().size, 10);
         assert_eq!(store.get_range(&mutable, 2..5).await.unwrap().as_ref(), b"cde");
         assert!(store.get_range(&frozen, 12..14).await.is_err());
+        // A HEAD alone downloads nothing: the first read after it sees the store.
+        let unread = Path::from("data/train/immutable-v1/part-1.parquet");
+        inner.put(&unread, PutPayload::from_static(b"0123456789")).await.unwrap();
+        assert_eq!(store.head(&unread).await.unwrap().size, 10);
+        inner.put(&unread, PutPayload::from_static(b"abcdefghij")).await.unwrap();
+        assert_eq!(store.get_range(&unread, 0..2).await.unwrap().as_ref(), b"ab");
+        // Past the cache's 1 MiB, the least recently read object goes.
+        let (big1, big2) =
+            (Path::from("data/train/immutable-v2/big-1.parquet"), Path::from("data/train/immutable-v2/big-2.parquet"));
+        for p in [&big1, &big2] {
+            inner.put(p, PutPayload::from(vec![1u8; 600 << 10])).await.unwrap();
+            assert_eq!(store.get_range(p, 0..1).await.unwrap().as_ref(), [1]);
+        }
+        for p in [&big1, &big2] {
+            inner.put(p, PutPayload::from(vec![2u8; 600 << 10])).await.unwrap();
+        }
+        assert_eq!(store.get_range(&big2, 0..1).await.unwrap().as_ref(), [1], "the newest stays");
+        assert_eq!(store.get_range(&big1, 0..1).await.unwrap().as_ref(), [2], "the oldest was evicted");
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

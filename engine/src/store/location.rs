@@ -100,6 +100,13 @@ impl Location {
         self.url.path_segments().and_then(|mut s| s.next_back()).unwrap_or("")
     }
 
+    /// Whether this is `prefix` or an object below it, on the same store
+    /// (whole path segments: `weights-old` is not under `weights`).
+    pub fn is_under(&self, prefix: &Location) -> bool {
+        self.url[..url::Position::BeforePath] == prefix.url[..url::Position::BeforePath]
+            && self.object_path().prefix_matches(&prefix.object_path())
+    }
+
     /// The location `key` names inside this location's store (the same scheme
     /// and bucket), as listings return them.
     pub fn sibling(&self, key: &ObjectPath) -> Location {
@@ -157,6 +164,15 @@ mod tests {
         assert_eq!(Location::parse("s3://bucket").unwrap().join("k").as_str(), "s3://bucket/k");
         let json = serde_json::to_string(&l).unwrap();
         assert_eq!(serde_json::from_str::<Location>(&json).unwrap(), l);
+    }
+
+    #[test]
+    fn under_means_the_same_store_and_whole_segments() {
+        let weights = Location::parse("s3://bucket/job/weights").unwrap();
+        assert!(weights.join("step-3.safetensors").is_under(&weights));
+        assert!(!Location::parse("s3://bucket/job/weights-old/x").unwrap().is_under(&weights));
+        assert!(!Location::parse("s3://other/job/weights/x").unwrap().is_under(&weights));
+        assert!(!Location::parse("gs://bucket/job/weights/x").unwrap().is_under(&weights));
     }
 
     #[test]

@@ -318,7 +318,7 @@ impl<'a> Job<'a> {
     /// Makes `at` the weights version the next round reads, and deletes the previous one.
     fn adopt(&mut self, at: Location) -> Result<()> {
         let old = std::mem::replace(&mut self.model_ref.weights, at);
-        if old != self.model_ref.weights && old.as_str().starts_with(&self.dir().weights_dir().dir_url()) {
+        if old != self.model_ref.weights && old.is_under(&self.dir().weights_dir()) {
             blocking::delete(&old)?;
         }
         Ok(())

@@ -230,9 +230,8 @@ pub async fn stage(ctx: &SessionContext, source: &DataSource, layout: &Layout) -
     let json = serde_json::to_vec_pretty(&staged).map_err(|e| EngineError::Invalid(e.to_string()))?;
     blocking::write(&record, json)?;
     // Older versions, after the record no longer names them.
-    let current = staged.dir.object_path();
     for (object, _) in blocking::list(&job.staged(split))? {
-        if !object.object_path().prefix_matches(&current) {
+        if !object.is_under(&staged.dir) {
             blocking::delete(&object)?;
         }
     }
