@@ -1,11 +1,13 @@
 //! Training on a real cluster of processes on loopback: `kallista scheduler`
 //! and `kallista executor`s, each executor in a working directory of its own,
 //! jobs sent with `kallista submit`. A job learns and fills its job dir; the
-//! workers of every round run on distinct executors (the placement record in
-//! `metrics.jsonl`); killing, with SIGKILL, an executor that holds a worker
-//! of the running round still finishes with the weights of a run without a
-//! fault; a bad row fails the job at once, naming where it is; a round that
-//! runs past its timeout has its Ballista job cancelled before the retry.
+//! ranks of every `sync` segment run on distinct executors (the placement
+//! record in `metrics.jsonl`); killing, with SIGKILL, an executor that holds
+//! a rank in the middle of a segment restarts the segment and finishes with
+//! the weights of a run without a fault, also when too few executors remain
+//! for the old number of ranks; a bad row fails the job at once, naming
+//! where it is; a round that runs past its timeout has its Ballista job
+//! cancelled before the retry.
 
 mod common;
 
@@ -43,7 +45,7 @@ fn three_workers_of_every_round_run_on_three_different_executors() {
     let job = small_job(&dir, data, 3, "  max_steps: 6");
     let text = std::fs::read_to_string(&job)
         .unwrap()
-        .replace("shards: 4", "shards: 3")
+        .replace("shards: 4", "shards: 3\n  sync_every_steps: 1")
         .replace("batch_size: 32", "batch_size: 30");
     std::fs::write(&job, text).unwrap();
     let cluster = start_cluster_with("placement", ClusterOptions::new(3, 2));
@@ -58,56 +60,109 @@ fn three_workers_of_every_round_run_on_three_different_executors() {
     }
 }
 
-#[test]
-fn killing_an_executor_that_holds_a_worker_of_the_running_round_still_finishes_with_the_same_weights() {
-    let data = &prepared_set(300);
-    let dir = temp_dir("kill");
-    let job = small_job(&dir, data, 2, "  max_steps: 40\n  checkpoint_every_steps: 1000");
-    let reference = dir.join("reference");
-    ok(kallista(&["train", job.to_str().unwrap(), "--job-dir", reference.to_str().unwrap()]));
+/// The ranks of the running `sync` segment, from the job dir's `ranks.json`:
+/// (segment's first step, generation, executor of each rank).
+fn running_ranks(job_dir: &str) -> Option<(u64, u64, Vec<String>)> {
+    let v: serde_json::Value = serde_json::from_slice(&job_object(job_dir, "ranks.json")?).ok()?;
+    let executors = v["ranks"].as_array()?.iter().map(|r| r["executor"].as_str().unwrap().to_string()).collect();
+    Some((v["step"].as_u64()?, v["generation"].as_u64()?, executors))
+}
 
-    // Two slots each: a task that Ballista leaves stuck after the loss (seen
-    // once in ~10 runs with one slot) must not starve the resubmitted round.
-    let mut cluster = start_cluster("kill", 2);
-    let faulty = dir.join("faulty");
-    let faulty_url = faulty.display().to_string();
+/// Submits `job` to `cluster` with the job dir `job_dir`; once the segment
+/// starting at `step` is running, SIGKILLs the executor of its rank 0
+/// (chosen from the placement record). Returns the submit's stderr (asserted
+/// successful) and the victim's index.
+fn kill_a_rank_mid_segment(
+    job: &std::path::Path,
+    cluster: &mut common::cluster::Cluster,
+    job_dir: &str,
+    step: u64,
+) -> (String, usize) {
     let submit = Command::new(env!("CARGO_BIN_EXE_kallista"))
-        .args(["submit", job.to_str().unwrap(), "--scheduler", &cluster.url, "--job-dir", &faulty_url])
+        .args(["submit", job.to_str().unwrap(), "--scheduler", &cluster.url, "--job-dir", job_dir])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait for round 10, then SIGKILL an executor that ran a worker of the
-    // last recorded round: with one worker per executor (round-robin
-    // placement) it holds one of the running round too.
     let deadline = Instant::now() + Duration::from_secs(120);
-    let (seen_step, victim) = loop {
-        let rounds = placements(&faulty_url);
-        if rounds.len() >= 10 {
-            let (step, executors) = rounds.last().unwrap().clone();
-            assert_eq!(executors.iter().collect::<BTreeSet<_>>().len(), 2, "step {step} ran on {executors:?}");
-            let victim = cluster.names.iter().position(|n| *n == executors[0]).expect("a cluster executor");
-            break (step, victim);
+    let victim = loop {
+        if let Some((s, _, executors)) = running_ranks(job_dir) {
+            if s == step {
+                break cluster.names.iter().position(|n| *n == executors[0]).expect("a cluster executor");
+            }
+            assert!(s < step, "missed the segment at step {step}: now at {s}");
         }
-        assert!(Instant::now() < deadline, "the job did not reach round 10");
-        std::thread::sleep(Duration::from_millis(20));
+        assert!(Instant::now() < deadline, "the job did not reach the segment at step {step}");
+        std::thread::sleep(Duration::from_millis(10));
     };
     cluster.executors[victim].kill().unwrap();
     cluster.executors[victim].wait().unwrap();
     let out = submit.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stderr}");
-    // Say whether Ballista recovered by itself or the driver had to resubmit a round.
-    eprintln!("{}", stderr.lines().filter(|l| l.contains("resubmitting")).collect::<Vec<_>>().join("\n"));
-    let rounds = placements(&faulty_url);
-    assert_eq!(rounds.last().unwrap().0, 40, "{rounds:?}");
-    // The round running at the kill (and every later one) had its killed
-    // worker's part re-run on the surviving executor.
-    let survivor = &cluster.names[1 - victim];
-    for (step, executors) in rounds.iter().filter(|(s, _)| *s > seen_step + 1) {
-        assert!(executors.len() == 2 && executors.iter().all(|e| e == survivor), "step {step}: {executors:?}");
+    (stderr, victim)
+}
+
+/// A job of 3 segments of 30 `sync` steps on 2 ranks, and the weights of its run without a fault.
+fn three_segment_job(
+    name: &str,
+    rank_start_timeout: u64,
+) -> (std::path::PathBuf, std::path::PathBuf, std::collections::BTreeMap<String, Vec<f32>>) {
+    let data = &prepared_set(300);
+    let dir = temp_dir(name);
+    let extra = "  max_steps: 90\n  checkpoint_every_steps: 1000";
+    let job = small_job(&dir, data, 2, extra);
+    let text = std::fs::read_to_string(&job).unwrap().replace(
+        "  shards: 4\n",
+        &format!("  shards: 4\n  sync_every_steps: 30\n  rank_start_timeout_seconds: {rank_start_timeout}\n"),
+    );
+    std::fs::write(&job, text).unwrap();
+    let reference = dir.join("reference");
+    ok(kallista(&["train", job.to_str().unwrap(), "--job-dir", reference.to_str().unwrap()]));
+    let weights = weights(&final_weights(&reference));
+    (dir, job, weights)
+}
+
+#[test]
+fn killing_an_executor_that_holds_a_rank_mid_segment_restarts_the_segment_with_the_same_weights() {
+    let (dir, job, reference) = three_segment_job("kill", 20);
+    // Three executors of one slot: after the kill, two slots remain for the two ranks.
+    let mut cluster = start_cluster_with("kill", ClusterOptions::new(3, 1));
+    let faulty = dir.join("faulty").display().to_string();
+    let (stderr, victim) = kill_a_rank_mid_segment(&job, &mut cluster, &faulty, 30);
+    assert!(stderr.contains("restarting it from step 30"), "{stderr}");
+    let lines = train_lines(&faulty);
+    let steps: Vec<u64> = lines.iter().map(|l| l["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, vec![30, 60, 90], "{lines:?}");
+    // The segment at step 30 ran again as a later generation, on the survivors, with two ranks.
+    let restarted = &lines[1];
+    assert!(restarted["generation"].as_u64().unwrap() > 2, "{restarted}");
+    assert_eq!(restarted["partitions"].as_u64(), Some(2), "{restarted}");
+    for p in restarted["parts"].as_array().unwrap() {
+        assert_ne!(p["executor"].as_str().unwrap(), cluster.names[victim], "{restarted}");
     }
-    assert_eq!(weights(&final_weights(&reference)), weights(&final_weights(&faulty)));
+    assert!(
+        weights(&final_weights(&dir.join("faulty"))) == reference,
+        "the weights differ from the run without a fault"
+    );
+}
+
+#[test]
+fn losing_an_executor_for_good_finishes_with_fewer_ranks_and_the_same_weights() {
+    let (dir, job, reference) = three_segment_job("lose", 8);
+    // Two executors of one slot: after the kill, one rank fits.
+    let mut cluster = start_cluster_with("lose", ClusterOptions::new(2, 1));
+    let faulty = dir.join("faulty").display().to_string();
+    let (stderr, _) = kill_a_rank_mid_segment(&job, &mut cluster, &faulty, 30);
+    assert!(stderr.contains("1 of 2 ranks started"), "{stderr}");
+    let lines = train_lines(&faulty);
+    let ranks: Vec<(u64, u64)> =
+        lines.iter().map(|l| (l["step"].as_u64().unwrap(), l["partitions"].as_u64().unwrap())).collect();
+    assert_eq!(ranks, vec![(30, 2), (60, 1), (90, 1)], "{lines:?}");
+    assert!(
+        weights(&final_weights(&dir.join("faulty"))) == reference,
+        "the weights differ from the run without a fault"
+    );
 }
 
 /// The one value a `kallista sql -e` query prints.

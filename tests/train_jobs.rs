@@ -17,15 +17,56 @@ fn a_job_on_the_embedded_cluster_learns_and_fills_its_job_dir() {
     check_learned(&dir.join("job"), &data, &out);
 }
 
+/// [`small_job`] with BatchNormalization (moving statistics averaged across
+/// ranks) in the frame CNN and Dropout (seeded per step and block) before the
+/// softmax: the layers whose training behaviour a wrong seed or a missing
+/// state update would change.
+fn job_with_batch_norm_and_dropout(dir: &std::path::Path, data: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let job = small_job(dir, data, 1, extra);
+    let text = std::fs::read_to_string(&job).unwrap();
+    let edits = [
+        (
+            "- {name: flatten, class: Flatten, input: conv2}",
+            "- {name: bn, class: BatchNormalization, input: conv2}\n        - {name: flatten, class: Flatten, input: bn}",
+        ),
+        (
+            "- {name: fc_out, class: Dense, input: fc1,",
+            "- {name: drop, class: Dropout, input: fc1, rate: 0.3}\n    - {name: fc_out, class: Dense, input: drop,",
+        ),
+    ];
+    let mut text = text;
+    for (from, to) in edits {
+        assert!(text.contains(from), "small_job no longer has {from}");
+        text = text.replace(from, to);
+    }
+    std::fs::write(&job, text).unwrap();
+    job
+}
+
 #[test]
 fn sync_training_is_bit_identical_for_one_two_and_four_workers() {
     let data = &prepared_set(300);
     let dir = temp_dir("sync-workers");
-    let job = small_job(&dir, data, 1, "  max_steps: 5");
+    // Two epochs (6 steps each) in segments of 5 steps: one segment crosses the boundary.
+    let job = job_with_batch_norm_and_dropout(&dir, data, "  epochs: 2");
+    let text = std::fs::read_to_string(&job).unwrap();
+    std::fs::write(&job, text.replace("  shards: 4\n", "  shards: 4\n  sync_every_steps: 5\n")).unwrap();
     let mut results = vec![];
-    for workers in ["1", "2", "4"] {
+    for workers in [1usize, 2, 4] {
         let job_dir = dir.join(format!("w{workers}"));
-        ok(kallista(&["train", job.to_str().unwrap(), "--workers", workers, "--job-dir", job_dir.to_str().unwrap()]));
+        let w = workers.to_string();
+        ok(kallista(&["train", job.to_str().unwrap(), "--workers", &w, "--job-dir", job_dir.to_str().unwrap()]));
+        let lines = train_lines(&job_dir.display().to_string());
+        assert!(lines.len() > 2, "{lines:?}");
+        for l in &lines {
+            // Every segment really ran on that many ranks, ranks 0..W.
+            let ranks: Vec<u64> =
+                l["parts"].as_array().unwrap().iter().map(|p| p["first_block"].as_u64().unwrap()).collect();
+            assert_eq!(ranks, (0..workers as u64).collect::<Vec<_>>(), "{l}");
+            assert_eq!(l["partitions"].as_u64(), Some(workers as u64), "{l}");
+        }
+        let last = lines.last().unwrap();
+        assert!(last["epoch"].as_f64().unwrap() >= 2.0, "the run must cross an epoch boundary: {last}");
         results.push(weights(&final_weights(&job_dir)));
     }
     let initial = {
@@ -34,8 +75,18 @@ fn sync_training_is_bit_identical_for_one_two_and_four_workers() {
         weights(&final_weights(&job_dir))
     };
     assert_ne!(results[0], initial, "training must change the weights");
-    assert_eq!(results[0], results[1], "1 vs 2 workers");
-    assert_eq!(results[0], results[2], "1 vs 4 workers");
+    assert!(results[0].keys().any(|k| k.contains("moving_mean")), "the BatchNormalization statistics are compared");
+    assert!(
+        results[0].keys().any(|k| k.starts_with("optimizer")),
+        "the optimizer slots are compared: {:?}",
+        results[0].keys()
+    );
+    // Bit for bit: `weights` holds every value's exact f32, compared as bits.
+    let bits = |w: &std::collections::BTreeMap<String, Vec<f32>>| -> Vec<(String, Vec<u32>)> {
+        w.iter().map(|(k, v)| (k.clone(), v.iter().map(|x| x.to_bits()).collect())).collect()
+    };
+    assert!(bits(&results[0]) == bits(&results[1]), "1 vs 2 workers");
+    assert!(bits(&results[0]) == bits(&results[2]), "1 vs 4 workers");
 }
 
 #[test]
@@ -51,7 +102,8 @@ fn resume_from_a_checkpoint_ends_with_the_weights_of_an_uninterrupted_run() {
     let last = std::fs::read_to_string(resumed.join("checkpoints/last.json")).unwrap();
     assert!(last.contains("\"step\": 5"), "{last}");
     let out = ok(kallista(&["train", job.to_str().unwrap(), "--job-dir", r, "--resume"]));
-    assert!(out.contains("trained 8 steps in 3 rounds"), "{out}");
+    // Segments end on checkpoints: steps 5-6 and 6-8.
+    assert!(out.contains("trained 8 steps in 2 rounds"), "{out}");
     assert_eq!(weights(&final_weights(&straight)), weights(&final_weights(&resumed)));
 }
 

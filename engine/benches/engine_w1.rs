@@ -8,11 +8,17 @@
 //! (Ballista job, Parquet scan, weights version written and loaded, partial
 //! and reduced result files).
 //!
-//!     cargo bench --workspace --bench engine_w1     # ROUNDS=1 ROUNDS_PER_RUN=2 SYNC_STEPS=20 RUNS=<all>
+//!     cargo bench --workspace --bench engine_w1     # ROUNDS=1 ROUNDS_PER_RUN=2 SYNC_STEPS=100 RUNS=<all>
 //!
 //! Runs: `default` (the job spec's defaults: a worker per core, `average`,
-//! 200 local steps per round), `average` with 1 worker, and `sync` with 2
-//! workers and 1 worker (one optimizer step per round).
+//! 200 local steps per round), `average` with 1 worker, `sync` with 2 ranks
+//! and with 1 rank on the embedded cluster (one segment of `SYNC_STEPS`
+//! steps: ranks of one process sum in memory), and `sync_cluster`: 2 ranks
+//! on a cluster of processes on loopback (`kallista scheduler` and two
+//! `kallista executor`s of one slot, from the `kallista` binary next to this
+//! bench's directory, or `KALLISTA_BIN`): the ranks' sums cross TCP. Sync
+//! runs also print the all-reduce's time per step and the bytes a rank sent
+//! per step.
 //!
 //! With `W1_S3=s3://bucket/prefix` (and the `AWS_*` variables of that store),
 //! each run is also made with its data and job dir in the bucket, right after
@@ -140,7 +146,7 @@ fn round_parts(job_dir: &JobDir) -> String {
             MetricsLine::Eval(_) => None,
         })
         .collect();
-    let parts: [(&str, Part); 7] = [
+    let parts: [(&str, Part); 9] = [
         ("round_ms", |t| t.round_ms),
         ("query_ms", |t| t.query_ms),
         ("scan_ms", |t| t.scan_ms),
@@ -148,6 +154,8 @@ fn round_parts(job_dir: &JobDir) -> String {
         ("compute_ms", |t| t.compute_ms),
         ("write_ms", |t| t.write_ms),
         ("reduce_ms", |t| t.reduce_ms),
+        ("allreduce_ms_per_step", |t| t.allreduce_ms_per_step),
+        ("sent_bytes_per_step", |t| t.sent_bytes_per_step),
     ];
     let means: Vec<String> = parts
         .iter()
@@ -163,12 +171,80 @@ struct Run {
     mode: Mode,
     every: u64,
     steps: u64,
+    /// On a cluster of processes instead of the embedded one.
+    processes: bool,
+}
+
+/// The `kallista` binary: `KALLISTA_BIN`, or the one built next to this bench.
+fn kallista_bin() -> std::path::PathBuf {
+    std::env::var_os("KALLISTA_BIN").map(Into::into).unwrap_or_else(|| {
+        let exe = std::env::current_exe().unwrap();
+        exe.parent().and_then(|d| d.parent()).unwrap().join("kallista")
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A scheduler and `executors` executors of one slot, each a process of its
+/// own with its own work dir; killed when dropped.
+struct ProcessCluster {
+    children: Vec<std::process::Child>,
+    url: String,
+}
+
+impl ProcessCluster {
+    fn start(dir: &Path, executors: usize) -> ProcessCluster {
+        let bin = kallista_bin();
+        let port = free_port();
+        let spawn = |args: Vec<String>| {
+            std::process::Command::new(&bin)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("{}: {e} (build it: cargo build --release)", bin.display()))
+        };
+        let mut children = vec![spawn(vec!["scheduler".into(), "--port".into(), port.to_string()])];
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        for i in 0..executors {
+            let work = dir.join(format!("executor-{i}"));
+            std::fs::create_dir_all(&work).unwrap();
+            children.push(spawn(vec![
+                "executor".into(),
+                "--scheduler-port".into(),
+                port.to_string(),
+                "--port".into(),
+                free_port().to_string(),
+                "--grpc-port".into(),
+                free_port().to_string(),
+                "--task-slots".into(),
+                "1".into(),
+                "--work-dir".into(),
+                work.display().to_string(),
+            ]));
+        }
+        std::thread::sleep(std::time::Duration::from_secs(3)); // executors register
+        ProcessCluster { children, url: format!("df://127.0.0.1:{port}") }
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 fn main() {
     let d = VideoQaDims::w1();
     let (rounds, per_run, sync_steps) =
-        (env("ROUNDS", 1), env("ROUNDS_PER_RUN", 2) as u64, env("SYNC_STEPS", 20) as u64);
+        (env("ROUNDS", 1), env("ROUNDS_PER_RUN", 2) as u64, env("SYNC_STEPS", 100) as u64);
     let dir = std::env::temp_dir().join(format!("kallista-engine-w1-{}", std::process::id()));
     let file = dir.join("train/part-0.parquet");
     // One default round's rows: a round scans each row once, so fewer rows
@@ -183,22 +259,57 @@ fn main() {
             mode: Mode::default(),
             every,
             steps: per_run * every,
+            processes: false,
         },
-        Run { name: "average_1_worker", workers: 1, mode: Mode::Average, every, steps: per_run * every },
-        Run { name: "sync_2_workers", workers: 2, mode: Mode::Sync, every: 1, steps: sync_steps },
-        Run { name: "sync_1_worker", workers: 1, mode: Mode::Sync, every: 1, steps: sync_steps },
+        Run {
+            name: "average_1_worker",
+            workers: 1,
+            mode: Mode::Average,
+            every,
+            steps: per_run * every,
+            processes: false,
+        },
+        Run {
+            name: "sync_2_workers",
+            workers: 2,
+            mode: Mode::Sync,
+            every: sync_steps,
+            steps: sync_steps,
+            processes: false,
+        },
+        Run {
+            name: "sync_1_worker",
+            workers: 1,
+            mode: Mode::Sync,
+            every: sync_steps,
+            steps: sync_steps,
+            processes: false,
+        },
+        Run {
+            name: "sync_cluster",
+            workers: 2,
+            mode: Mode::Sync,
+            every: sync_steps,
+            steps: sync_steps,
+            processes: true,
+        },
     ];
     in_process(&file, &d, 10); // warm-up: the first run of a process is slower
                                // RUNS=default,sync_2_workers picks runs by name (all by default).
     let picked = std::env::var("RUNS").ok();
     let runs: Vec<Run> =
         runs.into_iter().filter(|r| picked.as_deref().is_none_or(|p| p.split(',').any(|n| n == r.name))).collect();
-    // One embedded cluster per worker count, reused by every round.
+    // One embedded cluster per worker count, reused by every round; one cluster of processes.
     let mut sessions = std::collections::BTreeMap::new();
+    let mut processes = None;
     for run in &runs {
+        let cluster = match run.processes {
+            true => Cluster::Remote(processes.get_or_insert_with(|| ProcessCluster::start(&dir, 2)).url.clone()),
+            false => Cluster::Embedded,
+        };
         sessions
-            .entry(run.workers)
-            .or_insert_with(|| rt.block_on(training_session(&Cluster::Embedded, run.workers)).unwrap());
+            .entry((run.workers, run.processes))
+            .or_insert_with(|| rt.block_on(training_session(&cluster, run.workers)).unwrap());
     }
     // The stores each run is made on: local files, and the bucket of `W1_S3`.
     let local = Location::from_path(&dir).unwrap();
@@ -211,7 +322,7 @@ fn main() {
     for round in 0..rounds {
         for run in &runs {
             for (store, base) in &stores {
-                let ctx = &sessions[&run.workers];
+                let ctx = &sessions[&(run.workers, run.processes)];
                 let before = in_process(&file, &d, 60);
                 let config = TrainConfig {
                     job_dir: JobDir::new(base.join(&format!("job-{round}-{}", run.name))),
@@ -235,6 +346,8 @@ fn main() {
                     seed: 1,
                     resume: false,
                     round_timeout: std::time::Duration::from_secs(600),
+                    driver_host: "127.0.0.1".into(),
+                    rank_start_timeout: std::time::Duration::from_secs(60),
                 };
                 let job_dir = config.job_dir.clone();
                 let t = Instant::now();
@@ -268,5 +381,6 @@ fn main() {
     }
     let _ = std::fs::remove_dir_all(&dir);
     // The embedded clusters' servers never finish: do not wait for them.
+    drop(processes);
     rt.shutdown_background();
 }

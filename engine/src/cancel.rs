@@ -33,6 +33,10 @@ pub enum Deadline<T> {
     TimedOut {
         job: Option<String>,
     },
+    /// The caller's abort signal came first; its job was cancelled likewise.
+    Aborted {
+        job: Option<String>,
+    },
 }
 
 /// How a query learns its job's id.
@@ -55,12 +59,27 @@ pub async fn collect_within(
     timeout: Duration,
     tracking: Tracking,
 ) -> Result<Deadline<Vec<RecordBatch>>> {
+    collect_unless(ctx, sql, timeout, tracking, std::future::pending()).await
+}
+
+/// [`collect_within`], also giving up (and cancelling the job) as soon as
+/// `abort` completes: a `sync` segment whose rank failed.
+pub async fn collect_unless(
+    ctx: &SessionContext,
+    sql: &str,
+    timeout: Duration,
+    tracking: Tracking,
+    abort: impl std::future::Future<Output = ()>,
+) -> Result<Deadline<Vec<RecordBatch>>> {
     let plan = ctx.sql(sql).await?.create_physical_plan().await?;
     let config = ctx.copied_config().set_bool(BALLISTA_CLIENT_PULL, tracking == Tracking::Poll);
     let task = Arc::new(TaskContext::from(&ctx.state()).with_session_config(config));
-    match tokio::time::timeout(timeout, collect(plan.clone(), task)).await {
-        Ok(batches) => Ok(Deadline::Finished(batches?)),
-        Err(_) => Ok(Deadline::TimedOut { job: cancel(ctx, &plan).await }),
+    tokio::select! {
+        done = tokio::time::timeout(timeout, collect(plan.clone(), task)) => match done {
+            Ok(batches) => Ok(Deadline::Finished(batches?)),
+            Err(_) => Ok(Deadline::TimedOut { job: cancel(ctx, &plan, "it ran past its deadline").await }),
+        },
+        () = abort => Ok(Deadline::Aborted { job: cancel(ctx, &plan, "its collective failed").await }),
     }
 }
 
@@ -74,13 +93,13 @@ fn job_id(plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
 
 /// Asks the scheduler to cancel the job of `plan`; returns its id. Failing
 /// to cancel is logged, not fatal: the caller is already giving up on it.
-async fn cancel(ctx: &SessionContext, plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
+async fn cancel(ctx: &SessionContext, plan: &Arc<dyn ExecutionPlan>, why: &str) -> Option<String> {
     let Some(job) = job_id(plan) else {
-        log::warn!("a query ran past its deadline before its Ballista job was known");
+        log::warn!("a query was given up ({why}) before its Ballista job was known");
         return None;
     };
     let Some(url) = ctx.state().config().get_extension::<SchedulerUrl>() else {
-        log::warn!("job {job} ran past its deadline; no scheduler address to cancel it with");
+        log::warn!("job {job} given up ({why}); no scheduler address to cancel it with");
         return Some(job);
     };
     let endpoint = url.0.replacen("df://", "http://", 1);
@@ -90,7 +109,7 @@ async fn cancel(ctx: &SessionContext, plan: &Arc<dyn ExecutionPlan>) -> Option<S
         Ok::<bool, String>(answer.into_inner().cancelled)
     };
     match tokio::time::timeout(Duration::from_secs(10), cancelled).await {
-        Ok(Ok(true)) => log::info!("cancelled job {job} on {endpoint}: it ran past its deadline"),
+        Ok(Ok(true)) => log::info!("cancelled job {job} on {endpoint}: {why}"),
         Ok(Ok(false)) => log::warn!("scheduler {endpoint} did not cancel job {job} (already ended?)"),
         Ok(Err(e)) => log::warn!("could not cancel job {job} on {endpoint}: {e}"),
         Err(_) => log::warn!("could not cancel job {job} on {endpoint}: no answer within 10 s"),

@@ -111,6 +111,9 @@ pub struct ExecutorIdentity {
     pub name: String,
     /// Tasks it runs at once: the workers that share its cores.
     pub task_slots: usize,
+    /// Where its ranks listen for their peers, and the host peers reach them by.
+    pub bind_host: String,
+    pub host: String,
 }
 
 static THIS_EXECUTOR: OnceLock<ExecutorIdentity> = OnceLock::new();
@@ -121,6 +124,8 @@ pub fn this_executor() -> &'static ExecutorIdentity {
     THIS_EXECUTOR.get_or_init(|| ExecutorIdentity {
         name: format!("in-process (pid {})", std::process::id()),
         task_slots: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        bind_host: "127.0.0.1".into(),
+        host: "127.0.0.1".into(),
     })
 }
 
@@ -197,8 +202,12 @@ pub async fn run_executor(opts: &ExecutorOptions) -> Result<()> {
     let external_host =
         opts.external_host.clone().or_else(|| (!unspecified(&opts.bind_host)).then(|| opts.bind_host.clone()));
     let advertised = external_host.clone().unwrap_or_else(host_name);
-    let _ = THIS_EXECUTOR
-        .set(ExecutorIdentity { name: format!("{advertised}:{}", opts.port), task_slots: opts.task_slots.max(1) });
+    let _ = THIS_EXECUTOR.set(ExecutorIdentity {
+        name: format!("{advertised}:{}", opts.port),
+        task_slots: opts.task_slots.max(1),
+        bind_host: opts.bind_host.clone(),
+        host: advertised.clone(),
+    });
     // Shuffle files and spills in one place: the given work dir, or one of this process's.
     let work_dir = opts.work_dir.clone().unwrap_or_else(|| {
         remove_dead_work_dirs();

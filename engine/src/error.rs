@@ -33,6 +33,9 @@ pub enum EngineError {
     /// once instead of resubmitting the round.
     #[error("worker of round {round} on executor {executor}: {detail}")]
     Worker { round: u64, executor: String, detail: String, deterministic: bool },
+    /// A collective of `sync` ranks failed: a lost peer, a refused message, a deadline.
+    #[error("collective: {0}")]
+    Collective(String),
     #[error("{0}")]
     Invalid(String),
 }

@@ -13,6 +13,7 @@
 
 pub mod cancel;
 pub mod cluster;
+pub mod collective;
 pub mod embedded;
 pub mod error;
 pub mod functions;

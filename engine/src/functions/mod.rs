@@ -30,10 +30,11 @@ pub fn kallista_functions() -> Vec<Arc<ScalarUDF>> {
     ]
 }
 
-/// Every Kallista aggregate function: the training round and evaluation operators.
+/// Every Kallista aggregate function: the training round, `sync` segment and evaluation operators.
 pub fn kallista_aggregates() -> Vec<Arc<AggregateUDF>> {
     vec![
         Arc::new(AggregateUDF::new_from_impl(crate::train::train_udaf::TrainUdaf::new())),
+        Arc::new(AggregateUDF::new_from_impl(crate::train::segment_udaf::SegmentUdaf::new())),
         Arc::new(AggregateUDF::new_from_impl(crate::train::eval_udaf::EvaluateUdaf::new())),
     ]
 }

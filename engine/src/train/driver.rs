@@ -1,25 +1,28 @@
-//! The driver loop of `train_and_evaluate`: stage the data, then rounds of
-//! one Ballista query each (in `sync` followed by the optimizer step here and
-//! a new weights version), and on schedule checkpoints and distributed
-//! evaluations. Everything it keeps goes to the job dir ([`JobDir`]), on
-//! whatever store its URL names.
+//! The driver loop of `train_and_evaluate`: stage the data, then `sync`
+//! segments or `average` rounds of one Ballista query each, and on schedule
+//! checkpoints and distributed evaluations. Everything it keeps goes to the
+//! job dir ([`JobDir`]), on whatever store its URL names. For `sync` it also
+//! hosts the rendezvous of the ranks and restarts a failed segment as a new
+//! generation.
 
 use super::job_dir::JobDir;
 use super::layout::{sql_str, stage, DataSource, Layout, Staged};
 use super::metrics::{EvalLine, MetricsLine, MetricsLog, TrainLine};
 use super::round::{CompileSpec, EvalCounts, EvalSpec, Mode, ModelRef, RoundResult, RoundSpec};
 use super::schedule::BlockSchedule;
-use super::vectors::read_vectors;
-use crate::cancel::{collect_within, Deadline, Tracking};
+use super::segment::SegmentSpec;
+use crate::cancel::{collect_unless, collect_within, Deadline, Tracking};
+use crate::collective::frame::Secret;
+use crate::collective::rendezvous::{Rendezvous, Status};
 use crate::error::{EngineError, Result};
 use crate::store::{blocking, Location};
 use datafusion::arrow::array::{Array, StringArray};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::SessionContext;
-use kallista_ops::model::{Model, WeightGrads};
+use kallista_ops::model::Model;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
-use std::time::Instant;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 /// Everything a training job needs, as the engine sees it.
 #[derive(Clone, Debug)]
@@ -47,8 +50,13 @@ pub struct TrainConfig {
     pub checkpoint_every_steps: u64,
     pub seed: u64,
     pub resume: bool,
-    /// A round still running after this long is resubmitted.
+    /// A round (or `sync` segment) still running after this long is resubmitted.
     pub round_timeout: std::time::Duration,
+    /// `sync`: where the driver's rendezvous listens (and ranks reach it).
+    pub driver_host: String,
+    /// `sync`: a segment whose ranks have not all started after this long
+    /// is restarted with the ranks that did.
+    pub rank_start_timeout: std::time::Duration,
 }
 
 /// Loss and accuracy of one evaluation, overall and per question family.
@@ -144,6 +152,7 @@ async fn run_round(
                 return Err(EngineError::Training(format!("round at step {step} failed: {cause}")));
             }
             Err(e) => format!("failed: {e}"),
+            Ok(Deadline::Aborted { .. }) => "was aborted".to_string(),
             Ok(Deadline::TimedOut { job }) => format!(
                 "did not finish within {}s{}",
                 timeout.as_secs(),
@@ -171,6 +180,10 @@ fn round_steps(step: u64, every: u64, max_steps: u64, checkpoint_every: u64, eva
     end - step
 }
 
+/// Attempts at a `sync` segment (generations) before the job fails: a lost
+/// rank, then too few slots for the old number of ranks, then the rest.
+const SEGMENT_ATTEMPTS: usize = 4;
+
 /// A finished round, as the driver takes it.
 struct RoundOutcome {
     result: RoundResult,
@@ -185,6 +198,89 @@ struct Splits {
     train: Staged,
     eval: Option<Staged>,
     test: Option<Staged>,
+}
+
+/// The driver's side of `sync` collectives: the rendezvous, the job's
+/// secret (in the job dir's store, named in specs by its URL only), the
+/// generation counter and the current number of ranks.
+struct Collective {
+    rendezvous: Rendezvous,
+    job_id: String,
+    secret: Location,
+    generation: u64,
+    world: usize,
+    /// Rank tables registered in the session, by number of ranks.
+    tables: BTreeSet<usize>,
+}
+
+impl Collective {
+    fn start(cfg: &TrainConfig) -> Result<Collective> {
+        if cfg.workers > cfg.shards {
+            return Err(EngineError::Invalid(format!(
+                "scaling: {} workers need at least as many shards (shards: {}): each rank reads whole shards",
+                cfg.workers, cfg.shards
+            )));
+        }
+        let (secret, bytes) = Secret::generate().map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let at = cfg.job_dir.root().join("collective.secret");
+        blocking::write(&at, bytes)?;
+        let job_id: String = {
+            let (_, random) = Secret::generate().map_err(|e| EngineError::Invalid(e.to_string()))?;
+            random[..8].iter().map(|b| format!("{b:02x}")).collect()
+        };
+        let rendezvous = Rendezvous::start(&cfg.driver_host, job_id.clone(), secret)?;
+        Ok(Collective {
+            rendezvous,
+            job_id,
+            secret: at,
+            generation: 0,
+            world: cfg.workers.max(1),
+            tables: BTreeSet::new(),
+        })
+    }
+}
+
+/// Parquet bytes of a one-row table holding `rank`.
+fn rank_file(rank: usize) -> Result<Vec<u8>> {
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let schema = std::sync::Arc::new(Schema::new(vec![Field::new("rank", DataType::Int64, false)]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![std::sync::Arc::new(Int64Array::from(vec![rank as i64]))])
+        .map_err(|e| EngineError::Invalid(e.to_string()))?;
+    let mut out = vec![];
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, schema, None)
+        .map_err(|e| EngineError::Invalid(e.to_string()))?;
+    w.write(&batch).map_err(|e| EngineError::Invalid(e.to_string()))?;
+    w.close().map_err(|e| EngineError::Invalid(e.to_string()))?;
+    Ok(out)
+}
+
+/// Waits until `generation` fails; meanwhile, once its ranks have all
+/// registered, writes where they run to `placement` (`ranks.json`).
+async fn watch_generation(
+    rendezvous: &Rendezvous,
+    generation: u64,
+    start_timeout: Duration,
+    placement: &Location,
+    step: u64,
+) {
+    let failed = rendezvous.failure(generation, start_timeout);
+    let record = async {
+        loop {
+            if let Status::Started(ranks) = rendezvous.status(generation) {
+                let line = serde_json::json!({"step": step, "generation": generation, "ranks": ranks});
+                if let Err(e) = blocking::write(placement, line.to_string().into_bytes()) {
+                    log::warn!("could not record the placement of generation {generation}: {e}");
+                }
+                return std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        _ = failed => {}
+        () = record => {}
+    }
 }
 
 /// A running job: the driver's state between named steps.
@@ -204,6 +300,8 @@ struct Job<'a> {
     round_ms: f64,
     compute_ms: f64,
     samples: u64,
+    /// `sync` only.
+    collective: Option<Collective>,
 }
 
 /// Runs the job on the cluster behind `ctx` (see [`crate::session::training_session`]).
@@ -268,6 +366,10 @@ impl<'a> Job<'a> {
             }
         }
         let metrics = MetricsLog::open(&dir, cfg.resume)?;
+        let collective = match cfg.mode {
+            Mode::Sync => Some(Collective::start(&cfg)?),
+            Mode::Average => None,
+        };
         let model_ref = ModelRef {
             config: dir.model_json(),
             weights: dir.weights(step),
@@ -291,6 +393,7 @@ impl<'a> Job<'a> {
             round_ms: 0.0,
             compute_ms: 0.0,
             samples: 0,
+            collective,
         };
         job.publish()?;
         Ok(job)
@@ -300,18 +403,11 @@ impl<'a> Job<'a> {
         &self.cfg.job_dir
     }
 
-    /// Writes the weights version the next round reads (weights only in
-    /// `sync`; with the optimizer state in `average`, where workers step).
+    /// Writes the first weights version (with the optimizer state: workers
+    /// and ranks step from it).
     fn publish(&mut self) -> Result<()> {
         let at = self.dir().weights(self.step);
-        let bytes = match self.cfg.mode {
-            Mode::Average => self.cfg.model.weights_bytes()?,
-            Mode::Sync => kallista_ops::model::safetensors_bytes(
-                &self.cfg.model.named_weights(),
-                HashMap::from([("kallista.step".to_string(), self.step.to_string())]),
-            )?,
-        };
-        blocking::write_scratch(&at, bytes)?;
+        blocking::write_scratch(&at, self.cfg.model.weights_bytes()?)?;
         self.adopt(at)
     }
 
@@ -324,19 +420,19 @@ impl<'a> Job<'a> {
         Ok(())
     }
 
-    /// Runs the next round's query: its steps, blocks and spec.
+    /// Runs the next round's query (`average`) or segment (`sync`).
     async fn run_round(&mut self, on_event: &mut (dyn FnMut(&Event) + Send)) -> Result<RoundOutcome> {
         let step = self.step;
-        let k = match self.cfg.mode {
-            Mode::Sync => 1,
-            Mode::Average => round_steps(
-                step,
-                self.cfg.sync_every_steps,
-                self.max_steps,
-                self.cfg.checkpoint_every_steps,
-                self.cfg.eval_every_steps,
-            ),
-        };
+        let k = round_steps(
+            step,
+            self.cfg.sync_every_steps,
+            self.max_steps,
+            self.cfg.checkpoint_every_steps,
+            self.cfg.eval_every_steps,
+        );
+        if self.cfg.mode == Mode::Sync {
+            return self.run_segment(k, on_event).await;
+        }
         let steps: Vec<Vec<u64>> = (step..step + k).map(|s| self.schedule.blocks_of_step(s)).collect();
         let mut blocks: Vec<u64> = steps.concat();
         blocks.sort_unstable();
@@ -367,41 +463,136 @@ impl<'a> Job<'a> {
         Ok(RoundOutcome { result, steps: k, query_ms, started: t0 })
     }
 
-    /// Takes the round's result: in `sync` the optimizer step here and a new
-    /// version; in `average` the version the final stage published. Then the
-    /// round's scratch objects go.
+    /// Runs a `sync` segment of `k` steps: one Ballista job of `world` ranks
+    /// ([`super::segment`]). A failed generation (a lost or failed rank, ranks
+    /// that did not all start, a refused message) has its job cancelled and
+    /// the segment restarted from its first step as the next generation,
+    /// with as many ranks as started when too few could.
+    async fn run_segment(&mut self, k: u64, on_event: &mut (dyn FnMut(&Event) + Send)) -> Result<RoundOutcome> {
+        let step = self.step;
+        let steps: Vec<Vec<u64>> = (step..step + k).map(|s| self.schedule.blocks_of_step(s)).collect();
+        let t0 = Instant::now();
+        let mut last = String::new();
+        for attempt in 1..=SEGMENT_ATTEMPTS {
+            let world = self.collective.as_ref().map_or(1, |c| c.world);
+            let table = self.ranks_table(world).await?;
+            let c = self.collective.as_mut().ok_or_else(|| EngineError::Invalid("sync without a rendezvous".into()))?;
+            c.generation += 1;
+            let generation = c.generation;
+            c.rendezvous.open(generation, world);
+            let spec = SegmentSpec {
+                model: self.model_ref.clone(),
+                job: self.cfg.job_dir.clone(),
+                job_id: c.job_id.clone(),
+                generation,
+                world,
+                first_step: step,
+                steps: steps.clone(),
+                shards: self.splits.train.shards,
+                data: self.splits.train.dir.clone(),
+                seed: self.cfg.seed,
+                rendezvous: c.rendezvous.address().to_string(),
+                secret: c.secret.clone(),
+                next_weights: self.cfg.job_dir.weights(step + k),
+                timeout_s: self.cfg.round_timeout.as_secs().max(1),
+            };
+            let spec_json = serde_json::to_string(&spec).map_err(|e| EngineError::Invalid(e.to_string()))?;
+            let sql = format!("SELECT kallista_segment(rank, {}) FROM {table}", sql_str(&spec_json));
+            let placement = self.cfg.job_dir.root().join("ranks.json");
+            let c = self.collective.as_ref().ok_or_else(|| EngineError::Invalid("sync without a rendezvous".into()))?;
+            let watch = watch_generation(&c.rendezvous, generation, self.cfg.rank_start_timeout, &placement, step);
+            let outcome = collect_unless(self.ctx, &sql, self.cfg.round_timeout, Tracking::Poll, watch).await;
+            let failure = |c: &Collective| match c.rendezvous.status(generation) {
+                Status::Failed(f) => Some(f),
+                _ => None,
+            };
+            let mut next_world = world;
+            last = match outcome {
+                Ok(Deadline::Finished(batches)) => {
+                    let json = first_string(&batches, &sql)?;
+                    let result: RoundResult = serde_json::from_str(&json)
+                        .map_err(|e| EngineError::Training(format!("segment result: {e}")))?;
+                    let query_ms = t0.elapsed().as_secs_f64() * 1e3;
+                    return Ok(RoundOutcome { result, steps: k, query_ms, started: t0 });
+                }
+                Ok(Deadline::Aborted { job }) => {
+                    let f = failure(c).unwrap_or_else(|| crate::collective::rendezvous::Failure {
+                        reason: "aborted".into(),
+                        deterministic: false,
+                        started: 0,
+                    });
+                    if f.deterministic {
+                        return Err(EngineError::Training(format!("segment at step {step} failed: {}", f.reason)));
+                    }
+                    if f.reason.contains("ranks started") && (1..world).contains(&f.started) {
+                        next_world = f.started;
+                    }
+                    let cancelled = job.map_or(String::new(), |j| format!("; its job {j} cancelled"));
+                    format!("generation {generation} ({world} ranks) failed: {}{cancelled}", f.reason)
+                }
+                Ok(Deadline::TimedOut { job }) => {
+                    c.rendezvous.fail(generation, "the segment ran past its timeout".into());
+                    let cancelled = job.map_or(String::new(), |j| format!(" (its job {j} cancelled)"));
+                    format!(
+                        "generation {generation} did not finish within {}s{cancelled}",
+                        self.cfg.round_timeout.as_secs()
+                    )
+                }
+                Err(e) if e.is_deterministic() => {
+                    c.rendezvous.fail(generation, e.to_string());
+                    let cause = EngineError::from_remote(&e.to_string()).unwrap_or(e);
+                    return Err(EngineError::Training(format!("segment at step {step} failed: {cause}")));
+                }
+                Err(e) => {
+                    c.rendezvous.fail(generation, e.to_string());
+                    format!("generation {generation} failed: {e}")
+                }
+            };
+            if let Some(c) = self.collective.as_mut() {
+                c.world = next_world;
+            }
+            log::warn!("segment at step {step}: {last} (attempt {attempt}/{SEGMENT_ATTEMPTS})");
+            if attempt < SEGMENT_ATTEMPTS {
+                on_event(&Event::Log(format!(
+                    "segment at step {step}: {last}; restarting it from step {step} with {next_world} ranks \
+                     (attempt {}/{SEGMENT_ATTEMPTS})",
+                    attempt + 1
+                )));
+            }
+        }
+        Err(EngineError::Training(format!("segment at step {step}: {last}, {SEGMENT_ATTEMPTS} times")))
+    }
+
+    /// The table of `world` ranks, one Parquet file (one partition) per rank,
+    /// written and registered on first use.
+    async fn ranks_table(&mut self, world: usize) -> Result<String> {
+        let name = format!("kallista_ranks_{world}");
+        let c = self.collective.as_mut().ok_or_else(|| EngineError::Invalid("sync without a rendezvous".into()))?;
+        if c.tables.insert(world) {
+            let dir = self.cfg.job_dir.root().join(&format!("ranks/w{world}"));
+            for rank in 0..world {
+                blocking::write(&dir.join(&format!("rank-{rank}.parquet")), rank_file(rank)?)?;
+            }
+            self.ctx.sql(&format!("DROP TABLE IF EXISTS {name}")).await?.collect().await?;
+            let sql = format!("CREATE EXTERNAL TABLE {name} STORED AS PARQUET LOCATION {}", sql_str(&dir.dir_url()));
+            self.ctx.sql(&sql).await?.collect().await?;
+        }
+        Ok(name)
+    }
+
+    /// Takes the version the round or segment published, then deletes the
+    /// round's scratch objects.
     fn apply_round(&mut self, round: &RoundOutcome) -> Result<()> {
-        let no_rows =
-            |what: &str| EngineError::Training(format!("a round produced no {what} (no rows reached the workers)"));
         let result = &round.result;
         self.step += round.steps;
-        match self.cfg.mode {
-            Mode::Sync => {
-                let file = result.file.as_ref().ok_or_else(|| no_rows("gradients"))?;
-                self.apply_gradients(file)?;
-                blocking::delete(file)?;
-                self.publish()?;
-            }
-            Mode::Average => self.adopt(result.file.clone().ok_or_else(|| no_rows("weights"))?)?,
-        }
+        let file = result
+            .file
+            .clone()
+            .ok_or_else(|| EngineError::Training("a round produced no weights (no rows reached the workers)".into()))?;
+        self.adopt(file)?;
         for f in &result.partial_files {
             blocking::delete(f)?;
         }
-        Ok(())
-    }
-
-    /// Applies a `sync` round's mean gradients to the driver's model.
-    fn apply_gradients(&mut self, file: &Location) -> Result<()> {
-        let mut vectors: HashMap<String, Vec<f32>> = read_vectors::<f32>(file)?.into_iter().collect();
-        let model = &mut self.cfg.model;
-        let keys = model.weight_keys();
-        let grads = WeightGrads {
-            state_parts: usize::from(keys.iter().any(|k| vectors.contains_key(&format!("state/{k}")))),
-            state: keys.iter().map(|k| vectors.remove(&format!("state/{k}"))).collect(),
-            values: keys.iter().map(|k| vectors.remove(k)).collect(),
-        };
-        model.apply_gradients(grads)?;
-        model.set_steps_run(model.steps_run() + 1);
         Ok(())
     }
 
@@ -439,6 +630,10 @@ impl<'a> Job<'a> {
             partitions: result.partitions,
             steps_in_round: round.steps,
             parts: result.parts.clone(),
+            generation: result.generation,
+            processes: result.processes,
+            allreduce_ms_per_step: result.reduce_ms / round.steps.max(1) as f64,
+            sent_bytes_per_step: result.sent_bytes_per_step,
         }))?;
         on_event(&Event::Round { step, max_steps: self.max_steps, loss, accuracy, samples_per_s: rate });
         Ok(())
@@ -502,15 +697,10 @@ impl<'a> Job<'a> {
         Ok(summary)
     }
 
-    /// Writes the job's weights and optimizer state to `at`, durably: in
-    /// `sync` the driver's model holds them; in `average` the published
-    /// version does.
+    /// Writes the job's weights and optimizer state to `at`, durably: a
+    /// copy of the published version.
     fn save_state(&self, at: &Location) -> Result<()> {
-        let bytes = match self.cfg.mode {
-            Mode::Sync => self.cfg.model.weights_bytes()?.into(),
-            Mode::Average => blocking::read(&self.model_ref.weights)?,
-        };
-        blocking::write(at, bytes)
+        blocking::write(at, blocking::read(&self.model_ref.weights)?)
     }
 
     /// Writes the step's checkpoint, then `last.json` naming it; keeps the two newest.
@@ -550,6 +740,9 @@ impl<'a> Job<'a> {
         }
         self.metrics.flush()?;
         blocking::write(&self.dir().results(), to_json(&report)?)?;
+        if let Some(c) = &self.collective {
+            blocking::delete(&c.secret)?;
+        }
         Ok(report)
     }
 }

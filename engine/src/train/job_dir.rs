@@ -6,8 +6,12 @@
 //! - `data/<split>.layout.json` and `data/<split>/<version>/shard=N/*.parquet`:
 //!   the staged splits ([`super::layout`]);
 //! - `weights/step-N.safetensors`: the version the next round reads;
-//! - `rounds/round-R-part-B.vec`, `rounds/round-R.vec`: partial and reduced
-//!   results of the round in flight ([`super::vectors`]);
+//! - `rounds/round-R-part-B.vec`: the partial results of the `average`
+//!   round in flight ([`super::vectors`]);
+//! - `ranks/wW/rank-R.parquet`: the tables of `sync` ranks (one file, one
+//!   partition, per rank), `ranks.json` (where the ranks of the running
+//!   segment run) and `collective.secret` (the job's secret, deleted at
+//!   its end) ([`super::segment`]);
 //! - `checkpoints/step-N.safetensors` (weights and optimizer state),
 //!   `checkpoints/last.json`, `checkpoints/best.safetensors` and `best.json`;
 //! - `metrics.jsonl` ([`super::metrics`]), `training_curve.png`, `results.json`.
@@ -56,11 +60,6 @@ impl JobDir {
     /// A worker's partial result of `round`, named by its first block.
     pub fn partial(&self, round: u64, first_block: u64) -> Location {
         self.root.join(&format!("rounds/round-{round}-part-{first_block}.vec"))
-    }
-
-    /// The reduced result of a `sync` round.
-    pub fn reduced(&self, round: u64) -> Location {
-        self.root.join(&format!("rounds/round-{round}.vec"))
     }
 
     pub fn checkpoints(&self) -> Location {

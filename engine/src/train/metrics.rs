@@ -46,9 +46,22 @@ pub struct TrainLine {
     pub reduce_ms: f64,
     pub partitions: u64,
     pub steps_in_round: u64,
-    /// Every partition, in block order.
+    /// Every partition, in block order (in a `sync` segment: every rank, by
+    /// rank, `first_block` holding the rank).
     #[serde(default)]
     pub parts: Vec<PartLine>,
+    /// `sync`: the segment's generation (a restarted segment has a later one).
+    #[serde(default)]
+    pub generation: Option<u64>,
+    /// `sync`: processes the ranks ran in.
+    #[serde(default)]
+    pub processes: u64,
+    /// `sync`: the slowest rank's time per step in the all-reduce and the optimizer step.
+    #[serde(default)]
+    pub allreduce_ms_per_step: f64,
+    /// `sync`: the most bytes one rank sent to other processes per step.
+    #[serde(default)]
+    pub sent_bytes_per_step: f64,
 }
 
 /// One evaluation.

@@ -3,40 +3,38 @@
 //! A job runs as Ballista queries on the job's cluster:
 //! 1. staging ([`layout`]): one SQL job rewrites each split into `shards`
 //!    Parquet files of fixed-size blocks, one row group each;
-//! 2. rounds: one query per round,
+//! 2. `sync` segments ([`segment`]): one query per segment of up to
+//!    `sync_every_steps` optimizer steps,
+//!    `SELECT kallista_segment(rank, '<segment spec>') FROM kallista_ranks_W`,
+//!    one partition per rank, all running at once. Ranks register with the
+//!    driver's rendezvous, read their own blocks step by step ([`blocks`]),
+//!    and exchange exact gradient sums directly ([`crate::collective`]);
+//!    each applies the optimizer, rank 0 writes the next weights version at
+//!    the segment's end. Per step: no Ballista job, no file, no weights
+//!    broadcast; per segment: one job, the version read once per process
+//!    (kept in the [`model_cache`] after) and written once;
+//! 3. `average` rounds: one query per round,
 //!    `SELECT kallista_train(<clip columns>, block, '<round spec>') FROM train WHERE block IN (...)`.
 //!    Ballista scans the round's blocks in `workers` partitions; the partial
-//!    aggregate on each partition decodes its rows and runs forward/backward
-//!    ([`worker`]); the final aggregate, on one partition, reduces the
-//!    partial results in block order ([`reduce`]). The driver ([`driver`])
-//!    applies the optimizer and publishes the next weights version;
-//! 3. evaluations: `SELECT kallista_evaluate(...) FROM eval`, per partition, summed.
+//!    aggregate on each partition takes local optimizer steps on its rows
+//!    ([`worker`]) and writes its weights to `<job_dir>/rounds/`; the final
+//!    aggregate, on one partition, averages them in block order
+//!    ([`reduce`]) and publishes the next weights version;
+//! 4. evaluations: `SELECT kallista_evaluate(...) FROM eval`, per partition, summed.
 //!
 //! The job dir ([`job_dir`]) is a URL on any store ([`crate::store`]): a
 //! local directory, or a prefix in a bucket that driver and executors reach
-//! from different hosts. How weights reach executors, and what a round costs
-//! besides compute: the driver writes each version to
-//! `<job_dir>/weights/step-N.safetensors` (weights only in `sync`; with
-//! optimizer slots in `average`) and names it in the round's spec; each
-//! executor loads it once into its cached model ([`model_cache`]). Workers
-//! write their partial results (exact i64 gradient sums, or f32 weights and
-//! slots, [`vectors`]) to `<job_dir>/rounds/`, and only their URLs cross
-//! Ballista's shuffle; the
-//! final stage writes their mean (one `average` worker's file is its own
-//! mean and is passed on as is). Per round that is one Ballista job (~50 ms
-//! on a push-scheduled cluster here), the round's Parquet scan, one weights
-//! file written by the driver and read by each executor, one partial file
-//! per worker and one reduced file. `metrics.jsonl` ([`metrics`]) records
-//! each part of every round (`round_ms`, `query_ms`, and for the slowest
-//! partition `scan_ms`, `load_ms`, `compute_ms`, `write_ms`, then
-//! `reduce_ms`; and for every partition the executor that ran it), and
+//! from different hosts. The driver ([`driver`]) keeps the schedule,
+//! restarts failed segments (gang semantics), evaluates and checkpoints.
+//! `metrics.jsonl` ([`metrics`]) records each round or segment (`round_ms`,
+//! `query_ms`, the slowest partition's `scan_ms`, `load_ms`, `compute_ms`,
+//! `write_ms`, then `reduce_ms`; for segments also the generation, the time
+//! per step in the all-reduce and the bytes a rank sent per step; and for
+//! every partition the executor that ran it), and
 //! `cargo bench --bench engine_w1` reports their means for the W1 model.
-//!
-//! The defaults (a worker per core, `average` rounds of 200 local steps, see
-//! [`round`]) amortize those costs; a `sync` round is one optimizer step and
-//! pays them every step.
 
 pub mod args;
+pub mod blocks;
 pub mod driver;
 pub mod eval_udaf;
 pub mod exact;
@@ -47,6 +45,8 @@ pub mod model_cache;
 pub mod reduce;
 pub mod round;
 pub mod schedule;
+pub mod segment;
+pub mod segment_udaf;
 #[cfg(test)]
 mod test_model;
 pub mod train_udaf;

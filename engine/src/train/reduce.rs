@@ -1,13 +1,11 @@
-//! The driver stage's reduce: partial results of every partition, combined in
-//! a fixed order (by their first block): in `sync` into one file of mean
-//! gradients for the driver's optimizer step; in `average` into the next
+//! The final stage of an `average` round: partial results of every
+//! partition, combined in a fixed order (by their first block) into the next
 //! weights version, published here (the driver only adopts its path).
 
-use super::exact::mean_of_exact;
 use super::metrics::PartLine;
 use super::model_cache::{keep, take_model};
 use super::round::{slot_vector, Mode, PartialResult, RoundResult, RoundSpec};
-use super::vectors::{read_vectors, write_vectors, Element, Vectors};
+use super::vectors::{read_vectors, Element, Vectors};
 use crate::error::{EngineError, Result};
 use crate::store::Location;
 use kallista_ops::Tensor;
@@ -47,14 +45,15 @@ fn read_all<T: Element>(group: &[(&Location, u64)]) -> Vec<Result<Vectors<T>>> {
     })
 }
 
-/// Combines `partials` (any order; sorted here) as the module docs say;
-/// `out` is the `sync` result file.
-pub fn reduce(spec: &RoundSpec, mut partials: Vec<PartialResult>, out: &Location) -> Result<RoundResult> {
+/// Combines `partials` (any order; sorted here) as the module docs say.
+pub fn reduce(spec: &RoundSpec, mut partials: Vec<PartialResult>) -> Result<RoundResult> {
+    if spec.mode != Mode::Average {
+        return Err(EngineError::Training("only `average` rounds are reduced".into()));
+    }
     let start = std::time::Instant::now();
     partials.sort_by_key(|p| p.first_block);
     let mut result = RoundResult::default();
     let mut parts = 0u64;
-    let mut exact: Vectors<i64> = vec![];
     let mut float: Vectors<f32> = vec![];
     for p in &partials {
         result.rows += p.rows;
@@ -80,41 +79,22 @@ pub fn reduce(spec: &RoundSpec, mut partials: Vec<PartialResult>, out: &Location
     // Read a few at a time (each is a network round trip on an object
     // store), added in block order.
     for group in files.chunks(READS_IN_FLIGHT) {
-        match spec.mode {
-            Mode::Sync => {
-                for ((file, n), part) in group.iter().zip(read_all::<i64>(group)) {
-                    parts += n;
-                    add_all(&mut exact, part?, file)?;
-                }
-            }
-            Mode::Average => {
-                for ((file, _), part) in group.iter().zip(read_all::<f32>(group)) {
-                    parts += 1;
-                    add_all(&mut float, part?, file)?;
-                }
-            }
+        for ((file, _), part) in group.iter().zip(read_all::<f32>(group)) {
+            parts += 1;
+            add_all(&mut float, part?, file)?;
         }
     }
     if parts == 0 {
         return Ok(result);
     }
-    match spec.mode {
-        Mode::Sync => {
-            let means: Vectors<f32> = exact.into_iter().map(|(k, s)| (k, mean_of_exact(&s, parts))).collect();
-            write_vectors(out, &means)?;
-            result.file = Some(out.clone());
-        }
-        Mode::Average => {
-            // Summed in block order, so the same partials give the same bits;
-            // one worker's vectors are used as they are.
-            if parts > 1 {
-                let n = parts as f32;
-                float.iter_mut().for_each(|(_, s)| s.iter_mut().for_each(|v| *v /= n));
-            }
-            publish_average(spec, float)?;
-            result.file = Some(spec.next_weights.clone());
-        }
+    // Summed in block order, so the same partials give the same bits; one
+    // worker's vectors are used as they are.
+    if parts > 1 {
+        let n = parts as f32;
+        float.iter_mut().for_each(|(_, s)| s.iter_mut().for_each(|v| *v /= n));
     }
+    publish_average(spec, float)?;
+    result.file = Some(spec.next_weights.clone());
     result.reduce_ms = start.elapsed().as_secs_f64() * 1e3;
     Ok(result)
 }
@@ -154,6 +134,7 @@ mod tests {
     use crate::train::model_cache::model_for;
     use crate::train::round::ModelRef;
     use crate::train::test_model::{adam, tiny_model};
+    use crate::train::vectors::write_vectors;
     use kallista_ops::model::Model;
 
     /// A worker's partial result: every weight plus `add`, every slot `add`.
@@ -191,7 +172,7 @@ mod tests {
             next_weights: dir.join("step-3.safetensors"),
         };
         let parts = vec![partial(&model, &dir, 8, 3.0), partial(&model, &dir, 0, 1.0)];
-        let result = reduce(&spec, parts, &dir.join("unused.vec")).unwrap();
+        let result = reduce(&spec, parts).unwrap();
         assert_eq!(result.file.as_ref(), Some(&spec.next_weights));
         assert_eq!((result.rows, result.partitions), (12, 2));
         assert_eq!(result.parts.iter().map(|p| p.first_block).collect::<Vec<_>>(), vec![0, 8]);

@@ -143,8 +143,18 @@ pub struct RoundResult {
     pub correct: u64,
     /// The times of the partition with the longest compute.
     pub slowest: PartTimes,
-    /// Reading, combining and writing the partial results.
+    /// Reading, combining and writing the partial results; in a `sync`
+    /// segment, the slowest rank's time in all-reduces and optimizer steps.
     pub reduce_ms: f64,
+    /// `sync`: the segment's generation (each attempt is a new one).
+    #[serde(default)]
+    pub generation: Option<u64>,
+    /// `sync`: processes the ranks ran in (one ring member each).
+    #[serde(default)]
+    pub processes: u64,
+    /// `sync`: the most bytes a rank sent to other processes per step.
+    #[serde(default)]
+    pub sent_bytes_per_step: f64,
 }
 
 /// Loss and accuracy counts of one question family.

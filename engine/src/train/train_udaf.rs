@@ -15,7 +15,7 @@ use super::args::{data_columns, external, json_scalar, json_states, named_batch,
 use super::model_cache::model_for;
 use super::reduce::reduce;
 use super::round::{Mode, PartialResult, RoundSpec};
-use super::worker::{average_part, sync_part};
+use super::worker::average_part;
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
@@ -116,7 +116,9 @@ impl TrainAccumulator {
             self.spec.steps.len()
         );
         let mut partial = match self.spec.mode {
-            Mode::Sync => sync_part(&model, &self.spec, &blocks),
+            Mode::Sync => Err(crate::error::EngineError::Training(
+                "`sync` runs as segments (kallista_segment), not rounds".into(),
+            )),
             Mode::Average => average_part(&model, &self.spec, &blocks),
         }
         .map_err(|e| self.failed(e))?;
@@ -161,8 +163,7 @@ impl Accumulator for TrainAccumulator {
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
         self.flush()?;
-        let out = self.spec.job.reduced(self.spec.round);
-        let result = reduce(&self.spec, std::mem::take(&mut self.partials), &out).map_err(|e| self.failed(e))?;
+        let result = reduce(&self.spec, std::mem::take(&mut self.partials)).map_err(|e| self.failed(e))?;
         json_scalar(&result)
     }
 

@@ -1,14 +1,9 @@
-//! What a training operator computes on its partition's rows: the work of
-//! one worker in one round, apart from Arrow and DataFusion.
-//!
-//! `sync`: one gradient per block (micro-batch) with single-threaded kernels,
-//! blocks in parallel on the executor's cores, summed exactly
-//! ([`super::exact`]), so a worker's share adds up to the same bits however
-//! the blocks were spread over workers. `average`: local optimizer steps on
-//! the worker's blocks of each step, then the change of every weight and the
-//! final optimizer slots.
+//! What an `average` training operator computes on its partition's rows:
+//! the work of one worker in one round, apart from Arrow and DataFusion:
+//! local optimizer steps on the worker's blocks of each step, then the
+//! weights and the final optimizer slots. Also the decoding of a block's rows
+//! into model inputs, which `sync` ranks ([`super::segment`]) share.
 
-use super::exact::add_exact;
 use super::round::{slot_vector, PartialResult, RoundSpec};
 use super::vectors::{write_vectors, Vectors};
 use crate::error::{EngineError, Result};
@@ -19,7 +14,6 @@ use datafusion::arrow::record_batch::RecordBatch;
 use kallista_data::parquet_io::ClipDecoder;
 use kallista_ops::model::Model;
 use kallista_ops::{ByteTensor, Data, IntTensor, Tensor};
-use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -161,10 +155,6 @@ fn list_values<T: ArrowPrimitiveType>(batches: &[&RecordBatch], name: &str, shap
 /// decoding copies each value once).
 pub type Blocks = BTreeMap<u64, Vec<RecordBatch>>;
 
-fn dropout_seed(seed: u64, step: u64, block: u64) -> u64 {
-    seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ block.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
-}
-
 /// Where a block's rows come from, for errors: the staged shard file and the block.
 pub fn block_source(spec: &RoundSpec, block: u64) -> String {
     format!("{} block {block}", spec.data)
@@ -191,44 +181,6 @@ fn write_part<T: super::vectors::Element>(
     out.file = Some(at);
     out.times.write_ms = start.elapsed().as_secs_f64() * 1e3;
     Ok(out)
-}
-
-/// `sync`: the exact sum of the gradients of every block, written to the round's directory.
-pub fn sync_part(model: &Model, spec: &RoundSpec, blocks: &Blocks) -> Result<PartialResult> {
-    let start = Instant::now();
-    let Some(&first_block) = blocks.keys().next() else { return Ok(PartialResult::default()) };
-    let step = spec.first_step;
-    let keys = model.weight_keys();
-    let per_block: Vec<_> = blocks
-        .par_iter()
-        .map(|(&block, rows)| {
-            let rows: Vec<&RecordBatch> = rows.iter().collect();
-            let (x, y) = decode_batches(model, &rows, &spec.model.input_columns, &block_source(spec, block))?;
-            Ok(model.gradients_on_micro_batch(&x, &[y], dropout_seed(spec.seed, step, block))?)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let mut sums: Vec<(String, Vec<i64>)> = vec![];
-    let mut out = PartialResult {
-        first_block,
-        parts: blocks.len() as u64,
-        executor: crate::cluster::this_executor().name.clone(),
-        ..Default::default()
-    };
-    for (result, grads) in &per_block {
-        out.rows += result.samples as u64;
-        out.loss_sum += result.loss as f64 * result.samples as f64;
-        out.correct += result.metrics.first().map_or(0, |m| m.1 as u64);
-        let named = keys.iter().zip(&grads.values).filter_map(|(k, g)| g.as_ref().map(|g| (k.clone(), g)));
-        let states = keys.iter().zip(&grads.state).filter_map(|(k, s)| s.as_ref().map(|s| (format!("state/{k}"), s)));
-        for (i, (name, values)) in named.chain(states).enumerate() {
-            if sums.len() <= i {
-                sums.push((name.clone(), vec![0; values.len()]));
-            }
-            add_exact(&mut sums[i].1, values, &name)?;
-        }
-    }
-    out.times.compute_ms = start.elapsed().as_secs_f64() * 1e3;
-    write_part(spec, &sums, out)
 }
 
 /// `average`: local steps on this partition's blocks of each step of the

@@ -102,11 +102,10 @@ fn default_seed() -> u64 {
     1234
 }
 
-/// How a job spreads over the cluster. The defaults (a worker per core,
-/// `average` rounds of 200 local steps) are the fastest settings measured for
-/// the W1 model (`engine_w1` bench): a `sync` round is one optimizer step, so
-/// it pays a Ballista job and a gradient exchange every step; choose it for
-/// bit-exact runs whatever the number of workers.
+/// How a job spreads over the cluster. The defaults: a worker per core,
+/// `average` rounds of 200 local steps. `sync` runs segments of up to
+/// `sync_every_steps` optimizer steps per Ballista job, its ranks exchanging
+/// exact gradient sums directly: bit-exact whatever the number of workers.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScalingSpec {
@@ -115,7 +114,8 @@ pub struct ScalingSpec {
     pub workers: Option<usize>,
     #[serde(default)]
     pub mode: Mode,
-    /// Local steps per `average` round (`sync` rounds are one step).
+    /// Local steps per `average` round; optimizer steps per `sync` segment
+    /// (one Ballista job). Rounds and segments also end at evaluations and checkpoints.
     #[serde(default = "default_sync_every_steps")]
     pub sync_every_steps: u64,
     /// Rows per block (default: batch_size / shards).
@@ -127,6 +127,22 @@ pub struct ScalingSpec {
     /// A round still running after this many seconds is resubmitted (up to 3 times).
     #[serde(default = "round_timeout")]
     pub round_timeout_seconds: u64,
+    /// `sync`: a segment whose ranks have not all started after this many
+    /// seconds is restarted with the ranks that did (a lost executor).
+    #[serde(default = "rank_start_timeout")]
+    pub rank_start_timeout_seconds: u64,
+    /// `sync`: the address the driver's rendezvous listens on, which the
+    /// executors must reach (loopback by default).
+    #[serde(default = "driver_host")]
+    pub driver_host: String,
+}
+
+fn rank_start_timeout() -> u64 {
+    30
+}
+
+fn driver_host() -> String {
+    "127.0.0.1".into()
 }
 
 fn round_timeout() -> u64 {
@@ -142,6 +158,8 @@ impl Default for ScalingSpec {
             micro_batch_size: None,
             shards: 4,
             round_timeout_seconds: round_timeout(),
+            rank_start_timeout_seconds: rank_start_timeout(),
+            driver_host: driver_host(),
         }
     }
 }
@@ -327,6 +345,9 @@ impl JobSpec {
         }
         if s.round_timeout_seconds == 0 {
             return err("scaling.round_timeout_seconds", "must be positive".into());
+        }
+        if s.rank_start_timeout_seconds == 0 {
+            return err("scaling.rank_start_timeout_seconds", "must be positive".into());
         }
         if s.sync_every_steps == 0 {
             return err("scaling.sync_every_steps", "must be positive".into());

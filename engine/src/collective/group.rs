@@ -1,0 +1,142 @@
+//! The ranks of one generation that run in one process: they share one model
+//! replica, sum their gradients in memory, and the smallest of them (the
+//! leader) takes the process's sum around the ring of processes
+//! ([`super::ring`]) and applies the optimizer step to the shared replica
+//! before any of them goes on. A failing rank fails the whole group at once,
+//! so no rank of it waits for a step that will never come.
+
+use super::ring::add_checked;
+use crate::error::{EngineError, Result};
+use kallista_ops::model::Model;
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, LazyLock, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// See the module docs.
+pub struct LocalGroup {
+    /// This process's ranks, ascending; the first is the leader.
+    pub ranks: Vec<usize>,
+    pub model: RwLock<Model>,
+    state: Mutex<StepState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct StepState {
+    /// Steps applied.
+    done: u64,
+    /// Ranks that added their sums to `acc` for the step in progress.
+    arrived: usize,
+    acc: Vec<i64>,
+    failed: Option<String>,
+}
+
+type Key = (String, u64);
+
+static GROUPS: LazyLock<Mutex<HashMap<Key, Arc<LocalGroup>>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The group of `ranks` of `(job, generation)` in this process, made by the
+/// first of them to arrive with the model `model` gives.
+pub fn join(
+    job: &str,
+    generation: u64,
+    ranks: Vec<usize>,
+    model: impl FnOnce() -> Result<Model>,
+) -> Result<Arc<LocalGroup>> {
+    let mut groups = GROUPS.lock().unwrap_or_else(|e| e.into_inner());
+    let key = (job.to_string(), generation);
+    if let Some(g) = groups.get(&key) {
+        return Ok(g.clone());
+    }
+    let group = Arc::new(LocalGroup {
+        ranks,
+        model: RwLock::new(model()?),
+        state: Mutex::new(StepState::default()),
+        changed: Condvar::new(),
+    });
+    groups.insert(key, group.clone());
+    Ok(group)
+}
+
+/// Forgets the group of `(job, generation)` (its ranks keep their handles).
+pub fn leave(job: &str, generation: u64) {
+    GROUPS.lock().unwrap_or_else(|e| e.into_inner()).remove(&(job.to_string(), generation));
+}
+
+impl LocalGroup {
+    pub fn leader(&self) -> usize {
+        self.ranks[0]
+    }
+
+    /// Fails the group: every rank waiting in it returns an error.
+    pub fn fail(&self, why: &str) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.failed.is_none() {
+            st.failed = Some(why.to_string());
+        }
+        self.changed.notify_all();
+    }
+
+    /// Adds `rank`'s sums for step `index` of the segment and returns once the
+    /// step is applied. The leader, once every rank of the group has added
+    /// its sums, runs `finish` on the group's total (all-reduce and apply).
+    pub fn step(
+        &self,
+        rank: usize,
+        index: u64,
+        sums: Vec<i64>,
+        timeout: Duration,
+        finish: impl FnOnce(Vec<i64>) -> Result<()>,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let failed = |why: &str| EngineError::Collective(format!("rank {rank}: a rank of this process failed: {why}"));
+        if let Some(why) = &st.failed {
+            return Err(failed(why));
+        }
+        if st.acc.is_empty() {
+            st.acc = sums;
+        } else if st.acc.len() != sums.len() {
+            let why = format!("rank {rank} has {} gradient values, its group {}", sums.len(), st.acc.len());
+            st.failed = Some(why.clone());
+            self.changed.notify_all();
+            return Err(EngineError::Training(why));
+        } else if let Err(e) = add_checked(&mut st.acc, &sums) {
+            st.failed = Some(e.to_string());
+            self.changed.notify_all();
+            return Err(e);
+        }
+        st.arrived += 1;
+        self.changed.notify_all();
+        let leader = rank == self.leader();
+        loop {
+            if let Some(why) = &st.failed {
+                return Err(failed(why));
+            }
+            if (leader && st.arrived == self.ranks.len()) || (!leader && st.done > index) {
+                break;
+            }
+            if Instant::now() > deadline {
+                let why = format!("step {index} of the segment did not complete within {}s", timeout.as_secs());
+                st.failed = Some(why.clone());
+                self.changed.notify_all();
+                return Err(EngineError::Collective(why));
+            }
+            st = self.changed.wait_timeout(st, Duration::from_millis(100)).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        if !leader {
+            return Ok(());
+        }
+        let total = std::mem::take(&mut st.acc);
+        st.arrived = 0;
+        drop(st);
+        let result = finish(total);
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match &result {
+            Ok(()) => st.done += 1,
+            Err(e) => st.failed = Some(e.to_string()),
+        }
+        self.changed.notify_all();
+        result
+    }
+}

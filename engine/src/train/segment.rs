@@ -1,0 +1,355 @@
+//! `sync` training in segments: one Ballista job runs K optimizer steps on
+//! `world` ranks at once (`DESIGN.md`, "Training modes").
+//!
+//! Each rank (one partition of the job, [`super::segment_udaf`]) registers
+//! with the driver's rendezvous, receives the peer table, and then, step by
+//! step: reads its own blocks (the blocks of its shards, `shard % world ==
+//! rank`, one ranged read per block, the next step's prefetched while this
+//! one computes, [`super::blocks`]), computes one gradient per block with
+//! single-threaded kernels, rounds and sums them to fixed point
+//! ([`super::exact`]), and takes part in the exact all-reduce: ranks of one
+//! process sum in memory and share one model replica
+//! ([`crate::collective::group`]), one leader per process sums around the
+//! ring ([`crate::collective::ring`]) and applies the mean as one optimizer
+//! step. No weights are broadcast per step and no per-step tensor touches
+//! storage. At the end rank 0 writes the next weights version (with the
+//! optimizer state) and every rank reports a hash of its weights; the final
+//! stage fails the job when two differ.
+//!
+//! A rank's failure tells the driver (which cancels the job and restarts the
+//! segment from its first step with the next generation) and fails the ranks
+//! of its process; the ranks of other processes see their neighbour's
+//! connection close.
+
+use super::blocks::BlockReader;
+use super::exact::{add_exact, mean_of_exact};
+use super::job_dir::JobDir;
+use super::model_cache::{keep, model_for};
+use super::round::{ModelRef, PartTimes};
+use super::worker::decode_batches;
+use crate::cluster::this_executor;
+use crate::collective::frame::Secret;
+use crate::collective::group::{self, LocalGroup};
+use crate::collective::rendezvous::{self, kernel_set, RankInfo};
+use crate::collective::ring::{self, Listener, Ring, RingPeers};
+use crate::error::{EngineError, Result};
+use crate::store::{blocking, Location};
+use datafusion::arrow::record_batch::RecordBatch;
+use kallista_ops::model::{Model, WeightGrads};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+
+/// One segment job, as the driver tells its ranks (a JSON literal in the query).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SegmentSpec {
+    pub model: ModelRef,
+    pub job: JobDir,
+    /// The driver's id of this training job (a random string).
+    pub job_id: String,
+    /// Each attempt at a segment is a new generation.
+    pub generation: u64,
+    /// Ranks of this generation.
+    pub world: usize,
+    pub first_step: u64,
+    /// The blocks of each step, in step order.
+    pub steps: Vec<Vec<u64>>,
+    /// Shard files of the staged split; rank `r` reads shards `s` with `s % world == r`.
+    pub shards: usize,
+    pub data: Location,
+    pub seed: u64,
+    /// The driver's rendezvous (`host:port`).
+    pub rendezvous: String,
+    /// The object holding the job's secret (the secret itself never is in a plan).
+    pub secret: Location,
+    /// Where rank 0 writes the weights version after the segment.
+    pub next_weights: Location,
+    /// How long a rank waits for its peers (connections, a step) before giving up.
+    pub timeout_s: u64,
+}
+
+/// What one rank reports at the end of its segment.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RankReport {
+    pub rank: usize,
+    pub generation: u64,
+    pub executor: String,
+    pub steps: u64,
+    pub rows: u64,
+    pub loss_sum: f64,
+    pub correct: u64,
+    /// SHA-256 of the weights, optimizer slots and iteration count after the segment.
+    pub weights_hash: String,
+    /// `scan_ms`: waiting for blocks; `load_ms`: the model; `compute_ms`:
+    /// gradients; `write_ms`: the version (rank 0).
+    pub times: PartTimes,
+    /// Time in the all-reduce and optimizer step, summed over the segment.
+    pub allreduce_ms: f64,
+    /// Bytes this rank sent to other processes, summed over the segment.
+    pub sent_bytes: u64,
+    /// Processes the ranks ran in.
+    pub processes: usize,
+}
+
+/// Which gradient vectors a step's flat i64 sum holds, in order: every
+/// trainable weight's gradient, then every state update (BatchNormalization).
+struct FlatLayout {
+    weights: usize,
+    /// (weight index, is a state update, values)
+    entries: Vec<(usize, bool, usize)>,
+}
+
+impl FlatLayout {
+    fn of(g: &WeightGrads) -> FlatLayout {
+        let grads = g.values.iter().enumerate().filter_map(|(i, v)| Some((i, false, v.as_ref()?.len())));
+        let states = g.state.iter().enumerate().filter_map(|(i, v)| Some((i, true, v.as_ref()?.len())));
+        FlatLayout { weights: g.values.len().max(g.state.len()), entries: grads.chain(states).collect() }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.iter().map(|e| e.2).sum()
+    }
+
+    /// Adds one micro-batch's gradients, rounded to fixed point, into `flat`.
+    fn add(&self, flat: &mut [i64], g: &WeightGrads, keys: &[String]) -> Result<()> {
+        let mut at = 0;
+        for &(i, state, n) in &self.entries {
+            let v = if state { g.state.get(i) } else { g.values.get(i) };
+            let v = v.and_then(|v| v.as_ref()).filter(|v| v.len() == n);
+            let name = keys.get(i).map_or("?", |k| k.as_str());
+            let v = v.ok_or_else(|| {
+                EngineError::Training(format!("'{name}': a micro-batch's gradients differ in layout"))
+            })?;
+            add_exact(&mut flat[at..at + n], v, name)?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// The mean over `parts` micro-batches, as the optimizer takes it.
+    fn mean(&self, flat: &[i64], parts: u64) -> WeightGrads {
+        let mut g = WeightGrads { values: vec![None; self.weights], state: vec![None; self.weights], state_parts: 0 };
+        let mut at = 0;
+        for &(i, state, n) in &self.entries {
+            let m = Some(mean_of_exact(&flat[at..at + n], parts));
+            if state {
+                g.state[i] = m;
+                g.state_parts = 1;
+            } else {
+                g.values[i] = m;
+            }
+            at += n;
+        }
+        g
+    }
+}
+
+fn dropout_seed(seed: u64, step: u64, block: u64) -> u64 {
+    seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ block.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+}
+
+/// This process, as the peer table names it: ranks with the same one share memory.
+fn process_id() -> String {
+    format!("{}#{}", this_executor().name, std::process::id())
+}
+
+/// SHA-256 of everything a step changes: weights, optimizer slots, iterations.
+pub fn weights_hash(model: &Model) -> String {
+    let mut h = ::ring::digest::Context::new(&::ring::digest::SHA256);
+    for (key, w) in model.named_weights() {
+        h.update(key.as_bytes());
+        h.update(bytemuck::cast_slice(w.data()));
+    }
+    if let Some(opt) = model.optimizer() {
+        h.update(&opt.iterations.to_le_bytes());
+        for (key, slots) in &opt.slots {
+            h.update(key.as_bytes());
+            slots.iter().for_each(|s| h.update(bytemuck::cast_slice(s)));
+        }
+    }
+    h.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs rank `rank` of the segment (see the module docs).
+pub fn run_rank(spec: &SegmentSpec, rank: usize) -> Result<RankReport> {
+    let timeout = Duration::from_secs(spec.timeout_s.max(1));
+    let secret = Secret::from_bytes(&blocking::read(&spec.secret)?);
+    let me = this_executor();
+    let listener = Listener::bind(&me.bind_host, &me.host)?;
+    let info = RankInfo {
+        rank,
+        endpoint: listener.endpoint.clone(),
+        process: process_id(),
+        executor: me.name.clone(),
+        kernels: kernel_set(),
+    };
+    let peers = rendezvous::register(&spec.rendezvous, &secret, &spec.job_id, spec.generation, info, timeout)?;
+    log::info!(
+        "rank {rank} of generation {} (steps {}..{}): {} ranks",
+        spec.generation,
+        spec.first_step,
+        spec.first_step + spec.steps.len() as u64,
+        peers.len()
+    );
+    let result = run_registered(spec, rank, &secret, listener, &peers, timeout);
+    if let Err(e) = &result {
+        log::error!("rank {rank} of generation {} failed: {e}", spec.generation);
+        rendezvous::abort(&spec.rendezvous, &secret, &spec.job_id, spec.generation, rank, e);
+    }
+    result
+}
+
+fn run_registered(
+    spec: &SegmentSpec,
+    rank: usize,
+    secret: &Secret,
+    listener: Listener,
+    peers: &[RankInfo],
+    timeout: Duration,
+) -> Result<RankReport> {
+    let process = process_id();
+    let mut local: Vec<usize> = peers.iter().filter(|p| p.process == process).map(|p| p.rank).collect();
+    local.sort_unstable();
+    let mut leaders: Vec<(usize, String)> = vec![];
+    for p in peers {
+        let first_of_process = peers.iter().filter(|o| o.process == p.process).map(|o| o.rank).min() == Some(p.rank);
+        if first_of_process {
+            leaders.push((p.rank, p.endpoint.clone()));
+        }
+    }
+    leaders.sort();
+    let loading = Instant::now();
+    let group = group::join(&spec.job_id, spec.generation, local, || Ok((*model_for(&spec.model)?).clone()))?;
+    let mut report = RankReport {
+        rank,
+        generation: spec.generation,
+        executor: this_executor().name.clone(),
+        processes: leaders.len(),
+        ..Default::default()
+    };
+    report.times.load_ms = loading.elapsed().as_secs_f64() * 1e3;
+    let result = (|| {
+        let ring = match rank == group.leader() {
+            true => {
+                let position = leaders.iter().position(|l| l.0 == rank).unwrap_or(0);
+                let ring_peers =
+                    RingPeers { job: &spec.job_id, generation: spec.generation, leaders: &leaders, position };
+                ring::connect(listener, &ring_peers, secret, timeout)?
+            }
+            false => None,
+        };
+        run_steps(spec, rank, &group, ring, timeout, &mut report)?;
+        finish(spec, rank, &group, &mut report)
+    })();
+    if let Err(e) = &result {
+        group.fail(&e.to_string());
+    }
+    if rank == group.leader() {
+        group::leave(&spec.job_id, spec.generation);
+    }
+    result.map(|()| report)
+}
+
+/// A step's blocks of this rank, read ahead of the step.
+type StepRows = Result<Vec<(u64, Vec<RecordBatch>)>>;
+
+/// Reads this rank's blocks of every step on a thread of its own, at most two steps ahead.
+fn prefetch(spec: &SegmentSpec, rank: usize) -> Result<std::sync::mpsc::Receiver<StepRows>> {
+    let shards: Vec<usize> = (0..spec.shards).filter(|s| s % spec.world == rank).collect();
+    let columns = super::args::data_columns(&spec.model.input_columns);
+    let reader = BlockReader::open(&spec.data, spec.shards, &shards, &columns)?;
+    let (world, total) = (spec.world as u64, spec.shards as u64);
+    let steps: Vec<Vec<u64>> =
+        spec.steps.iter().map(|s| s.iter().copied().filter(|b| (b % total) % world == rank as u64).collect()).collect();
+    let (tx, rx) = std::sync::mpsc::sync_channel(2);
+    std::thread::Builder::new()
+        .name(format!("kallista-rank-{rank}-reads"))
+        .spawn(move || {
+            for blocks in steps {
+                let rows: StepRows = blocks.iter().map(|&b| Ok((b, reader.read(b)?))).collect();
+                let failed = rows.is_err();
+                if tx.send(rows).is_err() || failed {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| EngineError::Collective(format!("read-ahead thread: {e}")))?;
+    Ok(rx)
+}
+
+fn run_steps(
+    spec: &SegmentSpec,
+    rank: usize,
+    group: &LocalGroup,
+    mut ring: Option<Ring>,
+    timeout: Duration,
+    report: &mut RankReport,
+) -> Result<()> {
+    let reads = prefetch(spec, rank)?;
+    let mut layout: Option<FlatLayout> = None;
+    for (i, all_blocks) in spec.steps.iter().enumerate() {
+        let step = spec.first_step + i as u64;
+        let waited = Instant::now();
+        let rows = reads
+            .recv_timeout(timeout)
+            .map_err(|_| EngineError::Collective(format!("rank {rank}: the blocks of step {step} did not arrive")))??;
+        report.times.scan_ms += waited.elapsed().as_secs_f64() * 1e3;
+        let computing = Instant::now();
+        let model = group.model.read().unwrap_or_else(|e| e.into_inner());
+        let keys = model.weight_keys();
+        let per_block: Vec<_> = rows
+            .par_iter()
+            .map(|(block, batches)| {
+                let batches: Vec<&RecordBatch> = batches.iter().collect();
+                let source = format!("{} block {block}", spec.data);
+                let (x, y) = decode_batches(&model, &batches, &spec.model.input_columns, &source)?;
+                Ok(model.gradients_on_micro_batch(&x, &[y], dropout_seed(spec.seed, step, *block))?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        drop(model);
+        let Some((_, first)) = per_block.first() else {
+            return Err(EngineError::Training(format!("rank {rank} has no blocks in step {step}")));
+        };
+        let layout = layout.get_or_insert_with(|| FlatLayout::of(first));
+        let mut flat = vec![0i64; layout.len()];
+        for (result, grads) in &per_block {
+            report.rows += result.samples as u64;
+            report.loss_sum += result.loss as f64 * result.samples as f64;
+            report.correct += result.metrics.first().map_or(0, |m| m.1 as u64);
+            layout.add(&mut flat, grads, &keys)?;
+        }
+        report.times.compute_ms += computing.elapsed().as_secs_f64() * 1e3;
+        let reducing = Instant::now();
+        let parts = all_blocks.len() as u64;
+        let mut sent = 0;
+        group.step(rank, i as u64, flat, timeout, |mut total| {
+            if let Some(r) = ring.as_mut() {
+                sent = r.all_reduce(step, &mut total)?;
+            }
+            let mut model = group.model.write().unwrap_or_else(|e| e.into_inner());
+            model.apply_gradients(layout.mean(&total, parts))?;
+            model.set_steps_run(step + 1);
+            Ok(())
+        })?;
+        report.sent_bytes += sent;
+        report.allreduce_ms += reducing.elapsed().as_secs_f64() * 1e3;
+        report.steps += 1;
+    }
+    Ok(())
+}
+
+/// The segment's end: the hash, the version (rank 0), the model kept for the next segment.
+fn finish(spec: &SegmentSpec, rank: usize, group: &LocalGroup, report: &mut RankReport) -> Result<()> {
+    let model = group.model.read().unwrap_or_else(|e| e.into_inner());
+    report.weights_hash = weights_hash(&model);
+    if rank == 0 {
+        let writing = Instant::now();
+        blocking::write(&spec.next_weights, model.weights_bytes()?)?;
+        report.times.write_ms = writing.elapsed().as_secs_f64() * 1e3;
+    }
+    if rank == group.leader() {
+        // The next segment of this job starts from these weights: no load.
+        keep(&spec.model.config, &spec.next_weights, model.clone())?;
+    }
+    Ok(())
+}

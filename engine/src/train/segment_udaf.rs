@@ -1,0 +1,165 @@
+//! `kallista_segment(rank, spec)`: one `sync` segment as an aggregate over
+//! the job's rank table, `world` Parquet files of one row each (the rank).
+//! Scanned in `world` partitions, one per task and, with the scheduler's
+//! round-robin placement, one per executor while slots allow; each partial
+//! aggregate is one rank and runs the whole segment when its input ends
+//! ([`super::segment::run_rank`]): it reads its blocks itself, step by step,
+//! and buffers nothing of its input but the rank. The final aggregate
+//! checks that every rank ended with the same weights and returns the
+//! segment's [`RoundResult`] as JSON.
+
+use super::args::{external, json_scalar, json_states, spec_literal};
+use super::metrics::PartLine;
+use super::round::RoundResult;
+use super::segment::{run_rank, RankReport, SegmentSpec};
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Signature, Volatility};
+use datafusion::scalar::ScalarValue;
+use std::sync::Arc;
+
+/// See the module docs.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct SegmentUdaf {
+    signature: Signature,
+}
+
+impl SegmentUdaf {
+    pub fn new() -> Self {
+        SegmentUdaf { signature: Signature::variadic_any(Volatility::Volatile) }
+    }
+}
+
+impl Default for SegmentUdaf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AggregateUDFImpl for SegmentUdaf {
+    fn name(&self) -> &str {
+        "kallista_segment"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        let spec: SegmentSpec = spec_literal(self.name(), args.exprs)?;
+        Ok(Box::new(SegmentAccumulator { spec: Arc::new(spec), ranks: vec![], reports: vec![] }))
+    }
+
+    fn state_fields(&self, _args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        Ok(vec![Arc::new(Field::new("ranks", DataType::Utf8, true))])
+    }
+}
+
+#[derive(Debug)]
+struct SegmentAccumulator {
+    spec: Arc<SegmentSpec>,
+    /// Ranks of this partition not yet run (one, in a well-formed job).
+    ranks: Vec<usize>,
+    reports: Vec<RankReport>,
+}
+
+impl SegmentAccumulator {
+    fn run_pending(&mut self) -> Result<()> {
+        if self.ranks.len() > 1 {
+            return Err(DataFusionError::Plan(format!(
+                "kallista_segment: ranks {:?} in one partition; each rank needs a partition of its own",
+                self.ranks
+            )));
+        }
+        for rank in std::mem::take(&mut self.ranks) {
+            let round = self.spec.first_step;
+            let report = run_rank(&self.spec, rank).map_err(|e| {
+                external(crate::error::EngineError::worker(e, round, &crate::cluster::this_executor().name))
+            })?;
+            self.reports.push(report);
+        }
+        Ok(())
+    }
+}
+
+impl Accumulator for SegmentAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let ranks = cast(&values[0], &DataType::Int64)?;
+        let ranks = ranks.as_any().downcast_ref::<Int64Array>().expect("cast to Int64");
+        self.ranks.extend(ranks.iter().flatten().map(|r| r as usize));
+        Ok(())
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        self.run_pending()?;
+        Ok(vec![json_scalar(&self.reports)?])
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        for reports in json_states::<Vec<RankReport>>(&states[0])? {
+            self.reports.extend(reports);
+        }
+        Ok(())
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        self.run_pending()?;
+        json_scalar(&combine(&self.spec, std::mem::take(&mut self.reports)).map_err(external)?)
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self)
+    }
+}
+
+/// The segment's result from its ranks' reports: every rank present, all
+/// with the same weights.
+fn combine(spec: &SegmentSpec, mut reports: Vec<RankReport>) -> crate::error::Result<RoundResult> {
+    use crate::error::EngineError;
+    reports.sort_by_key(|r| r.rank);
+    let ranks: Vec<usize> = reports.iter().map(|r| r.rank).collect();
+    if ranks != (0..spec.world).collect::<Vec<_>>() {
+        return Err(EngineError::Collective(format!(
+            "segment at step {}: reports of ranks {ranks:?} of {}",
+            spec.first_step, spec.world
+        )));
+    }
+    if let Some(other) = reports.iter().find(|r| r.weights_hash != reports[0].weights_hash) {
+        return Err(EngineError::Training(format!(
+            "segment at step {}: rank 0 ended with weights {} but rank {} (on {}) with {}: the ranks diverged",
+            spec.first_step, reports[0].weights_hash, other.rank, other.executor, other.weights_hash
+        )));
+    }
+    let mut result =
+        RoundResult { file: Some(spec.next_weights.clone()), partitions: spec.world as u64, ..Default::default() };
+    let steps = spec.steps.len().max(1) as f64;
+    for r in &reports {
+        result.rows += r.rows;
+        result.loss_sum += r.loss_sum;
+        result.correct += r.correct;
+        if r.times.compute_ms >= result.slowest.compute_ms {
+            result.slowest = r.times.clone();
+        }
+        result.reduce_ms = result.reduce_ms.max(r.allreduce_ms);
+        result.sent_bytes_per_step = result.sent_bytes_per_step.max(r.sent_bytes as f64 / steps);
+        result.parts.push(PartLine {
+            executor: r.executor.clone(),
+            first_block: r.rank as u64,
+            rows: r.rows,
+            scan_ms: r.times.scan_ms,
+            load_ms: r.times.load_ms,
+            compute_ms: r.times.compute_ms,
+            write_ms: r.times.write_ms,
+        });
+    }
+    result.generation = Some(spec.generation);
+    result.processes = reports.first().map_or(0, |r| r.processes as u64);
+    Ok(result)
+}
