@@ -18,7 +18,9 @@
 //! `kallista executor`s of one slot, from the `kallista` binary next to this
 //! bench's directory, or `KALLISTA_BIN`): the ranks' sums cross TCP. Sync
 //! runs also print the all-reduce's time per step and the bytes a rank sent
-//! per step.
+//! per step. Sync runs stage the rows in 2 shards of 16-row blocks (one
+//! block per rank and step, as in-process training runs one shard of the
+//! batch per core); `average` runs in 4 shards of 8-row blocks.
 //!
 //! With `W1_S3=s3://bucket/prefix` (and the `AWS_*` variables of that store),
 //! each run is also made with its data and job dir in the bucket, right after
@@ -333,8 +335,10 @@ fn main() {
                     eval: None,
                     test: None,
                     batch_size: BATCH,
-                    micro_batch: 8,
-                    shards: 4,
+                    // `sync`: one block (micro-batch) per rank and step, as
+                    // in-process training takes one shard per core.
+                    micro_batch: if run.mode == Mode::Sync { 16 } else { 8 },
+                    shards: if run.mode == Mode::Sync { 2 } else { 4 },
                     workers: run.workers,
                     mode: run.mode,
                     sync_every_steps: run.every,

@@ -111,19 +111,45 @@ impl<S: Read + Write> Framed<S> {
         Ok((kind, body))
     }
 
-    /// Reads the next frame of `kind` whose body is a `header_len`-byte
-    /// header followed by i64 values, into `header` and `values` (resized):
-    /// the values land aligned, without a copy.
-    pub fn receive_values(&mut self, kind: u8, header: &mut [u8], values: &mut Vec<i64>) -> Result<(), FrameError> {
+    /// Reads the next frame of `wide` (i64 values) or `narrow` (i32 values)
+    /// kind whose body is a `header.len()`-byte header then the values, into
+    /// `header` and `values64` or `values32` (resized): the values land
+    /// aligned, without a copy. Returns whether they were narrow.
+    pub fn receive_values(
+        &mut self,
+        (wide, narrow): (u8, u8),
+        header: &mut [u8],
+        values64: &mut Vec<i64>,
+        values32: &mut Vec<i32>,
+    ) -> Result<bool, FrameError> {
         let (got, len) = self.head()?;
-        if got != kind || len < header.len() || !(len - header.len()).is_multiple_of(8) {
-            return Err(FrameError::Refused(format!("unexpected frame: kind {got}, {len} bytes")));
+        let width = match got {
+            k if k == wide => 8,
+            k if k == narrow => 4,
+            _ => return Err(FrameError::Refused(format!("unexpected frame: kind {got}, {len} bytes"))),
+        };
+        if len < header.len() || !(len - header.len()).is_multiple_of(width) {
+            return Err(FrameError::Refused(format!("a frame of kind {got} with {len} bytes")));
         }
         self.stream.read_exact(header)?;
-        values.resize((len - header.len()) / 8, 0);
-        let bytes: &mut [u8] = bytemuck::cast_slice_mut(values.as_mut_slice());
+        let n = (len - header.len()) / width;
+        let bytes: &mut [u8] = match width {
+            8 => {
+                values64.resize(n, 0);
+                bytemuck::cast_slice_mut(values64.as_mut_slice())
+            }
+            _ => {
+                values32.resize(n, 0);
+                bytemuck::cast_slice_mut(values32.as_mut_slice())
+            }
+        };
         self.stream.read_exact(bytes)?;
-        self.check(kind, &[&*header, bytemuck::cast_slice(values.as_slice())])
+        let bytes: &[u8] = match width {
+            8 => bytemuck::cast_slice(values64.as_slice()),
+            _ => bytemuck::cast_slice(values32.as_slice()),
+        };
+        self.check(got, &[&*header, bytes])?;
+        Ok(width == 4)
     }
 
     fn head(&mut self) -> Result<(u8, usize), FrameError> {
@@ -190,8 +216,8 @@ mod tests {
         w.send(2, &[b"head", bytemuck::cast_slice(&values)]).unwrap();
         let mut r = framed(w.stream.into_inner(), b"k");
         assert_eq!(r.receive().unwrap(), (1, b"hello".to_vec()));
-        let (mut head, mut got) = ([0u8; 4], vec![]);
-        r.receive_values(2, &mut head, &mut got).unwrap();
+        let (mut head, mut got, mut narrow) = ([0u8; 4], vec![], vec![]);
+        assert!(!r.receive_values((2, 3), &mut head, &mut got, &mut narrow).unwrap());
         assert_eq!((&head, got), (b"head", values));
     }
 

@@ -27,6 +27,7 @@ struct StepState {
     done: u64,
     /// Ranks that added their sums to `acc` for the step in progress.
     arrived: usize,
+    /// The sum of the step in progress (kept across steps: no allocation per step).
     acc: Vec<i64>,
     failed: Option<String>,
 }
@@ -84,9 +85,9 @@ impl LocalGroup {
         &self,
         rank: usize,
         index: u64,
-        sums: Vec<i64>,
+        sums: &[i64],
         timeout: Duration,
-        finish: impl FnOnce(Vec<i64>) -> Result<()>,
+        finish: impl FnOnce(&mut [i64]) -> Result<()>,
     ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -94,14 +95,15 @@ impl LocalGroup {
         if let Some(why) = &st.failed {
             return Err(failed(why));
         }
-        if st.acc.is_empty() {
-            st.acc = sums;
+        if st.arrived == 0 {
+            st.acc.clear();
+            st.acc.extend_from_slice(sums);
         } else if st.acc.len() != sums.len() {
             let why = format!("rank {rank} has {} gradient values, its group {}", sums.len(), st.acc.len());
             st.failed = Some(why.clone());
             self.changed.notify_all();
             return Err(EngineError::Training(why));
-        } else if let Err(e) = add_checked(&mut st.acc, &sums) {
+        } else if let Err(e) = add_checked(&mut st.acc, sums) {
             st.failed = Some(e.to_string());
             self.changed.notify_all();
             return Err(e);
@@ -127,11 +129,12 @@ impl LocalGroup {
         if !leader {
             return Ok(());
         }
-        let total = std::mem::take(&mut st.acc);
+        let mut total = std::mem::take(&mut st.acc);
         st.arrived = 0;
         drop(st);
-        let result = finish(total);
+        let result = finish(&mut total);
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.acc = total;
         match &result {
             Ok(()) => st.done += 1,
             Err(e) => st.failed = Some(e.to_string()),

@@ -110,20 +110,42 @@ impl FlatLayout {
         self.entries.iter().map(|e| e.2).sum()
     }
 
-    /// Adds one micro-batch's gradients, rounded to fixed point, into `flat`.
-    fn add(&self, flat: &mut [i64], g: &WeightGrads, keys: &[String]) -> Result<()> {
-        let mut at = 0;
+    /// Sets `flat` to the sum of the micro-batches' gradients, each rounded
+    /// to fixed point: in chunks, on all of this process's cores.
+    fn sum(&self, flat: &mut [i64], grads: &[&WeightGrads], keys: &[String]) -> Result<()> {
+        const CHUNK: usize = 1 << 16;
+        let mut vectors: Vec<Vec<&[f32]>> = vec![];
         for &(i, state, n) in &self.entries {
-            let v = if state { g.state.get(i) } else { g.values.get(i) };
-            let v = v.and_then(|v| v.as_ref()).filter(|v| v.len() == n);
             let name = keys.get(i).map_or("?", |k| k.as_str());
-            let v = v.ok_or_else(|| {
-                EngineError::Training(format!("'{name}': a micro-batch's gradients differ in layout"))
-            })?;
-            add_exact(&mut flat[at..at + n], v, name)?;
-            at += n;
+            let of_entry = grads
+                .iter()
+                .map(|g| {
+                    let v = if state { g.state.get(i) } else { g.values.get(i) };
+                    v.and_then(|v| v.as_deref()).filter(|v| v.len() == n).ok_or_else(|| {
+                        EngineError::Training(format!("'{name}': a micro-batch's gradients differ in layout"))
+                    })
+                })
+                .collect::<Result<Vec<&[f32]>>>()?;
+            vectors.push(of_entry);
         }
-        Ok(())
+        // (entry, offset in it, the part of `flat` it fills)
+        let mut chunks: Vec<(usize, usize, &mut [i64])> = vec![];
+        let mut rest = flat;
+        for (e, &(_, _, n)) in self.entries.iter().enumerate() {
+            let (mine, next) = rest.split_at_mut(n);
+            rest = next;
+            for (c, part) in mine.chunks_mut(CHUNK).enumerate() {
+                chunks.push((e, c * CHUNK, part));
+            }
+        }
+        chunks.into_par_iter().try_for_each(|(e, offset, part)| {
+            part.fill(0);
+            let name = keys.get(self.entries[e].0).map_or("?", |k| k.as_str());
+            for v in &vectors[e] {
+                add_exact(part, &v[offset..offset + part.len()], name)?;
+            }
+            Ok(())
+        })
     }
 
     /// The mean over `parts` micro-batches, as the optimizer takes it.
@@ -287,6 +309,8 @@ fn run_steps(
 ) -> Result<()> {
     let reads = prefetch(spec, rank)?;
     let mut layout: Option<FlatLayout> = None;
+    // This rank's sum of a step, reused: a fresh 40 MB buffer per step costs page faults.
+    let mut flat: Vec<i64> = vec![];
     for (i, all_blocks) in spec.steps.iter().enumerate() {
         let step = spec.first_step + i as u64;
         let waited = Instant::now();
@@ -311,23 +335,26 @@ fn run_steps(
             return Err(EngineError::Training(format!("rank {rank} has no blocks in step {step}")));
         };
         let layout = layout.get_or_insert_with(|| FlatLayout::of(first));
-        let mut flat = vec![0i64; layout.len()];
-        for (result, grads) in &per_block {
+        flat.resize(layout.len(), 0);
+        for (result, _) in &per_block {
             report.rows += result.samples as u64;
             report.loss_sum += result.loss as f64 * result.samples as f64;
             report.correct += result.metrics.first().map_or(0, |m| m.1 as u64);
-            layout.add(&mut flat, grads, &keys)?;
         }
+        let grads: Vec<&WeightGrads> = per_block.iter().map(|(_, g)| g).collect();
+        layout.sum(&mut flat, &grads, &keys)?;
+        drop(grads);
+        drop(per_block);
         report.times.compute_ms += computing.elapsed().as_secs_f64() * 1e3;
         let reducing = Instant::now();
         let parts = all_blocks.len() as u64;
         let mut sent = 0;
-        group.step(rank, i as u64, flat, timeout, |mut total| {
+        group.step(rank, i as u64, &flat, timeout, |total| {
             if let Some(r) = ring.as_mut() {
-                sent = r.all_reduce(step, &mut total)?;
+                sent = r.all_reduce(step, total)?;
             }
             let mut model = group.model.write().unwrap_or_else(|e| e.into_inner());
-            model.apply_gradients(layout.mean(&total, parts))?;
+            model.apply_gradients(layout.mean(total, parts))?;
             model.set_steps_run(step + 1);
             Ok(())
         })?;
