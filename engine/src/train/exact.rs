@@ -37,7 +37,8 @@ pub fn add_exact(sum: &mut [i64], values: &[f32], name: &str) -> Result<()> {
         overflow |= o;
     }
     if !in_range {
-        let (i, v) = values.iter().enumerate().find(|(_, v)| !((**v as f64).abs() < LIMIT)).unwrap_or((0, &0.0));
+        let out_of_range = |v: f32| !v.is_finite() || (v as f64).abs() >= LIMIT;
+        let (i, v) = values.iter().enumerate().find(|(_, v)| out_of_range(**v)).unwrap_or((0, &0.0));
         return Err(EngineError::Training(format!(
             "'{name}'[{i}] is {v}: gradients must be finite and below {LIMIT} in magnitude to be summed exactly"
         )));
