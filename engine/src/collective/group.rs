@@ -78,14 +78,15 @@ impl LocalGroup {
         self.changed.notify_all();
     }
 
-    /// Adds `rank`'s sums for step `index` of the segment and returns once the
-    /// step is applied. The leader, once every rank of the group has added
+    /// Adds `rank`'s sums for step `index` of the segment (leaving `sums`
+    /// holding whatever buffer the group had: overwrite it before reuse) and
+    /// returns once the step is applied. The leader, once every rank of the group has added
     /// its sums, runs `finish` on the group's total (all-reduce and apply).
     pub fn step(
         &self,
         rank: usize,
         index: u64,
-        sums: &[i64],
+        sums: &mut Vec<i64>,
         timeout: Duration,
         finish: impl FnOnce(&mut [i64]) -> Result<()>,
     ) -> Result<()> {
@@ -96,14 +97,15 @@ impl LocalGroup {
             return Err(failed(why));
         }
         if st.arrived == 0 {
-            st.acc.clear();
-            st.acc.extend_from_slice(sums);
+            // The first sum becomes the group's by a swap, not a 40 MB copy; the
+            // rank gets the previous buffer back and overwrites it next step.
+            std::mem::swap(&mut st.acc, sums);
         } else if st.acc.len() != sums.len() {
             let why = format!("rank {rank} has {} gradient values, its group {}", sums.len(), st.acc.len());
             st.failed = Some(why.clone());
             self.changed.notify_all();
             return Err(EngineError::Training(why));
-        } else if let Err(e) = add_checked(&mut st.acc, sums) {
+        } else if let Err(e) = add_checked(&mut st.acc, sums.as_slice()) {
             st.failed = Some(e.to_string());
             self.changed.notify_all();
             return Err(e);

@@ -349,7 +349,7 @@ fn run_steps(
         let reducing = Instant::now();
         let parts = all_blocks.len() as u64;
         let mut sent = 0;
-        group.step(rank, i as u64, &flat, timeout, |total| {
+        group.step(rank, i as u64, &mut flat, timeout, |total| {
             if let Some(r) = ring.as_mut() {
                 sent = r.all_reduce(step, total)?;
             }
