@@ -138,6 +138,9 @@ fn killing_an_executor_that_holds_a_rank_mid_segment_restarts_the_segment_with_t
     let restarted = &lines[1];
     assert!(restarted["generation"].as_u64().unwrap() > 2, "{restarted}");
     assert_eq!(restarted["partitions"].as_u64(), Some(2), "{restarted}");
+    // Two processes: the ranks' sums crossed the ring, not memory.
+    assert_eq!(restarted["processes"].as_u64(), Some(2), "{restarted}");
+    assert!(restarted["sent_bytes_per_step"].as_f64().unwrap() > 0.0, "{restarted}");
     for p in restarted["parts"].as_array().unwrap() {
         assert_ne!(p["executor"].as_str().unwrap(), cluster.names[victim], "{restarted}");
     }

@@ -308,6 +308,7 @@ fn run_steps(
     report: &mut RankReport,
 ) -> Result<()> {
     let reads = prefetch(spec, rank)?;
+    let keys = group.model.read().unwrap_or_else(|e| e.into_inner()).weight_keys();
     let mut layout: Option<FlatLayout> = None;
     // This rank's sum of a step, reused: a fresh 40 MB buffer per step costs page faults.
     let mut flat: Vec<i64> = vec![];
@@ -320,7 +321,6 @@ fn run_steps(
         report.times.scan_ms += waited.elapsed().as_secs_f64() * 1e3;
         let computing = Instant::now();
         let model = group.model.read().unwrap_or_else(|e| e.into_inner());
-        let keys = model.weight_keys();
         let per_block: Vec<_> = rows
             .par_iter()
             .map(|(block, batches)| {

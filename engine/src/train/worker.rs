@@ -155,11 +155,6 @@ fn list_values<T: ArrowPrimitiveType>(batches: &[&RecordBatch], name: &str, shap
 /// decoding copies each value once).
 pub type Blocks = BTreeMap<u64, Vec<RecordBatch>>;
 
-/// Where a block's rows come from, for errors: the staged shard file and the block.
-pub fn block_source(spec: &RoundSpec, block: u64) -> String {
-    format!("{} block {block}", spec.data)
-}
-
 /// Threads for one worker: this executor's cores shared among the round's
 /// workers it runs at once (at most its task slots), as the in-process loop
 /// shares them among batch shards.
