@@ -1,13 +1,13 @@
 //! The ranks of one generation that run in one process: they share one model
-//! replica, sum their gradients in memory, and the smallest of them (the
-//! leader) takes the process's sum around the ring of processes
+//! replica and hand their gradients to the smallest of them (the leader),
+//! which sums them all in one pass (each value read once, the sum written
+//! once), takes the process's sum around the ring of processes
 //! ([`super::ring`]) and applies the optimizer step to the shared replica
 //! before any of them goes on. A failing rank fails the whole group at once,
 //! so no rank of it waits for a step that will never come.
 
-use super::ring::add_checked;
 use crate::error::{EngineError, Result};
-use kallista_ops::model::Model;
+use kallista_ops::model::{Model, WeightGrads};
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, LazyLock, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -25,10 +25,10 @@ pub struct LocalGroup {
 struct StepState {
     /// Steps applied.
     done: u64,
-    /// Ranks that added their sums to `acc` for the step in progress.
+    /// Ranks that handed in their gradients for the step in progress.
     arrived: usize,
-    /// The sum of the step in progress (kept across steps: no allocation per step).
-    acc: Vec<i64>,
+    /// The gradients of the step in progress, one per micro-batch.
+    pending: Vec<WeightGrads>,
     failed: Option<String>,
 }
 
@@ -78,17 +78,16 @@ impl LocalGroup {
         self.changed.notify_all();
     }
 
-    /// Adds `rank`'s sums for step `index` of the segment (leaving `sums`
-    /// holding whatever buffer the group had: overwrite it before reuse) and
-    /// returns once the step is applied. The leader, once every rank of the group has added
-    /// its sums, runs `finish` on the group's total (all-reduce and apply).
+    /// Hands in `rank`'s gradients for step `index` of the segment and
+    /// returns once the step is applied. The leader, once every rank of the
+    /// group has handed in, runs `finish` on all of them (sum, all-reduce and apply).
     pub fn step(
         &self,
         rank: usize,
         index: u64,
-        sums: &mut Vec<i64>,
+        grads: Vec<WeightGrads>,
         timeout: Duration,
-        finish: impl FnOnce(&mut [i64]) -> Result<()>,
+        finish: impl FnOnce(&[WeightGrads]) -> Result<()>,
     ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -96,20 +95,7 @@ impl LocalGroup {
         if let Some(why) = &st.failed {
             return Err(failed(why));
         }
-        if st.arrived == 0 {
-            // The first sum becomes the group's by a swap, not a 40 MB copy; the
-            // rank gets the previous buffer back and overwrites it next step.
-            std::mem::swap(&mut st.acc, sums);
-        } else if st.acc.len() != sums.len() {
-            let why = format!("rank {rank} has {} gradient values, its group {}", sums.len(), st.acc.len());
-            st.failed = Some(why.clone());
-            self.changed.notify_all();
-            return Err(EngineError::Training(why));
-        } else if let Err(e) = add_checked(&mut st.acc, sums.as_slice()) {
-            st.failed = Some(e.to_string());
-            self.changed.notify_all();
-            return Err(e);
-        }
+        st.pending.extend(grads);
         st.arrived += 1;
         self.changed.notify_all();
         let leader = rank == self.leader();
@@ -131,12 +117,12 @@ impl LocalGroup {
         if !leader {
             return Ok(());
         }
-        let mut total = std::mem::take(&mut st.acc);
+        let pending = std::mem::take(&mut st.pending);
         st.arrived = 0;
         drop(st);
-        let result = finish(&mut total);
+        let result = finish(&pending);
+        drop(pending);
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.acc = total;
         match &result {
             Ok(()) => st.done += 1,
             Err(e) => st.failed = Some(e.to_string()),

@@ -1,9 +1,11 @@
 //! What the ranks of a `sync` segment share besides storage: the driver's
 //! rendezvous ([`rendezvous`]), the in-memory sum of the ranks of one
 //! process ([`group`]), and the exact all-reduce between processes
-//! ([`ring`]), every message authenticated with the job's secret
+//! ([`ring`]) of sums whose overflow is an error
+//! ([`checked`]), every message authenticated with the job's secret
 //! ([`frame`]).
 
+pub mod checked;
 pub mod frame;
 pub mod group;
 pub mod rendezvous;

@@ -15,6 +15,9 @@ use crate::error::{EngineError, Result};
 const FRACTION_BITS: i32 = 36;
 /// Largest magnitude accepted (32768), leaving headroom for summing 2^12 micro-batches.
 const LIMIT: f64 = (1u64 << (63 - FRACTION_BITS - 12)) as f64;
+/// The bits of `LIMIT` as an f32: a value's magnitude bits at or above them
+/// (NaN and infinities included) are out of range.
+const LIMIT_F32_BITS: u32 = 0x4700_0000;
 
 /// 1.5 * 2^52: adding it to an f64 of magnitude below 2^51 rounds that value
 /// to the nearest integer (ties to even) and leaves the integer in the low
@@ -24,35 +27,113 @@ const MAGIC: f64 = 6_755_399_441_055_744.0;
 
 /// Rounds `values` of vector `name` to fixed point and adds them to `sum`.
 pub fn add_exact(sum: &mut [i64], values: &[f32], name: &str) -> Result<()> {
-    let scale = (2.0f64).powi(FRACTION_BITS);
-    let magic_bits = MAGIC.to_bits() as i64;
-    let (mut in_range, mut overflow) = (true, false);
-    for (s, &v) in sum.iter_mut().zip(values) {
-        let v = v as f64;
-        // NaN compares false: caught here too.
-        in_range &= v.abs() < LIMIT;
-        let fixed = ((v * scale + MAGIC).to_bits() as i64).wrapping_sub(magic_bits);
-        let (next, o) = s.overflowing_add(fixed);
-        *s = next;
-        overflow |= o;
-    }
-    if !in_range {
+    let (largest, overflow) = multiversion_round::<false>(sum, values);
+    check(values, name, largest, overflow)
+}
+
+/// Sets `sum` to `values` of vector `name` rounded to fixed point: the first
+/// vector of a sum, without clearing the buffer and reading the zeros back.
+pub fn set_exact(sum: &mut [i64], values: &[f32], name: &str) -> Result<()> {
+    let (largest, overflow) = multiversion_round::<true>(sum, values);
+    check(values, name, largest, overflow)
+}
+
+fn check(values: &[f32], name: &str, largest: u32, overflow: i64) -> Result<()> {
+    if largest >= LIMIT_F32_BITS {
         let out_of_range = |v: f32| !v.is_finite() || (v as f64).abs() >= LIMIT;
         let (i, v) = values.iter().enumerate().find(|(_, v)| out_of_range(**v)).unwrap_or((0, &0.0));
         return Err(EngineError::Training(format!(
             "'{name}'[{i}] is {v}: gradients must be finite and below {LIMIT} in magnitude to be summed exactly"
         )));
     }
-    if overflow {
+    if overflow < 0 {
         return Err(EngineError::Training(format!("'{name}': the fixed-point sum overflowed")));
     }
     Ok(())
 }
 
-/// `sum / count` as f32 (one rounding, the same for every grouping of the sum).
-pub fn mean_of_exact(sum: &[i64], count: u64) -> Vec<f32> {
+/// The rounding loop, compiled for AVX2 too and picked at run time (the same
+/// bits either way: no instruction in it rounds differently). Returns the
+/// largest magnitude bits seen and, negative when a sum overflowed, the
+/// overflow flags of the adds.
+fn multiversion_round<const SET: bool>(sum: &mut [i64], values: &[f32]) -> (u32, i64) {
+    #[inline(always)]
+    fn body<const SET: bool>(sum: &mut [i64], values: &[f32]) -> (u32, i64) {
+        let scale = (2.0f64).powi(FRACTION_BITS);
+        let magic_bits = MAGIC.to_bits() as i64;
+        let (mut largest, mut overflow) = (0u32, 0i64);
+        for (s, &v) in sum.iter_mut().zip(values) {
+            largest = largest.max(v.to_bits() & 0x7fff_ffff);
+            let fixed = ((v as f64 * scale + MAGIC).to_bits() as i64).wrapping_sub(magic_bits);
+            if SET {
+                *s = fixed;
+            } else {
+                let next = s.wrapping_add(fixed);
+                // Signed overflow: the result's sign differs from both operands'.
+                overflow |= (*s ^ next) & (fixed ^ next);
+                *s = next;
+            }
+        }
+        (largest, overflow)
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            #[target_feature(enable = "avx2")]
+            unsafe fn wide<const SET: bool>(sum: &mut [i64], values: &[f32]) -> (u32, i64) {
+                body::<SET>(sum, values)
+            }
+            // SAFETY: the feature was detected at run time.
+            return unsafe { wide::<SET>(sum, values) };
+        }
+    }
+    body::<SET>(sum, values)
+}
+
+/// Writes `sum / count` as f32 into `out` (one rounding, the same for every grouping of the sum).
+pub fn mean_into(out: &mut [f32], sum: &[i64], count: u64) {
+    #[inline(always)]
+    fn body(out: &mut [f32], sum: &[i64], scale: f64) {
+        // Below 2^51 in magnitude an i64 converts to f64 exactly by the
+        // MAGIC trick, which vectorizes; `as f64` (the same value) does not.
+        const FAST: i64 = 1 << 51;
+        let fits = sum.iter().fold(true, |ok, &s| ok & ((s.wrapping_add(FAST) as u64) < (2 * FAST) as u64));
+        if fits {
+            let magic_bits = MAGIC.to_bits() as i64;
+            for (o, &s) in out.iter_mut().zip(sum) {
+                *o = ((f64::from_bits(s.wrapping_add(magic_bits) as u64) - MAGIC) * scale) as f32;
+            }
+        } else {
+            for (o, &s) in out.iter_mut().zip(sum) {
+                *o = (s as f64 * scale) as f32;
+            }
+        }
+    }
     let scale = (2.0f64).powi(-FRACTION_BITS) / count.max(1) as f64;
-    sum.iter().map(|&s| (s as f64 * scale) as f32).collect()
+    const BLOCK: usize = 4096;
+    for (o, s) in out.chunks_mut(BLOCK).zip(sum.chunks(BLOCK)) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") {
+                #[target_feature(enable = "avx2")]
+                unsafe fn wide(out: &mut [f32], sum: &[i64], scale: f64) {
+                    body(out, sum, scale)
+                }
+                // SAFETY: the feature was detected at run time.
+                unsafe { wide(o, s, scale) };
+                continue;
+            }
+        }
+        body(o, s, scale);
+    }
+}
+
+/// `sum / count` as f32 (see [`mean_into`]).
+#[cfg(test)]
+fn mean_of_exact(sum: &[i64], count: u64) -> Vec<f32> {
+    let mut out = vec![0f32; sum.len()];
+    mean_into(&mut out, sum, count);
+    out
 }
 
 #[cfg(test)]
@@ -110,9 +191,37 @@ mod tests {
     }
 
     #[test]
+    fn setting_equals_adding_to_zeros_and_overflow_is_caught() {
+        let values: Vec<f32> = (0..1000).map(|i| ((i as f32) * 0.37).sin() * 10f32.powi(i % 7 - 3)).collect();
+        let mut added = vec![0i64; values.len()];
+        add_exact(&mut added, &values, "v").unwrap();
+        let mut set = vec![i64::MIN; values.len()];
+        set_exact(&mut set, &values, "v").unwrap();
+        assert_eq!(added, set);
+        let mut near_max = vec![i64::MAX - 1; 3];
+        assert!(add_exact(&mut near_max, &[0.0, 1.0, 0.0], "w").is_err());
+        let mut near_min = vec![i64::MIN + 1; 3];
+        assert!(add_exact(&mut near_min, &[0.0, 0.0, -1.0], "w").is_err());
+    }
+
+    #[test]
+    fn the_mean_converts_large_and_small_sums_alike() {
+        let scale = (2.0f64).powi(-FRACTION_BITS) / 3.0;
+        let sums: Vec<i64> = vec![0, 1, -1, 12_345_678_901, -(1 << 50), (1 << 51) - 1, -(1 << 51) + 1, 987];
+        let expected: Vec<f32> = sums.iter().map(|&s| (s as f64 * scale) as f32).collect();
+        assert_eq!(mean_of_exact(&sums, 3), expected);
+        // Beyond 2^51 the plain conversion is taken.
+        let big: Vec<i64> = vec![(1 << 60) + 12_345, -(1 << 62), 7];
+        let expected: Vec<f32> = big.iter().map(|&s| (s as f64 * scale) as f32).collect();
+        assert_eq!(mean_of_exact(&big, 3), expected);
+    }
+
+    #[test]
     fn non_finite_gradients_are_an_error() {
         let mut s = vec![0i64; 2];
         assert!(add_exact(&mut s, &[1.0, f32::NAN], "w").is_err());
         assert!(add_exact(&mut s, &[1e5, 0.0], "w").is_err());
+        assert!(set_exact(&mut s, &[0.0, f32::NEG_INFINITY], "w").is_err());
+        assert!(add_exact(&mut s, &[32767.0, -32767.0], "w").is_ok());
     }
 }

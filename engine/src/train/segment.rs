@@ -22,7 +22,7 @@
 //! connection close.
 
 use super::blocks::BlockReader;
-use super::exact::{add_exact, mean_of_exact};
+use super::exact::{add_exact, mean_into, set_exact};
 use super::job_dir::JobDir;
 use super::model_cache::{keep, model_for};
 use super::round::{ModelRef, PartTimes};
@@ -83,7 +83,8 @@ pub struct RankReport {
     /// `scan_ms`: waiting for blocks; `load_ms`: the model; `compute_ms`:
     /// gradients; `write_ms`: the version (rank 0).
     pub times: PartTimes,
-    /// Time in the all-reduce and optimizer step, summed over the segment.
+    /// Time in the exact sum, the all-reduce and the optimizer step (the
+    /// leader; waiting for them, the other ranks), summed over the segment.
     pub allreduce_ms: f64,
     /// Bytes this rank sent to other processes, summed over the segment.
     pub sent_bytes: u64,
@@ -139,28 +140,40 @@ impl FlatLayout {
             }
         }
         chunks.into_par_iter().try_for_each(|(e, offset, part)| {
-            part.fill(0);
             let name = keys.get(self.entries[e].0).map_or("?", |k| k.as_str());
-            for v in &vectors[e] {
-                add_exact(part, &v[offset..offset + part.len()], name)?;
+            let range = offset..offset + part.len();
+            let Some((first, rest)) = vectors[e].split_first() else {
+                return Err(EngineError::Training(format!("'{name}': a step without micro-batches")));
+            };
+            set_exact(part, &first[range.clone()], name)?;
+            for v in rest {
+                add_exact(part, &v[range.clone()], name)?;
             }
             Ok(())
         })
     }
 
-    /// The mean over `parts` micro-batches, as the optimizer takes it.
+    /// The mean over `parts` micro-batches, as the optimizer takes it
+    /// (converted in chunks, on all of this process's cores).
     fn mean(&self, flat: &[i64], parts: u64) -> WeightGrads {
+        const CHUNK: usize = 1 << 16;
         let mut g = WeightGrads { values: vec![None; self.weights], state: vec![None; self.weights], state_parts: 0 };
-        let mut at = 0;
-        for &(i, state, n) in &self.entries {
-            let m = Some(mean_of_exact(&flat[at..at + n], parts));
+        let mut means: Vec<Vec<f32>> = self.entries.iter().map(|e| vec![0f32; e.2]).collect();
+        let mut chunks: Vec<(&mut [f32], &[i64])> = vec![];
+        let mut rest = flat;
+        for m in &mut means {
+            let (mine, next) = rest.split_at(m.len());
+            rest = next;
+            chunks.extend(m.chunks_mut(CHUNK).zip(mine.chunks(CHUNK)));
+        }
+        chunks.into_par_iter().for_each(|(out, sum)| mean_into(out, sum, parts));
+        for (&(i, state, _), m) in self.entries.iter().zip(means) {
             if state {
-                g.state[i] = m;
+                g.state[i] = Some(m);
                 g.state_parts = 1;
             } else {
-                g.values[i] = m;
+                g.values[i] = Some(m);
             }
-            at += n;
         }
         g
     }
@@ -178,9 +191,13 @@ fn process_id() -> String {
 /// SHA-256 of everything a step changes: weights, optimizer slots, iterations.
 pub fn weights_hash(model: &Model) -> String {
     let mut h = ::ring::digest::Context::new(&::ring::digest::SHA256);
-    for (key, w) in model.named_weights() {
+    let mut keys = model.weight_keys();
+    keys.sort_unstable();
+    for key in keys {
         h.update(key.as_bytes());
-        h.update(bytemuck::cast_slice(w.data()));
+        if let Some(w) = model.weight(&key) {
+            h.update(bytemuck::cast_slice(w.data()));
+        }
     }
     if let Some(opt) = model.optimizer() {
         h.update(&opt.iterations.to_le_bytes());
@@ -310,7 +327,7 @@ fn run_steps(
     let reads = prefetch(spec, rank)?;
     let keys = group.model.read().unwrap_or_else(|e| e.into_inner()).weight_keys();
     let mut layout: Option<FlatLayout> = None;
-    // This rank's sum of a step, reused: a fresh 40 MB buffer per step costs page faults.
+    // The process's sum of a step (the leader's), reused: a fresh 40 MB buffer per step costs page faults.
     let mut flat: Vec<i64> = vec![];
     for (i, all_blocks) in spec.steps.iter().enumerate() {
         let step = spec.first_step + i as u64;
@@ -331,30 +348,31 @@ fn run_steps(
             })
             .collect::<Result<Vec<_>>>()?;
         drop(model);
-        let Some((_, first)) = per_block.first() else {
+        if per_block.is_empty() {
             return Err(EngineError::Training(format!("rank {rank} has no blocks in step {step}")));
-        };
-        let layout = layout.get_or_insert_with(|| FlatLayout::of(first));
-        flat.resize(layout.len(), 0);
-        for (result, _) in &per_block {
+        }
+        let mut grads = Vec::with_capacity(per_block.len());
+        for (result, g) in per_block {
             report.rows += result.samples as u64;
             report.loss_sum += result.loss as f64 * result.samples as f64;
             report.correct += result.metrics.first().map_or(0, |m| m.1 as u64);
+            grads.push(g);
         }
-        let grads: Vec<&WeightGrads> = per_block.iter().map(|(_, g)| g).collect();
-        layout.sum(&mut flat, &grads, &keys)?;
-        drop(grads);
-        drop(per_block);
         report.times.compute_ms += computing.elapsed().as_secs_f64() * 1e3;
         let reducing = Instant::now();
         let parts = all_blocks.len() as u64;
         let mut sent = 0;
-        group.step(rank, i as u64, &mut flat, timeout, |total| {
+        group.step(rank, i as u64, grads, timeout, |all| {
+            // The leader: every micro-batch of this process in one exact sum.
+            let refs: Vec<&WeightGrads> = all.iter().collect();
+            let layout = layout.get_or_insert_with(|| FlatLayout::of(refs[0]));
+            flat.resize(layout.len(), 0);
+            layout.sum(&mut flat, &refs, &keys)?;
             if let Some(r) = ring.as_mut() {
-                sent = r.all_reduce(step, total)?;
+                sent = r.all_reduce(step, &mut flat)?;
             }
             let mut model = group.model.write().unwrap_or_else(|e| e.into_inner());
-            model.apply_gradients(layout.mean(total, parts))?;
+            model.apply_gradients(layout.mean(&flat, parts))?;
             model.set_steps_run(step + 1);
             Ok(())
         })?;
@@ -365,14 +383,34 @@ fn run_steps(
     Ok(())
 }
 
-/// The segment's end: the hash, the version (rank 0), the model kept for the next segment.
+/// The segment's end: the hash, the version (rank 0, written while the hash
+/// is taken), the model kept for the next segment.
 fn finish(spec: &SegmentSpec, rank: usize, group: &LocalGroup, report: &mut RankReport) -> Result<()> {
     let model = group.model.read().unwrap_or_else(|e| e.into_inner());
-    report.weights_hash = weights_hash(&model);
-    if rank == 0 {
-        let writing = Instant::now();
-        blocking::write(&spec.next_weights, model.weights_bytes()?)?;
-        report.times.write_ms = writing.elapsed().as_secs_f64() * 1e3;
+    let written = std::thread::scope(|s| {
+        // A scratch write, as `average` rounds write theirs: checkpoints are the durable copies.
+        let writer = (rank == 0).then(|| {
+            s.spawn(|| {
+                let writing = Instant::now();
+                match spec.next_weights.local_path() {
+                    // Streamed to the file, not built in memory first.
+                    Some(path) => {
+                        if let Some(dir) = path.parent() {
+                            std::fs::create_dir_all(dir)
+                                .map_err(|e| EngineError::Io { path: dir.display().to_string(), source: e })?;
+                        }
+                        model.write_weights(&path, false)?;
+                    }
+                    None => blocking::write_scratch(&spec.next_weights, model.weights_bytes()?)?,
+                }
+                Ok::<f64, EngineError>(writing.elapsed().as_secs_f64() * 1e3)
+            })
+        });
+        report.weights_hash = weights_hash(&model);
+        writer.map(|w| w.join().unwrap_or_else(|_| Err(EngineError::Training("the version writer panicked".into()))))
+    });
+    if let Some(ms) = written {
+        report.times.write_ms = ms?;
     }
     if rank == group.leader() {
         // The next segment of this job starts from these weights: no load.
