@@ -5,7 +5,8 @@
 //! record in `metrics.jsonl`); killing, with SIGKILL, an executor that holds
 //! a rank in the middle of a segment restarts the segment and finishes with
 //! the weights of a run without a fault, also when too few executors remain
-//! for the old number of ranks; a bad row fails the job at once, naming
+//! for the old number of ranks; forged and tampered messages to a running
+//! job's rendezvous are refused, logged, and change nothing; a bad row fails the job at once, naming
 //! where it is; a round that runs past its timeout has its Ballista job
 //! cancelled before the retry.
 
@@ -166,6 +167,64 @@ fn losing_an_executor_for_good_finishes_with_fewer_ranks_and_the_same_weights() 
         weights(&final_weights(&dir.join("faulty"))) == reference,
         "the weights differ from the run without a fault"
     );
+}
+
+/// Sends `body` to the driver's rendezvous at `address` as one request
+/// frame signed with `key`, with byte `flip` of the signed frame changed when given.
+fn send_to_rendezvous(address: &str, key: &[u8], body: &[u8], flip: Option<usize>) {
+    use kallista_engine::collective::frame::{Framed, Secret};
+    const REQUEST: u8 = 1;
+    let mut signed = Framed::new(std::io::Cursor::new(vec![]), Secret::from_bytes(key));
+    signed.send(REQUEST, &[body]).unwrap();
+    let mut raw = signed.stream.into_inner();
+    if let Some(at) = flip {
+        raw[at] ^= 1;
+    }
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    std::io::Write::write_all(&mut stream, &raw).unwrap();
+    // The service closes the connection after refusing the message.
+    let _ = std::io::Read::read_to_end(&mut stream, &mut vec![]);
+}
+
+#[test]
+fn forged_and_tampered_messages_to_a_running_job_are_refused_logged_and_change_nothing() {
+    let (dir, job, reference) = three_segment_job("forge", 20);
+    let cluster = start_cluster_with("forge", ClusterOptions::new(2, 1));
+    let job_dir = dir.join("forged").display().to_string();
+    let submit = Command::new(env!("CARGO_BIN_EXE_kallista"))
+        .args(["submit", job.to_str().unwrap(), "--scheduler", &cluster.url, "--job-dir", &job_dir])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let record = loop {
+        let record: Option<serde_json::Value> =
+            job_object(&job_dir, "ranks.json").and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(r) = record.filter(|r| r["step"] == 30) {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "the job did not reach the segment at step 30");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // An abort that, were it taken, would fail the whole job (deterministic):
+    // sent signed right and unchanged, it does (checked by hand).
+    let abort = serde_json::json!({"Abort": {
+        "job": record["job"], "generation": record["generation"], "rank": 0,
+        "reason": "forged", "deterministic": true,
+    }});
+    let body = abort.to_string().into_bytes();
+    let address = record["rendezvous"].as_str().unwrap();
+    send_to_rendezvous(address, b"a guessed secret", &body, None);
+    let secret = job_object(&job_dir, "collective.secret").expect("the job's secret while it runs");
+    // Signed with the job's secret, then one byte of the body changed on the way.
+    send_to_rendezvous(address, &secret, &body, Some(5 + body.len() / 2));
+    let out = submit.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("rendezvous: refused a message").count(), 2, "{stderr}");
+    assert!(!stderr.contains("restarting"), "{stderr}");
+    assert!(weights(&final_weights(&dir.join("forged"))) == reference, "the weights differ from the run without them");
 }
 
 /// The one value a `kallista sql -e` query prints.

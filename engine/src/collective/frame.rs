@@ -156,21 +156,22 @@ impl<S: Read + Write> Framed<S> {
         Ok(())
     }
 
-    /// Reads the next sealed frame of `wide` (i64 values) or `narrow` (i32
-    /// values) kind whose values follow a `header.len()`-byte header, into
-    /// `header` and `values64` or `values32` (resized), decrypted in place:
-    /// the values land aligned, without a copy. Returns whether they were narrow.
+    /// Reads the next sealed frame of kind `wide` (i64 values) or one of
+    /// `narrow` (i32 values) whose values follow a `header.len()`-byte header,
+    /// into `header` and `values64` or `values32` (resized), decrypted in
+    /// place: the values land aligned, without a copy. Returns the kind.
     pub fn receive_values(
         &mut self,
-        (wide, narrow): (u8, u8),
+        wide: u8,
+        narrow: &[u8],
         header: &mut [u8],
         values64: &mut Vec<i64>,
         values32: &mut Vec<i32>,
-    ) -> Result<bool, FrameError> {
+    ) -> Result<u8, FrameError> {
         let (got, len) = self.head()?;
         let width = match got {
             k if k == wide => 8,
-            k if k == narrow => 4,
+            k if narrow.contains(&k) => 4,
             _ => return Err(FrameError::Refused(format!("unexpected frame: kind {got}, {len} bytes"))),
         };
         let fixed = NONCE_LEN + header.len();
@@ -205,7 +206,7 @@ impl<S: Read + Write> Framed<S> {
                 ))
             })?;
         self.received += 1;
-        Ok(width == 4)
+        Ok(got)
     }
 
     fn head(&mut self) -> Result<(u8, usize), FrameError> {
@@ -284,9 +285,9 @@ mod tests {
         let mut r = framed(sent, b"k");
         assert_eq!(r.receive().unwrap(), (1, b"hello".to_vec()));
         let (mut head, mut got, mut narrow) = ([0u8; 4], vec![], vec![]);
-        assert!(!r.receive_values((2, 3), &mut head, &mut got, &mut narrow).unwrap());
+        assert_eq!(r.receive_values(2, &[3], &mut head, &mut got, &mut narrow).unwrap(), 2);
         assert_eq!((&head, got), (b"head", values));
-        assert!(r.receive_values((2, 3), &mut head, &mut vec![], &mut narrow).unwrap());
+        assert_eq!(r.receive_values(2, &[3], &mut head, &mut vec![], &mut narrow).unwrap(), 3);
         assert_eq!((&head, narrow), (b"next", small));
     }
 
@@ -300,7 +301,7 @@ mod tests {
         let refused = |bytes: Vec<u8>, key: &[u8]| {
             let (mut head, mut wide, mut narrow) = ([0u8; 4], vec![], vec![]);
             matches!(
-                framed(bytes, key).receive_values((2, 3), &mut head, &mut wide, &mut narrow),
+                framed(bytes, key).receive_values(2, &[3], &mut head, &mut wide, &mut narrow),
                 Err(FrameError::Refused(_))
             )
         };

@@ -2,10 +2,11 @@
 //! rendezvous ([`rendezvous`]), the in-memory sum of the ranks of one
 //! process ([`group`]), and the exact all-reduce between processes
 //! ([`ring`]) of sums whose overflow is an error
-//! ([`checked`]), every message authenticated with the job's secret
+//! ([`checked`]), sent dense or as their non-zero rows ([`chunk`]), every message authenticated with the job's secret
 //! ([`frame`]).
 
 pub mod checked;
+pub mod chunk;
 pub mod frame;
 pub mod group;
 pub mod rendezvous;

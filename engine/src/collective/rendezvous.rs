@@ -134,6 +134,11 @@ impl Rendezvous {
         &self.address
     }
 
+    /// The id of the job it serves.
+    pub fn job(&self) -> &str {
+        &self.shared.job
+    }
+
     /// Opens `generation` for `world` ranks.
     pub fn open(&self, generation: u64, world: usize) {
         let mut state = self.shared.lock();

@@ -8,7 +8,7 @@
 //! a connection that does not open with a signed hello from the expected
 //! neighbour is refused and logged, and the real neighbour is still awaited.
 
-use super::checked::add_checked;
+use super::chunk;
 use super::frame::{json, parse, FrameError, Framed, Secret};
 use crate::error::{EngineError, Result};
 use serde::{Deserialize, Serialize};
@@ -17,10 +17,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const HELLO: u8 = 10;
-const CHUNK: u8 = 11;
-/// A chunk whose values all fit in i32, sent as i32: half the bytes to send
-/// and to authenticate (gradient sums of magnitude below 2^-5 do).
-const CHUNK32: u8 = 12;
 /// Values per frame (8 MB).
 const CHUNK_VALUES: usize = 1 << 20;
 /// A chunk's header: step (8), phase (1), ring step (4), offset (8), vector length (8).
@@ -253,22 +249,15 @@ fn send_part(
     let mut sent = 0;
     for (i, chunk) in values.chunks(CHUNK_VALUES).enumerate() {
         let h = header(step, phase, t, (offset + i * CHUNK_VALUES) as u64, n as u64);
-        let fits = chunk.iter().fold(true, |ok, &v| ok & (v as i32 as i64 == v));
         // Sealing encrypts in place: the values go through a buffer of the sender's.
-        let sending = match fits {
-            true => {
-                narrow.clear();
-                narrow.extend(chunk.iter().map(|&v| v as i32));
-                to.send_sealed(CHUNK32, &h, bytemuck::cast_slice_mut(narrow.as_mut_slice()))
-            }
-            false => {
-                wide.clear();
-                wide.extend_from_slice(chunk);
-                to.send_sealed(CHUNK, &h, bytemuck::cast_slice_mut(wide.as_mut_slice()))
-            }
+        let kind = chunk::encode(chunk, narrow, wide);
+        let payload: &mut [u8] = match kind {
+            chunk::WIDE => bytemuck::cast_slice_mut(wide.as_mut_slice()),
+            _ => bytemuck::cast_slice_mut(narrow.as_mut_slice()),
         };
-        sending.map_err(|e| EngineError::Collective(format!("sending to the next rank: {e}")))?;
-        sent += (HEADER + chunk.len() * if fits { 4 } else { 8 }) as u64;
+        sent += (HEADER + payload.len()) as u64;
+        to.send_sealed(kind, &h, payload)
+            .map_err(|e| EngineError::Collective(format!("sending to the next rank: {e}")))?;
     }
     Ok(sent)
 }
@@ -287,15 +276,17 @@ fn receive_part(
     let mut done = 0;
     while done < into.len() {
         let mut h = [0u8; HEADER];
-        let is_narrow = from.receive_values((CHUNK, CHUNK32), &mut h, wide, narrow).map_err(|e| match e {
-            FrameError::Refused(why) => {
-                REFUSED.fetch_add(1, Ordering::Relaxed);
-                log::warn!("refused a collective message from the previous rank: {why}");
-                EngineError::Collective(format!("a collective message was refused: {why}"))
-            }
-            FrameError::Io(e) => EngineError::Collective(format!("the previous rank is gone: {e}")),
-        })?;
-        let got = if is_narrow { narrow.len() } else { wide.len() };
+        let kind = from.receive_values(chunk::WIDE, &[chunk::NARROW, chunk::SPARSE], &mut h, wide, narrow).map_err(
+            |e| match e {
+                FrameError::Refused(why) => {
+                    REFUSED.fetch_add(1, Ordering::Relaxed);
+                    log::warn!("refused a collective message from the previous rank: {why}");
+                    EngineError::Collective(format!("a collective message was refused: {why}"))
+                }
+                FrameError::Io(e) => EngineError::Collective(format!("the previous rank is gone: {e}")),
+            },
+        )?;
+        let got = chunk::covers(kind, narrow, wide, (into.len() - done).min(CHUNK_VALUES));
         let expected = header(step, phase, t, (offset + done) as u64, n as u64);
         if h != expected || done + got > into.len() {
             return Err(EngineError::Collective(format!(
@@ -303,13 +294,8 @@ fn receive_part(
                 offset + done
             )));
         }
-        let target = &mut into[done..done + got];
-        match (phase, is_narrow) {
-            (0, false) => add_checked(target, wide)?,
-            (_, false) => target.copy_from_slice(wide),
-            (0, true) => add_checked(target, narrow)?,
-            (_, true) => target.iter_mut().zip(narrow.iter()).for_each(|(a, &b)| *a = b as i64),
-        }
+        // Reduce-scatter adds what arrives; all-gather sets finished parts.
+        chunk::apply(kind, phase == 0, &mut into[done..done + got], narrow, wide)?;
         done += got;
     }
     Ok(())
@@ -353,13 +339,14 @@ mod tests {
         for leaders in 1..=4 {
             // Longer than a chunk, and not divisible by the leader count.
             let n = CHUNK_VALUES + 7;
-            // Small values travel as i32; the last chunk's, past i32, as i64.
+            // The first half mostly zero (sparse chunks, each leader's rows
+            // elsewhere), small values as i32, the last chunk's, past i32, as i64.
             let value = |i: usize, k: usize| {
                 let v = (i as i64 * 31 + k as i64 * 1_000_003) % 977 - 400;
-                if i >= CHUNK_VALUES {
-                    v << 40
-                } else {
-                    v
+                match i {
+                    i if i < n / 2 => v * ((i % 4099) == k * 7) as i64,
+                    i if i >= CHUNK_VALUES => v << 40,
+                    _ => v,
                 }
             };
             let parts: Vec<Vec<i64>> = (0..leaders).map(|k| (0..n).map(|i| value(i, k)).collect()).collect();

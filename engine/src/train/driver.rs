@@ -268,7 +268,14 @@ async fn watch_generation(
     let record = async {
         loop {
             if let Status::Started(ranks) = rendezvous.status(generation) {
-                let line = serde_json::json!({"step": step, "generation": generation, "ranks": ranks});
+                // Where the segment's service listens and for which job: not secret (both are in its plan).
+                let line = serde_json::json!({
+                    "step": step,
+                    "generation": generation,
+                    "job": rendezvous.job(),
+                    "rendezvous": rendezvous.address(),
+                    "ranks": ranks,
+                });
                 if let Err(e) = blocking::write(placement, line.to_string().into_bytes()) {
                     log::warn!("could not record the placement of generation {generation}: {e}");
                 }
