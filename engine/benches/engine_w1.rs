@@ -8,7 +8,7 @@
 //! (Ballista job, Parquet scan, weights version written and loaded, partial
 //! and reduced result files).
 //!
-//!     cargo bench --workspace --bench engine_w1     # ROUNDS=1 ROUNDS_PER_RUN=2 SYNC_STEPS=100 RUNS=<all>
+//!     cargo bench --workspace --bench engine_w1     # ROUNDS=1 ROUNDS_PER_RUN=2 SYNC_STEPS=200 RUNS=<all>
 //!
 //! Runs: `default` (the job spec's defaults: a worker per core, `average`,
 //! 200 local steps per round), `average` with 1 worker, `sync` with 2 ranks
@@ -245,8 +245,11 @@ impl Drop for ProcessCluster {
 
 fn main() {
     let d = VideoQaDims::w1();
-    let (rounds, per_run, sync_steps) =
-        (env("ROUNDS", 1), env("ROUNDS_PER_RUN", 2) as u64, env("SYNC_STEPS", 100) as u64);
+    let (rounds, per_run, sync_steps) = (
+        env("ROUNDS", 1),
+        env("ROUNDS_PER_RUN", 2) as u64,
+        env("SYNC_STEPS", DEFAULT_SYNC_EVERY_STEPS as usize) as u64,
+    );
     let dir = std::env::temp_dir().join(format!("kallista-engine-w1-{}", std::process::id()));
     let file = dir.join("train/part-0.parquet");
     // One default round's rows: a round scans each row once, so fewer rows
