@@ -61,12 +61,42 @@ fn three_workers_of_every_round_run_on_three_different_executors() {
     }
 }
 
-/// The ranks of the running `sync` segment, from the job dir's `ranks.json`:
-/// (segment's first step, generation, executor of each rank).
-fn running_ranks(job_dir: &str) -> Option<(u64, u64, Vec<String>)> {
-    let v: serde_json::Value = serde_json::from_slice(&job_object(job_dir, "ranks.json")?).ok()?;
-    let executors = v["ranks"].as_array()?.iter().map(|r| r["executor"].as_str().unwrap().to_string()).collect();
-    Some((v["step"].as_u64()?, v["generation"].as_u64()?, executors))
+/// Submits `job` to `cluster` with the job dir `job_dir` and returns the
+/// submit (its output captured) once the `sync` segment starting at `step`
+/// runs, with that segment's placement record (the job dir's `ranks.json`).
+fn submit_until_segment(
+    job: &std::path::Path,
+    cluster: &common::cluster::Cluster,
+    job_dir: &str,
+    step: u64,
+) -> (std::process::Child, serde_json::Value) {
+    let submit = Command::new(env!("CARGO_BIN_EXE_kallista"))
+        .args(["submit", job.to_str().unwrap(), "--scheduler", &cluster.url, "--job-dir", job_dir])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let record: Option<serde_json::Value> =
+            job_object(job_dir, "ranks.json").and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(s) = record.as_ref().and_then(|r| r["step"].as_u64()) {
+            if s == step {
+                return (submit, record.unwrap());
+            }
+            assert!(s < step, "missed the segment at step {step}: now at {s}");
+        }
+        assert!(Instant::now() < deadline, "the job did not reach the segment at step {step}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits for a submit to end, asserts it succeeded; returns its stderr.
+fn succeeded(submit: std::process::Child) -> String {
+    let out = submit.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    stderr
 }
 
 /// Submits `job` to `cluster` with the job dir `job_dir`; once the segment
@@ -79,29 +109,12 @@ fn kill_a_rank_mid_segment(
     job_dir: &str,
     step: u64,
 ) -> (String, usize) {
-    let submit = Command::new(env!("CARGO_BIN_EXE_kallista"))
-        .args(["submit", job.to_str().unwrap(), "--scheduler", &cluster.url, "--job-dir", job_dir])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let victim = loop {
-        if let Some((s, _, executors)) = running_ranks(job_dir) {
-            if s == step {
-                break cluster.names.iter().position(|n| *n == executors[0]).expect("a cluster executor");
-            }
-            assert!(s < step, "missed the segment at step {step}: now at {s}");
-        }
-        assert!(Instant::now() < deadline, "the job did not reach the segment at step {step}");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let (submit, record) = submit_until_segment(job, cluster, job_dir, step);
+    let executor = record["ranks"][0]["executor"].as_str().unwrap();
+    let victim = cluster.names.iter().position(|n| n == executor).expect("a cluster executor");
     cluster.executors[victim].kill().unwrap();
     cluster.executors[victim].wait().unwrap();
-    let out = submit.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{stderr}");
-    (stderr, victim)
+    (succeeded(submit), victim)
 }
 
 /// A job of 3 segments of 30 `sync` steps on 2 ranks, and the weights of its run without a fault.
@@ -191,22 +204,10 @@ fn forged_and_tampered_messages_to_a_running_job_are_refused_logged_and_change_n
     let (dir, job, reference) = three_segment_job("forge", 20);
     let cluster = start_cluster_with("forge", ClusterOptions::new(2, 1));
     let job_dir = dir.join("forged").display().to_string();
-    let submit = Command::new(env!("CARGO_BIN_EXE_kallista"))
-        .args(["submit", job.to_str().unwrap(), "--scheduler", &cluster.url, "--job-dir", &job_dir])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let record = loop {
-        let record: Option<serde_json::Value> =
-            job_object(&job_dir, "ranks.json").and_then(|b| serde_json::from_slice(&b).ok());
-        if let Some(r) = record.filter(|r| r["step"] == 30) {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "the job did not reach the segment at step 30");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let (submit, record) = submit_until_segment(&job, &cluster, &job_dir, 30);
+    let executors: BTreeSet<&str> =
+        record["ranks"].as_array().unwrap().iter().map(|r| r["executor"].as_str().unwrap()).collect();
+    assert_eq!(executors.len(), 2, "the segment's ranks run in two executor processes: {record}");
     // An abort that, were it taken, would fail the whole job (deterministic):
     // sent signed right and unchanged, it does (checked by hand).
     let abort = serde_json::json!({"Abort": {
@@ -219,9 +220,7 @@ fn forged_and_tampered_messages_to_a_running_job_are_refused_logged_and_change_n
     let secret = job_object(&job_dir, "collective.secret").expect("the job's secret while it runs");
     // Signed with the job's secret, then one byte of the body changed on the way.
     send_to_rendezvous(address, &secret, &body, Some(5 + body.len() / 2));
-    let out = submit.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{stderr}");
+    let stderr = succeeded(submit);
     assert_eq!(stderr.matches("rendezvous: refused a message").count(), 2, "{stderr}");
     assert!(!stderr.contains("restarting"), "{stderr}");
     assert!(weights(&final_weights(&dir.join("forged"))) == reference, "the weights differ from the run without them");

@@ -99,8 +99,9 @@ pub fn write_scratch(at: &Location, bytes: impl Into<Bytes>) -> Result<()> {
     put(at, bytes)
 }
 
-/// The local path of `at`, its directory created; `None` on other stores.
-fn local_with_parent(at: &Location) -> Result<Option<std::path::PathBuf>> {
+/// The local path of `at`, its directory created; `None` on other stores
+/// (for writers that stream to a local file and hand bytes to the others).
+pub fn local_with_parent(at: &Location) -> Result<Option<std::path::PathBuf>> {
     let Some(path) = at.local_path() else { return Ok(None) };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| EngineError::Io { path: dir.display().to_string(), source: e })?;

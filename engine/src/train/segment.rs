@@ -392,15 +392,9 @@ fn finish(spec: &SegmentSpec, rank: usize, group: &LocalGroup, report: &mut Rank
         let writer = (rank == 0).then(|| {
             s.spawn(|| {
                 let writing = Instant::now();
-                match spec.next_weights.local_path() {
+                match blocking::local_with_parent(&spec.next_weights)? {
                     // Streamed to the file, not built in memory first.
-                    Some(path) => {
-                        if let Some(dir) = path.parent() {
-                            std::fs::create_dir_all(dir)
-                                .map_err(|e| EngineError::Io { path: dir.display().to_string(), source: e })?;
-                        }
-                        model.write_weights(&path, false)?;
-                    }
+                    Some(path) => model.write_weights(&path, false)?,
                     None => blocking::write_scratch(&spec.next_weights, model.weights_bytes()?)?,
                 }
                 Ok::<f64, EngineError>(writing.elapsed().as_secs_f64() * 1e3)
