@@ -70,25 +70,26 @@ fn submit_until_segment(
     job_dir: &str,
     step: u64,
 ) -> (std::process::Child, serde_json::Value) {
-    let submit = Command::new(env!("CARGO_BIN_EXE_kallista"))
+    let mut submit = Command::new(env!("CARGO_BIN_EXE_kallista"))
         .args(["submit", job.to_str().unwrap(), "--scheduler", &cluster.url, "--job-dir", job_dir])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
+    let missed = loop {
         let record: Option<serde_json::Value> =
             job_object(job_dir, "ranks.json").and_then(|b| serde_json::from_slice(&b).ok());
-        if let Some(s) = record.as_ref().and_then(|r| r["step"].as_u64()) {
-            if s == step {
-                return (submit, record.unwrap());
-            }
-            assert!(s < step, "missed the segment at step {step}: now at {s}");
+        match record.as_ref().and_then(|r| r["step"].as_u64()) {
+            Some(s) if s == step => return (submit, record.unwrap_or_default()),
+            Some(s) if s > step => break format!("missed the segment at step {step}: now at {s}"),
+            _ if Instant::now() > deadline => break format!("the job did not reach the segment at step {step}"),
+            _ => std::thread::sleep(Duration::from_millis(10)),
         }
-        assert!(Instant::now() < deadline, "the job did not reach the segment at step {step}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    };
+    let _ = submit.kill();
+    let _ = submit.wait();
+    panic!("{missed}");
 }
 
 /// Waits for a submit to end, asserts it succeeded; returns its stderr.

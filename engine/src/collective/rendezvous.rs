@@ -83,7 +83,8 @@ impl Shared {
 
     fn fail(&self, state: &mut State, generation: u64, reason: String, deterministic: bool) {
         if let Some(g) = state.generations.get_mut(&generation) {
-            if g.failure.is_none() {
+            // A deterministic cause (a bad row) outranks its echoes (peers that saw the rank go).
+            if g.failure.as_ref().is_none_or(|f| deterministic && !f.deterministic) {
                 log::warn!("rendezvous: generation {generation} failed: {reason}");
                 g.failure = Some(Failure { reason, deterministic, started: g.ranks.len() });
                 self.changed.notify_all();

@@ -230,12 +230,7 @@ pub fn run_rank(spec: &SegmentSpec, rank: usize) -> Result<RankReport> {
         spec.first_step + spec.steps.len() as u64,
         peers.len()
     );
-    let result = run_registered(spec, rank, &secret, listener, &peers, timeout);
-    if let Err(e) = &result {
-        log::error!("rank {rank} of generation {} failed: {e}", spec.generation);
-        rendezvous::abort(&spec.rendezvous, &secret, &spec.job_id, spec.generation, rank, e);
-    }
-    result
+    run_registered(spec, rank, &secret, listener, &peers, timeout)
 }
 
 fn run_registered(
@@ -267,8 +262,11 @@ fn run_registered(
         ..Default::default()
     };
     report.times.load_ms = loading.elapsed().as_secs_f64() * 1e3;
+    // Held until this rank's failure has reached the driver: a neighbour that
+    // sees the connection close first reports only "the previous rank is gone".
+    let mut ring: Option<Ring> = None;
     let result = (|| {
-        let ring = match rank == group.leader() {
+        ring = match rank == group.leader() {
             true => {
                 let position = leaders.iter().position(|l| l.0 == rank).unwrap_or(0);
                 let ring_peers =
@@ -277,12 +275,16 @@ fn run_registered(
             }
             false => None,
         };
-        run_steps(spec, rank, &group, ring, timeout, &mut report)?;
+        run_steps(spec, rank, &group, ring.as_mut(), timeout, &mut report)?;
         finish(spec, rank, &group, &mut report)
     })();
     if let Err(e) = &result {
+        log::error!("rank {rank} of generation {} failed: {e}", spec.generation);
+        // The driver first, then this process's other ranks and the ring neighbours.
+        rendezvous::abort(&spec.rendezvous, secret, &spec.job_id, spec.generation, rank, e);
         group.fail(&e.to_string());
     }
+    drop(ring);
     if rank == group.leader() {
         group::leave(&spec.job_id, spec.generation);
     }
@@ -320,7 +322,7 @@ fn run_steps(
     spec: &SegmentSpec,
     rank: usize,
     group: &LocalGroup,
-    mut ring: Option<Ring>,
+    mut ring: Option<&mut Ring>,
     timeout: Duration,
     report: &mut RankReport,
 ) -> Result<()> {
