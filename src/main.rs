@@ -54,6 +54,28 @@ enum Command {
         #[command(flatten)]
         overrides: OverrideArgs,
     },
+    /// Predict with a trained model over a table, on the cluster: one row of predictions per input row (Parquet).
+    Predict {
+        #[command(flatten)]
+        args: PredictCliArgs,
+        /// Where the predictions go (a Parquet file or directory, local or a store URL).
+        #[arg(long)]
+        out: String,
+    },
+    /// Evaluate a trained model over a table, on the cluster: OUT/metrics.json and OUT/predictions.parquet.
+    Evaluate {
+        #[command(flatten)]
+        args: PredictCliArgs,
+        /// The output directory (local or a store URL).
+        #[arg(long)]
+        out: String,
+        /// The class-id column (default: the one the model was trained on).
+        #[arg(long)]
+        label: Option<String>,
+        /// The column per-group metrics group by (default: the training job's).
+        #[arg(long)]
+        group_by: Option<String>,
+    },
     /// Make or ingest datasets.
     #[command(subcommand)]
     Data(DataCommand),
@@ -114,6 +136,46 @@ struct JobArgs {
     /// Continue from the job dir's last checkpoint (same data order, optimizer state).
     #[arg(long)]
     resume: bool,
+}
+
+#[derive(Args)]
+struct PredictCliArgs {
+    /// A job dir (its final weights), a checkpoint (.safetensors) or a Keras .weights.h5 with model.json beside it or above.
+    #[arg(long)]
+    model: String,
+    /// A Parquet file or directory, or a query (SELECT ...) over the --table tables.
+    #[arg(long)]
+    data: String,
+    /// A table the --data query reads, NAME=PARQUET_LOCATION.
+    #[arg(long = "table", value_name = "NAME=URI", value_parser = parse_var)]
+    tables: Vec<(String, String)>,
+    /// The column of each model input, in order, comma-separated (default: the training job's).
+    #[arg(long, value_delimiter = ',')]
+    columns: Option<Vec<String>>,
+    /// A running scheduler (df://host:port); default: the embedded cluster.
+    #[arg(long)]
+    scheduler: Option<String>,
+}
+
+impl PredictCliArgs {
+    fn split(
+        self,
+        out: String,
+        label: Option<String>,
+        group_by: Option<String>,
+    ) -> (kallista_jobs::predict_cmd::PredictArgs, Cluster) {
+        let cluster = self.scheduler.map_or(Cluster::Embedded, Cluster::Remote);
+        let args = kallista_jobs::predict_cmd::PredictArgs {
+            model: self.model,
+            data: self.data,
+            out,
+            tables: self.tables,
+            columns: self.columns,
+            label,
+            group_by,
+        };
+        (args, cluster)
+    }
 }
 
 #[derive(Args)]
@@ -342,6 +404,22 @@ fn run(cli: Cli) -> Result<(), kallista_jobs::JobError> {
                 object_cache_bytes: object_cache_gib << 30,
             };
             kallista_jobs::cluster_cmd::executor_cmd(&opts)
+        }
+        Command::Predict { args, out } => {
+            let (args, cluster) = args.split(out, None, None);
+            kallista_jobs::predict_cmd::predict_cmd(&args, &cluster, |line| eprintln!("{line}")).map(|_| ())
+        }
+        Command::Evaluate { args, out, label, group_by } => {
+            let (args, cluster) = args.split(out, label, group_by);
+            let m = kallista_jobs::predict_cmd::evaluate_cmd(&args, &cluster, |line| eprintln!("{line}"))?;
+            println!(
+                "accuracy {:.4} (top-5 {:.4}, loss {:.4}, {} rows)",
+                m.overall.accuracy, m.overall.top5_accuracy, m.overall.loss, m.overall.rows
+            );
+            for (group, s) in &m.groups {
+                println!("  {group:<14} {:.4}  ({} rows)", s.accuracy, s.rows);
+            }
+            Ok(())
         }
         Command::Sql(args) => {
             let source = match (args.file, args.query) {

@@ -24,6 +24,10 @@ pub enum DataError {
     #[error("{path}: row {row}, column '{column}': {detail}")]
     BadValue { path: PathBuf, row: usize, column: String, detail: String },
 
+    /// A value is invalid where the source is not a file (a SQL function's argument, say).
+    #[error("{origin}: row {row}, column '{column}': {detail}")]
+    Value { origin: String, row: usize, column: String, detail: String },
+
     /// An image could not be decoded (or has the wrong size).
     #[error("{path}: {detail}")]
     BadImage { path: PathBuf, detail: String },

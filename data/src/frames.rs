@@ -60,6 +60,20 @@ pub fn encode(rgb: &[u8], height: u32, width: u32, enc: FrameEncoding) -> Vec<u8
     }
 }
 
+/// The encoding of a frame told by its bytes: PNG and JPEG by their
+/// signatures, anything else of exactly `raw_bytes` bytes as raw RGB (a raw
+/// frame of another size is reported by [`decode_into`] as such).
+pub fn sniff_encoding(bytes: &[u8], raw_bytes: usize) -> &'static str {
+    const PNG: &[u8] = b"\x89PNG\r\n\x1a\n";
+    if bytes.len() != raw_bytes && bytes.starts_with(PNG) {
+        "png"
+    } else if bytes.len() != raw_bytes && bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        "jpeg"
+    } else {
+        "raw"
+    }
+}
+
 /// Decodes one frame of `encoding` (`raw`, `png`, `jpeg`) into `out` (H x W x 3 bytes).
 /// The error text says what is wrong; callers add the file and row.
 pub fn decode_into(bytes: &[u8], encoding: &str, height: usize, width: usize, out: &mut [u8]) -> Result<(), String> {

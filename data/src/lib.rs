@@ -5,8 +5,11 @@
 //! folders plus annotations into the same table; [`schema`] defines the
 //! clips table (documented in `data/SCHEMA.md`) and checks it on read;
 //! [`parquet_io`] writes it and reads it back as decoded `u8` frame tensors;
-//! [`tokenizer`] is the question tokenizer that SQL also uses.
+//! [`tokenizer`] is the question tokenizer that SQL also uses;
+//! [`columns`] decodes any table column into a model input's values.
 
+pub mod binding;
+pub mod columns;
 pub mod error;
 pub mod frames;
 pub mod ingest;

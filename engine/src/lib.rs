@@ -7,6 +7,7 @@
 //! training: the training and evaluation operators (aggregate functions run
 //! by Ballista on the executors), the exact gradient reduce of the driver
 //! stage, data staging, and the driver loop with checkpoints and evaluation;
+//! [`predict`] serves the prediction functions (`kallista_predict`, ...);
 //! [`embedded`] runs a scheduler and an executor inside the process;
 //! [`store`] resolves every path a job touches (`file://`, `s3://`, `gs://`,
 //! `az://`, `http(s)://`) through one object-store registry.
@@ -17,6 +18,7 @@ pub mod collective;
 pub mod embedded;
 pub mod error;
 pub mod functions;
+pub mod predict;
 pub mod session;
 pub mod sql;
 pub mod store;

@@ -5,7 +5,7 @@
 //! (`kallista sql`), [`demo`] (`kallista demo`); [`progress`] reports long
 //! work; [`spec`] is the job file (YAML) and its checks; [`train_cmd`] runs
 //! jobs (`kallista train | submit | run`) on the engine's driver; [`plot`]
-//! draws training curves. Ready-made jobs live as data in `jobs/<name>/`
+//! draws training curves; [`predict_cmd`] is `kallista predict | evaluate`. Ready-made jobs live as data in `jobs/<name>/`
 //! (`jobs/video_qa/job.yaml`, `prepare.sql`).
 
 pub mod cluster_cmd;
@@ -13,6 +13,7 @@ pub mod data_cmd;
 pub mod demo;
 pub mod error;
 pub mod plot;
+pub mod predict_cmd;
 pub mod progress;
 pub mod spec;
 pub mod sql_cmd;

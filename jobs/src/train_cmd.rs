@@ -7,6 +7,7 @@ use crate::error::JobError;
 use crate::plot::plot_training_curve;
 use crate::progress::Progress;
 use crate::spec::{self, data_check::check_split, load, JobSpec, Overrides};
+use kallista_data::binding::Binding;
 use kallista_engine::session::{training_session, Cluster};
 use kallista_engine::store::blocking;
 use kallista_engine::train::driver::{train, Event, TrainConfig, TrainReport};
@@ -86,6 +87,20 @@ fn runtime() -> Result<tokio::runtime::Runtime, JobError> {
         .map_err(|e| JobError::Invalid(format!("tokio runtime: {e}")))
 }
 
+/// Writes the job dir's `binding.json`: the columns `kallista evaluate` and
+/// `kallista predict` read for this model.
+fn write_binding(config: &TrainConfig, job: &JobSpec) -> Result<(), JobError> {
+    let binding = Binding {
+        inputs: config.input_columns.clone(),
+        label: Some(job.data.label.clone()),
+        // What the engine's evaluation groups by.
+        group_by: Some(kallista_data::schema::col::FAMILY.to_string()),
+    };
+    let json = serde_json::to_vec_pretty(&binding).map_err(|e| JobError::Invalid(e.to_string()))?;
+    blocking::write(&config.job_dir.root().join(Binding::FILE), json)?;
+    Ok(())
+}
+
 /// Runs a prepared job on `cluster`, reporting progress and writing the training curve.
 pub fn run_training(
     config: TrainConfig,
@@ -136,7 +151,8 @@ pub fn train_cmd(
     cluster: &Cluster,
     mut log: impl FnMut(&str) + Send,
 ) -> Result<TrainReport, JobError> {
-    let (config, _) = prepare_job(file, overrides, resume)?;
+    let (config, job) = prepare_job(file, overrides, resume)?;
+    write_binding(&config, &job)?;
     log(&format!("job dir {}", config.job_dir.root()));
     run_training(config, cluster, log)
 }
@@ -188,7 +204,8 @@ pub fn run_cmd(dir: &Path, overrides: &Overrides, mut log: impl FnMut(&str) + Se
             |_| {},
         )?;
     }
-    let (config, _) = prepare_job(&file, overrides, false)?;
+    let (config, job) = prepare_job(&file, overrides, false)?;
+    write_binding(&config, &job)?;
     log(&format!("job dir {}", config.job_dir.root()));
     run_training(config, &Cluster::Embedded, log)
 }

@@ -5,12 +5,14 @@
 mod lookup;
 mod pack;
 mod pad;
+mod predict;
 mod shard;
 mod tokenize;
 
 pub use lookup::LookupUdf;
 pub use pack::PackF32Udf;
 pub use pad::PadUdf;
+pub use predict::{PredictUdf, Prediction};
 pub use shard::ShardUdf;
 pub use tokenize::TokenizeUdf;
 
@@ -21,13 +23,15 @@ use std::sync::Arc;
 
 /// Every Kallista scalar function.
 pub fn kallista_functions() -> Vec<Arc<ScalarUDF>> {
-    vec![
+    let mut out = vec![
         Arc::new(ScalarUDF::new_from_impl(TokenizeUdf::new())),
         Arc::new(ScalarUDF::new_from_impl(LookupUdf::new())),
         Arc::new(ScalarUDF::new_from_impl(PadUdf::new())),
         Arc::new(ScalarUDF::new_from_impl(PackF32Udf::new())),
         Arc::new(ScalarUDF::new_from_impl(ShardUdf::new())),
-    ]
+    ];
+    out.extend(Prediction::ALL.map(|p| Arc::new(ScalarUDF::new_from_impl(PredictUdf::new(p)))));
+    out
 }
 
 /// Every Kallista aggregate function: the training round, `sync` segment and evaluation operators.

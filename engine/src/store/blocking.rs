@@ -129,6 +129,21 @@ pub fn size(at: &Location) -> Result<Option<u64>> {
     })
 }
 
+/// What changes when the object is rewritten (size, entity tag, modification
+/// time), or `None` when there is no such object: a cache's cheap check.
+pub fn stamp(at: &Location) -> Result<Option<String>> {
+    let (store, path, at2) = (store_of(at)?, at.object_path(), at.clone());
+    wait(async move {
+        match store.head(&path).await {
+            Ok(m) => {
+                Ok(Some(format!("{} {} {:?}", m.size, m.last_modified.timestamp_nanos_opt().unwrap_or(0), m.e_tag)))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(failed(&at2)(e)),
+        }
+    })
+}
+
 /// Whether the object exists.
 pub fn exists(at: &Location) -> Result<bool> {
     Ok(size(at)?.is_some())

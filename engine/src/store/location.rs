@@ -100,6 +100,15 @@ impl Location {
         self.url.path_segments().and_then(|mut s| s.next_back()).unwrap_or("")
     }
 
+    /// The location one name up (itself at a store's root).
+    pub fn parent(&self) -> Location {
+        let mut url = self.url.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.pop_if_empty().pop();
+        }
+        Location::from_url(url)
+    }
+
     /// Whether this is `prefix` or an object below it, on the same store
     /// (whole path segments: `weights-old` is not under `weights`).
     pub fn is_under(&self, prefix: &Location) -> bool {

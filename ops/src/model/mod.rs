@@ -19,6 +19,7 @@ mod keras_h5;
 mod nested;
 mod run;
 mod summary;
+mod truncate;
 mod weights;
 
 pub use import::{read_torch_safetensors, TorchEntry, TorchLayout, TorchMapping};

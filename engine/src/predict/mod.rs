@@ -1,0 +1,136 @@
+//! Batch inference where the data is: the shared part of the prediction
+//! functions (`kallista_predict`, `kallista_predict_proba`,
+//! `kallista_embed`, `kallista_score` in [`crate::functions`]).
+//!
+//! A function's first argument names the model ([`source`]); the columns
+//! after it feed the model's inputs in order, decoded by their Arrow type
+//! and the input's shape ([`kallista_data::columns`]), so any table whose
+//! columns hold the right values works, whatever they are called. Rows are
+//! inferred as DataFusion hands them over, in chunks of [`CHUNK_ROWS`],
+//! each chunk sharded over the process's cores by `predict_on_batch`.
+
+pub mod source;
+
+use crate::error::{EngineError, Result};
+use datafusion::arrow::array::{Array, ArrayRef};
+use datafusion::arrow::datatypes::FieldRef;
+use datafusion::logical_expr::ColumnarValue;
+use datafusion::scalar::ScalarValue;
+use kallista_data::columns::{ColumnDecoder, Element, Values};
+use kallista_ops::model::Model;
+use kallista_ops::{ByteTensor, DType, Data, IntTensor, Tensor};
+
+/// Rows per `predict_on_batch` call: enough to keep every core busy, few
+/// enough that a chunk of decoded clips stays small.
+pub const CHUNK_ROWS: usize = 64;
+
+/// A literal string argument (a model URI, a layer name), or an error naming it.
+pub fn literal_arg(function: &str, args: &[ColumnarValue], index: usize, what: &str) -> Result<String> {
+    match args.get(index) {
+        Some(ColumnarValue::Scalar(
+            ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)),
+        )) => Ok(s.clone()),
+        _ => Err(EngineError::Invalid(format!("{function}: argument {} must be {what}, a string literal", index + 1))),
+    }
+}
+
+/// The model inputs of `rows` rows from the argument columns `first..`.
+pub fn model_inputs(
+    function: &str,
+    model: &Model,
+    args: &[ColumnarValue],
+    fields: &[FieldRef],
+    first: usize,
+    rows: usize,
+) -> Result<Vec<Data>> {
+    let specs = model.input_specs();
+    let given = args.len().saturating_sub(first);
+    if given != specs.len() {
+        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        return Err(EngineError::Invalid(format!(
+            "{function}: the model takes {} inputs ({}), {given} columns were given",
+            specs.len(),
+            names.join(", ")
+        )));
+    }
+    let mut inputs = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.iter().enumerate() {
+        let at = first + i;
+        let array: ArrayRef = args[at].to_array(rows)?;
+        let source = format!("{function} argument {} (model input '{}')", at + 1, spec.name);
+        let column = fields.get(at).map_or("?", |f| f.name().as_str());
+        let decoder = ColumnDecoder { source: &source, column, first_row: 0 };
+        let element = match spec.spec.dtype {
+            DType::U8 => Element::U8,
+            DType::I32 => Element::I32,
+            DType::F32 => Element::F32,
+        };
+        let mut shape = vec![array.len()];
+        shape.extend_from_slice(&spec.spec.shape);
+        inputs.push(match decoder.decode(&array, element, &spec.spec.shape)? {
+            Values::U8(v) => Data::U8(ByteTensor::new(&shape, v)?),
+            Values::I32(v) => Data::I32(IntTensor::new(&shape, v)?),
+            Values::F32(v) => Data::F32(Tensor::new(&shape, v)?),
+        });
+    }
+    Ok(inputs)
+}
+
+/// The model's first output for every row, `[rows, width]` flattened,
+/// computed in chunks of [`CHUNK_ROWS`].
+pub fn predict_rows(model: &Model, inputs: &[Data], rows: usize) -> Result<(Vec<f32>, usize)> {
+    let mut out = vec![];
+    let mut width = 0;
+    for start in (0..rows).step_by(CHUNK_ROWS) {
+        let end = (start + CHUNK_ROWS).min(rows);
+        let chunk: Vec<Data> = inputs.iter().map(|d| d.slice_rows(start, end)).collect();
+        let outputs = model.predict_on_batch(&chunk)?;
+        let first = outputs.first().ok_or_else(|| EngineError::Invalid("the model has no outputs".into()))?;
+        width = first.shape()[1..].iter().product();
+        out.extend_from_slice(first.data());
+    }
+    Ok((out, width))
+}
+
+/// The rows' classes: `(class id, its probability)` of each row's outputs.
+pub fn top_classes(probabilities: &[f32], width: usize) -> Vec<(i32, f32)> {
+    probabilities
+        .chunks_exact(width.max(1))
+        .map(|row| {
+            // The first of equal maxima, as Keras's argmax.
+            let (i, p) = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &p)| match p > best.1 {
+                true => (i, p),
+                false => best,
+            });
+            (i as i32, p)
+        })
+        .collect()
+}
+
+/// Nulls in an argument column are errors; returns the arrays' row count.
+pub fn rows_of(args: &[ColumnarValue], number_rows: usize) -> usize {
+    args.iter()
+        .find_map(|a| match a {
+            ColumnarValue::Array(a) => Some(a.len()),
+            ColumnarValue::Scalar(_) => None,
+        })
+        .unwrap_or(number_rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_top_class_is_the_first_maximum() {
+        let p = [0.1, 0.7, 0.2, 0.4, 0.4, 0.2];
+        assert_eq!(top_classes(&p, 3), vec![(1, 0.7), (0, 0.4)]);
+    }
+
+    #[test]
+    fn a_model_uri_must_be_a_literal() {
+        let args = [ColumnarValue::Array(std::sync::Arc::new(datafusion::arrow::array::Int32Array::from(vec![1])))];
+        let e = literal_arg("kallista_predict", &args, 0, "the model URI").unwrap_err().to_string();
+        assert_eq!(e, "kallista_predict: argument 1 must be the model URI, a string literal");
+    }
+}
