@@ -18,4 +18,11 @@ fn sql_with_kallista_functions_on_a_scheduler_and_two_executors() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("[2, 3, 1, 1, 0]") && stdout.contains("[2, 0, 0, 0, 0]"), "{stdout}");
+    // DataFusion's array functions run on the executors too (Ballista's default registry lacks them).
+    let query =
+        "SELECT SUM(cardinality(kallista_tokenize(q))) AS tokens FROM (VALUES ('What is he doing?'), ('what')) t(q)";
+    let out = kallista(&["sql", "--scheduler", &cluster.url, "-e", query]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("| 5 "), "{stdout}");
 }

@@ -193,6 +193,11 @@ fn remove_dead_work_dirs() {
 /// Runs an executor until the process ends.
 pub async fn run_executor(opts: &ExecutorOptions) -> Result<()> {
     let mut registry = BallistaFunctionRegistry::default();
+    // Ballista's default registry lacks DataFusion's array functions
+    // (`cardinality`, `array_length`, ...): without them any task using one is rejected.
+    for f in datafusion::functions_nested::all_default_nested_functions() {
+        registry.scalar_functions.insert(f.name().to_string(), f);
+    }
     for f in kallista_functions() {
         registry.scalar_functions.insert(f.name().to_string(), f);
     }

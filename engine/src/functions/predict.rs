@@ -16,7 +16,7 @@
 use super::list_of;
 use crate::error::{EngineError, Result as EngineResult};
 use crate::predict::source::model_at;
-use crate::predict::{literal_arg, model_inputs, predict_rows, rows_of, top_classes};
+use crate::predict::{literal_arg, predict_rows, rows_of, top_classes};
 use crate::train::args::external;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Float32Array, Int32Array, ListArray, StringArray, StructArray,
@@ -114,8 +114,7 @@ impl PredictUdf {
             }
             _ => &loaded.model,
         };
-        let inputs = model_inputs(name, model, &args.args, &args.arg_fields, first, rows)?;
-        let (values, width) = predict_rows(model, &inputs, rows)?;
+        let (values, width) = predict_rows(name, model, &args.args, &args.arg_fields, first, rows)?;
         let class_labels = |top: &[(i32, f32)]| -> StringArray {
             top.iter()
                 .map(|&(c, _)| loaded.labels.as_ref().and_then(|l| l.get(c as usize)).map(String::as_str))

@@ -20,9 +20,10 @@ use kallista_data::columns::{ColumnDecoder, Element, Values};
 use kallista_ops::model::Model;
 use kallista_ops::{ByteTensor, DType, Data, IntTensor, Tensor};
 
-/// Rows per `predict_on_batch` call: enough to keep every core busy, few
-/// enough that a chunk of decoded clips stays small.
-pub const CHUNK_ROWS: usize = 64;
+/// Rows per `predict_on_batch` call: the peers' inference batch (GEMMs
+/// this tall run near peak), few enough that a chunk of decoded clips stays
+/// a few hundred MB.
+pub const CHUNK_ROWS: usize = 256;
 
 /// A literal string argument (a model URI, a layer name), or an error naming it.
 pub fn literal_arg(function: &str, args: &[ColumnarValue], index: usize, what: &str) -> Result<String> {
@@ -34,32 +35,20 @@ pub fn literal_arg(function: &str, args: &[ColumnarValue], index: usize, what: &
     }
 }
 
-/// The model inputs of `rows` rows from the argument columns `first..`.
-pub fn model_inputs(
+/// The model inputs of rows `range` from the argument columns `first..`.
+fn model_inputs(
     function: &str,
     model: &Model,
-    args: &[ColumnarValue],
-    fields: &[FieldRef],
+    columns: &[(ArrayRef, String)],
     first: usize,
-    rows: usize,
+    range: std::ops::Range<usize>,
 ) -> Result<Vec<Data>> {
     let specs = model.input_specs();
-    let given = args.len().saturating_sub(first);
-    if given != specs.len() {
-        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-        return Err(EngineError::Invalid(format!(
-            "{function}: the model takes {} inputs ({}), {given} columns were given",
-            specs.len(),
-            names.join(", ")
-        )));
-    }
     let mut inputs = Vec::with_capacity(specs.len());
-    for (i, spec) in specs.iter().enumerate() {
-        let at = first + i;
-        let array: ArrayRef = args[at].to_array(rows)?;
-        let source = format!("{function} argument {} (model input '{}')", at + 1, spec.name);
-        let column = fields.get(at).map_or("?", |f| f.name().as_str());
-        let decoder = ColumnDecoder { source: &source, column, first_row: 0 };
+    for (i, (spec, (array, column))) in specs.iter().zip(columns).enumerate() {
+        let array = array.slice(range.start, range.len());
+        let source = format!("{function} argument {} (model input '{}')", first + i + 1, spec.name);
+        let decoder = ColumnDecoder { source: &source, column, first_row: range.start };
         let element = match spec.spec.dtype {
             DType::U8 => Element::U8,
             DType::I32 => Element::I32,
@@ -76,18 +65,39 @@ pub fn model_inputs(
     Ok(inputs)
 }
 
-/// The model's first output for every row, `[rows, width]` flattened,
-/// computed in chunks of [`CHUNK_ROWS`].
-pub fn predict_rows(model: &Model, inputs: &[Data], rows: usize) -> Result<(Vec<f32>, usize)> {
+/// The model's first output for every row of the argument columns `first..`
+/// (one per model input), `[rows, width]` flattened. Decoded and inferred in
+/// chunks of [`CHUNK_ROWS`], so that a wide batch is never decoded whole.
+pub fn predict_rows(
+    function: &str,
+    model: &Model,
+    args: &[ColumnarValue],
+    fields: &[FieldRef],
+    first: usize,
+    rows: usize,
+) -> Result<(Vec<f32>, usize)> {
+    let specs = model.input_specs();
+    let given = args.len().saturating_sub(first);
+    if given != specs.len() {
+        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        return Err(EngineError::Invalid(format!(
+            "{function}: the model takes {} inputs ({}), {given} columns were given",
+            specs.len(),
+            names.join(", ")
+        )));
+    }
+    let columns: Vec<(ArrayRef, String)> = (first..args.len())
+        .map(|at| Ok((args[at].to_array(rows)?, fields.get(at).map_or("?".to_string(), |f| f.name().clone()))))
+        .collect::<Result<_>>()?;
     let mut out = vec![];
     let mut width = 0;
     for start in (0..rows).step_by(CHUNK_ROWS) {
         let end = (start + CHUNK_ROWS).min(rows);
-        let chunk: Vec<Data> = inputs.iter().map(|d| d.slice_rows(start, end)).collect();
+        let chunk = model_inputs(function, model, &columns, first, start..end)?;
         let outputs = model.predict_on_batch(&chunk)?;
-        let first = outputs.first().ok_or_else(|| EngineError::Invalid("the model has no outputs".into()))?;
-        width = first.shape()[1..].iter().product();
-        out.extend_from_slice(first.data());
+        let output = outputs.first().ok_or_else(|| EngineError::Invalid("the model has no outputs".into()))?;
+        width = output.shape()[1..].iter().product();
+        out.extend_from_slice(output.data());
     }
     Ok((out, width))
 }
@@ -107,7 +117,7 @@ pub fn top_classes(probabilities: &[f32], width: usize) -> Vec<(i32, f32)> {
         .collect()
 }
 
-/// Nulls in an argument column are errors; returns the arrays' row count.
+/// The row count of the argument arrays (of `number_rows` when all are literals).
 pub fn rows_of(args: &[ColumnarValue], number_rows: usize) -> usize {
     args.iter()
         .find_map(|a| match a {
