@@ -27,9 +27,6 @@
 //! the same run on local files (`"store": "s3"` / `"file"` in the output):
 //! `scripts/bench-w1-s3.sh` starts a local S3 server and does that.
 
-use datafusion::arrow::array::{ArrayRef, Float32Array, Int32Array, ListArray, RecordBatch, StringArray};
-use datafusion::arrow::buffer::OffsetBuffer;
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use kallista_engine::session::{training_session, Cluster};
 use kallista_engine::store::{blocking, Location};
 use kallista_engine::train::driver::{train, TrainConfig};
@@ -39,11 +36,9 @@ use kallista_engine::train::metrics::{read_metrics, MetricsLine, TrainLine};
 use kallista_engine::train::round::{default_workers, CompileSpec, Mode, DEFAULT_SYNC_EVERY_STEPS};
 use kallista_engine::train::worker::decode_rows;
 use kallista_ops::applications::{video_qa, VideoQaDims};
-use kallista_ops::init::Rng;
 use kallista_ops::losses::Loss;
 use kallista_ops::optim::OptimizerConfig;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 mod common;
