@@ -316,3 +316,61 @@ fn evaluate_on_a_cluster_matches_the_training_runs_test_result_and_reads_renamed
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("no column 'nope'"), "{stderr}");
 }
+
+/// A job on the same rows under other column names (renamed in the job's
+/// SQL): only the job file changes, and it trains to the same weights, bit
+/// for bit; its `binding.json` then lets `kallista evaluate` read those names.
+#[test]
+fn a_job_on_renamed_columns_trains_the_same_weights_and_evaluates_with_its_binding() {
+    let reference = trained_job();
+    let data = prepared_set(120);
+    let dir = temp_dir("renamed-job");
+    let job = small_job(&dir, &data, 1, "  max_steps: 4");
+    let renamed = |split: &str| {
+        format!(
+            "{{sql: \"SELECT video_id, question, family AS kind, frames AS clip, question_ids AS tokens, \
+             answer_id AS y FROM '{}/{split}/'\"}}",
+            data.display()
+        )
+    };
+    let mut text = std::fs::read_to_string(&job).unwrap();
+    for split in ["train", "eval", "test"] {
+        let from = format!("  {split}: {}/{split}/\n", data.display());
+        assert!(text.contains(&from), "{text}");
+        text = text.replace(&from, &format!("  {split}: {}\n", renamed(split)));
+    }
+    for (from, to) in [
+        ("column: frames", "column: clip"),
+        ("column: question_ids", "column: tokens"),
+        ("label: answer_id", "label: y"),
+        ("group_by: family", "group_by: kind"),
+    ] {
+        assert!(text.contains(from), "{from}");
+        text = text.replace(from, to);
+    }
+    std::fs::write(&job, text).unwrap();
+    ok(kallista(&["train", job.to_str().unwrap()]));
+    let job_dir = dir.join("job");
+    let (a, b) =
+        (common::weights(&common::final_weights(&reference)), common::weights(&common::final_weights(&job_dir)));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (key, w) in &a {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(w), bits(&b[key]), "{key}");
+    }
+    let results = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("results.json")).unwrap()).unwrap()
+    };
+    assert_eq!(results(&reference)["test"]["families"], results(&job_dir)["test"]["families"]);
+    // Evaluated with the job's own binding: the renamed columns, nothing else given.
+    let out = dir.join("eval");
+    let query = renamed("test");
+    let query = query.trim_start_matches("{sql: \"").trim_end_matches("\"}");
+    ok(kallista(&["evaluate", "--model", job_dir.to_str().unwrap(), "--data", query, "--out", out.to_str().unwrap()]));
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let test = &results(&job_dir)["test"];
+    assert_eq!(metrics["accuracy"].as_f64().unwrap(), accuracy(&test["overall"]));
+    assert_eq!(metrics["group_by"], "kind");
+    assert_eq!(metrics["groups"].as_object().unwrap().len(), test["families"].as_object().unwrap().len());
+}

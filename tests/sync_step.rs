@@ -120,6 +120,12 @@ fn one_sync_step_applies_the_mean_gradient_of_in_process_train_on_batch() {
     let dir = common::temp_dir("sync-step");
     write_rows(&dir.join("train/part-0.parquet"), &d, 96);
     let job = JobDir::new(Location::from_path(&dir.join("job")).unwrap());
+    let config_binding = kallista_data::binding::Binding {
+        inputs: vec!["features".into(), "question_ids".into()],
+        label: Some("answer_id".into()),
+        group_by: Some("family".into()),
+        key: vec!["video_id".into(), "question".into()],
+    };
     let config = TrainConfig {
         job_dir: job.clone(),
         model: video_qa(&d, 42).unwrap(),
@@ -128,7 +134,7 @@ fn one_sync_step_applies_the_mean_gradient_of_in_process_train_on_batch() {
             loss: "sparse_categorical_crossentropy".into(),
             metrics: vec!["accuracy".into()],
         },
-        input_columns: vec!["features".into(), "question_ids".into()],
+        binding: config_binding.clone(),
         train: DataSource::Parquet(Location::from_path(&dir.join("train")).unwrap()),
         eval: None,
         test: None,
@@ -167,7 +173,7 @@ fn one_sync_step_applies_the_mean_gradient_of_in_process_train_on_batch() {
     let rows = staged_rows(&staged, &blocks);
     let before = compiled(&d);
     let batches: Vec<&RecordBatch> = rows.iter().collect();
-    let (x, y) = decode_batches(&before, &batches, &["features".into(), "question_ids".into()], "test").unwrap();
+    let (x, y) = decode_batches(&before, &batches, &config_binding, "test").unwrap();
     assert_eq!(y.shape(), &[16]);
     let (_, grads) = before.gradients_on_batch(&x, std::slice::from_ref(&y)).unwrap();
     let mut after = before.clone();

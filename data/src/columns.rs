@@ -133,7 +133,10 @@ impl ColumnDecoder<'_> {
                         format!("{} bytes of packed floats, the model input takes {per_row} floats", v.len()),
                     ));
                 }
-                out.extend(v.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+                // One copy: the bytes are the floats (little-endian, as every target Kallista runs on).
+                let at = out.len();
+                out.resize(at + per_row, 0.0);
+                bytemuck::cast_slice_mut::<f32, u8>(&mut out[at..]).copy_from_slice(v);
             }
             Ok(out)
         }

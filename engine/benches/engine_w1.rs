@@ -69,7 +69,7 @@ fn in_process(file: &Path, d: &VideoQaDims, steps: usize) -> f64 {
             .with_batch_size(BATCH)
             .build()
             .unwrap();
-    let columns = vec!["features".to_string(), "question_ids".to_string()];
+    let columns = common::w1_binding();
     let batches: Vec<_> =
         reader.take(steps + 3).map(|b| decode_rows(&model, &b.unwrap(), &columns, "w1").unwrap()).collect();
     let mut timed = 0.0;
@@ -216,7 +216,7 @@ fn main() {
                     job_dir: JobDir::new(base.join(&format!("job-{round}-{}", run.name))),
                     model: video_qa(&d, 1234).unwrap(),
                     compile: compile_spec(),
-                    input_columns: vec!["features".into(), "question_ids".into()],
+                    binding: common::w1_binding(),
                     train: DataSource::Parquet(base.join("train")),
                     eval: None,
                     test: None,

@@ -33,7 +33,7 @@ const INFER_BATCH: usize = 256;
 
 /// Every row of `files`, decoded once, in batches of [`INFER_BATCH`].
 fn decoded(model: &Model, files: &[std::path::PathBuf]) -> Vec<Vec<Data>> {
-    let columns = vec!["features".to_string(), "question_ids".to_string()];
+    let columns = common::w1_binding();
     let mut out = vec![];
     for f in files {
         let reader =

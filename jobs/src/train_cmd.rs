@@ -24,7 +24,12 @@ pub fn prepare_job(file: &Path, overrides: &Overrides, resume: bool) -> Result<(
     let job_dir = job.job_dir(file)?;
     let optimizer = job.optimizer(file)?;
     let model = job.model.build(file, job.training.seed)?;
-    let input_columns = job.model.input_columns(file)?;
+    let binding = Binding {
+        inputs: job.model.input_columns(file)?,
+        label: Some(job.data.label.clone()),
+        group_by: job.data.group_by.clone(),
+        key: job.data.key.clone(),
+    };
     let splits = [
         ("data.train", Some(&job.data.train)),
         ("data.eval", job.data.eval.as_ref()),
@@ -38,7 +43,7 @@ pub fn prepare_job(file: &Path, overrides: &Overrides, resume: bool) -> Result<(
         };
         let data = job.source(file, key, source)?;
         if let DataSource::Parquet(at) = &data {
-            check_split(file, key, at, &job.data.label, &model, &input_columns)?;
+            check_split(file, key, at, &binding, &model)?;
         }
         sources.push(Some(data));
     }
@@ -56,7 +61,7 @@ pub fn prepare_job(file: &Path, overrides: &Overrides, resume: bool) -> Result<(
         job_dir,
         model,
         compile: CompileSpec { optimizer, loss: t.loss.clone(), metrics: t.metrics.clone() },
-        input_columns,
+        binding,
         train,
         eval,
         test,
@@ -89,14 +94,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, JobError> {
 
 /// Writes the job dir's `binding.json`: the columns `kallista evaluate` and
 /// `kallista predict` read for this model.
-fn write_binding(config: &TrainConfig, job: &JobSpec) -> Result<(), JobError> {
-    let binding = Binding {
-        inputs: config.input_columns.clone(),
-        label: Some(job.data.label.clone()),
-        // What the engine's evaluation groups by.
-        group_by: Some(kallista_data::schema::col::FAMILY.to_string()),
-    };
-    let json = serde_json::to_vec_pretty(&binding).map_err(|e| JobError::Invalid(e.to_string()))?;
+fn write_binding(config: &TrainConfig) -> Result<(), JobError> {
+    let json = serde_json::to_vec_pretty(&config.binding).map_err(|e| JobError::Invalid(e.to_string()))?;
     blocking::write(&config.job_dir.root().join(Binding::FILE), json)?;
     Ok(())
 }
@@ -151,8 +150,8 @@ pub fn train_cmd(
     cluster: &Cluster,
     mut log: impl FnMut(&str) + Send,
 ) -> Result<TrainReport, JobError> {
-    let (config, job) = prepare_job(file, overrides, resume)?;
-    write_binding(&config, &job)?;
+    let (config, _) = prepare_job(file, overrides, resume)?;
+    write_binding(&config)?;
     log(&format!("job dir {}", config.job_dir.root()));
     run_training(config, cluster, log)
 }
@@ -204,8 +203,8 @@ pub fn run_cmd(dir: &Path, overrides: &Overrides, mut log: impl FnMut(&str) + Se
             |_| {},
         )?;
     }
-    let (config, job) = prepare_job(&file, overrides, false)?;
-    write_binding(&config, &job)?;
+    let (config, _) = prepare_job(&file, overrides, false)?;
+    write_binding(&config)?;
     log(&format!("job dir {}", config.job_dir.root()));
     run_training(config, &Cluster::Embedded, log)
 }

@@ -120,6 +120,9 @@ data:
   train: {data}/train/
   eval: {data}/eval/
   test: {data}/test/
+  label: answer_id
+  group_by: family
+  key: [video_id, question]
 training:
   optimizer: {{name: adam, learning_rate: 0.005}}
   batch_size: 32

@@ -127,3 +127,13 @@ impl Drop for ProcessCluster {
         }
     }
 }
+
+/// The columns of [`write_rows`]'s rows that W1 reads.
+pub fn w1_binding() -> kallista_data::binding::Binding {
+    kallista_data::binding::Binding {
+        inputs: vec!["features".into(), "question_ids".into()],
+        label: Some("answer_id".into()),
+        group_by: Some("family".into()),
+        key: vec!["video_id".into(), "question".into()],
+    }
+}

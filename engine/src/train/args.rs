@@ -1,6 +1,5 @@
 //! Argument handling shared by the training and evaluation functions: the
-//! JSON spec literal, and the clip columns as a record batch the data crate
-//! decodes.
+//! JSON spec literal, and the data columns as a record batch.
 
 use crate::error::EngineError;
 use datafusion::arrow::array::ArrayRef;
@@ -13,43 +12,36 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_plan::PhysicalExpr;
 use datafusion::scalar::ScalarValue;
+use kallista_data::binding::Binding;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::sync::Arc;
 
-/// The table columns that feed the model inputs bound to `input_columns`
-/// (`frames` needs its encoding and sizes too), then the label `answer_id`:
-/// the first arguments of the training and evaluation functions, in order.
-pub fn data_columns(input_columns: &[String]) -> Vec<&'static str> {
-    let mut out: Vec<&'static str> = vec![];
-    for c in input_columns {
-        let cols: &[&'static str] = match c.as_str() {
-            "frames" => &["frames", "frame_encoding", "num_frames", "height", "width"],
-            "question_ids" => &["question_ids"],
-            "features" => &["features"],
-            _ => &[],
-        };
-        for col in cols {
-            if !out.contains(col) {
-                out.push(col);
-            }
+/// The columns the training and evaluation functions read, in order: each
+/// input's (once), then the label: their first arguments.
+pub fn data_columns(binding: &Binding) -> Vec<String> {
+    let mut out: Vec<String> = vec![];
+    for c in binding.inputs.iter().chain(&binding.label) {
+        if !out.contains(c) {
+            out.push(c.clone());
         }
     }
-    out.push("answer_id");
     out
 }
 
-/// The data columns staged as packed bytes (`kallista_pack_f32`): float
-/// lists, which rounds then scan at copy speed.
-pub fn packed_columns(input_columns: &[String]) -> Vec<&'static str> {
-    data_columns(input_columns).into_iter().filter(|c| *c == "features").collect()
+/// A column name as SQL (quoted: any name works).
+pub fn sql_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// The select list that stages [`data_columns`], [`packed_columns`] packed.
-pub fn staging_select(input_columns: &[String]) -> String {
-    let packed = packed_columns(input_columns);
-    let select = |c: &str| if packed.contains(&c) { format!("kallista_pack_f32({c}) AS {c}") } else { c.to_string() };
-    data_columns(input_columns).into_iter().map(select).collect::<Vec<_>>().join(", ")
+/// The select list that stages [`data_columns`], `packed` ones packed
+/// (`kallista_pack_f32`: float lists, which rounds then scan at copy speed).
+pub fn staging_select(binding: &Binding, packed: &[String]) -> String {
+    let select = |c: &String| match packed.contains(c) {
+        true => format!("kallista_pack_f32({0}) AS {0}", sql_ident(c)),
+        false => sql_ident(c),
+    };
+    data_columns(binding).iter().map(select).collect::<Vec<_>>().join(", ")
 }
 
 /// Wraps an engine error for DataFusion (downcast again on the driver's side).

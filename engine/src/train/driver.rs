@@ -5,6 +5,7 @@
 //! hosts the rendezvous of the ranks and restarts a failed segment as a new
 //! generation.
 
+use super::args::{sql_ident, staging_select};
 use super::job_dir::JobDir;
 use super::layout::{sql_str, stage, DataSource, Layout, Staged};
 use super::metrics::{EvalLine, MetricsLine, MetricsLog, TrainLine};
@@ -19,6 +20,7 @@ use crate::store::{blocking, Location};
 use datafusion::arrow::array::{Array, StringArray};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::SessionContext;
+use kallista_data::binding::Binding;
 use kallista_ops::model::Model;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,8 +33,8 @@ pub struct TrainConfig {
     /// The built model (its weights are the initial ones unless resuming).
     pub model: Model,
     pub compile: CompileSpec,
-    /// The data column feeding each model input, in input order.
-    pub input_columns: Vec<String>,
+    /// The columns the model reads: each input's, the label, the group, the row key.
+    pub binding: Binding,
     pub train: DataSource,
     pub eval: Option<DataSource>,
     pub test: Option<DataSource>,
@@ -381,7 +383,7 @@ impl<'a> Job<'a> {
             config: dir.model_json(),
             weights: dir.weights(step),
             compile: cfg.compile.clone(),
-            input_columns: cfg.input_columns.clone(),
+            binding: cfg.binding.clone(),
         };
         let report = TrainReport { train_rows: splits.train.rows, ..Default::default() };
         let mut job = Job {
@@ -457,7 +459,7 @@ impl<'a> Job<'a> {
         };
         let spec_json = serde_json::to_string(&spec).map_err(|e| EngineError::Invalid(e.to_string()))?;
         let list = blocks.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", ");
-        let columns = super::args::data_columns(&self.cfg.input_columns).join(", ");
+        let columns = quoted(&super::args::data_columns(&self.cfg.binding));
         let sql = format!(
             "SELECT kallista_train({columns}, block, {}) FROM kallista_train WHERE block IN ({list})",
             sql_str(&spec_json)
@@ -685,9 +687,9 @@ impl<'a> Job<'a> {
             }
             _ => String::new(),
         };
-        let columns = super::args::data_columns(&self.model_ref.input_columns).join(", ");
+        let columns = quoted(&super::args::data_columns(&self.model_ref.binding));
         let sql =
-            format!("SELECT kallista_evaluate({columns}, family, {}) FROM kallista_{split} {filter}", sql_str(&spec));
+            format!("SELECT kallista_evaluate({columns}, {GROUP}, {}) FROM kallista_{split} {filter}", sql_str(&spec));
         let json = query_string(self.ctx, &sql).await?;
         let families: BTreeMap<String, EvalCounts> =
             serde_json::from_str(&json).map_err(|e| EngineError::Training(format!("evaluation result: {e}")))?;
@@ -754,17 +756,80 @@ impl<'a> Job<'a> {
     }
 }
 
+/// The column a staged split keeps the binding's group in (`''` without one).
+pub const GROUP: &str = "kallista_group";
+
+fn quoted(columns: &[String]) -> String {
+    columns.iter().map(|c| sql_ident(c)).collect::<Vec<_>>().join(", ")
+}
+
+/// The row key staging shards by (the binding's, else every column of the
+/// training data that is not a list or binary), and the float-list inputs
+/// that staging packs.
+async fn key_and_packed(cfg: &TrainConfig, ctx: &SessionContext) -> Result<(Vec<String>, Vec<String>)> {
+    use datafusion::arrow::datatypes::DataType;
+    let sql = format!("SELECT * FROM {} LIMIT 0", cfg.train.relation());
+    let schema = ctx.sql(&sql).await?.schema().as_arrow().clone();
+    let is_list = |t: &DataType| {
+        matches!(t, DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(..) | DataType::ListView(_))
+    };
+    let key = match cfg.binding.key.is_empty() {
+        false => cfg.binding.key.clone(),
+        true => schema
+            .fields()
+            .iter()
+            .filter(|f| {
+                !is_list(f.data_type())
+                    && !matches!(
+                        f.data_type(),
+                        DataType::Binary
+                            | DataType::LargeBinary
+                            | DataType::BinaryView
+                            | DataType::Struct(_)
+                            | DataType::Map(..)
+                    )
+            })
+            .map(|f| f.name().clone())
+            .collect(),
+    };
+    if key.is_empty() {
+        return Err(EngineError::Invalid(format!(
+            "{}: no column to key rows by (every column is a list or binary): name data.key",
+            cfg.train.relation()
+        )));
+    }
+    let specs = cfg.model.input_specs();
+    let packed = cfg
+        .binding
+        .inputs
+        .iter()
+        .zip(&specs)
+        .filter(|(c, spec)| {
+            spec.spec.dtype == kallista_ops::DType::F32
+                && schema.field_with_name(c).is_ok_and(|f| is_list(f.data_type()))
+        })
+        .map(|(c, _)| c.clone())
+        .collect();
+    Ok((key, packed))
+}
+
 /// Stages every split of the job and names them as tables for the rounds.
 async fn stage_splits(
     cfg: &TrainConfig,
     ctx: &SessionContext,
     on_event: &mut (dyn FnMut(&Event) + Send),
 ) -> Result<Splits> {
+    let (key, packed) = key_and_packed(cfg, ctx).await?;
+    let group = match &cfg.binding.group_by {
+        Some(g) => format!("CAST({} AS VARCHAR)", sql_ident(g)),
+        None => "''".to_string(),
+    };
     let layout = |split: &str, full_blocks_only| Layout {
         job: cfg.job_dir.clone(),
         split: split.into(),
-        columns: super::args::staging_select(&cfg.input_columns),
-        plain_columns: super::args::packed_columns(&cfg.input_columns),
+        columns: format!("{}, {group} AS {GROUP}", staging_select(&cfg.binding, &packed)),
+        plain_columns: packed.clone(),
+        key: key.clone(),
         micro_batch: cfg.micro_batch,
         shards: cfg.shards,
         seed: cfg.seed,

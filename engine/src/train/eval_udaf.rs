@@ -1,8 +1,9 @@
-//! `kallista_evaluate(<data columns>, family, spec)` (data columns as
-//! [`super::args::data_columns`]): loss and accuracy per question
-//! family, computed where the rows are scanned (a partial aggregate per
-//! partition, inference mode) and summed in the final stage. Returns a JSON
-//! object `{family: {rows, loss_sum, correct}}`.
+//! `kallista_evaluate(<data columns>, group, spec)` (data columns as
+//! [`super::args::data_columns`]): loss and accuracy per value of the group
+//! column (the binding's `group_by`, staged as `kallista_group`), computed
+//! where the rows are scanned (a partial aggregate per partition, inference
+//! mode) and summed in the final stage. Returns a JSON object
+//! `{group: {rows, loss_sum, correct}}`.
 
 use super::args::{data_columns, external, json_scalar, json_states, named_batch, spec_literal};
 use super::model_cache::model_for;
@@ -67,7 +68,8 @@ struct EvaluateAccumulator {
 
 impl Accumulator for EvaluateAccumulator {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let names = data_columns(&self.spec.model.input_columns);
+        let names = data_columns(&self.spec.model.binding);
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let batch = named_batch(&names, values)?;
         if batch.num_rows() == 0 {
             return Ok(());
@@ -81,8 +83,8 @@ impl Accumulator for EvaluateAccumulator {
         for family in names {
             let mask = datafusion::arrow::compute::kernels::cmp::eq(families, &StringArray::new_scalar(family))?;
             let rows = filter_record_batch(&batch, &mask)?;
-            let source = format!("{} (family {family})", self.spec.data);
-            let (x, y) = decode_rows(&model, &rows, &self.spec.model.input_columns, &source).map_err(external)?;
+            let source = format!("{} (group {family})", self.spec.data);
+            let (x, y) = decode_rows(&model, &rows, &self.spec.model.binding, &source).map_err(external)?;
             let r = model.test_on_batch(&x, &[y]).map_err(|e| external(crate::EngineError::from(e)))?;
             let c = self.counts.entry(family.to_string()).or_default();
             c.rows += r.samples as u64;

@@ -1,8 +1,8 @@
 //! Staging: the job's data rewritten once, by a Ballista SQL job, into the
 //! layout the rounds read, in the job dir's store.
 //!
-//! Rows are hashed into `shards` shards first ([`kallista_shard`] of video,
-//! question and seed: it does not depend on how the source was sharded), then
+//! Rows are hashed into `shards` shards first ([`kallista_shard`] of the
+//! row key and seed: it does not depend on how the source was sharded), then
 //! ranked within their shard by a second hash; rank `r` of shard `s` lands
 //! in block `(r / micro_batch) * shards + s`, so file `shard=s` holds blocks
 //! `s, s + shards, ...`, in order, one Parquet row group each. Each shard is
@@ -65,11 +65,13 @@ pub struct Layout {
     pub job: JobDir,
     /// `train`, `eval` or `test`.
     pub split: String,
-    /// The data columns to keep (besides `video_id`, `family` and `block`),
-    /// as a select list ([`super::args::staging_select`]).
+    /// The data columns to keep (besides `block`), as a select list
+    /// ([`super::args::staging_select`]).
     pub columns: String,
-    /// Columns written plain and uncompressed ([`super::args::packed_columns`]).
-    pub plain_columns: Vec<&'static str>,
+    /// Columns written plain and uncompressed (the packed float inputs).
+    pub plain_columns: Vec<String>,
+    /// The columns that identify a row: rows are sharded and ordered by them.
+    pub key: Vec<String>,
     pub micro_batch: usize,
     pub shards: usize,
     pub seed: u64,
@@ -129,14 +131,26 @@ async fn int_pairs(ctx: &SessionContext, sql: &str) -> Result<Vec<(i64, i64)>> {
     Ok(out)
 }
 
+/// The key columns as SQL, comma-separated.
+fn key_list(key: &[String]) -> String {
+    key.iter().map(|k| super::args::sql_ident(k)).collect::<Vec<_>>().join(", ")
+}
+
 /// The shard of a row, as SQL.
-fn shard_expr(shards: usize, seed: u64) -> String {
-    format!("kallista_shard({shards}, video_id, question, '{seed}')")
+fn shard_expr(shards: usize, key: &[String], seed: u64) -> String {
+    format!("kallista_shard({shards}, {}, '{seed}')", key_list(key))
 }
 
 /// Rows per shard of `source`.
-async fn rows_per_shard(ctx: &SessionContext, source: &DataSource, shards: usize, seed: u64) -> Result<Vec<u64>> {
-    let sql = format!("SELECT {} AS shard, COUNT(*) FROM {} GROUP BY 1", shard_expr(shards, seed), source.relation());
+async fn rows_per_shard(
+    ctx: &SessionContext,
+    source: &DataSource,
+    shards: usize,
+    key: &[String],
+    seed: u64,
+) -> Result<Vec<u64>> {
+    let sql =
+        format!("SELECT {} AS shard, COUNT(*) FROM {} GROUP BY 1", shard_expr(shards, key, seed), source.relation());
     let mut counts = vec![0u64; shards];
     for (s, n) in int_pairs(ctx, &sql).await? {
         counts[s as usize] = n as u64;
@@ -150,7 +164,7 @@ async fn rows_per_shard(ctx: &SessionContext, source: &DataSource, shards: usize
 /// them again). Given to the write itself: Ballista 55 encodes a plan's
 /// Parquet format with default options where the plan names none, so
 /// session settings do not reach it.
-fn staging_options(ctx: &SessionContext, plain: &[&str], micro_batch: usize) -> TableParquetOptions {
+fn staging_options(ctx: &SessionContext, plain: &[String], micro_batch: usize) -> TableParquetOptions {
     let mut options = ctx.state().default_table_options().parquet;
     options.global.max_row_group_size = micro_batch;
     for column in plain {
@@ -159,7 +173,7 @@ fn staging_options(ctx: &SessionContext, plain: &[&str], micro_batch: usize) -> 
             dictionary_enabled: Some(false),
             ..Default::default()
         };
-        options.column_specific_options.insert(column.to_string(), column_options);
+        options.column_specific_options.insert(column.clone(), column_options);
     }
     options
 }
@@ -167,7 +181,9 @@ fn staging_options(ctx: &SessionContext, plain: &[&str], micro_batch: usize) -> 
 /// Stages `source` as `layout` says (reusing the current staging when it was
 /// made from the same source with the same parameters).
 pub async fn stage(ctx: &SessionContext, source: &DataSource, layout: &Layout) -> Result<Staged> {
-    let Layout { job, split, columns, plain_columns, micro_batch, shards, seed, full_blocks_only } = layout;
+    let Layout { job, split, columns, plain_columns, key, micro_batch, shards, seed, full_blocks_only } = layout;
+    // The key is part of what was staged: another key is another staging.
+    let recorded = format!("{columns}; key {}", key_list(key));
     let (micro_batch, shards, seed) = (*micro_batch, *shards, *seed);
     let record = job.staged_record(split);
     let current = match blocking::exists(&record)? {
@@ -176,7 +192,7 @@ pub async fn stage(ctx: &SessionContext, source: &DataSource, layout: &Layout) -
     };
     if let Some(s) = &current {
         if s.source == *source
-            && s.columns == *columns
+            && s.columns == recorded
             && s.micro_batch == micro_batch
             && s.shards == shards
             && s.seed == seed
@@ -184,7 +200,7 @@ pub async fn stage(ctx: &SessionContext, source: &DataSource, layout: &Layout) -
             return Ok(s.clone());
         }
     }
-    let per_shard = rows_per_shard(ctx, source, shards, seed).await?;
+    let per_shard = rows_per_shard(ctx, source, shards, key, seed).await?;
     let min_rows = per_shard.iter().copied().min().unwrap_or(0) as usize;
     let keep_rows_per_shard = if *full_blocks_only { Some(min_rows / micro_batch * micro_batch) } else { None };
     if keep_rows_per_shard == Some(0) || per_shard.iter().all(|&n| n == 0) {
@@ -203,14 +219,16 @@ pub async fn stage(ctx: &SessionContext, source: &DataSource, layout: &Layout) -
     let dir = job.staged(split).join(&version);
     let keep = keep_rows_per_shard.map_or(String::new(), |n| format!("WHERE rank_in_shard < {n}"));
     let sql = format!(
-        "SELECT {columns}, video_id, family, CAST((rank_in_shard / {micro_batch}) * {shards} + shard AS BIGINT) AS block, shard
+        "SELECT {columns}, CAST((rank_in_shard / {micro_batch}) * {shards} + shard AS BIGINT) AS block, shard
          FROM (
            SELECT *, CAST(ROW_NUMBER() OVER (
-               PARTITION BY shard ORDER BY md5(concat(video_id, '|', question, '|', '{seed}')), video_id, question)
+               PARTITION BY shard ORDER BY md5(concat({hashed}, '|', '{seed}')), {keys})
              AS BIGINT) - 1 AS rank_in_shard
            FROM (SELECT *, {shard} AS shard FROM {relation}) hashed) ranked
          {keep}",
-        shard = shard_expr(shards, seed),
+        hashed = key.iter().map(|k| super::args::sql_ident(k)).collect::<Vec<_>>().join(", '|', "),
+        keys = key_list(key),
+        shard = shard_expr(shards, key, seed),
         relation = source.relation(),
     );
     let write = DataFrameWriteOptions::new().with_partition_by(vec!["shard".into()]);
@@ -220,7 +238,7 @@ pub async fn stage(ctx: &SessionContext, source: &DataSource, layout: &Layout) -
     let staged = Staged {
         source: source.clone(),
         dir,
-        columns: columns.clone(),
+        columns: recorded,
         rows: blocks_rows(&per_shard, keep_rows_per_shard),
         micro_batch,
         shards,

@@ -160,7 +160,7 @@ mod tests {
         crate::store::blocking::write(&config, model.to_json().into_bytes()).unwrap();
         crate::store::blocking::write(&first, model.weights_bytes().unwrap()).unwrap();
         let mut spec = RoundSpec {
-            model: ModelRef { config, weights: first, compile: compile_spec.clone(), input_columns: vec![] },
+            model: ModelRef { config, weights: first, compile: compile_spec.clone(), binding: Default::default() },
             mode: Mode::Average,
             round: 0,
             first_step: 0,

@@ -4,6 +4,7 @@
 
 use super::job_dir::JobDir;
 use crate::store::Location;
+use kallista_data::binding::Binding;
 use kallista_ops::optim::OptimizerConfig;
 use serde::{Deserialize, Serialize};
 
@@ -53,9 +54,8 @@ pub struct ModelRef {
     /// The weights version to use (safetensors, with optimizer state).
     pub weights: Location,
     pub compile: CompileSpec,
-    /// The data column feeding each model input, in input order
-    /// (`frames` or `question_ids`).
-    pub input_columns: Vec<String>,
+    /// The columns the model reads: each input's, the label, the group.
+    pub binding: Binding,
 }
 
 /// One training round.

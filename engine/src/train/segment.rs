@@ -297,7 +297,8 @@ type StepRows = Result<Vec<(u64, Vec<RecordBatch>)>>;
 /// Reads this rank's blocks of every step on a thread of its own, at most two steps ahead.
 fn prefetch(spec: &SegmentSpec, rank: usize) -> Result<std::sync::mpsc::Receiver<StepRows>> {
     let shards: Vec<usize> = (0..spec.shards).filter(|s| s % spec.world == rank).collect();
-    let columns = super::args::data_columns(&spec.model.input_columns);
+    let columns = super::args::data_columns(&spec.model.binding);
+    let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
     let reader = BlockReader::open(&spec.data, spec.shards, &shards, &columns)?;
     let (world, total) = (spec.world as u64, spec.shards as u64);
     let steps: Vec<Vec<u64>> =
@@ -345,7 +346,7 @@ fn run_steps(
             .map(|(block, batches)| {
                 let batches: Vec<&RecordBatch> = batches.iter().collect();
                 let source = format!("{} block {block}", spec.data);
-                let (x, y) = decode_batches(&model, &batches, &spec.model.input_columns, &source)?;
+                let (x, y) = decode_batches(&model, &batches, &spec.model.binding, &source)?;
                 Ok(model.gradients_on_micro_batch(&x, &[y], dropout_seed(spec.seed, step, *block))?)
             })
             .collect::<Result<Vec<_>>>()?;

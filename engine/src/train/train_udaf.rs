@@ -131,7 +131,8 @@ impl TrainAccumulator {
 
 impl Accumulator for TrainAccumulator {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let names = data_columns(&self.spec.model.input_columns);
+        let names = data_columns(&self.spec.model.binding);
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let batch = named_batch(&names, values)?;
         let blocks = cast(&values[names.len()], &DataType::Int64)?;
         let blocks = blocks.as_any().downcast_ref::<Int64Array>().expect("cast to Int64");

@@ -9,146 +9,100 @@ use super::vectors::{write_vectors, Vectors};
 use crate::error::{EngineError, Result};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{ArrowPrimitiveType, DataType, Field, Float32Type, Int32Type};
+use datafusion::arrow::datatypes::{DataType, Int32Type};
 use datafusion::arrow::record_batch::RecordBatch;
-use kallista_data::parquet_io::ClipDecoder;
+use kallista_data::binding::Binding;
+use kallista_data::columns::{ColumnDecoder, Element, Values};
 use kallista_ops::model::Model;
-use kallista_ops::{ByteTensor, Data, IntTensor, Tensor};
+use kallista_ops::{ByteTensor, DType, Data, IntTensor, Tensor};
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
-/// Model inputs and the target of a block's rows (named as [`super::args::data_columns`]);
+/// Model inputs and the target of a block's rows (the columns of `binding`);
 /// errors name `source` and the row within these rows.
-pub fn decode_rows(
-    model: &Model,
-    batch: &RecordBatch,
-    input_columns: &[String],
-    source: &str,
-) -> Result<(Vec<Data>, Data)> {
-    decode_batches(model, &[batch], input_columns, source)
+pub fn decode_rows(model: &Model, batch: &RecordBatch, binding: &Binding, source: &str) -> Result<(Vec<Data>, Data)> {
+    decode_batches(model, &[batch], binding, source)
 }
 
 /// [`decode_rows`] of several batches as one batch, copying each value once.
+/// Columns are decoded by their type and the input's shape
+/// ([`kallista_data::columns`]), whatever they are called.
 pub fn decode_batches(
     model: &Model,
     batches: &[&RecordBatch],
-    input_columns: &[String],
+    binding: &Binding,
     source: &str,
 ) -> Result<(Vec<Data>, Data)> {
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     let specs = model.input_specs();
-    let mut inputs = Vec::with_capacity(input_columns.len());
-    for (c, spec) in input_columns.iter().zip(&specs) {
+    if specs.len() != binding.inputs.len() {
+        return Err(EngineError::Training(format!(
+            "the model has {} inputs, the binding names {} columns",
+            specs.len(),
+            binding.inputs.len()
+        )));
+    }
+    let mut inputs = Vec::with_capacity(specs.len());
+    for (c, spec) in binding.inputs.iter().zip(&specs) {
+        let element = match spec.spec.dtype {
+            DType::U8 => Element::U8,
+            DType::I32 => Element::I32,
+            DType::F32 => Element::F32,
+        };
+        let mut all: Option<Values> = None;
+        let mut first_row = 0;
+        for b in batches {
+            let decoder = ColumnDecoder { source, column: c, first_row };
+            let values = decoder.decode(column(b, c)?, element, &spec.spec.shape)?;
+            first_row += b.num_rows();
+            all = Some(match (all, values) {
+                (None, v) => v,
+                (Some(Values::U8(mut a)), Values::U8(v)) => {
+                    a.extend_from_slice(&v);
+                    Values::U8(a)
+                }
+                (Some(Values::I32(mut a)), Values::I32(v)) => {
+                    a.extend_from_slice(&v);
+                    Values::I32(a)
+                }
+                (Some(Values::F32(mut a)), Values::F32(v)) => {
+                    a.extend_from_slice(&v);
+                    Values::F32(a)
+                }
+                _ => unreachable!("one element type per input"),
+            });
+        }
         let mut shape = vec![rows];
         shape.extend_from_slice(&spec.spec.shape);
-        inputs.push(match c.as_str() {
-            "frames" => frames(batches, rows, source)?,
-            "question_ids" => Data::I32(IntTensor::new(&shape, list_values::<Int32Type>(batches, c, &shape)?)?),
-            "features" => Data::F32(Tensor::new(&shape, float_values(batches, c, &shape)?)?),
-            other => return Err(EngineError::Training(format!("unknown input column '{other}'"))),
+        inputs.push(match all.unwrap_or(Values::F32(vec![])) {
+            Values::U8(v) => Data::U8(ByteTensor::new(&shape, v)?),
+            Values::I32(v) => Data::I32(IntTensor::new(&shape, v)?),
+            Values::F32(v) => Data::F32(Tensor::new(&shape, v)?),
         });
     }
+    let label = binding.label.as_deref().ok_or_else(|| EngineError::Training("no label column".into()))?;
     let mut answers = Vec::with_capacity(rows);
+    let mut first_row = 0;
     for b in batches {
-        let a = cast(column(b, "answer_id")?, &DataType::Int32).map_err(|e| EngineError::Training(e.to_string()))?;
-        answers.extend_from_slice(a.as_primitive::<Int32Type>().values());
+        let a = cast(column(b, label)?, &DataType::Int32).map_err(|e| EngineError::Training(e.to_string()))?;
+        let a = a.as_primitive::<Int32Type>();
+        if let Some(r) = (0..a.len()).find(|&r| a.is_null(r)) {
+            return Err(kallista_data::DataError::Value {
+                origin: source.into(),
+                row: first_row + r,
+                column: label.into(),
+                detail: "the label is null (or not an integer class id)".into(),
+            }
+            .into());
+        }
+        answers.extend_from_slice(a.values());
+        first_row += b.num_rows();
     }
     Ok((inputs, Data::I32(IntTensor::new(&[rows], answers)?)))
 }
 
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
     batch.column_by_name(name).ok_or_else(|| EngineError::Training(format!("the data has no {name} column")))
-}
-
-/// The decoded clips of `batches`, one `[rows, frames, height, width, 3]` tensor.
-fn frames(batches: &[&RecordBatch], rows: usize, source: &str) -> Result<Data> {
-    let source = Path::new(source);
-    let mut shape: Option<Vec<usize>> = None;
-    let mut all = vec![];
-    let mut first_row = 0;
-    for b in batches {
-        let clips = ClipDecoder { path: source, first_row }.decode(b)?;
-        first_row += b.num_rows();
-        match &shape {
-            Some(s) if s[1..] != clips.shape[1..] => {
-                return Err(EngineError::Training(format!(
-                    "clips of one step differ in shape: {:?} and {:?}",
-                    &s[1..],
-                    &clips.shape[1..]
-                )))
-            }
-            Some(_) => all.extend_from_slice(&clips.frames),
-            // Moved, not copied: the frames are the bulk of a block.
-            None => {
-                shape = Some(clips.shape.to_vec());
-                all = clips.frames;
-            }
-        }
-    }
-    let mut shape = shape.unwrap_or_default();
-    if let Some(r) = shape.first_mut() {
-        *r = rows;
-    }
-    Ok(Data::U8(ByteTensor::new(&shape, all)?))
-}
-
-/// The values of a float column: packed bytes as staged
-/// (`kallista_pack_f32`), or a float list.
-fn float_values(batches: &[&RecordBatch], name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-    let per_row: usize = shape[1..].iter().product();
-    let mut out = Vec::with_capacity(shape.iter().product());
-    let mut row = 0;
-    for b in batches {
-        let col = column(b, name)?;
-        if *col.data_type() != DataType::LargeBinary {
-            out.extend(list_values::<Float32Type>(&[b], name, &[b.num_rows(), per_row])?);
-            row += b.num_rows();
-            continue;
-        }
-        let bytes = col.as_binary::<i64>();
-        for r in 0..bytes.len() {
-            let v = bytes.value(r);
-            if v.len() != per_row * 4 || bytes.is_null(r) {
-                return Err(EngineError::Training(format!(
-                    "column {name}, row {}: {} floats, the model input takes {per_row}",
-                    row + r,
-                    v.len() / 4
-                )));
-            }
-            let at = out.len();
-            out.resize(at + per_row, 0.0);
-            bytemuck::cast_slice_mut::<f32, u8>(&mut out[at..]).copy_from_slice(v);
-        }
-        row += bytes.len();
-    }
-    Ok(out)
-}
-
-/// The flattened values of a list column whose rows must hold `shape[1..]` values each.
-fn list_values<T: ArrowPrimitiveType>(batches: &[&RecordBatch], name: &str, shape: &[usize]) -> Result<Vec<T::Native>> {
-    let per_row: usize = shape[1..].iter().product();
-    let mut out = Vec::with_capacity(shape.iter().product());
-    let mut row = 0;
-    for b in batches {
-        let list = cast(column(b, name)?, &DataType::List(Arc::new(Field::new_list_field(T::DATA_TYPE, true))))
-            .map_err(|e| EngineError::Training(format!("column {name}: {e}")))?;
-        let list = list.as_list::<i32>();
-        for r in 0..list.len() {
-            let v = list.value(r);
-            if v.len() != per_row {
-                return Err(EngineError::Training(format!(
-                    "column {name}, row {}: {} values, the model input takes {per_row}",
-                    row + r,
-                    v.len()
-                )));
-            }
-            out.extend_from_slice(v.as_primitive::<T>().values());
-        }
-        row += list.len();
-    }
-    Ok(out)
 }
 
 /// A partition's rows by block, as the scan delivered them (not concatenated:
@@ -202,7 +156,7 @@ pub fn average_part(model: &Model, spec: &RoundSpec, blocks: &Blocks) -> Result<
         }
         local.set_steps_run(spec.first_step + i as u64);
         let source = format!("{} blocks {step_blocks:?}", spec.data);
-        let (x, y) = decode_batches(model, &mine, &spec.model.input_columns, &source)?;
+        let (x, y) = decode_batches(model, &mine, &spec.model.binding, &source)?;
         let r = pool.install(|| local.train_on_batch(&x, &[y]))?;
         out.parts += 1;
         out.rows += r.samples as u64;
@@ -231,9 +185,10 @@ mod tests {
     use crate::train::vectors::read_vectors;
     use datafusion::arrow::array::{Float32Array, Int32Array, LargeBinaryArray, ListArray};
     use datafusion::arrow::buffer::OffsetBuffer;
-    use datafusion::arrow::datatypes::Schema;
+    use datafusion::arrow::datatypes::{Field, Schema};
     use kallista_ops::applications::VideoQaDims;
     use kallista_ops::init::Rng;
+    use std::sync::Arc;
 
     fn list(values: ArrayRef, per_row: usize, rows: usize) -> ArrayRef {
         let field = Arc::new(Field::new_list_field(values.data_type().clone(), true));
@@ -262,8 +217,12 @@ mod tests {
         RecordBatch::try_new(Arc::new(schema), vec![features, q, Arc::new(Int32Array::from(answers))]).unwrap()
     }
 
-    fn columns() -> Vec<String> {
-        vec!["features".into(), "question_ids".into()]
+    fn columns() -> Binding {
+        Binding {
+            inputs: vec!["features".into(), "question_ids".into()],
+            label: Some("answer_id".into()),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -290,7 +249,7 @@ mod tests {
         let job = Location::from_path(&out_dir).unwrap();
         let unused = job.join("unused");
         let spec = RoundSpec {
-            model: ModelRef { config: unused.clone(), weights: unused.clone(), compile, input_columns: columns() },
+            model: ModelRef { config: unused.clone(), weights: unused.clone(), compile, binding: columns() },
             mode: Mode::Average,
             round: 7,
             first_step: 7,

@@ -1,31 +1,23 @@
 //! Does the data fit the model? Checked on the footers of each split's
 //! Parquet files (ranged reads on any store) before any work starts: the
-//! columns the job reads exist and every answer id is below the number of
-//! model outputs; on local files also that clips and questions have the
-//! shapes of the model's inputs (first row). Remote splits get the shape
-//! check from the workers, whose errors name the row.
+//! columns the job reads exist and every label is below the number of model
+//! outputs; on local files also that the first row of each input column
+//! decodes to the input's type and shape. Remote splits get the shape check
+//! from the workers, whose errors name the row.
 
 use super::spec_error;
 use crate::error::JobError;
-use kallista_data::parquet_io::ClipReader;
+use kallista_data::binding::Binding;
+use kallista_data::columns::{ColumnDecoder, Element};
 use kallista_engine::store::{blocking, Location};
 use kallista_ops::model::Model;
+use kallista_ops::DType;
 use parquet::file::statistics::Statistics;
 use std::path::Path;
 
-/// Columns staging and the training functions read, besides the inputs.
-const REQUIRED: [&str; 8] =
-    ["video_id", "question", "family", "frames", "frame_encoding", "num_frames", "height", "width"];
-
-/// Checks `data` (a Parquet file or directory) against the model; `key` names the split.
-pub fn check_split(
-    file: &Path,
-    key: &str,
-    data: &Location,
-    label: &str,
-    model: &Model,
-    columns: &[String],
-) -> Result<(), JobError> {
+/// Checks `data` (a Parquet file or directory) against the model and the
+/// columns `binding` names; `key` names the split in the job file.
+pub fn check_split(file: &Path, key: &str, data: &Location, binding: &Binding, model: &Model) -> Result<(), JobError> {
     let bad = |detail: String| spec_error(file, key, detail);
     let mut files: Vec<(Location, u64)> = blocking::list(data)
         .map_err(|e| bad(e.to_string()))?
@@ -44,50 +36,52 @@ pub fn check_split(
     let first_meta = footer(&first, first_size)?;
     let schema = first_meta.file_metadata().schema_descr_ptr();
     let top: Vec<String> = schema.root_schema().get_fields().iter().map(|f| f.name().to_string()).collect();
-    let mut needed: Vec<&str> = REQUIRED.to_vec();
-    needed.push(label);
-    needed.extend(columns.iter().map(String::as_str));
-    if let Some(missing) = needed.iter().find(|c| !top.iter().any(|t| t == *c)) {
-        return Err(bad(format!("{first}: column '{missing}' is missing (the file has {top:?})")));
-    }
-    if label != "answer_id" {
-        return Err(spec_error(file, "data.label", "only answer_id is supported as the label"));
+    let label = binding.label.as_deref().unwrap_or_default();
+    let mut needed: Vec<(String, &str)> =
+        binding.inputs.iter().enumerate().map(|(i, c)| (format!("model.inputs[{i}].column"), c.as_str())).collect();
+    needed.push(("data.label".into(), label));
+    needed.extend(binding.group_by.iter().map(|g| ("data.group_by".to_string(), g.as_str())));
+    needed.extend(binding.key.iter().map(|k| ("data.key".to_string(), k.as_str())));
+    if let Some((at, missing)) = needed.iter().find(|(_, c)| !top.iter().any(|t| t == c)) {
+        return Err(spec_error(file, at, format!("'{missing}': {first} has no such column (it has {top:?})")));
     }
     let specs = model.input_specs();
-    if specs.len() != columns.len() {
+    if specs.len() != binding.inputs.len() {
         return Err(spec_error(
             file,
             "model.inputs",
-            format!("the model has {} inputs, the job file binds {}", specs.len(), columns.len()),
+            format!("the model has {} inputs, the job file binds {}", specs.len(), binding.inputs.len()),
         ));
     }
-    // The first row's shapes, where reading it costs no download.
-    let row = match first.local_path() {
-        Some(path) => Some(
-            ClipReader::open(&path, 1)
-                .map_err(|e| bad(e.to_string()))?
-                .next()
-                .transpose()
-                .map_err(|e| bad(e.to_string()))?
-                .ok_or_else(|| bad(format!("{first}: no rows")))?,
-        ),
-        None => None,
-    };
-    for (i, (spec, column)) in specs.iter().zip(columns).enumerate() {
-        let Some(row) = &row else { break };
-        let data_shape: Vec<usize> = match column.as_str() {
-            "frames" => row.shape[1..].to_vec(),
-            _ => vec![row.question_ids.as_ref().map_or(0, |q| q.1)],
-        };
-        if spec.spec.shape != data_shape {
-            return Err(spec_error(
-                file,
-                &format!("model.inputs[{i}].shape"),
-                format!(
-                    "input '{}' is {:?} but column '{column}' of {first} holds {data_shape:?} per row",
-                    spec.name, spec.spec.shape
-                ),
-            ));
+    // The first row decoded for each input, where reading it costs no download.
+    if let Some(path) = first.local_path() {
+        let open = std::fs::File::open(&path).map_err(|e| bad(format!("{first}: {e}")))?;
+        let row = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(open)
+            .and_then(|b| b.with_batch_size(1).with_limit(1).build())
+            .map_err(|e| bad(format!("{first}: {e}")))?
+            .next()
+            .transpose()
+            .map_err(|e| bad(format!("{first}: {e}")))?
+            .ok_or_else(|| bad(format!("{first}: no rows")))?;
+        let source = first.to_string();
+        for (i, (spec, column)) in specs.iter().zip(&binding.inputs).enumerate() {
+            let element = match spec.spec.dtype {
+                DType::U8 => Element::U8,
+                DType::I32 => Element::I32,
+                DType::F32 => Element::F32,
+            };
+            let values = row.column_by_name(column).ok_or_else(|| bad(format!("{first}: no column '{column}'")))?;
+            let decoder = ColumnDecoder { source: &source, column, first_row: 0 };
+            if let Err(e) = decoder.decode(values, element, &spec.spec.shape) {
+                return Err(spec_error(
+                    file,
+                    &format!("model.inputs[{i}].shape"),
+                    format!(
+                        "input '{}' is {:?} ({}), which column '{column}' does not fit: {e}",
+                        spec.name, spec.spec.shape, spec.spec.dtype
+                    ),
+                ));
+            }
         }
     }
     let classes = model.output_specs().first().and_then(|s| s.shape.last().copied()).unwrap_or(0);
@@ -104,9 +98,7 @@ pub fn check_split(
                 return Err(spec_error(
                     file,
                     "model.outputs",
-                    format!(
-                        "{f}: {label} reaches {m} but the model has {classes} outputs (the answer vocabulary is larger)"
-                    ),
+                    format!("{f}: {label} reaches {m} but the model has {classes} outputs (more classes than outputs)"),
                 ));
             }
         }

@@ -57,13 +57,15 @@ pub struct DataSpec {
     pub eval: Option<SourceSpec>,
     #[serde(default)]
     pub test: Option<SourceSpec>,
-    /// The target column (answer ids).
-    #[serde(default = "default_label")]
+    /// The target column: class ids.
     pub label: String,
-}
-
-fn default_label() -> String {
-    "answer_id".into()
+    /// The column per-group metrics group by (evaluation, `results.json`).
+    #[serde(default)]
+    pub group_by: Option<String>,
+    /// The columns that identify a row (staging shards and orders by them;
+    /// default: every column that is not a list or binary).
+    #[serde(default)]
+    pub key: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -192,13 +192,8 @@ impl ModelSpec {
             .iter()
             .enumerate()
             .map(|(i, input)| match input.column.as_deref() {
-                Some(c @ ("frames" | "question_ids")) => Ok(c.to_string()),
-                Some(other) => Err(spec_error(
-                    file,
-                    &format!("model.inputs[{i}].column"),
-                    format!("'{other}': expected frames or question_ids"),
-                )),
-                None => {
+                Some(c) if !c.trim().is_empty() => Ok(c.to_string()),
+                Some(_) | None => {
                     Err(spec_error(file, &format!("model.inputs[{i}].column"), "missing: which data column feeds it"))
                 }
             })
