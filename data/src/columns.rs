@@ -35,6 +35,18 @@ pub enum Values {
     F32(Vec<f32>),
 }
 
+impl Values {
+    /// Appends `more` (of the same element type: one input's values).
+    pub fn append(&mut self, more: Values) {
+        match (self, more) {
+            (Values::U8(a), Values::U8(b)) => a.extend_from_slice(&b),
+            (Values::I32(a), Values::I32(b)) => a.extend_from_slice(&b),
+            (Values::F32(a), Values::F32(b)) => a.extend_from_slice(&b),
+            _ => unreachable!("one element type per input"),
+        }
+    }
+}
+
 /// Decodes one column; rows are numbered from `first_row` in errors.
 pub struct ColumnDecoder<'a> {
     /// A file, or `kallista_predict argument 2`.

@@ -8,6 +8,7 @@
 //! by Ballista on the executors), the exact gradient reduce of the driver
 //! stage, data staging, and the driver loop with checkpoints and evaluation;
 //! [`predict`] serves the prediction functions (`kallista_predict`, ...);
+//! [`tensors`] turns table columns into model inputs;
 //! [`embedded`] runs a scheduler and an executor inside the process;
 //! [`store`] resolves every path a job touches (`file://`, `s3://`, `gs://`,
 //! `az://`, `http(s)://`) through one object-store registry.
@@ -22,6 +23,7 @@ pub mod predict;
 pub mod session;
 pub mod sql;
 pub mod store;
+pub mod tensors;
 pub mod train;
 
 pub use ballista;

@@ -12,13 +12,13 @@
 pub mod source;
 
 use crate::error::{EngineError, Result};
+use crate::tensors::{input_data, input_values};
 use datafusion::arrow::array::{Array, ArrayRef};
 use datafusion::arrow::datatypes::FieldRef;
 use datafusion::logical_expr::ColumnarValue;
 use datafusion::scalar::ScalarValue;
-use kallista_data::columns::{ColumnDecoder, Element, Values};
 use kallista_ops::model::Model;
-use kallista_ops::{ByteTensor, DType, Data, IntTensor, Tensor};
+use kallista_ops::Data;
 
 /// Rows per `predict_on_batch` call: the peers' inference batch (GEMMs
 /// this tall run near peak), few enough that a chunk of decoded clips stays
@@ -48,19 +48,8 @@ fn model_inputs(
     for (i, (spec, (array, column))) in specs.iter().zip(columns).enumerate() {
         let array = array.slice(range.start, range.len());
         let source = format!("{function} argument {} (model input '{}')", first + i + 1, spec.name);
-        let decoder = ColumnDecoder { source: &source, column, first_row: range.start };
-        let element = match spec.spec.dtype {
-            DType::U8 => Element::U8,
-            DType::I32 => Element::I32,
-            DType::F32 => Element::F32,
-        };
-        let mut shape = vec![array.len()];
-        shape.extend_from_slice(&spec.spec.shape);
-        inputs.push(match decoder.decode(&array, element, &spec.spec.shape)? {
-            Values::U8(v) => Data::U8(ByteTensor::new(&shape, v)?),
-            Values::I32(v) => Data::I32(IntTensor::new(&shape, v)?),
-            Values::F32(v) => Data::F32(Tensor::new(&shape, v)?),
-        });
+        let values = input_values(&[&array], spec, &source, column, range.start)?;
+        inputs.push(input_data(values, array.len(), spec)?);
     }
     Ok(inputs)
 }

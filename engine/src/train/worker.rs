@@ -7,14 +7,14 @@
 use super::round::{slot_vector, PartialResult, RoundSpec};
 use super::vectors::{write_vectors, Vectors};
 use crate::error::{EngineError, Result};
+use crate::tensors::{input_data, input_values};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int32Type};
 use datafusion::arrow::record_batch::RecordBatch;
 use kallista_data::binding::Binding;
-use kallista_data::columns::{ColumnDecoder, Element, Values};
 use kallista_ops::model::Model;
-use kallista_ops::{ByteTensor, DType, Data, IntTensor, Tensor};
+use kallista_ops::{Data, IntTensor};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -44,41 +44,8 @@ pub fn decode_batches(
     }
     let mut inputs = Vec::with_capacity(specs.len());
     for (c, spec) in binding.inputs.iter().zip(&specs) {
-        let element = match spec.spec.dtype {
-            DType::U8 => Element::U8,
-            DType::I32 => Element::I32,
-            DType::F32 => Element::F32,
-        };
-        let mut all: Option<Values> = None;
-        let mut first_row = 0;
-        for b in batches {
-            let decoder = ColumnDecoder { source, column: c, first_row };
-            let values = decoder.decode(column(b, c)?, element, &spec.spec.shape)?;
-            first_row += b.num_rows();
-            all = Some(match (all, values) {
-                (None, v) => v,
-                (Some(Values::U8(mut a)), Values::U8(v)) => {
-                    a.extend_from_slice(&v);
-                    Values::U8(a)
-                }
-                (Some(Values::I32(mut a)), Values::I32(v)) => {
-                    a.extend_from_slice(&v);
-                    Values::I32(a)
-                }
-                (Some(Values::F32(mut a)), Values::F32(v)) => {
-                    a.extend_from_slice(&v);
-                    Values::F32(a)
-                }
-                _ => unreachable!("one element type per input"),
-            });
-        }
-        let mut shape = vec![rows];
-        shape.extend_from_slice(&spec.spec.shape);
-        inputs.push(match all.unwrap_or(Values::F32(vec![])) {
-            Values::U8(v) => Data::U8(ByteTensor::new(&shape, v)?),
-            Values::I32(v) => Data::I32(IntTensor::new(&shape, v)?),
-            Values::F32(v) => Data::F32(Tensor::new(&shape, v)?),
-        });
+        let arrays = batches.iter().map(|b| column(b, c)).collect::<Result<Vec<_>>>()?;
+        inputs.push(input_data(input_values(&arrays, spec, source, c, 0)?, rows, spec)?);
     }
     let label = binding.label.as_deref().ok_or_else(|| EngineError::Training("no label column".into()))?;
     let mut answers = Vec::with_capacity(rows);

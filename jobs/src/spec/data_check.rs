@@ -8,10 +8,9 @@
 use super::spec_error;
 use crate::error::JobError;
 use kallista_data::binding::Binding;
-use kallista_data::columns::{ColumnDecoder, Element};
 use kallista_engine::store::{blocking, Location};
+use kallista_engine::tensors::input_values;
 use kallista_ops::model::Model;
-use kallista_ops::DType;
 use parquet::file::statistics::Statistics;
 use std::path::Path;
 
@@ -65,14 +64,8 @@ pub fn check_split(file: &Path, key: &str, data: &Location, binding: &Binding, m
             .ok_or_else(|| bad(format!("{first}: no rows")))?;
         let source = first.to_string();
         for (i, (spec, column)) in specs.iter().zip(&binding.inputs).enumerate() {
-            let element = match spec.spec.dtype {
-                DType::U8 => Element::U8,
-                DType::I32 => Element::I32,
-                DType::F32 => Element::F32,
-            };
             let values = row.column_by_name(column).ok_or_else(|| bad(format!("{first}: no column '{column}'")))?;
-            let decoder = ColumnDecoder { source: &source, column, first_row: 0 };
-            if let Err(e) = decoder.decode(values, element, &spec.spec.shape) {
+            if let Err(e) = input_values(&[values], spec, &source, column, 0) {
                 return Err(spec_error(
                     file,
                     &format!("model.inputs[{i}].shape"),
