@@ -233,6 +233,10 @@ fn evaluate_on_a_cluster_matches_the_training_runs_test_result_and_reads_renamed
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["rows"].as_u64(), test["overall"]["rows"].as_u64(), "{stdout}");
+    // The rows were scored on the executors, both of them: neither the client nor one executor alone.
+    for i in 0..2 {
+        assert!(cluster.log(i).contains("loaded model"), "executor {i} scored nothing:\n{}", cluster.log(i));
+    }
     assert_eq!(metrics["accuracy"].as_f64().unwrap(), accuracy(&test["overall"]), "{metrics}");
     let loss = test["overall"]["loss_sum"].as_f64().unwrap() / test["overall"]["rows"].as_f64().unwrap();
     assert!((metrics["loss"].as_f64().unwrap() - loss).abs() < 1e-4, "{metrics} vs {loss}");
@@ -286,7 +290,8 @@ fn evaluate_on_a_cluster_matches_the_training_runs_test_result_and_reads_renamed
     assert_eq!(again["groups"], metrics["groups"]);
 
     // `kallista predict` writes predictions only; a missing column is an error naming it.
-    let predictions = temp_dir("predict-out").join("p.parquet");
+    // (Named as evaluate names its file: what `predict` writes does not depend on the name.)
+    let predictions = temp_dir("predict-out").join("predictions.parquet");
     ok(kallista(&[
         "predict",
         "--model",
@@ -300,6 +305,11 @@ fn evaluate_on_a_cluster_matches_the_training_runs_test_result_and_reads_renamed
     ]));
     let file = std::fs::File::open(&predictions).unwrap();
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+    let columns: Vec<String> = reader.schema().fields().iter().map(|f| f.name().clone()).collect();
+    assert!(
+        columns.contains(&"predicted_id".to_string()) && !columns.contains(&"label_rank".to_string()),
+        "{columns:?}"
+    );
     let rows: usize = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
     assert_eq!(rows as u64, test["overall"]["rows"].as_u64().unwrap());
     let out = kallista(&[

@@ -6,7 +6,7 @@
 //! processes with one executor (2 task slots), and with two executors (one
 //! slot each). Prints one JSON line per run with rows/s.
 //!
-//!     cargo bench --workspace --bench predict_w1     # ROWS=4096 FILES=4 RUNS=<all>
+//!     cargo bench --workspace --bench predict_w1     # ROWS=4096 FILES=4 RUNS=<all> BATCH_SIZE=<DataFusion's>
 //!
 //! Every run first predicts once to load the model on its executors (the
 //! cache is per process and content), then times one query over every row.

@@ -186,22 +186,24 @@ async fn run(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, JobErr
     Ok(df.collect().await.map_err(kallista_engine::EngineError::from)?)
 }
 
-/// Writes the predictions (with the label's probability and rank when `scored`) to `out`.
+/// Writes the predictions to `out`; with `scored_by` (a label column) also
+/// the label's probability and rank, which `evaluate` aggregates.
 async fn write_predictions(
     ctx: &SessionContext,
     args: &PredictArgs,
     binding: &Binding,
     plain: &[String],
     out: &str,
+    scored_by: Option<&str>,
 ) -> Result<u64, JobError> {
     let inputs: Vec<String> = binding.inputs.iter().map(|c| ident(c)).collect();
     let model = literal(&args.model);
-    let (call, extra) = match &binding.label {
-        Some(label) if out.ends_with("predictions.parquet") => (
+    let (call, extra) = match scored_by {
+        Some(label) => (
             format!("kallista_score({model}, {}, {})", ident(label), inputs.join(", ")),
             ", p['label_probability'] AS label_probability, p['label_rank'] AS label_rank",
         ),
-        _ => (format!("kallista_predict({model}, {})", inputs.join(", ")), ""),
+        None => (format!("kallista_predict({model}, {})", inputs.join(", ")), ""),
     };
     let keep: Vec<String> = plain.iter().map(|c| ident(c)).collect();
     let keep = keep.iter().map(|c| format!("{c}, ")).collect::<String>();
@@ -278,7 +280,7 @@ pub fn predict_cmd(args: &PredictArgs, cluster: &Cluster, mut log: impl FnMut(&s
         let ctx = connect(cluster).await?;
         let plain = register_data(&ctx, args, &binding).await?;
         log(&format!("predicting with {} on {} (columns {})", args.model, args.data, binding.inputs.join(", ")));
-        write_predictions(&ctx, args, &binding, &plain, &args.out).await
+        write_predictions(&ctx, args, &binding, &plain, &args.out, None).await
     })?;
     let s = started.elapsed().as_secs_f64();
     log(&format!("{rows} predictions in {s:.1} s ({:.0} rows/s) to {}", rows as f64 / s.max(1e-9), args.out));
@@ -298,7 +300,7 @@ pub fn evaluate_cmd(args: &PredictArgs, cluster: &Cluster, mut log: impl FnMut(&
         let ctx = connect(cluster).await?;
         let plain = register_data(&ctx, args, &binding).await?;
         log(&format!("evaluating {} on {} (columns {}, label {label})", args.model, args.data, binding.inputs.join(", ")));
-        let rows = write_predictions(&ctx, args, &binding, &plain, predictions.as_str()).await?;
+        let rows = write_predictions(&ctx, args, &binding, &plain, predictions.as_str(), Some(&label)).await?;
         log(&format!("{rows} rows predicted in {:.1} s; aggregating", started.elapsed().as_secs_f64()));
         let sql = format!("CREATE EXTERNAL TABLE kallista_predictions STORED AS PARQUET LOCATION {}", literal(predictions.as_str()));
         ctx.sql(&sql).await.map_err(kallista_engine::EngineError::from)?;

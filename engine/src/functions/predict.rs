@@ -10,8 +10,9 @@
 //! - `kallista_embed(model, layer, col, ...)` -> `List<Float32>`: the output
 //!   of layer `layer`, flattened;
 //! - `kallista_score(model, label, col, ...)` -> `{class_id, probability,
-//!   label, label_probability, label_rank}` (`label`: the predicted class's): what `kallista evaluate` aggregates
-//!   (the loss from the label's probability, top-k from its rank, 0 = top).
+//!   label, label_probability, label_rank}` (`label`: the predicted
+//!   class's name): what `kallista evaluate` aggregates (the loss from the
+//!   label's probability, top-k from its rank, 0 = top).
 
 use super::list_of;
 use crate::error::{EngineError, Result as EngineResult};
@@ -76,14 +77,12 @@ fn class_fields() -> Fields {
     ])
 }
 
+/// [`class_fields`], then the row label's probability and rank.
 fn score_fields() -> Fields {
-    Fields::from(vec![
-        Field::new("class_id", DataType::Int32, false),
-        Field::new("probability", DataType::Float32, false),
-        Field::new("label", DataType::Utf8, true),
-        Field::new("label_probability", DataType::Float32, false),
-        Field::new("label_rank", DataType::Int32, false),
-    ])
+    let mut fields: Vec<Field> = class_fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("label_probability", DataType::Float32, false));
+    fields.push(Field::new("label_rank", DataType::Int32, false));
+    Fields::from(fields)
 }
 
 /// One prediction function (see the module docs).

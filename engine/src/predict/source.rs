@@ -8,9 +8,11 @@
 //! labels, in class-id order) is read when present.
 //!
 //! Every process keeps the models it loaded, keyed by the SHA-256 of the
-//! config, weights and labels bytes; before each use it checks the objects' stamps
-//! (size, entity tag, time), so a rewritten checkpoint is loaded again and an
-//! unchanged one costs two HEAD requests per batch.
+//! config, weights and labels bytes; before each use (each batch DataFusion
+//! hands a function) it resolves the URI again (a job dir's `results.json`
+//! is read: training may have moved on) and checks the three objects'
+//! stamps (size, entity tag, time), so a rewritten checkpoint is loaded
+//! again and an unchanged one costs a few small requests per batch.
 
 use crate::error::{EngineError, Result};
 use crate::store::{blocking, Location};
