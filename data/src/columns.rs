@@ -237,6 +237,26 @@ impl ColumnDecoder<'_> {
     }
 }
 
+/// Whether a column of `t` holds one plain value per row (an id, a label, a
+/// group), not a list, bytes, a struct or a map: what staging keys rows by
+/// and what predictions carry over from their input.
+pub fn is_plain(t: &DataType) -> bool {
+    !matches!(
+        t,
+        DataType::List(_)
+            | DataType::LargeList(_)
+            | DataType::FixedSizeList(..)
+            | DataType::ListView(_)
+            | DataType::LargeListView(_)
+            | DataType::Binary
+            | DataType::LargeBinary
+            | DataType::BinaryView
+            | DataType::FixedSizeBinary(_)
+            | DataType::Struct(_)
+            | DataType::Map(..)
+    )
+}
+
 /// Whether values of `t` are bytes (images are never read from numbers or text).
 fn is_binary(t: &DataType) -> bool {
     matches!(t, DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_))

@@ -15,6 +15,7 @@
 
 use crate::error::JobError;
 use kallista_data::binding::Binding;
+use kallista_data::columns::is_plain;
 use kallista_engine::datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use kallista_engine::datafusion::arrow::compute::cast;
 use kallista_engine::datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
@@ -22,6 +23,8 @@ use kallista_engine::datafusion::prelude::SessionContext;
 use kallista_engine::predict::source::model_dir;
 use kallista_engine::session::{connect, Cluster};
 use kallista_engine::store::{blocking, Location};
+use kallista_engine::train::args::sql_ident;
+use kallista_engine::train::layout::{sql_str, DataSource};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -86,28 +89,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, JobError> {
         .map_err(|e| JobError::Invalid(format!("tokio runtime: {e}")))
 }
 
-/// A SQL string literal.
-fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-/// A SQL identifier.
-fn ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
 fn is_query(data: &str) -> bool {
     let head = data.trim_start().to_ascii_lowercase();
     head.starts_with("select") || head.starts_with("with") || head.starts_with('(')
 }
 
-/// A Parquet location as `CREATE EXTERNAL TABLE` takes it (directories with a trailing slash).
+/// A Parquet file or prefix as `CREATE EXTERNAL TABLE ... LOCATION` takes it.
 fn parquet_url(uri: &str) -> Result<String, JobError> {
-    let at = Location::parse(uri)?;
-    Ok(match at.file_name().ends_with(".parquet") {
-        true => at.to_string(),
-        false => at.dir_url(),
-    })
+    Ok(DataSource::Parquet(Location::parse(uri)?).relation())
 }
 
 /// The binding to use: the job dir's, with the arguments' overrides.
@@ -139,16 +128,14 @@ fn binding(args: &PredictArgs) -> Result<Binding, JobError> {
 /// Registers the data as the relation `kallista_input`; returns its plain columns.
 async fn register_data(ctx: &SessionContext, args: &PredictArgs, binding: &Binding) -> Result<Vec<String>, JobError> {
     for (name, uri) in &args.tables {
-        let sql =
-            format!("CREATE EXTERNAL TABLE {} STORED AS PARQUET LOCATION {}", ident(name), literal(&parquet_url(uri)?));
+        let sql = format!("CREATE EXTERNAL TABLE {} STORED AS PARQUET LOCATION {}", sql_ident(name), parquet_url(uri)?);
         ctx.sql(&sql).await.map_err(kallista_engine::EngineError::from)?;
     }
     let sql = match is_query(&args.data) {
         true => format!("CREATE VIEW kallista_input AS {}", args.data),
-        false => format!(
-            "CREATE EXTERNAL TABLE kallista_input STORED AS PARQUET LOCATION {}",
-            literal(&parquet_url(&args.data)?)
-        ),
+        false => {
+            format!("CREATE EXTERNAL TABLE kallista_input STORED AS PARQUET LOCATION {}", parquet_url(&args.data)?)
+        }
     };
     ctx.sql(&sql).await.map_err(|e| JobError::Invalid(format!("--data: {}", kallista_engine::EngineError::from(e))))?;
     let schema = ctx.table("kallista_input").await.map_err(kallista_engine::EngineError::from)?.schema().clone();
@@ -162,20 +149,7 @@ async fn register_data(ctx: &SessionContext, args: &PredictArgs, binding: &Bindi
         .fields()
         .iter()
         .filter(|f| !binding.inputs.contains(f.name()))
-        .filter(|f| {
-            !matches!(
-                f.data_type(),
-                DataType::List(_)
-                    | DataType::LargeList(_)
-                    | DataType::FixedSizeList(..)
-                    | DataType::ListView(_)
-                    | DataType::Binary
-                    | DataType::LargeBinary
-                    | DataType::BinaryView
-                    | DataType::Struct(_)
-                    | DataType::Map(..)
-            )
-        })
+        .filter(|f| is_plain(f.data_type()))
         .map(|f| f.name().clone())
         .collect();
     Ok(plain)
@@ -196,22 +170,22 @@ async fn write_predictions(
     out: &str,
     scored_by: Option<&str>,
 ) -> Result<u64, JobError> {
-    let inputs: Vec<String> = binding.inputs.iter().map(|c| ident(c)).collect();
-    let model = literal(&args.model);
+    let inputs: Vec<String> = binding.inputs.iter().map(|c| sql_ident(c)).collect();
+    let model = sql_str(&args.model);
     let (call, extra) = match scored_by {
         Some(label) => (
-            format!("kallista_score({model}, {}, {})", ident(label), inputs.join(", ")),
+            format!("kallista_score({model}, {}, {})", sql_ident(label), inputs.join(", ")),
             ", p['label_probability'] AS label_probability, p['label_rank'] AS label_rank",
         ),
         None => (format!("kallista_predict({model}, {})", inputs.join(", ")), ""),
     };
-    let keep: Vec<String> = plain.iter().map(|c| ident(c)).collect();
+    let keep: Vec<String> = plain.iter().map(|c| sql_ident(c)).collect();
     let keep = keep.iter().map(|c| format!("{c}, ")).collect::<String>();
     let sql = format!(
         "COPY (SELECT {keep}p['class_id'] AS predicted_id, p['label'] AS predicted_label, \
          p['probability'] AS probability{extra} \
          FROM (SELECT *, {call} AS p FROM kallista_input) scored) TO {} STORED AS PARQUET",
-        literal(out)
+        sql_str(out)
     );
     let batches = run(ctx, &sql).await?;
     let rows = batches
@@ -242,14 +216,14 @@ fn strings(b: &RecordBatch, i: usize) -> Result<Vec<String>, JobError> {
 /// Loss (as Keras clips it), accuracy and top-5 hits per group of the predictions.
 async fn scores(ctx: &SessionContext, label: &str, group: Option<&str>) -> Result<Vec<(String, Scores)>, JobError> {
     let (key, by) = match group {
-        Some(g) => (format!("CAST({} AS VARCHAR)", ident(g)), " GROUP BY 1".to_string()),
+        Some(g) => (format!("CAST({} AS VARCHAR)", sql_ident(g)), " GROUP BY 1".to_string()),
         None => ("''".to_string(), String::new()),
     };
     let sql = format!(
         "SELECT {key}, COUNT(*), SUM(CASE WHEN predicted_id = {label} THEN 1 ELSE 0 END), \
          SUM(-ln(LEAST(GREATEST(CAST(label_probability AS DOUBLE), 1e-7), 1 - 1e-7))), \
          SUM(CASE WHEN label_rank < 5 THEN 1 ELSE 0 END) FROM kallista_predictions{by}",
-        label = ident(label)
+        label = sql_ident(label)
     );
     let mut out = vec![];
     for b in run(ctx, &sql).await? {
@@ -302,7 +276,7 @@ pub fn evaluate_cmd(args: &PredictArgs, cluster: &Cluster, mut log: impl FnMut(&
         log(&format!("evaluating {} on {} (columns {}, label {label})", args.model, args.data, binding.inputs.join(", ")));
         let rows = write_predictions(&ctx, args, &binding, &plain, predictions.as_str(), Some(&label)).await?;
         log(&format!("{rows} rows predicted in {:.1} s; aggregating", started.elapsed().as_secs_f64()));
-        let sql = format!("CREATE EXTERNAL TABLE kallista_predictions STORED AS PARQUET LOCATION {}", literal(predictions.as_str()));
+        let sql = format!("CREATE EXTERNAL TABLE kallista_predictions STORED AS PARQUET LOCATION {}", sql_str(predictions.as_str()));
         ctx.sql(&sql).await.map_err(kallista_engine::EngineError::from)?;
         let mut m = EvalMetrics { model: args.model.clone(), data: args.data.clone(), group_by: binding.group_by.clone(), ..Default::default() };
         m.overall = scores(&ctx, &label, None).await?.pop().map(|s| s.1).unwrap_or_default();
@@ -311,7 +285,7 @@ pub fn evaluate_cmd(args: &PredictArgs, cluster: &Cluster, mut log: impl FnMut(&
         }
         let sql = format!(
             "SELECT {l}, predicted_id, COUNT(*), MAX(predicted_label) FROM kallista_predictions GROUP BY 1, 2 ORDER BY 1, 2",
-            l = ident(&label)
+            l = sql_ident(&label)
         );
         let mut names: BTreeMap<i64, String> = BTreeMap::new();
         for b in run(&ctx, &sql).await? {
@@ -371,7 +345,7 @@ mod tests {
     fn queries_are_told_from_locations_and_quoted_safely() {
         assert!(is_query("  SELECT * FROM t") && is_query("with x as (select 1) select * from x"));
         assert!(!is_query("s3://bucket/test/") && !is_query("/data/selections/"));
-        assert_eq!(literal("it's"), "'it''s'");
-        assert_eq!(ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(sql_str("it's"), "'it''s'");
+        assert_eq!(sql_ident("a\"b"), "\"a\"\"b\"");
     }
 }

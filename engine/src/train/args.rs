@@ -34,6 +34,11 @@ pub fn sql_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Column names as a SQL list (`"a", "b"`).
+pub fn sql_idents(names: &[String]) -> String {
+    names.iter().map(|c| sql_ident(c)).collect::<Vec<_>>().join(", ")
+}
+
 /// The select list that stages [`data_columns`], `packed` ones packed
 /// (`kallista_pack_f32`: float lists, which rounds then scan at copy speed).
 pub fn staging_select(binding: &Binding, packed: &[String]) -> String {

@@ -5,7 +5,7 @@
 //! hosts the rendezvous of the ranks and restarts a failed segment as a new
 //! generation.
 
-use super::args::{sql_ident, staging_select};
+use super::args::{sql_ident, sql_idents, staging_select};
 use super::job_dir::JobDir;
 use super::layout::{sql_str, stage, DataSource, Layout, Staged};
 use super::metrics::{EvalLine, MetricsLine, MetricsLog, TrainLine};
@@ -21,6 +21,7 @@ use datafusion::arrow::array::{Array, StringArray};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::SessionContext;
 use kallista_data::binding::Binding;
+use kallista_data::columns::is_plain;
 use kallista_ops::model::Model;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -459,7 +460,7 @@ impl<'a> Job<'a> {
         };
         let spec_json = serde_json::to_string(&spec).map_err(|e| EngineError::Invalid(e.to_string()))?;
         let list = blocks.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", ");
-        let columns = quoted(&super::args::data_columns(&self.cfg.binding));
+        let columns = sql_idents(&super::args::data_columns(&self.cfg.binding));
         let sql = format!(
             "SELECT kallista_train({columns}, block, {}) FROM kallista_train WHERE block IN ({list})",
             sql_str(&spec_json)
@@ -687,7 +688,7 @@ impl<'a> Job<'a> {
             }
             _ => String::new(),
         };
-        let columns = quoted(&super::args::data_columns(&self.model_ref.binding));
+        let columns = sql_idents(&super::args::data_columns(&self.model_ref.binding));
         let sql =
             format!("SELECT kallista_evaluate({columns}, {GROUP}, {}) FROM kallista_{split} {filter}", sql_str(&spec));
         let json = query_string(self.ctx, &sql).await?;
@@ -759,10 +760,6 @@ impl<'a> Job<'a> {
 /// The column a staged split keeps the binding's group in (`''` without one).
 pub const GROUP: &str = "kallista_group";
 
-fn quoted(columns: &[String]) -> String {
-    columns.iter().map(|c| sql_ident(c)).collect::<Vec<_>>().join(", ")
-}
-
 /// The row key staging shards by (the binding's, else every column of the
 /// training data that is not a list or binary), and the float-list inputs
 /// that staging packs.
@@ -775,22 +772,7 @@ async fn key_and_packed(cfg: &TrainConfig, ctx: &SessionContext) -> Result<(Vec<
     };
     let key = match cfg.binding.key.is_empty() {
         false => cfg.binding.key.clone(),
-        true => schema
-            .fields()
-            .iter()
-            .filter(|f| {
-                !is_list(f.data_type())
-                    && !matches!(
-                        f.data_type(),
-                        DataType::Binary
-                            | DataType::LargeBinary
-                            | DataType::BinaryView
-                            | DataType::Struct(_)
-                            | DataType::Map(..)
-                    )
-            })
-            .map(|f| f.name().clone())
-            .collect(),
+        true => schema.fields().iter().filter(|f| is_plain(f.data_type())).map(|f| f.name().clone()).collect(),
     };
     if key.is_empty() {
         return Err(EngineError::Invalid(format!(

@@ -131,14 +131,9 @@ async fn int_pairs(ctx: &SessionContext, sql: &str) -> Result<Vec<(i64, i64)>> {
     Ok(out)
 }
 
-/// The key columns as SQL, comma-separated.
-fn key_list(key: &[String]) -> String {
-    key.iter().map(|k| super::args::sql_ident(k)).collect::<Vec<_>>().join(", ")
-}
-
 /// The shard of a row, as SQL.
 fn shard_expr(shards: usize, key: &[String], seed: u64) -> String {
-    format!("kallista_shard({shards}, {}, '{seed}')", key_list(key))
+    format!("kallista_shard({shards}, {}, '{seed}')", super::args::sql_idents(key))
 }
 
 /// Rows per shard of `source`.
@@ -183,7 +178,7 @@ fn staging_options(ctx: &SessionContext, plain: &[String], micro_batch: usize) -
 pub async fn stage(ctx: &SessionContext, source: &DataSource, layout: &Layout) -> Result<Staged> {
     let Layout { job, split, columns, plain_columns, key, micro_batch, shards, seed, full_blocks_only } = layout;
     // The key is part of what was staged: another key is another staging.
-    let recorded = format!("{columns}; key {}", key_list(key));
+    let recorded = format!("{columns}; key {}", super::args::sql_idents(key));
     let (micro_batch, shards, seed) = (*micro_batch, *shards, *seed);
     let record = job.staged_record(split);
     let current = match blocking::exists(&record)? {
@@ -227,7 +222,7 @@ pub async fn stage(ctx: &SessionContext, source: &DataSource, layout: &Layout) -
            FROM (SELECT *, {shard} AS shard FROM {relation}) hashed) ranked
          {keep}",
         hashed = key.iter().map(|k| super::args::sql_ident(k)).collect::<Vec<_>>().join(", '|', "),
-        keys = key_list(key),
+        keys = super::args::sql_idents(key),
         shard = shard_expr(shards, key, seed),
         relation = source.relation(),
     );
