@@ -54,6 +54,14 @@ enum Command {
         #[command(flatten)]
         overrides: OverrideArgs,
     },
+    /// Compute a job's frozen-feature caches (as `training.cache_frozen` does before training), on the embedded cluster or --scheduler's.
+    Features {
+        #[command(flatten)]
+        job: JobArgs,
+        /// A running cluster's scheduler, df://HOST:PORT (default: an embedded cluster).
+        #[arg(long)]
+        scheduler: Option<String>,
+    },
     /// Predict with a trained model over a table, on the cluster: one row of predictions per input row (Parquet).
     Predict {
         #[command(flatten)]
@@ -329,6 +337,17 @@ fn run(cli: Cli) -> Result<(), kallista_jobs::JobError> {
                 |line| eprintln!("{line}"),
             )?;
             print_report(&r);
+            Ok(())
+        }
+        Command::Features { job, scheduler } => {
+            let cluster = scheduler.map_or(Cluster::Embedded, Cluster::Remote);
+            let caches =
+                kallista_jobs::train_cmd::features_cmd(&job.job, &job.overrides.into_overrides(), &cluster, |line| {
+                    eprintln!("{line}")
+                })?;
+            for (split, at) in caches {
+                println!("{split}\t{at}");
+            }
             Ok(())
         }
         Command::Run { dir, overrides } => {

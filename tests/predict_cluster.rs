@@ -6,10 +6,10 @@
 
 mod common;
 
-use arrow::array::{Array, AsArray, ListArray, RecordBatch, StringArray};
+use arrow::array::{AsArray, ListArray, RecordBatch, StringArray};
 use arrow::datatypes::{Float32Type, Int32Type};
 use common::cluster::{start_cluster_with, ClusterOptions};
-use common::{kallista, ok, prepared_set, small_job, temp_dir};
+use common::{assert_picture, kallista, ok, prepared_set, small_job, temp_dir};
 use kallista_data::parquet_io::{parquet_files, ClipDecoder};
 use kallista_engine::session::{connect, Cluster};
 use kallista_ops::model::Model;
@@ -84,6 +84,9 @@ async fn predictions_in_sql_on_two_executors_equal_one_process_row_for_row() {
     let cluster = start_cluster_with("predict-sql", ClusterOptions::new(2, 1));
     let ctx = connect(&Cluster::Remote(cluster.url.clone())).await.unwrap();
     let job = job_dir.display().to_string();
+    let trained_labels: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(job_dir.join("labels.json")).unwrap()).unwrap();
+    assert!(trained_labels.iter().any(|l| !l.is_empty()), "training wrote the answer words: {trained_labels:?}");
     ctx.sql(&format!("CREATE EXTERNAL TABLE clips STORED AS PARQUET LOCATION '{}/'", test_split.display()))
         .await
         .unwrap();
@@ -114,7 +117,7 @@ async fn predictions_in_sql_on_two_executors_equal_one_process_row_for_row() {
             );
             let top = want.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
             assert_eq!((class.value(r), prob.value(r).to_bits()), (top.0 as i32, top.1.to_bits()), "{key:?}");
-            assert!(label.is_null(r), "no labels.json in the job dir");
+            assert_eq!(label.value(r), trained_labels[class.value(r) as usize], "{key:?}: the label training wrote");
             let got_fc1: Vec<f32> = fc1.value(r).as_primitive::<Float32Type>().values().to_vec();
             assert_eq!(got_fc1.len(), 128);
             assert_eq!(got_fc1, expected_fc1[&key], "{key:?}");
@@ -128,8 +131,8 @@ async fn predictions_in_sql_on_two_executors_equal_one_process_row_for_row() {
         assert_eq!(log.matches("loaded model").count(), 1, "executor {i}:\n{log}");
     }
 
-    // Labels: the job dir's labels.json names each class id (another test's
-    // evaluation may see it too: it changes no number).
+    // Other labels in the job dir's labels.json (another test's evaluation
+    // may see them too: they change no number).
     let labels: Vec<String> = (0..32).map(|i| format!("answer-{i}")).collect();
     std::fs::write(job_dir.join("labels.json"), serde_json::to_string(&labels).unwrap()).unwrap();
     let sql = format!("SELECT kallista_predict('{job}', frames, question_ids) AS p FROM clips");
@@ -251,6 +254,7 @@ fn evaluate_on_a_cluster_matches_the_training_runs_test_result_and_reads_renamed
     let classes = metrics["classes"].as_object().unwrap();
     let hits: f64 = classes.values().filter_map(|c| Some(c["recall"].as_f64()? * c["support"].as_f64()?)).sum();
     assert!((hits / metrics["rows"].as_f64().unwrap() - accuracy(&test["overall"])).abs() < 1e-9);
+    assert_picture(&std::fs::read(out.join("confusion.png")).unwrap(), "confusion.png");
     // One prediction per row, with the table's plain columns.
     let file = std::fs::File::open(out.join("predictions.parquet")).unwrap();
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();

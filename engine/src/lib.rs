@@ -16,6 +16,7 @@
 pub mod cancel;
 pub mod cluster;
 pub mod collective;
+pub mod digest;
 pub mod embedded;
 pub mod error;
 pub mod functions;

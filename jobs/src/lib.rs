@@ -12,6 +12,7 @@ pub mod cluster_cmd;
 pub mod data_cmd;
 pub mod demo;
 pub mod error;
+pub mod features;
 pub mod plot;
 pub mod predict_cmd;
 pub mod progress;

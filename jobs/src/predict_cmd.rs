@@ -8,12 +8,15 @@
 //! `evaluate` writes the same as `<out>/predictions.parquet` (plus the
 //! label's probability and rank), then aggregates it with SQL into
 //! `<out>/metrics.json`: loss, accuracy and top-5 accuracy overall and per
-//! group, precision and recall per class, and the confusion counts.
+//! group, precision and recall per class, and the confusion counts, which
+//! `<out>/confusion.png` draws with the classes' labels.
 //!
 //! The columns come from the job dir's `binding.json` (written by training)
 //! unless given.
 
 use crate::error::JobError;
+use crate::plot::plot_confusion;
+use crate::progress::Phase;
 use kallista_data::binding::Binding;
 use kallista_data::columns::is_plain;
 use kallista_engine::datafusion::arrow::array::{Array, AsArray, RecordBatch};
@@ -254,7 +257,10 @@ pub fn predict_cmd(args: &PredictArgs, cluster: &Cluster, mut log: impl FnMut(&s
         let ctx = connect(cluster).await?;
         let plain = register_data(&ctx, args, &binding).await?;
         log(&format!("predicting with {} on {} (columns {})", args.model, args.data, binding.inputs.join(", ")));
-        write_predictions(&ctx, args, &binding, &plain, &args.out, None).await
+        let phase = Phase::start("predicting on the cluster");
+        let rows = write_predictions(&ctx, args, &binding, &plain, &args.out, None).await;
+        phase.finish("predicted");
+        rows
     })?;
     let s = started.elapsed().as_secs_f64();
     log(&format!("{rows} predictions in {s:.1} s ({:.0} rows/s) to {}", rows as f64 / s.max(1e-9), args.out));
@@ -270,12 +276,13 @@ pub fn evaluate_cmd(args: &PredictArgs, cluster: &Cluster, mut log: impl FnMut(&
     let out = Location::parse(&args.out)?;
     let predictions = out.join("predictions.parquet");
     let started = Instant::now();
-    let mut metrics = runtime()?.block_on(async {
+    let (mut metrics, mut names) = runtime()?.block_on(async {
         let ctx = connect(cluster).await?;
         let plain = register_data(&ctx, args, &binding).await?;
         log(&format!("evaluating {} on {} (columns {}, label {label})", args.model, args.data, binding.inputs.join(", ")));
+        let phase = Phase::start("predicting on the cluster");
         let rows = write_predictions(&ctx, args, &binding, &plain, predictions.as_str(), Some(&label)).await?;
-        log(&format!("{rows} rows predicted in {:.1} s; aggregating", started.elapsed().as_secs_f64()));
+        phase.finish(&format!("{rows} rows predicted in {:.1} s; aggregating", started.elapsed().as_secs_f64()));
         let sql = format!("CREATE EXTERNAL TABLE kallista_predictions STORED AS PARQUET LOCATION {}", sql_str(predictions.as_str()));
         ctx.sql(&sql).await.map_err(kallista_engine::EngineError::from)?;
         let mut m = EvalMetrics { model: args.model.clone(), data: args.data.clone(), group_by: binding.group_by.clone(), ..Default::default() };
@@ -297,7 +304,7 @@ pub fn evaluate_cmd(args: &PredictArgs, cluster: &Cluster, mut log: impl FnMut(&
                 }
             }
         }
-        Ok::<EvalMetrics, JobError>(m)
+        Ok::<_, JobError>((m, names))
     })?;
     for &(l, p, n) in &metrics.confusion {
         metrics.classes.entry(l).or_default().support += n;
@@ -311,6 +318,13 @@ pub fn evaluate_cmd(args: &PredictArgs, cluster: &Cluster, mut log: impl FnMut(&
         c.recall = (c.support > 0).then(|| hits / c.support as f64);
         c.label = labels.as_ref().and_then(|l| l.get(*id as usize).cloned());
     }
+    for (id, c) in &metrics.classes {
+        if let Some(l) = &c.label {
+            names.insert(*id, l.clone());
+        }
+    }
+    let title = format!("Confusion matrix: {} rows, accuracy {:.4}", metrics.overall.rows, metrics.overall.accuracy);
+    plot_confusion(&metrics.confusion, &names, &title, &out.join("confusion.png"))?;
     metrics.seconds = started.elapsed().as_secs_f64();
     let json = serde_json::to_vec_pretty(&metrics).map_err(|e| JobError::Invalid(e.to_string()))?;
     blocking::write(&out.join("metrics.json"), json)?;
@@ -323,6 +337,7 @@ pub fn evaluate_cmd(args: &PredictArgs, cluster: &Cluster, mut log: impl FnMut(&
         metrics.seconds,
         out.join("metrics.json")
     ));
+    log(&format!("confusion matrix: {}", out.join("confusion.png")));
     Ok(metrics)
 }
 

@@ -123,6 +123,7 @@ data:
   label: answer_id
   group_by: family
   key: [video_id, question]
+  label_names: answer
 training:
   optimizer: {{name: adam, learning_rate: 0.005}}
   batch_size: 32
@@ -235,6 +236,7 @@ pub fn check_learned_at(job_dir: &str, data: &str, env: &[(String, String)], out
     ] {
         assert!(job_object(job_dir, f).is_some(), "{f} missing from the job dir {job_dir}\n{out}");
     }
+    assert_picture(&job_object(job_dir, "training_curve.png").unwrap(), "training_curve.png");
     let results: serde_json::Value = serde_json::from_slice(&job_object(job_dir, "results.json").unwrap()).unwrap();
     let overall = &results["eval"]["overall"];
     let eval = overall["correct"].as_f64().unwrap() / overall["rows"].as_f64().unwrap();
@@ -274,4 +276,16 @@ pub fn final_weights_at(job_dir: &str) -> std::collections::BTreeMap<String, Vec
     let bytes = blocking::read(&versions[0].0).unwrap();
     let (tensors, _) = kallista_ops::model::parse_safetensors(&bytes, versions[0].0.as_str()).unwrap();
     tensors.into_iter().map(|(k, t)| (k, t.data().to_vec())).collect()
+}
+
+/// A PNG a person can read: decodes, is of a reasonable size, and has lines
+/// and text drawn on it (many colours from anti-aliasing, not a blank page).
+pub fn assert_picture(png: &[u8], what: &str) {
+    let img = image::load_from_memory_with_format(png, image::ImageFormat::Png).expect(what).to_rgb8();
+    assert!(img.width() >= 300 && img.height() >= 300, "{what}: {}x{}", img.width(), img.height());
+    let inked = img.pixels().filter(|p| p.0 != [255, 255, 255]).count();
+    let share = inked as f64 / (img.width() * img.height()) as f64;
+    assert!(share > 0.01, "{what}: only {share:.4} of the pixels drawn");
+    let colours: std::collections::HashSet<[u8; 3]> = img.pixels().map(|p| p.0).collect();
+    assert!(colours.len() > 20, "{what}: {} colours: no anti-aliased text", colours.len());
 }

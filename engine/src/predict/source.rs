@@ -119,12 +119,8 @@ fn load(parts: &Parts) -> Result<Loaded> {
         true => Some(blocking::read_string(&parts.labels)?),
         false => None,
     };
-    let mut h = ::ring::digest::Context::new(&::ring::digest::SHA256);
-    for part in [config.as_bytes(), &weights, labels_text.as_deref().unwrap_or("").as_bytes()] {
-        h.update(&(part.len() as u64).to_le_bytes());
-        h.update(part);
-    }
-    let hash: String = h.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let hash =
+        crate::digest::content_hash(&[config.as_bytes(), &weights, labels_text.as_deref().unwrap_or("").as_bytes()]);
     let mut model = Model::from_json(&config)?;
     match parts.weights.file_name().ends_with(".h5") {
         true => load_h5(&mut model, &parts.weights, &weights)?,

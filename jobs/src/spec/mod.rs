@@ -10,6 +10,7 @@
 //! scaling: { workers: 2, mode: sync }     # default: a worker per core, average every 200 steps
 //! ```
 
+mod application;
 pub mod data_check;
 pub mod model;
 
@@ -66,6 +67,11 @@ pub struct DataSpec {
     /// default: every column that is not a list or binary).
     #[serde(default)]
     pub key: Vec<String>,
+    /// The column holding each class's readable name (the answer word):
+    /// training writes the job dir's `labels.json` from it, which predictions
+    /// and the confusion matrix show.
+    #[serde(default)]
+    pub label_names: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -89,6 +95,10 @@ pub struct TrainingSpec {
     pub checkpoint_every_steps: u64,
     #[serde(default = "default_seed")]
     pub seed: u64,
+    /// Runs the frozen TimeDistributed sub-model at the model's front once per
+    /// split and trains the rest from its stored features (`crate::features`).
+    #[serde(default)]
+    pub cache_frozen: bool,
 }
 
 fn default_loss() -> String {

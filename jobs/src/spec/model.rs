@@ -69,12 +69,30 @@ fn float32() -> String {
     "float32".into()
 }
 
+/// A sub-model: layers, as the model's own, or a pre-trained application.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubModelSpec {
+    #[serde(default)]
     pub inputs: Vec<InputSpec>,
+    #[serde(default)]
     pub layers: Vec<LayerSpec>,
+    #[serde(default)]
     pub outputs: Vec<String>,
+    /// A built-in application instead of layers (see [`super::application`]).
+    #[serde(default)]
+    pub application: Option<String>,
+    #[serde(default)]
+    pub include_top: bool,
+    #[serde(default)]
+    pub pooling: Option<String>,
+    #[serde(default)]
+    pub input_shape: Option<Vec<usize>>,
+    #[serde(default)]
+    pub classes: Option<usize>,
+    /// A Keras weights file for it (relative to the job file), loaded after the model is built.
+    #[serde(default)]
+    pub weights: Option<String>,
 }
 
 /// One layer: `name`, Keras `class`, `input` (a tensor name or a list), and
@@ -161,8 +179,12 @@ impl ModelSpec {
         for (k, (name, m)) in self.models.iter().enumerate() {
             let key = format!("model.models.{name}");
             let seed = seed.wrapping_add(1 + k as u64);
-            let graph = Graph { name, seed, inputs: &m.inputs, layers: &m.layers, outputs: &m.outputs };
-            let config = functional(file, &key, &graph, &models)?;
+            let config = if m.application.is_some() {
+                super::application::config(file, &key, name, m, seed)?
+            } else {
+                let graph = Graph { name, seed, inputs: &m.inputs, layers: &m.layers, outputs: &m.outputs };
+                functional(file, &key, &graph, &models)?
+            };
             // Build it alone first, so that its errors name it.
             let text = json!({"class_name": "Functional", "config": config}).to_string();
             Model::from_json(&text).map_err(|e| spec_error(file, &key, e))?;
@@ -175,7 +197,7 @@ impl ModelSpec {
             Graph { name: &self.name, seed, inputs: &self.inputs, layers: &self.layers, outputs: &self.outputs };
         let config = functional(file, "model", &graph, &models)?;
         let text = json!({"class_name": "Functional", "config": config}).to_string();
-        Model::from_json(&text).map_err(|e| {
+        let mut model = Model::from_json(&text).map_err(|e| {
             let msg = e.to_string();
             let key = self
                 .layers
@@ -183,7 +205,35 @@ impl ModelSpec {
                 .position(|l| msg.contains(&format!("'{}'", l.name)))
                 .map_or("model.layers".to_string(), |i| format!("model.layers[{i}] ({})", self.layers[i].name));
             spec_error(file, &key, msg)
-        })
+        })?;
+        self.load_pretrained(file, &mut model)?;
+        Ok(model)
+    }
+
+    /// Loads each sub-model's `weights:` file into every TimeDistributed layer that wraps it.
+    fn load_pretrained(&self, file: &Path, model: &mut Model) -> Result<(), JobError> {
+        for (name, m) in &self.models {
+            let Some(weights) = &m.weights else { continue };
+            let key = format!("model.models.{name}.weights");
+            let path = file.parent().unwrap_or(Path::new(".")).join(weights);
+            if !path.exists() {
+                return Err(spec_error(file, &key, format!("{}: no such file", path.display())));
+            }
+            let wrappers: Vec<&LayerSpec> = self
+                .layers
+                .iter()
+                .filter(|l| l.class == "TimeDistributed" && l.args.get("layer").and_then(Value::as_str) == Some(name))
+                .collect();
+            if wrappers.is_empty() {
+                return Err(spec_error(file, &key, "no TimeDistributed layer of model.layers uses this sub-model"));
+            }
+            for l in wrappers {
+                model
+                    .load_keras_weights_h5_at(&format!("{}/{name}", l.name), &path)
+                    .map_err(|e| spec_error(file, &key, format!("{}: {e}", path.display())))?;
+            }
+        }
+        Ok(())
     }
 
     /// The data column of each model input, in input order.

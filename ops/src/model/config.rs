@@ -23,30 +23,30 @@ struct ModelJson {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FunctionalJson {
-    name: String,
+    pub(super) name: String,
     #[serde(default)]
-    seed: u64,
-    inputs: Vec<InputJson>,
-    layers: Vec<LayerJson>,
-    nodes: Vec<NodeJson>,
-    outputs: Vec<String>,
+    pub(super) seed: u64,
+    pub(super) inputs: Vec<InputJson>,
+    pub(super) layers: Vec<LayerJson>,
+    pub(super) nodes: Vec<NodeJson>,
+    pub(super) outputs: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct InputJson {
-    name: String,
-    shape: Vec<usize>,
-    dtype: String,
+pub(super) struct InputJson {
+    pub(super) name: String,
+    pub(super) shape: Vec<usize>,
+    pub(super) dtype: String,
 }
 
 /// A call of a layer on named tensors; its output is named after the layer
 /// (`layer` on the first call, `layer@k` on the k-th later one).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NodeJson {
-    layer: String,
-    inputs: Vec<String>,
+pub(super) struct NodeJson {
+    pub(super) layer: String,
+    pub(super) inputs: Vec<String>,
 }
 
 fn parse_dtype(s: &str) -> Result<DType> {

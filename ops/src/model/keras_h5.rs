@@ -281,10 +281,23 @@ impl Model {
     /// lacks, every layer of the file the model lacks, and every count or
     /// shape that differs, with the HDF5 path.
     pub fn load_keras_weights_h5(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        self.load_keras_weights_h5_at("", path)
+    }
+
+    /// [`Model::load_keras_weights_h5`] for a file saved from one part of this
+    /// model: the sub-model at layer path `at` (`td_cnn/inception_v3`, a
+    /// pre-trained CNN inside a TimeDistributed), whose layer names the file
+    /// uses without that prefix. The other weights stay as they are.
+    pub fn load_keras_weights_h5_at(&mut self, at: &str, path: impl AsRef<Path>) -> Result<()> {
+        let prefix = if at.is_empty() { String::new() } else { format!("{at}/") };
         let mut by_layer: BTreeMap<String, Vec<(String, Vec<usize>)>> = BTreeMap::new();
         for (key, w, _) in self.weight_entries() {
-            let layer = key.rsplit_once('/').map_or("", |(l, _)| l).to_string();
-            by_layer.entry(layer).or_default().push((key, w.value.shape().to_vec()));
+            let Some(local) = key.strip_prefix(&prefix) else { continue };
+            let layer = local.rsplit_once('/').map_or("", |(l, _)| l).to_string();
+            by_layer.entry(layer).or_default().push((key.clone(), w.value.shape().to_vec()));
+        }
+        if by_layer.is_empty() {
+            return Err(OpsError::Config(format!("model '{}' has no weights below '{at}'", self.name)));
         }
         let path = path.as_ref();
         let p = path.display().to_string();
@@ -336,6 +349,8 @@ impl Model {
         if !problems.is_empty() {
             return Err(OpsError::WeightMismatch(problems));
         }
-        self.set_weights(&weights)
+        let mut all = self.named_weights();
+        all.extend(weights);
+        self.set_weights(&all)
     }
 }

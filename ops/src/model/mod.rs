@@ -18,6 +18,7 @@ mod import;
 mod keras_h5;
 mod nested;
 mod run;
+mod split;
 mod summary;
 mod truncate;
 mod weights;
@@ -30,6 +31,7 @@ pub use weights::{
 
 pub use builder::{LayerId, ModelBuilder, SymbolicTensor};
 pub use run::{BatchResult, Compiled, ForwardPass, WeightGrads};
+pub use split::Split;
 
 use crate::layers::{Layer, TensorSpec, Weight};
 use crate::optim::Optimizer;
