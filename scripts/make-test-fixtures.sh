@@ -21,12 +21,14 @@ VENV="${KALLISTA_FIXTURE_VENV:-$HOME/.cache/kallista/fixture-venv}"
   keras==3.15.1 jax==0.10.2 jaxlib==0.10.2 numpy==2.4.6 h5py==3.16.0 safetensors==0.8.0 ml_dtypes==0.6.0
 mkdir -p "$OUT"
 # Each fixture is written to a temporary dir and moved into place whole.
-make() { # SCRIPT DEST
+make_fixture() { # SCRIPT DEST
   rm -rf "$2.tmp"
   KERAS_BACKEND=jax JAX_PLATFORMS=cpu "$VENV/bin/python" "$ROOT/ops/tests/fixtures/$1" "$2.tmp"
   rm -rf "$2"
   mv "$2.tmp" "$2"
 }
-[ -f "$DEST/inception_v3_io.safetensors" ] || make make_inception_h5.py "$DEST"
-[ -f "$QA/video_qa_rows.safetensors" ] || make make_video_qa_h5.py "$QA"
+[ -f "$DEST/inception_v3.weights.h5" ] && [ -f "$DEST/inception_v3_io.safetensors" ] \
+  || make_fixture make_inception_h5.py "$DEST"
+[ -f "$QA/video_qa.weights.h5" ] && [ -f "$QA/video_qa_rows.safetensors" ] \
+  || make_fixture make_video_qa_h5.py "$QA"
 echo "test fixtures written to $OUT"

@@ -8,16 +8,9 @@ mod common;
 
 use arrow::array::{ArrayRef, AsArray, BinaryBuilder, Int32Array, Int32Builder, ListBuilder, RecordBatch, StringArray};
 use arrow::datatypes::Float32Type;
-use common::{kallista, ok, temp_dir};
+use common::{fixtures, kallista, ok, temp_dir};
 use kallista_ops::applications::{video_qa_pixels, VideoQaPixelsDims};
-use std::path::PathBuf;
 use std::sync::Arc;
-
-fn fixtures() -> PathBuf {
-    std::env::var_os("KALLISTA_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/kallista/fixtures"))
-}
 
 #[test]
 fn a_keras_weights_file_evaluates_to_keras_accuracy_on_the_same_rows() {

@@ -343,7 +343,7 @@ fn a_job_on_renamed_columns_trains_the_same_weights_and_evaluates_with_its_bindi
     let renamed = |split: &str| {
         format!(
             "{{sql: \"SELECT video_id, question, family AS kind, frames AS clip, question_ids AS tokens, \
-             answer_id AS y FROM '{}/{split}/'\"}}",
+             answer_id AS y, answer AS word FROM '{}/{split}/'\"}}",
             data.display()
         )
     };
@@ -358,6 +358,7 @@ fn a_job_on_renamed_columns_trains_the_same_weights_and_evaluates_with_its_bindi
         ("column: question_ids", "column: tokens"),
         ("label: answer_id", "label: y"),
         ("group_by: family", "group_by: kind"),
+        ("label_names: answer", "label_names: word"),
     ] {
         assert!(text.contains(from), "{from}");
         text = text.replace(from, to);
@@ -376,6 +377,13 @@ fn a_job_on_renamed_columns_trains_the_same_weights_and_evaluates_with_its_bindi
         serde_json::from_str(&std::fs::read_to_string(d.join("results.json")).unwrap()).unwrap()
     };
     assert_eq!(results(&reference)["test"]["families"], results(&job_dir)["test"]["families"]);
+    // The class names, from the renamed column (the reference's labels.json
+    // may hold another test's names by now).
+    let words: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(job_dir.join("labels.json")).unwrap()).unwrap();
+    assert_eq!(words.len(), 32);
+    assert!(words.iter().filter(|w| !w.is_empty()).count() >= 5, "{words:?}");
+    assert!(words.iter().all(|w| !w.starts_with("answer-")), "{words:?}");
     // Evaluated with the job's own binding: the renamed columns, nothing else given.
     let out = dir.join("eval");
     let query = renamed("test");

@@ -5,16 +5,20 @@
 //! split there ([`Model::split_at`]): the head runs once over each split as a
 //! distributed query (`kallista_embed` on the executors) whose result, the
 //! split's rows with the frames replaced by their features, is stored as
-//! Parquet in the job dir; the rest of the model trains from it.
+//! Parquet in the job dir; the rest of the model trains from it in a job dir
+//! of its own, and the whole model goes back to the job dir.
 //!
-//! A cache is named by the head's content hash (config and weights) and the
-//! data's identity (its files' names, sizes and stamps, or a query's text),
-//! so a changed frozen model or changed data builds a new one; a cache is
-//! complete once its marker (`<name>.json`) is written, after the data.
+//! A cache is named by the head's content (config without its seed, and
+//! weights), the column it reads, the feature column, and the data's
+//! identity: its files' names, sizes and stamps, or, for a `{sql: ...}`
+//! split, the query's text (tables changed under the same query are not
+//! noticed). Each build writes a new version folder and is complete once its
+//! marker (`<name>.json`, naming that folder) is written, so a build cut
+//! short or running beside another never passes for a finished one.
 //!
-//! Layout below the job dir:
+//! Layout below the job dir ([`JobDir::features`]):
 //! - `features/head-<H>/model.json`, `weights.safetensors`: the head;
-//! - `features/<H>-<D>/*.parquet` and `features/<H>-<D>.json`: one split.
+//! - `features/<H>-<K>/<version>/*.parquet` and `features/<H>-<K>.json`: one split.
 
 use crate::error::JobError;
 use kallista_data::binding::Binding;
@@ -22,20 +26,26 @@ use kallista_engine::datafusion::prelude::SessionContext;
 use kallista_engine::digest::content_hash;
 use kallista_engine::store::{blocking, Location};
 use kallista_engine::train::args::sql_ident;
+use kallista_engine::train::driver::{TrainConfig, TrainReport};
 use kallista_engine::train::job_dir::JobDir;
 use kallista_engine::train::layout::{sql_str, DataSource};
 use kallista_engine::EngineError;
-use kallista_ops::model::Model;
+use kallista_ops::model::{Model, Split};
 use serde::{Deserialize, Serialize};
+
+/// Bumped when what a cache holds changes, so that old caches are not read.
+const FORMAT: &str = "kallista-features-1";
 
 /// A model split for training from cached features, and where its caches live.
 pub struct FrozenFeatures {
-    /// The frozen head, the trainable rest, and the cut tensor's name.
-    pub split: kallista_ops::model::Split,
+    /// The frozen head, the trainable rest, and the cut (the frozen layer's name).
+    pub split: Split,
     /// The column the features are stored in (`<cut>_features`).
     pub column: String,
-    /// The data column the head reads (the binding's for the head's input).
+    /// The data column the head reads.
     pub source_column: String,
+    /// Whether the rest of the model reads the head's column too (then it is kept).
+    keep_source: bool,
     head_hash: String,
     root: Location,
 }
@@ -43,35 +53,57 @@ pub struct FrozenFeatures {
 /// What a finished cache records (its marker file).
 #[derive(Serialize, Deserialize)]
 struct CacheRecord {
+    format: String,
     split: String,
     source: String,
     head: String,
     column: String,
+    data: Location,
 }
 
 fn short(hash: &str) -> &str {
     &hash[..16]
 }
 
+fn invalid(detail: impl std::fmt::Display) -> JobError {
+    JobError::Invalid(format!("training.cache_frozen: {detail}"))
+}
+
+/// The binding's column of the model input called `input`.
+fn column_of(model: &Model, binding: &Binding, input: &str) -> Option<String> {
+    let at = model.input_specs().iter().position(|i| i.name == input)?;
+    binding.inputs.get(at).cloned()
+}
+
 impl FrozenFeatures {
-    /// Splits `model` at its frozen TimeDistributed layer; `binding` names the columns of its inputs.
+    /// Splits `model` at its frozen TimeDistributed layer; `binding` names the
+    /// columns of its inputs. Errors (naming `training.cache_frozen`) when
+    /// there is no such layer, when it is called more than once, or when the
+    /// part before it has anything to train.
     pub fn plan(model: &Model, binding: &Binding, job_dir: &JobDir) -> Result<FrozenFeatures, JobError> {
         let layer = model.frozen_feature_layer().ok_or_else(|| {
-            JobError::Invalid(
-                "training.cache_frozen: the model has no frozen TimeDistributed layer at its front \
-                 (set `trainable: false` on it)"
-                    .into(),
-            )
+            invalid("the model has no frozen TimeDistributed layer at its front (set `trainable: false` on it)")
         })?;
-        let split = model.split_at(&layer)?;
-        let head_input = split.head.input_specs().remove(0).name;
-        let at =
-            model.input_specs().iter().position(|i| i.name == head_input).expect("the head's input is the model's");
-        let source_column = binding.inputs[at].clone();
+        let split = model.split_at(&layer).map_err(invalid)?;
+        if split.cut != layer {
+            return Err(invalid(format!("layer '{layer}' is called more than once; its features are not one column")));
+        }
+        if split.head.count_trainable_params() > 0 {
+            return Err(invalid(format!("the layers before '{layer}' have trainable weights")));
+        }
+        let head_inputs = split.head.input_specs();
+        let [head_input] = head_inputs.as_slice() else {
+            return Err(invalid(format!("'{layer}' reads {} model inputs; caching needs one", head_inputs.len())));
+        };
+        let source_column = column_of(model, binding, &head_input.name)
+            .ok_or_else(|| invalid(format!("no column is bound to input '{}'", head_input.name)))?;
+        let keep_source = split.tail.input_specs().iter().any(|i| i.name == head_input.name);
         let column = format!("{}_features", split.cut);
-        let config = split.head.to_json();
-        let head_hash = content_hash(&[config.as_bytes(), &split.head.weights_bytes()?]);
-        Ok(FrozenFeatures { split, column, source_column, head_hash, root: job_dir.root().join("features") })
+        // The seed only draws initial weights, which the weights themselves stand for.
+        let mut config: serde_json::Value = serde_json::from_str(&split.head.to_json()).map_err(invalid)?;
+        config["config"]["seed"] = 0.into();
+        let head_hash = content_hash(&[config.to_string().as_bytes(), &split.head.weights_bytes()?]);
+        Ok(FrozenFeatures { split, column, source_column, keep_source, head_hash, root: job_dir.features() })
     }
 
     /// The head's weights file (its `model.json` beside it): the model URI of `kallista_embed`.
@@ -83,16 +115,15 @@ impl FrozenFeatures {
     fn store_head(&self) -> Result<(), JobError> {
         let weights = self.head_weights();
         if !blocking::exists(&weights)? {
-            let dir = weights.parent();
-            blocking::write(&dir.join("model.json"), self.split.head.to_json())?;
+            blocking::write(&weights.parent().join("model.json"), self.split.head.to_json())?;
             blocking::write(&weights, self.split.head.weights_bytes()?)?;
         }
         Ok(())
     }
 
-    /// The identity of a split's data: its files' names, sizes and stamps, or the query.
-    fn data_identity(source: &DataSource) -> Result<String, JobError> {
-        let mut parts = vec![];
+    /// The cache's name for `source`: the head, the columns and the data's identity.
+    fn cache_name(&self, source: &DataSource) -> Result<String, JobError> {
+        let mut parts = vec![FORMAT.to_string(), self.source_column.clone(), self.column.clone()];
         match source {
             DataSource::Parquet(at) => {
                 let files = match at.file_name().ends_with(".parquet") {
@@ -107,11 +138,22 @@ impl FrozenFeatures {
             DataSource::Sql(q) => parts.push(q.clone()),
         }
         let bytes: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
-        Ok(content_hash(&bytes))
+        Ok(format!("{}-{}", short(&self.head_hash), short(&content_hash(&bytes))))
+    }
+
+    /// A finished cache's record, when it is one of this head and column.
+    fn finished(&self, marker: &Location) -> Result<Option<CacheRecord>, JobError> {
+        if !blocking::exists(marker)? {
+            return Ok(None);
+        }
+        let record: CacheRecord = serde_json::from_str(&blocking::read_string(marker)?)
+            .map_err(|e| JobError::Invalid(format!("{marker}: {e}")))?;
+        let ours = record.format == FORMAT && record.head == self.head_hash && record.column == self.column;
+        Ok(ours.then_some(record))
     }
 
     /// The features of `split` (named for logs) from `source`, computed on the
-    /// cluster unless a complete cache of the same head and data exists.
+    /// cluster unless a finished cache of the same head and data exists.
     /// Returns the cache and whether it was built now.
     pub async fn features_of(
         &self,
@@ -119,18 +161,20 @@ impl FrozenFeatures {
         split: &str,
         source: &DataSource,
     ) -> Result<(DataSource, bool), JobError> {
-        let name = format!("{}-{}", short(&self.head_hash), short(&Self::data_identity(source)?));
-        let data = self.root.join(&name);
+        let name = self.cache_name(source)?;
         let marker = self.root.join(&format!("{name}.json"));
-        let cache = DataSource::Parquet(data.clone());
-        if blocking::exists(&marker)? {
-            return Ok((cache, false));
+        if let Some(record) = self.finished(&marker)? {
+            return Ok((DataSource::Parquet(record.data), false));
         }
         self.store_head()?;
-        // A build cut short left files without a marker: start again from nothing.
-        blocking::delete_all(&data)?;
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let data = self.root.join(&format!("{name}/v{}-{}", stamp.as_millis(), std::process::id()));
+        let kept = match self.keep_source {
+            true => "*".to_string(),
+            false => format!("* EXCLUDE ({})", sql_ident(&self.source_column)),
+        };
         let sql = format!(
-            "COPY (SELECT * EXCLUDE ({source}), kallista_embed({model}, {cut}, {source}) AS {column} FROM {relation}) \
+            "COPY (SELECT {kept}, kallista_embed({model}, {cut}, {source}) AS {column} FROM {relation}) \
              TO {out} STORED AS PARQUET",
             source = sql_ident(&self.source_column),
             model = sql_str(self.head_weights().as_str()),
@@ -142,6 +186,7 @@ impl FrozenFeatures {
         let df = ctx.sql(&sql).await.map_err(EngineError::from)?;
         df.collect().await.map_err(EngineError::from)?;
         let record = CacheRecord {
+            format: FORMAT.into(),
             split: split.into(),
             source: match source {
                 DataSource::Parquet(at) => at.to_string(),
@@ -149,26 +194,82 @@ impl FrozenFeatures {
             },
             head: self.head_hash.clone(),
             column: self.column.clone(),
+            data: data.clone(),
         };
         let json = serde_json::to_vec_pretty(&record).map_err(|e| JobError::Invalid(e.to_string()))?;
         blocking::write(&marker, json)?;
-        Ok((cache, true))
+        Ok((DataSource::Parquet(data), true))
     }
 
     /// The binding of the rest of the model: the head's column replaced by the features.
     pub fn tail_binding(&self, binding: &Binding, model: &Model) -> Binding {
-        let column_of = |input: &str| -> String {
-            match input == self.split.cut {
-                true => self.column.clone(),
-                false => {
-                    let at = model.input_specs().iter().position(|i| i.name == input).expect("a model input");
-                    binding.inputs[at].clone()
-                }
-            }
-        };
-        Binding {
-            inputs: self.split.tail.input_specs().iter().map(|i| column_of(&i.name)).collect(),
-            ..binding.clone()
-        }
+        let specs = self.split.tail.input_specs();
+        let inputs = specs.iter().map(|i| match i.name == self.split.cut {
+            true => self.column.clone(),
+            false => column_of(model, binding, &i.name).unwrap_or_default(),
+        });
+        Binding { inputs: inputs.collect(), ..binding.clone() }
     }
+}
+
+/// The features of every split, computed once, and the config that trains
+/// the rest of the model from them in [`JobDir::from_features`].
+pub async fn train_from_features(
+    config: TrainConfig,
+    ctx: &SessionContext,
+    log: &mut (impl FnMut(&str) + Send),
+) -> Result<(TrainConfig, FrozenFeatures), JobError> {
+    let plan = FrozenFeatures::plan(&config.model, &config.binding, &config.job_dir)?;
+    let splits = [("train", Some(&config.train)), ("eval", config.eval.as_ref()), ("test", config.test.as_ref())];
+    let mut caches = vec![];
+    for (name, source) in splits {
+        let Some(source) = source else {
+            caches.push(None);
+            continue;
+        };
+        let started = std::time::Instant::now();
+        let (cache, built) = plan.features_of(ctx, name, source).await?;
+        let how = match built {
+            true => format!("computed in {:.1} s", started.elapsed().as_secs_f64()),
+            false => "cached".to_string(),
+        };
+        log(&format!("{name} features of '{}' ({how}): {}", plan.split.cut, cache.relation()));
+        caches.push(Some(cache));
+    }
+    let mut caches = caches.into_iter();
+    let train = caches.next().flatten().expect("the train split is always there");
+    let (eval, test) = (caches.next().flatten(), caches.next().flatten());
+    let tail = TrainConfig {
+        job_dir: config.job_dir.from_features(),
+        model: plan.split.tail.clone(),
+        binding: plan.tail_binding(&config.binding, &config.model),
+        train,
+        eval,
+        test,
+        ..config
+    };
+    Ok((tail, plan))
+}
+
+/// After training from features: the whole model (frozen head and trained
+/// rest) as the job dir's `model.json`, `weights/final.safetensors` and
+/// `results.json`, and the metrics, so that evaluation and prediction read
+/// the raw columns as for any job.
+pub fn write_whole_model(
+    whole: &Model,
+    plan: &FrozenFeatures,
+    job_dir: &JobDir,
+    mut report: TrainReport,
+) -> Result<TrainReport, JobError> {
+    let weights = report.weights.clone().ok_or_else(|| JobError::Invalid("training wrote no final weights".into()))?;
+    let mut tail = plan.split.tail.clone();
+    tail.load_weights_bytes(&blocking::read(&weights)?, weights.as_str())?;
+    let joined = whole.with_weights_of(&[&plan.split.head, &tail])?;
+    blocking::write(&job_dir.final_weights(), joined.weights_bytes()?)?;
+    blocking::write(&job_dir.model_json(), joined.to_json())?;
+    blocking::write(&job_dir.metrics(), blocking::read(&job_dir.from_features().metrics())?)?;
+    report.weights = Some(job_dir.final_weights());
+    let json = serde_json::to_vec_pretty(&report).map_err(|e| JobError::Invalid(e.to_string()))?;
+    blocking::write(&job_dir.results(), json)?;
+    Ok(report)
 }

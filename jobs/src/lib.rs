@@ -5,7 +5,10 @@
 //! (`kallista sql`), [`demo`] (`kallista demo`); [`progress`] reports long
 //! work; [`spec`] is the job file (YAML) and its checks; [`train_cmd`] runs
 //! jobs (`kallista train | submit | run`) on the engine's driver; [`plot`]
-//! draws training curves; [`predict_cmd`] is `kallista predict | evaluate`. Ready-made jobs live as data in `jobs/<name>/`
+//! draws training curves and confusion matrices; [`predict_cmd`] is
+//! `kallista predict | evaluate`; [`features`] caches a frozen sub-model's
+//! features (`kallista features`, `training.cache_frozen`); [`labels`] writes
+//! the class names. Ready-made jobs live as data in `jobs/<name>/`
 //! (`jobs/video_qa/job.yaml`, `prepare.sql`).
 
 pub mod cluster_cmd;
@@ -13,6 +16,7 @@ pub mod data_cmd;
 pub mod demo;
 pub mod error;
 pub mod features;
+pub mod labels;
 pub mod plot;
 pub mod predict_cmd;
 pub mod progress;

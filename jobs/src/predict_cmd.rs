@@ -259,7 +259,7 @@ pub fn predict_cmd(args: &PredictArgs, cluster: &Cluster, mut log: impl FnMut(&s
         log(&format!("predicting with {} on {} (columns {})", args.model, args.data, binding.inputs.join(", ")));
         let phase = Phase::start("predicting on the cluster");
         let rows = write_predictions(&ctx, args, &binding, &plain, &args.out, None).await;
-        phase.finish("predicted");
+        phase.finish(if rows.is_ok() { "predicted" } else { "prediction failed" });
         rows
     })?;
     let s = started.elapsed().as_secs_f64();
@@ -281,8 +281,13 @@ pub fn evaluate_cmd(args: &PredictArgs, cluster: &Cluster, mut log: impl FnMut(&
         let plain = register_data(&ctx, args, &binding).await?;
         log(&format!("evaluating {} on {} (columns {}, label {label})", args.model, args.data, binding.inputs.join(", ")));
         let phase = Phase::start("predicting on the cluster");
-        let rows = write_predictions(&ctx, args, &binding, &plain, predictions.as_str(), Some(&label)).await?;
-        phase.finish(&format!("{rows} rows predicted in {:.1} s; aggregating", started.elapsed().as_secs_f64()));
+        let rows = write_predictions(&ctx, args, &binding, &plain, predictions.as_str(), Some(&label)).await;
+        let done = match &rows {
+            Ok(rows) => format!("{rows} rows predicted in {:.1} s; aggregating", started.elapsed().as_secs_f64()),
+            Err(_) => "prediction failed".to_string(),
+        };
+        phase.finish(&done);
+        rows?;
         let sql = format!("CREATE EXTERNAL TABLE kallista_predictions STORED AS PARQUET LOCATION {}", sql_str(predictions.as_str()));
         ctx.sql(&sql).await.map_err(kallista_engine::EngineError::from)?;
         let mut m = EvalMetrics { model: args.model.clone(), data: args.data.clone(), group_by: binding.group_by.clone(), ..Default::default() };
@@ -323,8 +328,6 @@ pub fn evaluate_cmd(args: &PredictArgs, cluster: &Cluster, mut log: impl FnMut(&
             names.insert(*id, l.clone());
         }
     }
-    let title = format!("Confusion matrix: {} rows, accuracy {:.4}", metrics.overall.rows, metrics.overall.accuracy);
-    plot_confusion(&metrics.confusion, &names, &title, &out.join("confusion.png"))?;
     metrics.seconds = started.elapsed().as_secs_f64();
     let json = serde_json::to_vec_pretty(&metrics).map_err(|e| JobError::Invalid(e.to_string()))?;
     blocking::write(&out.join("metrics.json"), json)?;
@@ -337,7 +340,12 @@ pub fn evaluate_cmd(args: &PredictArgs, cluster: &Cluster, mut log: impl FnMut(&
         metrics.seconds,
         out.join("metrics.json")
     ));
-    log(&format!("confusion matrix: {}", out.join("confusion.png")));
+    let title = format!("Confusion matrix: {} rows, accuracy {:.4}", metrics.overall.rows, metrics.overall.accuracy);
+    // A picture is for people: a host without fonts still gets its metrics.
+    match plot_confusion(&metrics.confusion, &names, &title, &out.join("confusion.png")) {
+        Ok(()) => log(&format!("confusion matrix: {}", out.join("confusion.png"))),
+        Err(e) => log(&format!("warning: no confusion matrix: {e}")),
+    }
     Ok(metrics)
 }
 

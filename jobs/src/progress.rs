@@ -46,14 +46,20 @@ impl Progress {
             }
             return;
         }
-        let tenth = done * 10 / self.total;
         let mut logged = self.logged.lock().expect("progress lock");
-        if tenth > *logged || (done >= self.total && *logged < 10) {
-            *logged = tenth.max(if done >= self.total { 10 } else { 0 });
+        if let Some(tenth) = line_due(*logged, done, self.total) {
+            *logged = tenth;
             let rate = done as f64 / self.start.elapsed().as_secs_f64().max(1e-9);
             eprintln!("{}: {done}/{} ({}%, {rate:.1}/s) {message}", self.label, self.total, done * 100 / self.total);
         }
     }
+}
+
+/// The tenth of the work a plain progress line is due for, given the last
+/// tenth logged: one line per tenth passed, and always one at the end.
+fn line_due(logged: usize, done: usize, total: usize) -> Option<usize> {
+    let tenth = if done >= total { 10 } else { done * 10 / total };
+    (tenth > logged).then_some(tenth)
 }
 
 /// A phase of unknown length (one distributed query): a spinner with the
@@ -88,16 +94,21 @@ impl Phase {
 
 #[cfg(test)]
 mod tests {
-    use super::Progress;
+    use super::line_due;
 
     #[test]
-    fn plain_lines_come_every_tenth_and_once_at_the_end() {
-        // Tests run without a terminal on stderr: the plain-line path.
-        let p = Progress::new("work", 20);
-        assert!(p.bar.is_none());
-        for done in 1..=20 {
-            p.update(done);
+    fn plain_lines_come_once_per_tenth_and_once_at_the_end() {
+        let mut logged = 0;
+        let mut lines = vec![];
+        for done in 1..=25 {
+            if let Some(t) = line_due(logged, done, 25) {
+                logged = t;
+                lines.push(done);
+            }
         }
-        assert_eq!(*p.logged.lock().unwrap(), 10);
+        // 25 units: tenths end at 2.5, 5, 7.5, ... units.
+        assert_eq!(lines, [3, 5, 8, 10, 13, 15, 18, 20, 23, 25]);
+        assert_eq!(line_due(10, 25, 25), None, "nothing after the end line");
+        assert_eq!(line_due(0, 7, 7), Some(10), "a short job still logs its end");
     }
 }

@@ -4,21 +4,17 @@
 //! turned into engine calls.
 
 use crate::error::JobError;
-use crate::features::FrozenFeatures;
+use crate::features::{train_from_features, write_whole_model, FrozenFeatures};
+use crate::labels::write_labels;
 use crate::plot::plot_training_curve;
 use crate::progress::Progress;
 use crate::spec::{self, data_check::check_split, load, JobSpec, Overrides};
 use kallista_data::binding::Binding;
-use kallista_engine::datafusion::prelude::SessionContext;
 use kallista_engine::session::{training_session, Cluster};
 use kallista_engine::store::blocking;
-use kallista_engine::train::args::sql_ident;
 use kallista_engine::train::driver::{train, Event, TrainConfig, TrainReport};
-use kallista_engine::train::job_dir::JobDir;
 use kallista_engine::train::layout::DataSource;
 use kallista_engine::train::round::CompileSpec;
-use kallista_engine::EngineError;
-use kallista_ops::model::Model;
 use std::path::{Path, PathBuf};
 
 /// A job file checked and turned into the engine's config: every error here
@@ -54,7 +50,7 @@ pub fn prepare_job(file: &Path, overrides: &Overrides, resume: bool) -> Result<(
         sources.push(Some(data));
     }
     let trained_in = match job.training.cache_frozen {
-        true => from_features_dir(&job_dir),
+        true => job_dir.from_features(),
         false => job_dir.clone(),
     };
     if resume && !blocking::exists(&trained_in.last())? {
@@ -62,6 +58,12 @@ pub fn prepare_job(file: &Path, overrides: &Overrides, resume: bool) -> Result<(
             "--resume: no checkpoint in {} (checkpoints/last.json)",
             trained_in.root()
         )));
+    }
+    if job.training.cache_frozen {
+        FrozenFeatures::plan(&model, &binding, &job_dir).map_err(|e| {
+            let detail = e.to_string();
+            spec::spec_error(file, "training.cache_frozen", detail.trim_start_matches("training.cache_frozen: "))
+        })?;
     }
     let mut sources = sources.into_iter();
     let train = sources.next().flatten().ok_or_else(|| JobError::Invalid("data.train: missing".into()))?;
@@ -110,116 +112,6 @@ fn write_binding(config: &TrainConfig) -> Result<(), JobError> {
     Ok(())
 }
 
-/// Writes the job dir's `labels.json`: each class id's name, from the train
-/// split's `names` column (`""` for ids the split never names).
-async fn write_labels(ctx: &SessionContext, config: &TrainConfig, names: &str) -> Result<(), JobError> {
-    use kallista_engine::datafusion::arrow::array::{Array, AsArray};
-    use kallista_engine::datafusion::arrow::compute::cast;
-    use kallista_engine::datafusion::arrow::datatypes::{DataType, Int64Type};
-    let label = config.binding.label.as_deref().unwrap_or_default();
-    let sql = format!(
-        "SELECT CAST({l} AS BIGINT), CAST(MIN({n}) AS VARCHAR) FROM {r} GROUP BY 1 ORDER BY 1",
-        l = sql_ident(label),
-        n = sql_ident(names),
-        r = config.train.relation()
-    );
-    let named = |e| JobError::Invalid(format!("data.label_names ({names}): {}", EngineError::from(e)));
-    let batches = ctx.sql(&sql).await.map_err(named)?.collect().await.map_err(named)?;
-    let classes = config.model.output_specs().first().and_then(|s| s.shape.last().copied()).unwrap_or(0);
-    let mut labels = vec![String::new(); classes];
-    for b in &batches {
-        let ids = b.column(0).as_primitive::<Int64Type>();
-        let text = cast(b.column(1), &DataType::Utf8).map_err(|e| JobError::Invalid(e.to_string()))?;
-        let text = text.as_string::<i32>();
-        for i in 0..b.num_rows() {
-            let id = ids.value(i);
-            if id < 0 || id as usize >= classes {
-                return Err(JobError::Invalid(format!(
-                    "data.label: {label} = {id} in the train split, outside the model's {classes} classes"
-                )));
-            }
-            if !text.is_null(i) {
-                labels[id as usize] = text.value(i).to_string();
-            }
-        }
-    }
-    let json = serde_json::to_vec_pretty(&labels).map_err(|e| JobError::Invalid(e.to_string()))?;
-    blocking::write(&config.job_dir.root().join("labels.json"), json)?;
-    Ok(())
-}
-
-/// Where a job with `training.cache_frozen` trains the rest of its model
-/// (a job dir of its own: its model, checkpoints and staged features).
-pub fn from_features_dir(job_dir: &JobDir) -> JobDir {
-    JobDir::new(job_dir.root().join("from_features"))
-}
-
-/// The features of every split, computed once (see [`crate::features`]),
-/// and the config that trains the rest of the model from them.
-async fn train_from_features(
-    config: TrainConfig,
-    ctx: &SessionContext,
-    log: &mut (impl FnMut(&str) + Send),
-) -> Result<(TrainConfig, FrozenFeatures), JobError> {
-    let plan = FrozenFeatures::plan(&config.model, &config.binding, &config.job_dir)?;
-    let mut caches = vec![];
-    for (name, source) in
-        [("train", Some(&config.train)), ("eval", config.eval.as_ref()), ("test", config.test.as_ref())]
-    {
-        let Some(source) = source else {
-            caches.push(None);
-            continue;
-        };
-        let started = std::time::Instant::now();
-        let (cache, built) = plan.features_of(ctx, name, source).await?;
-        let how = match built {
-            true => format!("computed in {:.1} s", started.elapsed().as_secs_f64()),
-            false => "cached".to_string(),
-        };
-        log(&format!("{name} features of '{}' ({how}): {}", plan.split.cut, cache.relation()));
-        caches.push(Some(cache));
-    }
-    let mut caches = caches.into_iter();
-    let (train, eval, test) =
-        (caches.next().flatten().expect("train"), caches.next().flatten(), caches.next().flatten());
-    let tail = TrainConfig {
-        job_dir: from_features_dir(&config.job_dir),
-        model: plan.split.tail.clone(),
-        binding: plan.tail_binding(&config.binding, &config.model),
-        train,
-        eval,
-        test,
-        ..config
-    };
-    write_binding(&tail)?;
-    Ok((tail, plan))
-}
-
-/// After training from features: the whole model (frozen head and trained
-/// rest) as the job dir's `model.json`, `weights/final.safetensors` and
-/// `results.json`, and the metrics, so that evaluation and prediction read
-/// the raw columns as for any job.
-fn write_whole_model(
-    whole: &Model,
-    plan: &FrozenFeatures,
-    job_dir: &JobDir,
-    mut report: TrainReport,
-) -> Result<TrainReport, JobError> {
-    let trained = from_features_dir(job_dir);
-    let weights = report.weights.clone().ok_or_else(|| JobError::Invalid("training wrote no final weights".into()))?;
-    let mut tail = plan.split.tail.clone();
-    tail.load_weights_bytes(&blocking::read(&weights)?, weights.as_str())?;
-    let joined = whole.with_weights_of(&[&plan.split.head, &tail])?;
-    let at = job_dir.weights_dir().join("final.safetensors");
-    blocking::write(&at, joined.weights_bytes()?)?;
-    blocking::write(&job_dir.model_json(), joined.to_json())?;
-    blocking::write(&job_dir.metrics(), blocking::read(&trained.metrics())?)?;
-    report.weights = Some(at);
-    let json = serde_json::to_vec_pretty(&report).map_err(|e| JobError::Invalid(e.to_string()))?;
-    blocking::write(&job_dir.results(), json)?;
-    Ok(report)
-}
-
 /// Runs a prepared job on `cluster`, reporting progress and writing the
 /// training curve; with `cache_frozen`, from the frozen sub-model's features.
 pub fn run_training(
@@ -240,6 +132,9 @@ pub fn run_training(
         }
         let (config, plan) = match job.training.cache_frozen {
             true => {
+                if !config.resume {
+                    config.job_dir.clear_earlier_run()?;
+                }
                 let (tail, plan) = train_from_features(config, &ctx, &mut log).await?;
                 (tail, Some(plan))
             }
@@ -277,7 +172,10 @@ pub fn run_training(
         Some(plan) => write_whole_model(&whole, &plan, &job_dir, report)?,
         None => report,
     };
-    plot_training_curve(&job_dir)?;
+    // A picture is for people: a host without fonts still gets its results.
+    if let Err(e) = plot_training_curve(&job_dir) {
+        log(&format!("warning: no training curve: {e}"));
+    }
     Ok(report)
 }
 

@@ -289,3 +289,11 @@ pub fn assert_picture(png: &[u8], what: &str) {
     let colours: std::collections::HashSet<[u8; 3]> = img.pixels().map(|p| p.0).collect();
     assert!(colours.len() > 20, "{what}: {} colours: no anti-aliased text", colours.len());
 }
+
+/// The fixtures made by the reference frameworks in test set-up
+/// (`scripts/make-test-fixtures.sh`): `$KALLISTA_FIXTURES`, default `~/.cache/kallista/fixtures`.
+pub fn fixtures() -> PathBuf {
+    std::env::var_os("KALLISTA_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/kallista/fixtures"))
+}

@@ -370,10 +370,7 @@ impl<'a> Job<'a> {
             on_event(&Event::Log(format!("resumed from {} (step {step})", last.file)));
         } else {
             // A fresh start: nothing of an earlier run may be taken for this one's.
-            blocking::delete(&dir.last())?;
-            for stale in [dir.checkpoints(), dir.weights_dir(), dir.root().join("rounds")] {
-                blocking::delete_all(&stale)?;
-            }
+            dir.clear_earlier_run()?;
         }
         let metrics = MetricsLog::open(&dir, cfg.resume)?;
         let collective = match cfg.mode {

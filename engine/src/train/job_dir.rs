@@ -14,7 +14,10 @@
 //!   its end) ([`super::segment`]);
 //! - `checkpoints/step-N.safetensors` (weights and optimizer state),
 //!   `checkpoints/last.json`, `checkpoints/best.safetensors` and `best.json`;
-//! - `metrics.jsonl` ([`super::metrics`]), `training_curve.png`, `results.json`.
+//! - `metrics.jsonl` ([`super::metrics`]), `training_curve.png`, `results.json`;
+//! - with `training.cache_frozen` (the jobs crate's `features`): `features/`
+//!   (the caches), `from_features/` (a job dir of its own, where the rest of
+//!   the model trains) and `weights/final.safetensors` (the whole model).
 
 use crate::store::Location;
 use serde::{Deserialize, Serialize};
@@ -99,6 +102,33 @@ impl JobDir {
 
     pub fn results(&self) -> Location {
         self.root.join("results.json")
+    }
+
+    /// The whole model's weights of a job trained from cached features.
+    pub fn final_weights(&self) -> Location {
+        self.root.join("weights/final.safetensors")
+    }
+
+    /// The frozen-feature caches (`training.cache_frozen`).
+    pub fn features(&self) -> Location {
+        self.root.join("features")
+    }
+
+    /// The job dir in which the rest of a model trains from cached features.
+    pub fn from_features(&self) -> JobDir {
+        JobDir::new(self.root.join("from_features"))
+    }
+
+    /// Deletes what an earlier run left that a fresh start must not take for
+    /// its own: the last-checkpoint pointer, checkpoints, weights versions,
+    /// round partials and results.
+    pub fn clear_earlier_run(&self) -> crate::error::Result<()> {
+        crate::store::blocking::delete(&self.last())?;
+        crate::store::blocking::delete(&self.results())?;
+        for stale in [self.checkpoints(), self.weights_dir(), self.root.join("rounds")] {
+            crate::store::blocking::delete_all(&stale)?;
+        }
+        Ok(())
     }
 }
 

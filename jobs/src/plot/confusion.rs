@@ -10,6 +10,9 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::collections::BTreeMap;
 
+/// Beyond this a cell is under a pixel and the labels unreadable.
+const MAX_CLASSES: usize = 200;
+
 /// Draws `counts` (`(true id, predicted id, rows)`) into `out` as a PNG;
 /// `names` gives each class id's label.
 pub fn plot_confusion(
@@ -25,6 +28,12 @@ pub fn plot_confusion(
         ids.dedup();
         ids
     };
+    if classes.len() > MAX_CLASSES {
+        return Err(JobError::Invalid(format!(
+            "{} classes are too many to draw (at most {MAX_CLASSES}); metrics.json has the counts",
+            classes.len()
+        )));
+    }
     let n = classes.len().max(1);
     let index: BTreeMap<i64, usize> = classes.iter().enumerate().map(|(i, &c)| (c, i)).collect();
     let label = |i: usize| -> String {
@@ -41,7 +50,7 @@ pub fn plot_confusion(
     let cell = (640 / n as u32).clamp(14, 40);
     let side = cell * n as u32;
     let size = (side + 230, side + 250);
-    let mut buffer = vec![255u8; (size.0 * size.1 * 3) as usize];
+    let mut buffer = vec![255u8; size.0 as usize * size.1 as usize * 3];
     {
         let err = drawing("the confusion matrix");
         let root = BitMapBackend::with_buffer(&mut buffer, size).into_drawing_area();

@@ -296,7 +296,7 @@ impl Model {
             let layer = local.rsplit_once('/').map_or("", |(l, _)| l).to_string();
             by_layer.entry(layer).or_default().push((key.clone(), w.value.shape().to_vec()));
         }
-        if by_layer.is_empty() {
+        if by_layer.is_empty() && !at.is_empty() {
             return Err(OpsError::Config(format!("model '{}' has no weights below '{at}'", self.name)));
         }
         let path = path.as_ref();

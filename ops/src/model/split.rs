@@ -15,8 +15,9 @@ use std::collections::{BTreeMap, HashSet};
 pub struct Split {
     /// The layers the cut tensor depends on; its only output is the cut tensor.
     pub head: Model,
-    /// Every other layer; its inputs are the model's, with the head's replaced
-    /// by one input named after the cut tensor (in the first one's place).
+    /// Every other layer; its inputs are the model's that it reads, and one
+    /// input named after the cut tensor, where the first input only the head
+    /// reads was (first, when the rest reads every model input).
     pub tail: Model,
     /// The cut tensor's name: the head's output and the tail's new input.
     pub cut: String,
@@ -153,10 +154,11 @@ impl Model {
         Ok(joined)
     }
 
-    /// The layer a frozen-feature cache would store: the first call of a
-    /// `TimeDistributed` layer that has weights, none of them trainable, and
-    /// whose inputs come from the model's inputs through layers without
-    /// trainable weights (a `Rescaling`, say). `None` when there is none.
+    /// The layer a frozen-feature cache would store: the first `TimeDistributed`
+    /// layer that has weights, none of them trainable, whose first call reads
+    /// the model's inputs through layers without trainable weights (a
+    /// `Rescaling`, say). `None` when there is none. [`Model::split_at`] cuts
+    /// after a layer's last call, so a cache needs the layer called once.
     pub fn frozen_feature_layer(&self) -> Option<String> {
         let entries = self.weight_entries();
         let trainable_in = |layer: &str| {

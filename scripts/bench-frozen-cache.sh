@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Frozen-feature caching, measured: the talk's job (jobs/video_qa_inception, frozen InceptionV3
+# on 75x75 frames) trained through the CNN and from cached features, side by side on one
+# machine and one dataset. Prints each run's training throughput (samples/s, from results.json),
+# its wall time (the cached run's includes computing the features once) and a second cached
+# run's, which reuses the caches.
+#
+#   scripts/bench-frozen-cache.sh            # VIDEOS=300 STEPS=20; the Keras-written InceptionV3
+#                                            # weights of the test fixtures (scripts/test-setup.sh)
+#   VIDEOS=600 STEPS=40 WEIGHTS=inception_v3.weights.h5 scripts/bench-frozen-cache.sh
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+VIDEOS="${VIDEOS:-300}"
+STEPS="${STEPS:-20}"
+WEIGHTS="${WEIGHTS:-$HOME/.cache/kallista/fixtures/inception_v3/inception_v3.weights.h5}"
+[ -f "$WEIGHTS" ] || { echo "$WEIGHTS missing: run scripts/test-setup.sh" >&2; exit 1; }
+cd "$ROOT"
+cargo build --release --quiet --bin kallista
+BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/kallista"
+WORK="$(mktemp -d)"
+cp "$WEIGHTS" "$WORK/inception_v3.weights.h5"
+job() { # NAME CACHE_FROZEN
+  sed -e "s/videos: 2000/videos: $VIDEOS/" \
+      -e "s|prepare: ../video_qa/prepare.sql|prepare: $ROOT/jobs/video_qa/prepare.sql|" \
+      -e "s|\${job_dir}/dataset|$WORK/data|g" \
+      -e "s/cache_frozen: true/cache_frozen: $2/" jobs/video_qa_inception/job.yaml > "$WORK/$1.yaml"
+}
+job through false
+job cached true
+run() { # NAME JOB_DIR
+  local start=$SECONDS
+  "$BIN" run "$WORK/$1.yaml" --job-dir "$2" --max-steps "$STEPS" > "$2.out" 2> "$2.log"
+  echo "$((SECONDS - start))"
+}
+echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; $VIDEOS videos, $STEPS steps" >&2
+"$BIN" data make-video-qa --out "$WORK/data" --videos "$VIDEOS" --frames 8 --size 75 --seed 1234 > /dev/null 2>&1
+"$BIN" sql -f jobs/video_qa/prepare.sql --set "data=$WORK/data" --set "out=$WORK/data/prepared" > /dev/null 2>&1
+through_s=$(run through "$WORK/through")
+cached_s=$(run cached "$WORK/cached")
+again_s=$(run cached "$WORK/cached")
+WORK="$WORK" through_s="$through_s" cached_s="$cached_s" again_s="$again_s" python3 - <<'PY'
+import json, os, re
+w = os.environ["WORK"]
+def rate(d):
+    return json.load(open(f"{w}/{d}/results.json"))["samples_per_s"]
+built = re.findall(r"train features of '\w+' \(computed in ([\d.]+) s\)", open(f"{w}/cached.log").read())
+a, b = rate("through"), rate("cached")
+print(f"through the CNN : {a:8.1f} samples/s, wall {os.environ['through_s']} s")
+print(f"cached features : {b:8.1f} samples/s, wall {os.environ['cached_s']} s (train features computed in {built[0] if built else '?'} s)")
+print(f"cached, reused  : wall {os.environ['again_s']} s")
+print(f"training speed-up: {b / a:.1f}x")
+PY
+echo "runs in $WORK" >&2
