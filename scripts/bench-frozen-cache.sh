@@ -27,17 +27,17 @@ job() { # NAME CACHE_FROZEN
 }
 job through false
 job cached true
-run() { # NAME JOB_DIR
+run() { # NAME JOB_DIR LOG
   local start=$SECONDS
-  "$BIN" run "$WORK/$1.yaml" --job-dir "$2" --max-steps "$STEPS" > "$2.out" 2> "$2.log"
+  "$BIN" run "$WORK/$1.yaml" --job-dir "$2" --max-steps "$STEPS" > "$3.out" 2> "$3.log"
   echo "$((SECONDS - start))"
 }
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; $VIDEOS videos, $STEPS steps" >&2
 "$BIN" data make-video-qa --out "$WORK/data" --videos "$VIDEOS" --frames 8 --size 75 --seed 1234 > /dev/null 2>&1
 "$BIN" sql -f jobs/video_qa/prepare.sql --set "data=$WORK/data" --set "out=$WORK/data/prepared" > /dev/null 2>&1
-through_s=$(run through "$WORK/through")
-cached_s=$(run cached "$WORK/cached")
-again_s=$(run cached "$WORK/cached")
+through_s=$(run through "$WORK/through" "$WORK/through")
+cached_s=$(run cached "$WORK/cached" "$WORK/cached")
+again_s=$(run cached "$WORK/cached" "$WORK/cached-again")
 WORK="$WORK" through_s="$through_s" cached_s="$cached_s" again_s="$again_s" python3 - <<'PY'
 import json, os, re
 w = os.environ["WORK"]
