@@ -37,14 +37,17 @@ echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc
 "$BIN" sql -f jobs/video_qa/prepare.sql --set "data=$WORK/data" --set "out=$WORK/data/prepared" > /dev/null 2>&1
 through_s=$(run through "$WORK/through" "$WORK/through")
 cached_s=$(run cached "$WORK/cached" "$WORK/cached")
+cp "$WORK/cached/results.json" "$WORK/cached-results.json"   # the reusing run rewrites the job dir's
 again_s=$(run cached "$WORK/cached" "$WORK/cached-again")
+grep -q "train features of '[a-z_0-9]*' (cached)" "$WORK/cached-again.log" \
+  || { echo "the second cached run did not reuse the caches: $WORK/cached-again.log" >&2; exit 1; }
 WORK="$WORK" through_s="$through_s" cached_s="$cached_s" again_s="$again_s" python3 - <<'PY'
 import json, os, re
 w = os.environ["WORK"]
-def rate(d):
-    return json.load(open(f"{w}/{d}/results.json"))["samples_per_s"]
+def rate(results):
+    return json.load(open(f"{w}/{results}"))["samples_per_s"]
 built = re.findall(r"train features of '\w+' \(computed in ([\d.]+) s\)", open(f"{w}/cached.log").read())
-a, b = rate("through"), rate("cached")
+a, b = rate("through/results.json"), rate("cached-results.json")
 print(f"through the CNN : {a:8.1f} samples/s, wall {os.environ['through_s']} s")
 print(f"cached features : {b:8.1f} samples/s, wall {os.environ['cached_s']} s (train features computed in {built[0] if built else '?'} s)")
 print(f"cached, reused  : wall {os.environ['again_s']} s")

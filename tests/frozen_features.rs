@@ -8,7 +8,9 @@
 
 mod common;
 
+use common::cluster::{start_cluster_with, ClusterOptions};
 use common::*;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// [`small_job`] with the frame CNN frozen.
@@ -37,12 +39,20 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// `kallista features JOB`'s log: which splits were computed and which reused.
-fn features_log(job: &Path) -> String {
-    let out = kallista(&["features", job.to_str().unwrap()]);
+/// `kallista features JOB [ARGS]`: its log, and each split's cache (its
+/// output lines, `split<TAB>cache`).
+fn features(job: &Path, args: &[&str]) -> (String, BTreeMap<String, String>) {
+    let mut all = vec!["features", job.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = kallista(&all);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stderr}");
-    stderr
+    let caches = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(split, cache)| (split.to_string(), cache.to_string()))
+        .collect();
+    (stderr, caches)
 }
 
 #[test]
@@ -61,6 +71,11 @@ fn training_from_cached_features_ends_with_the_weights_of_training_through_the_f
     for split in ["train", "eval", "test"] {
         assert!(log.contains(&format!("{split} features of 'td_cnn' (computed")), "{log}");
     }
+    // The rest of the model trained in a job dir of its own, on the features alone.
+    let from_features = dir.join("cached/job/from_features");
+    assert_eq!(results(&from_features)["steps"], 16);
+    let tail = std::fs::read_to_string(from_features.join("model.json")).unwrap();
+    assert!(tail.contains("\"td_cnn\"") && !tail.contains("frame_cnn"), "the part after the CNN: {tail}");
 
     // The same weights, to float tolerance: the features are the CNN's outputs,
     // computed in other batches.
@@ -95,20 +110,31 @@ fn training_from_cached_features_ends_with_the_weights_of_training_through_the_f
     let accuracy = test["correct"].as_f64().unwrap() / rows;
     assert!((metrics["accuracy"].as_f64().unwrap() - accuracy).abs() <= 1.0 / rows, "{metrics} vs {accuracy}");
 
-    // Reused while nothing changes; rebuilt for the split whose data changed
-    // (a file rewritten), and for every split when the frozen model changes (another seed).
-    let again = features_log(&cached);
+    // Reused while nothing changes (the caches training read); rebuilt for the
+    // split whose data changed (a file rewritten), and for every split when
+    // the frozen model changes (another seed), then by the executors of a
+    // cluster of processes.
+    let (again, reused) = features(&cached, &[]);
     assert_eq!(again.matches("(cached)").count(), 3, "{again}");
+    assert_eq!(reused.len(), 3, "{reused:?}");
+    for (split, cache) in &reused {
+        assert!(log.contains(cache.as_str()), "{split}: training did not read {cache}:\n{log}");
+    }
     let eval_file = std::fs::read_dir(data.join("eval")).unwrap().next().unwrap().unwrap().path();
     std::thread::sleep(std::time::Duration::from_millis(1100));
     std::fs::write(&eval_file, std::fs::read(&eval_file).unwrap()).unwrap();
-    let changed = features_log(&cached);
+    let (changed, rebuilt) = features(&cached, &[]);
     assert!(changed.contains("eval features of 'td_cnn' (computed"), "{changed}");
-    assert!(changed.contains("train features of 'td_cnn' (cached)"), "{changed}");
+    assert_eq!((changed.matches("(computed").count(), changed.matches("(cached)").count()), (1, 2), "{changed}");
+    assert_ne!(rebuilt["eval"], reused["eval"]);
+    assert_eq!((&rebuilt["train"], &rebuilt["test"]), (&reused["train"], &reused["test"]));
     let text = std::fs::read_to_string(&cached).unwrap();
     std::fs::write(&cached, text.replace("seed: 7", "seed: 8")).unwrap();
-    let reseeded = features_log(&cached);
+    let cluster = start_cluster_with("features", ClusterOptions::new(2, 1));
+    let (reseeded, _) = features(&cached, &["--scheduler", &cluster.url]);
     assert_eq!(reseeded.matches("(computed").count(), 3, "{reseeded}");
+    let executors: String = (0..2).map(|i| cluster.log(i)).collect();
+    assert!(executors.contains("loaded model") && executors.contains("head-"), "no executor ran the CNN:\n{executors}");
 }
 
 #[test]

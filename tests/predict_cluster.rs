@@ -384,6 +384,20 @@ fn a_job_on_renamed_columns_trains_the_same_weights_and_evaluates_with_its_bindi
     assert_eq!(words.len(), 32);
     assert!(words.iter().filter(|w| !w.is_empty()).count() >= 5, "{words:?}");
     assert!(words.iter().all(|w| !w.starts_with("answer-")), "{words:?}");
+    // Each class's word is that class's answer in the data.
+    let sql = format!("SELECT DISTINCT answer_id, answer FROM '{}/train/' ORDER BY answer_id", data.display());
+    let table = ok(kallista(&["sql", "-e", &sql]));
+    let pairs: Vec<(usize, String)> = table
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).filter(|c| !c.is_empty()).collect();
+            Some((cells.first()?.parse().ok()?, cells.get(1)?.to_string()))
+        })
+        .collect();
+    assert!(pairs.len() >= 5, "{table}");
+    for (id, answer) in &pairs {
+        assert_eq!(&words[*id], answer, "class {id}");
+    }
     // Evaluated with the job's own binding: the renamed columns, nothing else given.
     let out = dir.join("eval");
     let query = renamed("test");

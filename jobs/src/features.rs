@@ -75,29 +75,48 @@ fn column_of(model: &Model, binding: &Binding, input: &str) -> Option<String> {
     binding.inputs.get(at).cloned()
 }
 
+/// Where caching cuts a model, found without hashing anything.
+struct Cut {
+    split: Split,
+    source_column: String,
+    keep_source: bool,
+}
+
+/// Splits `model` at its frozen TimeDistributed layer; the error says why it
+/// cannot be (no such layer, called more than once, trainable weights before
+/// it, several inputs).
+fn cut_of(model: &Model, binding: &Binding) -> Result<Cut, String> {
+    let layer = model
+        .frozen_feature_layer()
+        .ok_or("the model has no frozen TimeDistributed layer at its front (set `trainable: false` on it)")?;
+    let split = model.split_at(&layer).map_err(|e| e.to_string())?;
+    if split.cut != layer {
+        return Err(format!("layer '{layer}' is called more than once; its features are not one column"));
+    }
+    if split.head.count_trainable_params() > 0 {
+        return Err(format!("the layers before '{layer}' have trainable weights"));
+    }
+    let head_inputs = split.head.input_specs();
+    let [head_input] = head_inputs.as_slice() else {
+        return Err(format!("'{layer}' reads {} model inputs; caching needs one", head_inputs.len()));
+    };
+    let source_column = column_of(model, binding, &head_input.name)
+        .ok_or_else(|| format!("no column is bound to input '{}'", head_input.name))?;
+    let keep_source = split.tail.input_specs().iter().any(|i| i.name == head_input.name);
+    Ok(Cut { split, source_column, keep_source })
+}
+
 impl FrozenFeatures {
-    /// Splits `model` at its frozen TimeDistributed layer; `binding` names the
-    /// columns of its inputs. Errors (naming `training.cache_frozen`) when
-    /// there is no such layer, when it is called more than once, or when the
-    /// part before it has anything to train.
+    /// Whether `model` can train from cached features (the job file's check,
+    /// which names the key itself); says why not.
+    pub fn check(model: &Model, binding: &Binding) -> Result<(), String> {
+        cut_of(model, binding).map(|_| ())
+    }
+
+    /// Splits `model` for caching (see [`FrozenFeatures::check`]) and names
+    /// its head by content; `binding` names the columns of its inputs.
     pub fn plan(model: &Model, binding: &Binding, job_dir: &JobDir) -> Result<FrozenFeatures, JobError> {
-        let layer = model.frozen_feature_layer().ok_or_else(|| {
-            invalid("the model has no frozen TimeDistributed layer at its front (set `trainable: false` on it)")
-        })?;
-        let split = model.split_at(&layer).map_err(invalid)?;
-        if split.cut != layer {
-            return Err(invalid(format!("layer '{layer}' is called more than once; its features are not one column")));
-        }
-        if split.head.count_trainable_params() > 0 {
-            return Err(invalid(format!("the layers before '{layer}' have trainable weights")));
-        }
-        let head_inputs = split.head.input_specs();
-        let [head_input] = head_inputs.as_slice() else {
-            return Err(invalid(format!("'{layer}' reads {} model inputs; caching needs one", head_inputs.len())));
-        };
-        let source_column = column_of(model, binding, &head_input.name)
-            .ok_or_else(|| invalid(format!("no column is bound to input '{}'", head_input.name)))?;
-        let keep_source = split.tail.input_specs().iter().any(|i| i.name == head_input.name);
+        let Cut { split, source_column, keep_source } = cut_of(model, binding).map_err(invalid)?;
         let column = format!("{}_features", split.cut);
         // The seed only draws initial weights, which the weights themselves stand for.
         let mut config: serde_json::Value = serde_json::from_str(&split.head.to_json()).map_err(invalid)?;
@@ -212,6 +231,24 @@ impl FrozenFeatures {
     }
 }
 
+/// The features of one split, logged with how they were had.
+async fn cached(
+    plan: &FrozenFeatures,
+    ctx: &SessionContext,
+    split: &str,
+    source: &DataSource,
+    log: &mut (impl FnMut(&str) + Send),
+) -> Result<DataSource, JobError> {
+    let started = std::time::Instant::now();
+    let (cache, built) = plan.features_of(ctx, split, source).await?;
+    let how = match built {
+        true => format!("computed in {:.1} s", started.elapsed().as_secs_f64()),
+        false => "cached".to_string(),
+    };
+    log(&format!("{split} features of '{}' ({how}): {}", plan.split.cut, cache.relation()));
+    Ok(cache)
+}
+
 /// The features of every split, computed once, and the config that trains
 /// the rest of the model from them in [`JobDir::from_features`].
 pub async fn train_from_features(
@@ -220,25 +257,15 @@ pub async fn train_from_features(
     log: &mut (impl FnMut(&str) + Send),
 ) -> Result<(TrainConfig, FrozenFeatures), JobError> {
     let plan = FrozenFeatures::plan(&config.model, &config.binding, &config.job_dir)?;
-    let splits = [("train", Some(&config.train)), ("eval", config.eval.as_ref()), ("test", config.test.as_ref())];
-    let mut caches = vec![];
-    for (name, source) in splits {
-        let Some(source) = source else {
-            caches.push(None);
-            continue;
-        };
-        let started = std::time::Instant::now();
-        let (cache, built) = plan.features_of(ctx, name, source).await?;
-        let how = match built {
-            true => format!("computed in {:.1} s", started.elapsed().as_secs_f64()),
-            false => "cached".to_string(),
-        };
-        log(&format!("{name} features of '{}' ({how}): {}", plan.split.cut, cache.relation()));
-        caches.push(Some(cache));
-    }
-    let mut caches = caches.into_iter();
-    let train = caches.next().flatten().expect("the train split is always there");
-    let (eval, test) = (caches.next().flatten(), caches.next().flatten());
+    let train = cached(&plan, ctx, "train", &config.train, log).await?;
+    let eval = match &config.eval {
+        Some(source) => Some(cached(&plan, ctx, "eval", source, log).await?),
+        None => None,
+    };
+    let test = match &config.test {
+        Some(source) => Some(cached(&plan, ctx, "test", source, log).await?),
+        None => None,
+    };
     let tail = TrainConfig {
         job_dir: config.job_dir.from_features(),
         model: plan.split.tail.clone(),

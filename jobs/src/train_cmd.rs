@@ -60,10 +60,7 @@ pub fn prepare_job(file: &Path, overrides: &Overrides, resume: bool) -> Result<(
         )));
     }
     if job.training.cache_frozen {
-        FrozenFeatures::plan(&model, &binding, &job_dir).map_err(|e| {
-            let detail = e.to_string();
-            spec::spec_error(file, "training.cache_frozen", detail.trim_start_matches("training.cache_frozen: "))
-        })?;
+        FrozenFeatures::check(&model, &binding).map_err(|why| spec::spec_error(file, "training.cache_frozen", why))?;
     }
     let mut sources = sources.into_iter();
     let train = sources.next().flatten().ok_or_else(|| JobError::Invalid("data.train: missing".into()))?;

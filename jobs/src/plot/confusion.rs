@@ -3,7 +3,7 @@
 //! the true class's rows it holds and marked with its count; classes are
 //! named by their labels (the job dir's `labels.json`) where known.
 
-use super::{drawing, ensure_font, png, FONT};
+use super::{drawing, ensure_font, render, FONT};
 use crate::error::JobError;
 use kallista_engine::store::{blocking, Location};
 use plotters::prelude::*;
@@ -50,13 +50,10 @@ pub fn plot_confusion(
     let cell = (640 / n as u32).clamp(14, 40);
     let side = cell * n as u32;
     let size = (side + 230, side + 250);
-    let mut buffer = vec![255u8; size.0 as usize * size.1 as usize * 3];
-    {
+    let picture = render(size, "the confusion matrix", |root| {
         let err = drawing("the confusion matrix");
-        let root = BitMapBackend::with_buffer(&mut buffer, size).into_drawing_area();
-        root.fill(&WHITE).map_err(&err)?;
         // Row 0 at the top, as a matrix reads: true class i is drawn at row n-1-i.
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption(title, (FONT, 22))
             .margin(12)
             .margin_bottom(34)
@@ -118,8 +115,8 @@ pub fn plot_confusion(
         let at = (size.0 as i32 / 2, size.1 as i32 - 14);
         let style = (FONT, 12).into_font().color(&RGBColor(90, 90, 90)).pos(Pos::new(HPos::Center, VPos::Center));
         root.draw(&Text::new(note, at, style)).map_err(&err)?;
-        root.present().map_err(&err)?;
-    }
-    blocking::write(out, png(buffer, size)?)?;
+        Ok(())
+    })?;
+    blocking::write(out, picture)?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! (left axis) and training and evaluation accuracy (right axis, 0 to 1)
 //! against the step, titled, with labelled axes and a legend.
 
-use super::{drawing, ensure_font, png, FONT};
+use super::{drawing, ensure_font, render, FONT};
 use crate::error::JobError;
 use kallista_engine::store::blocking;
 use kallista_engine::train::job_dir::JobDir;
@@ -33,13 +33,10 @@ pub fn plot_training_curve(job: &JobDir) -> Result<(), JobError> {
     ensure_font()?;
     let max_step = loss.iter().chain(&eval).map(|p| p.0).fold(1.0, f64::max);
     let max_loss = loss.iter().map(|p| p.1).filter(|v| v.is_finite()).fold(1e-3, f64::max) * 1.05;
-    let mut buffer = vec![255u8; (SIZE.0 * SIZE.1 * 3) as usize];
-    {
+    let picture = render(SIZE, "the training curve", |root| {
         let err = drawing("the training curve");
-        let root = BitMapBackend::with_buffer(&mut buffer, SIZE).into_drawing_area();
-        root.fill(&WHITE).map_err(&err)?;
         let title = format!("Training curve: {}", job.root().file_name());
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption(title, (FONT, 24))
             .margin(12)
             .x_label_area_size(45)
@@ -91,8 +88,8 @@ pub fn plot_training_curve(job: &JobDir) -> Result<(), JobError> {
             .border_style(BLACK)
             .draw()
             .map_err(&err)?;
-        root.present().map_err(&err)?;
-    }
-    blocking::write(&job.curve(), png(buffer, SIZE)?)?;
+        Ok(())
+    })?;
+    blocking::write(&job.curve(), picture)?;
     Ok(())
 }

@@ -12,6 +12,8 @@ pub use confusion::plot_confusion;
 pub use curve::plot_training_curve;
 
 use crate::error::JobError;
+use plotters::coord::Shift;
+use plotters::prelude::{BitMapBackend, DrawingArea, IntoDrawingArea, WHITE};
 use plotters::style::{register_font, FontStyle};
 use std::sync::OnceLock;
 
@@ -55,8 +57,24 @@ pub(crate) fn ensure_font() -> Result<(), JobError> {
         .map_err(JobError::Invalid)
 }
 
+/// A picture of `size` that `draw` paints on a white canvas, as PNG bytes.
+pub(crate) fn render(
+    size: (u32, u32),
+    what: &str,
+    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<(), JobError>,
+) -> Result<Vec<u8>, JobError> {
+    let mut buffer = vec![255u8; size.0 as usize * size.1 as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, size).into_drawing_area();
+        root.fill(&WHITE).map_err(drawing(what))?;
+        draw(&root)?;
+        root.present().map_err(drawing(what))?;
+    }
+    png(buffer, size)
+}
+
 /// An RGB buffer of `size` as PNG bytes.
-pub(crate) fn png(buffer: Vec<u8>, size: (u32, u32)) -> Result<Vec<u8>, JobError> {
+fn png(buffer: Vec<u8>, size: (u32, u32)) -> Result<Vec<u8>, JobError> {
     let img = image::RgbImage::from_raw(size.0, size.1, buffer)
         .ok_or_else(|| JobError::Invalid("plot buffer of the wrong size".into()))?;
     let mut out = Vec::new();

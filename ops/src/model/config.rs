@@ -32,7 +32,7 @@ pub(crate) struct FunctionalJson {
     pub(super) outputs: Vec<String>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct InputJson {
     pub(super) name: String,

@@ -95,17 +95,9 @@ impl Model {
         let mut cut_placed = false;
         for input in &j.inputs {
             if tail_reads.contains(input.name.as_str()) {
-                tail_inputs.push(InputJson {
-                    name: input.name.clone(),
-                    shape: input.shape.clone(),
-                    dtype: input.dtype.clone(),
-                });
+                tail_inputs.push(input.clone());
             } else if head_reads.contains(input.name.as_str()) && !cut_placed {
-                tail_inputs.push(InputJson {
-                    name: cut.clone(),
-                    shape: cut_input.shape.clone(),
-                    dtype: cut_input.dtype.clone(),
-                });
+                tail_inputs.push(cut_input.clone());
                 cut_placed = true;
             }
         }
