@@ -271,14 +271,24 @@ enum DataCommand {
         out: PathBuf,
         #[arg(long, default_value_t = 8)]
         frames: usize,
+        /// Videos with another frame count: `sample` (evenly spaced frames, repeated when too few),
+        /// `pad` (a short video's last frame repeated) or `error`.
+        #[arg(long, default_value = "sample")]
+        frame_policy: String,
         /// Resize frames to SIZE x SIZE.
         #[arg(long)]
         size: Option<usize>,
+        /// Refuse images of more pixels, before decoding them.
+        #[arg(long, default_value_t = kallista_data::image_file::DEFAULT_MAX_PIXELS)]
+        max_frame_pixels: u64,
         #[arg(long, default_value = "raw")]
         encoding: String,
         /// Skip bad rows (counted and listed) instead of stopping at the first.
         #[arg(long)]
         skip_bad: bool,
+        /// Also write the skipped rows (line, column, reason) to this JSONL file.
+        #[arg(long, requires = "skip_bad")]
+        skipped_out: Option<PathBuf>,
     },
 }
 
@@ -378,20 +388,29 @@ fn run(cli: Cli) -> Result<(), kallista_jobs::JobError> {
             annotations,
             out,
             frames,
+            frame_policy,
             size,
+            max_frame_pixels,
             encoding: enc,
             skip_bad,
+            skipped_out,
         }) => {
             let opts = kallista_data::ingest::IngestOptions {
                 frames_dir,
                 annotations,
                 out,
                 frames,
+                frame_policy: kallista_data::ingest::FramePolicy::parse(&frame_policy).ok_or_else(|| {
+                    kallista_jobs::JobError::Invalid(format!(
+                        "--frame-policy: expected sample, pad or error, got '{frame_policy}'"
+                    ))
+                })?,
                 size,
+                max_frame_pixels,
                 encoding: encoding(&enc)?,
                 skip_bad,
             };
-            let (_, summary) = kallista_jobs::data_cmd::ingest_cmd(&opts)?;
+            let (_, summary) = kallista_jobs::data_cmd::ingest_cmd(&opts, skipped_out.as_deref())?;
             print!("{summary}");
             Ok(())
         }

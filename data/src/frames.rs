@@ -2,9 +2,7 @@
 //! RGB bytes (`raw`: H x W x 3, row-major) or an encoded image (`png`,
 //! `jpeg`); `data/SCHEMA.md` gives the measurements behind the default (raw).
 
-use crate::error::{DataError, Result};
 use image::{ExtendedColorType, ImageEncoder, ImageFormat};
-use std::path::Path;
 
 /// How frames are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,15 +99,6 @@ pub fn decode_into(bytes: &[u8], encoding: &str, height: usize, width: usize, ou
         }
         other => Err(format!("unknown frame encoding '{other}' (expected raw, png or jpeg)")),
     }
-}
-
-/// Reads an image file as RGB: `(height, width, bytes)`.
-pub fn read_image_file(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let img = image::load_from_memory(&bytes)
-        .map_err(|e| DataError::BadImage { path: path.into(), detail: format!("cannot decode image: {e}") })?;
-    let rgb = img.to_rgb8();
-    Ok((rgb.height() as usize, rgb.width() as usize, rgb.into_raw()))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod binding;
 pub mod columns;
 pub mod error;
 pub mod frames;
+pub mod image_file;
 pub mod ingest;
 pub mod parquet_io;
 pub mod schema;

@@ -134,15 +134,11 @@ fn ingest_fixture(name: &str) -> (PathBuf, PathBuf) {
 }
 
 fn ingest_opts(root: &Path, ann: &Path, skip_bad: bool) -> IngestOptions {
-    IngestOptions {
-        frames_dir: root.join("frames"),
-        annotations: ann.to_path_buf(),
-        out: root.join("out"),
-        frames: 4,
-        size: None,
-        encoding: FrameEncoding::Png,
-        skip_bad,
-    }
+    let mut o = IngestOptions::new(root.join("frames"), ann, root.join("out"));
+    o.frames = 4;
+    o.encoding = FrameEncoding::Png;
+    o.skip_bad = skip_bad;
+    o
 }
 
 #[test]
@@ -151,13 +147,13 @@ fn ingest_names_bad_rows_or_skips_them_with_a_count() {
     match ingest_frames(&ingest_opts(&root, &csv, false)) {
         Err(DataError::BadValue { path, row, column, detail }) => {
             assert_eq!((path, row, column.as_str()), (csv.clone(), 3, "video"));
-            assert!(detail.contains("002.png") && detail.contains("decode"), "{detail}");
+            assert!(detail.contains("002.png") && detail.contains("not a PNG or JPEG"), "{detail}");
         }
         other => panic!("expected a bad-row error, got {other:?}"),
     }
     let r = ingest_frames(&ingest_opts(&root, &csv, true)).unwrap();
     assert_eq!(r.rows, 1);
-    let reasons: BTreeMap<usize, String> = r.skipped.into_iter().collect();
+    let reasons: BTreeMap<usize, String> = r.skipped.into_iter().map(|s| (s.line, s.column + " " + &s.reason)).collect();
     assert_eq!(reasons.keys().copied().collect::<Vec<_>>(), vec![3, 4, 5]);
     assert!(reasons[&4].contains("does not exist"), "{}", reasons[&4]);
     assert!(reasons[&5].contains("question") && reasons[&5].contains("empty"), "{}", reasons[&5]);

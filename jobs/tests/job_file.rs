@@ -65,3 +65,32 @@ fn the_model_section_is_about_as_short_as_the_talks_keras() {
         .collect();
     assert!(section.len() <= 25, "{} lines:\n{}", section.len(), section.join("\n"));
 }
+
+/// The job file with `from` replaced by `to`, written to a temporary file.
+fn edited(name: &str, from: &str, to: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(job_file()).unwrap();
+    assert!(text.contains(from), "the job file holds '{from}'");
+    let p = std::env::temp_dir().join(format!("kallista-job-{name}-{}.yaml", std::process::id()));
+    std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
+    p
+}
+
+#[test]
+fn non_finite_and_non_positive_numbers_are_refused_naming_the_key() {
+    let text = std::fs::read_to_string(job_file()).unwrap();
+    let lr = text.lines().find(|l| l.contains("learning_rate")).expect("the job file sets a learning rate");
+    let value = lr.split("learning_rate:").nth(1).unwrap().split([',', '}']).next().unwrap().trim().to_string();
+    for (name, to, key) in [
+        ("nan", ".nan", "training.optimizer.learning_rate"),
+        ("inf", "-.inf", "training.optimizer.learning_rate"),
+        ("zero", "0.0", "training.optimizer.learning_rate"),
+    ] {
+        let p = edited(name, &format!("learning_rate: {value}"), &format!("learning_rate: {to}"));
+        let e = spec::load(&p).and_then(|j| j.validate(&p).map(|_| j));
+        match e {
+            Err(kallista_jobs::JobError::Spec { key: k, detail, .. }) => assert_eq!(k, key, "{name}: {detail}"),
+            other => panic!("{name}: expected a spec error naming {key}, got {:?}", other.map(|_| ())),
+        }
+        std::fs::remove_file(&p).ok();
+    }
+}

@@ -13,6 +13,7 @@
 mod application;
 pub mod data_check;
 pub mod model;
+pub mod numbers;
 
 use crate::error::JobError;
 use kallista_engine::store::Location;
@@ -240,6 +241,9 @@ pub fn spec_error(file: &Path, key: &str, detail: impl std::fmt::Display) -> Job
 pub fn load(path: &Path) -> Result<JobSpec, JobError> {
     let text =
         std::fs::read_to_string(path).map_err(|e| JobError::Io { path: path.display().to_string(), source: e })?;
+    if let Some(key) = numbers::non_finite_key(&text) {
+        return Err(spec_error(path, &key, "not a finite number (.nan and .inf are refused)"));
+    }
     let de = serde_yaml::Deserializer::from_str(&text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
@@ -334,7 +338,8 @@ impl JobSpec {
         if t.metrics.first().map(String::as_str) != Some("accuracy") {
             return err("training.metrics", format!("expected [accuracy] (got {:?})", t.metrics));
         }
-        self.optimizer(file)?;
+        numbers::check_optimizer(&self.optimizer(file)?)
+            .map_err(|(key, detail)| spec_error(file, &format!("training.optimizer.{key}"), detail))?;
         if s.shards == 0 {
             return err("scaling.shards", "must be positive".into());
         }
