@@ -80,10 +80,16 @@ impl ColumnDecoder<'_> {
             Element::I32 => {
                 self.numbers::<Int32Type>(array, per_row, "token ids", "a list of integers").map(Values::I32)
             }
-            Element::F32 if matches!(array.data_type(), DataType::Binary | DataType::LargeBinary) => {
-                self.packed(array, per_row).map(Values::F32)
+            Element::F32 => {
+                let values = match array.data_type() {
+                    DataType::Binary | DataType::LargeBinary => self.packed(array, per_row)?,
+                    _ => self.numbers::<Float32Type>(array, per_row, "floats", "a list of floats")?,
+                };
+                match values.iter().position(|v| !v.is_finite()) {
+                    Some(i) => Err(self.bad(i / per_row.max(1), format!("value {} is {}", i % per_row.max(1), values[i]))),
+                    None => Ok(Values::F32(values)),
+                }
             }
-            Element::F32 => self.numbers::<Float32Type>(array, per_row, "floats", "a list of floats").map(Values::F32),
         }
     }
 
@@ -316,6 +322,10 @@ mod tests {
         b.append_value([Some(0.25), Some(8.0)]);
         let a: ArrayRef = Arc::new(b.finish());
         assert_eq!(decoder().decode(&a, Element::F32, &[2]).unwrap(), Values::F32(values.to_vec()));
+        let nan: Vec<u8> = [1.0f32, 2.0, 3.0, f32::NAN].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let a: ArrayRef = Arc::new(LargeBinaryArray::from(vec![&nan[..8], &nan[8..]]));
+        let e = decoder().decode(&a, Element::F32, &[2]).unwrap_err().to_string();
+        assert!(e.contains("row 11, column 'ids': value 1 is NaN"), "{e}");
         let short: ArrayRef = Arc::new(LargeBinaryArray::from(vec![&packed[..4]]));
         let e = decoder().decode(&short, Element::F32, &[2]).unwrap_err().to_string();
         assert!(e.contains("row 10, column 'ids': 4 bytes of packed floats, the model input takes 2 floats"), "{e}");

@@ -20,6 +20,7 @@ pub mod digest;
 pub mod embedded;
 pub mod error;
 pub mod functions;
+pub mod parquet_check;
 pub mod predict;
 pub mod session;
 pub mod sql;

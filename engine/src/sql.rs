@@ -3,6 +3,7 @@
 //! cluster, and results rendered for a terminal.
 
 use crate::error::{EngineError, Result};
+use crate::parquet_check;
 use datafusion::arrow::array::{Array, UInt64Array};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
@@ -112,8 +113,31 @@ impl StatementResult {
     }
 }
 
-/// Runs one statement.
+/// The locations of the Parquet tables a `CREATE EXTERNAL TABLE` statement makes.
+pub fn parquet_table_locations(sql: &str) -> Vec<String> {
+    use datafusion::sql::parser::{DFParser, Statement};
+    let Ok(statements) = DFParser::parse_sql(sql) else { return vec![] };
+    statements
+        .into_iter()
+        .filter_map(|s| match s {
+            Statement::CreateExternalTable(t) if t.file_type.eq_ignore_ascii_case("parquet") => Some(t.locations),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+/// Runs `f` off the async threads (it reads storage synchronously).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| EngineError::Invalid(format!("a storage check stopped: {e}")))
+}
+
+/// Runs one statement. A Parquet table's files have their footers checked
+/// before it is created ([`parquet_check`]), so a broken file is named.
 pub async fn run_statement(ctx: &SessionContext, sql: &str) -> Result<StatementResult> {
+    for location in parquet_table_locations(sql) {
+        blocking(move || parquet_check::check_footers(&location)).await??;
+    }
     let head = sql.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
     let df = ctx.sql(sql).await?;
     let batches = df.collect().await?;
@@ -143,16 +167,44 @@ pub async fn run_script(
 ) -> Result<Vec<StatementResult>> {
     let script = substitute(script, vars)?;
     let mut results = vec![];
+    let mut parquet_tables = vec![];
     for (i, stmt) in split_statements(&script).iter().enumerate() {
-        let r = match tokio::time::timeout(timeout, run_statement(ctx, stmt)).await {
-            Ok(r) => r,
+        parquet_tables.extend(parquet_table_locations(stmt));
+        let run = tokio::spawn({
+            let (ctx, stmt) = (ctx.clone(), stmt.clone());
+            async move { run_statement(&ctx, &stmt).await }
+        });
+        let r = match tokio::time::timeout(timeout, run).await {
+            Ok(Ok(r)) => r,
+            // A dependency panicked on some input: an error, never a crash.
+            Ok(Err(e)) if e.is_panic() => Err(EngineError::Invalid(format!(
+                "a dependency panicked: {}",
+                parquet_check::panic_text(&*e.into_panic())
+            ))),
+            Ok(Err(e)) => Err(EngineError::Invalid(format!("the statement's task stopped: {e}"))),
             Err(_) => Err(EngineError::Invalid(format!("did not finish within {} s", timeout.as_secs()))),
+        };
+        let r = match r {
+            Err(e) if reads_data(&e) && !parquet_tables.is_empty() && !matches!(e, EngineError::Corrupt { .. }) => {
+                let tables = parquet_tables.clone();
+                match blocking(move || parquet_check::find_fault(&tables)).await? {
+                    Some(fault) => Err(EngineError::Invalid(format!("{fault} (the statement failed with: {e})"))),
+                    None => Err(e),
+                }
+            }
+            r => r,
         }
         .map_err(|e| EngineError::Statement { file: name.to_string(), index: i + 1, source: Box::new(e) })?;
         report(i + 1, stmt, &r);
         results.push(r);
     }
     Ok(results)
+}
+
+/// Whether an error may come from reading a table's files (then they are searched for the fault).
+fn reads_data(e: &EngineError) -> bool {
+    let text = e.to_string();
+    ["Parquet", "parquet", "Arrow", "panicked", "External"].iter().any(|w| text.contains(w))
 }
 
 #[cfg(test)]

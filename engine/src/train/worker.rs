@@ -48,6 +48,7 @@ pub fn decode_batches(
         inputs.push(input_data(input_values(&arrays, spec, source, c, 0)?, rows, spec)?);
     }
     let label = binding.label.as_deref().ok_or_else(|| EngineError::Training("no label column".into()))?;
+    let classes = model.output_specs().first().and_then(|s| s.shape.last().copied()).unwrap_or(usize::MAX);
     let mut answers = Vec::with_capacity(rows);
     let mut first_row = 0;
     for b in batches {
@@ -59,6 +60,15 @@ pub fn decode_batches(
                 row: first_row + r,
                 column: label.into(),
                 detail: "the label is null (or not an integer class id)".into(),
+            }
+            .into());
+        }
+        if let Some(r) = (0..a.len()).find(|&r| a.value(r) < 0 || a.value(r) as usize >= classes) {
+            return Err(kallista_data::DataError::Value {
+                origin: source.into(),
+                row: first_row + r,
+                column: label.into(),
+                detail: format!("label {} is not a class of the model's {classes} outputs", a.value(r)),
             }
             .into());
         }

@@ -8,9 +8,11 @@
 use super::spec_error;
 use crate::error::JobError;
 use kallista_data::binding::Binding;
+use kallista_engine::parquet_check;
 use kallista_engine::store::{blocking, Location};
 use kallista_engine::tensors::input_values;
 use kallista_ops::model::Model;
+use arrow::array::Array;
 use parquet::file::statistics::Statistics;
 use std::path::Path;
 
@@ -31,7 +33,7 @@ pub fn check_split(file: &Path, key: &str, data: &Location, binding: &Binding, m
     }
     let (first, first_size) =
         files.first().cloned().ok_or_else(|| bad(format!("{data}: no .parquet files (or it does not exist)")))?;
-    let footer = |at: &Location, size: u64| blocking::parquet_metadata(at, size).map_err(|e| bad(e.to_string()));
+    let footer = |at: &Location, size: u64| parquet_check::check_footer(at, size).map_err(|e| bad(e.to_string()));
     let first_meta = footer(&first, first_size)?;
     let schema = first_meta.file_metadata().schema_descr_ptr();
     let top: Vec<String> = schema.root_schema().get_fields().iter().map(|f| f.name().to_string()).collect();
@@ -81,6 +83,9 @@ pub fn check_split(file: &Path, key: &str, data: &Location, binding: &Binding, m
     let col = schema.columns().iter().position(|c| c.name() == label);
     for (f, size) in &files {
         let meta = if f == &first { first_meta.clone() } else { footer(f, *size)? };
+        if let Some(c) = col {
+            null_labels(f, &meta, c).map_err(|e| spec_error(file, key, e))?;
+        }
         for rg in meta.row_groups() {
             let max = col.and_then(|c| match rg.column(c).statistics() {
                 Some(Statistics::Int32(s)) => s.max_opt().map(|m| *m as i64),
@@ -97,4 +102,41 @@ pub fn check_split(file: &Path, key: &str, data: &Location, binding: &Binding, m
         }
     }
     Ok(())
+}
+
+/// Refuses labels that the footer's statistics count as null, naming the
+/// file, the row (found by reading the label column of a local file; the row
+/// group's rows otherwise) and the column.
+fn null_labels(at: &Location, meta: &parquet::file::metadata::ParquetMetaData, col: usize) -> Result<(), String> {
+    let mut first_row = 0i64;
+    for (g, rg) in meta.row_groups().iter().enumerate() {
+        let column = rg.column(col);
+        if column.statistics().and_then(|s| s.null_count_opt()).unwrap_or(0) > 0 {
+            let name = column.column_descr().name().to_string();
+            let row = at.local_path().and_then(|p| first_null(&p, g, &name)).map(|r| first_row + r as i64);
+            let place = match row {
+                Some(r) => format!("row {r}"),
+                None => format!("row group {g} (rows {first_row}..{})", first_row + rg.num_rows()),
+            };
+            return Err(format!("{at}: {place}, column '{name}': null label"));
+        }
+        first_row += rg.num_rows();
+    }
+    Ok(())
+}
+
+/// The first null of column `name` in row group `group` of a local file.
+fn first_null(path: &Path, group: usize, name: &str) -> Option<usize> {
+    let b = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).ok()?).ok()?;
+    let leaf = b.parquet_schema().columns().iter().position(|c| c.name() == name)?;
+    let mask = parquet::arrow::ProjectionMask::leaves(b.parquet_schema(), [leaf]);
+    let mut seen = 0;
+    for batch in b.with_row_groups(vec![group]).with_projection(mask).build().ok()? {
+        let labels = batch.ok()?.column(0).clone();
+        if let Some(r) = (0..labels.len()).find(|&r| labels.is_null(r)) {
+            return Some(seen + r);
+        }
+        seen += labels.len();
+    }
+    None
 }
