@@ -41,7 +41,8 @@ fn rewrite(from: &Path, to: &Path, change: &dyn Fn(&str, ArrayRef, usize, usize)
     files.sort();
     for (index, path) in files.into_iter().enumerate() {
         let mut first_row = 0;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap().build().unwrap();
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap().build().unwrap();
         let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
         let mut writer = None;
         for b in batches {
@@ -53,11 +54,21 @@ fn rewrite(from: &Path, to: &Path, change: &dyn Fn(&str, ArrayRef, usize, usize)
                 .map(|(f, c)| change(f.name(), c.clone(), index, first_row))
                 .collect();
             let schema = Arc::new(Schema::new(
-                b.schema().fields().iter().zip(&columns).map(|(f, c)| Field::new(f.name(), c.data_type().clone(), true)).collect::<Vec<_>>(),
+                b.schema()
+                    .fields()
+                    .iter()
+                    .zip(&columns)
+                    .map(|(f, c)| Field::new(f.name(), c.data_type().clone(), true))
+                    .collect::<Vec<_>>(),
             ));
             first_row += b.num_rows();
             let w = writer.get_or_insert_with(|| {
-                ArrowWriter::try_new(std::fs::File::create(to.join(path.file_name().unwrap())).unwrap(), schema.clone(), None).unwrap()
+                ArrowWriter::try_new(
+                    std::fs::File::create(to.join(path.file_name().unwrap())).unwrap(),
+                    schema.clone(),
+                    None,
+                )
+                .unwrap()
             });
             w.write(&RecordBatch::try_new(schema, columns).unwrap()).unwrap();
         }
@@ -80,7 +91,10 @@ fn dictionary_and_large_types_train_as_the_plain_ones_do() {
     let schema = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(file).unwrap()).unwrap().schema().clone();
     let type_of = |c: &str| schema.field_with_name(c).unwrap().data_type().clone();
     assert!(matches!(type_of("family"), DataType::Dictionary(..)), "{schema:?}");
-    assert!(matches!(type_of("frames"), DataType::LargeList(_)) && type_of("question") == DataType::LargeUtf8, "{schema:?}");
+    assert!(
+        matches!(type_of("frames"), DataType::LargeList(_)) && type_of("question") == DataType::LargeUtf8,
+        "{schema:?}"
+    );
     let job = small_job(&dir, &other, 1, "  max_steps: 4\n  eval_every_steps: 4\n  eval_steps: 1");
     let out = ok(kallista(&["train", job.to_str().unwrap()]));
     assert!(out.contains("trained 4 steps"), "{out}");
@@ -106,6 +120,9 @@ fn a_null_label_is_refused_before_training_naming_file_row_and_column() {
     let out = kallista(&["train", job.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("data.train") && stderr.contains(".parquet: row 7, column 'answer_id': null label"), "{stderr}");
+    assert!(
+        stderr.contains("data.train") && stderr.contains(".parquet: row 7, column 'answer_id': null label"),
+        "{stderr}"
+    );
     assert!(!dir.join("job").exists(), "no work may start: {stderr}");
 }

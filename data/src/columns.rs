@@ -86,7 +86,9 @@ impl ColumnDecoder<'_> {
                     _ => self.numbers::<Float32Type>(array, per_row, "floats", "a list of floats")?,
                 };
                 match values.iter().position(|v| !v.is_finite()) {
-                    Some(i) => Err(self.bad(i / per_row.max(1), format!("value {} is {}", i % per_row.max(1), values[i]))),
+                    Some(i) => {
+                        Err(self.bad(i / per_row.max(1), format!("value {} is {}", i % per_row.max(1), values[i])))
+                    }
                     None => Ok(Values::F32(values)),
                 }
             }

@@ -146,14 +146,14 @@ fn skip_bad_skips_every_annotation_fault_and_lists_each_line() {
     let good = |v: &str| format!("{{\"video\":\"{v}\",\"question\":\"q {v}?\",\"answer\":\"x\"}}\n");
     let lines: Vec<Vec<u8>> = vec![
         b"\xEF\xBB\xBF".iter().copied().chain(good("a").into_bytes()).collect(), // 1: BOM, good
-        b"{\"video\": \"b\", \"question\": \"q\"\n".to_vec(),                  // 2: invalid JSON
-        b"{\"video\": \"b\", \"question\": \"q\"}\n".to_vec(),                 // 3: missing answer
+        b"{\"video\": \"b\", \"question\": \"q\"\n".to_vec(),                    // 2: invalid JSON
+        b"{\"video\": \"b\", \"question\": \"q\"}\n".to_vec(),                   // 3: missing answer
         b"{\"video\": null, \"question\": \"q\", \"answer\": \"x\"}\n".to_vec(), // 4: null key
-        b"{\"video\": 7, \"question\": \"q\", \"answer\": \"x\"}\n".to_vec(),  // 5: wrong type
+        b"{\"video\": 7, \"question\": \"q\", \"answer\": \"x\"}\n".to_vec(),    // 5: wrong type
         b"{\"video\": \"b\", \"question\": \"q\xff\xfe\", \"answer\": \"x\"}\n".to_vec(), // 6: invalid UTF-8
-        good("b").into_bytes(),                                                 // 7: good
-        b"[1, 2]\n".to_vec(),                                                   // 8: not an object
-        good("c").into_bytes(),                                                 // 9: good
+        good("b").into_bytes(),                                                  // 7: good
+        b"[1, 2]\n".to_vec(),                                                    // 8: not an object
+        good("c").into_bytes(),                                                  // 9: good
     ];
     for l in &lines {
         jsonl.extend_from_slice(l);
@@ -168,7 +168,11 @@ fn skip_bad_skips_every_annotation_fault_and_lists_each_line() {
                 b,q b?\n";
     std::fs::write(root.join("qa.csv"), csv).unwrap();
     for (ann, good_rows, bad) in [
-        ("qa.jsonl", 3, vec![(2, "not JSON"), (3, "missing"), (4, "is null"), (5, "must be a string"), (6, "UTF-8"), (8, "object")]),
+        (
+            "qa.jsonl",
+            3,
+            vec![(2, "not JSON"), (3, "missing"), (4, "is null"), (5, "must be a string"), (6, "UTF-8"), (8, "object")],
+        ),
         ("qa.csv", 2, vec![(3, "4 fields"), (4, "unterminated"), (5, "UTF-8"), (7, "2 fields")]),
     ] {
         let mut o = opts(&root, ann, 1);

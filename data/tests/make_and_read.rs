@@ -153,7 +153,8 @@ fn ingest_names_bad_rows_or_skips_them_with_a_count() {
     }
     let r = ingest_frames(&ingest_opts(&root, &csv, true)).unwrap();
     assert_eq!(r.rows, 1);
-    let reasons: BTreeMap<usize, String> = r.skipped.into_iter().map(|s| (s.line, s.column + " " + &s.reason)).collect();
+    let reasons: BTreeMap<usize, String> =
+        r.skipped.into_iter().map(|s| (s.line, s.column + " " + &s.reason)).collect();
     assert_eq!(reasons.keys().copied().collect::<Vec<_>>(), vec![3, 4, 5]);
     assert!(reasons[&4].contains("does not exist"), "{}", reasons[&4]);
     assert!(reasons[&5].contains("question") && reasons[&5].contains("empty"), "{}", reasons[&5]);

@@ -84,7 +84,9 @@ pub fn check_data(at: &Location, size: u64) -> Result<()> {
         for (c, field) in schema.fields().iter().enumerate() {
             let read = || -> std::result::Result<(), String> {
                 let reader = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
-                    .and_then(|b| b.with_row_groups(vec![rg]).with_projection(ProjectionMask::roots(&descr, [c])).build())
+                    .and_then(|b| {
+                        b.with_row_groups(vec![rg]).with_projection(ProjectionMask::roots(&descr, [c])).build()
+                    })
                     .map_err(|e| e.to_string())?;
                 reader.into_iter().try_for_each(|b| b.map(|_| ()).map_err(|e| e.to_string()))
             };
@@ -93,11 +95,7 @@ pub fn check_data(at: &Location, size: u64) -> Result<()> {
             if let Err(e) = outcome {
                 return Err(corrupt(
                     at,
-                    format!(
-                        "row group {rg} (rows {first_row}..{}), column '{}': {e}",
-                        first_row + rows,
-                        field.name()
-                    ),
+                    format!("row group {rg} (rows {first_row}..{}), column '{}': {e}", first_row + rows, field.name()),
                 ));
             }
         }

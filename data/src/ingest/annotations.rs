@@ -151,7 +151,7 @@ fn csv_record(path: &Path, lines: &[&[u8]], start: usize) -> std::result::Result
             Err(_) => return Err(bad(path, start + 1, "-", format!("unterminated quote (up to line {})", end + 1))),
         }
         end += 1;
-        if text.matches('"').count() % 2 == 0 {
+        if text.matches('"').count().is_multiple_of(2) {
             break;
         }
         if end == lines.len() {
@@ -181,7 +181,9 @@ mod tests {
     fn a_quoted_line_break_is_one_record_and_an_unterminated_quote_spoils_one_line() {
         let rows = read("a.csv", b"video,question,answer\nv1,\"two\nlines\",x\nv2,\"open,y\nv3,q,z\n");
         assert_eq!(rows[0].as_ref().unwrap().question, "two\nlines");
-        assert!(rows[1].as_ref().unwrap_err().contains("row 4") && rows[1].as_ref().unwrap_err().contains("unterminated"));
+        assert!(
+            rows[1].as_ref().unwrap_err().contains("row 4") && rows[1].as_ref().unwrap_err().contains("unterminated")
+        );
         assert_eq!(rows[2].as_ref().unwrap().video, "v3");
         assert_eq!(rows[2].as_ref().unwrap().line, 5);
     }

@@ -123,7 +123,8 @@ fn load_clip(a: &Annotation, opts: &IngestOptions, size: &mut Option<(usize, usi
     let dir = opts.frames_dir.join(&a.video);
     let in_video = |e: String| bad_row(opts, a.line, "video", e);
     let files = frame_folder::frame_files(&dir).map_err(in_video)?;
-    let picked = opts.frame_policy.pick(files.len(), opts.frames).map_err(|e| in_video(format!("{}: {e}", dir.display())))?;
+    let picked =
+        opts.frame_policy.pick(files.len(), opts.frames).map_err(|e| in_video(format!("{}: {e}", dir.display())))?;
     picked.into_iter().map(|i| load_frame(&files[i], opts, size).map_err(in_video)).collect()
 }
 

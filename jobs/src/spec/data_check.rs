@@ -7,12 +7,12 @@
 
 use super::spec_error;
 use crate::error::JobError;
+use arrow::array::Array;
 use kallista_data::binding::Binding;
 use kallista_engine::parquet_check;
 use kallista_engine::store::{blocking, Location};
 use kallista_engine::tensors::input_values;
 use kallista_ops::model::Model;
-use arrow::array::Array;
 use parquet::file::statistics::Statistics;
 use std::path::Path;
 
@@ -127,7 +127,8 @@ fn null_labels(at: &Location, meta: &parquet::file::metadata::ParquetMetaData, c
 
 /// The first null of column `name` in row group `group` of a local file.
 fn first_null(path: &Path, group: usize, name: &str) -> Option<usize> {
-    let b = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).ok()?).ok()?;
+    let b =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).ok()?).ok()?;
     let leaf = b.parquet_schema().columns().iter().position(|c| c.name() == name)?;
     let mask = parquet::arrow::ProjectionMask::leaves(b.parquet_schema(), [leaf]);
     let mut seen = 0;

@@ -28,7 +28,8 @@ pub fn non_finite_key(text: &str) -> Option<String> {
 
 /// Checks an optimizer's numbers; the error is (key under `training.optimizer`, what is wrong).
 pub fn check_optimizer(c: &OptimizerConfig) -> Result<(), (&'static str, String)> {
-    let positive = |key: &'static str, v: f32| if v > 0.0 { Ok(()) } else { Err((key, format!("{v}: must be positive"))) };
+    let positive =
+        |key: &'static str, v: f32| if v > 0.0 { Ok(()) } else { Err((key, format!("{v}: must be positive"))) };
     let fraction = |key: &'static str, v: f32| {
         if (0.0..1.0).contains(&v) {
             Ok(())
@@ -40,7 +41,10 @@ pub fn check_optimizer(c: &OptimizerConfig) -> Result<(), (&'static str, String)
         None => {}
         Some(LearningRate::Constant(lr)) => positive("learning_rate", *lr)?,
         Some(LearningRate::Schedule(Schedule::ExponentialDecay {
-            initial_learning_rate, decay_steps, decay_rate, ..
+            initial_learning_rate,
+            decay_steps,
+            decay_rate,
+            ..
         })) => {
             positive("learning_rate.initial_learning_rate", *initial_learning_rate)?;
             positive("learning_rate.decay_steps", *decay_steps as f32)?;
@@ -91,7 +95,10 @@ mod tests {
     fn the_first_non_finite_number_is_named_by_its_key() {
         let text = "training:\n  optimizer: {name: adam, learning_rate: .nan}\nmodel:\n  layers: [{rate: 0.5}, {rate: -.inf}]\n";
         assert_eq!(non_finite_key(text).as_deref(), Some("training.optimizer.learning_rate"));
-        assert_eq!(non_finite_key("model:\n  layers: [{rate: 0.5}, {rate: -.inf}]\n").as_deref(), Some("model.layers[1].rate"));
+        assert_eq!(
+            non_finite_key("model:\n  layers: [{rate: 0.5}, {rate: -.inf}]\n").as_deref(),
+            Some("model.layers[1].rate")
+        );
         assert_eq!(non_finite_key("a: 1.5\nb: [1, 2]\n"), None);
     }
 

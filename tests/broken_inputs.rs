@@ -1,0 +1,144 @@
+//! Broken files through the `kallista` binary: every kind of broken Parquet
+//! file gives exit code 1 and an error naming the file (and, for a corrupt
+//! column chunk, the row group and column), never a panic; ingest's
+//! `--skipped-out` lists the skipped rows.
+
+mod common;
+
+use arrow::array::{Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use common::{kallista, prepared_set, small_job, temp_dir};
+use std::path::Path;
+use std::sync::Arc;
+
+/// A valid Parquet file of 1000 rows, columns `a` (BIGINT) and `b` (text).
+fn good_parquet() -> Vec<u8> {
+    let schema =
+        Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false), Field::new("b", DataType::Utf8, false)]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from_iter_values(0..1000)),
+            Arc::new(StringArray::from_iter_values((0..1000).map(|i| format!("row{i}")))),
+        ],
+    )
+    .unwrap();
+    let mut out = vec![];
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    out
+}
+
+/// Each kind of broken file, with what its error must say.
+fn broken_kinds() -> Vec<(&'static str, Vec<u8>, &'static str)> {
+    let good = good_parquet();
+    let n = good.len();
+    let footer = u32::from_le_bytes(good[n - 8..n - 4].try_into().unwrap()) as usize;
+    let mut garbage = good.clone();
+    garbage[n - 8 - footer..n - 8].iter_mut().enumerate().for_each(|(i, b)| *b = (i * 37 % 251) as u8);
+    let mut huge = good.clone();
+    huge[n - 8..n - 4].copy_from_slice(&0xFFFF_FF00u32.to_le_bytes());
+    let mut chunk = good.clone();
+    chunk[8..200.min(n - 8 - footer)].fill(0xAB);
+    vec![
+        ("truncated", good[..n / 2].to_vec(), "truncated or not Parquet"),
+        ("garbage-footer", garbage, "parquet footer"),
+        ("not-parquet", b"video,question\n1,2\n".repeat(10), "does not start with PAR1"),
+        ("huge-footer", huge, "its length field says 4294967040 bytes"),
+        ("empty", vec![], "empty file (0 bytes)"),
+        ("corrupt-chunk", chunk, "row group 0 (rows 0..1000), column 'a'"),
+    ]
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn every_broken_parquet_kind_is_named_by_kallista_sql() {
+    let root = temp_dir("broken-parquet");
+    for (kind, bytes, says) in broken_kinds() {
+        let dir = root.join(kind);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("part-1.parquet"), good_parquet()).unwrap();
+        let file = dir.join("part-0.parquet");
+        std::fs::write(&file, &bytes).unwrap();
+        let sql = format!(
+            "CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{}/'; SELECT count(*), sum(a), max(b) FROM t",
+            dir.display()
+        );
+        let out = kallista(&["sql", "-e", &sql]);
+        let e = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{kind}: {e}");
+        assert!(e.contains(&format!("{}: ", file.display())) && e.contains(says), "{kind}: {e}");
+    }
+}
+
+#[test]
+fn a_training_split_with_a_broken_file_is_named_before_any_work() {
+    let data = prepared_set(300);
+    for (kind, bytes, says) in
+        broken_kinds().into_iter().filter(|(k, ..)| ["huge-footer", "empty", "not-parquet"].contains(k))
+    {
+        let dir = temp_dir(&format!("broken-split-{kind}"));
+        let copy = dir.join("data");
+        for split in ["train", "eval", "test"] {
+            std::fs::create_dir_all(copy.join(split)).unwrap();
+            for f in std::fs::read_dir(data.join(split)).unwrap() {
+                let f = f.unwrap().path();
+                std::fs::copy(&f, copy.join(split).join(f.file_name().unwrap())).unwrap();
+            }
+        }
+        let file = copy.join("train/zz-broken.parquet");
+        std::fs::write(&file, &bytes).unwrap();
+        let job = small_job(&dir, &copy, 1, "  max_steps: 2");
+        let out = kallista(&["train", job.to_str().unwrap()]);
+        let e = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{kind}: {e}");
+        assert!(e.contains("data.train") && e.contains(&file.display().to_string()) && e.contains(says), "{kind}: {e}");
+        assert!(!dir.join("job").exists(), "{kind}: no work may start: {e}");
+    }
+}
+
+fn png(path: &Path) {
+    image::RgbImage::from_pixel(4, 4, image::Rgb([9, 9, 9])).save(path).unwrap();
+}
+
+#[test]
+fn ingest_lists_skipped_rows_in_a_file_and_refuses_bad_flags() {
+    let root = temp_dir("ingest-cli");
+    std::fs::create_dir_all(root.join("frames/v")).unwrap();
+    png(&root.join("frames/v/1.png"));
+    let qa = root.join("qa.jsonl");
+    std::fs::write(&qa, "{\"video\":\"v\",\"question\":\"q\",\"answer\":\"a\"}\nnot json\n{\"video\":\"../v\",\"question\":\"q\",\"answer\":\"a\"}\n").unwrap();
+    let skipped = root.join("skipped.jsonl");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["data", "ingest-frames", "--frames-dir"].map(String::from).to_vec();
+        a.push(root.join("frames").display().to_string());
+        a.extend([
+            "--annotations".into(),
+            qa.display().to_string(),
+            "--out".into(),
+            root.join("out").display().to_string(),
+        ]);
+        a.extend(["--frames".into(), "2".into()]);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |extra: &[&str]| kallista(&args(extra).iter().map(String::as_str).collect::<Vec<_>>());
+    let out = run(&["--skip-bad", "--skipped-out", skipped.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("wrote 1 clips") && stdout.contains("skipped 2 bad rows"), "{stdout}");
+    let listed: Vec<serde_json::Value> =
+        std::fs::read_to_string(&skipped).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(listed.iter().map(|v| v["line"].as_u64().unwrap()).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(listed[1]["column"], "video");
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("row 2") && stderr_of(&out).contains("not JSON"), "{}", stderr_of(&out));
+    let out = run(&["--frame-policy", "stretch"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("--frame-policy: expected sample, pad or error"), "{}", stderr_of(&out));
+}
