@@ -26,7 +26,13 @@ pub type AnnotationRow = std::result::Result<Annotation, DataError>;
 /// Reads every row of the annotation file at `path` (see the module docs).
 pub fn read_annotations(path: &Path) -> Result<Vec<AnnotationRow>> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    parse_annotations(&bytes, path)
+}
+
+/// [`read_annotations`] of a file's bytes: `path` tells the format (`.jsonl`
+/// or `.json`: JSON lines; else CSV) and names the file in errors.
+pub fn parse_annotations(bytes: &[u8], path: &Path) -> Result<Vec<AnnotationRow>> {
+    let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l)).collect();
     if path.extension().is_some_and(|e| e == "jsonl" || e == "json") {
         Ok(json_lines(path, &lines))

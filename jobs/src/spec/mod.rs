@@ -241,10 +241,15 @@ pub fn spec_error(file: &Path, key: &str, detail: impl std::fmt::Display) -> Job
 pub fn load(path: &Path) -> Result<JobSpec, JobError> {
     let text =
         std::fs::read_to_string(path).map_err(|e| JobError::Io { path: path.display().to_string(), source: e })?;
-    if let Some(key) = numbers::non_finite_key(&text) {
+    parse(&text, path)
+}
+
+/// [`load`] of a job file's text; `path` names it in errors.
+pub fn parse(text: &str, path: &Path) -> Result<JobSpec, JobError> {
+    if let Some(key) = numbers::non_finite_key(text) {
         return Err(spec_error(path, &key, "not a finite number (.nan and .inf are refused)"));
     }
-    let de = serde_yaml::Deserializer::from_str(&text);
+    let de = serde_yaml::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
         spec_error(path, if key == "." { "(top level)" } else { &key }, e.into_inner())

@@ -83,12 +83,24 @@ pub struct Weight {
     pub value: crate::tensor::Tensor,
     pub initializer: Initializer,
     pub trainable: bool,
+    /// The declared shape when it holds more than [`MAX_WEIGHT_ELEMENTS`]
+    /// (then `value` is empty and the model builder refuses the layer).
+    pub oversized: Option<Vec<usize>>,
 }
+
+/// The most elements one weight may hold (4 GiB of f32): a config asking for
+/// more is an error naming the layer, not an allocation that aborts.
+pub const MAX_WEIGHT_ELEMENTS: usize = 1 << 30;
 
 impl Weight {
     /// A declared (zero-valued) trainable weight.
     pub fn declare(name: &str, shape: &[usize], initializer: Initializer) -> Self {
-        Weight { name: name.to_string(), value: crate::tensor::Tensor::zeros(shape), initializer, trainable: true }
+        let fits = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).is_some_and(|n| n <= MAX_WEIGHT_ELEMENTS);
+        let (value, oversized) = match fits {
+            true => (crate::tensor::Tensor::zeros(shape), None),
+            false => (crate::tensor::Tensor::zeros(&[0]), Some(shape.to_vec())),
+        };
+        Weight { name: name.to_string(), value, initializer, trainable: true, oversized }
     }
 
     /// A declared non-trainable weight: state the layer updates itself (moving statistics).

@@ -77,6 +77,15 @@ impl ModelBuilder {
             .get_mut(layer.0)
             .ok_or_else(|| OpsError::Config(format!("layer id {} is not from this builder", layer.0)))?;
         let out = l.build(&specs)?;
+        if let Some(w) = l.weights().into_iter().find(|w| w.oversized.is_some()) {
+            return Err(OpsError::Config(format!(
+                "layer '{}': weight '{}' of shape {:?} would hold more than {} elements",
+                l.name(),
+                w.name,
+                w.oversized.as_deref().unwrap_or_default(),
+                crate::layers::MAX_WEIGHT_ELEMENTS
+            )));
+        }
         let calls = self.nodes.iter().filter(|n| n.layer == layer.0).count();
         let name = if calls == 0 { l.name().to_string() } else { format!("{}@{calls}", l.name()) };
         self.tensors.push(SymTensor { name, spec: out });

@@ -59,6 +59,14 @@ pub fn read_keras_weights_h5(path: &Path) -> Result<BTreeMap<String, KerasVars>>
     Ok(out)
 }
 
+/// [`read_keras_weights_h5`] of a file's bytes; `source` names it in errors.
+pub fn read_keras_weights_h5_bytes(bytes: Vec<u8>, source: &str) -> Result<BTreeMap<String, KerasVars>> {
+    let file = File::from_bytes(bytes).map_err(|e| h5_err(source, "/", e))?;
+    let mut out = BTreeMap::new();
+    walk(source, &file.root(), "", "", true, &mut out)?;
+    Ok(out)
+}
+
 fn h5_err(path: &str, object: &str, e: impl std::fmt::Display) -> OpsError {
     OpsError::Hdf5 { path: path.into(), object: object.into(), detail: e.to_string() }
 }

@@ -24,7 +24,7 @@ mod truncate;
 mod weights;
 
 pub use import::{read_torch_safetensors, TorchEntry, TorchLayout, TorchMapping};
-pub use keras_h5::{read_keras_weights_h5, KerasVars};
+pub use keras_h5::{read_keras_weights_h5, read_keras_weights_h5_bytes, KerasVars};
 pub use weights::{
     parse_safetensors, read_safetensors, replace_file, safetensors_bytes, write_atomic, write_safetensors,
 };
