@@ -64,14 +64,17 @@ fn every_broken_parquet_kind_is_named_by_kallista_sql() {
         std::fs::write(dir.join("part-1.parquet"), good_parquet()).unwrap();
         let file = dir.join("part-0.parquet");
         std::fs::write(&file, &bytes).unwrap();
-        let sql = format!(
+        let table = format!(
             "CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{}/'; SELECT count(*), sum(a), max(b) FROM t",
             dir.display()
         );
-        let out = kallista(&["sql", "-e", &sql]);
-        let e = stderr_of(&out);
-        assert_eq!(out.status.code(), Some(1), "{kind}: {e}");
-        assert!(e.contains(&format!("{}: ", file.display())) && e.contains(says), "{kind}: {e}");
+        let direct = format!("SELECT count(*), sum(a), max(b) FROM '{}/'", dir.display());
+        for sql in [table, direct] {
+            let out = kallista(&["sql", "-e", &sql]);
+            let e = stderr_of(&out);
+            assert_eq!(out.status.code(), Some(1), "{kind}: {sql}: {e}");
+            assert!(e.contains(&format!("{}: ", file.display())) && e.contains(says), "{kind}: {sql}: {e}");
+        }
     }
 }
 

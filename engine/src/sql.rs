@@ -127,6 +127,29 @@ pub fn parquet_table_locations(sql: &str) -> Vec<String> {
         .collect()
 }
 
+/// The Parquet locations a statement reads directly, as `FROM '/data/clips/'`
+/// or `JOIN 's3://b/t.parquet'`: string literals after FROM or JOIN that end
+/// in `/` or `.parquet`.
+pub fn parquet_url_tables(sql: &str) -> Vec<String> {
+    let mut out = vec![];
+    let upper = sql.to_ascii_uppercase();
+    for keyword in ["FROM", "JOIN"] {
+        let mut rest = 0;
+        while let Some(i) = upper[rest..].find(keyword) {
+            let after = rest + i + keyword.len();
+            rest = after;
+            let literal = sql[after..].trim_start();
+            let Some(body) = literal.strip_prefix('\'') else { continue };
+            let Some(end) = body.find('\'') else { continue };
+            let url = &body[..end];
+            if url.ends_with('/') || url.ends_with(".parquet") {
+                out.push(url.to_string());
+            }
+        }
+    }
+    out
+}
+
 /// Runs `f` off the async threads (it reads storage synchronously).
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| EngineError::Invalid(format!("a storage check stopped: {e}")))
@@ -135,7 +158,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 /// Runs one statement. A Parquet table's files have their footers checked
 /// before it is created ([`parquet_check`]), so a broken file is named.
 pub async fn run_statement(ctx: &SessionContext, sql: &str) -> Result<StatementResult> {
-    for location in parquet_table_locations(sql) {
+    for location in parquet_table_locations(sql).into_iter().chain(parquet_url_tables(sql)) {
         blocking(move || parquet_check::check_footers(&location)).await??;
     }
     let head = sql.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
@@ -170,6 +193,7 @@ pub async fn run_script(
     let mut parquet_tables = vec![];
     for (i, stmt) in split_statements(&script).iter().enumerate() {
         parquet_tables.extend(parquet_table_locations(stmt));
+        let read_directly = parquet_url_tables(stmt);
         let run = tokio::spawn({
             let (ctx, stmt) = (ctx.clone(), stmt.clone());
             async move { run_statement(&ctx, &stmt).await }
@@ -185,8 +209,8 @@ pub async fn run_script(
             Err(_) => Err(EngineError::Invalid(format!("did not finish within {} s", timeout.as_secs()))),
         };
         let r = match r {
-            Err(e) if reads_data(&e) && !parquet_tables.is_empty() && !matches!(e, EngineError::Corrupt { .. }) => {
-                let tables = parquet_tables.clone();
+            Err(e) if reads_data(&e) && !matches!(e, EngineError::Corrupt { .. }) => {
+                let tables: Vec<String> = parquet_tables.iter().chain(&read_directly).cloned().collect();
                 match blocking(move || parquet_check::find_fault(&tables)).await? {
                     Some(fault) => Err(EngineError::Invalid(format!("{fault} (the statement failed with: {e})"))),
                     None => Err(e),
@@ -215,6 +239,13 @@ mod tests {
     fn splits_outside_quotes_and_comments() {
         let s = "SELECT ';' AS a; -- a comment; with semicolons\nSELECT 2;;\n  ";
         assert_eq!(split_statements(s), vec!["SELECT ';' AS a", "SELECT 2"]);
+    }
+
+    #[test]
+    fn parquet_read_directly_is_found_after_from_and_join() {
+        let sql = "SELECT * FROM '/d/clips/' c JOIN 's3://b/v.parquet' v ON c.id = v.id WHERE x = 'from/'";
+        assert_eq!(parquet_url_tables(sql), vec!["/d/clips/", "s3://b/v.parquet"]);
+        assert!(parquet_url_tables("SELECT 'a/' FROM t").is_empty());
     }
 
     #[test]

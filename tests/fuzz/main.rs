@@ -9,7 +9,10 @@
 //! cannot afford).
 //!
 //! CI runs each target for `FUZZ_SECONDS` (default 2). Long runs:
-//! `FUZZ_SECONDS=600 FUZZ_TARGETS=job_yaml,vectors cargo test --release --test fuzz -- --nocapture`.
+//! `FUZZ_SECONDS=600 FUZZ_TARGETS=job_yaml,vectors cargo test --release --test fuzz -- --nocapture`;
+//! `FUZZ_SAVE_CURRENT=1` saves each input before it runs (`<target>-current.bin`), to find one
+//! that aborts the process (a stack overflow) when rerun with the same `FUZZ_SEED`;
+//! `FUZZ_REPLAY=FILE` runs one saved input and prints what came of it.
 
 mod mutate;
 mod targets;
@@ -48,6 +51,7 @@ fn fuzz(t: &targets::Target, seconds: u64, seed: u64, crashes: &std::path::Path)
     }));
     // The seeds first, unmutated; then mutants until the time is up.
     let seeds = corpus.len();
+    let save_current = std::env::var("FUZZ_SAVE_CURRENT").is_ok();
     let end = Instant::now() + Duration::from_secs(seconds);
     let mut i = 0usize;
     while i < seeds || Instant::now() < end {
@@ -62,6 +66,11 @@ fn fuzz(t: &targets::Target, seconds: u64, seed: u64, crashes: &std::path::Path)
             m
         };
         i += 1;
+        if save_current {
+            // A stack overflow aborts the process: the input that did it is the last one saved.
+            std::fs::create_dir_all(crashes).unwrap();
+            std::fs::write(crashes.join(format!("{}-current.bin", t.name)), &input).unwrap();
+        }
         let started = Instant::now();
         let result = std::panic::catch_unwind(|| (t.run)(&input));
         let took = started.elapsed();
@@ -123,6 +132,14 @@ fn no_input_makes_a_reader_panic() {
     let only: Option<Vec<String>> =
         std::env::var("FUZZ_TARGETS").ok().map(|s| s.split(',').map(String::from).collect());
     let crashes = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("fuzz-crashes");
+    if let Ok(file) = std::env::var("FUZZ_REPLAY") {
+        // One saved input against the chosen targets, to see what it does.
+        let input = std::fs::read(&file).unwrap();
+        for t in targets::all().iter().filter(|t| only.as_ref().is_none_or(|o| o.iter().any(|n| n == t.name))) {
+            println!("{}: {}", t.name, (t.run)(&input));
+        }
+        return;
+    }
     let total = AtomicU64::new(0);
     let mut faults = vec![];
     for t in targets::all() {

@@ -55,7 +55,7 @@ pub fn read_keras_weights_h5(path: &Path) -> Result<BTreeMap<String, KerasVars>>
     let p = path.display().to_string();
     let file = File::open(path).map_err(|e| h5_err(&p, "/", e))?;
     let mut out = BTreeMap::new();
-    walk(&p, &file.root(), "", "", true, &mut out)?;
+    walk(&p, &file.root(), "", "", true, &mut out, 0)?;
     Ok(out)
 }
 
@@ -63,7 +63,7 @@ pub fn read_keras_weights_h5(path: &Path) -> Result<BTreeMap<String, KerasVars>>
 pub fn read_keras_weights_h5_bytes(bytes: Vec<u8>, source: &str) -> Result<BTreeMap<String, KerasVars>> {
     let file = File::from_bytes(bytes).map_err(|e| h5_err(source, "/", e))?;
     let mut out = BTreeMap::new();
-    walk(source, &file.root(), "", "", true, &mut out)?;
+    walk(source, &file.root(), "", "", true, &mut out, 0)?;
     Ok(out)
 }
 
@@ -72,6 +72,9 @@ fn h5_err(path: &str, object: &str, e: impl std::fmt::Display) -> OpsError {
 }
 
 /// Visits `group` (at HDF5 path `at`) whose owner has Kallista path `prefix`.
+/// How deep `walk` follows groups.
+const MAX_GROUP_DEPTH: usize = 64;
+
 fn walk(
     file: &str,
     group: &Group,
@@ -79,7 +82,12 @@ fn walk(
     prefix: &str,
     inherit: bool,
     out: &mut BTreeMap<String, KerasVars>,
+    depth: usize,
 ) -> Result<()> {
+    // HDF5 links may form a cycle; Keras nests a few levels deep.
+    if depth > MAX_GROUP_DEPTH {
+        return Err(h5_err(file, at, format!("groups nested more than {MAX_GROUP_DEPTH} deep (a cycle of links?)")));
+    }
     let children = group.groups().map_err(|e| h5_err(file, at, e))?;
     let mut own = prefix.to_string();
     if children.iter().any(|c| c == "vars") {
@@ -142,7 +150,7 @@ fn walk(
         let c_at = format!("{at}/{c}");
         let child = group.group(c).map_err(|e| h5_err(file, &c_at, e))?;
         // `layers/` only groups a model's layers and has no vars of its own.
-        walk(file, &child, &c_at, &own, c == "cell", out)?;
+        walk(file, &child, &c_at, &own, c == "cell", out, depth + 1)?;
     }
     Ok(())
 }
@@ -317,7 +325,7 @@ impl Model {
             }
             None => {
                 let mut out = BTreeMap::new();
-                walk(&p, &h5.root(), "", "", true, &mut out)?;
+                walk(&p, &h5.root(), "", "", true, &mut out, 0)?;
                 out
             }
         };
