@@ -498,10 +498,18 @@ fn init_logging() {
 
 fn main() -> ExitCode {
     init_logging();
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    let cli = Cli::parse();
+    // A panic is a bug (bad input gets typed errors): it still ends with an
+    // error line and exit code 1, never an abort mid-write.
+    match std::panic::catch_unwind(move || run(cli)) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+        Err(p) => {
+            let what = kallista_engine::parquet_check::panic_text(&*p);
+            eprintln!("error: internal error (a bug in Kallista or a library it uses; please report it): {what}");
             ExitCode::from(1)
         }
     }

@@ -98,8 +98,12 @@ fn is_query(data: &str) -> bool {
 }
 
 /// A Parquet file or prefix as `CREATE EXTERNAL TABLE ... LOCATION` takes it.
+/// The SQL relation of Parquet at `uri`, whose files' footers are checked
+/// first (a broken file is named, see `kallista_engine::parquet_check`).
 fn parquet_url(uri: &str) -> Result<String, JobError> {
-    Ok(DataSource::Parquet(Location::parse(uri)?).relation())
+    let at = Location::parse(uri)?;
+    kallista_engine::parquet_check::check_footers(uri)?;
+    Ok(DataSource::Parquet(at).relation())
 }
 
 /// The binding to use: the job dir's, with the arguments' overrides.
