@@ -44,7 +44,7 @@ fn broken_kinds() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     vec![
         ("truncated", good[..n / 2].to_vec(), "truncated or not Parquet"),
         ("garbage-footer", garbage, "parquet footer"),
-        ("not-parquet", b"video,question\n1,2\n".repeat(10), "does not start with PAR1"),
+        ("not-parquet", b"video,question\n1,2\n".repeat(10), "no PAR1 at its end"),
         ("huge-footer", huge, "its length field says 4294967040 bytes"),
         ("empty", vec![], "empty file (0 bytes)"),
         ("corrupt-chunk", chunk, "row group 0 (rows 0..1000), column 'a'"),

@@ -92,6 +92,10 @@ pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
             at += 1; // fill byte
             continue;
         }
+        if marker == 0x01 || (0xD0..=0xD7).contains(&marker) {
+            at += 2; // TEM and RSTn stand alone, without a length
+            continue;
+        }
         let len = u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize;
         at += 2 + len;
         if marker == 0xDA {

@@ -191,3 +191,25 @@ fn skip_bad_skips_every_annotation_fault_and_lists_each_line() {
     }
     std::fs::remove_dir_all(&root).ok();
 }
+
+#[test]
+fn a_skipped_row_does_not_decide_the_frame_size_of_the_rows_after_it() {
+    let root = tmp("skip-size");
+    let big = root.join("frames/big");
+    std::fs::create_dir_all(&big).unwrap();
+    image::RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3])).save(big.join("1.png")).unwrap();
+    std::fs::write(big.join("2.png"), b"broken").unwrap();
+    let small = root.join("frames/small");
+    std::fs::create_dir_all(&small).unwrap();
+    flat_png(&small.join("1.png"), 7);
+    flat_png(&small.join("2.png"), 8);
+    std::fs::write(root.join("qa.csv"), "video,question,answer\nbig,q?,a\nsmall,q?,b\n").unwrap();
+    let mut o = opts(&root, "qa.csv", 2);
+    o.skip_bad = true;
+    let r = ingest_frames(&o).unwrap();
+    assert_eq!((r.rows, r.skipped.len()), (1, 1), "{:?}", r.skipped);
+    let b = read_back(&root);
+    assert_eq!(&b.shape[2..4], &[4, 4]);
+    assert_eq!(shades(&b, 0), [7, 8]);
+    std::fs::remove_dir_all(&root).ok();
+}

@@ -113,18 +113,29 @@ impl StatementResult {
     }
 }
 
-/// The locations of the Parquet tables a `CREATE EXTERNAL TABLE` statement makes.
-pub fn parquet_table_locations(sql: &str) -> Vec<String> {
+/// The Parquet tables a `CREATE EXTERNAL TABLE` statement makes: (name, location).
+pub fn parquet_tables_created(sql: &str) -> Vec<(String, String)> {
     use datafusion::sql::parser::{DFParser, Statement};
     let Ok(statements) = DFParser::parse_sql(sql) else { return vec![] };
     statements
         .into_iter()
         .filter_map(|s| match s {
-            Statement::CreateExternalTable(t) if t.file_type.eq_ignore_ascii_case("parquet") => Some(t.locations),
+            Statement::CreateExternalTable(t) if t.file_type.eq_ignore_ascii_case("parquet") => {
+                let name = t.name.to_string();
+                Some(t.locations.into_iter().map(move |l| (name.clone(), l)))
+            }
             _ => None,
         })
         .flatten()
         .collect()
+}
+
+/// Whether `sql` names `table` (as a whole word, any case).
+fn mentions(sql: &str, table: &str) -> bool {
+    let (sql, table) = (sql.to_ascii_lowercase(), table.to_ascii_lowercase());
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    sql.match_indices(&table)
+        .any(|(i, _)| !word(sql[..i].chars().last()) && !word(sql[i + table.len()..].chars().next()))
 }
 
 /// The Parquet locations a statement reads directly, as `FROM '/data/clips/'`
@@ -158,7 +169,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 /// Runs one statement. A Parquet table's files have their footers checked
 /// before it is created ([`parquet_check`]), so a broken file is named.
 pub async fn run_statement(ctx: &SessionContext, sql: &str) -> Result<StatementResult> {
-    for location in parquet_table_locations(sql).into_iter().chain(parquet_url_tables(sql)) {
+    let created = parquet_tables_created(sql).into_iter().map(|(_, l)| l);
+    for location in created.chain(parquet_url_tables(sql)) {
         blocking(move || parquet_check::check_footers(&location)).await??;
     }
     let head = sql.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
@@ -192,13 +204,12 @@ pub async fn run_script(
     let mut results = vec![];
     let mut parquet_tables = vec![];
     for (i, stmt) in split_statements(&script).iter().enumerate() {
-        parquet_tables.extend(parquet_table_locations(stmt));
-        let read_directly = parquet_url_tables(stmt);
-        let run = tokio::spawn({
+        parquet_tables.extend(parquet_tables_created(stmt));
+        let mut run = tokio::spawn({
             let (ctx, stmt) = (ctx.clone(), stmt.clone());
             async move { run_statement(&ctx, &stmt).await }
         });
-        let r = match tokio::time::timeout(timeout, run).await {
+        let r = match tokio::time::timeout(timeout, &mut run).await {
             Ok(Ok(r)) => r,
             // A dependency panicked on some input: an error, never a crash.
             Ok(Err(e)) if e.is_panic() => Err(EngineError::Invalid(format!(
@@ -206,12 +217,22 @@ pub async fn run_script(
                 parquet_check::panic_text(&*e.into_panic())
             ))),
             Ok(Err(e)) => Err(EngineError::Invalid(format!("the statement's task stopped: {e}"))),
-            Err(_) => Err(EngineError::Invalid(format!("did not finish within {} s", timeout.as_secs()))),
+            Err(_) => {
+                run.abort();
+                Err(EngineError::Invalid(format!("did not finish within {} s", timeout.as_secs())))
+            }
         };
         let r = match r {
-            Err(e) if reads_data(&e) && !matches!(e, EngineError::Corrupt { .. }) => {
-                let tables: Vec<String> = parquet_tables.iter().chain(&read_directly).cloned().collect();
-                match blocking(move || parquet_check::find_fault(&tables)).await? {
+            Err(e) if reads_parquet(&e) => {
+                // Only the tables this statement reads are searched, for a bounded time.
+                let tables: Vec<String> = parquet_tables
+                    .iter()
+                    .filter(|(table, _)| mentions(stmt, table))
+                    .map(|(_, l)| l.clone())
+                    .chain(parquet_url_tables(stmt))
+                    .collect();
+                let deadline = std::time::Instant::now() + FAULT_SEARCH;
+                match blocking(move || parquet_check::find_fault(&tables, deadline)).await? {
                     Some(fault) => Err(EngineError::Invalid(format!("{fault} (the statement failed with: {e})"))),
                     None => Err(e),
                 }
@@ -225,10 +246,14 @@ pub async fn run_script(
     Ok(results)
 }
 
-/// Whether an error may come from reading a table's files (then they are searched for the fault).
-fn reads_data(e: &EngineError) -> bool {
+/// How long a failed statement's tables are searched for the broken file.
+const FAULT_SEARCH: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether an error comes from decoding Parquet (or a panic while reading),
+/// so that the statement's tables are searched for the file at fault.
+fn reads_parquet(e: &EngineError) -> bool {
     let text = e.to_string();
-    ["Parquet", "parquet", "Arrow", "panicked", "External"].iter().any(|w| text.contains(w))
+    !matches!(e, EngineError::Corrupt { .. }) && ["Parquet", "panicked"].iter().any(|w| text.contains(w))
 }
 
 #[cfg(test)]
@@ -246,6 +271,13 @@ mod tests {
         let sql = "SELECT * FROM '/d/clips/' c JOIN 's3://b/v.parquet' v ON c.id = v.id WHERE x = 'from/'";
         assert_eq!(parquet_url_tables(sql), vec!["/d/clips/", "s3://b/v.parquet"]);
         assert!(parquet_url_tables("SELECT 'a/' FROM t").is_empty());
+    }
+
+    #[test]
+    fn a_table_is_mentioned_as_a_whole_word() {
+        assert!(mentions("SELECT * FROM Clips c", "clips"));
+        assert!(!mentions("SELECT * FROM clips_2", "clips"));
+        assert!(mentions("select count(*) from t", "t") && !mentions("select 1", "t"));
     }
 
     #[test]

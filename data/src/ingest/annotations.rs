@@ -80,14 +80,44 @@ fn json_lines(path: &Path, lines: &[&[u8]]) -> Vec<AnnotationRow> {
     (0..lines.len()).filter(|&i| !is_blank(lines[i])).map(|i| row(i + 1, lines[i])).collect()
 }
 
-/// Fields of one CSV record held in `text`.
+/// Fields of the one CSV record held in `text`.
 fn csv_fields(text: &str) -> std::result::Result<Vec<String>, String> {
     let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(text.as_bytes());
-    match reader.records().next() {
-        Some(Ok(r)) => Ok(r.iter().map(str::to_string).collect()),
-        Some(Err(e)) => Err(e.to_string()),
-        None => Ok(vec![]),
+    let mut records = reader.records();
+    let first = match records.next() {
+        Some(Ok(r)) => r.iter().map(str::to_string).collect(),
+        Some(Err(e)) => return Err(e.to_string()),
+        None => vec![],
+    };
+    match records.next() {
+        None => Ok(first),
+        Some(_) => Err("holds more than one record (a stray quote?)".into()),
     }
+}
+
+/// Whether a quoted field is open after `line`, given whether one was open
+/// before it, read as the csv crate reads: a quote opens a field only at the
+/// field's start, and `""` inside a quoted field is a quote.
+fn quote_open_after(line: &str, mut open: bool) -> bool {
+    let mut field_start = !open;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if open {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    chars.next();
+                } else {
+                    open = false;
+                }
+            }
+        } else if c == '"' && field_start {
+            open = true;
+            field_start = false;
+        } else {
+            field_start = c == ',';
+        }
+    }
+    open
 }
 
 fn csv_rows(path: &Path, lines: &[&[u8]]) -> Result<Vec<AnnotationRow>> {
@@ -116,12 +146,13 @@ fn csv_rows(path: &Path, lines: &[&[u8]]) -> Result<Vec<AnnotationRow>> {
         let (fields, next) = match csv_record(path, lines, start) {
             Ok(r) => r,
             Err(e) => {
-                // A bad record spoils its first line only: reading goes on at the next.
+                // A record that cannot be read spoils its first line only: reading goes on at the next.
                 out.push(Err(e));
                 start += 1;
                 continue;
             }
         };
+        start = next;
         if fields.len() != header.len() {
             out.push(Err(bad(
                 path,
@@ -129,7 +160,6 @@ fn csv_rows(path: &Path, lines: &[&[u8]]) -> Result<Vec<AnnotationRow>> {
                 "-",
                 format!("{} fields, the header has {} (an unquoted comma?)", fields.len(), header.len()),
             )));
-            start += 1;
             continue;
         }
         out.push(Ok(Annotation {
@@ -139,7 +169,6 @@ fn csv_rows(path: &Path, lines: &[&[u8]]) -> Result<Vec<AnnotationRow>> {
             answer: fields[a].clone(),
             split: s.map(|s| fields[s].clone()),
         }));
-        start = next;
     }
     Ok(out)
 }
@@ -149,15 +178,19 @@ fn csv_rows(path: &Path, lines: &[&[u8]]) -> Result<Vec<AnnotationRow>> {
 fn csv_record(path: &Path, lines: &[&[u8]], start: usize) -> std::result::Result<(Vec<String>, usize), DataError> {
     let mut text = String::new();
     let mut end = start;
+    let mut open = false;
     loop {
         match utf8(path, end + 1, lines[end]) {
-            Ok(t) => text.push_str(t),
+            Ok(t) => {
+                open = quote_open_after(t, open);
+                text.push_str(t);
+            }
             Err(e) if end == start => return Err(e),
             // The line is reported on its own when reading reaches it.
             Err(_) => return Err(bad(path, start + 1, "-", format!("unterminated quote (up to line {})", end + 1))),
         }
         end += 1;
-        if text.matches('"').count().is_multiple_of(2) {
+        if !open {
             break;
         }
         if end == lines.len() {
@@ -192,6 +225,16 @@ mod tests {
         );
         assert_eq!(rows[2].as_ref().unwrap().video, "v3");
         assert_eq!(rows[2].as_ref().unwrap().line, 5);
+    }
+
+    #[test]
+    fn a_quote_inside_a_field_is_text_and_a_bad_multi_line_record_is_skipped_whole() {
+        let rows = read("c.csv", b"video,question,answer\nv1,5\" tv,x\nv2,7\" tv,y\nv3,\"a\nb\",x,EXTRA\nv4,q,z\n");
+        assert_eq!(rows[0].as_ref().unwrap().question, "5\" tv");
+        assert_eq!(rows[1].as_ref().unwrap().video, "v2");
+        assert!(rows[2].as_ref().unwrap_err().contains("row 4") && rows[2].as_ref().unwrap_err().contains("4 fields"));
+        assert_eq!(rows[3].as_ref().unwrap().line, 6);
+        assert_eq!(rows.len(), 4);
     }
 
     #[test]

@@ -71,8 +71,8 @@ pub fn frame_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
 }
 
 /// Compares names as people do: runs of digits by their number (`frame2`
-/// before `frame10`, `7` before `007` only when the numbers tie), the rest
-/// by text.
+/// before `frame10`), the rest by text; names whose numbers tie (`f02`,
+/// `f2`) are ordered by their text.
 pub fn natural_cmp(a: &str, b: &str) -> Ordering {
     let (mut x, mut y) = (a, b);
     loop {

@@ -27,6 +27,9 @@ pub use frame_folder::FramePolicy;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
+/// The most frames per clip `--frames` may ask for.
+pub const MAX_FRAMES: usize = 4096;
+
 /// Options of [`ingest_frames`].
 #[derive(Clone, Debug)]
 pub struct IngestOptions {
@@ -125,7 +128,25 @@ fn load_clip(a: &Annotation, opts: &IngestOptions, size: &mut Option<(usize, usi
     let files = frame_folder::frame_files(&dir).map_err(in_video)?;
     let picked =
         opts.frame_policy.pick(files.len(), opts.frames).map_err(|e| in_video(format!("{}: {e}", dir.display())))?;
-    picked.into_iter().map(|i| load_frame(&files[i], opts, size).map_err(in_video)).collect()
+    // The first frame size sticks only once the whole clip has read (a skipped
+    // row must not decide the size of the rows after it).
+    let mut clip_size = *size;
+    let mut decoded: Vec<(usize, Vec<u8>)> = vec![];
+    let mut frames = Vec::with_capacity(picked.len());
+    for i in picked {
+        // A repeated frame (sample or pad on a short video) is decoded once.
+        let frame = match decoded.iter().find(|(j, _)| *j == i) {
+            Some((_, f)) => f.clone(),
+            None => {
+                let f = load_frame(&files[i], opts, &mut clip_size).map_err(in_video)?;
+                decoded.push((i, f.clone()));
+                f
+            }
+        };
+        frames.push(frame);
+    }
+    *size = clip_size;
+    Ok(frames)
 }
 
 /// A split from the video id when the annotations give none: 80/10/10 by a stable hash.
@@ -147,8 +168,8 @@ fn skipped(e: DataError) -> SkippedRow {
 
 /// Ingests the annotated frame folders into `<out>/clips/part-00000.parquet`.
 pub fn ingest_frames(opts: &IngestOptions) -> Result<IngestReport> {
-    if opts.frames == 0 {
-        return Err(DataError::Argument { name: "frames", detail: "must be at least 1".into() });
+    if opts.frames == 0 || opts.frames > MAX_FRAMES {
+        return Err(DataError::Argument { name: "frames", detail: format!("must be 1 to {MAX_FRAMES}") });
     }
     let rows = read_annotations(&opts.annotations)?;
     let dir = opts.out.join("clips");

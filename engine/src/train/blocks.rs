@@ -35,10 +35,21 @@ pub struct BlockReader {
 }
 
 /// A byte range of a file, served as the file to Parquet's reader.
-struct Window {
-    offset: u64,
-    bytes: Bytes,
-    file_len: u64,
+pub(crate) struct Window {
+    pub(crate) offset: u64,
+    pub(crate) bytes: Bytes,
+    pub(crate) file_len: u64,
+}
+
+/// The byte range that holds every column chunk of row group `rg`.
+pub(crate) fn row_group_range(meta: &parquet::file::metadata::ParquetMetaData, rg: usize) -> std::ops::Range<u64> {
+    let (mut start, mut end) = (u64::MAX, 0u64);
+    for c in meta.row_group(rg).columns() {
+        let (s, len) = c.byte_range();
+        start = start.min(s);
+        end = end.max(s + len);
+    }
+    start.min(end)..end
 }
 
 impl Length for Window {
@@ -142,13 +153,9 @@ fn open_file(at: Location, size: u64, columns: &[&str]) -> Result<ShardFile> {
 /// Row group `rg` of `file`, only the rows of `block` unless `whole`.
 fn read_group(file: &ShardFile, rg: usize, block: i64, whole: bool) -> Result<Vec<RecordBatch>> {
     let group = file.meta.metadata().row_group(rg);
-    let (mut start, mut end) = (u64::MAX, 0u64);
-    for c in group.columns() {
-        let (s, len) = c.byte_range();
-        start = start.min(s);
-        end = end.max(s + len);
-    }
-    let bytes = blocking::read_range(&file.at, start..end)?;
+    let range = row_group_range(file.meta.metadata(), rg);
+    let start = range.start;
+    let bytes = blocking::read_range(&file.at, range)?;
     let window = Window { offset: start, bytes, file_len: file.size };
     let bad = |e: parquet::errors::ParquetError| corrupt(&file.at, format!("row group {rg}: {e}"));
     let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(window, file.meta.clone())

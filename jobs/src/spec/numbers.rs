@@ -28,8 +28,13 @@ pub fn non_finite_key(text: &str) -> Option<String> {
 
 /// Checks an optimizer's numbers; the error is (key under `training.optimizer`, what is wrong).
 pub fn check_optimizer(c: &OptimizerConfig) -> Result<(), (&'static str, String)> {
-    let positive =
-        |key: &'static str, v: f32| if v > 0.0 { Ok(()) } else { Err((key, format!("{v}: must be positive"))) };
+    let positive = |key: &'static str, v: f32| {
+        if v > 0.0 && v.is_finite() {
+            Ok(())
+        } else {
+            Err((key, format!("{v}: must be positive and finite (as a 32-bit float)")))
+        }
+    };
     let fraction = |key: &'static str, v: f32| {
         if (0.0..1.0).contains(&v) {
             Ok(())
@@ -106,6 +111,7 @@ mod tests {
     fn out_of_range_optimizer_settings_name_their_key() {
         assert!(check_optimizer(&OptimizerConfig::adam(0.001)).is_ok());
         assert_eq!(check_optimizer(&OptimizerConfig::adam(0.0)).unwrap_err().0, "learning_rate");
+        assert_eq!(check_optimizer(&OptimizerConfig::adam(1e39f64 as f32)).unwrap_err().0, "learning_rate");
         assert_eq!(check_optimizer(&OptimizerConfig::sgd(0.1).clipnorm(-1.0)).unwrap_err().0, "clipnorm");
         let bad_beta = OptimizerConfig::new(OptimizerKind::Adam { beta_1: 1.0, beta_2: 0.999, epsilon: 1e-7 });
         assert_eq!(check_optimizer(&bad_beta).unwrap_err().0, "beta_1");

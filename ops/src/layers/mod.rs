@@ -88,9 +88,10 @@ pub struct Weight {
     pub oversized: Option<Vec<usize>>,
 }
 
-/// The most elements one weight may hold (4 GiB of f32): a config asking for
-/// more is an error naming the layer, not an allocation that aborts.
-pub const MAX_WEIGHT_ELEMENTS: usize = 1 << 30;
+/// The most elements one weight may hold (1 GiB of f32; VGG16's largest
+/// kernel has 103 M, a 1 M x 256 embedding 256 M): a config asking for more
+/// is an error naming the layer, not an allocation that aborts.
+pub const MAX_WEIGHT_ELEMENTS: usize = 1 << 28;
 
 impl Weight {
     /// A declared (zero-valued) trainable weight.

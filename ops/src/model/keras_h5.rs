@@ -55,7 +55,7 @@ pub fn read_keras_weights_h5(path: &Path) -> Result<BTreeMap<String, KerasVars>>
     let p = path.display().to_string();
     let file = File::open(path).map_err(|e| h5_err(&p, "/", e))?;
     let mut out = BTreeMap::new();
-    walk(&p, &file.root(), "", "", true, &mut out, 0)?;
+    walk(&p, &file.root(), "", "", true, &mut out, 0, &mut 0)?;
     Ok(out)
 }
 
@@ -63,7 +63,7 @@ pub fn read_keras_weights_h5(path: &Path) -> Result<BTreeMap<String, KerasVars>>
 pub fn read_keras_weights_h5_bytes(bytes: Vec<u8>, source: &str) -> Result<BTreeMap<String, KerasVars>> {
     let file = File::from_bytes(bytes).map_err(|e| h5_err(source, "/", e))?;
     let mut out = BTreeMap::new();
-    walk(source, &file.root(), "", "", true, &mut out, 0)?;
+    walk(source, &file.root(), "", "", true, &mut out, 0, &mut 0)?;
     Ok(out)
 }
 
@@ -71,10 +71,15 @@ fn h5_err(path: &str, object: &str, e: impl std::fmt::Display) -> OpsError {
     OpsError::Hdf5 { path: path.into(), object: object.into(), detail: e.to_string() }
 }
 
-/// Visits `group` (at HDF5 path `at`) whose owner has Kallista path `prefix`.
-/// How deep `walk` follows groups.
+/// How deep `walk` follows groups, and how many it visits in all: HDF5 links
+/// may form a cycle, or link one group many times, and Keras nests a few
+/// levels deep.
 const MAX_GROUP_DEPTH: usize = 64;
+const MAX_GROUPS: usize = 100_000;
 
+/// Visits `group` (at HDF5 path `at`) whose owner has Kallista path `prefix`;
+/// `visits` counts the groups visited so far.
+#[allow(clippy::too_many_arguments)]
 fn walk(
     file: &str,
     group: &Group,
@@ -83,10 +88,15 @@ fn walk(
     inherit: bool,
     out: &mut BTreeMap<String, KerasVars>,
     depth: usize,
+    visits: &mut usize,
 ) -> Result<()> {
-    // HDF5 links may form a cycle; Keras nests a few levels deep.
-    if depth > MAX_GROUP_DEPTH {
-        return Err(h5_err(file, at, format!("groups nested more than {MAX_GROUP_DEPTH} deep (a cycle of links?)")));
+    *visits += 1;
+    if depth > MAX_GROUP_DEPTH || *visits > MAX_GROUPS {
+        return Err(h5_err(
+            file,
+            at,
+            format!("more than {MAX_GROUP_DEPTH} levels or {MAX_GROUPS} groups (links that loop or repeat?)"),
+        ));
     }
     let children = group.groups().map_err(|e| h5_err(file, at, e))?;
     let mut own = prefix.to_string();
@@ -150,7 +160,7 @@ fn walk(
         let c_at = format!("{at}/{c}");
         let child = group.group(c).map_err(|e| h5_err(file, &c_at, e))?;
         // `layers/` only groups a model's layers and has no vars of its own.
-        walk(file, &child, &c_at, &own, c == "cell", out, depth + 1)?;
+        walk(file, &child, &c_at, &own, c == "cell", out, depth + 1, visits)?;
     }
     Ok(())
 }
@@ -325,7 +335,7 @@ impl Model {
             }
             None => {
                 let mut out = BTreeMap::new();
-                walk(&p, &h5.root(), "", "", true, &mut out, 0)?;
+                walk(&p, &h5.root(), "", "", true, &mut out, 0, &mut 0)?;
                 out
             }
         };
