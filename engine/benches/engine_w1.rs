@@ -238,6 +238,8 @@ fn main() {
                     round_timeout: std::time::Duration::from_secs(600),
                     driver_host: "127.0.0.1".into(),
                     rank_start_timeout: std::time::Duration::from_secs(60),
+                    advertised_host: None,
+                    asynchronous: Default::default(),
                 };
                 let job_dir = config.job_dir.clone();
                 let t = Instant::now();

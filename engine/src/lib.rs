@@ -22,6 +22,7 @@ pub mod error;
 pub mod functions;
 pub mod parquet_check;
 pub mod predict;
+pub mod ps;
 pub mod session;
 pub mod sql;
 pub mod store;

@@ -90,6 +90,8 @@ pub fn prepare_job(file: &Path, overrides: &Overrides, resume: bool) -> Result<(
         round_timeout: std::time::Duration::from_secs(job.scaling.round_timeout_seconds),
         driver_host: job.scaling.driver_host.clone(),
         rank_start_timeout: std::time::Duration::from_secs(job.scaling.rank_start_timeout_seconds),
+        advertised_host: job.scaling.advertised_host.clone(),
+        asynchronous: job.scaling.async_settings(),
     };
     Ok((config, job))
 }

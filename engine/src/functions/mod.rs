@@ -34,11 +34,14 @@ pub fn kallista_functions() -> Vec<Arc<ScalarUDF>> {
     out
 }
 
-/// Every Kallista aggregate function: the training round, `sync` segment and evaluation operators.
+/// Every Kallista aggregate function: the training round, `sync` and `async` segment and evaluation operators.
 pub fn kallista_aggregates() -> Vec<Arc<AggregateUDF>> {
     vec![
         Arc::new(AggregateUDF::new_from_impl(crate::train::train_udaf::TrainUdaf::new())),
         Arc::new(AggregateUDF::new_from_impl(crate::train::segment_udaf::SegmentUdaf::new())),
+        Arc::new(AggregateUDF::new_from_impl(crate::train::segment_udaf::RanksUdaf::<
+            crate::train::async_worker::AsyncSpec,
+        >::new())),
         Arc::new(AggregateUDF::new_from_impl(crate::train::eval_udaf::EvaluateUdaf::new())),
     ]
 }

@@ -12,6 +12,7 @@ use super::metrics::{EvalLine, MetricsLine, MetricsLog, TrainLine};
 use super::round::{CompileSpec, EvalCounts, EvalSpec, Mode, ModelRef, RoundResult, RoundSpec};
 use super::schedule::BlockSchedule;
 use super::segment::SegmentSpec;
+use super::servers::{AsyncSettings, ParameterServers};
 use crate::cancel::{collect_unless, collect_within, Deadline, Tracking};
 use crate::collective::frame::Secret;
 use crate::collective::rendezvous::{Rendezvous, Status};
@@ -60,6 +61,11 @@ pub struct TrainConfig {
     /// `sync`: a segment whose ranks have not all started after this long
     /// is restarted with the ranks that did.
     pub rank_start_timeout: std::time::Duration,
+    /// Where executors reach the driver's services (rendezvous, parameter
+    /// servers) when not at `driver_host` (NAT, containers).
+    pub advertised_host: Option<String>,
+    /// `async`: the parameter servers.
+    pub asynchronous: AsyncSettings,
 }
 
 /// Loss and accuracy of one evaluation, overall and per question family.
@@ -212,34 +218,46 @@ struct Collective {
     secret: Location,
     generation: u64,
     world: usize,
-    /// Rank tables registered in the session, by number of ranks.
-    tables: BTreeSet<usize>,
+}
+
+/// A fresh job id and secret; the secret stored in the job dir (named in specs by its URL only).
+fn job_secret(cfg: &TrainConfig) -> Result<(String, Secret, Location)> {
+    if cfg.workers > cfg.shards {
+        return Err(EngineError::Invalid(format!(
+            "scaling: {} workers need at least as many shards (shards: {}): each worker reads whole shards",
+            cfg.workers, cfg.shards
+        )));
+    }
+    let (secret, bytes) = Secret::generate().map_err(|e| EngineError::Invalid(e.to_string()))?;
+    let at = cfg.job_dir.root().join("collective.secret");
+    blocking::write(&at, bytes)?;
+    let (_, random) = Secret::generate().map_err(|e| EngineError::Invalid(e.to_string()))?;
+    let job_id = random[..8].iter().map(|b| format!("{b:02x}")).collect();
+    Ok((job_id, secret, at))
 }
 
 impl Collective {
     fn start(cfg: &TrainConfig) -> Result<Collective> {
-        if cfg.workers > cfg.shards {
-            return Err(EngineError::Invalid(format!(
-                "scaling: {} workers need at least as many shards (shards: {}): each rank reads whole shards",
-                cfg.workers, cfg.shards
-            )));
-        }
-        let (secret, bytes) = Secret::generate().map_err(|e| EngineError::Invalid(e.to_string()))?;
-        let at = cfg.job_dir.root().join("collective.secret");
-        blocking::write(&at, bytes)?;
-        let job_id: String = {
-            let (_, random) = Secret::generate().map_err(|e| EngineError::Invalid(e.to_string()))?;
-            random[..8].iter().map(|b| format!("{b:02x}")).collect()
-        };
+        let (job_id, secret, at) = job_secret(cfg)?;
         let rendezvous = Rendezvous::start(&cfg.driver_host, job_id.clone(), secret)?;
-        Ok(Collective {
-            rendezvous,
-            job_id,
-            secret: at,
-            generation: 0,
-            world: cfg.workers.max(1),
-            tables: BTreeSet::new(),
-        })
+        Ok(Collective { rendezvous, job_id, secret: at, generation: 0, world: cfg.workers.max(1) })
+    }
+}
+
+/// The driver's side of `async` training: the parameter servers and the job's secret.
+struct AsyncJob {
+    servers: ParameterServers,
+    job_id: String,
+    secret: Location,
+}
+
+impl AsyncJob {
+    fn start(cfg: &TrainConfig, model: &Model) -> Result<AsyncJob> {
+        let (job_id, secret, at) = job_secret(cfg)?;
+        let advertised = cfg.advertised_host.as_deref().unwrap_or(&cfg.driver_host);
+        let servers =
+            ParameterServers::start(model, &cfg.asynchronous, &job_id, &secret, &cfg.driver_host, advertised)?;
+        Ok(AsyncJob { servers, job_id, secret: at })
     }
 }
 
@@ -312,6 +330,10 @@ struct Job<'a> {
     samples: u64,
     /// `sync` only.
     collective: Option<Collective>,
+    /// `async` only.
+    asynchronous: Option<AsyncJob>,
+    /// Rank tables registered in the session (`sync`, `async`), by number of ranks.
+    rank_tables: BTreeSet<usize>,
 }
 
 /// Runs the job on the cluster behind `ctx` (see [`crate::session::training_session`]).
@@ -375,7 +397,11 @@ impl<'a> Job<'a> {
         let metrics = MetricsLog::open(&dir, cfg.resume)?;
         let collective = match cfg.mode {
             Mode::Sync => Some(Collective::start(&cfg)?),
-            Mode::Average => None,
+            Mode::Average | Mode::Async => None,
+        };
+        let asynchronous = match cfg.mode {
+            Mode::Async => Some(AsyncJob::start(&cfg, &model)?),
+            Mode::Average | Mode::Sync => None,
         };
         let model_ref = ModelRef {
             config: dir.model_json(),
@@ -401,6 +427,8 @@ impl<'a> Job<'a> {
             compute_ms: 0.0,
             samples: 0,
             collective,
+            asynchronous,
+            rank_tables: BTreeSet::new(),
         };
         job.publish()?;
         Ok(job)
@@ -437,8 +465,10 @@ impl<'a> Job<'a> {
             self.cfg.checkpoint_every_steps,
             self.cfg.eval_every_steps,
         );
-        if self.cfg.mode == Mode::Sync {
-            return self.run_segment(k, on_event).await;
+        match self.cfg.mode {
+            Mode::Sync => return self.run_segment(k, on_event).await,
+            Mode::Async => return self.run_async_segment(k, on_event).await,
+            Mode::Average => {}
         }
         let steps: Vec<Vec<u64>> = (step..step + k).map(|s| self.schedule.blocks_of_step(s)).collect();
         let mut blocks: Vec<u64> = steps.concat();
@@ -570,12 +600,100 @@ impl<'a> Job<'a> {
         Err(EngineError::Training(format!("segment at step {step}: {last}, {SEGMENT_ATTEMPTS} times")))
     }
 
+    /// Runs an `async` segment of `k` steps: one Ballista job of `workers`
+    /// long tasks against the parameter servers ([`super::async_worker`]),
+    /// resubmitted as a round is when it fails (its re-run workers skip the
+    /// steps they already pushed). Meanwhile the progress line follows the
+    /// shards' counters. Afterwards the shards' state becomes the next
+    /// weights version.
+    async fn run_async_segment(&mut self, k: u64, on_event: &mut (dyn FnMut(&Event) + Send)) -> Result<RoundOutcome> {
+        let step = self.step;
+        let world = self.cfg.workers.max(1);
+        let table = self.ranks_table(world).await?;
+        let a = self.asynchronous.as_ref().ok_or_else(|| EngineError::Invalid("async without servers".into()))?;
+        let spec = super::async_worker::AsyncSpec {
+            model: self.model_ref.clone(),
+            job_id: a.job_id.clone(),
+            world,
+            first_step: step,
+            steps: (step..step + k).map(|s| self.schedule.blocks_of_step(s)).collect(),
+            shards: self.splits.train.shards,
+            data: self.splits.train.dir.clone(),
+            seed: self.cfg.seed,
+            servers: a.servers.addresses(),
+            secret: a.secret.clone(),
+            push_every_steps: self.cfg.asynchronous.push_every_steps,
+            timeout_s: self.cfg.round_timeout.as_secs().max(1),
+        };
+        let spec_json = serde_json::to_string(&spec).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let sql = format!("SELECT kallista_async(rank, {}) FROM {table}", sql_str(&spec_json));
+        let t0 = Instant::now();
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Event>::new()));
+        let json = {
+            let kept = logs.clone();
+            let mut keep = move |e: &Event| kept.lock().unwrap_or_else(|p| p.into_inner()).push(e.clone());
+            let query = run_round(self.ctx, &sql, self.cfg.round_timeout, step, k, &mut keep);
+            tokio::pin!(query);
+            loop {
+                tokio::select! {
+                    done = &mut query => break done?,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {
+                        for e in std::mem::take(&mut *logs.lock().unwrap_or_else(|p| p.into_inner())) {
+                            on_event(&e);
+                        }
+                        on_event(&self.async_progress(step, k, t0));
+                    }
+                }
+            }
+        };
+        for e in std::mem::take(&mut *logs.lock().unwrap_or_else(|p| p.into_inner())) {
+            on_event(&e);
+        }
+        let query_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let mut result: RoundResult =
+            serde_json::from_str(&json).map_err(|e| EngineError::Training(format!("async segment result: {e}")))?;
+        let a = self.asynchronous.as_mut().ok_or_else(|| EngineError::Invalid("async without servers".into()))?;
+        (result.rows, result.loss_sum, result.correct) = a.servers.pushed_since();
+        let (workers, refused) = a.servers.segment_lines();
+        if refused > 0 {
+            log::warn!("the parameter servers refused {refused} messages so far (see the warnings above)");
+        }
+        for (part, w) in result.parts.iter_mut().zip(&workers) {
+            part.rows = w.rows;
+        }
+        result.workers = workers;
+        // The shards are quiet between segments: one consistent state of them all.
+        let model = &mut self.cfg.model;
+        a.servers.read_into(model)?;
+        model.set_steps_run(step + k);
+        let at = self.cfg.job_dir.weights(step + k);
+        blocking::write_scratch(&at, model.weights_bytes()?)?;
+        result.file = Some(at);
+        Ok(RoundOutcome { result, steps: k, query_ms, started: t0 })
+    }
+
+    /// The progress of a running `async` segment, from the shards' counters.
+    fn async_progress(&self, step: u64, k: u64, started: Instant) -> Event {
+        let Some(a) = self.asynchronous.as_ref() else { return Event::Log(String::new()) };
+        let (rows, loss_sum, correct) = a.servers.pushed_since();
+        let per_step = (self.cfg.batch_size as u64).max(1);
+        let done = (rows / per_step).min(k);
+        let seconds = (self.started.elapsed().as_secs_f64()).max(1e-3);
+        let _ = started;
+        Event::Round {
+            step: step + done,
+            max_steps: self.max_steps,
+            loss: loss_sum / rows.max(1) as f64,
+            accuracy: correct as f64 / rows.max(1) as f64,
+            samples_per_s: (self.samples + rows) as f64 / seconds,
+        }
+    }
+
     /// The table of `world` ranks, one Parquet file (one partition) per rank,
     /// written and registered on first use.
     async fn ranks_table(&mut self, world: usize) -> Result<String> {
         let name = format!("kallista_ranks_{world}");
-        let c = self.collective.as_mut().ok_or_else(|| EngineError::Invalid("sync without a rendezvous".into()))?;
-        if c.tables.insert(world) {
+        if self.rank_tables.insert(world) {
             let dir = self.cfg.job_dir.root().join(&format!("ranks/w{world}"));
             for rank in 0..world {
                 blocking::write(&dir.join(&format!("rank-{rank}.parquet")), rank_file(rank)?)?;
@@ -641,6 +759,7 @@ impl<'a> Job<'a> {
             processes: result.processes,
             allreduce_ms_per_step: result.reduce_ms / round.steps.max(1) as f64,
             sent_bytes_per_step: result.sent_bytes_per_step,
+            workers: result.workers.clone(),
         }))?;
         on_event(&Event::Round { step, max_steps: self.max_steps, loss, accuracy, samples_per_s: rate });
         Ok(())
@@ -749,6 +868,9 @@ impl<'a> Job<'a> {
         blocking::write(&self.dir().results(), to_json(&report)?)?;
         if let Some(c) = &self.collective {
             blocking::delete(&c.secret)?;
+        }
+        if let Some(a) = &self.asynchronous {
+            blocking::delete(&a.secret)?;
         }
         Ok(report)
     }

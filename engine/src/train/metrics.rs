@@ -62,6 +62,24 @@ pub struct TrainLine {
     /// `sync`: the most bytes one rank sent to other processes per step.
     #[serde(default)]
     pub sent_bytes_per_step: f64,
+    /// `async`: each worker's pulls, pushes, staleness and drops in the segment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<WorkerLine>,
+}
+
+/// One `async` worker's traffic with the parameter servers in a segment
+/// (shard 0's counts: every push goes to every shard).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerLine {
+    pub worker: usize,
+    pub pulls: u64,
+    pub pushes: u64,
+    /// Pushes not applied: older than `max_staleness` versions.
+    pub dropped: u64,
+    /// Versions applied between a push's pull and its arrival, averaged over its pushes.
+    pub mean_staleness: f64,
+    pub max_staleness: u64,
+    pub rows: u64,
 }
 
 /// One evaluation.

@@ -34,6 +34,7 @@
 //! `cargo bench --bench engine_w1` reports their means for the W1 model.
 
 pub mod args;
+pub mod async_worker;
 pub mod blocks;
 pub mod driver;
 pub mod eval_udaf;
@@ -47,6 +48,7 @@ pub mod round;
 pub mod schedule;
 pub mod segment;
 pub mod segment_udaf;
+pub mod servers;
 #[cfg(test)]
 mod test_model;
 pub mod train_udaf;

@@ -21,6 +21,10 @@ pub enum Mode {
     /// (`engine_w1` bench), which only many steps per round amortize.
     #[default]
     Average,
+    /// Workers run independently for a segment, pulling weights from and
+    /// pushing gradients to sharded parameter servers, which apply each
+    /// gradient as it arrives (Downpour, or Hogwild: [`crate::ps`]).
+    Async,
 }
 
 /// Workers by default: one per core of the machine that runs the job (on
@@ -155,6 +159,9 @@ pub struct RoundResult {
     /// `sync`: the most bytes a rank sent to other processes per step.
     #[serde(default)]
     pub sent_bytes_per_step: f64,
+    /// `async`: every worker's traffic with the parameter servers.
+    #[serde(default)]
+    pub workers: Vec<super::metrics::WorkerLine>,
 }
 
 /// Loss and accuracy counts of one question family.

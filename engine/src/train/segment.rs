@@ -292,17 +292,27 @@ fn run_registered(
 }
 
 /// A step's blocks of this rank, read ahead of the step.
-type StepRows = Result<Vec<(u64, Vec<RecordBatch>)>>;
+pub(crate) type StepRows = Result<Vec<(u64, Vec<RecordBatch>)>>;
+
+/// What a rank reads: the blocks of `steps` in its shards (`shard % world
+/// == rank`) of the staged split at `data`.
+pub(crate) struct RankReads<'a> {
+    pub data: &'a Location,
+    pub shards: usize,
+    pub world: usize,
+    pub binding: &'a kallista_data::binding::Binding,
+    pub steps: &'a [Vec<u64>],
+}
 
 /// Reads this rank's blocks of every step on a thread of its own, at most two steps ahead.
-fn prefetch(spec: &SegmentSpec, rank: usize) -> Result<std::sync::mpsc::Receiver<StepRows>> {
-    let shards: Vec<usize> = (0..spec.shards).filter(|s| s % spec.world == rank).collect();
-    let columns = super::args::data_columns(&spec.model.binding);
+pub(crate) fn prefetch(what: RankReads<'_>, rank: usize) -> Result<std::sync::mpsc::Receiver<StepRows>> {
+    let shards: Vec<usize> = (0..what.shards).filter(|s| s % what.world == rank).collect();
+    let columns = super::args::data_columns(what.binding);
     let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
-    let reader = BlockReader::open(&spec.data, spec.shards, &shards, &columns)?;
-    let (world, total) = (spec.world as u64, spec.shards as u64);
+    let reader = BlockReader::open(what.data, what.shards, &shards, &columns)?;
+    let (world, total) = (what.world as u64, what.shards as u64);
     let steps: Vec<Vec<u64>> =
-        spec.steps.iter().map(|s| s.iter().copied().filter(|b| (b % total) % world == rank as u64).collect()).collect();
+        what.steps.iter().map(|s| s.iter().copied().filter(|b| (b % total) % world == rank as u64).collect()).collect();
     let (tx, rx) = std::sync::mpsc::sync_channel(2);
     std::thread::Builder::new()
         .name(format!("kallista-rank-{rank}-reads"))
@@ -319,6 +329,25 @@ fn prefetch(spec: &SegmentSpec, rank: usize) -> Result<std::sync::mpsc::Receiver
     Ok(rx)
 }
 
+/// One gradient per block of a step's rows, on this process's cores.
+pub(crate) fn block_gradients(
+    model: &Model,
+    rows: &[(u64, Vec<RecordBatch>)],
+    binding: &kallista_data::binding::Binding,
+    data: &Location,
+    seed: u64,
+    step: u64,
+) -> Result<Vec<(kallista_ops::model::BatchResult, WeightGrads)>> {
+    rows.par_iter()
+        .map(|(block, batches)| {
+            let batches: Vec<&RecordBatch> = batches.iter().collect();
+            let source = format!("{data} block {block}");
+            let (x, y) = decode_batches(model, &batches, binding, &source)?;
+            Ok(model.gradients_on_micro_batch(&x, &[y], dropout_seed(seed, step, *block))?)
+        })
+        .collect()
+}
+
 fn run_steps(
     spec: &SegmentSpec,
     rank: usize,
@@ -327,7 +356,14 @@ fn run_steps(
     timeout: Duration,
     report: &mut RankReport,
 ) -> Result<()> {
-    let reads = prefetch(spec, rank)?;
+    let what = RankReads {
+        data: &spec.data,
+        shards: spec.shards,
+        world: spec.world,
+        binding: &spec.model.binding,
+        steps: &spec.steps,
+    };
+    let reads = prefetch(what, rank)?;
     let keys = group.model.read().unwrap_or_else(|e| e.into_inner()).weight_keys();
     let mut layout: Option<FlatLayout> = None;
     // The process's sum of a step (the leader's), reused: a fresh 40 MB buffer per step costs page faults.
@@ -341,15 +377,7 @@ fn run_steps(
         report.times.scan_ms += waited.elapsed().as_secs_f64() * 1e3;
         let computing = Instant::now();
         let model = group.model.read().unwrap_or_else(|e| e.into_inner());
-        let per_block: Vec<_> = rows
-            .par_iter()
-            .map(|(block, batches)| {
-                let batches: Vec<&RecordBatch> = batches.iter().collect();
-                let source = format!("{} block {block}", spec.data);
-                let (x, y) = decode_batches(&model, &batches, &spec.model.binding, &source)?;
-                Ok(model.gradients_on_micro_batch(&x, &[y], dropout_seed(spec.seed, step, *block))?)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let per_block = block_gradients(&model, &rows, &spec.model.binding, &spec.data, spec.seed, step)?;
         drop(model);
         if per_block.is_empty() {
             return Err(EngineError::Training(format!("rank {rank} has no blocks in step {step}")));

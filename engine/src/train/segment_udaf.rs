@@ -1,5 +1,7 @@
-//! `kallista_segment(rank, spec)`: one `sync` segment as an aggregate over
-//! the job's rank table, `world` Parquet files of one row each (the rank).
+//! `kallista_segment(rank, spec)` and `kallista_async(rank, spec)`: a job of
+//! one long task per rank ([`RankJob`]: a `sync` segment, an `async`
+//! segment) as an aggregate over the job's rank table, `world` Parquet
+//! files of one row each (the rank).
 //! Scanned in `world` partitions, one per task and, with the scheduler's
 //! round-robin placement, one per executor while slots allow; each partial
 //! aggregate is one rank and runs the whole segment when its input ends
@@ -21,27 +23,65 @@ use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Signature, Volatil
 use datafusion::scalar::ScalarValue;
 use std::sync::Arc;
 
-/// See the module docs.
-#[derive(Debug, PartialEq, Eq, Hash)]
-pub struct SegmentUdaf {
-    signature: Signature,
+/// A job of long tasks, one per rank, run by [`RanksUdaf`]: a `sync`
+/// segment ([`SegmentSpec`]) or an `async` segment
+/// ([`super::async_worker::AsyncSpec`]).
+pub trait RankJob: serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static {
+    /// What a rank reports at its end.
+    type Report: serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync;
+    /// The SQL function's name.
+    const FUNCTION: &'static str;
+    /// The step the job starts at (named in errors).
+    fn first_step(&self) -> u64;
+    fn run_rank(&self, rank: usize) -> crate::error::Result<Self::Report>;
+    /// The job's result from every rank's report.
+    fn combine(&self, reports: Vec<Self::Report>) -> crate::error::Result<RoundResult>;
 }
 
-impl SegmentUdaf {
-    pub fn new() -> Self {
-        SegmentUdaf { signature: Signature::variadic_any(Volatility::Volatile) }
+/// `<function>(rank, spec)` over a rank table (see the module docs).
+pub struct RanksUdaf<J> {
+    signature: Signature,
+    job: std::marker::PhantomData<fn() -> J>,
+}
+
+impl<J> std::fmt::Debug for RanksUdaf<J> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RanksUdaf")
     }
 }
 
-impl Default for SegmentUdaf {
+impl<J> PartialEq for RanksUdaf<J> {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
+}
+
+impl<J> Eq for RanksUdaf<J> {}
+
+impl<J: RankJob> std::hash::Hash for RanksUdaf<J> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        J::FUNCTION.hash(state)
+    }
+}
+
+impl<J: RankJob> RanksUdaf<J> {
+    pub fn new() -> Self {
+        RanksUdaf { signature: Signature::variadic_any(Volatility::Volatile), job: std::marker::PhantomData }
+    }
+}
+
+impl<J: RankJob> Default for RanksUdaf<J> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl AggregateUDFImpl for SegmentUdaf {
+/// `kallista_segment(rank, spec)`.
+pub type SegmentUdaf = RanksUdaf<SegmentSpec>;
+
+impl<J: RankJob> AggregateUDFImpl for RanksUdaf<J> {
     fn name(&self) -> &str {
-        "kallista_segment"
+        J::FUNCTION
     }
 
     fn signature(&self) -> &Signature {
@@ -53,8 +93,8 @@ impl AggregateUDFImpl for SegmentUdaf {
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        let spec: SegmentSpec = spec_literal(self.name(), args.exprs)?;
-        Ok(Box::new(SegmentAccumulator { spec: Arc::new(spec), ranks: vec![], reports: vec![] }))
+        let spec: J = spec_literal(self.name(), args.exprs)?;
+        Ok(Box::new(RanksAccumulator { spec: Arc::new(spec), ranks: vec![], reports: vec![] }))
     }
 
     fn state_fields(&self, _args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
@@ -63,24 +103,25 @@ impl AggregateUDFImpl for SegmentUdaf {
 }
 
 #[derive(Debug)]
-struct SegmentAccumulator {
-    spec: Arc<SegmentSpec>,
+struct RanksAccumulator<J: RankJob> {
+    spec: Arc<J>,
     /// Ranks of this partition not yet run (one, in a well-formed job).
     ranks: Vec<usize>,
-    reports: Vec<RankReport>,
+    reports: Vec<J::Report>,
 }
 
-impl SegmentAccumulator {
+impl<J: RankJob> RanksAccumulator<J> {
     fn run_pending(&mut self) -> Result<()> {
         if self.ranks.len() > 1 {
             return Err(DataFusionError::Plan(format!(
-                "kallista_segment: ranks {:?} in one partition; each rank needs a partition of its own",
+                "{}: ranks {:?} in one partition; each rank needs a partition of its own",
+                J::FUNCTION,
                 self.ranks
             )));
         }
         for rank in std::mem::take(&mut self.ranks) {
-            let round = self.spec.first_step;
-            let report = run_rank(&self.spec, rank).map_err(|e| {
+            let round = self.spec.first_step();
+            let report = self.spec.run_rank(rank).map_err(|e| {
                 external(crate::error::EngineError::worker(e, round, &crate::cluster::this_executor().name))
             })?;
             self.reports.push(report);
@@ -89,7 +130,7 @@ impl SegmentAccumulator {
     }
 }
 
-impl Accumulator for SegmentAccumulator {
+impl<J: RankJob> Accumulator for RanksAccumulator<J> {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
         let ranks = cast(&values[0], &DataType::Int64)?;
         let ranks = ranks.as_any().downcast_ref::<Int64Array>().expect("cast to Int64");
@@ -103,7 +144,7 @@ impl Accumulator for SegmentAccumulator {
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        for reports in json_states::<Vec<RankReport>>(&states[0])? {
+        for reports in json_states::<Vec<J::Report>>(&states[0])? {
             self.reports.extend(reports);
         }
         Ok(())
@@ -111,11 +152,28 @@ impl Accumulator for SegmentAccumulator {
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
         self.run_pending()?;
-        json_scalar(&combine(&self.spec, std::mem::take(&mut self.reports)).map_err(external)?)
+        json_scalar(&self.spec.combine(std::mem::take(&mut self.reports)).map_err(external)?)
     }
 
     fn size(&self) -> usize {
         std::mem::size_of_val(self)
+    }
+}
+
+impl RankJob for SegmentSpec {
+    type Report = RankReport;
+    const FUNCTION: &'static str = "kallista_segment";
+
+    fn first_step(&self) -> u64 {
+        self.first_step
+    }
+
+    fn run_rank(&self, rank: usize) -> crate::error::Result<RankReport> {
+        run_rank(self, rank)
+    }
+
+    fn combine(&self, reports: Vec<RankReport>) -> crate::error::Result<RoundResult> {
+        combine(self, reports)
     }
 }
 

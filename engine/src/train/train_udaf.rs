@@ -116,8 +116,8 @@ impl TrainAccumulator {
             self.spec.steps.len()
         );
         let mut partial = match self.spec.mode {
-            Mode::Sync => Err(crate::error::EngineError::Training(
-                "`sync` runs as segments (kallista_segment), not rounds".into(),
+            Mode::Sync | Mode::Async => Err(crate::error::EngineError::Training(
+                "`sync` and `async` run as segments (kallista_segment, kallista_async), not rounds".into(),
             )),
             Mode::Average => average_part(&model, &self.spec, &blocks),
         }

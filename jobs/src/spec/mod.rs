@@ -20,6 +20,7 @@ use kallista_engine::store::Location;
 use kallista_engine::train::job_dir::JobDir;
 use kallista_engine::train::layout::DataSource;
 use kallista_engine::train::round::Mode;
+use kallista_engine::train::servers::AsyncSettings;
 use kallista_ops::optim::OptimizerConfig;
 use serde::Deserialize;
 use std::path::Path;
@@ -148,6 +149,24 @@ pub struct ScalingSpec {
     /// executors must reach (loopback by default).
     #[serde(default = "driver_host")]
     pub driver_host: String,
+    /// The address executors reach the driver's services at, when not
+    /// `driver_host` (a driver behind NAT or in a container).
+    #[serde(default)]
+    pub advertised_host: Option<String>,
+    /// `async`: shards of the weights, each a parameter server in the
+    /// driver's process (default 1).
+    #[serde(default)]
+    pub parameter_servers: Option<usize>,
+    /// `async`: steps a worker takes on the same weights between pushes (default 1).
+    #[serde(default)]
+    pub push_every_steps: Option<u64>,
+    /// `async`: a gradient computed on weights more than this many versions
+    /// old is dropped (default: none is).
+    #[serde(default)]
+    pub max_staleness: Option<u64>,
+    /// `async`: shards apply pushes without their lock (default false: Downpour).
+    #[serde(default)]
+    pub hogwild: Option<bool>,
 }
 
 fn rank_start_timeout() -> u64 {
@@ -173,11 +192,27 @@ impl Default for ScalingSpec {
             round_timeout_seconds: round_timeout(),
             rank_start_timeout_seconds: rank_start_timeout(),
             driver_host: driver_host(),
+            advertised_host: None,
+            parameter_servers: None,
+            push_every_steps: None,
+            max_staleness: None,
+            hogwild: None,
         }
     }
 }
 
 impl ScalingSpec {
+    /// The parameter-server settings of an `async` job.
+    pub fn async_settings(&self) -> AsyncSettings {
+        let d = AsyncSettings::default();
+        AsyncSettings {
+            parameter_servers: self.parameter_servers.unwrap_or(d.parameter_servers),
+            push_every_steps: self.push_every_steps.unwrap_or(d.push_every_steps),
+            max_staleness: self.max_staleness,
+            hogwild: self.hogwild.unwrap_or(d.hogwild),
+        }
+    }
+
     /// The workers of the job: as set, or one per core of this machine, at
     /// most `shards` and dividing it (each worker scans whole shard files).
     pub fn workers(&self) -> usize {
@@ -373,6 +408,21 @@ impl JobSpec {
         }
         if s.sync_every_steps == 0 {
             return err("scaling.sync_every_steps", "must be positive".into());
+        }
+        let async_keys = [
+            ("parameter_servers", s.parameter_servers.is_some()),
+            ("push_every_steps", s.push_every_steps.is_some()),
+            ("max_staleness", s.max_staleness.is_some()),
+            ("hogwild", s.hogwild.is_some()),
+        ];
+        if let Some((key, _)) = async_keys.iter().find(|(_, set)| *set).filter(|_| s.mode != Mode::Async) {
+            return err(&format!("scaling.{key}"), "is a setting of mode: async".into());
+        }
+        if s.parameter_servers == Some(0) {
+            return err("scaling.parameter_servers", "must be positive".into());
+        }
+        if s.push_every_steps == Some(0) {
+            return err("scaling.push_every_steps", "must be positive".into());
         }
         let micro = self.micro_batch();
         if micro == 0 || !t.batch_size.is_multiple_of(micro * s.shards) {

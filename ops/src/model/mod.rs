@@ -137,6 +137,19 @@ impl Model {
         self.layers.iter_mut().flat_map(|l| l.weights_mut()).collect()
     }
 
+    /// The trainable weights, as `(index in [`Model::weight_keys`], key,
+    /// elements)`: what a parameter server shards among its servers.
+    pub fn trainable_entries(&self) -> Vec<(usize, String, usize)> {
+        let entries = self.weight_entries().into_iter().enumerate();
+        entries.filter(|(_, (_, _, t))| *t).map(|(i, (k, w, _))| (i, k, w.value.len())).collect()
+    }
+
+    /// Every weight's values, mutable, in [`Model::weight_keys`] order: a
+    /// parameter server's worker writes pulled weights into them in place.
+    pub fn weight_values_mut(&mut self) -> Vec<&mut [f32]> {
+        self.weights_flat_mut().into_iter().map(|w| w.value.data_mut()).collect()
+    }
+
     /// Total number of weights (trainable and not).
     pub fn count_params(&self) -> usize {
         self.weight_entries().iter().map(|(_, w, _)| w.value.len()).sum()

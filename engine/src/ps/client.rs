@@ -1,0 +1,203 @@
+//! A worker's side of the parameter servers: one authenticated connection
+//! per shard; pulls write the shards' values into the worker's model in
+//! place; a push sends each shard its slices of a gradient and takes the
+//! values the shard answers with (push and pull in one round trip), to all
+//! shards at once. An unreachable shard is an error naming its address.
+
+use super::slices::{plan, Slice};
+use super::wire::{self, Push, Reply, Request, ShardStats, REPLY, REQUEST};
+use crate::collective::frame::{FrameError, Framed, Secret};
+use crate::error::{EngineError, Result};
+use kallista_ops::model::{Model, WeightGrads};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// One shard's connection.
+struct Link {
+    index: usize,
+    address: String,
+    framed: Framed<TcpStream>,
+    slices: Vec<Slice>,
+    /// The shard's version of the values this worker holds.
+    version: u64,
+}
+
+impl Link {
+    fn failed(&self, e: impl std::fmt::Display) -> EngineError {
+        unreachable_shard(self.index, &self.address, e)
+    }
+}
+
+fn unreachable_shard(index: usize, address: &str, e: impl std::fmt::Display) -> EngineError {
+    // A worker that cannot push must fail its job, never "finish" with untrained weights.
+    EngineError::Training(format!("parameter server shard {index} at {address}: {e}"))
+}
+
+/// What one push did, over all shards.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PushOutcome {
+    /// Shards that applied the gradient (the others dropped it as too stale).
+    pub accepted: usize,
+    pub staleness_sum: u64,
+}
+
+/// A worker's connections to every shard of a job.
+pub struct ParameterClient {
+    job: String,
+    worker: usize,
+    links: Vec<Link>,
+}
+
+/// Connects, retrying for up to `timeout` (a shard that just started).
+fn connect(index: usize, address: &str, timeout: Duration) -> Result<TcpStream> {
+    let started = Instant::now();
+    loop {
+        match TcpStream::connect(address) {
+            Ok(s) => return Ok(s),
+            Err(e) if started.elapsed() >= timeout => {
+                return Err(unreachable_shard(
+                    index,
+                    address,
+                    format!("cannot connect within {}s: {e}", timeout.as_secs_f64().round()),
+                ))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+impl ParameterClient {
+    /// Connects worker `worker` to the shards at `addresses` (in shard order).
+    pub fn connect(
+        addresses: &[String],
+        model: &Model,
+        secret: &Secret,
+        job: &str,
+        worker: usize,
+        timeout: Duration,
+    ) -> Result<ParameterClient> {
+        let plans = plan(model, addresses.len());
+        let mut links = vec![];
+        for (index, (address, slices)) in addresses.iter().zip(plans).enumerate() {
+            let stream = connect(index, address, timeout.min(Duration::from_secs(20)))?;
+            stream.set_read_timeout(Some(timeout)).map_err(|e| unreachable_shard(index, address, e))?;
+            let _ = stream.set_nodelay(true);
+            links.push(Link {
+                index,
+                address: address.clone(),
+                framed: Framed::new(stream, secret.clone()),
+                slices,
+                version: 0,
+            });
+        }
+        Ok(ParameterClient { job: job.to_string(), worker, links })
+    }
+
+    /// Writes every shard's values into `model`; returns the steps of
+    /// `segment` this worker already pushed (by shard 0's count).
+    pub fn pull(&mut self, model: &mut Model, segment: u64) -> Result<u64> {
+        let (job, worker) = (self.job.clone(), self.worker);
+        let results = self.each_link(model, |link, parts| {
+            wire::send_json(&mut link.framed, REQUEST, &Request::Pull { job: job.clone(), worker, segment })
+                .map_err(|e| link.failed(e))?;
+            match wire::receive_json(&mut link.framed, REPLY).map_err(|e| link.failed(e))? {
+                Reply::Weights { version, done_steps } => {
+                    wire::receive_values(&mut link.framed, parts).map_err(|e| link.failed(e))?;
+                    link.version = version;
+                    Ok(done_steps)
+                }
+                other => Err(link.failed(format!("unexpected answer {other:?}"))),
+            }
+        })?;
+        Ok(results.first().copied().unwrap_or(0))
+    }
+
+    /// Pushes `grads` (every weight's, by index) to every shard, each with
+    /// the version it was computed on, and takes the values they answer with.
+    pub fn push(&mut self, model: &mut Model, grads: &WeightGrads, push: &Push) -> Result<PushOutcome> {
+        let results = self.each_link(model, |link, parts| {
+            let mut mine = push.clone();
+            mine.base_version = link.version;
+            let mut sent: Vec<&[f32]> = vec![];
+            for s in &link.slices {
+                let g = grads.values.get(s.weight).and_then(|g| g.as_deref()).filter(|g| g.len() >= s.range.end);
+                let g = g.ok_or_else(|| {
+                    EngineError::Training(format!("'{}': no gradient of the expected size to push", s.key))
+                })?;
+                sent.push(&g[s.range.clone()]);
+            }
+            wire::send_json(&mut link.framed, REQUEST, &Request::Push(mine)).map_err(|e| link.failed(e))?;
+            wire::send_values(&mut link.framed, &sent).map_err(|e| link.failed(e))?;
+            match wire::receive_json(&mut link.framed, REPLY).map_err(|e| link.failed(e))? {
+                Reply::Pushed { accepted, staleness, version } => {
+                    wire::receive_values(&mut link.framed, parts).map_err(|e| link.failed(e))?;
+                    link.version = version;
+                    Ok((accepted, staleness))
+                }
+                other => Err(link.failed(format!("unexpected answer {other:?}"))),
+            }
+        })?;
+        let mut out = PushOutcome::default();
+        for (accepted, staleness) in results {
+            out.accepted += usize::from(accepted);
+            out.staleness_sum += staleness;
+        }
+        Ok(out)
+    }
+
+    /// Runs `f` for every shard at once, each with the parts of `model`'s
+    /// weights its slices cover (disjoint: the slices of the shards, in
+    /// shard order, tile the weights in order).
+    fn each_link<T: Send>(
+        &mut self,
+        model: &mut Model,
+        f: impl Fn(&mut Link, &mut [&mut [f32]]) -> Result<T> + Sync,
+    ) -> Result<Vec<T>> {
+        let mut weights: Vec<Option<&mut [f32]>> = model.weight_values_mut().into_iter().map(Some).collect();
+        // Cut each weight front to back: shard 0's slice first, then shard 1's, ...
+        let mut consumed: Vec<usize> = vec![0; weights.len()];
+        let mut per_link: Vec<Vec<&mut [f32]>> = vec![];
+        for link in &self.links {
+            let mut parts = vec![];
+            for s in &link.slices {
+                let w = weights.get_mut(s.weight).and_then(Option::take);
+                let w = w.filter(|w| s.range.start == consumed[s.weight] && w.len() >= s.range.len());
+                let w =
+                    w.ok_or_else(|| EngineError::Invalid(format!("'{}': the model does not match its shards", s.key)))?;
+                let (part, rest) = w.split_at_mut(s.range.len());
+                consumed[s.weight] = s.range.end;
+                weights[s.weight] = Some(rest);
+                parts.push(part);
+            }
+            per_link.push(parts);
+        }
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .links
+                .iter_mut()
+                .zip(per_link.iter_mut())
+                .map(|(link, parts)| {
+                    let f = &f;
+                    scope.spawn(move || f(link, parts))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(EngineError::Training("a shard connection panicked".into()))))
+                .collect()
+        })
+    }
+}
+
+/// Asks the shard at `address` for its counters.
+pub fn stats(address: &str, secret: &Secret, job: &str, timeout: Duration) -> Result<ShardStats> {
+    let failed = |e: &dyn std::fmt::Display| EngineError::Collective(format!("parameter server at {address}: {e}"));
+    let stream = TcpStream::connect(address).map_err(|e| failed(&e))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| failed(&e))?;
+    let mut framed = Framed::new(stream, secret.clone());
+    wire::send_json(&mut framed, REQUEST, &Request::Stats { job: job.into() }).map_err(|e| failed(&e))?;
+    match wire::receive_json(&mut framed, REPLY).map_err(|e: FrameError| failed(&e))? {
+        Reply::Stats(s) => Ok(s),
+        other => Err(failed(&format!("unexpected answer {other:?}"))),
+    }
+}

@@ -1,0 +1,14 @@
+//! Parameter servers of `async` training (`DESIGN.md`, "Training modes").
+//!
+//! The trainable weights are split into `parameter_servers` shards balanced
+//! by bytes ([`slices`]); each [`shard`] owns its slices and their
+//! optimizer state and applies pushed gradients as they arrive (Downpour,
+//! or Hogwild without the shard's lock), dropping those older than
+//! `max_staleness` versions. Workers ([`client`]) push a gradient and get
+//! the new values back in one round trip ([`wire`]); every message is
+//! authenticated with the job's secret, as the `sync` collectives are.
+
+pub mod client;
+pub mod shard;
+pub mod slices;
+pub mod wire;

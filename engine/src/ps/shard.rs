@@ -1,0 +1,305 @@
+//! One parameter-server shard: it owns its slices of the weights
+//! ([`super::slices`]) and their optimizer state, and serves pulls and
+//! pushes over authenticated connections ([`super::wire`]).
+//!
+//! Downpour (the default): a push is applied as one optimizer step under
+//! the shard's lock, so every pull sees one version. `hogwild`: pushes are
+//! applied without that lock, slice by slice (each slice under its own
+//! lock only), so concurrent pushes interleave and a pull may see parts of
+//! several versions. A gradient computed on a version more than
+//! `max_staleness` versions old is dropped (not applied, counted).
+//! Every connection is authenticated with the job's secret; a refused
+//! message (unsigned, tampered, replayed, another job's) is logged and
+//! counted, closes its connection, and changes nothing: a push is applied
+//! only after all its values passed their checks.
+
+use super::slices::Slice;
+use super::wire::{self, Push, Reply, Request, ShardStats, REPLY, REQUEST};
+use crate::collective::frame::{FrameError, Framed, Secret};
+use crate::error::{EngineError, Result};
+use kallista_ops::optim::{Optimizer, OptimizerConfig, ParamUpdate};
+use std::collections::BTreeMap;
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// How a shard applies pushes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardRules {
+    /// The job's optimizer, clipping removed (workers clip whole gradients).
+    pub optimizer: OptimizerConfig,
+    pub hogwild: bool,
+    pub max_staleness: Option<u64>,
+}
+
+/// A slice's values and optimizer state.
+pub struct SliceState {
+    pub slice: Slice,
+    pub values: Vec<f32>,
+    pub optimizer: Optimizer,
+}
+
+#[derive(Default)]
+struct Book {
+    stats: ShardStats,
+    /// The last step each worker pushed, per segment.
+    last_step: BTreeMap<(u64, usize), u64>,
+    /// Steps of a segment each worker pushed.
+    done_steps: BTreeMap<(u64, usize), u64>,
+    /// Refusals, as logged (the newest 100).
+    refusals: Vec<String>,
+}
+
+struct Core {
+    job: String,
+    index: usize,
+    secret: Secret,
+    rules: ShardRules,
+    /// Held for a whole push or pull in Downpour mode.
+    step_lock: Mutex<()>,
+    slices: Vec<Mutex<SliceState>>,
+    version: AtomicU64,
+    book: Mutex<Book>,
+    closed: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A running shard (see the module docs). Stops listening when dropped.
+pub struct Shard {
+    address: String,
+    core: Arc<Core>,
+}
+
+impl Shard {
+    /// Serves `slices` of job `job` on `bind_host` (a free port), reached by workers at `advertised_host`.
+    pub fn start(
+        bind_host: &str,
+        advertised_host: &str,
+        index: usize,
+        job: String,
+        secret: Secret,
+        rules: ShardRules,
+        slices: Vec<SliceState>,
+    ) -> Result<Shard> {
+        let failed = |e: std::io::Error| {
+            EngineError::Invalid(format!("parameter server shard {index}: cannot listen on {bind_host}: {e}"))
+        };
+        let listener = TcpListener::bind((bind_host, 0)).map_err(failed)?;
+        let port = listener.local_addr().map_err(failed)?.port();
+        listener.set_nonblocking(true).map_err(failed)?;
+        let core = Arc::new(Core {
+            job,
+            index,
+            secret,
+            rules,
+            step_lock: Mutex::new(()),
+            slices: slices.into_iter().map(Mutex::new).collect(),
+            version: AtomicU64::new(0),
+            book: Mutex::new(Book::default()),
+            closed: AtomicBool::new(false),
+        });
+        let accepting = core.clone();
+        std::thread::Builder::new()
+            .name(format!("kallista-ps-{index}"))
+            .spawn(move || accept_loop(listener, accepting))
+            .map_err(|e| EngineError::Invalid(format!("parameter server thread: {e}")))?;
+        Ok(Shard { address: format!("{advertised_host}:{port}"), core })
+    }
+
+    /// `host:port`, as workers reach it.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    pub fn stats(&self) -> ShardStats {
+        let mut stats = lock(&self.core.book).stats.clone();
+        stats.version = self.core.version.load(Ordering::SeqCst);
+        stats
+    }
+
+    /// What was refused, as logged.
+    pub fn refusals(&self) -> Vec<String> {
+        lock(&self.core.book).refusals.clone()
+    }
+
+    /// Calls `f` with every slice's state, consistently (no push in between,
+    /// hogwild pushes included: the caller runs between segments).
+    pub fn with_slices<T>(&self, f: impl FnOnce(&[&SliceState]) -> T) -> T {
+        let _step = lock(&self.core.step_lock);
+        let guards: Vec<MutexGuard<'_, SliceState>> = self.core.slices.iter().map(lock).collect();
+        let refs: Vec<&SliceState> = guards.iter().map(|g| &**g).collect();
+        f(&refs)
+    }
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        self.core.closed.store(true, Ordering::SeqCst);
+    }
+}
+
+fn accept_loop(listener: TcpListener, core: Arc<Core>) {
+    while !core.closed.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                let core = core.clone();
+                let _ = std::thread::Builder::new()
+                    .name(format!("kallista-ps-{}-conn", core.index))
+                    .spawn(move || serve(stream, peer.to_string(), &core));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => {
+                log::warn!("parameter server shard {}: accept failed: {e}", core.index);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    // Dropping the listener frees the port; open connections end at their next read.
+}
+
+/// Serves one worker's connection until it closes, the shard stops, or a message is refused.
+fn serve(stream: TcpStream, peer: String, core: &Core) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_nodelay(true);
+    // Wakes up now and then to notice that the shard stopped.
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut framed = Framed::new(stream, core.secret.clone());
+    while !core.closed.load(Ordering::SeqCst) {
+        let mut head = [0u8; 1];
+        match framed.stream.peek(&mut head) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(_) => return,
+        }
+        let _ = framed.stream.set_read_timeout(Some(Duration::from_secs(60)));
+        match answer(&mut framed, core) {
+            Ok(()) => {}
+            Err(FrameError::Refused(why)) => {
+                refuse(core, &peer, &why);
+                return;
+            }
+            Err(FrameError::Io(e)) => {
+                log::debug!("parameter server shard {}: connection from {peer} ended: {e}", core.index);
+                return;
+            }
+        }
+        let _ = framed.stream.set_read_timeout(Some(Duration::from_millis(500)));
+    }
+}
+
+fn refuse(core: &Core, peer: &str, why: &str) {
+    let line = format!("parameter server shard {}: refused a message from {peer}: {why}", core.index);
+    log::warn!("{line}");
+    let mut book = lock(&core.book);
+    book.stats.refused += 1;
+    if book.refusals.len() < 100 {
+        book.refusals.push(line);
+    }
+}
+
+fn answer(framed: &mut Framed<TcpStream>, core: &Core) -> std::result::Result<(), FrameError> {
+    let request: Request = wire::receive_json(framed, REQUEST)?;
+    let job = match &request {
+        Request::Pull { job, .. } | Request::Stats { job } => job,
+        Request::Push(p) => &p.job,
+    };
+    if *job != core.job {
+        return Err(FrameError::Refused("a message for another job".into()));
+    }
+    match request {
+        Request::Stats { .. } => {
+            let mut stats = lock(&core.book).stats.clone();
+            stats.version = core.version.load(Ordering::SeqCst);
+            wire::send_json(framed, REPLY, &Reply::Stats(stats))
+        }
+        Request::Pull { worker, segment, .. } => {
+            let done_steps = {
+                let mut book = lock(&core.book);
+                book.stats.workers.entry(worker).or_default().pulls += 1;
+                book.done_steps.get(&(segment, worker)).copied().unwrap_or(0)
+            };
+            let (version, values) = copy_values(core);
+            wire::send_json(framed, REPLY, &Reply::Weights { version, done_steps })?;
+            send_copies(framed, &values)
+        }
+        Request::Push(push) => {
+            // The whole gradient first: nothing is applied unless every chunk passed its check.
+            let mut grads: Vec<Vec<f32>> = core.slices.iter().map(|s| vec![0f32; lock(s).slice.len()]).collect();
+            let mut parts: Vec<&mut [f32]> = grads.iter_mut().map(|g| g.as_mut_slice()).collect();
+            wire::receive_values(framed, &mut parts)?;
+            apply_push(framed, core, &push, grads)
+        }
+    }
+}
+
+/// The shard's version and values, copied (under the shard's lock in
+/// Downpour mode, slice by slice in hogwild mode) so that they are sent
+/// while pushes go on.
+fn copy_values(core: &Core) -> (u64, Vec<Vec<f32>>) {
+    let _step = (!core.rules.hogwild).then(|| lock(&core.step_lock));
+    let values = core.slices.iter().map(|s| lock(s).values.clone()).collect();
+    (core.version.load(Ordering::SeqCst), values)
+}
+
+fn send_copies(framed: &mut Framed<TcpStream>, values: &[Vec<f32>]) -> std::result::Result<(), FrameError> {
+    let parts: Vec<&[f32]> = values.iter().map(Vec::as_slice).collect();
+    wire::send_values(framed, &parts)
+}
+
+fn apply_push(
+    framed: &mut Framed<TcpStream>,
+    core: &Core,
+    push: &Push,
+    grads: Vec<Vec<f32>>,
+) -> std::result::Result<(), FrameError> {
+    {
+        let mut book = lock(&core.book);
+        let key = (push.segment, push.worker);
+        // Steps of a worker only go forward: a replayed push is refused.
+        if book.last_step.get(&key).is_some_and(|&last| push.step <= last) {
+            return Err(FrameError::Refused(format!(
+                "a second push of worker {} for step {} (a replay)",
+                push.worker, push.step
+            )));
+        }
+        book.last_step.insert(key, push.step);
+    }
+    let step_guard = (!core.rules.hogwild).then(|| lock(&core.step_lock));
+    let version = core.version.load(Ordering::SeqCst);
+    let staleness = version.saturating_sub(push.base_version);
+    let accepted = core.rules.max_staleness.is_none_or(|s| staleness <= s);
+    if accepted {
+        for (slice, grad) in core.slices.iter().zip(grads) {
+            let mut s = lock(slice);
+            let SliceState { slice, values, optimizer } = &mut *s;
+            let mut update = [ParamUpdate { key: &slice.key, value: values, grad }];
+            if let Err(e) = optimizer.apply(&mut update) {
+                // Sizes were checked on arrival: this is a bug, not bad input.
+                log::error!("parameter server shard {}: {e}", core.index);
+                return Err(FrameError::Io(e.to_string()));
+            }
+        }
+        core.version.fetch_add(1, Ordering::SeqCst);
+    }
+    {
+        let mut book = lock(&core.book);
+        let w = book.stats.workers.entry(push.worker).or_default();
+        w.pushes += 1;
+        w.dropped += u64::from(!accepted);
+        w.staleness_sum += staleness;
+        w.max_staleness = w.max_staleness.max(staleness);
+        w.rows += push.rows;
+        w.loss_sum += push.loss_sum;
+        w.correct += push.correct;
+        *book.done_steps.entry((push.segment, push.worker)).or_default() += push.steps;
+    }
+    drop(step_guard);
+    let (version, values) = copy_values(core);
+    wire::send_json(framed, REPLY, &Reply::Pushed { accepted, staleness, version })?;
+    send_copies(framed, &values)
+}

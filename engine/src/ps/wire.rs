@@ -1,0 +1,147 @@
+//! The messages between workers and parameter-server shards, over
+//! authenticated frames ([`crate::collective::frame`]): a JSON request or
+//! reply (HMAC-signed), then the values it carries as sealed chunks of f32
+//! (AES-GCM with the job's key: authenticated and encrypted), each chunk
+//! headed by its slice and offset so that a reordered or foreign chunk is
+//! refused.
+
+use crate::collective::frame::{json, parse, FrameError, Framed};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+
+pub const REQUEST: u8 = 21;
+pub const REPLY: u8 = 22;
+/// A chunk of f32 values (sent as their bits).
+pub const VALUES: u8 = 23;
+/// Never sent: [`Framed::receive_values`] wants a kind for 64-bit values.
+const NO_WIDE: u8 = 24;
+/// Values per chunk (4 MB).
+const CHUNK: usize = 1 << 20;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// The shard's current values (then [`Reply::Weights`] and the values).
+    Pull { job: String, worker: usize, segment: u64 },
+    /// A gradient for the shard's slices (the values follow the request),
+    /// computed on the shard's version `base_version`; the last of global
+    /// step `step` of `segment` for this worker. Answered by
+    /// [`Reply::Pushed`] and the shard's values after it.
+    Push(Push),
+    /// Counters per worker ([`Reply::Stats`]).
+    Stats { job: String },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Push {
+    pub job: String,
+    pub worker: usize,
+    pub segment: u64,
+    pub step: u64,
+    /// Steps the gradient covers (`push_every_steps`, fewer at a segment's end).
+    pub steps: u64,
+    pub base_version: u64,
+    pub rows: u64,
+    pub loss_sum: f64,
+    pub correct: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Reply {
+    /// The values follow. `done_steps`: steps of `segment` this worker
+    /// already pushed (a re-run worker skips them).
+    Weights {
+        version: u64,
+        done_steps: u64,
+    },
+    /// Whether the gradient was applied (not too stale); the values follow.
+    Pushed {
+        accepted: bool,
+        staleness: u64,
+        version: u64,
+    },
+    Stats(ShardStats),
+    Refused(String),
+}
+
+/// What a shard counted, per worker.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStats {
+    pub pulls: u64,
+    pub pushes: u64,
+    /// Pushes dropped as older than `max_staleness` versions.
+    pub dropped: u64,
+    /// Summed over the pushes (accepted or not): versions applied since the push's base.
+    pub staleness_sum: u64,
+    pub max_staleness: u64,
+    /// Rows, loss and correct answers of the pushed steps.
+    pub rows: u64,
+    pub loss_sum: f64,
+    pub correct: u64,
+}
+
+/// A shard's counters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShardStats {
+    pub version: u64,
+    /// Messages refused (not authenticated, tampered, replayed, another job's).
+    pub refused: u64,
+    pub workers: BTreeMap<usize, WorkerStats>,
+}
+
+pub fn send_json<S: Read + Write, T: Serialize>(framed: &mut Framed<S>, kind: u8, value: &T) -> Result<(), FrameError> {
+    framed.send(kind, &[&json(value)])
+}
+
+pub fn receive_json<S: Read + Write, T: serde::de::DeserializeOwned>(
+    framed: &mut Framed<S>,
+    kind: u8,
+) -> Result<T, FrameError> {
+    let (got, body) = framed.receive()?;
+    if got != kind {
+        return Err(FrameError::Refused(format!("expected a message of kind {kind}, got kind {got}")));
+    }
+    parse(&body)
+}
+
+/// Sends `parts` (a shard's slices, in order) as sealed chunks.
+pub fn send_values<S: Read + Write>(framed: &mut Framed<S>, parts: &[&[f32]]) -> Result<(), FrameError> {
+    let mut buffer: Vec<u8> = vec![];
+    for (i, part) in parts.iter().enumerate() {
+        for (c, chunk) in part.chunks(CHUNK).enumerate() {
+            buffer.clear();
+            buffer.extend_from_slice(bytemuck::cast_slice(chunk));
+            framed.send_sealed(VALUES, &header(i, c * CHUNK), &mut buffer)?;
+        }
+    }
+    Ok(())
+}
+
+/// Receives what [`send_values`] sent into `parts` (their lengths are the
+/// expected ones: a chunk out of place or of another size is refused).
+pub fn receive_values<S: Read + Write>(framed: &mut Framed<S>, parts: &mut [&mut [f32]]) -> Result<(), FrameError> {
+    let (mut wide, mut narrow) = (vec![], vec![]);
+    for (i, part) in parts.iter_mut().enumerate() {
+        for (c, chunk) in part.chunks_mut(CHUNK).enumerate() {
+            let mut head = [0u8; 16];
+            framed.receive_values(NO_WIDE, &[VALUES], &mut head, &mut wide, &mut narrow)?;
+            if head != header(i, c * CHUNK) || narrow.len() != chunk.len() {
+                return Err(FrameError::Refused(format!(
+                    "a chunk of {} values out of place (expected {} values of slice {i} at {})",
+                    narrow.len(),
+                    chunk.len(),
+                    c * CHUNK
+                )));
+            }
+            chunk.copy_from_slice(bytemuck::cast_slice(&narrow));
+        }
+    }
+    Ok(())
+}
+
+fn header(slice: usize, offset: usize) -> [u8; 16] {
+    let mut h = [0u8; 16];
+    h[..8].copy_from_slice(&(slice as u64).to_le_bytes());
+    h[8..].copy_from_slice(&(offset as u64).to_le_bytes());
+    h
+}

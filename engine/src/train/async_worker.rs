@@ -1,0 +1,227 @@
+//! `async` training in segments: one Ballista job runs `world` workers at
+//! once (`kallista_async(rank, spec)` over the rank table,
+//! [`super::segment_udaf::RanksUdaf`]), each a long task that trains
+//! against the job's parameter-server shards ([`crate::ps`]) until the
+//! segment's steps are done.
+//!
+//! A worker reads the blocks of its shards (`shard % world == rank`) step
+//! by step, as a `sync` rank does, computes one gradient per step on its
+//! current weights (the mean over its blocks), and every `push_every_steps`
+//! steps pushes the mean of those gradients to every shard, taking the
+//! shards' new values back in the same round trip. No worker waits for
+//! another. Clipping (`clipnorm`, `global_clipnorm`) is applied here, to
+//! the whole gradient, before the push.
+//!
+//! A worker re-run by Ballista (its executor lost) pulls the current
+//! weights and skips the steps of the segment it already pushed (the
+//! shards count them): it repeats only the steps it had computed but not
+//! pushed, and never pushes a step twice.
+
+use super::round::{ModelRef, PartTimes, RoundResult};
+use super::segment::{block_gradients, prefetch, RankReads};
+use super::segment_udaf::RankJob;
+use crate::cluster::this_executor;
+use crate::collective::frame::Secret;
+use crate::error::{EngineError, Result};
+use crate::ps::client::ParameterClient;
+use crate::ps::wire::Push;
+use crate::store::{blocking, Location};
+use kallista_ops::model::WeightGrads;
+use kallista_ops::optim::OptimizerConfig;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+
+/// One `async` segment, as the driver tells its workers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AsyncSpec {
+    pub model: ModelRef,
+    /// The driver's id of this training job.
+    pub job_id: String,
+    pub world: usize,
+    pub first_step: u64,
+    /// The blocks of each step, in step order (every worker's).
+    pub steps: Vec<Vec<u64>>,
+    pub shards: usize,
+    pub data: Location,
+    pub seed: u64,
+    /// The parameter servers, in shard order (`host:port`).
+    pub servers: Vec<String>,
+    /// The object holding the job's secret.
+    pub secret: Location,
+    pub push_every_steps: u64,
+    /// How long a worker waits for a shard or for its blocks.
+    pub timeout_s: u64,
+}
+
+/// What one worker reports at the end of its segment.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerReport {
+    pub rank: usize,
+    pub executor: String,
+    /// Steps computed in this run (a re-run skips those already pushed).
+    pub steps: u64,
+    pub skipped_steps: u64,
+    pub pushes: u64,
+    /// Time in pushes (sending, the shards' update, receiving the values).
+    pub push_ms: f64,
+    pub times: PartTimes,
+}
+
+impl RankJob for AsyncSpec {
+    type Report = WorkerReport;
+    const FUNCTION: &'static str = "kallista_async";
+
+    fn first_step(&self) -> u64 {
+        self.first_step
+    }
+
+    fn run_rank(&self, rank: usize) -> Result<WorkerReport> {
+        run_worker(self, rank)
+    }
+
+    /// Rows, loss and staleness come from the shards' counters (the driver's):
+    /// a re-run worker's report does not cover the steps its first run pushed.
+    fn combine(&self, mut reports: Vec<WorkerReport>) -> Result<RoundResult> {
+        reports.sort_by_key(|r| r.rank);
+        let ranks: Vec<usize> = reports.iter().map(|r| r.rank).collect();
+        if ranks != (0..self.world).collect::<Vec<_>>() {
+            return Err(EngineError::Collective(format!(
+                "async segment at step {}: reports of workers {ranks:?} of {}",
+                self.first_step, self.world
+            )));
+        }
+        let mut result = RoundResult { partitions: self.world as u64, ..Default::default() };
+        for r in &reports {
+            if r.times.compute_ms >= result.slowest.compute_ms {
+                result.slowest = r.times.clone();
+            }
+            result.reduce_ms = result.reduce_ms.max(r.push_ms);
+            result.parts.push(super::metrics::PartLine {
+                executor: r.executor.clone(),
+                first_block: r.rank as u64,
+                rows: 0,
+                scan_ms: r.times.scan_ms,
+                load_ms: r.times.load_ms,
+                compute_ms: r.times.compute_ms,
+                write_ms: 0.0,
+            });
+        }
+        Ok(result)
+    }
+}
+
+/// Scales `grads` by `1 / parts` and clips them as the optimizer config asks.
+fn mean_and_clip(grads: &mut WeightGrads, parts: usize, cfg: &OptimizerConfig) {
+    let scale = 1.0 / parts.max(1) as f32;
+    let values = grads.values.iter_mut().flatten();
+    values.for_each(|g| g.iter_mut().for_each(|v| *v *= scale));
+    let norm = |g: &[f32]| g.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>().sqrt() as f32;
+    if let Some(c) = cfg.clipnorm {
+        for g in grads.values.iter_mut().flatten() {
+            let n = norm(g);
+            if n > c {
+                g.iter_mut().for_each(|v| *v *= c / n);
+            }
+        }
+    }
+    if let Some(c) = cfg.global_clipnorm {
+        let n = grads.values.iter().flatten().map(|g| norm(g).powi(2)).sum::<f32>().sqrt();
+        if n > c {
+            grads.values.iter_mut().flatten().for_each(|g| g.iter_mut().for_each(|v| *v *= c / n));
+        }
+    }
+}
+
+/// Runs worker `rank` of the segment (see the module docs).
+pub fn run_worker(spec: &AsyncSpec, rank: usize) -> Result<WorkerReport> {
+    let timeout = Duration::from_secs(spec.timeout_s.max(1));
+    let secret = Secret::from_bytes(&blocking::read(&spec.secret)?);
+    let loading = Instant::now();
+    let mut model = (*super::model_cache::model_for(&spec.model)?).clone();
+    let mut client = ParameterClient::connect(&spec.servers, &model, &secret, &spec.job_id, rank, timeout)?;
+    let done = client.pull(&mut model, spec.first_step)? as usize;
+    let mut report =
+        WorkerReport { rank, executor: this_executor().name.clone(), skipped_steps: done as u64, ..Default::default() };
+    report.times.load_ms = loading.elapsed().as_secs_f64() * 1e3;
+    if done > 0 {
+        log::info!(
+            "async worker {rank}: re-run; skipping the {done} steps of step {} on it already pushed",
+            spec.first_step
+        );
+    }
+    let steps = &spec.steps[done.min(spec.steps.len())..];
+    let what =
+        RankReads { data: &spec.data, shards: spec.shards, world: spec.world, binding: &spec.model.binding, steps };
+    let reads = prefetch(what, rank)?;
+    let every = spec.push_every_steps.max(1) as usize;
+    let mut pending = WeightGrads::default();
+    let (mut parts, mut in_push) = (0usize, 0u64);
+    let (mut rows, mut loss_sum, mut correct) = (0u64, 0f64, 0u64);
+    for (i, _) in steps.iter().enumerate() {
+        let step = spec.first_step + (done + i) as u64;
+        let waited = Instant::now();
+        let blocks = reads.recv_timeout(timeout).map_err(|_| {
+            EngineError::Collective(format!("async worker {rank}: the blocks of step {step} did not arrive"))
+        })??;
+        report.times.scan_ms += waited.elapsed().as_secs_f64() * 1e3;
+        let computing = Instant::now();
+        for (result, g) in block_gradients(&model, &blocks, &spec.model.binding, &spec.data, spec.seed, step)? {
+            if g.state.iter().any(Option::is_some) {
+                return Err(EngineError::Training(
+                    "scaling.mode async: the model updates state in training (BatchNormalization moving \
+                     statistics), which the parameter servers do not share; use mode sync or average"
+                        .into(),
+                ));
+            }
+            rows += result.samples as u64;
+            loss_sum += result.loss as f64 * result.samples as f64;
+            correct += result.metrics.first().map_or(0, |m| m.1 as u64);
+            pending.add_owned(g);
+            parts += 1;
+        }
+        report.times.compute_ms += computing.elapsed().as_secs_f64() * 1e3;
+        report.steps += 1;
+        in_push += 1;
+        if in_push as usize == every || i + 1 == steps.len() {
+            let pushing = Instant::now();
+            let mut grads = std::mem::take(&mut pending);
+            mean_and_clip(&mut grads, parts, &spec.model.compile.optimizer);
+            let push = Push {
+                job: spec.job_id.clone(),
+                worker: rank,
+                segment: spec.first_step,
+                step,
+                steps: in_push,
+                base_version: 0,
+                rows,
+                loss_sum,
+                correct,
+            };
+            client.push(&mut model, &grads, &push)?;
+            model.set_steps_run(step + 1);
+            report.pushes += 1;
+            report.push_ms += pushing.elapsed().as_secs_f64() * 1e3;
+            (parts, in_push, rows, loss_sum, correct) = (0, 0, 0, 0.0, 0);
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mean_is_clipped_per_weight_and_globally() {
+        let mut g =
+            WeightGrads { values: vec![Some(vec![6.0, 8.0]), None, Some(vec![0.0, 2.0])], ..Default::default() };
+        // Two parts: the mean is (3, 4) and (0, 1); clipnorm 2.5 halves the first.
+        mean_and_clip(&mut g, 2, &OptimizerConfig::sgd(0.1).clipnorm(2.5));
+        assert_eq!(g.values[0], Some(vec![1.5, 2.0]));
+        assert_eq!(g.values[2], Some(vec![0.0, 1.0]));
+        // Global norm sqrt(1.5^2 + 2^2 + 1) = sqrt(7.25); clipped to 1.
+        mean_and_clip(&mut g, 1, &OptimizerConfig::sgd(0.1).global_clipnorm(1.0));
+        let n: f32 = g.values.iter().flatten().flatten().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((n - 1.0).abs() < 1e-6, "{n}");
+    }
+}
