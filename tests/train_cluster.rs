@@ -314,3 +314,73 @@ fn a_round_past_its_timeout_has_its_job_cancelled_before_it_is_resubmitted() {
     let error = lines.iter().find(|l| l.starts_with("error:")).expect(&stderr);
     assert!(error.contains("did not finish within 5s") && error.contains("3 times"), "{error}");
 }
+
+/// Whether any process's command line names `text`.
+fn a_process_names(text: &str) -> Option<String> {
+    std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        cmdline.contains(text).then_some(cmdline)
+    })
+}
+
+#[test]
+fn killing_an_executor_mid_async_segment_finishes_the_job_and_leaves_no_process_or_port() {
+    let data = &prepared_set(300);
+    let dir = temp_dir("async-kill");
+    let job = small_job(&dir, data, 2, "  max_steps: 900\n  checkpoint_every_steps: 1000");
+    let text = std::fs::read_to_string(&job)
+        .unwrap()
+        .replace("  mode: sync\n", "  mode: async\n  parameter_servers: 2\n")
+        .replace("  shards: 4\n", "  shards: 4\n  sync_every_steps: 300\n");
+    std::fs::write(&job, text).unwrap();
+    let mut cluster = start_cluster_with("async-kill", ClusterOptions::new(2, 1));
+    let job_dir = dir.join("job").display().to_string();
+    let submit = Command::new(env!("CARGO_BIN_EXE_kallista"))
+        .args(["submit", job.to_str().unwrap(), "--scheduler", &cluster.url, "--job-dir", &job_dir])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The second segment's workers have pushed a few steps (the shards' counters, asked with the job's secret).
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        assert!(Instant::now() < deadline, "the job did not reach its second segment");
+        std::thread::sleep(Duration::from_millis(20));
+        let (Some(record), Some(secret)) =
+            (job_object(&job_dir, "servers.json"), job_object(&job_dir, "collective.secret"))
+        else {
+            continue;
+        };
+        let record: serde_json::Value = serde_json::from_slice(&record).unwrap();
+        let secret = kallista_engine::collective::frame::Secret::from_bytes(&secret);
+        let (address, job_id) = (record["servers"][0].as_str().unwrap(), record["job"].as_str().unwrap());
+        let Ok(stats) = kallista_engine::ps::client::stats(address, &secret, job_id, Duration::from_secs(5)) else {
+            continue;
+        };
+        let pushes: Vec<u64> = stats.workers.values().map(|w| w.pushes).collect();
+        if pushes.len() == 2 && pushes.iter().all(|&p| p >= 150 + 10) {
+            break;
+        }
+    }
+    cluster.executors[0].kill().unwrap();
+    cluster.executors[0].wait().unwrap();
+    succeeded(submit);
+    let lines = train_lines(&job_dir);
+    let steps: Vec<u64> = lines.iter().map(|l| l["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, vec![300, 600, 900], "{lines:?}");
+    // Every step was pushed exactly once: the re-run worker skipped those its lost run pushed.
+    let rows: Vec<u64> = lines.iter().map(|l| l["rows"].as_u64().unwrap()).collect();
+    assert_eq!(rows, vec![300 * 32; 3], "{lines:?}");
+    // The lost worker ran again (a second pull) in the segment of the kill.
+    let pulls: Vec<u64> =
+        lines[1]["workers"].as_array().unwrap().iter().map(|w| w["pulls"].as_u64().unwrap()).collect();
+    assert!(pulls.iter().any(|&p| p >= 2), "no worker was re-run: {}", lines[1]);
+    // Nothing of the job is left: no process, no listening port.
+    let record: serde_json::Value = serde_json::from_slice(&job_object(&job_dir, "servers.json").unwrap()).unwrap();
+    for address in record["servers"].as_array().unwrap() {
+        let address = address.as_str().unwrap();
+        assert!(std::net::TcpStream::connect(address).is_err(), "the parameter server at {address} still listens");
+    }
+    assert_eq!(a_process_names(&job_dir), None, "a process of the job is left");
+}

@@ -79,7 +79,8 @@ impl ParameterClient {
         let plans = plan(model, addresses.len());
         let mut links = vec![];
         for (index, (address, slices)) in addresses.iter().zip(plans).enumerate() {
-            let stream = connect(index, address, timeout.min(Duration::from_secs(20)))?;
+            // Well within the segment's timeout: the error must be this one, not a timed-out segment.
+            let stream = connect(index, address, timeout.min(Duration::from_secs(20)) / 2)?;
             stream.set_read_timeout(Some(timeout)).map_err(|e| unreachable_shard(index, address, e))?;
             let _ = stream.set_nodelay(true);
             links.push(Link {

@@ -4,12 +4,17 @@
 //! against the job's parameter-server shards ([`crate::ps`]) until the
 //! segment's steps are done.
 //!
-//! A worker reads the blocks of its shards (`shard % world == rank`) step
-//! by step, as a `sync` rank does, computes one gradient per step on its
-//! current weights (the mean over its blocks), and every `push_every_steps`
-//! steps pushes the mean of those gradients to every shard, taking the
-//! shards' new values back in the same round trip. No worker waits for
-//! another. Clipping (`clipnorm`, `global_clipnorm`) is applied here, to
+//! The segment's steps are dealt to the workers in turn (worker `r` takes
+//! the steps `s` with `s % world == r`), whole: a worker reads every block
+//! of its steps (from every shard file, one ranged read per block, read
+//! ahead), computes one gradient per step on its current weights (the mean
+//! over the step's blocks: the gradient of one `batch_size` batch, as in
+//! `sync` and as a Keras user expects of `batch_size`), and every
+//! `push_every_steps` of its steps pushes the mean of those gradients to
+//! every shard, taking the shards' new values back in the same round trip.
+//! So a job takes as many optimizer steps per epoch in `async` as in
+//! `sync`, each on weights up to about `world - 1` versions old. No worker
+//! waits for another. Clipping (`clipnorm`, `global_clipnorm`) is applied here, to
 //! the whole gradient, before the push.
 //!
 //! A worker re-run by Ballista (its executor lost) pulls the current
@@ -58,7 +63,7 @@ pub struct AsyncSpec {
 pub struct WorkerReport {
     pub rank: usize,
     pub executor: String,
-    /// Steps computed in this run (a re-run skips those already pushed).
+    /// Steps computed in this run (a re-run skips those it already pushed).
     pub steps: u64,
     pub skipped_steps: u64,
     pub pushes: u64,
@@ -149,16 +154,22 @@ pub fn run_worker(spec: &AsyncSpec, rank: usize) -> Result<WorkerReport> {
             spec.first_step
         );
     }
-    let steps = &spec.steps[done.min(spec.steps.len())..];
+    let world = spec.world.max(1) as u64;
+    let (numbers, steps): (Vec<u64>, Vec<Vec<u64>>) = (spec.first_step..)
+        .zip(&spec.steps)
+        .filter(|(s, _)| s % world == rank as u64)
+        .skip(done)
+        .map(|(s, blocks)| (s, blocks.clone()))
+        .unzip();
+    // Every shard file: a worker's steps have blocks in all of them.
     let what =
-        RankReads { data: &spec.data, shards: spec.shards, world: spec.world, binding: &spec.model.binding, steps };
-    let reads = prefetch(what, rank)?;
+        RankReads { data: &spec.data, shards: spec.shards, world: 1, binding: &spec.model.binding, steps: &steps };
+    let reads = prefetch(what, 0)?;
     let every = spec.push_every_steps.max(1) as usize;
     let mut pending = WeightGrads::default();
     let (mut parts, mut in_push) = (0usize, 0u64);
     let (mut rows, mut loss_sum, mut correct) = (0u64, 0f64, 0u64);
-    for (i, _) in steps.iter().enumerate() {
-        let step = spec.first_step + (done + i) as u64;
+    for (i, &step) in numbers.iter().enumerate() {
         let waited = Instant::now();
         let blocks = reads.recv_timeout(timeout).map_err(|_| {
             EngineError::Collective(format!("async worker {rank}: the blocks of step {step} did not arrive"))
@@ -182,7 +193,7 @@ pub fn run_worker(spec: &AsyncSpec, rank: usize) -> Result<WorkerReport> {
         report.times.compute_ms += computing.elapsed().as_secs_f64() * 1e3;
         report.steps += 1;
         in_push += 1;
-        if in_push as usize == every || i + 1 == steps.len() {
+        if in_push as usize == every || i + 1 == numbers.len() {
             let pushing = Instant::now();
             let mut grads = std::mem::take(&mut pending);
             mean_and_clip(&mut grads, parts, &spec.model.compile.optimizer);

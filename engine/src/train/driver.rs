@@ -257,6 +257,9 @@ impl AsyncJob {
         let advertised = cfg.advertised_host.as_deref().unwrap_or(&cfg.driver_host);
         let servers =
             ParameterServers::start(model, &cfg.asynchronous, &job_id, &secret, &cfg.driver_host, advertised)?;
+        // Where the job's servers listen (not secret: every worker's spec names them).
+        let record = serde_json::json!({ "job": job_id, "servers": servers.addresses(), "pid": std::process::id() });
+        blocking::write(&cfg.job_dir.root().join("servers.json"), record.to_string().into_bytes())?;
         Ok(AsyncJob { servers, job_id, secret: at })
     }
 }

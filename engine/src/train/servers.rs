@@ -168,3 +168,163 @@ impl ParameterServers {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collective::frame::Framed;
+    use crate::ps::client::ParameterClient;
+    use crate::ps::wire::{self, Push, Request, REQUEST};
+    use crate::train::segment::weights_hash;
+    use crate::train::test_model::{adam, tiny_model};
+    use kallista_ops::model::WeightGrads;
+    use std::io::Write;
+    use std::time::Duration;
+
+    const JOB: &str = "job-1";
+
+    fn grads_of(model: &Model, value: f32) -> WeightGrads {
+        let mut values = vec![None; model.weight_keys().len()];
+        for (i, _, len) in model.trainable_entries() {
+            values[i] = Some((0..len).map(|j| value * (1.0 + (j % 7) as f32)).collect());
+        }
+        WeightGrads { values, ..Default::default() }
+    }
+
+    fn push(worker: usize, step: u64) -> Push {
+        Push {
+            job: JOB.into(),
+            worker,
+            segment: 0,
+            step,
+            steps: 1,
+            base_version: 0,
+            rows: 4,
+            loss_sum: 1.0,
+            correct: 1,
+        }
+    }
+
+    fn servers(model: &Model, settings: AsyncSettings) -> (ParameterServers, Secret) {
+        let (secret, _) = Secret::generate().unwrap();
+        (ParameterServers::start(model, &settings, JOB, &secret, "127.0.0.1", "127.0.0.1").unwrap(), secret)
+    }
+
+    fn client(ps: &ParameterServers, model: &Model, secret: &Secret, worker: usize) -> ParameterClient {
+        ParameterClient::connect(&ps.addresses(), model, secret, JOB, worker, Duration::from_secs(5)).unwrap()
+    }
+
+    fn snapshot(ps: &ParameterServers, like: &Model) -> Model {
+        let mut m = like.clone();
+        ps.read_into(&mut m).unwrap();
+        m
+    }
+
+    #[test]
+    fn a_push_is_one_optimizer_step_of_the_model_over_the_shards_and_its_answer_is_the_new_weights() {
+        let model = tiny_model(&adam(&["accuracy"]));
+        let settings = AsyncSettings { parameter_servers: 3, ..Default::default() };
+        let (ps, secret) = servers(&model, settings);
+        let mut worker = model.clone();
+        let mut c = client(&ps, &model, &secret, 0);
+        assert_eq!(c.pull(&mut worker, 0).unwrap(), 0);
+        assert_eq!(weights_hash(&worker), weights_hash(&model));
+        let g = grads_of(&model, 0.01);
+        let out = c.push(&mut worker, &g, &push(0, 0)).unwrap();
+        assert_eq!(out.accepted, 3);
+        // The oracle: the same gradient applied by the model itself (Adam, unsharded).
+        let mut expected = model.clone();
+        expected.apply_gradients(g).unwrap();
+        let after = snapshot(&ps, &model);
+        assert_eq!(after.named_weights(), expected.named_weights(), "sharded Adam differs from Adam");
+        assert_eq!(after.optimizer().unwrap().slots, expected.optimizer().unwrap().slots);
+        assert_eq!(after.optimizer().unwrap().iterations, 1);
+        // The worker holds the shards' new values.
+        assert_eq!(worker.named_weights(), expected.named_weights());
+        assert_eq!(c.pull(&mut worker, 0).unwrap(), 1, "one step of segment 0 pushed");
+    }
+
+    #[test]
+    fn a_gradient_older_than_max_staleness_is_dropped_and_counted() {
+        let model = tiny_model(&adam(&["accuracy"]));
+        let (mut ps, secret) =
+            servers(&model, AsyncSettings { parameter_servers: 2, max_staleness: Some(0), ..Default::default() });
+        let (mut a, mut b) = (model.clone(), model.clone());
+        let (mut ca, mut cb) = (client(&ps, &model, &secret, 0), client(&ps, &model, &secret, 1));
+        ca.pull(&mut a, 0).unwrap();
+        cb.pull(&mut b, 0).unwrap();
+        assert_eq!(cb.push(&mut b, &grads_of(&model, 0.01), &push(1, 0)).unwrap().accepted, 2);
+        let only_b = snapshot(&ps, &model);
+        // Worker 0's gradient was computed on version 0; the shards are at version 1.
+        let late = ca.push(&mut a, &grads_of(&model, -0.02), &push(0, 0)).unwrap();
+        assert_eq!((late.accepted, late.staleness_sum), (0, 2));
+        assert_eq!(weights_hash(&snapshot(&ps, &model)), weights_hash(&only_b));
+        let (lines, refused) = ps.segment_lines();
+        assert_eq!(refused, 0);
+        assert_eq!((lines[0].pushes, lines[0].dropped, lines[0].mean_staleness), (1, 1, 1.0));
+        assert_eq!((lines[1].pushes, lines[1].dropped, lines[1].mean_staleness), (1, 0, 0.0));
+    }
+
+    /// A push request and its values as sent with `key`, byte `flip` changed when given.
+    fn push_bytes(
+        model: &Model,
+        plan_of_shard: &[crate::ps::slices::Slice],
+        key: &[u8],
+        flip: Option<usize>,
+    ) -> Vec<u8> {
+        let mut framed = Framed::new(std::io::Cursor::new(vec![]), Secret::from_bytes(key));
+        wire::send_json(&mut framed, REQUEST, &Request::Push(push(0, 5))).unwrap();
+        let g = grads_of(model, 1.0);
+        let parts: Vec<&[f32]> =
+            plan_of_shard.iter().map(|s| &g.values[s.weight].as_deref().unwrap()[s.range.clone()]).collect();
+        wire::send_values(&mut framed, &parts).unwrap();
+        let mut bytes = framed.stream.into_inner();
+        if let Some(at) = flip {
+            bytes[at] ^= 1;
+        }
+        bytes
+    }
+
+    #[test]
+    fn an_unauthenticated_and_a_tampered_push_are_refused_logged_and_change_nothing() {
+        let model = tiny_model(&adam(&["accuracy"]));
+        let (secret, secret_bytes) = Secret::generate().unwrap();
+        let settings = AsyncSettings { parameter_servers: 1, ..Default::default() };
+        let ps = ParameterServers::start(&model, &settings, JOB, &secret, "127.0.0.1", "127.0.0.1").unwrap();
+        let before = weights_hash(&snapshot(&ps, &model));
+        let shard_plan = &crate::ps::slices::plan(&model, 1)[0];
+        let send = |bytes: Vec<u8>| {
+            let mut s = std::net::TcpStream::connect(&ps.addresses()[0]).unwrap();
+            s.write_all(&bytes).unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            // The shard closes the connection after refusing, or after answering and seeing ours closed.
+            let _ = std::io::Read::read_to_end(&mut s, &mut vec![]);
+        };
+        send(push_bytes(&model, shard_plan, b"a guessed secret", None));
+        let genuine = push_bytes(&model, shard_plan, &secret_bytes, None);
+        // A byte of the last values chunk (sealed) changed on the way.
+        send(push_bytes(&model, shard_plan, &secret_bytes, Some(genuine.len() - 40)));
+        let refusals = ps.shards[0].refusals();
+        assert_eq!(refusals.len(), 2, "{refusals:?}");
+        assert!(refusals.iter().all(|r| r.contains("refused a message from 127.0.0.1")), "{refusals:?}");
+        assert!(refusals[0].contains("authentication"), "{refusals:?}");
+        assert_eq!(ps.stats()[0].version, 0);
+        assert_eq!(weights_hash(&snapshot(&ps, &model)), before, "a refused push changed the weights");
+        // The same push, untouched, is applied: the checks above could fail.
+        send(genuine);
+        assert_eq!(ps.stats()[0].version, 1);
+        assert_ne!(weights_hash(&snapshot(&ps, &model)), before);
+    }
+
+    #[test]
+    fn a_worker_that_cannot_reach_a_shard_fails_naming_its_address() {
+        let model = tiny_model(&adam(&["accuracy"]));
+        let (secret, _) = Secret::generate().unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        let e = ParameterClient::connect(&[closed.clone()], &model, &secret, JOB, 0, Duration::from_secs(1))
+            .err()
+            .expect("no shard listens there")
+            .to_string();
+        assert!(e.contains(&format!("parameter server shard 0 at {closed}")), "{e}");
+    }
+}
