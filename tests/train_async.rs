@@ -82,3 +82,23 @@ fn a_worker_that_cannot_reach_its_parameter_server_fails_the_job_naming_its_addr
         "a failed job published trained weights"
     );
 }
+
+#[test]
+fn an_async_job_resumed_from_a_checkpoint_of_its_shards_ends_as_an_uninterrupted_run() {
+    let data = &prepared_set(300);
+    let dir = temp_dir("async-resume");
+    let job = small_job(&dir, data, 1, "  max_steps: 8\n  checkpoint_every_steps: 2");
+    // One worker: its pushes are the only ones, so the run is deterministic.
+    make_async(&job, "  workers: 1\n  mode: async\n  parameter_servers: 3\n  shards: 4\n  round_timeout_seconds: 30\n");
+    let straight = dir.join("straight");
+    ok(kallista(&["train", job.to_str().unwrap(), "--job-dir", straight.to_str().unwrap()]));
+    let resumed = dir.join("resumed");
+    let r = resumed.to_str().unwrap();
+    ok(kallista(&["train", job.to_str().unwrap(), "--job-dir", r, "--max-steps", "5"]));
+    let out = ok(kallista(&["train", job.to_str().unwrap(), "--job-dir", r, "--resume"]));
+    assert!(out.contains("trained 8 steps in 2 rounds"), "{out}");
+    // Weights and every optimizer slot, gathered from the three shards.
+    let (a, b) = (weights(&final_weights(&straight)), weights(&final_weights(&resumed)));
+    assert!(a.keys().any(|k| k.starts_with("optimizer")), "{:?}", a.keys());
+    assert!(a == b, "the resumed run ended with other weights");
+}

@@ -20,7 +20,13 @@
 //! runs also print the all-reduce's time per step and the bytes a rank sent
 //! per step. Sync runs stage the rows in 2 shards of 16-row blocks (one
 //! block per rank and step, as in-process training runs one shard of the
-//! batch per core); `average` runs in 4 shards of 8-row blocks.
+//! batch per core; 4 shards of 8 rows for 4 ranks); `average` runs in 4
+//! shards of 8-row blocks. `sync_4_workers`, `sync_cluster_4`,
+//! `async_2_workers`, `async_4_workers`, `async_cluster` and
+//! `async_cluster_4` compare `sync` with `async` (2 parameter servers in
+//! the driver) at 2 and 4 workers, embedded and on processes (an executor
+//! of one slot per worker): `scripts/bench-async.sh` runs them beside
+//! Elephas's asynchronous mode.
 //!
 //! With `W1_S3=s3://bucket/prefix` (and the `AWS_*` variables of that store),
 //! each run is also made with its data and job dir in the bucket, right after
@@ -34,6 +40,7 @@ use kallista_engine::train::job_dir::JobDir;
 use kallista_engine::train::layout::DataSource;
 use kallista_engine::train::metrics::{read_metrics, MetricsLine, TrainLine};
 use kallista_engine::train::round::{default_workers, CompileSpec, Mode, DEFAULT_SYNC_EVERY_STEPS};
+use kallista_engine::train::servers::AsyncSettings;
 use kallista_engine::train::worker::decode_rows;
 use kallista_ops::applications::{video_qa, VideoQaDims};
 use kallista_ops::losses::Loss;
@@ -116,6 +123,7 @@ fn round_parts(job_dir: &JobDir) -> String {
 }
 
 /// One cluster run's settings.
+#[derive(Clone)]
 struct Run {
     name: &'static str,
     workers: usize,
@@ -182,17 +190,36 @@ fn main() {
             processes: true,
         },
     ];
+    // `sync` against `async` (2 parameter servers) at 2 and 4 workers, embedded and on processes.
+    let mut runs = runs.to_vec();
+    for (name, workers, mode, processes) in [
+        ("sync_4_workers", 4, Mode::Sync, false),
+        ("sync_cluster_4", 4, Mode::Sync, true),
+        ("async_2_workers", 2, Mode::Async, false),
+        ("async_4_workers", 4, Mode::Async, false),
+        ("async_cluster", 2, Mode::Async, true),
+        ("async_cluster_4", 4, Mode::Async, true),
+    ] {
+        runs.push(Run { name, workers, mode, every: sync_steps, steps: sync_steps, processes });
+    }
     in_process(&file, &d, 10); // warm-up: the first run of a process is slower
                                // RUNS=default,sync_2_workers picks runs by name (all by default).
     let picked = std::env::var("RUNS").ok();
     let runs: Vec<Run> =
         runs.into_iter().filter(|r| picked.as_deref().is_none_or(|p| p.split(',').any(|n| n == r.name))).collect();
-    // One embedded cluster per worker count, reused by every round; one cluster of processes.
+    // One embedded cluster per worker count, reused by every round; one
+    // cluster of processes per worker count, an executor of one slot per worker.
     let mut sessions = std::collections::BTreeMap::new();
-    let mut processes = None;
+    let mut processes = std::collections::BTreeMap::new();
     for run in &runs {
         let cluster = match run.processes {
-            true => Cluster::Remote(processes.get_or_insert_with(|| ProcessCluster::start(&dir, 2, 1)).url.clone()),
+            true => Cluster::Remote(
+                processes
+                    .entry(run.workers)
+                    .or_insert_with(|| ProcessCluster::start(&dir.join(format!("w{}", run.workers)), run.workers, 1))
+                    .url
+                    .clone(),
+            ),
             false => Cluster::Embedded,
         };
         sessions
@@ -222,9 +249,16 @@ fn main() {
                     test: None,
                     batch_size: BATCH,
                     // `sync`: one block (micro-batch) per rank and step, as
-                    // in-process training takes one shard per core.
-                    micro_batch: if run.mode == Mode::Sync { 16 } else { 8 },
-                    shards: if run.mode == Mode::Sync { 2 } else { 4 },
+                    // in-process training takes one shard per core; `async`
+                    // workers take whole steps, read from every shard.
+                    micro_batch: match run.mode {
+                        Mode::Average => 8,
+                        Mode::Sync | Mode::Async => BATCH / run.workers.max(2),
+                    },
+                    shards: match run.mode {
+                        Mode::Average => 4,
+                        Mode::Sync | Mode::Async => run.workers.max(2),
+                    },
                     workers: run.workers,
                     mode: run.mode,
                     sync_every_steps: run.every,
@@ -239,7 +273,7 @@ fn main() {
                     driver_host: "127.0.0.1".into(),
                     rank_start_timeout: std::time::Duration::from_secs(60),
                     advertised_host: None,
-                    asynchronous: Default::default(),
+                    asynchronous: AsyncSettings { parameter_servers: 2, ..Default::default() },
                 };
                 let job_dir = config.job_dir.clone();
                 let t = Instant::now();

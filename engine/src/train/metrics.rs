@@ -78,6 +78,7 @@ pub struct WorkerLine {
     pub dropped: u64,
     /// Versions applied between a push's pull and its arrival, averaged over its pushes.
     pub mean_staleness: f64,
+    /// The largest staleness of the job so far.
     pub max_staleness: u64,
     pub rows: u64,
 }

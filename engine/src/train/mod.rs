@@ -20,7 +20,13 @@
 //!    ([`worker`]) and writes its weights to `<job_dir>/rounds/`; the final
 //!    aggregate, on one partition, averages them in block order
 //!    ([`reduce`]) and publishes the next weights version;
-//! 4. evaluations: `SELECT kallista_evaluate(...) FROM eval`, per partition, summed.
+//! 4. `async` segments ([`async_worker`]): one query per segment,
+//!    `SELECT kallista_async(rank, '<spec>') FROM kallista_ranks_W`, one long
+//!    task per worker, each taking the segment's steps in turn and pushing
+//!    gradients to the job's parameter servers ([`crate::ps`]), hosted by the
+//!    driver ([`servers`]), which reads their state back between segments
+//!    into the next weights version;
+//! 5. evaluations: `SELECT kallista_evaluate(...) FROM eval`, per partition, summed.
 //!
 //! The job dir ([`job_dir`]) is a URL on any store ([`crate::store`]): a
 //! local directory, or a prefix in a bucket that driver and executors reach

@@ -4,11 +4,11 @@
 //! files of one row each (the rank).
 //! Scanned in `world` partitions, one per task and, with the scheduler's
 //! round-robin placement, one per executor while slots allow; each partial
-//! aggregate is one rank and runs the whole segment when its input ends
-//! ([`super::segment::run_rank`]): it reads its blocks itself, step by step,
-//! and buffers nothing of its input but the rank. The final aggregate
-//! checks that every rank ended with the same weights and returns the
-//! segment's [`RoundResult`] as JSON.
+//! aggregate is one rank and runs the whole job when its input ends
+//! ([`RankJob::run_rank`]): it reads its blocks itself, step by step, and
+//! buffers nothing of its input but the rank. The final aggregate combines
+//! the ranks' reports into the segment's [`RoundResult`], as JSON (for
+//! `sync`, after checking that every rank ended with the same weights).
 
 use super::args::{external, json_scalar, json_states, spec_literal};
 use super::metrics::PartLine;

@@ -321,10 +321,11 @@ mod tests {
         let model = tiny_model(&adam(&["accuracy"]));
         let (secret, _) = Secret::generate().unwrap();
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-        let e = ParameterClient::connect(&[closed.clone()], &model, &secret, JOB, 0, Duration::from_secs(1))
-            .err()
-            .expect("no shard listens there")
-            .to_string();
+        let e =
+            ParameterClient::connect(std::slice::from_ref(&closed), &model, &secret, JOB, 0, Duration::from_secs(1))
+                .err()
+                .expect("no shard listens there")
+                .to_string();
         assert!(e.contains(&format!("parameter server shard 0 at {closed}")), "{e}");
     }
 }
