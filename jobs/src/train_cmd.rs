@@ -142,11 +142,15 @@ pub fn run_training(
         let curve_dir = config.job_dir.clone();
         let mut on_event = |e: &Event| match e {
             Event::Log(s) => log(s),
-            Event::Round { step, max_steps, loss, accuracy, samples_per_s } => {
+            Event::Round { step, max_steps, loss, accuracy, samples_per_s, staleness } => {
                 let b = bar.get_or_insert_with(|| Progress::new("training", *max_steps as usize));
+                let stale = staleness
+                    .map_or(String::new(), |(mean, dropped)| format!(", staleness {mean:.1}, {dropped} dropped"));
                 b.update_with(
                     *step as usize,
-                    &format!("step {step}/{max_steps} loss {loss:.4} acc {accuracy:.3} {samples_per_s:.0} samples/s"),
+                    &format!(
+                        "step {step}/{max_steps} loss {loss:.4} acc {accuracy:.3} {samples_per_s:.0} samples/s{stale}"
+                    ),
                 );
             }
             Event::Eval(s) => {

@@ -81,7 +81,15 @@ pub struct EvalSummary {
 #[derive(Clone, Debug)]
 pub enum Event {
     Log(String),
-    Round { step: u64, max_steps: u64, loss: f64, accuracy: f64, samples_per_s: f64 },
+    Round {
+        step: u64,
+        max_steps: u64,
+        loss: f64,
+        accuracy: f64,
+        samples_per_s: f64,
+        /// `async`: the pushes' mean staleness and the pushes dropped, in the current segment.
+        staleness: Option<(f64, u64)>,
+    },
     Eval(EvalSummary),
 }
 
@@ -644,7 +652,7 @@ impl<'a> Job<'a> {
                         for e in std::mem::take(&mut *logs.lock().unwrap_or_else(|p| p.into_inner())) {
                             on_event(&e);
                         }
-                        on_event(&self.async_progress(step, k, t0));
+                        on_event(&self.async_progress(step, k));
                     }
                 }
             }
@@ -676,19 +684,19 @@ impl<'a> Job<'a> {
     }
 
     /// The progress of a running `async` segment, from the shards' counters.
-    fn async_progress(&self, step: u64, k: u64, started: Instant) -> Event {
+    fn async_progress(&self, step: u64, k: u64) -> Event {
         let Some(a) = self.asynchronous.as_ref() else { return Event::Log(String::new()) };
         let (rows, loss_sum, correct) = a.servers.pushed_since();
         let per_step = (self.cfg.batch_size as u64).max(1);
         let done = (rows / per_step).min(k);
         let seconds = (self.started.elapsed().as_secs_f64()).max(1e-3);
-        let _ = started;
         Event::Round {
             step: step + done,
             max_steps: self.max_steps,
             loss: loss_sum / rows.max(1) as f64,
             accuracy: correct as f64 / rows.max(1) as f64,
             samples_per_s: (self.samples + rows) as f64 / seconds,
+            staleness: Some(a.servers.staleness_since()),
         }
     }
 
@@ -764,7 +772,12 @@ impl<'a> Job<'a> {
             sent_bytes_per_step: result.sent_bytes_per_step,
             workers: result.workers.clone(),
         }))?;
-        on_event(&Event::Round { step, max_steps: self.max_steps, loss, accuracy, samples_per_s: rate });
+        let pushes: u64 = result.workers.iter().map(|w| w.pushes).sum();
+        let staleness = (!result.workers.is_empty()).then(|| {
+            let stale: f64 = result.workers.iter().map(|w| w.mean_staleness * w.pushes as f64).sum();
+            (stale / pushes.max(1) as f64, result.workers.iter().map(|w| w.dropped).sum())
+        });
+        on_event(&Event::Round { step, max_steps: self.max_steps, loss, accuracy, samples_per_s: rate, staleness });
         Ok(())
     }
 

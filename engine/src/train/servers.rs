@@ -155,6 +155,20 @@ impl ParameterServers {
         (lines, refused)
     }
 
+    /// The mean staleness of the pushes and the pushes dropped since the
+    /// previous segment's end (shard 0's counts).
+    pub fn staleness_since(&self) -> (f64, u64) {
+        let now = self.shards.first().map(|s| s.stats().workers).unwrap_or_default();
+        let (mut pushes, mut stale, mut dropped) = (0, 0, 0);
+        for (worker, n) in &now {
+            let b = self.before.get(worker).cloned().unwrap_or_default();
+            pushes += n.pushes - b.pushes;
+            stale += n.staleness_sum - b.staleness_sum;
+            dropped += n.dropped - b.dropped;
+        }
+        (stale as f64 / pushes.max(1) as f64, dropped)
+    }
+
     /// Rows, loss sum and correct answers pushed since the previous segment's end (shard 0's counts).
     pub fn pushed_since(&self) -> (u64, f64, u64) {
         let now = self.shards.first().map(|s| s.stats().workers).unwrap_or_default();
