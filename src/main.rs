@@ -103,6 +103,21 @@ enum Command {
         #[arg(long, default_value_t = 6)]
         executor_timeout_seconds: u64,
     },
+    /// Run a parameter-server host for `async` jobs: each driver holding the
+    /// cluster's token gets a shard of its job here, closed when the driver ends.
+    Ps {
+        /// Address to listen on (0.0.0.0: every interface).
+        #[arg(long, default_value = "127.0.0.1")]
+        bind_host: String,
+        /// The name drivers and workers reach this host by (default: the bind host).
+        #[arg(long)]
+        external_host: Option<String>,
+        #[arg(long, default_value_t = 50070)]
+        port: u16,
+        /// The cluster's token (at least 16 random bytes; drivers name the same file).
+        #[arg(long)]
+        token_file: std::path::PathBuf,
+    },
     /// Run a Ballista executor with Kallista's functions and operators.
     Executor {
         /// Address to listen on (0.0.0.0: every interface).
@@ -418,6 +433,11 @@ fn run(cli: Cli) -> Result<(), kallista_jobs::JobError> {
             let opts =
                 kallista_engine::cluster::SchedulerOptions { bind_host, external_host, port, executor_timeout_seconds };
             kallista_jobs::cluster_cmd::scheduler_cmd(&opts)
+        }
+        Command::Ps { bind_host, external_host, port, token_file } => {
+            let token = kallista_engine::ps::host::read_token(&token_file)?;
+            let opts = kallista_engine::ps::host::PsOptions { bind_host, external_host, port, token };
+            kallista_jobs::cluster_cmd::ps_cmd(&opts)
         }
         Command::Executor {
             bind_host,

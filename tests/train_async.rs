@@ -1,7 +1,9 @@
 //! `async` training end to end: workers as long Ballista tasks against
 //! parameter servers in the driver. A job with two workers and two shards
 //! learns, pushing every step's rows once; a worker that cannot reach its shard fails
-//! the job naming the shard's address, and leaves no results behind.
+//! the job naming the shard's address, and leaves no results behind; a
+//! resumed job ends as an uninterrupted one; shards on `kallista ps`
+//! processes close with their driver, however it ends.
 
 mod common;
 
@@ -101,4 +103,115 @@ fn an_async_job_resumed_from_a_checkpoint_of_its_shards_ends_as_an_uninterrupted
     let (a, b) = (weights(&final_weights(&straight)), weights(&final_weights(&resumed)));
     assert!(a.keys().any(|k| k.starts_with("optimizer")), "{:?}", a.keys());
     assert!(a == b, "the resumed run ended with other weights");
+}
+
+/// A `kallista ps` process on a free port, holding `token`; killed when dropped.
+struct PsProcess {
+    child: std::process::Child,
+    address: String,
+    log: std::path::PathBuf,
+}
+
+impl Drop for PsProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_ps(dir: &std::path::Path, i: usize, token: &std::path::Path) -> PsProcess {
+    let port = free_port();
+    let log = dir.join(format!("ps{i}.log"));
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_kallista"))
+        .args(["ps", "--port", &port.to_string(), "--token-file", token.to_str().unwrap()])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let address = format!("127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(&address).is_err() {
+        assert!(std::time::Instant::now() < deadline, "kallista ps did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    PsProcess { child, address, log }
+}
+
+fn listens(address: &str) -> bool {
+    std::net::TcpStream::connect(address).is_ok()
+}
+
+#[test]
+fn shards_on_kallista_ps_processes_train_and_close_when_the_driver_ends_however_it_ends() {
+    let data = &prepared_set(300);
+    let dir = temp_dir("async-ps");
+    let token = dir.join("cluster.token");
+    std::fs::write(&token, (0..32u8).map(|i| i.wrapping_mul(37) ^ 0x5a).collect::<Vec<u8>>()).unwrap();
+    let mut hosts = [start_ps(&dir, 0, &token), start_ps(&dir, 1, &token)];
+    let addresses: Vec<String> = hosts.iter().map(|h| h.address.clone()).collect();
+    let scaling = |steps_job: &str| {
+        let job = small_job(&dir, data, 2, steps_job);
+        make_async(
+            &job,
+            &format!(
+                "  workers: 2\n  mode: async\n  shards: 4\n  round_timeout_seconds: 30\n  \
+                 parameter_server_hosts: [{}, {}]\n  parameter_server_token_file: {}\n",
+                addresses[0],
+                addresses[1],
+                token.display()
+            ),
+        );
+        job
+    };
+    // A job to its end: its shards were on the two hosts, and are closed now; the hosts serve on.
+    let job = scaling("  max_steps: 20\n  checkpoint_every_steps: 10");
+    let out = ok(kallista(&["train", job.to_str().unwrap(), "--job-dir", dir.join("done").to_str().unwrap()]));
+    assert!(out.contains("trained 20 steps"), "{out}");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("done/servers.json")).unwrap()).unwrap();
+    let shards: Vec<String> =
+        record["servers"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().into()).collect();
+    assert_eq!(shards.len(), 2);
+    for (shard, host) in shards.iter().zip(&hosts) {
+        assert!(!listens(shard), "shard {shard} still listens after the job");
+        assert!(
+            std::fs::read_to_string(&host.log).unwrap().contains(&format!("at {shard}")),
+            "{shard} not on its host"
+        );
+    }
+    for host in &mut hosts {
+        assert!(host.child.try_wait().unwrap().is_none(), "kallista ps exited with the job");
+    }
+    // A driver killed mid-job (as by Ctrl-C, or its host lost): its shards close.
+    let job = scaling("  max_steps: 100000\n  checkpoint_every_steps: 100000");
+    let killed = dir.join("killed");
+    let mut driver = std::process::Command::new(env!("CARGO_BIN_EXE_kallista"))
+        .args(["train", job.to_str().unwrap(), "--job-dir", killed.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let shards: Vec<String> = loop {
+        assert!(std::time::Instant::now() < deadline, "the job did not start its shards");
+        if let Ok(b) = std::fs::read(killed.join("servers.json")) {
+            let r: serde_json::Value = serde_json::from_slice(&b).unwrap();
+            break r["servers"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().into()).collect();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(shards.iter().all(|s| listens(s)), "the shards of a running job listen: {shards:?}");
+    driver.kill().unwrap();
+    driver.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while shards.iter().any(|s| listens(s)) {
+        assert!(std::time::Instant::now() < deadline, "a shard of the killed driver still listens: {shards:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // A driver without the cluster's token is refused, and the host says so.
+    std::fs::write(&token, [7u8; 32]).unwrap();
+    let job = scaling("  max_steps: 2");
+    let out = kallista(&["train", job.to_str().unwrap(), "--job-dir", dir.join("forged").to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("kallista ps at {}", hosts[0].address)), "{stderr}");
+    assert!(std::fs::read_to_string(&hosts[0].log).unwrap().contains("refused a message"), "the host did not log it");
 }

@@ -1,5 +1,5 @@
-//! `kallista scheduler` and `kallista executor`: run one cluster process in
-//! the foreground until it is stopped.
+//! `kallista scheduler`, `kallista executor` and `kallista ps`: run one
+//! cluster process in the foreground until it is stopped.
 
 use crate::error::JobError;
 use kallista_engine::cluster::{run_executor, run_scheduler, ExecutorOptions, SchedulerOptions};
@@ -23,4 +23,9 @@ pub fn executor_cmd(opts: &ExecutorOptions) -> Result<(), JobError> {
         opts.bind_host, opts.port, opts.grpc_port, opts.scheduler_host, opts.scheduler_port, opts.task_slots
     );
     runtime()?.block_on(run_executor(opts)).map_err(JobError::from)
+}
+
+pub fn ps_cmd(opts: &kallista_engine::ps::host::PsOptions) -> Result<(), JobError> {
+    eprintln!("kallista ps listening on {}:{}", opts.bind_host, opts.port);
+    kallista_engine::ps::host::serve(opts).map_err(JobError::from)
 }

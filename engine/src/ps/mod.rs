@@ -7,8 +7,11 @@
 //! `max_staleness` versions. Workers ([`client`]) push a gradient and get
 //! the new values back in one round trip ([`wire`]); every message is
 //! authenticated with the job's secret, as the `sync` collectives are.
+//! Shards live in the driver's process, or in `kallista ps` processes on
+//! hosts of their own ([`host`]).
 
 pub mod client;
+pub mod host;
 pub mod shard;
 pub mod slices;
 pub mod wire;

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// How a shard applies pushes.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ShardRules {
     /// The job's optimizer, clipping removed (workers clip whole gradients).
     pub optimizer: OptimizerConfig,

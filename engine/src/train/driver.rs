@@ -228,26 +228,26 @@ struct Collective {
     world: usize,
 }
 
-/// A fresh job id and secret; the secret stored in the job dir (named in specs by its URL only).
-fn job_secret(cfg: &TrainConfig) -> Result<(String, Secret, Location)> {
+/// A fresh job id and secret (its bytes); the secret stored in the job dir (named in specs by its URL only).
+fn job_secret(cfg: &TrainConfig) -> Result<(String, Vec<u8>, Location)> {
     if cfg.workers > cfg.shards {
         return Err(EngineError::Invalid(format!(
             "scaling: {} workers need at least as many shards (shards: {}): each worker reads whole shards",
             cfg.workers, cfg.shards
         )));
     }
-    let (secret, bytes) = Secret::generate().map_err(|e| EngineError::Invalid(e.to_string()))?;
+    let (_, bytes) = Secret::generate().map_err(|e| EngineError::Invalid(e.to_string()))?;
     let at = cfg.job_dir.root().join("collective.secret");
-    blocking::write(&at, bytes)?;
+    blocking::write(&at, bytes.clone())?;
     let (_, random) = Secret::generate().map_err(|e| EngineError::Invalid(e.to_string()))?;
     let job_id = random[..8].iter().map(|b| format!("{b:02x}")).collect();
-    Ok((job_id, secret, at))
+    Ok((job_id, bytes, at))
 }
 
 impl Collective {
     fn start(cfg: &TrainConfig) -> Result<Collective> {
         let (job_id, secret, at) = job_secret(cfg)?;
-        let rendezvous = Rendezvous::start(&cfg.driver_host, job_id.clone(), secret)?;
+        let rendezvous = Rendezvous::start(&cfg.driver_host, job_id.clone(), Secret::from_bytes(&secret))?;
         Ok(Collective { rendezvous, job_id, secret: at, generation: 0, world: cfg.workers.max(1) })
     }
 }
@@ -664,8 +664,8 @@ impl<'a> Job<'a> {
         let mut result: RoundResult =
             serde_json::from_str(&json).map_err(|e| EngineError::Training(format!("async segment result: {e}")))?;
         let a = self.asynchronous.as_mut().ok_or_else(|| EngineError::Invalid("async without servers".into()))?;
-        (result.rows, result.loss_sum, result.correct) = a.servers.pushed_since();
-        let (workers, refused) = a.servers.segment_lines();
+        (result.rows, result.loss_sum, result.correct) = a.servers.pushed_since()?;
+        let (workers, refused) = a.servers.segment_lines()?;
         if refused > 0 {
             log::warn!("the parameter servers refused {refused} messages so far (see the warnings above)");
         }
@@ -686,7 +686,8 @@ impl<'a> Job<'a> {
     /// The progress of a running `async` segment, from the shards' counters.
     fn async_progress(&self, step: u64, k: u64) -> Event {
         let Some(a) = self.asynchronous.as_ref() else { return Event::Log(String::new()) };
-        let (rows, loss_sum, correct) = a.servers.pushed_since();
+        // Best effort: a shard that does not answer fails the segment itself.
+        let (rows, loss_sum, correct) = a.servers.pushed_since().unwrap_or_default();
         let per_step = (self.cfg.batch_size as u64).max(1);
         let done = (rows / per_step).min(k);
         let seconds = (self.started.elapsed().as_secs_f64()).max(1e-3);
@@ -696,7 +697,7 @@ impl<'a> Job<'a> {
             loss: loss_sum / rows.max(1) as f64,
             accuracy: correct as f64 / rows.max(1) as f64,
             samples_per_s: (self.samples + rows) as f64 / seconds,
-            staleness: Some(a.servers.staleness_since()),
+            staleness: a.servers.staleness_since().ok(),
         }
     }
 

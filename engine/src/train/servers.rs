@@ -1,12 +1,14 @@
 //! The driver's side of `async` training: the job's parameter-server
-//! shards ([`crate::ps::shard`]), hosted in the driver's process, made from
-//! the model's weights and optimizer state, and read back into it between
-//! segments, when no worker runs: the weights version, evaluations and
-//! checkpoints see one consistent state of every shard.
+//! shards ([`crate::ps::shard`]), hosted in the driver's process or by
+//! `kallista ps` processes ([`crate::ps::host`]), made from the model's
+//! weights and optimizer state, and read back into it between segments,
+//! when no worker runs: the weights version, evaluations and checkpoints
+//! see one consistent state of every shard.
 
 use super::metrics::WorkerLine;
 use crate::collective::frame::Secret;
 use crate::error::{EngineError, Result};
+use crate::ps::host::{read_token, RemoteShard};
 use crate::ps::shard::{Shard, ShardRules, SliceState};
 use crate::ps::slices::plan;
 use crate::ps::wire::{ShardStats, WorkerStats};
@@ -25,17 +27,62 @@ pub struct AsyncSettings {
     pub max_staleness: Option<u64>,
     /// Apply pushes without the shard's lock.
     pub hogwild: bool,
+    /// `kallista ps` processes (`host:port`) hosting the shards, one each, in
+    /// shard order; none: the driver hosts them.
+    pub hosts: Vec<String>,
+    /// The cluster's token, which the `kallista ps` processes hold.
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl Default for AsyncSettings {
     fn default() -> Self {
-        AsyncSettings { parameter_servers: 1, push_every_steps: 1, max_staleness: None, hogwild: false }
+        AsyncSettings {
+            parameter_servers: 1,
+            push_every_steps: 1,
+            max_staleness: None,
+            hogwild: false,
+            hosts: vec![],
+            token_file: None,
+        }
+    }
+}
+
+/// A shard of the job, wherever it runs.
+enum Server {
+    Local(Shard),
+    Remote(Box<RemoteShard>),
+}
+
+impl Server {
+    fn address(&self) -> &str {
+        match self {
+            Server::Local(s) => s.address(),
+            Server::Remote(s) => s.address(),
+        }
+    }
+
+    fn stats(&self) -> Result<ShardStats> {
+        match self {
+            Server::Local(s) => Ok(s.stats()),
+            Server::Remote(s) => s.stats(),
+        }
+    }
+
+    /// Calls `f` with the slices' state (consistent: no push in between).
+    fn with_slices<T>(&self, f: impl FnOnce(&[&SliceState]) -> T) -> Result<T> {
+        match self {
+            Server::Local(s) => Ok(s.with_slices(f)),
+            Server::Remote(s) => {
+                let states = s.snapshot()?;
+                Ok(f(&states.iter().collect::<Vec<_>>()))
+            }
+        }
     }
 }
 
 /// The shards of one job.
 pub struct ParameterServers {
-    shards: Vec<Shard>,
+    shards: Vec<Server>,
     /// Shard 0's counters at the end of the previous segment.
     before: BTreeMap<usize, WorkerStats>,
 }
@@ -47,7 +94,7 @@ impl ParameterServers {
         model: &Model,
         settings: &AsyncSettings,
         job_id: &str,
-        secret: &Secret,
+        secret_bytes: &[u8],
         bind_host: &str,
         advertised_host: &str,
     ) -> Result<ParameterServers> {
@@ -58,8 +105,17 @@ impl ParameterServers {
         let rules =
             ShardRules { optimizer: config.clone(), hogwild: settings.hogwild, max_staleness: settings.max_staleness };
         let keys = model.weight_keys();
+        let secret = Secret::from_bytes(secret_bytes);
+        let token = match (&settings.token_file, settings.hosts.is_empty()) {
+            (_, true) => None,
+            (Some(f), false) => Some(Secret::from_bytes(&read_token(f)?)),
+            (None, false) => {
+                return Err(EngineError::Invalid("async: kallista ps hosts need the cluster's token file".into()))
+            }
+        };
+        let count = if settings.hosts.is_empty() { settings.parameter_servers } else { settings.hosts.len() };
         let mut shards = vec![];
-        for (index, slices) in plan(model, settings.parameter_servers).into_iter().enumerate() {
+        for (index, slices) in plan(model, count).into_iter().enumerate() {
             let states = slices
                 .into_iter()
                 .map(|slice| {
@@ -73,16 +129,23 @@ impl ParameterServers {
                     let values = weight.data()[slice.range.clone()].to_vec();
                     SliceState { slice, values, optimizer }
                 })
-                .collect();
-            shards.push(Shard::start(
-                bind_host,
-                advertised_host,
-                index,
-                job_id.to_string(),
-                secret.clone(),
-                rules.clone(),
-                states,
-            )?);
+                .collect::<Vec<_>>();
+            shards.push(match (&token, settings.hosts.get(index)) {
+                (Some(token), Some(host)) => {
+                    let refs: Vec<&SliceState> = states.iter().collect();
+                    let remote = RemoteShard::start(host, token, job_id, index, secret_bytes, rules.clone(), &refs)?;
+                    Server::Remote(Box::new(remote))
+                }
+                _ => Server::Local(Shard::start(
+                    bind_host,
+                    advertised_host,
+                    index,
+                    job_id.to_string(),
+                    secret.clone(),
+                    rules.clone(),
+                    states,
+                )?),
+            });
         }
         Ok(ParameterServers { shards, before: BTreeMap::new() })
     }
@@ -92,8 +155,13 @@ impl ParameterServers {
         self.shards.iter().map(|s| s.address().to_string()).collect()
     }
 
-    pub fn stats(&self) -> Vec<ShardStats> {
-        self.shards.iter().map(Shard::stats).collect()
+    pub fn stats(&self) -> Result<Vec<ShardStats>> {
+        self.shards.iter().map(Server::stats).collect()
+    }
+
+    /// Shard 0's counters per worker (every push goes to every shard).
+    fn workers(&self) -> Result<BTreeMap<usize, WorkerStats>> {
+        Ok(self.shards.first().map(Server::stats).transpose()?.map(|s| s.workers).unwrap_or_default())
     }
 
     /// Every shard's values, optimizer slots and iteration count, into `model`.
@@ -119,7 +187,7 @@ impl ParameterServers {
                             }
                         }
                     }
-                });
+                })?;
             }
         }
         let opt =
@@ -131,8 +199,8 @@ impl ParameterServers {
 
     /// Each worker's traffic since the previous call (shard 0's counts),
     /// and the messages the shards refused so far.
-    pub fn segment_lines(&mut self) -> (Vec<WorkerLine>, u64) {
-        let stats = self.stats();
+    pub fn segment_lines(&mut self) -> Result<(Vec<WorkerLine>, u64)> {
+        let stats = self.stats()?;
         let refused = stats.iter().map(|s| s.refused).sum();
         let now = stats.into_iter().next().map(|s| s.workers).unwrap_or_default();
         let lines = now
@@ -152,13 +220,13 @@ impl ParameterServers {
             })
             .collect();
         self.before = now;
-        (lines, refused)
+        Ok((lines, refused))
     }
 
     /// The mean staleness of the pushes and the pushes dropped since the
     /// previous segment's end (shard 0's counts).
-    pub fn staleness_since(&self) -> (f64, u64) {
-        let now = self.shards.first().map(|s| s.stats().workers).unwrap_or_default();
+    pub fn staleness_since(&self) -> Result<(f64, u64)> {
+        let now = self.workers()?;
         let (mut pushes, mut stale, mut dropped) = (0, 0, 0);
         for (worker, n) in &now {
             let b = self.before.get(worker).cloned().unwrap_or_default();
@@ -166,12 +234,12 @@ impl ParameterServers {
             stale += n.staleness_sum - b.staleness_sum;
             dropped += n.dropped - b.dropped;
         }
-        (stale as f64 / pushes.max(1) as f64, dropped)
+        Ok((stale as f64 / pushes.max(1) as f64, dropped))
     }
 
     /// Rows, loss sum and correct answers pushed since the previous segment's end (shard 0's counts).
-    pub fn pushed_since(&self) -> (u64, f64, u64) {
-        let now = self.shards.first().map(|s| s.stats().workers).unwrap_or_default();
+    pub fn pushed_since(&self) -> Result<(u64, f64, u64)> {
+        let now = self.workers()?;
         let mut out = (0, 0.0, 0);
         for (worker, n) in &now {
             let b = self.before.get(worker).cloned().unwrap_or_default();
@@ -179,7 +247,7 @@ impl ParameterServers {
             out.1 += n.loss_sum - b.loss_sum;
             out.2 += n.correct - b.correct;
         }
-        out
+        Ok(out)
     }
 }
 
@@ -220,8 +288,8 @@ mod tests {
     }
 
     fn servers(model: &Model, settings: AsyncSettings) -> (ParameterServers, Secret) {
-        let (secret, _) = Secret::generate().unwrap();
-        (ParameterServers::start(model, &settings, JOB, &secret, "127.0.0.1", "127.0.0.1").unwrap(), secret)
+        let (secret, bytes) = Secret::generate().unwrap();
+        (ParameterServers::start(model, &settings, JOB, &bytes, "127.0.0.1", "127.0.0.1").unwrap(), secret)
     }
 
     fn client(ps: &ParameterServers, model: &Model, secret: &Secret, worker: usize) -> ParameterClient {
@@ -273,7 +341,7 @@ mod tests {
         let late = ca.push(&mut a, &grads_of(&model, -0.02), &push(0, 0)).unwrap();
         assert_eq!((late.accepted, late.staleness_sum), (0, 2));
         assert_eq!(weights_hash(&snapshot(&ps, &model)), weights_hash(&only_b));
-        let (lines, refused) = ps.segment_lines();
+        let (lines, refused) = ps.segment_lines().unwrap();
         assert_eq!(refused, 0);
         assert_eq!((lines[0].pushes, lines[0].dropped, lines[0].mean_staleness), (1, 1, 1.0));
         assert_eq!((lines[1].pushes, lines[1].dropped, lines[1].mean_staleness), (1, 0, 0.0));
@@ -302,9 +370,9 @@ mod tests {
     #[test]
     fn an_unauthenticated_and_a_tampered_push_are_refused_logged_and_change_nothing() {
         let model = tiny_model(&adam(&["accuracy"]));
-        let (secret, secret_bytes) = Secret::generate().unwrap();
+        let (_, secret_bytes) = Secret::generate().unwrap();
         let settings = AsyncSettings { parameter_servers: 1, ..Default::default() };
-        let ps = ParameterServers::start(&model, &settings, JOB, &secret, "127.0.0.1", "127.0.0.1").unwrap();
+        let ps = ParameterServers::start(&model, &settings, JOB, &secret_bytes, "127.0.0.1", "127.0.0.1").unwrap();
         let before = weights_hash(&snapshot(&ps, &model));
         let shard_plan = &crate::ps::slices::plan(&model, 1)[0];
         let send = |bytes: Vec<u8>| {
@@ -318,15 +386,16 @@ mod tests {
         let genuine = push_bytes(&model, shard_plan, &secret_bytes, None);
         // A byte of the last values chunk (sealed) changed on the way.
         send(push_bytes(&model, shard_plan, &secret_bytes, Some(genuine.len() - 40)));
-        let refusals = ps.shards[0].refusals();
+        let Server::Local(shard) = &ps.shards[0] else { panic!("a shard in the driver") };
+        let refusals = shard.refusals();
         assert_eq!(refusals.len(), 2, "{refusals:?}");
         assert!(refusals.iter().all(|r| r.contains("refused a message from 127.0.0.1")), "{refusals:?}");
         assert!(refusals[0].contains("authentication"), "{refusals:?}");
-        assert_eq!(ps.stats()[0].version, 0);
+        assert_eq!(ps.stats().unwrap()[0].version, 0);
         assert_eq!(weights_hash(&snapshot(&ps, &model)), before, "a refused push changed the weights");
         // The same push, untouched, is applied: the checks above could fail.
         send(genuine);
-        assert_eq!(ps.stats()[0].version, 1);
+        assert_eq!(ps.stats().unwrap()[0].version, 1);
         assert_ne!(weights_hash(&snapshot(&ps, &model)), before);
     }
 

@@ -167,6 +167,13 @@ pub struct ScalingSpec {
     /// `async`: shards apply pushes without their lock (default false: Downpour).
     #[serde(default)]
     pub hogwild: Option<bool>,
+    /// `async`: `kallista ps` processes (`host:port`) that host the shards,
+    /// one each (default: the driver hosts them).
+    #[serde(default)]
+    pub parameter_server_hosts: Option<Vec<String>>,
+    /// `async`: the cluster's token, as the `kallista ps` processes were given it.
+    #[serde(default)]
+    pub parameter_server_token_file: Option<String>,
 }
 
 fn rank_start_timeout() -> u64 {
@@ -197,6 +204,8 @@ impl Default for ScalingSpec {
             push_every_steps: None,
             max_staleness: None,
             hogwild: None,
+            parameter_server_hosts: None,
+            parameter_server_token_file: None,
         }
     }
 }
@@ -205,11 +214,18 @@ impl ScalingSpec {
     /// The parameter-server settings of an `async` job.
     pub fn async_settings(&self) -> AsyncSettings {
         let d = AsyncSettings::default();
+        let hosts = self.parameter_server_hosts.clone().unwrap_or_default();
         AsyncSettings {
-            parameter_servers: self.parameter_servers.unwrap_or(d.parameter_servers),
+            parameter_servers: self.parameter_servers.unwrap_or(if hosts.is_empty() {
+                d.parameter_servers
+            } else {
+                hosts.len()
+            }),
             push_every_steps: self.push_every_steps.unwrap_or(d.push_every_steps),
             max_staleness: self.max_staleness,
             hogwild: self.hogwild.unwrap_or(d.hogwild),
+            hosts,
+            token_file: self.parameter_server_token_file.as_ref().map(std::path::PathBuf::from),
         }
     }
 
@@ -414,6 +430,8 @@ impl JobSpec {
             ("push_every_steps", s.push_every_steps.is_some()),
             ("max_staleness", s.max_staleness.is_some()),
             ("hogwild", s.hogwild.is_some()),
+            ("parameter_server_hosts", s.parameter_server_hosts.is_some()),
+            ("parameter_server_token_file", s.parameter_server_token_file.is_some()),
         ];
         if let Some((key, _)) = async_keys.iter().find(|(_, set)| *set).filter(|_| s.mode != Mode::Async) {
             return err(&format!("scaling.{key}"), "is a setting of mode: async".into());
@@ -423,6 +441,28 @@ impl JobSpec {
         }
         if s.push_every_steps == Some(0) {
             return err("scaling.push_every_steps", "must be positive".into());
+        }
+        if let Some(hosts) = &s.parameter_server_hosts {
+            if hosts.is_empty()
+                || hosts.iter().any(|h| h.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()))
+            {
+                return err("scaling.parameter_server_hosts", format!("expected host:port entries (got {hosts:?})"));
+            }
+            if s.parameter_servers.is_some_and(|n| n != hosts.len()) {
+                return err(
+                    "scaling.parameter_servers",
+                    format!(
+                        "{} shards but {} parameter_server_hosts: one host per shard",
+                        s.parameter_servers.unwrap_or(0),
+                        hosts.len()
+                    ),
+                );
+            }
+            let Some(token) = &s.parameter_server_token_file else {
+                return err("scaling.parameter_server_token_file", "is needed with parameter_server_hosts".into());
+            };
+            kallista_engine::ps::host::read_token(std::path::Path::new(token))
+                .map_err(|e| spec_error(file, "scaling.parameter_server_token_file", e.to_string()))?;
         }
         let micro = self.micro_batch();
         if micro == 0 || !t.batch_size.is_multiple_of(micro * s.shards) {
