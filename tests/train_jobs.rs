@@ -147,6 +147,12 @@ fn bad_job_files_fail_before_any_work_with_the_key_named() {
     assert!(e.contains("scaling.workers: 8 workers with 4 shards"), "{e}");
     let e = fails_with("layer", |t| t.replace("class: LSTM, input: td_cnn", "class: LSTM, input: nowhere"));
     assert!(e.contains("model.layers[2] (video_lstm)") && e.contains("nowhere"), "{e}");
+    let e = fails_with("ps-in-sync", |t| t.replace("  mode: sync\n", "  mode: sync\n  parameter_servers: 2\n"));
+    assert!(e.contains("scaling.parameter_servers: is a setting of mode: async"), "{e}");
+    let e = fails_with("ps-token", |t| {
+        t.replace("  mode: sync\n", "  mode: async\n  parameter_server_hosts: [127.0.0.1:50070]\n")
+    });
+    assert!(e.contains("scaling.parameter_server_token_file: is needed with parameter_server_hosts"), "{e}");
 }
 
 #[test]

@@ -347,6 +347,40 @@ mod tests {
         assert_eq!((lines[1].pushes, lines[1].dropped, lines[1].mean_staleness), (1, 0, 0.0));
     }
 
+    #[test]
+    fn hogwild_pushes_from_concurrent_workers_are_all_applied() {
+        use crate::train::round::CompileSpec;
+        let sgd = CompileSpec { optimizer: kallista_ops::optim::OptimizerConfig::sgd(0.1), ..adam(&["accuracy"]) };
+        let model = tiny_model(&sgd);
+        let settings = AsyncSettings { parameter_servers: 2, hogwild: true, ..Default::default() };
+        let (ps, secret) = servers(&model, settings);
+        let grads = [grads_of(&model, 0.01), grads_of(&model, -0.03)];
+        std::thread::scope(|s| {
+            for (worker, g) in grads.iter().enumerate() {
+                let (ps, model, secret) = (&ps, &model, &secret);
+                s.spawn(move || {
+                    let mut mine = model.clone();
+                    let mut c = client(ps, model, secret, worker);
+                    c.pull(&mut mine, 0).unwrap();
+                    for step in 0..20 {
+                        assert_eq!(c.push(&mut mine, g, &push(worker, step)).unwrap().accepted, 2);
+                    }
+                });
+            }
+        });
+        assert!(ps.stats().unwrap().iter().all(|s| s.version == 40));
+        // Plain SGD: whatever the interleaving, every push moved the weights by -lr g.
+        let after = snapshot(&ps, &model).named_weights();
+        for (i, key, _) in model.trainable_entries() {
+            let (w0, w) = (model.weight(&key).unwrap().data(), after[&key].data());
+            for (j, (a, b)) in w0.iter().zip(w).enumerate() {
+                let moved =
+                    -0.1 * 20.0 * (grads[0].values[i].as_ref().unwrap()[j] + grads[1].values[i].as_ref().unwrap()[j]);
+                assert!((b - a - moved).abs() < 1e-4, "{key}[{j}]: {a} -> {b}, expected a move of {moved}");
+            }
+        }
+    }
+
     /// A push request and its values as sent with `key`, byte `flip` changed when given.
     fn push_bytes(
         model: &Model,
