@@ -372,6 +372,10 @@ fn killing_an_executor_mid_async_segment_finishes_the_job_and_leaves_no_process_
     // Every step was pushed exactly once: the re-run worker skipped those its lost run pushed.
     let rows: Vec<u64> = lines.iter().map(|l| l["rows"].as_u64().unwrap()).collect();
     assert_eq!(rows, vec![300 * 32; 3], "{lines:?}");
+    // Before the kill the two workers ran on the two executors: the victim held one.
+    let first: BTreeSet<&str> =
+        lines[0]["parts"].as_array().unwrap().iter().map(|p| p["executor"].as_str().unwrap()).collect();
+    assert_eq!(first, cluster.names.iter().map(String::as_str).collect(), "{}", lines[0]);
     // The lost worker ran again (a second pull) in the segment of the kill.
     let pulls: Vec<u64> =
         lines[1]["workers"].as_array().unwrap().iter().map(|w| w["pulls"].as_u64().unwrap()).collect();

@@ -142,7 +142,8 @@ pub fn run_worker(spec: &AsyncSpec, rank: usize) -> Result<WorkerReport> {
     let timeout = Duration::from_secs(spec.timeout_s.max(1));
     let secret = Secret::from_bytes(&blocking::read(&spec.secret)?);
     let loading = Instant::now();
-    let mut model = (*super::model_cache::model_for(&spec.model)?).clone();
+    // From its config only: the shards hold the weights, the first pull brings them.
+    let mut model = super::model_cache::compiled_model(&spec.model)?;
     let mut client = ParameterClient::connect(&spec.servers, &model, &secret, &spec.job_id, rank, timeout)?;
     let done = client.pull(&mut model, spec.first_step)? as usize;
     let mut report =

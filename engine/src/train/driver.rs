@@ -664,13 +664,15 @@ impl<'a> Job<'a> {
         let mut result: RoundResult =
             serde_json::from_str(&json).map_err(|e| EngineError::Training(format!("async segment result: {e}")))?;
         let a = self.asynchronous.as_mut().ok_or_else(|| EngineError::Invalid("async without servers".into()))?;
-        (result.rows, result.loss_sum, result.correct) = a.servers.pushed_since()?;
-        let (workers, refused) = a.servers.segment_lines()?;
+        let totals = a.servers.segment_totals()?;
+        (result.rows, result.loss_sum, result.correct) = (totals.rows, totals.loss_sum, totals.correct);
+        let (workers, refused) = a.servers.end_segment()?;
         if refused > 0 {
             log::warn!("the parameter servers refused {refused} messages so far (see the warnings above)");
         }
-        for (part, w) in result.parts.iter_mut().zip(&workers) {
-            part.rows = w.rows;
+        // A part's `first_block` holds its worker's rank.
+        for part in &mut result.parts {
+            part.rows = workers.iter().find(|w| w.worker as u64 == part.first_block).map_or(0, |w| w.rows);
         }
         result.workers = workers;
         // The shards are quiet between segments: one consistent state of them all.
@@ -687,7 +689,8 @@ impl<'a> Job<'a> {
     fn async_progress(&self, step: u64, k: u64) -> Event {
         let Some(a) = self.asynchronous.as_ref() else { return Event::Log(String::new()) };
         // Best effort: a shard that does not answer fails the segment itself.
-        let (rows, loss_sum, correct) = a.servers.pushed_since().unwrap_or_default();
+        let t = a.servers.segment_totals().unwrap_or_default();
+        let (rows, loss_sum, correct) = (t.rows, t.loss_sum, t.correct);
         let per_step = (self.cfg.batch_size as u64).max(1);
         let done = (rows / per_step).min(k);
         let seconds = (self.started.elapsed().as_secs_f64()).max(1e-3);
@@ -697,7 +700,7 @@ impl<'a> Job<'a> {
             loss: loss_sum / rows.max(1) as f64,
             accuracy: correct as f64 / rows.max(1) as f64,
             samples_per_s: (self.samples + rows) as f64 / seconds,
-            staleness: a.servers.staleness_since().ok(),
+            staleness: Some((t.staleness_sum as f64 / t.pushes.max(1) as f64, t.dropped)),
         }
     }
 

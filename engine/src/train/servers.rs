@@ -197,57 +197,60 @@ impl ParameterServers {
         Ok(())
     }
 
-    /// Each worker's traffic since the previous call (shard 0's counts),
-    /// and the messages the shards refused so far.
-    pub fn segment_lines(&mut self) -> Result<(Vec<WorkerLine>, u64)> {
+    /// Each worker's counters since the previous segment's end (shard 0's:
+    /// every push goes to every shard); `max_staleness` stays the job's.
+    fn since(&self, now: &BTreeMap<usize, WorkerStats>) -> BTreeMap<usize, WorkerStats> {
+        let delta = |worker: &usize, n: &WorkerStats| {
+            let b = self.before.get(worker).cloned().unwrap_or_default();
+            WorkerStats {
+                pulls: n.pulls - b.pulls,
+                pushes: n.pushes - b.pushes,
+                dropped: n.dropped - b.dropped,
+                staleness_sum: n.staleness_sum - b.staleness_sum,
+                max_staleness: n.max_staleness,
+                rows: n.rows - b.rows,
+                loss_sum: n.loss_sum - b.loss_sum,
+                correct: n.correct - b.correct,
+            }
+        };
+        now.iter().map(|(w, n)| (*w, delta(w, n))).collect()
+    }
+
+    /// The segment's counters summed over its workers.
+    pub fn segment_totals(&self) -> Result<WorkerStats> {
+        let mut total = WorkerStats::default();
+        for n in self.since(&self.workers()?).values() {
+            total.pushes += n.pushes;
+            total.dropped += n.dropped;
+            total.staleness_sum += n.staleness_sum;
+            total.rows += n.rows;
+            total.loss_sum += n.loss_sum;
+            total.correct += n.correct;
+        }
+        Ok(total)
+    }
+
+    /// Each worker's traffic in the segment, and the messages the shards
+    /// refused so far; the next segment counts from here.
+    pub fn end_segment(&mut self) -> Result<(Vec<WorkerLine>, u64)> {
         let stats = self.stats()?;
         let refused = stats.iter().map(|s| s.refused).sum();
         let now = stats.into_iter().next().map(|s| s.workers).unwrap_or_default();
-        let lines = now
-            .iter()
-            .map(|(&worker, n)| {
-                let b = self.before.get(&worker).cloned().unwrap_or_default();
-                let pushes = n.pushes - b.pushes;
-                WorkerLine {
-                    worker,
-                    pulls: n.pulls - b.pulls,
-                    pushes,
-                    dropped: n.dropped - b.dropped,
-                    mean_staleness: (n.staleness_sum - b.staleness_sum) as f64 / pushes.max(1) as f64,
-                    max_staleness: n.max_staleness,
-                    rows: n.rows - b.rows,
-                }
+        let lines = self
+            .since(&now)
+            .into_iter()
+            .map(|(worker, n)| WorkerLine {
+                worker,
+                pulls: n.pulls,
+                pushes: n.pushes,
+                dropped: n.dropped,
+                mean_staleness: n.staleness_sum as f64 / n.pushes.max(1) as f64,
+                max_staleness: n.max_staleness,
+                rows: n.rows,
             })
             .collect();
         self.before = now;
         Ok((lines, refused))
-    }
-
-    /// The mean staleness of the pushes and the pushes dropped since the
-    /// previous segment's end (shard 0's counts).
-    pub fn staleness_since(&self) -> Result<(f64, u64)> {
-        let now = self.workers()?;
-        let (mut pushes, mut stale, mut dropped) = (0, 0, 0);
-        for (worker, n) in &now {
-            let b = self.before.get(worker).cloned().unwrap_or_default();
-            pushes += n.pushes - b.pushes;
-            stale += n.staleness_sum - b.staleness_sum;
-            dropped += n.dropped - b.dropped;
-        }
-        Ok((stale as f64 / pushes.max(1) as f64, dropped))
-    }
-
-    /// Rows, loss sum and correct answers pushed since the previous segment's end (shard 0's counts).
-    pub fn pushed_since(&self) -> Result<(u64, f64, u64)> {
-        let now = self.workers()?;
-        let mut out = (0, 0.0, 0);
-        for (worker, n) in &now {
-            let b = self.before.get(worker).cloned().unwrap_or_default();
-            out.0 += n.rows - b.rows;
-            out.1 += n.loss_sum - b.loss_sum;
-            out.2 += n.correct - b.correct;
-        }
-        Ok(out)
     }
 }
 
@@ -341,7 +344,7 @@ mod tests {
         let late = ca.push(&mut a, &grads_of(&model, -0.02), &push(0, 0)).unwrap();
         assert_eq!((late.accepted, late.staleness_sum), (0, 2));
         assert_eq!(weights_hash(&snapshot(&ps, &model)), weights_hash(&only_b));
-        let (lines, refused) = ps.segment_lines().unwrap();
+        let (lines, refused) = ps.end_segment().unwrap();
         assert_eq!(refused, 0);
         assert_eq!((lines[0].pushes, lines[0].dropped, lines[0].mean_staleness), (1, 1, 1.0));
         assert_eq!((lines[1].pushes, lines[1].dropped, lines[1].mean_staleness), (1, 0, 0.0));
