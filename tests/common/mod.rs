@@ -34,12 +34,32 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A fresh directory for one test.
+/// A fresh directory for one test. The first call of a test binary also
+/// removes what earlier, ended test runs left (`kallista-*-PID` of a dead
+/// PID): a test killed or failed keeps its dir for a look, but not forever.
 pub fn temp_dir(name: &str) -> PathBuf {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(remove_dirs_of_ended_runs);
     let d = std::env::temp_dir().join(format!("kallista-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+fn remove_dirs_of_ended_runs() {
+    if !Path::new("/proc/self").exists() {
+        return; // no way to tell a live process here
+    }
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().filter(|n| n.starts_with("kallista-")).and_then(|n| n.rsplit('-').next()) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// A prepared set of `videos` clips of 4 frames of 32x32 (made and prepared
