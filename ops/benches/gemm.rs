@@ -1,7 +1,10 @@
-//! Compares the two pure-Rust SGEMMs on the shapes W1 runs (row-major, 2 threads):
-//! `gemm` (rayon) against `matrixmultiply` (ndarray's default, with its threading feature).
+//! Compares the SGEMMs on the shapes W1 runs (row-major, 2 threads): the CPU
+//! backend as this host selects it (Kallista's AVX-512 kernels where the CPU
+//! has them; `KALLISTA_CPU_KERNELS=avx2` forces the `gemm` crate), the `gemm`
+//! crate itself (rayon) and `matrixmultiply` (ndarray's default, threaded).
 //!
 //!     cargo bench --workspace --bench gemm
+use kallista_ops::backend::{cpu_backend, gemm_kernels, with_single_threaded_kernels, MatMut, MatRef};
 use std::time::Instant;
 
 fn time_it(mut f: impl FnMut(), reps: usize) -> f64 {
@@ -25,7 +28,8 @@ fn main() {
         (4096, 1024, 2048, "infer x@W B=256"),
         (512, 512, 512, "square 512"),
     ];
-    println!("{:<28} {:>10} {:>10} {:>10}", "shape", "gemm-1t", "gemm-2t", "mmul-2t");
+    println!("backend kernels: {}", gemm_kernels().name());
+    println!("{:<28} {:>10} {:>10} {:>10} {:>10} {:>10}", "shape", "cpu-1t", "cpu-2t", "gemm-1t", "gemm-2t", "mmul-2t");
     for (m, k, n, name) in shapes {
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 * 0.01).collect();
         let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 11) as f32 * 0.01).collect();
@@ -62,6 +66,13 @@ fn main() {
         };
         let g1 = run_gemm(gemm::Parallelism::None);
         let g2 = run_gemm(gemm::Parallelism::Rayon(2));
+        let mut run_cpu = || {
+            cpu_backend()
+                .matmul(MatRef::dense(&a, m, k), MatRef::dense(&b, k, n), MatMut::dense(&mut c, m, n), false)
+                .unwrap()
+        };
+        let c1 = time_it(|| with_single_threaded_kernels(&mut run_cpu), reps);
+        let c2 = time_it(&mut run_cpu, reps);
         let mm = time_it(
             || unsafe {
                 matrixmultiply::sgemm(
@@ -84,6 +95,14 @@ fn main() {
             reps,
         );
         let gf = |t: f64| flops / t / 1e9;
-        println!("{:<28} {:>10.1} {:>10.1} {:>10.1}   GFLOP/s ({m}x{k}x{n})", name, gf(g1), gf(g2), gf(mm));
+        println!(
+            "{:<28} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}   GFLOP/s ({m}x{k}x{n})",
+            name,
+            gf(c1),
+            gf(c2),
+            gf(g1),
+            gf(g2),
+            gf(mm)
+        );
     }
 }

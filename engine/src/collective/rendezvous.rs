@@ -352,26 +352,28 @@ pub fn abort(address: &str, secret: &Secret, job: &str, generation: u64, rank: u
     }
 }
 
-/// The CPU features that select the GEMM crate's kernels here: ranks that
-/// differ would compute different bits for the same rows.
+/// The CPU kernels in use here (the GEMM path the CPU backend chose, and the
+/// features of the elementwise kernels): ranks that differ would compute
+/// different bits for the same rows.
 pub fn kernel_set() -> String {
+    let gemm = format!("gemm={}", kallista_ops::backend::gemm_kernels().name());
     #[cfg(target_arch = "x86_64")]
     {
-        let mut f = vec!["x86_64"];
+        let mut f = vec!["x86_64".to_string(), gemm];
         for (name, on) in [
             ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
             ("avx2", std::arch::is_x86_feature_detected!("avx2")),
             ("fma", std::arch::is_x86_feature_detected!("fma")),
         ] {
             if on {
-                f.push(name);
+                f.push(name.to_string());
             }
         }
         f.join(" ")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        std::env::consts::ARCH.to_string()
+        format!("{} {gemm}", std::env::consts::ARCH)
     }
 }
 

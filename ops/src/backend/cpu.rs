@@ -1,5 +1,7 @@
-//! The CPU backend: `gemm` (pure-Rust SGEMM, chosen over ndarray's
-//! `matrixmultiply` by `benches/gemm.rs`) and vectorised activation kernels.
+//! The CPU backend: SGEMM (Kallista's AVX-512 kernels where the CPU has
+//! them, else the pure-Rust `gemm` crate, chosen over ndarray's
+//! `matrixmultiply` by `benches/gemm.rs`; see [`super::cpu_kernels`]) and
+//! vectorised activation kernels.
 //!
 //! Threading: a GEMM uses the rayon pool when it is big enough to pay for the
 //! fork/join, except inside [`with_single_threaded_kernels`], which the model
@@ -28,12 +30,13 @@ pub fn with_single_threaded_kernels<R>(f: impl FnOnce() -> R) -> R {
 /// Below this many multiply-adds a GEMM runs on one thread.
 const PARALLEL_MIN_MACS: usize = 4 << 20;
 
-fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
+/// The threads one GEMM may use.
+fn gemm_threads(m: usize, n: usize, k: usize) -> usize {
     let threads = rayon::current_num_threads();
     if threads <= 1 || SINGLE_THREADED.with(|s| s.get()) || m * n * k < PARALLEL_MIN_MACS {
-        gemm::Parallelism::None
+        1
     } else {
-        gemm::Parallelism::Rayon(threads)
+        threads
     }
 }
 
@@ -67,6 +70,14 @@ impl Backend for CpuBackend {
             }
             return Ok(());
         }
+        let threads = gemm_threads(m, n, k);
+        #[cfg(target_arch = "x86_64")]
+        if c.col_stride == 1 && super::gemm_kernels() == super::GemmKernels::Avx512 {
+            // SAFETY: bounds checked above, unit column stride, and the kernels are only
+            // chosen where the CPU has AVX-512.
+            unsafe { super::sgemm_avx512::gemm(a, b, c, accumulate, threads) };
+            return Ok(());
+        }
         // SAFETY: all three views were bounds-checked above; `c` is borrowed mutably and
         // cannot alias `a` or `b`.
         unsafe {
@@ -89,7 +100,7 @@ impl Backend for CpuBackend {
                 false,
                 false,
                 false,
-                parallelism(m, n, k),
+                if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None },
             );
         }
         Ok(())

@@ -6,10 +6,14 @@
 //! [`OpsError::NotCompiledWithCuda`]).
 
 mod cpu;
+mod cpu_kernels;
 mod cuda;
 pub mod math;
+#[cfg(target_arch = "x86_64")]
+mod sgemm_avx512;
 
 pub use cpu::{with_single_threaded_kernels, CpuBackend};
+pub use cpu_kernels::{gemm_kernels, GemmKernels};
 
 use crate::error::{OpsError, Result};
 use std::sync::Arc;

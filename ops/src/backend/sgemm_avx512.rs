@@ -1,0 +1,401 @@
+//! SGEMM for CPUs with AVX-512 (`avx512f`), on stable Rust.
+//!
+//! Why our own: the `gemm` crate compiles its AVX-512 kernels only with its
+//! `nightly` feature, so on stable it runs its AVX2 16x6 kernel on AVX-512
+//! hosts; with 32 vector registers a wider tile needs fewer loads per
+//! multiply-add.
+//!
+//! Layout (BLIS's loops, vectors along `n`): `B` is packed in `KC x NR`
+//! panels (rows of `NR` contiguous values), `A` in `MR x KC` slivers (columns
+//! of `MR` values, broadcast one by one); the micro-kernel keeps an `MR x NR`
+//! tile of `C` in 16 registers. Edges use AVX-512 masks, not copies. A small
+//! `m` (a recurrent step) reads a row-major `B` in place: packing it would
+//! cost as much as the product.
+//!
+//! Determinism: every element of `C` is summed in the same order (a fused
+//! multiply-add chain over each `KC` block of `k`, the blocks added to `C` in
+//! order) whatever the tiling and the thread count, so one row gives the same
+//! bits alone or in a batch, on one thread or several.
+
+use super::{MatMut, MatRef};
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+/// Rows of the micro-tile (broadcast values of `A`).
+const MR: usize = 8;
+/// Columns of the micro-tile: two vectors of 16.
+const NR: usize = 32;
+/// Depth of one block of `k` (an `A` sliver is `MR x KC` = 8 KB, in L1).
+const KC: usize = 256;
+/// Columns of one packed block of `B` (`KC x NC` = up to 4 MB, in L3): wide,
+/// so that a large `A` (inference inputs) streams from memory once.
+const NC: usize = 4096;
+/// At most this many rows read `B` in place instead of packing it.
+const UNPACKED_B_MAX_ROWS: usize = 2 * MR;
+
+/// Whether this CPU runs [`gemm`].
+pub fn available() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+}
+
+/// Raw pointers of one product, shared by the threads that compute disjoint
+/// column ranges of `C`.
+#[derive(Clone, Copy)]
+struct Operands {
+    a: *const f32,
+    rs_a: isize,
+    cs_a: isize,
+    b: *const f32,
+    rs_b: isize,
+    cs_b: isize,
+    c: *mut f32,
+    rs_c: isize,
+    m: usize,
+    k: usize,
+    accumulate: bool,
+}
+
+// SAFETY: threads write disjoint column ranges of `c` and only read `a` and `b`.
+unsafe impl Send for Operands {}
+unsafe impl Sync for Operands {}
+
+/// `c = a · b` (or `c += a · b`), with `c` of unit column stride, on `threads`
+/// threads (split by columns).
+///
+/// # Safety
+/// The views must be in bounds (checked by the caller), `c.col_stride == 1`,
+/// and the CPU must have `avx512f` ([`available`]).
+pub unsafe fn gemm(a: MatRef<'_>, b: MatRef<'_>, c: MatMut<'_>, accumulate: bool, threads: usize) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let ops = Operands {
+        a: a.data.as_ptr().add(a.offset),
+        rs_a: a.row_stride as isize,
+        cs_a: a.col_stride as isize,
+        b: b.data.as_ptr().add(b.offset),
+        rs_b: b.row_stride as isize,
+        cs_b: b.col_stride as isize,
+        c: c.data.as_mut_ptr().add(c.offset),
+        rs_c: c.row_stride as isize,
+        m,
+        k,
+        accumulate,
+    };
+    let panels = n.div_ceil(NR);
+    let threads = threads.clamp(1, panels);
+    if threads == 1 {
+        columns(ops, 0, n);
+        return;
+    }
+    use rayon::prelude::*;
+    (0..threads).into_par_iter().for_each(|t| {
+        let start = t * panels / threads * NR;
+        let end = ((t + 1) * panels / threads * NR).min(n);
+        // SAFETY: as for `gemm`; the column ranges of the threads are disjoint.
+        unsafe { columns(ops, start, end) };
+    });
+}
+
+thread_local! {
+    /// Packing buffers, kept between calls (fresh ones would fault their pages in each time).
+    static PACKS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// A 64-byte aligned slice of `len` values inside `buf` (grown as needed).
+fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len + 16 {
+        buf.resize(len + 16, 0.0);
+    }
+    let skip = buf.as_ptr().align_offset(64).min(16);
+    &mut buf[skip..skip + len]
+}
+
+/// Columns `[j0, j1)` of `C`, on this thread.
+#[target_feature(enable = "avx512f")]
+unsafe fn columns(ops: Operands, j0: usize, j1: usize) {
+    PACKS.with(|packs| {
+        let mut packs = packs.borrow_mut();
+        let (bbuf, abuf) = &mut *packs;
+        let a_pack = aligned(abuf, MR * KC).as_mut_ptr();
+        let b_in_place = ops.m <= UNPACKED_B_MAX_ROWS && ops.cs_b == 1;
+        let b_pack = if b_in_place { std::ptr::null_mut() } else { aligned(bbuf, KC * NC).as_mut_ptr() };
+        let mut jc = j0;
+        while jc < j1 {
+            let nc = NC.min(j1 - jc);
+            let mut pc = 0;
+            while pc < ops.k {
+                let kc = KC.min(ops.k - pc);
+                let add = ops.accumulate || pc > 0;
+                let (bp, rs_bp, panel_step) = if b_in_place {
+                    (ops.b.offset(pc as isize * ops.rs_b + jc as isize), ops.rs_b, NR as isize)
+                } else {
+                    pack_b(ops, pc, kc, jc, nc, b_pack);
+                    (b_pack as *const f32, NR as isize, (kc * NR) as isize)
+                };
+                let mut i = 0;
+                while i < ops.m {
+                    let rows = MR.min(ops.m - i);
+                    pack_a(ops, i, rows, pc, kc, a_pack);
+                    let mut jr = 0;
+                    while jr < nc {
+                        let cols = NR.min(nc - jr);
+                        let b_panel = bp.offset((jr / NR) as isize * panel_step);
+                        let c_tile = ops.c.offset(i as isize * ops.rs_c + (jc + jr) as isize);
+                        if cols == NR {
+                            kernel::<false>(kc, a_pack, b_panel, rs_bp, c_tile, ops.rs_c, rows, cols, add);
+                        } else {
+                            kernel::<true>(kc, a_pack, b_panel, rs_bp, c_tile, ops.rs_c, rows, cols, add);
+                        }
+                        jr += NR;
+                    }
+                    i += MR;
+                }
+                pc += kc;
+            }
+            jc += nc;
+        }
+    });
+}
+
+/// Packs `B[pc..pc+kc, jc..jc+nc]` as panels of `NR` columns: panel `q` holds
+/// rows of `NR` values (zero past `nc`) at `dst[q*kc*NR + p*NR ..]`.
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_b(ops: Operands, pc: usize, kc: usize, jc: usize, nc: usize, dst: *mut f32) {
+    for q in 0..nc.div_ceil(NR) {
+        let (j0, cols) = (jc + q * NR, NR.min(nc - q * NR));
+        let panel = dst.add(q * kc * NR);
+        if ops.cs_b == 1 {
+            let (m0, m1) = masks(cols);
+            for p in 0..kc {
+                let src = ops.b.offset((pc + p) as isize * ops.rs_b + j0 as isize);
+                let row = panel.add(p * NR);
+                _mm512_storeu_ps(row, _mm512_maskz_loadu_ps(m0, src));
+                _mm512_storeu_ps(row.add(16), _mm512_maskz_loadu_ps(m1, src.add(16)));
+            }
+        } else {
+            // `B` stored transposed: read each column along `k`, where it is contiguous.
+            for j in 0..NR {
+                if j < cols {
+                    let src = ops.b.offset(pc as isize * ops.rs_b + (j0 + j) as isize * ops.cs_b);
+                    for p in 0..kc {
+                        *panel.add(p * NR + j) = *src.offset(p as isize * ops.rs_b);
+                    }
+                } else {
+                    (0..kc).for_each(|p| *panel.add(p * NR + j) = 0.0);
+                }
+            }
+        }
+    }
+}
+
+/// Packs `A[i..i+rows, pc..pc+kc]` as `kc` columns of `MR` values (zero past
+/// `rows`), reading along whichever axis of `A` is contiguous. (Left to
+/// itself the compiler turns the row-major case into scatters, which cost
+/// more than the product on AMD cores.)
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_a(ops: Operands, i: usize, rows: usize, pc: usize, kc: usize, dst: *mut f32) {
+    let start = ops.a.offset(i as isize * ops.rs_a + pc as isize * ops.cs_a);
+    if rows == MR && ops.cs_a == 1 {
+        // Row-major: 8x8 blocks transposed in registers.
+        let row = |r: usize| start.offset(r as isize * ops.rs_a);
+        let mut p = 0;
+        while p + 8 <= kc {
+            let block: [__m256; 8] = std::array::from_fn(|r| _mm256_loadu_ps(row(r).add(p)));
+            for (q, column) in transpose8(block).into_iter().enumerate() {
+                _mm256_storeu_ps(dst.add((p + q) * MR), column);
+            }
+            p += 8;
+        }
+        for p in p..kc {
+            for r in 0..MR {
+                *dst.add(p * MR + r) = *row(r).add(p);
+            }
+        }
+    } else if rows == MR && ops.rs_a == 1 {
+        // Stored transposed: each column of the sliver is contiguous.
+        for p in 0..kc {
+            _mm256_storeu_ps(dst.add(p * MR), _mm256_loadu_ps(start.offset(p as isize * ops.cs_a)));
+        }
+    } else {
+        for p in 0..kc {
+            for r in 0..MR {
+                *dst.add(p * MR + r) =
+                    if r < rows { *start.offset(r as isize * ops.rs_a + p as isize * ops.cs_a) } else { 0.0 };
+            }
+        }
+    }
+}
+
+/// The transpose of an 8x8 block held as 8 rows.
+#[target_feature(enable = "avx2")]
+unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(u0, u4),
+        _mm256_permute2f128_ps::<0x20>(u1, u5),
+        _mm256_permute2f128_ps::<0x20>(u2, u6),
+        _mm256_permute2f128_ps::<0x20>(u3, u7),
+        _mm256_permute2f128_ps::<0x31>(u0, u4),
+        _mm256_permute2f128_ps::<0x31>(u1, u5),
+        _mm256_permute2f128_ps::<0x31>(u2, u6),
+        _mm256_permute2f128_ps::<0x31>(u3, u7),
+    ]
+}
+
+/// Lane masks of the two vectors of a tile row with `cols` valid columns.
+fn masks(cols: usize) -> (__mmask16, __mmask16) {
+    let lanes = |n: usize| if n >= 16 { 0xFFFF } else { ((1u32 << n) - 1) as __mmask16 };
+    (lanes(cols), lanes(cols.saturating_sub(16)))
+}
+
+/// `C[0..rows, 0..cols] (+)= Apack · B` over `kc`: `a` is an `MR x kc` sliver,
+/// `b` rows of `NR` values `rs_b` apart, `c` rows `rs_c` apart.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel<const MASKED: bool>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    rs_b: isize,
+    c: *mut f32,
+    rs_c: isize,
+    rows: usize,
+    cols: usize,
+    add: bool,
+) {
+    let (m0, m1) = masks(cols);
+    let mut lo = [_mm512_setzero_ps(); MR];
+    let mut hi = [_mm512_setzero_ps(); MR];
+    let (mut a, mut b) = (a, b);
+    for _ in 0..kc {
+        let (b0, b1) = if MASKED {
+            (_mm512_maskz_loadu_ps(m0, b), _mm512_maskz_loadu_ps(m1, b.add(16)))
+        } else {
+            (_mm512_loadu_ps(b), _mm512_loadu_ps(b.add(16)))
+        };
+        for r in 0..MR {
+            let ar = _mm512_set1_ps(*a.add(r));
+            lo[r] = _mm512_fmadd_ps(ar, b0, lo[r]);
+            hi[r] = _mm512_fmadd_ps(ar, b1, hi[r]);
+        }
+        a = a.add(MR);
+        b = b.offset(rs_b);
+    }
+    for r in 0..rows {
+        let row = c.offset(r as isize * rs_c);
+        let (mut v0, mut v1) = (lo[r], hi[r]);
+        if add {
+            v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, row), v0);
+            v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, row.add(16)), v1);
+        }
+        _mm512_mask_storeu_ps(row, m0, v0);
+        _mm512_mask_storeu_ps(row.add(16), m1, v1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: f32) -> Vec<f32> {
+        (0..len).map(|i| ((i as f32 * 0.618 + seed).sin() * 3.0).round() / 4.0 + 0.01 * (i % 7) as f32).collect()
+    }
+
+    /// `a·b` in f64, from strided views.
+    fn reference(a: MatRef<'_>, b: MatRef<'_>) -> Vec<f64> {
+        let at = |v: &MatRef<'_>, i: usize, j: usize| v.data[v.offset + i * v.row_stride + j * v.col_stride] as f64;
+        let mut c = vec![0.0; a.rows * b.cols];
+        for i in 0..a.rows {
+            for j in 0..b.cols {
+                c[i * b.cols + j] = (0..a.cols).map(|p| at(&a, i, p) * at(&b, p, j)).sum();
+            }
+        }
+        c
+    }
+
+    /// Runs the product with `a` and `b` stored transposed or not, and checks it
+    /// against the f64 reference (also with `accumulate`, onto a strided `c`).
+    fn check(m: usize, k: usize, n: usize, a_t: bool, b_t: bool, threads: usize) {
+        if !available() {
+            return;
+        }
+        let (ad, bd) = (values(m * k, 0.3), values(k * n, 1.7));
+        let a = if a_t { MatRef::dense(&ad, k, m).t() } else { MatRef::dense(&ad, m, k) };
+        let b = if b_t { MatRef::dense(&bd, n, k).t() } else { MatRef::dense(&bd, k, n) };
+        let want = reference(a, b);
+        // c lives in a wider buffer (row stride n + 3) with values outside the view.
+        let stride = n + 3;
+        let mut c = vec![5.0f32; m * stride];
+        fn view(c: &mut [f32], m: usize, n: usize, stride: usize) -> MatMut<'_> {
+            MatMut { data: c, offset: 0, rows: m, cols: n, row_stride: stride, col_stride: 1 }
+        }
+        unsafe { gemm(a, b, view(&mut c, m, n, stride), false, threads) };
+        for i in 0..m {
+            for j in 0..n {
+                let (got, w) = (c[i * stride + j] as f64, want[i * n + j]);
+                assert!((got - w).abs() <= 1e-4 * (1.0 + w.abs()), "{m}x{k}x{n} ({i},{j}): {got} vs {w}");
+            }
+            assert!(c[i * stride + n..(i + 1) * stride].iter().all(|&v| v == 5.0), "wrote outside the view");
+        }
+        unsafe { gemm(a, b, view(&mut c, m, n, stride), true, threads) };
+        for i in 0..m {
+            for j in 0..n {
+                let (got, w) = (c[i * stride + j] as f64, 2.0 * want[i * n + j]);
+                assert!((got - w).abs() <= 2e-4 * (1.0 + w.abs()), "accumulate {m}x{k}x{n} ({i},{j}): {got} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn products_match_the_reference_on_every_edge_and_layout() {
+        for &(m, k, n) in
+            &[(1, 1, 1), (7, 5, 3), (8, 256, 32), (16, 300, 45), (17, 513, 70), (40, 257, 600), (3, 1000, 1)]
+        {
+            for (a_t, b_t) in [(false, false), (true, false), (false, true), (true, true)] {
+                check(m, k, n, a_t, b_t, 1);
+            }
+            check(m, k, n, false, false, 2);
+        }
+    }
+
+    #[test]
+    fn bits_do_not_depend_on_threads_or_on_the_rest_of_the_batch() {
+        if !available() {
+            return;
+        }
+        let (m, k, n) = (37, 600, 700);
+        let (ad, bd) = (values(m * k, 0.1), values(k * n, 0.9));
+        let run = |rows: usize, threads: usize| {
+            let mut c = vec![0.0f32; rows * n];
+            unsafe {
+                gemm(
+                    MatRef::dense(&ad[..rows * k], rows, k),
+                    MatRef::dense(&bd, k, n),
+                    MatMut::dense(&mut c, rows, n),
+                    false,
+                    threads,
+                )
+            };
+            c
+        };
+        let one = run(m, 1);
+        assert_eq!(one, run(m, 2));
+        assert_eq!(one, run(m, 3));
+        // The first rows alone (the in-place `B` path) give the same bits as inside the batch.
+        assert_eq!(&one[..5 * n], &run(5, 1)[..]);
+    }
+}
