@@ -29,6 +29,8 @@ fn main() {
         (64, 256, 1024, "recurrent h@U 64"),
         (256, 1024, 256, "recurrent dU slice"),
         (4096, 1024, 2048, "infer x@W B=256"),
+        (8192, 288, 64, "W2 conv2 cols@K"),
+        (4096, 576, 128, "W2 conv3 cols@K"),
         (512, 512, 512, "square 512"),
     ];
     println!("backend kernels: {}", gemm_kernels().name());

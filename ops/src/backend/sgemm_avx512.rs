@@ -25,8 +25,12 @@ use std::cell::RefCell;
 const MR: usize = 8;
 /// Columns of the micro-tile: two vectors of 16.
 const NR: usize = 32;
-/// Depth of one block of `k` (an `A` sliver is `MR x KC` = 8 KB, in L1).
-const KC: usize = 256;
+/// Largest depth of one block of `k` (an `A` sliver is `MR x KC` = 12 KB, in
+/// L1). `k` is cut into equal blocks no deeper than this: 288 is one block,
+/// not 256 + 32 (each block costs a load and store of the `C` tile).
+const KC: usize = 384;
+/// Products at most this wide read full `A` slivers in place.
+const DIRECT_A_MAX_COLS: usize = 2 * NR;
 /// Columns of one packed block of `B` (`KC x NC` = up to 4 MB, in L3): wide,
 /// so that a large `A` (inference inputs) streams from memory once.
 const NC: usize = 4096;
@@ -122,9 +126,10 @@ unsafe fn columns(ops: Operands, j0: usize, j1: usize) {
         let mut jc = j0;
         while jc < j1 {
             let nc = NC.min(j1 - jc);
+            let depth = ops.k.div_ceil(ops.k.div_ceil(KC));
             let mut pc = 0;
             while pc < ops.k {
-                let kc = KC.min(ops.k - pc);
+                let kc = depth.min(ops.k - pc);
                 let add = ops.accumulate || pc > 0;
                 let (bp, rs_bp, panel_step) = if b_in_place {
                     (ops.b.offset(pc as isize * ops.rs_b + jc as isize), ops.rs_b, NR as isize)
@@ -135,16 +140,34 @@ unsafe fn columns(ops: Operands, j0: usize, j1: usize) {
                 let mut i = 0;
                 while i < ops.m {
                     let rows = MR.min(ops.m - i);
-                    pack_a(ops, i, rows, pc, kc, a_pack);
+                    // A full sliver of a narrow product is read where it lies: packing
+                    // it would cost about as much as the one or two tiles it feeds.
+                    let direct = rows == MR && nc <= DIRECT_A_MAX_COLS && (ops.cs_a == 1 || ops.rs_a == 1);
+                    let (a_sliver, a_rs, a_cs) = if direct {
+                        (ops.a.offset(i as isize * ops.rs_a + pc as isize * ops.cs_a), ops.rs_a, ops.cs_a)
+                    } else {
+                        pack_a(ops, i, rows, pc, kc, a_pack);
+                        (a_pack as *const f32, 1, MR as isize)
+                    };
+                    let a = (a_sliver, a_rs, a_cs);
                     let mut jr = 0;
                     while jr < nc {
                         let cols = NR.min(nc - jr);
                         let b_panel = bp.offset((jr / NR) as isize * panel_step);
                         let c_tile = ops.c.offset(i as isize * ops.rs_c + (jc + jr) as isize);
-                        if cols == NR {
-                            kernel::<false>(kc, a_pack, b_panel, rs_bp, c_tile, ops.rs_c, rows, cols, add);
-                        } else {
-                            kernel::<true>(kc, a_pack, b_panel, rs_bp, c_tile, ops.rs_c, rows, cols, add);
+                        match (direct, cols == NR) {
+                            (false, true) => {
+                                kernel::<false, false>(kc, a, b_panel, rs_bp, c_tile, ops.rs_c, rows, cols, add)
+                            }
+                            (false, false) => {
+                                kernel::<true, false>(kc, a, b_panel, rs_bp, c_tile, ops.rs_c, rows, cols, add)
+                            }
+                            (true, true) => {
+                                kernel::<false, true>(kc, a, b_panel, rs_bp, c_tile, ops.rs_c, rows, cols, add)
+                            }
+                            (true, false) => {
+                                kernel::<true, true>(kc, a, b_panel, rs_bp, c_tile, ops.rs_c, rows, cols, add)
+                            }
                         }
                         jr += NR;
                     }
@@ -263,13 +286,14 @@ fn masks(cols: usize) -> (__mmask16, __mmask16) {
     (lanes(cols), lanes(cols.saturating_sub(16)))
 }
 
-/// `C[0..rows, 0..cols] (+)= Apack · B` over `kc`: `a` is an `MR x kc` sliver,
+/// `C[0..rows, 0..cols] (+)= A · B` over `kc`: `a` is an `MR x kc` sliver
+/// (pointer, row stride, step stride: packed `(_, 1, MR)`, or `A` in place),
 /// `b` rows of `NR` values `rs_b` apart, `c` rows `rs_c` apart.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel<const MASKED: bool>(
+unsafe fn kernel<const MASKED: bool, const DIRECT_A: bool>(
     kc: usize,
-    a: *const f32,
+    (a, a_rs, a_cs): (*const f32, isize, isize),
     b: *const f32,
     rs_b: isize,
     c: *mut f32,
@@ -289,11 +313,12 @@ unsafe fn kernel<const MASKED: bool>(
             (_mm512_loadu_ps(b), _mm512_loadu_ps(b.add(16)))
         };
         for r in 0..MR {
-            let ar = _mm512_set1_ps(*a.add(r));
+            // Packed slivers have constant strides (1, MR): the compiler folds them.
+            let ar = _mm512_set1_ps(if DIRECT_A { *a.offset(r as isize * a_rs) } else { *a.add(r) });
             lo[r] = _mm512_fmadd_ps(ar, b0, lo[r]);
             hi[r] = _mm512_fmadd_ps(ar, b1, hi[r]);
         }
-        a = a.add(MR);
+        a = if DIRECT_A { a.offset(a_cs) } else { a.add(MR) };
         b = b.offset(rs_b);
     }
     for r in 0..rows {
@@ -378,25 +403,22 @@ mod tests {
         if !available() {
             return;
         }
-        let (m, k, n) = (37, 600, 700);
-        let (ad, bd) = (values(m * k, 0.1), values(k * n, 0.9));
-        let run = |rows: usize, threads: usize| {
-            let mut c = vec![0.0f32; rows * n];
-            unsafe {
-                gemm(
-                    MatRef::dense(&ad[..rows * k], rows, k),
-                    MatRef::dense(&bd, k, n),
-                    MatMut::dense(&mut c, rows, n),
-                    false,
-                    threads,
-                )
+        // 700 columns pack `A`; 64 read full slivers of `A` in place.
+        for n in [700, 64] {
+            let (m, k) = (37, 600);
+            let (ad, bd) = (values(m * k, 0.1), values(k * n, 0.9));
+            let run = |rows: usize, threads: usize| {
+                let mut c = vec![0.0f32; rows * n];
+                let (a, b) = (MatRef::dense(&ad[..rows * k], rows, k), MatRef::dense(&bd, k, n));
+                unsafe { gemm(a, b, MatMut::dense(&mut c, rows, n), false, threads) };
+                c
             };
-            c
-        };
-        let one = run(m, 1);
-        assert_eq!(one, run(m, 2));
-        assert_eq!(one, run(m, 3));
-        // The first rows alone (the in-place `B` path) give the same bits as inside the batch.
-        assert_eq!(&one[..5 * n], &run(5, 1)[..]);
+            let one = run(m, 1);
+            assert_eq!(one, run(m, 2));
+            assert_eq!(one, run(m, 3));
+            // The first rows alone (a partial sliver, `B` read in place) give the same
+            // bits as inside the batch.
+            assert_eq!(&one[..5 * n], &run(5, 1)[..]);
+        }
     }
 }
