@@ -187,7 +187,7 @@ fn shards_on_kallista_ps_processes_train_and_close_when_the_driver_ends_however_
     for host in &mut hosts {
         assert!(host.child.try_wait().unwrap().is_none(), "kallista ps exited with the job");
     }
-    // A driver killed mid-job (as by Ctrl-C, or its host lost): its shards close.
+    // A driver killed mid-job (as by Ctrl-C): its shards, on the hosts, close there.
     let job = scaling("  max_steps: 100000\n  checkpoint_every_steps: 100000");
     let killed = dir.join("killed");
     let mut driver = std::process::Command::new(env!("CARGO_BIN_EXE_kallista"))
@@ -211,6 +211,11 @@ fn shards_on_kallista_ps_processes_train_and_close_when_the_driver_ends_however_
     while shards.iter().any(|s| listens(s)) {
         assert!(std::time::Instant::now() < deadline, "a shard of the killed driver still listens: {shards:?}");
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for (shard, host) in shards.iter().zip(&hosts) {
+        let log = std::fs::read_to_string(&host.log).unwrap();
+        assert!(log.contains(&format!("at {shard}")), "{shard} not on its host:\n{log}");
+        assert!(log.contains(&format!("shard at {shard} closed")), "{shard} not closed by its host:\n{log}");
     }
     // A driver without the cluster's token is refused, and the host says so.
     std::fs::write(&token, [7u8; 32]).unwrap();

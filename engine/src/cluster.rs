@@ -174,17 +174,22 @@ pub async fn run_scheduler(opts: &SchedulerOptions) -> Result<()> {
 /// The default work dirs: `<temp>/kallista-executor-<pid>`.
 const WORK_DIR_PREFIX: &str = "kallista-executor-";
 
-/// Removes the default work dirs of processes that have ended (their shuffle
-/// files and object caches: nobody else cleans them up).
-fn remove_dead_work_dirs() {
+/// Removes the entries of the temp dir named `{prefix}...-{pid}` whose process
+/// has ended: executors' default work dirs (shuffle files, object caches) and
+/// the tests' dirs, which nobody else cleans up. Does nothing where live
+/// processes cannot be told (`/proc` missing).
+pub fn remove_dirs_of_ended_processes(prefix: &str) {
     if !std::path::Path::new("/proc/self").exists() {
-        return; // no way to tell a live process here
+        return;
     }
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let pid = name.to_str().and_then(|n| n.strip_prefix(WORK_DIR_PREFIX)).and_then(|p| p.parse::<u32>().ok());
-        if pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+        let pid = name.to_str().filter(|n| n.starts_with(prefix)).and_then(|n| n.rsplit('-').next());
+        if pid
+            .and_then(|p| p.parse::<u32>().ok())
+            .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -215,7 +220,7 @@ pub async fn run_executor(opts: &ExecutorOptions) -> Result<()> {
     });
     // Shuffle files and spills in one place: the given work dir, or one of this process's.
     let work_dir = opts.work_dir.clone().unwrap_or_else(|| {
-        remove_dead_work_dirs();
+        remove_dirs_of_ended_processes(WORK_DIR_PREFIX);
         std::env::temp_dir().join(format!("{WORK_DIR_PREFIX}{}", std::process::id())).display().to_string()
     });
     std::fs::create_dir_all(&work_dir).map_err(|e| EngineError::Io { path: work_dir.clone(), source: e })?;
@@ -251,4 +256,29 @@ pub async fn run_executor(opts: &ExecutorOptions) -> Result<()> {
         ..Default::default()
     };
     start_executor_process(Arc::new(config)).await.map_err(|e| EngineError::Invalid(format!("executor: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dirs_of_ended_processes_go_and_those_of_live_ones_stay() {
+        if !std::path::Path::new("/proc/self").exists() {
+            return;
+        }
+        let tmp = std::env::temp_dir();
+        // No process has this id (above Linux's pid_max).
+        let ended = tmp.join("kallista-sweep-check-4000000000");
+        let live = tmp.join(format!("kallista-sweep-check-{}", std::process::id()));
+        let other = tmp.join("other-sweep-check-4000000000");
+        for d in [&ended, &live, &other] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        remove_dirs_of_ended_processes("kallista-sweep-check-");
+        let (ended_gone, live_kept, other_kept) = (!ended.exists(), live.exists(), other.exists());
+        let _ = std::fs::remove_dir_all(&live);
+        let _ = std::fs::remove_dir_all(&other);
+        assert!(ended_gone && live_kept && other_kept, "{ended_gone} {live_kept} {other_kept}");
+    }
 }

@@ -39,27 +39,11 @@ pub fn free_port() -> u16 {
 /// PID): a test killed or failed keeps its dir for a look, but not forever.
 pub fn temp_dir(name: &str) -> PathBuf {
     static SWEPT: std::sync::Once = std::sync::Once::new();
-    SWEPT.call_once(remove_dirs_of_ended_runs);
+    SWEPT.call_once(|| kallista_engine::cluster::remove_dirs_of_ended_processes("kallista-"));
     let d = std::env::temp_dir().join(format!("kallista-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn remove_dirs_of_ended_runs() {
-    if !Path::new("/proc/self").exists() {
-        return; // no way to tell a live process here
-    }
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().filter(|n| n.starts_with("kallista-")).and_then(|n| n.rsplit('-').next()) else {
-            continue;
-        };
-        if pid.parse::<u32>().is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
 }
 
 /// A prepared set of `videos` clips of 4 frames of 32x32 (made and prepared

@@ -7,8 +7,10 @@
 //! state and the job's secret (sealed) and gets back the address workers
 //! reach the shard at; it asks for counters and for the shard's state
 //! between segments over the same connection. The shard closes (its port
-//! with it) when the driver says so or its connection ends, however the
-//! driver ended (Ctrl-C, a crash, a lost host): nothing of a job is left.
+//! with it) when the driver says so or its connection ends (Ctrl-C, a crash:
+//! the driver's kernel closes the connection). A driver host that vanishes
+//! without closing it (power lost, network cut) leaves its shard until the
+//! `kallista ps` restarts: no keepalive or heartbeat yet.
 
 use super::shard::{Shard, ShardRules, SliceState};
 use super::slices::Slice;

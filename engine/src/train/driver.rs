@@ -664,9 +664,9 @@ impl<'a> Job<'a> {
         let mut result: RoundResult =
             serde_json::from_str(&json).map_err(|e| EngineError::Training(format!("async segment result: {e}")))?;
         let a = self.asynchronous.as_mut().ok_or_else(|| EngineError::Invalid("async without servers".into()))?;
-        let totals = a.servers.segment_totals()?;
+        let end = a.servers.end_segment()?;
+        let (workers, totals, refused) = (end.workers, end.totals, end.refused);
         (result.rows, result.loss_sum, result.correct) = (totals.rows, totals.loss_sum, totals.correct);
-        let (workers, refused) = a.servers.end_segment()?;
         if refused > 0 {
             log::warn!("the parameter servers refused {refused} messages so far (see the warnings above)");
         }

@@ -216,30 +216,22 @@ impl ParameterServers {
         now.iter().map(|(w, n)| (*w, delta(w, n))).collect()
     }
 
-    /// The segment's counters summed over its workers.
+    /// The segment's counters so far, summed over its workers (for progress).
     pub fn segment_totals(&self) -> Result<WorkerStats> {
-        let mut total = WorkerStats::default();
-        for n in self.since(&self.workers()?).values() {
-            total.pushes += n.pushes;
-            total.dropped += n.dropped;
-            total.staleness_sum += n.staleness_sum;
-            total.rows += n.rows;
-            total.loss_sum += n.loss_sum;
-            total.correct += n.correct;
-        }
-        Ok(total)
+        Ok(sum_workers(&self.since(&self.workers()?)))
     }
 
-    /// Each worker's traffic in the segment, and the messages the shards
-    /// refused so far; the next segment counts from here.
-    pub fn end_segment(&mut self) -> Result<(Vec<WorkerLine>, u64)> {
+    /// Each worker's traffic in the segment, their sum, and the messages the
+    /// shards refused so far (one round of stats requests); the next segment
+    /// counts from here.
+    pub fn end_segment(&mut self) -> Result<SegmentEnd> {
         let stats = self.stats()?;
         let refused = stats.iter().map(|s| s.refused).sum();
         let now = stats.into_iter().next().map(|s| s.workers).unwrap_or_default();
-        let lines = self
-            .since(&now)
-            .into_iter()
-            .map(|(worker, n)| WorkerLine {
+        let counts = self.since(&now);
+        let workers = counts
+            .iter()
+            .map(|(&worker, n)| WorkerLine {
                 worker,
                 pulls: n.pulls,
                 pushes: n.pushes,
@@ -250,8 +242,28 @@ impl ParameterServers {
             })
             .collect();
         self.before = now;
-        Ok((lines, refused))
+        Ok(SegmentEnd { workers, totals: sum_workers(&counts), refused })
     }
+}
+
+/// What [`ParameterServers::end_segment`] reports.
+pub struct SegmentEnd {
+    pub workers: Vec<WorkerLine>,
+    pub totals: WorkerStats,
+    pub refused: u64,
+}
+
+fn sum_workers(counts: &BTreeMap<usize, WorkerStats>) -> WorkerStats {
+    let mut total = WorkerStats::default();
+    for n in counts.values() {
+        total.pushes += n.pushes;
+        total.dropped += n.dropped;
+        total.staleness_sum += n.staleness_sum;
+        total.rows += n.rows;
+        total.loss_sum += n.loss_sum;
+        total.correct += n.correct;
+    }
+    total
 }
 
 #[cfg(test)]
@@ -344,7 +356,8 @@ mod tests {
         let late = ca.push(&mut a, &grads_of(&model, -0.02), &push(0, 0)).unwrap();
         assert_eq!((late.accepted, late.staleness_sum), (0, 2));
         assert_eq!(weights_hash(&snapshot(&ps, &model)), weights_hash(&only_b));
-        let (lines, refused) = ps.end_segment().unwrap();
+        let end = ps.end_segment().unwrap();
+        let (lines, refused) = (end.workers, end.refused);
         assert_eq!(refused, 0);
         assert_eq!((lines[0].pushes, lines[0].dropped, lines[0].mean_staleness), (1, 1, 1.0));
         assert_eq!((lines[1].pushes, lines[1].dropped, lines[1].mean_staleness), (1, 0, 0.0));

@@ -123,10 +123,10 @@ unsafe fn columns(ops: Operands, j0: usize, j1: usize) {
         let a_pack = aligned(abuf, MR * KC).as_mut_ptr();
         let b_in_place = ops.m <= UNPACKED_B_MAX_ROWS && ops.cs_b == 1;
         let b_pack = if b_in_place { std::ptr::null_mut() } else { aligned(bbuf, KC * NC).as_mut_ptr() };
+        let depth = ops.k.div_ceil(ops.k.div_ceil(KC));
         let mut jc = j0;
         while jc < j1 {
             let nc = NC.min(j1 - jc);
-            let depth = ops.k.div_ceil(ops.k.div_ceil(KC));
             let mut pc = 0;
             while pc < ops.k {
                 let kc = depth.min(ops.k - pc);
@@ -143,13 +143,12 @@ unsafe fn columns(ops: Operands, j0: usize, j1: usize) {
                     // A full sliver of a narrow product is read where it lies: packing
                     // it would cost about as much as the one or two tiles it feeds.
                     let direct = rows == MR && nc <= DIRECT_A_MAX_COLS && (ops.cs_a == 1 || ops.rs_a == 1);
-                    let (a_sliver, a_rs, a_cs) = if direct {
+                    let a = if direct {
                         (ops.a.offset(i as isize * ops.rs_a + pc as isize * ops.cs_a), ops.rs_a, ops.cs_a)
                     } else {
                         pack_a(ops, i, rows, pc, kc, a_pack);
                         (a_pack as *const f32, 1, MR as isize)
                     };
-                    let a = (a_sliver, a_rs, a_cs);
                     let mut jr = 0;
                     while jr < nc {
                         let cols = NR.min(nc - jr);

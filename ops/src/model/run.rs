@@ -483,15 +483,18 @@ impl Model {
 
 /// `[start, end)` of each shard of a batch.
 fn shard_bounds(batch: usize) -> Vec<(usize, usize)> {
-    let n = rayon::current_num_threads().min(batch / MIN_SHARD).max(1);
-    (0..n).map(|i| (i * batch / n, (i + 1) * batch / n)).collect()
+    even_cuts(batch, rayon::current_num_threads().min(batch / MIN_SHARD).max(1))
 }
 
 /// `[start, end)` of each inference shard: one per thread, cut finer when
 /// those would exceed [`INFER_SHARD`] samples.
 fn infer_shard_bounds(batch: usize) -> Vec<(usize, usize)> {
     let threads = rayon::current_num_threads().max(1);
-    let n = threads.max(batch.div_ceil(INFER_SHARD)).min(batch / MIN_SHARD).max(1);
+    even_cuts(batch, threads.max(batch.div_ceil(INFER_SHARD)).min(batch / MIN_SHARD).max(1))
+}
+
+/// `n` ranges of `0..batch`, as even as they divide.
+fn even_cuts(batch: usize, n: usize) -> Vec<(usize, usize)> {
     (0..n).map(|i| (i * batch / n, (i + 1) * batch / n)).collect()
 }
 
