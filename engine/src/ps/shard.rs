@@ -7,7 +7,11 @@
 //! applied without that lock, slice by slice (each slice under its own
 //! lock only), so concurrent pushes interleave and a pull may see parts of
 //! several versions. A gradient computed on a version more than
-//! `max_staleness` versions old is dropped (not applied, counted).
+//! `max_staleness` versions old is dropped (not applied, counted); one
+//! `τ > 1` versions old is applied with the learning rate divided by `τ`
+//! when `divide_lr_by_staleness` (staleness-aware ASGD, Zhang et al. 2016:
+//! without it, four workers' gradients about three versions old stall
+//! Adam's learning on the video-QA job).
 //! Every connection is authenticated with the job's secret; a refused
 //! message (unsigned, tampered, replayed, another job's) is logged and
 //! counted, closes its connection, and changes nothing: a push is applied
@@ -31,6 +35,24 @@ pub struct ShardRules {
     pub optimizer: OptimizerConfig,
     pub hogwild: bool,
     pub max_staleness: Option<u64>,
+    /// A gradient `τ > 1` versions old is applied with `learning_rate / τ`.
+    #[serde(default = "yes")]
+    pub divide_lr_by_staleness: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl ShardRules {
+    /// The learning rate's factor for a gradient `staleness` versions old.
+    pub fn lr_scale(&self, staleness: u64) -> f32 {
+        if self.divide_lr_by_staleness && staleness > 1 {
+            1.0 / staleness as f32
+        } else {
+            1.0
+        }
+    }
 }
 
 /// A slice's values and optimizer state.
@@ -274,11 +296,12 @@ fn apply_push(
     let staleness = version.saturating_sub(push.base_version);
     let accepted = core.rules.max_staleness.is_none_or(|s| staleness <= s);
     if accepted {
+        let lr_scale = core.rules.lr_scale(staleness);
         for (slice, grad) in core.slices.iter().zip(grads) {
             let mut s = lock(slice);
             let SliceState { slice, values, optimizer } = &mut *s;
             let mut update = [ParamUpdate { key: &slice.key, value: values, grad }];
-            if let Err(e) = optimizer.apply(&mut update) {
+            if let Err(e) = optimizer.apply_scaled(&mut update, lr_scale) {
                 // Sizes were checked on arrival: this is a bug, not bad input.
                 log::error!("parameter server shard {}: {e}", core.index);
                 return Err(FrameError::Io(e.to_string()));

@@ -27,6 +27,8 @@ pub struct AsyncSettings {
     pub max_staleness: Option<u64>,
     /// Apply pushes without the shard's lock.
     pub hogwild: bool,
+    /// Apply a gradient `τ > 1` versions old with `learning_rate / τ`.
+    pub divide_lr_by_staleness: bool,
     /// `kallista ps` processes (`host:port`) hosting the shards, one each, in
     /// shard order; none: the driver hosts them.
     pub hosts: Vec<String>,
@@ -41,6 +43,7 @@ impl Default for AsyncSettings {
             push_every_steps: 1,
             max_staleness: None,
             hogwild: false,
+            divide_lr_by_staleness: true,
             hosts: vec![],
             token_file: None,
         }
@@ -102,8 +105,12 @@ impl ParameterServers {
         // Workers clip whole gradients; a shard sees only its slices.
         let mut config = opt.config.clone();
         (config.clipnorm, config.global_clipnorm) = (None, None);
-        let rules =
-            ShardRules { optimizer: config.clone(), hogwild: settings.hogwild, max_staleness: settings.max_staleness };
+        let rules = ShardRules {
+            optimizer: config.clone(),
+            hogwild: settings.hogwild,
+            max_staleness: settings.max_staleness,
+            divide_lr_by_staleness: settings.divide_lr_by_staleness,
+        };
         let keys = model.weight_keys();
         let secret = Secret::from_bytes(secret_bytes);
         let token = match (&settings.token_file, settings.hosts.is_empty()) {
@@ -368,7 +375,8 @@ mod tests {
         use crate::train::round::CompileSpec;
         let sgd = CompileSpec { optimizer: kallista_ops::optim::OptimizerConfig::sgd(0.1), ..adam(&["accuracy"]) };
         let model = tiny_model(&sgd);
-        let settings = AsyncSettings { parameter_servers: 2, hogwild: true, ..Default::default() };
+        let settings =
+            AsyncSettings { parameter_servers: 2, hogwild: true, divide_lr_by_staleness: false, ..Default::default() };
         let (ps, secret) = servers(&model, settings);
         let grads = [grads_of(&model, 0.01), grads_of(&model, -0.03)];
         std::thread::scope(|s| {
@@ -393,6 +401,35 @@ mod tests {
                 let moved =
                     -0.1 * 20.0 * (grads[0].values[i].as_ref().unwrap()[j] + grads[1].values[i].as_ref().unwrap()[j]);
                 assert!((b - a - moved).abs() < 1e-4, "{key}[{j}]: {a} -> {b}, expected a move of {moved}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_gradient_two_versions_old_moves_the_weights_half_as_far_unless_told_otherwise() {
+        use crate::train::round::CompileSpec;
+        let sgd = CompileSpec { optimizer: kallista_ops::optim::OptimizerConfig::sgd(0.1), ..adam(&["accuracy"]) };
+        let model = tiny_model(&sgd);
+        for (divide, factor) in [(true, 0.5f32), (false, 1.0)] {
+            let settings = AsyncSettings { parameter_servers: 2, divide_lr_by_staleness: divide, ..Default::default() };
+            let (ps, secret) = servers(&model, settings);
+            let (mut a, mut b) = (model.clone(), model.clone());
+            let (mut ca, mut cb) = (client(&ps, &model, &secret, 0), client(&ps, &model, &secret, 1));
+            ca.pull(&mut a, 0).unwrap();
+            cb.pull(&mut b, 0).unwrap();
+            for step in 0..2 {
+                assert_eq!(cb.push(&mut b, &grads_of(&model, 0.01), &push(1, step)).unwrap().staleness_sum, 0);
+            }
+            let before = snapshot(&ps, &model).named_weights();
+            let g = grads_of(&model, -0.02);
+            // Worker 0's gradient was computed on version 0; the shards are at version 2.
+            assert_eq!(ca.push(&mut a, &g, &push(0, 0)).unwrap().staleness_sum, 4, "2 versions old on 2 shards");
+            let after = snapshot(&ps, &model).named_weights();
+            for (i, key, _) in model.trainable_entries() {
+                for (j, (w0, w)) in before[&key].data().iter().zip(after[&key].data()).enumerate() {
+                    let moved = -0.1 * factor * g.values[i].as_ref().unwrap()[j];
+                    assert!((w - w0 - moved).abs() < 1e-6, "{key}[{j}] divide {divide}: {w0} -> {w}, expected {moved}");
+                }
             }
         }
     }

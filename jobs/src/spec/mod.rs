@@ -167,6 +167,10 @@ pub struct ScalingSpec {
     /// `async`: shards apply pushes without their lock (default false: Downpour).
     #[serde(default)]
     pub hogwild: Option<bool>,
+    /// `async`: a gradient `τ > 1` versions old is applied with the learning
+    /// rate divided by `τ` (default true).
+    #[serde(default)]
+    pub divide_lr_by_staleness: Option<bool>,
     /// `async`: `kallista ps` processes (`host:port`) that host the shards,
     /// one each (default: the driver hosts them).
     #[serde(default)]
@@ -204,6 +208,7 @@ impl Default for ScalingSpec {
             push_every_steps: None,
             max_staleness: None,
             hogwild: None,
+            divide_lr_by_staleness: None,
             parameter_server_hosts: None,
             parameter_server_token_file: None,
         }
@@ -224,6 +229,7 @@ impl ScalingSpec {
             push_every_steps: self.push_every_steps.unwrap_or(d.push_every_steps),
             max_staleness: self.max_staleness,
             hogwild: self.hogwild.unwrap_or(d.hogwild),
+            divide_lr_by_staleness: self.divide_lr_by_staleness.unwrap_or(d.divide_lr_by_staleness),
             hosts,
             token_file: self.parameter_server_token_file.as_ref().map(std::path::PathBuf::from),
         }
@@ -430,6 +436,7 @@ impl JobSpec {
             ("push_every_steps", s.push_every_steps.is_some()),
             ("max_staleness", s.max_staleness.is_some()),
             ("hogwild", s.hogwild.is_some()),
+            ("divide_lr_by_staleness", s.divide_lr_by_staleness.is_some()),
             ("parameter_server_hosts", s.parameter_server_hosts.is_some()),
             ("parameter_server_token_file", s.parameter_server_token_file.is_some()),
         ];

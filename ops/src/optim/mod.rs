@@ -171,6 +171,12 @@ impl Optimizer {
 
     /// One optimizer step over `params` (each with its gradient); then `iterations += 1`.
     pub fn apply(&mut self, params: &mut [ParamUpdate<'_>]) -> Result<()> {
+        self.apply_scaled(params, 1.0)
+    }
+
+    /// [`Self::apply`] with this step's learning rate multiplied by `lr_scale`
+    /// (a parameter server damps stale gradients so).
+    pub fn apply_scaled(&mut self, params: &mut [ParamUpdate<'_>], lr_scale: f32) -> Result<()> {
         for p in params.iter() {
             if p.grad.len() != p.value.len() {
                 return Err(OpsError::shape(
@@ -194,7 +200,7 @@ impl Optimizer {
                 params.iter_mut().for_each(|p| p.grad.iter_mut().for_each(|g| *g *= c / n));
             }
         }
-        let lr = self.config.lr_at(self.iterations);
+        let lr = self.config.lr_at(self.iterations) * lr_scale;
         let step = self.iterations + 1;
         let names = self.config.kind.slot_names();
         for p in params.iter_mut() {
