@@ -3,7 +3,9 @@
 //! place; a push sends each shard its slices of a gradient and takes the
 //! values the shard answers with (push and pull in one round trip), to all
 //! shards at once. An unreachable shard is an error naming its address.
+//! A shard in the worker's own process is called directly ([`super::local`]).
 
+use super::local::{self, LocalShard};
 use super::slices::{plan, Slice};
 use super::wire::{self, Push, Reply, Request, ShardStats, REPLY, REQUEST};
 use crate::collective::frame::{FrameError, Framed, Secret};
@@ -16,16 +18,17 @@ use std::time::{Duration, Instant};
 struct Link {
     index: usize,
     address: String,
-    framed: Framed<TcpStream>,
+    transport: Transport,
     slices: Vec<Slice>,
     /// The shard's version of the values this worker holds.
     version: u64,
 }
 
-impl Link {
-    fn failed(&self, e: impl std::fmt::Display) -> EngineError {
-        unreachable_shard(self.index, &self.address, e)
-    }
+/// How a worker reaches one shard.
+enum Transport {
+    Connection(Box<Framed<TcpStream>>),
+    /// The shard runs in this process.
+    Local(LocalShard),
 }
 
 fn unreachable_shard(index: usize, address: &str, e: impl std::fmt::Display) -> EngineError {
@@ -67,7 +70,8 @@ fn connect(index: usize, address: &str, timeout: Duration) -> Result<TcpStream> 
 }
 
 impl ParameterClient {
-    /// Connects worker `worker` to the shards at `addresses` (in shard order).
+    /// Connects worker `worker` to the shards at `addresses` (in shard order);
+    /// those of this process are called directly.
     pub fn connect(
         addresses: &[String],
         model: &Model,
@@ -76,20 +80,44 @@ impl ParameterClient {
         worker: usize,
         timeout: Duration,
     ) -> Result<ParameterClient> {
+        Self::connect_via(addresses, model, secret, job, worker, timeout, true)
+    }
+
+    /// [`Self::connect`] through connections even to the shards of this process.
+    pub fn connect_over_network(
+        addresses: &[String],
+        model: &Model,
+        secret: &Secret,
+        job: &str,
+        worker: usize,
+        timeout: Duration,
+    ) -> Result<ParameterClient> {
+        Self::connect_via(addresses, model, secret, job, worker, timeout, false)
+    }
+
+    fn connect_via(
+        addresses: &[String],
+        model: &Model,
+        secret: &Secret,
+        job: &str,
+        worker: usize,
+        timeout: Duration,
+        direct: bool,
+    ) -> Result<ParameterClient> {
         let plans = plan(model, addresses.len());
         let mut links = vec![];
         for (index, (address, slices)) in addresses.iter().zip(plans).enumerate() {
+            if let Some(shard) = local::find(address, job, secret).filter(|_| direct) {
+                let transport = Transport::Local(shard);
+                links.push(Link { index, address: address.clone(), transport, slices, version: 0 });
+                continue;
+            }
             // Well within the segment's timeout: the error must be this one, not a timed-out segment.
             let stream = connect(index, address, timeout.min(Duration::from_secs(20)) / 2)?;
             stream.set_read_timeout(Some(timeout)).map_err(|e| unreachable_shard(index, address, e))?;
             let _ = stream.set_nodelay(true);
-            links.push(Link {
-                index,
-                address: address.clone(),
-                framed: Framed::new(stream, secret.clone()),
-                slices,
-                version: 0,
-            });
+            let transport = Transport::Connection(Box::new(Framed::new(stream, secret.clone())));
+            links.push(Link { index, address: address.clone(), transport, slices, version: 0 });
         }
         Ok(ParameterClient { job: job.to_string(), worker, links })
     }
@@ -99,15 +127,25 @@ impl ParameterClient {
     pub fn pull(&mut self, model: &mut Model, segment: u64) -> Result<u64> {
         let (job, worker) = (self.job.clone(), self.worker);
         let results = self.each_link(model, |link, parts| {
-            wire::send_json(&mut link.framed, REQUEST, &Request::Pull { job: job.clone(), worker, segment })
-                .map_err(|e| link.failed(e))?;
-            match wire::receive_json(&mut link.framed, REPLY).map_err(|e| link.failed(e))? {
+            let (index, address) = (link.index, link.address.clone());
+            let failed = |e: &dyn std::fmt::Display| unreachable_shard(index, &address, e);
+            let framed = match &mut link.transport {
+                Transport::Local(shard) => {
+                    let (version, done_steps) = shard.pull(worker, segment, parts).map_err(|e| failed(&e))?;
+                    link.version = version;
+                    return Ok(done_steps);
+                }
+                Transport::Connection(framed) => framed,
+            };
+            let request = Request::Pull { job: job.clone(), worker, segment };
+            let answer = wire::send_json(framed, REQUEST, &request).and_then(|()| wire::receive_json(framed, REPLY));
+            match answer.map_err(|e| failed(&e))? {
                 Reply::Weights { version, done_steps } => {
-                    wire::receive_values(&mut link.framed, parts).map_err(|e| link.failed(e))?;
+                    wire::receive_values(framed, parts).map_err(|e| failed(&e))?;
                     link.version = version;
                     Ok(done_steps)
                 }
-                other => Err(link.failed(format!("unexpected answer {other:?}"))),
+                other => Err(failed(&format!("unexpected answer {other:?}"))),
             }
         })?;
         Ok(results.first().copied().unwrap_or(0))
@@ -117,6 +155,8 @@ impl ParameterClient {
     /// the version it was computed on, and takes the values they answer with.
     pub fn push(&mut self, model: &mut Model, grads: &WeightGrads, push: &Push) -> Result<PushOutcome> {
         let results = self.each_link(model, |link, parts| {
+            let (index, address) = (link.index, link.address.clone());
+            let failed = |e: &dyn std::fmt::Display| unreachable_shard(index, &address, e);
             let mut mine = push.clone();
             mine.base_version = link.version;
             let mut sent: Vec<&[f32]> = vec![];
@@ -127,15 +167,25 @@ impl ParameterClient {
                 })?;
                 sent.push(&g[s.range.clone()]);
             }
-            wire::send_json(&mut link.framed, REQUEST, &Request::Push(mine)).map_err(|e| link.failed(e))?;
-            wire::send_values(&mut link.framed, &sent).map_err(|e| link.failed(e))?;
-            match wire::receive_json(&mut link.framed, REPLY).map_err(|e| link.failed(e))? {
+            let framed = match &mut link.transport {
+                Transport::Local(shard) => {
+                    let (accepted, staleness, version) =
+                        shard.push(&mine, &sent, parts).map_err(|e| failed(&e))?;
+                    link.version = version;
+                    return Ok((accepted, staleness));
+                }
+                Transport::Connection(framed) => framed,
+            };
+            let sending = wire::send_json(framed, REQUEST, &Request::Push(mine))
+                .and_then(|()| wire::send_values(framed, &sent))
+                .and_then(|()| wire::receive_json(framed, REPLY));
+            match sending.map_err(|e| failed(&e))? {
                 Reply::Pushed { accepted, staleness, version } => {
-                    wire::receive_values(&mut link.framed, parts).map_err(|e| link.failed(e))?;
+                    wire::receive_values(framed, parts).map_err(|e| failed(&e))?;
                     link.version = version;
                     Ok((accepted, staleness))
                 }
-                other => Err(link.failed(format!("unexpected answer {other:?}"))),
+                other => Err(failed(&format!("unexpected answer {other:?}"))),
             }
         })?;
         let mut out = PushOutcome::default();

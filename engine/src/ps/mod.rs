@@ -8,10 +8,12 @@
 //! the new values back in one round trip ([`wire`]); every message is
 //! authenticated with the job's secret, as the `sync` collectives are.
 //! Shards live in the driver's process, or in `kallista ps` processes on
-//! hosts of their own ([`host`]).
+//! hosts of their own ([`host`]); a worker in a shard's own process (the
+//! embedded cluster) calls it directly ([`local`]).
 
 pub mod client;
 pub mod host;
+pub mod local;
 pub mod shard;
 pub mod slices;
 pub mod wire;

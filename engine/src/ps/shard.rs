@@ -15,7 +15,8 @@
 //! Every connection is authenticated with the job's secret; a refused
 //! message (unsigned, tampered, replayed, another job's) is logged and
 //! counted, closes its connection, and changes nothing: a push is applied
-//! only after all its values passed their checks.
+//! only after all its values passed their checks. Workers in the shard's
+//! own process call it directly instead ([`super::local`]).
 
 use super::slices::Slice;
 use super::wire::{self, Push, Reply, Request, ShardStats, REPLY, REQUEST};
@@ -73,17 +74,17 @@ struct Book {
     refusals: Vec<String>,
 }
 
-struct Core {
-    job: String,
-    index: usize,
-    secret: Secret,
+pub(super) struct Core {
+    pub(super) job: String,
+    pub(super) index: usize,
+    pub(super) secret: Secret,
     rules: ShardRules,
     /// Held for a whole push or pull in Downpour mode.
     step_lock: Mutex<()>,
     slices: Vec<Mutex<SliceState>>,
     version: AtomicU64,
     book: Mutex<Book>,
-    closed: AtomicBool,
+    pub(super) closed: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -129,7 +130,9 @@ impl Shard {
             .name(format!("kallista-ps-{index}"))
             .spawn(move || accept_loop(listener, accepting))
             .map_err(|e| EngineError::Invalid(format!("parameter server thread: {e}")))?;
-        Ok(Shard { address: format!("{advertised_host}:{port}"), core })
+        let address = format!("{advertised_host}:{port}");
+        super::local::register(&address, &core);
+        Ok(Shard { address, core })
     }
 
     /// `host:port`, as workers reach it.
@@ -161,6 +164,7 @@ impl Shard {
 impl Drop for Shard {
     fn drop(&mut self) {
         self.core.closed.store(true, Ordering::SeqCst);
+        super::local::unregister(&self.address);
     }
 }
 
@@ -214,7 +218,7 @@ fn serve(stream: TcpStream, peer: String, core: &Core) {
     }
 }
 
-fn refuse(core: &Core, peer: &str, why: &str) {
+pub(super) fn refuse(core: &Core, peer: &str, why: &str) {
     let line = format!("parameter server shard {}: refused a message from {peer}: {why}", core.index);
     log::warn!("{line}");
     let mut book = lock(&core.book);
@@ -240,11 +244,7 @@ fn answer(framed: &mut Framed<TcpStream>, core: &Core) -> std::result::Result<()
             wire::send_json(framed, REPLY, &Reply::Stats(stats))
         }
         Request::Pull { worker, segment, .. } => {
-            let done_steps = {
-                let mut book = lock(&core.book);
-                book.stats.workers.entry(worker).or_default().pulls += 1;
-                book.done_steps.get(&(segment, worker)).copied().unwrap_or(0)
-            };
+            let done_steps = record_pull(core, worker, segment);
             let (version, values) = copy_values(core);
             wire::send_json(framed, REPLY, &Reply::Weights { version, done_steps })?;
             send_copies(framed, &values)
@@ -257,6 +257,35 @@ fn answer(framed: &mut Framed<TcpStream>, core: &Core) -> std::result::Result<()
             apply_push(framed, core, &push, grads)
         }
     }
+}
+
+/// The length of each of the shard's slices, in order.
+pub(super) fn slice_lengths(core: &Core) -> Vec<usize> {
+    core.slices.iter().map(|s| lock(s).values.len()).collect()
+}
+
+/// Counts a pull of `worker`; the steps of `segment` it already pushed.
+pub(super) fn record_pull(core: &Core, worker: usize, segment: u64) -> u64 {
+    let mut book = lock(&core.book);
+    book.stats.workers.entry(worker).or_default().pulls += 1;
+    book.done_steps.get(&(segment, worker)).copied().unwrap_or(0)
+}
+
+/// The shard's version, its values written into `parts` (one per slice, of
+/// the slice's length), read as [`copy_values`] reads them.
+pub(super) fn copy_values_into(core: &Core, parts: &mut [&mut [f32]]) -> std::result::Result<u64, FrameError> {
+    let _step = (!core.rules.hogwild).then(|| lock(&core.step_lock));
+    if parts.len() != core.slices.len() {
+        return Err(FrameError::Refused(format!("{} parts for {} slices", parts.len(), core.slices.len())));
+    }
+    for (part, slice) in parts.iter_mut().zip(&core.slices) {
+        let s = lock(slice);
+        if part.len() != s.values.len() {
+            return Err(FrameError::Refused(format!("'{}': {} values for {}", s.slice.key, part.len(), s.values.len())));
+        }
+        part.copy_from_slice(&s.values);
+    }
+    Ok(core.version.load(Ordering::SeqCst))
 }
 
 /// The shard's version and values, copied (under the shard's lock in
@@ -279,6 +308,16 @@ fn apply_push(
     push: &Push,
     grads: Vec<Vec<f32>>,
 ) -> std::result::Result<(), FrameError> {
+    let (accepted, staleness) = apply(core, push, grads)?;
+    let (version, values) = copy_values(core);
+    wire::send_json(framed, REPLY, &Reply::Pushed { accepted, staleness, version })?;
+    send_copies(framed, &values)
+}
+
+/// Applies `push`'s gradient (one vector per slice, checked sizes), or
+/// drops it as too stale, and counts it: whether it was applied, and its
+/// staleness.
+pub(super) fn apply(core: &Core, push: &Push, grads: Vec<Vec<f32>>) -> std::result::Result<(bool, u64), FrameError> {
     {
         let mut book = lock(&core.book);
         let key = (push.segment, push.worker);
@@ -322,7 +361,5 @@ fn apply_push(
         *book.done_steps.entry((push.segment, push.worker)).or_default() += push.steps;
     }
     drop(step_guard);
-    let (version, values) = copy_values(core);
-    wire::send_json(framed, REPLY, &Reply::Pushed { accepted, staleness, version })?;
-    send_copies(framed, &values)
+    Ok((accepted, staleness))
 }

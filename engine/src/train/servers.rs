@@ -318,6 +318,11 @@ mod tests {
         ParameterClient::connect(&ps.addresses(), model, secret, JOB, worker, Duration::from_secs(5)).unwrap()
     }
 
+    fn network_client(ps: &ParameterServers, model: &Model, secret: &Secret, worker: usize) -> ParameterClient {
+        ParameterClient::connect_over_network(&ps.addresses(), model, secret, JOB, worker, Duration::from_secs(5))
+            .unwrap()
+    }
+
     fn snapshot(ps: &ParameterServers, like: &Model) -> Model {
         let mut m = like.clone();
         ps.read_into(&mut m).unwrap();
@@ -326,11 +331,18 @@ mod tests {
 
     #[test]
     fn a_push_is_one_optimizer_step_of_the_model_over_the_shards_and_its_answer_is_the_new_weights() {
+        // Through connections and by direct calls (the shards run in this process).
+        for connect in [network_client, client] {
+            one_push_is_one_optimizer_step(connect);
+        }
+    }
+
+    fn one_push_is_one_optimizer_step(connect: fn(&ParameterServers, &Model, &Secret, usize) -> ParameterClient) {
         let model = tiny_model(&adam(&["accuracy"]));
         let settings = AsyncSettings { parameter_servers: 3, ..Default::default() };
         let (ps, secret) = servers(&model, settings);
         let mut worker = model.clone();
-        let mut c = client(&ps, &model, &secret, 0);
+        let mut c = connect(&ps, &model, &secret, 0);
         assert_eq!(c.pull(&mut worker, 0).unwrap(), 0);
         assert_eq!(weights_hash(&worker), weights_hash(&model));
         let g = grads_of(&model, 0.01);
@@ -354,7 +366,8 @@ mod tests {
         let (mut ps, secret) =
             servers(&model, AsyncSettings { parameter_servers: 2, max_staleness: Some(0), ..Default::default() });
         let (mut a, mut b) = (model.clone(), model.clone());
-        let (mut ca, mut cb) = (client(&ps, &model, &secret, 0), client(&ps, &model, &secret, 1));
+        // One worker through connections, one by direct calls: the same shards, the same versions.
+        let (mut ca, mut cb) = (network_client(&ps, &model, &secret, 0), client(&ps, &model, &secret, 1));
         ca.pull(&mut a, 0).unwrap();
         cb.pull(&mut b, 0).unwrap();
         assert_eq!(cb.push(&mut b, &grads_of(&model, 0.01), &push(1, 0)).unwrap().accepted, 2);
@@ -384,7 +397,8 @@ mod tests {
                 let (ps, model, secret) = (&ps, &model, &secret);
                 s.spawn(move || {
                     let mut mine = model.clone();
-                    let mut c = client(ps, model, secret, worker);
+                    let connect = [client, network_client][worker];
+                    let mut c = connect(ps, model, secret, worker);
                     c.pull(&mut mine, 0).unwrap();
                     for step in 0..20 {
                         assert_eq!(c.push(&mut mine, g, &push(worker, step)).unwrap().accepted, 2);
@@ -484,6 +498,26 @@ mod tests {
         send(genuine);
         assert_eq!(ps.stats().unwrap()[0].version, 1);
         assert_ne!(weights_hash(&snapshot(&ps, &model)), before);
+    }
+
+    #[test]
+    fn only_a_worker_of_the_job_with_its_secret_calls_a_shard_of_its_process_directly() {
+        use crate::ps::local;
+        let model = tiny_model(&adam(&["accuracy"]));
+        let (ps, secret) = servers(&model, AsyncSettings { parameter_servers: 1, ..Default::default() });
+        let address = ps.addresses()[0].clone();
+        let (other, _) = Secret::generate().unwrap();
+        assert!(local::find(&address, JOB, &secret).is_some());
+        assert!(local::find(&address, JOB, &other).is_none(), "another secret");
+        assert!(local::find(&address, "another job", &secret).is_none(), "another job");
+        // A worker with another secret goes through a connection, where it is refused.
+        let mut c =
+            ParameterClient::connect(std::slice::from_ref(&address), &model, &other, JOB, 0, Duration::from_secs(5))
+                .unwrap();
+        let e = c.pull(&mut model.clone(), 0).err().expect("refused").to_string();
+        assert!(e.contains(&format!("parameter server shard 0 at {address}")), "{e}");
+        drop(ps);
+        assert!(local::find(&address, JOB, &secret).is_none(), "a stopped shard");
     }
 
     #[test]
