@@ -169,8 +169,7 @@ impl ParameterClient {
             }
             let framed = match &mut link.transport {
                 Transport::Local(shard) => {
-                    let (accepted, staleness, version) =
-                        shard.push(&mine, &sent, parts).map_err(|e| failed(&e))?;
+                    let (accepted, staleness, version) = shard.push(&mine, &sent, parts).map_err(|e| failed(&e))?;
                     link.version = version;
                     return Ok((accepted, staleness));
                 }

@@ -281,7 +281,12 @@ pub(super) fn copy_values_into(core: &Core, parts: &mut [&mut [f32]]) -> std::re
     for (part, slice) in parts.iter_mut().zip(&core.slices) {
         let s = lock(slice);
         if part.len() != s.values.len() {
-            return Err(FrameError::Refused(format!("'{}': {} values for {}", s.slice.key, part.len(), s.values.len())));
+            return Err(FrameError::Refused(format!(
+                "'{}': {} values for {}",
+                s.slice.key,
+                part.len(),
+                s.values.len()
+            )));
         }
         part.copy_from_slice(&s.values);
     }
