@@ -514,7 +514,7 @@ mod tests {
         let mut c =
             ParameterClient::connect(std::slice::from_ref(&address), &model, &other, JOB, 0, Duration::from_secs(5))
                 .unwrap();
-        let e = c.pull(&mut model.clone(), 0).err().expect("refused").to_string();
+        let e = c.pull(&mut model.clone(), 0).expect_err("refused").to_string();
         assert!(e.contains(&format!("parameter server shard 0 at {address}")), "{e}");
         drop(ps);
         assert!(local::find(&address, JOB, &secret).is_none(), "a stopped shard");
