@@ -70,7 +70,8 @@ fn a_worker_that_cannot_reach_its_parameter_server_fails_the_job_naming_its_addr
         "  workers: 2\n  mode: async\n  parameter_servers: 2\n  shards: 4\n  round_timeout_seconds: 5\n  \
          advertised_host: 127.0.0.2\n",
     );
-    let out = kallista(&["train", job.to_str().unwrap()]);
+    // Through connections: on the embedded cluster a worker would call its shard directly.
+    let out = kallista_env(&["train", job.to_str().unwrap()], &[("KALLISTA_PS_DIRECT".into(), "0".into())]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the job succeeded: {stderr}");
     let record: serde_json::Value =

@@ -71,7 +71,8 @@ fn connect(index: usize, address: &str, timeout: Duration) -> Result<TcpStream> 
 
 impl ParameterClient {
     /// Connects worker `worker` to the shards at `addresses` (in shard order);
-    /// those of this process are called directly.
+    /// those of this process are called directly, unless `KALLISTA_PS_DIRECT=0`
+    /// (to try the network path on the embedded cluster).
     pub fn connect(
         addresses: &[String],
         model: &Model,
@@ -80,7 +81,8 @@ impl ParameterClient {
         worker: usize,
         timeout: Duration,
     ) -> Result<ParameterClient> {
-        Self::connect_via(addresses, model, secret, job, worker, timeout, true)
+        let direct = std::env::var("KALLISTA_PS_DIRECT").as_deref() != Ok("0");
+        Self::connect_via(addresses, model, secret, job, worker, timeout, direct)
     }
 
     /// [`Self::connect`] through connections even to the shards of this process.
