@@ -85,19 +85,9 @@ impl ParameterClient {
         Self::connect_via(addresses, model, secret, job, worker, timeout, direct)
     }
 
-    /// [`Self::connect`] through connections even to the shards of this process.
-    pub fn connect_over_network(
-        addresses: &[String],
-        model: &Model,
-        secret: &Secret,
-        job: &str,
-        worker: usize,
-        timeout: Duration,
-    ) -> Result<ParameterClient> {
-        Self::connect_via(addresses, model, secret, job, worker, timeout, false)
-    }
-
-    fn connect_via(
+    /// [`Self::connect`], with the shards of this process called directly
+    /// only when `direct`.
+    pub fn connect_via(
         addresses: &[String],
         model: &Model,
         secret: &Secret,
@@ -122,6 +112,11 @@ impl ParameterClient {
             links.push(Link { index, address: address.clone(), transport, slices, version: 0 });
         }
         Ok(ParameterClient { job: job.to_string(), worker, links })
+    }
+
+    /// How many shards this worker calls directly (they run in its process).
+    pub fn direct_shards(&self) -> usize {
+        self.links.iter().filter(|l| matches!(l.transport, Transport::Local(_))).count()
     }
 
     /// Writes every shard's values into `model`; returns the steps of

@@ -251,7 +251,7 @@ fn answer(framed: &mut Framed<TcpStream>, core: &Core) -> std::result::Result<()
         }
         Request::Push(push) => {
             // The whole gradient first: nothing is applied unless every chunk passed its check.
-            let mut grads: Vec<Vec<f32>> = core.slices.iter().map(|s| vec![0f32; lock(s).slice.len()]).collect();
+            let mut grads: Vec<Vec<f32>> = slice_lengths(core).into_iter().map(|n| vec![0f32; n]).collect();
             let mut parts: Vec<&mut [f32]> = grads.iter_mut().map(|g| g.as_mut_slice()).collect();
             wire::receive_values(framed, &mut parts)?;
             apply_push(framed, core, &push, grads)

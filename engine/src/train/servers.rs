@@ -315,12 +315,17 @@ mod tests {
     }
 
     fn client(ps: &ParameterServers, model: &Model, secret: &Secret, worker: usize) -> ParameterClient {
-        ParameterClient::connect(&ps.addresses(), model, secret, JOB, worker, Duration::from_secs(5)).unwrap()
+        let timeout = Duration::from_secs(5);
+        let c = ParameterClient::connect_via(&ps.addresses(), model, secret, JOB, worker, timeout, true).unwrap();
+        assert_eq!(c.direct_shards(), ps.addresses().len(), "shards of this process are called directly");
+        c
     }
 
     fn network_client(ps: &ParameterServers, model: &Model, secret: &Secret, worker: usize) -> ParameterClient {
-        ParameterClient::connect_over_network(&ps.addresses(), model, secret, JOB, worker, Duration::from_secs(5))
-            .unwrap()
+        let timeout = Duration::from_secs(5);
+        let c = ParameterClient::connect_via(&ps.addresses(), model, secret, JOB, worker, timeout, false).unwrap();
+        assert_eq!(c.direct_shards(), 0);
+        c
     }
 
     fn snapshot(ps: &ParameterServers, like: &Model) -> Model {
@@ -514,6 +519,7 @@ mod tests {
         let mut c =
             ParameterClient::connect(std::slice::from_ref(&address), &model, &other, JOB, 0, Duration::from_secs(5))
                 .unwrap();
+        assert_eq!(c.direct_shards(), 0);
         let e = c.pull(&mut model.clone(), 0).expect_err("refused").to_string();
         assert!(e.contains(&format!("parameter server shard 0 at {address}")), "{e}");
         drop(ps);
