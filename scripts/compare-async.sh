@@ -5,35 +5,45 @@
 # has a plateau near 0.25 that a run leaves at a seed-dependent step (or not at all within
 # the budget), in `sync` as in `async`, so one seed per mode says little. Prints each run's
 # final and best eval accuracy and the async runs' mean staleness, then each mode's mean
-# over the seeds. Data: VIDEOS clips of 4 frames of 64x64 (default 4000), EPOCHS epochs
-# (default 8), batch 32, SEEDS (default "1 2 3"), made once in DIR
-# (default /tmp/kallista-compare-async-VIDEOS). ASYNC_EXTRA adds scaling lines to the async jobs.
+# over the seeds. Data: VIDEOS clips of FRAMES frames of 64x64 (default 4000 and 4), EPOCHS
+# epochs (default 8), batch BATCH (default 32), an eval every EVAL_EVERY steps (default 100),
+# SEEDS (default "1 2 3"), data seed DATA_SEED (default 11), the data made once in DIR
+# (default /tmp/kallista-compare-async-VIDEOS-FRAMES-DATA_SEED).
+# ASYNC_EXTRA adds scaling lines to the async jobs. FULL=1 is the job itself: its data
+# (20,000 clips of 8 frames), batch 16, 7 epochs, an eval every 1000 steps, its seed.
 #
 #   scripts/compare-async.sh
 #   VIDEOS=8000 EPOCHS=12 SEEDS="1 2 3 4" scripts/compare-async.sh
+#   FULL=1 scripts/compare-async.sh        # about 40 minutes on 2 cores
 #   ASYNC_EXTRA='  divide_lr_by_staleness: false\n' scripts/compare-async.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 K="${KALLISTA_BIN:-$ROOT/target/release/kallista}"
 [ -x "$K" ] || K="$(cargo metadata --format-version 1 --no-deps --manifest-path "$ROOT/Cargo.toml" | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/kallista"
+if [ "${FULL:-0}" = 1 ]; then
+  VIDEOS=20000 FRAMES=8 BATCH=16 EPOCHS=7 EVAL_EVERY=1000 SEEDS=1234 DATA_SEED=1234
+fi
 VIDEOS="${VIDEOS:-4000}"
+FRAMES="${FRAMES:-4}"
+BATCH="${BATCH:-32}"
 EPOCHS="${EPOCHS:-8}"
-DIR="${DIR:-/tmp/kallista-compare-async-$VIDEOS}"
+EVAL_EVERY="${EVAL_EVERY:-100}"
+DIR="${DIR:-/tmp/kallista-compare-async-$VIDEOS-$FRAMES-${DATA_SEED:-11}}"
 SEEDS="${SEEDS:-1 2 3}"
 ASYNC_EXTRA="${ASYNC_EXTRA:-}"
 mkdir -p "$DIR"
 if [ ! -d "$DIR/data/prepared/train" ]; then
-  "$K" data make-video-qa --out "$DIR/data" --videos "$VIDEOS" --frames 4 --size 64 --seed 11 >/dev/null
+  "$K" data make-video-qa --out "$DIR/data" --videos "$VIDEOS" --frames "$FRAMES" --size 64 --seed "${DATA_SEED:-11}" >/dev/null
   "$K" sql -f "$ROOT/jobs/video_qa/prepare.sql" --set data="$DIR/data" --set out="$DIR/data/prepared" >/dev/null
 fi
 job() { # name, seed, scaling lines
-  sed -e "s#^job_dir: .*#job_dir: $DIR/$1#" -e "s/^  seed: .*/  seed: $2/" -e 's/shape: \[8, 64, 64, 3\]/shape: [4, 64, 64, 3]/' \
-      -e "s#\${job_dir}/dataset/prepared#$DIR/data/prepared#" -e 's/batch_size: 16/batch_size: 32/' \
-      -e "s/epochs: 7/epochs: $EPOCHS/" -e 's/eval_every_steps: 1000/eval_every_steps: 100/' \
+  sed -e "s#^job_dir: .*#job_dir: $DIR/$1#" -e "s/^  seed: .*/  seed: $2/" -e "s/shape: \[8, 64, 64, 3\]/shape: [$FRAMES, 64, 64, 3]/" \
+      -e "s#\${job_dir}/dataset/prepared#$DIR/data/prepared#" -e "s/batch_size: 16/batch_size: $BATCH/" \
+      -e "s/epochs: 7/epochs: $EPOCHS/" -e "s/eval_every_steps: 1000/eval_every_steps: $EVAL_EVERY/" \
       -e '/^# How `kallista run`/,$d' -e '/^scaling:/,$d' "$ROOT/jobs/video_qa/job.yaml" > "$DIR/$1.yaml"
   printf 'scaling:\n%b' "$3" >> "$DIR/$1.yaml"
 }
-echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2) ($(nproc) cores); $VIDEOS videos, $EPOCHS epochs, seeds $SEEDS" >&2
+echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2) ($(nproc) cores); $VIDEOS videos of $FRAMES frames, batch $BATCH, $EPOCHS epochs, seeds $SEEDS" >&2
 RUNS=()
 for seed in $SEEDS; do
   job "sync_2-s$seed" "$seed" '  workers: 2\n  mode: sync\n  shards: 4\n'

@@ -18,9 +18,16 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(label: &str, total: usize) -> Self {
+        Progress::started_at(label, total, Instant::now())
+    }
+
+    /// A reporter for work that began at `start`, before its first report:
+    /// a bar made on the first result (a training segment's end) would
+    /// otherwise divide the whole segment by microseconds.
+    pub fn started_at(label: &str, total: usize, start: Instant) -> Self {
         let total = total.max(1);
         let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::new(total as u64);
+            let bar = ProgressBar::new(total as u64).with_elapsed(start.elapsed());
             let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta}) {msg}")
                 .expect("a valid template")
                 .progress_chars("#>-");
@@ -28,7 +35,7 @@ impl Progress {
             bar.set_prefix(label.to_string());
             bar
         });
-        Progress { label: label.into(), total, bar, logged: Mutex::new(0), start: Instant::now() }
+        Progress { label: label.into(), total, bar, logged: Mutex::new(0), start }
     }
 
     /// Reports that `done` units are finished.

@@ -16,6 +16,7 @@ use kallista_engine::train::driver::{train, Event, TrainConfig, TrainReport};
 use kallista_engine::train::layout::DataSource;
 use kallista_engine::train::round::CompileSpec;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 /// A job file checked and turned into the engine's config: every error here
 /// comes before any work starts.
@@ -140,10 +141,11 @@ pub fn run_training(
             false => (config, None),
         };
         let curve_dir = config.job_dir.clone();
+        let started = Instant::now();
         let mut on_event = |e: &Event| match e {
             Event::Log(s) => log(s),
             Event::Round { step, max_steps, loss, accuracy, samples_per_s, staleness } => {
-                let b = bar.get_or_insert_with(|| Progress::new("training", *max_steps as usize));
+                let b = bar.get_or_insert_with(|| Progress::started_at("training", *max_steps as usize, started));
                 let stale = staleness
                     .map_or(String::new(), |(mean, dropped)| format!(", staleness {mean:.1}, {dropped} dropped"));
                 b.update_with(

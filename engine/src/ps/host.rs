@@ -257,7 +257,9 @@ pub struct RemoteShard {
     address: String,
     /// The `kallista ps` process (`host:port`).
     host: String,
-    admin: Mutex<Framed<TcpStream>>,
+    /// `None` once a request failed: a reply that comes late (after a
+    /// timeout) would otherwise be read as the answer to the next request.
+    admin: Mutex<Option<Framed<TcpStream>>>,
     rules: ShardRules,
 }
 
@@ -296,7 +298,7 @@ impl RemoteShard {
         })();
         match sent {
             Ok(AdminReply::Hosted { address }) => {
-                Ok(RemoteShard { address, host: host.to_string(), admin: Mutex::new(framed), rules })
+                Ok(RemoteShard { address, host: host.to_string(), admin: Mutex::new(Some(framed)), rules })
             }
             Ok(other) => Err(failed(&format!("{other:?}"))),
             // A driver without the token sees its connection closed.
@@ -308,12 +310,25 @@ impl RemoteShard {
         &self.address
     }
 
-    fn request(&self, request: &Admin) -> Result<(AdminReply, std::sync::MutexGuard<'_, Framed<TcpStream>>)> {
+    /// Sends `request` and reads its reply; the connection is given up on
+    /// the first failure, so every later request fails too, saying why.
+    fn request(&self, request: &Admin) -> Result<(AdminReply, AdminConnection<'_>)> {
         let mut admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
-        let failed = |e: FrameError| EngineError::Training(format!("kallista ps at {}: {e}", self.host));
-        wire::send_json(&mut admin, ADMIN_REQUEST, request).map_err(failed)?;
-        let reply = wire::receive_json(&mut admin, ADMIN_REPLY).map_err(failed)?;
-        Ok((reply, admin))
+        let Some(framed) = admin.as_mut() else {
+            return Err(EngineError::Training(format!(
+                "kallista ps at {}: its admin connection was given up after an earlier failure",
+                self.host
+            )));
+        };
+        let sent = wire::send_json(framed, ADMIN_REQUEST, request)
+            .and_then(|()| wire::receive_json::<_, AdminReply>(framed, ADMIN_REPLY));
+        match sent {
+            Ok(reply) => Ok((reply, AdminConnection(admin))),
+            Err(e) => {
+                *admin = None;
+                Err(EngineError::Training(format!("kallista ps at {}: {e}", self.host)))
+            }
+        }
     }
 
     pub fn stats(&self) -> Result<ShardStats> {
@@ -329,10 +344,16 @@ impl RemoteShard {
         let AdminReply::Snapshot(specs) = reply else {
             return Err(EngineError::Training(format!("kallista ps at {}: {reply:?}", self.host)));
         };
-        receive_states(&mut admin, &self.rules, &specs)
-            .map_err(|e| EngineError::Training(format!("kallista ps at {}: {e}", self.host)))
+        let framed = admin.0.as_mut().expect("a request that succeeded keeps its connection");
+        receive_states(framed, &self.rules, &specs).map_err(|e| {
+            *admin.0 = None;
+            EngineError::Training(format!("kallista ps at {}: {e}", self.host))
+        })
     }
 }
+
+/// The admin connection, held after a request for the rest of its reply.
+struct AdminConnection<'a>(std::sync::MutexGuard<'a, Option<Framed<TcpStream>>>);
 
 impl Drop for RemoteShard {
     fn drop(&mut self) {
