@@ -1,13 +1,13 @@
 //! Broken files through the `kallista` binary: every kind of broken Parquet
 //! file gives exit code 1 and an error naming the file (and, for a corrupt
-//! column chunk, the row group and column), never a panic; ingest's
-//! `--skipped-out` lists the skipped rows.
+//! column chunk, the row group and column), never a panic, in `kallista sql`,
+//! training and prediction; ingest's `--skipped-out` lists the skipped rows.
 
 mod common;
 
 use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use common::{kallista, prepared_set, small_job, temp_dir};
+use common::{kallista, ok, prepared_set, small_job, temp_dir};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -101,6 +101,46 @@ fn a_training_split_with_a_broken_file_is_named_before_any_work() {
         assert_eq!(out.status.code(), Some(1), "{kind}: {e}");
         assert!(e.contains("data.train") && e.contains(&file.display().to_string()) && e.contains(says), "{kind}: {e}");
         assert!(!dir.join("job").exists(), "{kind}: no work may start: {e}");
+    }
+}
+
+/// Copies the files of `from` into `to` (made).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in std::fs::read_dir(from).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+    }
+}
+
+#[test]
+fn prediction_over_a_table_with_a_broken_file_names_the_file_and_writes_nothing() {
+    let data = prepared_set(120);
+    let dir = temp_dir("broken-predict");
+    ok(kallista(&["train", small_job(&dir, &data, 1, "  max_steps: 2").to_str().unwrap()]));
+    let model = dir.join("job");
+    for (kind, bytes, says) in
+        broken_kinds().into_iter().filter(|(k, ..)| ["truncated", "empty", "not-parquet"].contains(k))
+    {
+        let table = dir.join(format!("table-{kind}"));
+        copy_dir(&data.join("test"), &table);
+        let file = table.join("zz-broken.parquet");
+        std::fs::write(&file, &bytes).unwrap();
+        let out_file = dir.join(format!("predictions-{kind}.parquet"));
+        let out = kallista(&[
+            "predict",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            table.to_str().unwrap(),
+            "--out",
+            out_file.to_str().unwrap(),
+        ]);
+        let e = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{kind}: {e}");
+        assert!(e.contains(&file.display().to_string()) && e.contains(says), "{kind}: {e}");
+        assert!(!e.contains("panicked"), "{kind}: {e}");
+        assert!(!out_file.exists(), "{kind}: no predictions from a broken table: {e}");
     }
 }
 

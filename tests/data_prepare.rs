@@ -49,7 +49,7 @@ fn ints(b: &RecordBatch, name: &str) -> Vec<i32> {
 
 #[test]
 fn make_then_prepare_with_sql() {
-    let root = std::env::temp_dir().join(format!("kallista-prepare-{}", std::process::id()));
+    let root = std::env::temp_dir().join(kallista_engine::cluster::owned_dir_name("kallista-prepare"));
     let _ = std::fs::remove_dir_all(&root);
     let data = root.join("data");
     let out = root.join("prepared");

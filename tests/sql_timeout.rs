@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn a_stuck_statement_times_out_with_its_number() {
-    let dir = std::env::temp_dir().join(format!("kallista-timeout-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(kallista_engine::cluster::owned_dir_name("kallista-timeout"));
     let _ = std::fs::remove_dir_all(&dir);
     let k = env!("CARGO_BIN_EXE_kallista");
     let made = Command::new(k)

@@ -171,13 +171,21 @@ pub async fn run_scheduler(opts: &SchedulerOptions) -> Result<()> {
     start_server(cluster, addr, Arc::new(config)).await.map_err(|e| EngineError::Invalid(format!("scheduler: {e}")))
 }
 
-/// The default work dirs: `<temp>/kallista-executor-<pid>`.
-const WORK_DIR_PREFIX: &str = "kallista-executor-";
+/// The default work dirs: `<temp>/kallista-executor-pid<pid>`.
+const WORK_DIR_PREFIX: &str = "kallista-executor";
 
-/// Removes the entries of the temp dir named `{prefix}...-{pid}` whose process
-/// has ended: executors' default work dirs (shuffle files, object caches) and
-/// the tests' dirs, which nobody else cleans up. Does nothing where live
-/// processes cannot be told (`/proc` missing).
+/// The name of a dir of this process in the temp dir: `{name}-pid{pid}`,
+/// which [`remove_dirs_of_ended_processes`] removes once the process ended.
+pub fn owned_dir_name(name: &str) -> String {
+    format!("{name}-pid{}", std::process::id())
+}
+
+/// Removes the entries of the temp dir named `{prefix}...-pid{pid}`
+/// ([`owned_dir_name`]) whose process has ended: executors' default work
+/// dirs (shuffle files, object caches) and the tests' dirs, which nobody
+/// else cleans up. Any other name is left alone: a bare trailing number is
+/// not a process's (a user's `/tmp/kallista-data-2024` was once taken for
+/// one). Does nothing where live processes cannot be told (`/proc` missing).
 pub fn remove_dirs_of_ended_processes(prefix: &str) {
     if !std::path::Path::new("/proc/self").exists() {
         return;
@@ -185,7 +193,7 @@ pub fn remove_dirs_of_ended_processes(prefix: &str) {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let pid = name.to_str().filter(|n| n.starts_with(prefix)).and_then(|n| n.rsplit('-').next());
+        let pid = name.to_str().filter(|n| n.starts_with(prefix)).and_then(|n| n.rsplit_once("-pid")).map(|(_, p)| p);
         if pid
             .and_then(|p| p.parse::<u32>().ok())
             .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
@@ -221,7 +229,7 @@ pub async fn run_executor(opts: &ExecutorOptions) -> Result<()> {
     // Shuffle files and spills in one place: the given work dir, or one of this process's.
     let work_dir = opts.work_dir.clone().unwrap_or_else(|| {
         remove_dirs_of_ended_processes(WORK_DIR_PREFIX);
-        std::env::temp_dir().join(format!("{WORK_DIR_PREFIX}{}", std::process::id())).display().to_string()
+        std::env::temp_dir().join(owned_dir_name(WORK_DIR_PREFIX)).display().to_string()
     });
     std::fs::create_dir_all(&work_dir).map_err(|e| EngineError::Io { path: work_dir.clone(), source: e })?;
     let cache_dir = std::path::Path::new(&work_dir).join("object-cache");
@@ -269,16 +277,23 @@ mod tests {
         }
         let tmp = std::env::temp_dir();
         // No process has this id (above Linux's pid_max).
-        let ended = tmp.join("kallista-sweep-check-4000000000");
-        let live = tmp.join(format!("kallista-sweep-check-{}", std::process::id()));
-        let other = tmp.join("other-sweep-check-4000000000");
-        for d in [&ended, &live, &other] {
+        let ended = tmp.join("kallista-sweep-check-pid4000000000");
+        let live = tmp.join(owned_dir_name("kallista-sweep-check"));
+        // A user's dir that merely ends in a number.
+        let users = tmp.join("kallista-sweep-check-data-4000000000");
+        let other = tmp.join("other-sweep-check-pid4000000000");
+        for d in [&ended, &live, &users, &other] {
             std::fs::create_dir_all(d).unwrap();
         }
-        remove_dirs_of_ended_processes("kallista-sweep-check-");
-        let (ended_gone, live_kept, other_kept) = (!ended.exists(), live.exists(), other.exists());
-        let _ = std::fs::remove_dir_all(&live);
-        let _ = std::fs::remove_dir_all(&other);
-        assert!(ended_gone && live_kept && other_kept, "{ended_gone} {live_kept} {other_kept}");
+        remove_dirs_of_ended_processes("kallista-sweep-check");
+        let (ended_gone, live_kept, users_kept, other_kept) =
+            (!ended.exists(), live.exists(), users.exists(), other.exists());
+        for d in [&ended, &live, &users, &other] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        assert!(
+            ended_gone && live_kept && users_kept && other_kept,
+            "{ended_gone} {live_kept} {users_kept} {other_kept}"
+        );
     }
 }

@@ -35,12 +35,12 @@ pub fn free_port() -> u16 {
 }
 
 /// A fresh directory for one test. The first call of a test binary also
-/// removes what earlier, ended test runs left (`kallista-*-PID` of a dead
-/// PID): a test killed or failed keeps its dir for a look, but not forever.
+/// removes what earlier, ended test runs left (`kallista-*-pidPID` of a
+/// dead PID): a test killed or failed keeps its dir for a look, but not forever.
 pub fn temp_dir(name: &str) -> PathBuf {
     static SWEPT: std::sync::Once = std::sync::Once::new();
     SWEPT.call_once(|| kallista_engine::cluster::remove_dirs_of_ended_processes("kallista-"));
-    let d = std::env::temp_dir().join(format!("kallista-{name}-{}", std::process::id()));
+    let d = std::env::temp_dir().join(kallista_engine::cluster::owned_dir_name(&format!("kallista-{name}")));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
