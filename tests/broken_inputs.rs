@@ -78,6 +78,15 @@ fn every_broken_parquet_kind_is_named_by_kallista_sql() {
     }
 }
 
+/// Copies the files of `from` into `to` (made).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in std::fs::read_dir(from).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+    }
+}
+
 #[test]
 fn a_training_split_with_a_broken_file_is_named_before_any_work() {
     let data = prepared_set(300);
@@ -87,11 +96,7 @@ fn a_training_split_with_a_broken_file_is_named_before_any_work() {
         let dir = temp_dir(&format!("broken-split-{kind}"));
         let copy = dir.join("data");
         for split in ["train", "eval", "test"] {
-            std::fs::create_dir_all(copy.join(split)).unwrap();
-            for f in std::fs::read_dir(data.join(split)).unwrap() {
-                let f = f.unwrap().path();
-                std::fs::copy(&f, copy.join(split).join(f.file_name().unwrap())).unwrap();
-            }
+            copy_dir(&data.join(split), &copy.join(split));
         }
         let file = copy.join("train/zz-broken.parquet");
         std::fs::write(&file, &bytes).unwrap();
@@ -101,15 +106,6 @@ fn a_training_split_with_a_broken_file_is_named_before_any_work() {
         assert_eq!(out.status.code(), Some(1), "{kind}: {e}");
         assert!(e.contains("data.train") && e.contains(&file.display().to_string()) && e.contains(says), "{kind}: {e}");
         assert!(!dir.join("job").exists(), "{kind}: no work may start: {e}");
-    }
-}
-
-/// Copies the files of `from` into `to` (made).
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for f in std::fs::read_dir(from).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
     }
 }
 

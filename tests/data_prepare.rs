@@ -7,7 +7,7 @@
 mod common;
 
 use arrow::array::{Array, Int32Array, ListArray, RecordBatch, StringArray};
-use common::{kallista, ok};
+use common::{kallista, ok, temp_dir};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -49,8 +49,7 @@ fn ints(b: &RecordBatch, name: &str) -> Vec<i32> {
 
 #[test]
 fn make_then_prepare_with_sql() {
-    let root = std::env::temp_dir().join(kallista_engine::cluster::owned_dir_name("kallista-prepare"));
-    let _ = std::fs::remove_dir_all(&root);
+    let root = temp_dir("prepare");
     let data = root.join("data");
     let out = root.join("prepared");
     let summary = ok(kallista(&[
