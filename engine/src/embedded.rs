@@ -10,43 +10,52 @@
 
 use crate::cluster::{run_executor, run_scheduler, ExecutorOptions, SchedulerOptions};
 use crate::error::{EngineError, Result};
-use std::net::TcpListener;
+use crate::ports::unused_loopback_port;
 use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
 
-/// A free loopback port (the OS picks it; released before use).
-fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| EngineError::Invalid(format!("no free port: {e}")))?;
-    Ok(l.local_addr().map_err(|e| EngineError::Invalid(e.to_string()))?.port())
+/// Waits until `port` accepts connections; fails with the server's own error
+/// if `server` stops first (a port taken, a bad work dir), or after 30 s.
+async fn wait_listening(what: &str, port: u16, server: JoinHandle<Result<()>>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        if server.is_finished() {
+            return Err(match server.await {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => {
+                    EngineError::Invalid(format!("embedded {what} stopped before it listened on port {port}"))
+                }
+                Err(e) => EngineError::Invalid(format!("embedded {what}: {e}")),
+            });
+        }
+        if Instant::now() > deadline {
+            return Err(EngineError::Invalid(format!("embedded {what} did not listen on port {port}")));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let what = what.to_string();
+    tokio::spawn(async move {
+        if let Ok(Err(e)) = server.await {
+            log::error!("embedded {what} stopped: {e}");
+        }
+    });
+    Ok(())
 }
 
 /// Starts a scheduler and an executor with `task_slots` slots on the current
 /// tokio runtime; returns the scheduler's `df://` URL once it accepts connections.
 pub async fn start_embedded_cluster(task_slots: usize) -> Result<String> {
-    let port = free_port()?;
+    let port = unused_loopback_port()?;
     let scheduler = SchedulerOptions { port, ..Default::default() };
-    tokio::spawn(async move {
-        if let Err(e) = run_scheduler(&scheduler).await {
-            log::error!("embedded scheduler stopped: {e}");
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        if Instant::now() > deadline {
-            return Err(EngineError::Invalid(format!("embedded scheduler did not listen on port {port}")));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_listening("scheduler", port, tokio::spawn(async move { run_scheduler(&scheduler).await })).await?;
     let executor = ExecutorOptions {
-        port: free_port()?,
-        grpc_port: free_port()?,
+        port: unused_loopback_port()?,
+        grpc_port: unused_loopback_port()?,
         scheduler_port: port,
         task_slots,
         ..Default::default()
     };
-    tokio::spawn(async move {
-        if let Err(e) = run_executor(&executor).await {
-            log::error!("embedded executor stopped: {e}");
-        }
-    });
+    let flight_port = executor.port;
+    wait_listening("executor", flight_port, tokio::spawn(async move { run_executor(&executor).await })).await?;
     Ok(format!("df://127.0.0.1:{port}"))
 }

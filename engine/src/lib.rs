@@ -21,6 +21,7 @@ pub mod embedded;
 pub mod error;
 pub mod functions;
 pub mod parquet_check;
+pub mod ports;
 pub mod predict;
 pub mod ps;
 pub mod session;

@@ -29,9 +29,9 @@ pub fn ok(out: Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A free loopback port (the OS picks it).
+/// A free loopback port that no outgoing connection takes before the server binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    kallista_engine::ports::unused_loopback_port().unwrap()
 }
 
 /// A fresh directory for one test. The first call of a test binary also

@@ -71,7 +71,7 @@ pub fn kallista_bin() -> std::path::PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    kallista_engine::ports::unused_loopback_port().unwrap()
 }
 
 /// A scheduler and `executors` executors of one slot, each a process of its
