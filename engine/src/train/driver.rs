@@ -263,8 +263,15 @@ impl AsyncJob {
     fn start(cfg: &TrainConfig, model: &Model) -> Result<AsyncJob> {
         let (job_id, secret, at) = job_secret(cfg)?;
         let advertised = cfg.advertised_host.as_deref().unwrap_or(&cfg.driver_host);
-        let servers =
-            ParameterServers::start(model, &cfg.asynchronous, &job_id, &secret, &cfg.driver_host, advertised)?;
+        let servers = ParameterServers::start(
+            model,
+            &cfg.asynchronous,
+            cfg.workers,
+            &job_id,
+            &secret,
+            &cfg.driver_host,
+            advertised,
+        )?;
         // Where the job's servers listen (not secret: every worker's spec names them).
         let record = serde_json::json!({ "job": job_id, "servers": servers.addresses(), "pid": std::process::id() });
         blocking::write(&cfg.job_dir.root().join("servers.json"), record.to_string().into_bytes())?;

@@ -168,9 +168,13 @@ pub struct ScalingSpec {
     #[serde(default)]
     pub hogwild: Option<bool>,
     /// `async`: a gradient `τ > 1` versions old is applied with the learning
-    /// rate divided by `τ` (default true).
+    /// rate divided by `τ` (default false: `compensate_momentum` does better).
     #[serde(default)]
     pub divide_lr_by_staleness: Option<bool>,
+    /// `async`: the shards' Adam runs with `beta_1` lowered for the momentum
+    /// that asynchrony itself adds (default true; see `AsyncSettings`).
+    #[serde(default)]
+    pub compensate_momentum: Option<bool>,
     /// `async`: `kallista ps` processes (`host:port`) that host the shards,
     /// one each (default: the driver hosts them).
     #[serde(default)]
@@ -209,6 +213,7 @@ impl Default for ScalingSpec {
             max_staleness: None,
             hogwild: None,
             divide_lr_by_staleness: None,
+            compensate_momentum: None,
             parameter_server_hosts: None,
             parameter_server_token_file: None,
         }
@@ -230,6 +235,7 @@ impl ScalingSpec {
             max_staleness: self.max_staleness,
             hogwild: self.hogwild.unwrap_or(d.hogwild),
             divide_lr_by_staleness: self.divide_lr_by_staleness.unwrap_or(d.divide_lr_by_staleness),
+            compensate_momentum: self.compensate_momentum.unwrap_or(d.compensate_momentum),
             hosts,
             token_file: self.parameter_server_token_file.as_ref().map(std::path::PathBuf::from),
         }
@@ -437,6 +443,7 @@ impl JobSpec {
             ("max_staleness", s.max_staleness.is_some()),
             ("hogwild", s.hogwild.is_some()),
             ("divide_lr_by_staleness", s.divide_lr_by_staleness.is_some()),
+            ("compensate_momentum", s.compensate_momentum.is_some()),
             ("parameter_server_hosts", s.parameter_server_hosts.is_some()),
             ("parameter_server_token_file", s.parameter_server_token_file.is_some()),
         ];
