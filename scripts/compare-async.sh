@@ -14,7 +14,7 @@
 #
 #   scripts/compare-async.sh
 #   VIDEOS=8000 EPOCHS=12 SEEDS="1 2 3 4" scripts/compare-async.sh
-#   FULL=1 scripts/compare-async.sh        # about 40 minutes on 2 cores
+#   FULL=1 scripts/compare-async.sh        # about 25 minutes on 2 cores
 #   ASYNC_EXTRA='  compensate_momentum: false\n  divide_lr_by_staleness: true\n' scripts/compare-async.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"

@@ -141,7 +141,7 @@ fn load_h5(model: &mut Model, at: &Location, bytes: &[u8]) -> Result<()> {
     if let Some(path) = at.local_path() {
         return Ok(model.load_keras_weights_h5(path)?);
     }
-    let dir = std::env::temp_dir().join(format!("kallista-h5-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(crate::cluster::owned_dir_name("kallista-h5"));
     std::fs::create_dir_all(&dir).map_err(|e| EngineError::Io { path: dir.display().to_string(), source: e })?;
     let path = dir.join(at.file_name());
     std::fs::write(&path, bytes).map_err(|e| EngineError::Io { path: path.display().to_string(), source: e })?;

@@ -188,7 +188,7 @@ mod tests {
 
     #[test]
     fn local_objects_round_trip_list_and_delete() {
-        let dir = std::env::temp_dir().join(format!("kallista-store-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(crate::cluster::owned_dir_name("kallista-store"));
         let base = Location::from_path(&dir).unwrap();
         write(&base.join("a/one.bin"), b"1".to_vec()).unwrap();
         write_scratch(&base.join("a/b/two.bin"), b"22".to_vec()).unwrap();

@@ -271,7 +271,7 @@ mod tests {
 
     #[tokio::test]
     async fn immutable_objects_are_read_from_the_local_copy_and_others_from_the_store() {
-        let root = std::env::temp_dir().join(format!("kallista-cache-test-{}", std::process::id()));
+        let root = std::env::temp_dir().join(crate::cluster::owned_dir_name("kallista-cache-test"));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(root.join("store")).unwrap();
         install(root.join("cache"), 1 << 20).unwrap();

@@ -152,7 +152,7 @@ mod tests {
 
     #[test]
     fn average_publishes_the_mean_version_and_keeps_it_cached() {
-        let local = std::env::temp_dir().join(format!("kallista-reduce-{}", std::process::id()));
+        let local = std::env::temp_dir().join(crate::cluster::owned_dir_name("kallista-reduce"));
         let dir = Location::from_path(&local).unwrap();
         let compile_spec = adam(&[]);
         let model = tiny_model(&compile_spec);

@@ -113,7 +113,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_type_check() {
-        let dir = std::env::temp_dir().join(format!("kallista-vectors-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(crate::cluster::owned_dir_name("kallista-vectors"));
         let at = Location::from_path(&dir.join("v.bin")).unwrap();
         let v: Vectors<i64> = vec![("a/kernel".into(), vec![1, -2, 3]), ("b".into(), vec![])];
         write_vectors(&at, &v).unwrap();

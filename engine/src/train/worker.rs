@@ -222,7 +222,7 @@ mod tests {
         let compile = adam(&["accuracy"]);
         let model = tiny_model(&compile);
         let blocks: Blocks = (0..4).map(|b| (b, vec![block(&d, 2, 100 + b, b % 2 == 0)])).collect();
-        let out_dir = std::env::temp_dir().join(format!("kallista-worker-{}", std::process::id()));
+        let out_dir = std::env::temp_dir().join(crate::cluster::owned_dir_name("kallista-worker"));
         let job = Location::from_path(&out_dir).unwrap();
         let unused = job.join("unused");
         let spec = RoundSpec {
