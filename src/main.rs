@@ -1,6 +1,8 @@
 //! `kallista`: the command line. Argument parsing only; the work is in
 //! `kallista-jobs`, and errors become messages and exit codes here.
 
+mod interrupt;
+
 use clap::{Args, Parser, Subcommand};
 use kallista_data::frames::FrameEncoding;
 use kallista_engine::session::Cluster;
@@ -519,6 +521,9 @@ fn init_logging() {
 fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Scheduler { .. } | Command::Executor { .. } | Command::Ps { .. }) {
+        interrupt::exit_on_interrupt();
+    }
     // A panic is a bug (bad input gets typed errors): it still ends with an
     // error line and exit code 1, never an abort mid-write.
     match std::panic::catch_unwind(move || run(cli)) {

@@ -3,7 +3,8 @@
 //! learns its training rows, pushing every step's rows once; a worker that cannot reach its shard fails
 //! the job naming the shard's address, and leaves no results behind; a
 //! resumed job ends as an uninterrupted one; shards on `kallista ps`
-//! processes close with their driver, however it ends.
+//! processes close with their driver, however it ends; SIGTERM and Ctrl-C
+//! end a job at once.
 
 mod common;
 
@@ -226,4 +227,56 @@ fn shards_on_kallista_ps_processes_train_and_close_when_the_driver_ends_however_
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains(&format!("kallista ps at {}", hosts[0].address)), "{stderr}");
     assert!(std::fs::read_to_string(&hosts[0].log).unwrap().contains("refused a message"), "the host did not log it");
+}
+
+/// `kill -SIGNAL pid`.
+fn send_signal(child: &std::process::Child, signal: &str) {
+    let sent = std::process::Command::new("kill").args([format!("-{signal}"), child.id().to_string()]).status();
+    assert!(sent.is_ok_and(|s| s.success()), "kill -{signal} failed");
+}
+
+#[test]
+fn sigterm_and_ctrl_c_end_a_training_job_at_once_and_close_its_shards() {
+    let data = &prepared_set(300);
+    let dir = temp_dir("async-interrupted");
+    // The embedded cluster's executor catches both signals to drain its
+    // tasks: without Kallista's own handling the job trained on.
+    for (signal, code) in [("TERM", 143), ("INT", 130)] {
+        let job = small_job(&dir, data, 2, "  max_steps: 100000\n  checkpoint_every_steps: 100000");
+        make_async(&job, "  workers: 2\n  mode: async\n  shards: 4\n  round_timeout_seconds: 60\n");
+        let (job_dir, log) = (dir.join(signal), dir.join(format!("{signal}.log")));
+        let mut driver = std::process::Command::new(env!("CARGO_BIN_EXE_kallista"))
+            .args(["train", job.to_str().unwrap(), "--job-dir", job_dir.to_str().unwrap()])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let shards: Vec<String> = loop {
+            assert!(std::time::Instant::now() < deadline, "the job did not start its shards");
+            if let Ok(b) = std::fs::read(job_dir.join("servers.json")) {
+                let r: serde_json::Value = serde_json::from_slice(&b).unwrap();
+                break r["servers"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().into()).collect();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert!(shards.iter().all(|s| listens(s)), "the shards of a running job listen: {shards:?}");
+        std::thread::sleep(std::time::Duration::from_secs(2)); // its workers are training
+        send_signal(&driver, signal);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = driver.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = driver.kill();
+                let _ = driver.wait();
+                panic!("SIG{signal}: still training 15 s later:\n{}", std::fs::read_to_string(&log).unwrap());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let stderr = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(code), "SIG{signal}:\n{stderr}");
+        assert!(stderr.contains("interrupted ("), "SIG{signal}:\n{stderr}");
+        assert!(!shards.iter().any(|s| listens(s)), "a shard listens after SIG{signal}: {shards:?}");
+    }
 }
