@@ -7,8 +7,8 @@
 //! process leaves nothing behind: checkpoints are written atomically, the
 //! job's parameter servers and rendezvous are threads of this process, and
 //! ranks and workers on other executors lose their driver and fail their
-//! tasks. Server commands (`scheduler`, `executor`, `ps`) keep their own
-//! graceful handling.
+//! tasks. Server commands (`scheduler`, `executor`, `ps`) are left as they
+//! are: there Ballista's executor drains its tasks before it stops.
 
 /// A signal that ends the command: its name and the exit code (the shells' 128 + its number).
 type Interrupt = (&'static str, i32);
