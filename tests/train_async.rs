@@ -148,6 +148,19 @@ fn listens(address: &str) -> bool {
     std::net::TcpStream::connect(address).is_ok()
 }
 
+/// The shards' addresses of the job running in `job_dir`, once it recorded them (`servers.json`).
+fn shards_once_started(job_dir: &std::path::Path) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "the job did not start its shards");
+        if let Ok(b) = std::fs::read(job_dir.join("servers.json")) {
+            let r: serde_json::Value = serde_json::from_slice(&b).unwrap();
+            return r["servers"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().into()).collect();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn shards_on_kallista_ps_processes_train_and_close_when_the_driver_ends_however_it_ends() {
     let data = &prepared_set(300);
@@ -197,15 +210,7 @@ fn shards_on_kallista_ps_processes_train_and_close_when_the_driver_ends_however_
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let shards: Vec<String> = loop {
-        assert!(std::time::Instant::now() < deadline, "the job did not start its shards");
-        if let Ok(b) = std::fs::read(killed.join("servers.json")) {
-            let r: serde_json::Value = serde_json::from_slice(&b).unwrap();
-            break r["servers"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().into()).collect();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let shards = shards_once_started(&killed);
     assert!(shards.iter().all(|s| listens(s)), "the shards of a running job listen: {shards:?}");
     driver.kill().unwrap();
     driver.wait().unwrap();
@@ -250,15 +255,7 @@ fn sigterm_and_ctrl_c_end_a_training_job_at_once_and_close_its_shards() {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        let shards: Vec<String> = loop {
-            assert!(std::time::Instant::now() < deadline, "the job did not start its shards");
-            if let Ok(b) = std::fs::read(job_dir.join("servers.json")) {
-                let r: serde_json::Value = serde_json::from_slice(&b).unwrap();
-                break r["servers"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().into()).collect();
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        };
+        let shards = shards_once_started(&job_dir);
         assert!(shards.iter().all(|s| listens(s)), "the shards of a running job listen: {shards:?}");
         std::thread::sleep(std::time::Duration::from_secs(2)); // its workers are training
         send_signal(&driver, signal);
