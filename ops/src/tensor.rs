@@ -9,7 +9,7 @@
 
 use crate::error::{OpsError, Result};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 /// A dense, row-major f32 tensor.
 #[derive(Clone, Debug, PartialEq)]
@@ -91,6 +91,18 @@ impl Tensor {
     /// Mutable data; copies the buffer first if another tensor shares it.
     pub fn data_mut(&mut self) -> &mut [f32] {
         Arc::make_mut(&mut self.data).as_mut_slice()
+    }
+
+    /// A weak handle on these values, for caches of what is derived from them:
+    /// it stops matching once the values are changed in place ([`Tensor::data_mut`]
+    /// moves them away from weak handles) or dropped, so a stale entry is never served.
+    pub fn downgrade(&self) -> Weak<Vec<f32>> {
+        Arc::downgrade(&self.data)
+    }
+
+    /// Whether `handle` (from [`Tensor::downgrade`]) still refers to these very values.
+    pub fn holds(&self, handle: &Weak<Vec<f32>>) -> bool {
+        handle.upgrade().is_some_and(|values| Arc::ptr_eq(&values, &self.data))
     }
 
     /// The buffer, copied only if shared.

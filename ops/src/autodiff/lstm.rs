@@ -10,9 +10,9 @@
 
 use super::tape::{Backward, Gradients, Tape, Var};
 use super::Mask;
-use crate::backend::{math, MatMut, MatRef};
+use crate::backend::{math, Backend, MatMut, MatRef};
 use crate::error::{OpsError, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{IntTensor, Tensor};
 
 /// Options of [`lstm`].
 #[derive(Clone, Debug, Default)]
@@ -44,19 +44,93 @@ pub fn lstm(tape: &mut Tape, x: Var, kernel: Var, recurrent: Var, bias: Option<V
         }
     }
     let be = tape.backend();
-    // Z = X·K + bias for all steps at once; rows are (batch, step), batch-major.
+    let bias_values = bias.map(|v| tape.value(v).data());
+    let gates = input_projection(be, tape.value(x).data(), b * t, tape.value(kernel).data(), (i, g4), bias_values)?;
+    let Recurrence { out, gates, cs, tc, hprev } = recur(be, gates, tape.value(recurrent).data(), (b, t, u), &opts)?;
+    let rule = LstmBackward { x, kernel, recurrent, bias, opts, dims: (b, t, i, u), gates, cs, tc, hprev };
+    Ok(tape.push(out, Box::new(rule)))
+}
+
+/// The LSTM in inference over token ids whose input projections were made
+/// beforehand: row `id` of `table: [V, 4u]` is `embeddings[id]·kernel + bias`
+/// ([`input_projection`] of the embedding table). Where the backend's rows are
+/// independent this gives the bits of [`lstm`] over the embedded tokens,
+/// without a product per token. Nothing here has a gradient: the output is a
+/// constant of the tape. An id outside the table is the error the embedding
+/// lookup gives, naming `embedding_layer`.
+pub fn lstm_over_projected_tokens(
+    tape: &mut Tape,
+    table: &Tensor,
+    ids: &IntTensor,
+    recurrent: Var,
+    opts: LstmOptions,
+    embedding_layer: &str,
+) -> Result<Var> {
+    let (ts, rs, is) = (table.shape().to_vec(), tape.shape(recurrent).to_vec(), ids.shape().to_vec());
+    if ts.len() != 2 || rs.len() != 2 || is.len() != 2 || rs[1] != ts[1] || rs[1] != 4 * rs[0] {
+        return Err(OpsError::shape("lstm", "ids [B,T], table [V,4u], recurrent_kernel [u,4u]", &[&is, &ts, &rs]));
+    }
+    let (b, t, vocab, g4) = (is[0], is[1], ts[0], ts[1]);
+    if opts.mask.as_ref().is_some_and(|m| m.len() != b * t) {
+        return Err(OpsError::shape("lstm", "mask must be [B, T]", &[&[b, t]]));
+    }
     let mut gates = vec![0.0; b * t * g4];
-    if let Some(bv) = bias {
-        let bd = tape.value(bv).data();
+    for (r, (&id, row)) in ids.data().iter().zip(gates.chunks_mut(g4)).enumerate() {
+        if id < 0 || id as usize >= vocab {
+            let (layer, input_dim) = (embedding_layer.to_string(), vocab);
+            return Err(OpsError::TokenOutOfRange { layer, id: id as i64, row: r / t, pos: r % t, input_dim });
+        }
+        row.copy_from_slice(&table.data()[id as usize * g4..(id as usize + 1) * g4]);
+    }
+    let be = tape.backend();
+    let run = recur(be, gates, tape.value(recurrent).data(), (b, t, rs[0]), &opts)?;
+    Ok(tape.leaf(run.out, false))
+}
+
+/// `x·kernel + bias` for every row of `x: [rows, I]` (`kernel: [I, 4u]`, its
+/// shape given as `(I, 4u)`): the
+/// gate inputs of all steps at once, rows (batch, step), batch-major. The one
+/// place this product is made, so that a table of projected tokens has the
+/// bits [`lstm`] computes.
+pub fn input_projection(
+    be: &dyn Backend,
+    x: &[f32],
+    rows: usize,
+    kernel: &[f32],
+    (inputs, g4): (usize, usize),
+    bias: Option<&[f32]>,
+) -> Result<Vec<f32>> {
+    let mut gates = vec![0.0; rows * g4];
+    if let Some(bd) = bias {
         gates.chunks_mut(g4).for_each(|r| r.copy_from_slice(bd));
     }
-    be.matmul(
-        MatRef::dense(tape.value(x).data(), b * t, i),
-        MatRef::dense(tape.value(kernel).data(), i, g4),
-        MatMut::dense(&mut gates, b * t, g4),
-        bias.is_some(),
-    )?;
-    let rk = tape.value(recurrent).data();
+    let (x, k) = (MatRef::dense(x, rows, inputs), MatRef::dense(kernel, inputs, g4));
+    be.matmul(x, k, MatMut::dense(&mut gates, rows, g4), bias.is_some())?;
+    Ok(gates)
+}
+
+/// What the recurrence computed: the output, and what backward needs.
+struct Recurrence {
+    out: Tensor,
+    /// Activated gates of every (batch, step) row.
+    gates: Vec<f32>,
+    /// `c_t`, `tanh(c_t)` and `h_{t-1}` of every row.
+    cs: Vec<f32>,
+    tc: Vec<f32>,
+    hprev: Vec<f32>,
+}
+
+/// The steps of the LSTM, given every row's projected gate inputs: each step
+/// adds `h_{t-1}·recurrent_kernel` and applies the gates.
+fn recur(
+    be: &dyn Backend,
+    mut gates: Vec<f32>,
+    rk: &[f32],
+    dims: (usize, usize, usize),
+    opts: &LstmOptions,
+) -> Result<Recurrence> {
+    let (b, t, u) = dims;
+    let g4 = 4 * u;
     // hprev[(b, t)] = h_{t-1}; c[(b, t)] = c_t; tc = tanh(c_t).
     let mut hprev = vec![0.0; b * t * u];
     let mut cs = vec![0.0; b * t * u];
@@ -123,8 +197,7 @@ pub fn lstm(tape: &mut Tape, x: Var, kernel: Var, recurrent: Var, bias: Option<V
     } else {
         Tensor::new(&[b, u], h_last)?
     };
-    let rule = LstmBackward { x, kernel, recurrent, bias, opts, dims: (b, t, i, u), gates, cs, tc, hprev };
-    Ok(tape.push(out, Box::new(rule)))
+    Ok(Recurrence { out, gates, cs, tc, hprev })
 }
 
 struct LstmBackward {

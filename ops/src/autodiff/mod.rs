@@ -33,7 +33,7 @@ pub use embedding::embedding;
 pub use gru::{gru, GruOptions};
 pub use linear::{add, dense, dropout, scale_shift, weighted_sum};
 pub use loss::{binary_crossentropy, categorical_crossentropy, mean_squared_error, sparse_categorical_crossentropy};
-pub use lstm::{lstm, LstmOptions};
+pub use lstm::{input_projection, lstm, lstm_over_projected_tokens, LstmOptions};
 pub use pool::{global_pool2d, pool2d, PoolKind};
 pub use shape::{concat_last, reshape, zero_pad2d};
 pub use tape::{Backward, Gradients, Tape, Var};

@@ -106,6 +106,12 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    /// Kallista's AVX-512 SGEMM sums every element in one fixed order (see
+    /// `sgemm_avx512`); the `gemm` crate's blocking is not known to.
+    fn rows_are_independent(&self) -> bool {
+        cfg!(target_arch = "x86_64") && super::gemm_kernels() == super::GemmKernels::Avx512
+    }
+
     fn activation_forward(&self, act: Activation, x: &mut [f32], cols: usize) -> Result<()> {
         check_rows("activation_forward", x.len(), cols)?;
         match act {

@@ -137,6 +137,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// `c = a · b` (or `c += a · b` when `accumulate`), with `a: m x k`, `b: k x n`, `c: m x n`.
     fn matmul(&self, a: MatRef<'_>, b: MatRef<'_>, c: MatMut<'_>, accumulate: bool) -> Result<()>;
 
+    /// Whether each row of a `matmul` result has the same bits whatever the
+    /// other rows of `a` and the thread count: then rows may be computed ahead
+    /// (a table of projected tokens) and gathered later without changing a bit.
+    fn rows_are_independent(&self) -> bool {
+        false
+    }
+
     /// Applies `act` in place to `x`, viewed as rows of `cols` elements (softmax is per row).
     fn activation_forward(&self, act: Activation, x: &mut [f32], cols: usize) -> Result<()>;
 

@@ -8,10 +8,10 @@ use super::{
     bad_input, declare_or_check, expect_inputs, layer_base_methods, parse_config, CallContext, Layer, LayerBase,
     TensorSpec, Value, Weight,
 };
-use crate::autodiff::{self, Tape, Var};
+use crate::autodiff::{self, Mask, Tape, Var};
 use crate::error::Result;
 use crate::init::Initializer;
-use crate::tensor::DType;
+use crate::tensor::{DType, IntTensor};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -57,6 +57,11 @@ impl Embedding {
         self
     }
 
+    /// The `[B, L]` mask of `ids` when id 0 is padding (`mask_zero`).
+    pub(crate) fn mask_of(&self, ids: &IntTensor) -> Option<Mask> {
+        self.cfg.mask_zero.then(|| Arc::new(ids.data().iter().map(|&i| i != 0).collect::<Vec<bool>>()))
+    }
+
     pub(crate) fn from_config(v: &serde_json::Value) -> Result<Self> {
         Ok(Embedding { base: LayerBase::default(), cfg: parse_config("Embedding", v)? })
     }
@@ -93,7 +98,6 @@ impl Layer for Embedding {
             return Err(bad_input(self, "got float input", "int32 token ids", &[]));
         };
         let y = autodiff::embedding(tape, weights[0], ids, self.name())?;
-        let mask = self.cfg.mask_zero.then(|| Arc::new(ids.data().iter().map(|&i| i != 0).collect::<Vec<bool>>()));
-        Ok(Value::Float { var: y, mask })
+        Ok(Value::Float { var: y, mask: self.mask_of(ids) })
     }
 }

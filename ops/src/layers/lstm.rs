@@ -11,10 +11,10 @@ use super::{
     bad_input, declare_or_check, expect_inputs, layer_base_methods, parse_config, CallContext, Layer, LayerBase,
     TensorSpec, Value, Weight,
 };
-use crate::autodiff::{self, LstmOptions, Tape, Var};
+use crate::autodiff::{self, LstmOptions, Mask, Tape, Var};
 use crate::error::{OpsError, Result};
 use crate::init::Initializer;
-use crate::tensor::DType;
+use crate::tensor::{DType, IntTensor, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// Keras arguments of LSTM (the activations are fixed to Keras's defaults).
@@ -83,6 +83,22 @@ impl Lstm {
     pub fn name(mut self, name: &str) -> Self {
         self.base.name = name.into();
         self
+    }
+
+    /// Inference over token ids whose gate inputs are rows of `table` (see
+    /// [`autodiff::lstm_over_projected_tokens`]); `weights` as for `forward`.
+    pub(crate) fn forward_over_projected_tokens(
+        &self,
+        tape: &mut Tape,
+        weights: &[Var],
+        table: &Tensor,
+        ids: &IntTensor,
+        mask: Option<Mask>,
+        embedding_layer: &str,
+    ) -> Result<Value> {
+        let opts = LstmOptions { return_sequences: self.cfg.return_sequences, mask: mask.clone() };
+        let y = autodiff::lstm_over_projected_tokens(tape, table, ids, weights[1], opts, embedding_layer)?;
+        Ok(Value::Float { var: y, mask: if self.cfg.return_sequences { mask } else { None } })
     }
 
     pub(crate) fn from_config(v: &serde_json::Value) -> Result<Self> {

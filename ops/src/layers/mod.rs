@@ -217,6 +217,8 @@ pub trait Layer: Send + Sync + std::fmt::Debug {
     fn forward(&self, tape: &mut Tape, weights: &[Var], inputs: &[Value], ctx: &mut CallContext<'_>) -> Result<Value>;
     /// A boxed copy (layers are cloned when models are copied to worker threads).
     fn box_clone(&self) -> Box<dyn Layer>;
+    /// The concrete layer, for the model's inference fusions (`model/token_tables.rs`).
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 impl Clone for Box<dyn Layer> {
@@ -262,6 +264,9 @@ macro_rules! layer_base_methods {
         }
         fn box_clone(&self) -> Box<dyn $crate::layers::Layer> {
             Box::new(self.clone())
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
         }
     };
 }

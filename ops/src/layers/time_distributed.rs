@@ -157,4 +157,8 @@ impl Layer for TimeDistributed {
     fn box_clone(&self) -> Box<dyn Layer> {
         Box::new(self.clone())
     }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }

@@ -132,6 +132,7 @@ impl ModelBuilder {
             optimizer: None,
             steps_run: 0,
             trainable: true,
+            token_tables: Default::default(),
         };
         model.check_reachable()?;
         model.initialize(seed);

@@ -20,6 +20,7 @@ mod nested;
 mod run;
 mod split;
 mod summary;
+mod token_tables;
 mod truncate;
 mod weights;
 
@@ -76,6 +77,8 @@ pub struct Model {
     /// Whether the optimizer may change the weights when this model is a layer
     /// of another model (Keras `model.trainable`).
     pub(crate) trainable: bool,
+    /// Projected-token tables for inference (`token_tables.rs`).
+    pub(crate) token_tables: token_tables::TokenTables,
 }
 
 impl Model {

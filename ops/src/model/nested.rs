@@ -154,11 +154,15 @@ impl Layer for Model {
             wvars.push(vars.to_vec());
             at += n;
         }
-        let outs = self.run_graph(tape, &wvars, inputs.to_vec(), ctx)?;
+        let outs = self.run_graph(tape, &wvars, inputs.to_vec(), ctx, &[])?;
         outs.into_iter().next().ok_or_else(|| self.layer_error("has no output".into(), "one output".into(), &[]))
     }
 
     fn box_clone(&self) -> Box<dyn Layer> {
         Box::new(self.clone())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }

@@ -30,12 +30,13 @@
 //! the optimizer step, so that a step is deterministic and a driver that
 //! combines several workers' results averages them.
 
+use super::token_tables::ProjectedTokens;
 use super::Model;
 use crate::autodiff::{Tape, Var};
 use crate::backend::with_single_threaded_kernels;
 use crate::error::{OpsError, Result};
 use crate::init::Rng;
-use crate::layers::{CallContext, StateUpdate, Value};
+use crate::layers::{CallContext, Embedding, Layer, Lstm, StateUpdate, Value};
 use crate::losses::Loss;
 use crate::metrics::Metric;
 use crate::optim::{Optimizer, OptimizerConfig, ParamUpdate};
@@ -194,6 +195,20 @@ impl Model {
         with_grads: bool,
         rng: &mut Rng,
     ) -> Result<ForwardPass> {
+        self.forward_with_tables(tape, inputs, training, with_grads, rng, &[])
+    }
+
+    /// [`Model::forward_on_tape`] where the LSTM nodes of `projected` run over
+    /// their tables (inference only).
+    fn forward_with_tables(
+        &self,
+        tape: &mut Tape,
+        inputs: &[Data],
+        training: bool,
+        with_grads: bool,
+        rng: &mut Rng,
+        projected: &[ProjectedTokens],
+    ) -> Result<ForwardPass> {
         self.check_inputs(inputs)?;
         let mut flat = vec![];
         let wvars: Vec<Vec<Var>> = self
@@ -224,7 +239,7 @@ impl Model {
             })
             .collect::<Result<_>>()?;
         let mut ctx = CallContext::new(training, rng);
-        let outs = self.run_graph(tape, &wvars, values, &mut ctx)?;
+        let outs = self.run_graph(tape, &wvars, values, &mut ctx, projected)?;
         let outputs = outs
             .iter()
             .zip(&self.outputs)
@@ -251,19 +266,30 @@ impl Model {
 
     /// Runs the graph's nodes in order on values already on `tape`; `wvars` holds
     /// each layer's weight vars. Returns the output values. A nested model's
-    /// forward calls this with the vars its outer model gave it.
+    /// forward calls this with the vars its outer model gave it. The LSTM
+    /// nodes of `projected` run over their tables and their Embedding nodes
+    /// are skipped (inference only: see `token_tables.rs`).
     pub(crate) fn run_graph(
         &self,
         tape: &mut Tape,
         wvars: &[Vec<Var>],
         inputs: Vec<Value>,
         ctx: &mut CallContext<'_>,
+        projected: &[ProjectedTokens],
     ) -> Result<Vec<Value>> {
         let mut values: Vec<Option<Value>> = vec![None; self.tensors.len()];
         for (v, &t) in inputs.into_iter().zip(&self.inputs) {
             values[t] = Some(v);
         }
-        for node in &self.nodes {
+        let projected: &[ProjectedTokens] = if ctx.training { &[] } else { projected };
+        for (n, node) in self.nodes.iter().enumerate() {
+            if projected.iter().any(|p| p.embedding_node == n) {
+                continue;
+            }
+            if let Some(p) = projected.iter().find(|p| p.lstm_node == n) {
+                values[node.output] = Some(self.lstm_over_table(tape, wvars, &values, p)?);
+                continue;
+            }
             let args: Vec<Value> = node
                 .inputs
                 .iter()
@@ -291,15 +317,35 @@ impl Model {
         self.layers.iter().any(|l| l.uses_batch_statistics())
     }
 
+    /// An LSTM node over its table of projected tokens, fed the ids its
+    /// Embedding node would have looked up.
+    fn lstm_over_table(
+        &self,
+        tape: &mut Tape,
+        wvars: &[Vec<Var>],
+        values: &[Option<Value>],
+        p: &ProjectedTokens,
+    ) -> Result<Value> {
+        let (enode, lnode) = (&self.nodes[p.embedding_node], &self.nodes[p.lstm_node]);
+        let embedding = self.layers[enode.layer].as_any().downcast_ref::<Embedding>();
+        let lstm = self.layers[lnode.layer].as_any().downcast_ref::<Lstm>();
+        let (Some(embedding), Some(lstm), Some(Value::Int(ids))) = (embedding, lstm, &values[enode.inputs[0]]) else {
+            return Err(OpsError::Config(format!("model '{}': a projected-token table lost its layers", self.name)));
+        };
+        let mask = embedding.mask_of(ids);
+        lstm.forward_over_projected_tokens(tape, &wvars[lnode.layer], &p.table, ids, mask, embedding.name())
+    }
+
     /// Forward pass in inference mode; one tensor per output.
     pub fn predict_on_batch(&self, inputs: &[Data]) -> Result<Vec<Tensor>> {
         let batch = self.check_inputs(inputs)?;
+        let projected = self.projected_tokens_for(inputs)?;
         let shards = infer_shard_bounds(batch);
         let parts: Vec<Vec<Tensor>> = run_shards(&shards, |s, e| {
             let sliced: Vec<Data> = slice_all(inputs, s, e, shards.len());
             let mut tape = Tape::new();
             let mut rng = Rng::new(0);
-            let pass = self.forward_on_tape(&mut tape, &sliced, false, false, &mut rng)?;
+            let pass = self.forward_with_tables(&mut tape, &sliced, false, false, &mut rng, &projected)?;
             Ok(pass.outputs.iter().map(|v| tape.value(*v).clone()).collect())
         })?;
         (0..self.outputs.len()).map(|o| concat_rows(parts.iter().map(|p| &p[o]).collect())).collect()
@@ -366,12 +412,13 @@ impl Model {
         self.check_targets(targets, batch)?;
         let one_shard = max_shards == Some(1) || (training && self.needs_whole_batch());
         let shards = if one_shard { vec![(0, batch)] } else { shard_bounds(batch) };
+        let projected = if training || with_grads { vec![] } else { self.projected_tokens_for(inputs)? };
         let parts: Vec<(BatchResult, WeightGrads)> = run_shards(&shards, |s, e| {
             let ins = slice_all(inputs, s, e, shards.len());
             let tgs = slice_all(targets, s, e, shards.len());
             let mut tape = Tape::new();
             let mut rng = Rng::new(step_seed.wrapping_add(s as u64));
-            let pass = self.forward_on_tape(&mut tape, &ins, training, with_grads, &mut rng)?;
+            let pass = self.forward_with_tables(&mut tape, &ins, training, with_grads, &mut rng, &projected)?;
             let outs = &pass.outputs;
             let mut total: Option<Var> = None;
             let mut loss_sum = 0.0;
