@@ -149,6 +149,10 @@ enum Command {
         /// that later rounds read it locally (0: none).
         #[arg(long, default_value_t = 16)]
         object_cache_gib: u64,
+        /// Where this executor's workers run forward and backward: cpu, or
+        /// cuda:N (a build with `--features cuda`).
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
 }
 
@@ -451,7 +455,12 @@ fn run(cli: Cli) -> Result<(), kallista_jobs::JobError> {
             task_slots,
             work_dir,
             object_cache_gib,
+            device,
         } => {
+            use kallista_ops::backend::{default_backend, set_default_device, Device};
+            let opened = Device::parse(&device).and_then(set_default_device);
+            opened.map_err(|e| kallista_jobs::JobError::Invalid(format!("--device {device}: {e}")))?;
+            eprintln!("kallista executor: workers run on {}", default_backend().device_name());
             let opts = kallista_engine::cluster::ExecutorOptions {
                 bind_host,
                 external_host,

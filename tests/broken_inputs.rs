@@ -181,3 +181,20 @@ fn ingest_lists_skipped_rows_in_a_file_and_refuses_bad_flags() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr_of(&out).contains("--frame-policy: expected sample, pad or error"), "{}", stderr_of(&out));
 }
+
+/// `--device` names what it cannot use, before the executor binds a port.
+#[test]
+fn an_executor_on_a_device_it_cannot_use_names_the_flag() {
+    let unknown = kallista(&["executor", "--device", "gpu0"]);
+    let e = stderr_of(&unknown);
+    assert_eq!(unknown.status.code(), Some(1), "{e}");
+    assert!(e.contains("--device gpu0: ") && e.contains("unknown device 'gpu0'"), "{e}");
+    // No machine has a thousand GPUs: without the feature the build says how to get it,
+    // with it the device is missing.
+    let missing = kallista(&["executor", "--device", "cuda:999"]);
+    let e = stderr_of(&missing);
+    assert_eq!(missing.status.code(), Some(1), "{e}");
+    assert!(e.contains("--device cuda:999: "), "{e}");
+    assert!(e.contains("--features cuda") || e.contains("cuda:999: "), "{e}");
+    assert!(!e.contains("panicked"), "{e}");
+}

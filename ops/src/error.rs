@@ -46,8 +46,12 @@ pub enum OpsError {
     NotCompiled(String),
 
     /// The CUDA backend was asked for but this build has no `cuda` feature.
-    #[error("not compiled with CUDA support (build kallista-ops with feature `cuda`)")]
+    #[error("this build has no CUDA backend: rebuild with `cargo build --release --features cuda`, or use device cpu")]
     NotCompiledWithCuda,
+
+    /// A CUDA device could not be opened or a CUDA call failed on it.
+    #[error("{device}: {detail}")]
+    Cuda { device: String, detail: String },
 
     /// A file could not be read or written.
     #[error("{path}: {source}")]

@@ -2,6 +2,9 @@
 //! and gradients as Keras (JAX backend), to 1e-4 relative. The fixtures and
 //! the script that wrote them are in `tests/fixtures/`; weights and the W1
 //! batch come from a formula both sides compute (see the script's docstring).
+//! `KALLISTA_DEVICE=cuda:0` runs them on the CUDA backend (`scripts/gpu-check.sh`).
+
+mod common;
 
 use kallista_ops::applications::{video_qa, VideoQaDims};
 use kallista_ops::layers::{Dense, Embedding, Gru, Lstm};
@@ -59,6 +62,7 @@ fn grads_by_key(model: &Model, x: &[Data], y: &[Data]) -> (f32, BTreeMap<String,
 
 #[test]
 fn w1_model_matches_keras_loss_outputs_and_gradients() {
+    common::use_device_from_env();
     let fx = fixture("w1_keras.safetensors");
     let d = VideoQaDims::w1();
     let mut model = video_qa(&d, 0).unwrap();
@@ -116,6 +120,7 @@ fn masked_model(with_sequences: bool) -> Model {
 
 #[test]
 fn masked_lstm_and_gru_match_keras() {
+    common::use_device_from_env();
     let fx = fixture("masked_keras.safetensors");
     let ids = IntTensor::new(&[3, 6], vec![3, 5, 7, 0, 0, 0, 1, 2, 3, 4, 5, 6, 9, 0, 0, 0, 0, 0]).unwrap();
     let x = vec![Data::I32(ids)];

@@ -3,6 +3,7 @@
 //! peers' format (`shared/peers/peerlib.py`), so `scripts/bench-w1.sh` can
 //! set them side by side.
 
+use kallista_ops::backend::{default_backend, set_default_device, Device};
 use kallista_ops::model::Model;
 use kallista_ops::Data;
 use std::time::Instant;
@@ -44,10 +45,17 @@ fn loadavg() -> String {
 }
 
 /// Measures `model` (compiled) on `w` and prints the JSON line.
-/// `<NAME>_STEPS` (default 20) timed steps; `<NAME>_INFER_STEPS=0` skips inference.
+/// `<NAME>_STEPS` (default 20) timed steps; `<NAME>_INFER_STEPS=0` skips inference;
+/// `KALLISTA_DEVICE` (`cpu`, `cuda:N`) picks the backend.
 pub fn run(model: &mut Model, w: &Workload<'_>) {
     if std::env::var("RAYON_NUM_THREADS").is_err() {
         std::env::set_var("RAYON_NUM_THREADS", "2");
+    }
+    let device = std::env::var("KALLISTA_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let opened = Device::parse(&device).and_then(set_default_device);
+    if let Err(e) = opened {
+        eprintln!("error: KALLISTA_DEVICE={device}: {e}");
+        std::process::exit(2);
     }
     let steps = env_usize(&format!("{}_STEPS", w.name), 20);
     let (mut times, mut losses) = (vec![], vec![]);
@@ -84,7 +92,7 @@ pub fn run(model: &mut Model, w: &Workload<'_>) {
     let (tr, inf) = (median(times), median(itimes));
     let (tb, ib) = (w.train_batch as f64, w.infer_batch as f64);
     println!(
-        "{{\"peer\": \"kallista\", \"workload\": \"{}\", \"train_samples_per_s\": {:.2}, \"infer_samples_per_s\": {:.2}, \"step_ms_median\": {:.3}, \"infer_ms_median\": {:.3}, \"threads\": {}, \"train_gflops\": {:.2}, \"infer_gflops\": {:.2}, \"fwd_bwd_ms\": {:.3}, \"update_ms\": {:.3}, \"first_loss\": {:.4}, \"last_loss\": {:.4}, \"loadavg_1m\": {}}}",
+        "{{\"peer\": \"kallista\", \"workload\": \"{}\", \"train_samples_per_s\": {:.2}, \"infer_samples_per_s\": {:.2}, \"step_ms_median\": {:.3}, \"infer_ms_median\": {:.3}, \"threads\": {}, \"train_gflops\": {:.2}, \"infer_gflops\": {:.2}, \"fwd_bwd_ms\": {:.3}, \"update_ms\": {:.3}, \"first_loss\": {:.4}, \"last_loss\": {:.4}, \"loadavg_1m\": {}, \"device\": \"{}\"}}",
         w.name,
         tb / tr,
         ib / inf,
@@ -97,6 +105,7 @@ pub fn run(model: &mut Model, w: &Workload<'_>) {
         median(upd) * 1e3,
         losses[0],
         losses[losses.len() - 1],
-        loadavg()
+        loadavg(),
+        default_backend().device_name()
     );
 }

@@ -1,7 +1,7 @@
 //! The tape: values in creation order, each with the rule that back-propagates
 //! through the op that made it.
 
-use crate::backend::{cpu_backend, Backend};
+use crate::backend::{default_backend, Backend};
 use crate::error::Result;
 use crate::tensor::Tensor;
 use std::sync::Arc;
@@ -42,9 +42,10 @@ impl Default for Tape {
 }
 
 impl Tape {
-    /// A tape on the CPU backend.
+    /// A tape on the process's default backend (the CPU unless
+    /// [`crate::backend::set_default_device`] chose another).
     pub fn new() -> Self {
-        Tape { nodes: Vec::new(), backend: cpu_backend() }
+        Tape { nodes: Vec::new(), backend: default_backend() }
     }
 
     /// A tape whose ops run on `backend`.

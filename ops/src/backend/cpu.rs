@@ -7,7 +7,7 @@
 //! fork/join, except inside [`with_single_threaded_kernels`], which the model
 //! uses when it already runs one batch shard per thread.
 
-use super::{math, Activation, Backend, MatMut, MatRef};
+use super::{check_matmul, check_rows, math, zero_unless_accumulating, Activation, Backend, MatMut, MatRef};
 use crate::error::{OpsError, Result};
 use std::cell::Cell;
 
@@ -46,28 +46,14 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, a: MatRef<'_>, b: MatRef<'_>, c: MatMut<'_>, accumulate: bool) -> Result<()> {
+        check_matmul(&a, &b, &c)?;
         let (m, k, n) = (a.rows, a.cols, b.cols);
-        if b.rows != k || c.rows != m || c.cols != n {
-            return Err(OpsError::shape(
-                "matmul",
-                "inner or outer dimensions differ",
-                &[&[a.rows, a.cols], &[b.rows, b.cols], &[c.rows, c.cols]],
-            ));
-        }
-        if !a.in_bounds() || !b.in_bounds() || !c.in_bounds() {
-            return Err(OpsError::shape("matmul", "a strided view reaches past its buffer", &[&[m, k], &[k, n]]));
-        }
         if m == 0 || n == 0 {
             return Ok(());
         }
         if k == 0 {
-            if !accumulate {
-                for i in 0..m {
-                    for j in 0..n {
-                        c.data[c.offset + i * c.row_stride + j * c.col_stride] = 0.0;
-                    }
-                }
-            }
+            let mut c = c;
+            zero_unless_accumulating(&mut c, accumulate);
             return Ok(());
         }
         let threads = gemm_threads(m, n, k);
@@ -151,13 +137,6 @@ impl Backend for CpuBackend {
         }
         Ok(())
     }
-}
-
-fn check_rows(op: &str, len: usize, cols: usize) -> Result<()> {
-    if cols == 0 || !len.is_multiple_of(cols) {
-        return Err(OpsError::shape(op, format!("{len} values are not rows of {cols}"), &[&[len], &[cols]]));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -2,18 +2,26 @@
 //!
 //! Ops call kernels through [`Backend`]; nothing else in the crate asks which
 //! device it runs on. [`backend_for`] returns the CPU backend, or the CUDA one
-//! when the crate is built with feature `cuda` (until then a typed
-//! [`OpsError::NotCompiledWithCuda`]).
+//! when the crate is built with feature `cuda` (else a typed
+//! [`OpsError::NotCompiledWithCuda`]). New tapes run on the process's default
+//! backend, the CPU unless [`set_default_device`] chose another.
 
 mod cpu;
 mod cpu_kernels;
 mod cuda;
+#[cfg(feature = "cuda")]
+mod cuda_backend;
+#[cfg(feature = "cuda")]
+mod cuda_kernels;
+mod default_device;
 pub mod math;
 #[cfg(target_arch = "x86_64")]
 mod sgemm_avx512;
 
 pub use cpu::{with_single_threaded_kernels, CpuBackend};
 pub use cpu_kernels::{gemm_kernels, GemmKernels};
+
+pub use default_device::{default_backend, set_default_device};
 
 use crate::error::{OpsError, Result};
 use std::sync::Arc;
@@ -84,6 +92,68 @@ impl<'a> MatMut<'a> {
     }
 }
 
+impl Device {
+    /// Parses `cpu` or `cuda:N` (`cuda` alone is `cuda:0`), as `--device` and `device:` take it.
+    pub fn parse(text: &str) -> Result<Self> {
+        let text = text.trim();
+        match text {
+            "cpu" => return Ok(Device::Cpu),
+            "cuda" => return Ok(Device::Cuda(0)),
+            _ => {}
+        }
+        if let Some(ordinal) = text.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            return Ok(Device::Cuda(ordinal));
+        }
+        Err(OpsError::Config(format!("unknown device '{text}' (expected cpu, cuda or cuda:N)")))
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(ordinal) => write!(f, "cuda:{ordinal}"),
+        }
+    }
+}
+
+/// Checks that `a · b` fits `c` and that every view lies inside its buffer;
+/// every backend's `matmul` starts here.
+pub(crate) fn check_matmul(a: &MatRef<'_>, b: &MatRef<'_>, c: &MatMut<'_>) -> Result<()> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if b.rows != k || c.rows != m || c.cols != n {
+        return Err(OpsError::shape(
+            "matmul",
+            "inner or outer dimensions differ",
+            &[&[a.rows, a.cols], &[b.rows, b.cols], &[c.rows, c.cols]],
+        ));
+    }
+    if !a.in_bounds() || !b.in_bounds() || !c.in_bounds() {
+        return Err(OpsError::shape("matmul", "a strided view reaches past its buffer", &[&[m, k], &[k, n]]));
+    }
+    Ok(())
+}
+
+/// `c = 0` (a product over an empty inner dimension), unless accumulating.
+pub(crate) fn zero_unless_accumulating(c: &mut MatMut<'_>, accumulate: bool) {
+    if accumulate {
+        return;
+    }
+    for i in 0..c.rows {
+        for j in 0..c.cols {
+            c.data[c.offset + i * c.row_stride + j * c.col_stride] = 0.0;
+        }
+    }
+}
+
+/// Checks that `len` values are whole rows of `cols`.
+pub(crate) fn check_rows(op: &str, len: usize, cols: usize) -> Result<()> {
+    if cols == 0 || !len.is_multiple_of(cols) {
+        return Err(OpsError::shape(op, format!("{len} values are not rows of {cols}"), &[&[len], &[cols]]));
+    }
+    Ok(())
+}
+
 /// Elementwise activations with a closed-form derivative.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -134,6 +204,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Short name, e.g. `"cpu"`.
     fn name(&self) -> &'static str;
 
+    /// The device for people, e.g. "cuda:0 (NVIDIA H200)".
+    fn device_name(&self) -> String {
+        self.name().into()
+    }
+
     /// `c = a · b` (or `c += a · b` when `accumulate`), with `a: m x k`, `b: k x n`, `c: m x n`.
     fn matmul(&self, a: MatRef<'_>, b: MatRef<'_>, c: MatMut<'_>, accumulate: bool) -> Result<()>;
 
@@ -176,6 +251,32 @@ mod tests {
             return;
         }
         assert!(matches!(backend_for(Device::Cuda(0)), Err(OpsError::NotCompiledWithCuda)));
+        assert!(set_default_device(Device::Cuda(0)).is_err());
+        assert_eq!(default_backend().name(), "cpu", "a failed switch keeps the CPU");
+    }
+
+    /// With the feature, a device that is not there (no driver, or no such
+    /// ordinal) is a typed error naming it, not cudarc's panic.
+    #[test]
+    fn a_missing_cuda_device_is_a_typed_error() {
+        if !cfg!(feature = "cuda") {
+            return;
+        }
+        match backend_for(Device::Cuda(999)) {
+            Err(OpsError::Cuda { device, .. }) => assert_eq!(device, "cuda:999"),
+            other => panic!("expected a CUDA error for cuda:999, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn devices_parse_as_the_flag_takes_them() {
+        assert_eq!(Device::parse("cpu").unwrap(), Device::Cpu);
+        assert_eq!(Device::parse("cuda").unwrap(), Device::Cuda(0));
+        assert_eq!(Device::parse("cuda:3").unwrap(), Device::Cuda(3));
+        assert_eq!(Device::Cuda(3).to_string(), "cuda:3");
+        for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", ""] {
+            assert!(matches!(Device::parse(bad), Err(OpsError::Config(_))), "{bad:?} parsed");
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@
 
 use super::Model;
 use crate::autodiff::input_projection;
-use crate::backend::cpu_backend;
+use crate::backend::default_backend;
 use crate::error::Result;
 use crate::layers::{Embedding, Lstm, MAX_WEIGHT_ELEMENTS};
 use crate::tensor::{Data, Tensor};
@@ -92,7 +92,7 @@ impl Model {
     /// The tables an inference pass over `inputs` uses, counting its tokens
     /// and making a table once its pair has projected as many tokens as it has rows.
     pub(crate) fn projected_tokens_for(&self, inputs: &[Data]) -> Result<Vec<ProjectedTokens>> {
-        let backend = cpu_backend();
+        let backend = default_backend();
         if !backend.rows_are_independent() {
             return Ok(vec![]);
         }
@@ -203,7 +203,7 @@ mod tests {
     #[test]
     fn a_table_is_made_once_the_model_projected_as_many_tokens_and_predicts_the_same_bits() {
         let m = model();
-        let fused = cpu_backend().rows_are_independent() as usize;
+        let fused = default_backend().rows_are_independent() as usize;
         let small = ids(4, 1);
         assert_eq!(predicted(&m, &small), direct(&m, &small));
         assert_eq!(tables_made(&m), 0, "20 tokens of a 40-row table: not worth a table yet");
@@ -221,7 +221,7 @@ mod tests {
         let mut m = model();
         let large = ids(64, 3);
         predicted(&m, &large);
-        let fused = cpu_backend().rows_are_independent() as usize;
+        let fused = default_backend().rows_are_independent() as usize;
         assert_eq!(tables_made(&m), fused);
         for key in ["q_embed/embeddings", "q_lstm/kernel", "q_lstm/bias"] {
             let i = m.weight_keys().iter().position(|k| k == key).unwrap();

@@ -1,10 +1,10 @@
-//! Helpers shared by the gradient-check test files: random inputs, layer
+//! Helpers shared by the gradient-check and parity test files: random inputs, layer
 //! weights from their initialisers, and the check itself with its power test
 //! (a 10% error in one gradient must be caught).
 #![allow(dead_code)]
 
 use kallista_ops::autodiff::{self, Mask, Tape, Var};
-use kallista_ops::backend::Activation;
+use kallista_ops::backend::{default_backend, set_default_device, Activation, Device};
 use kallista_ops::gradcheck::GradCheck;
 use kallista_ops::init::Rng;
 use kallista_ops::layers::*;
@@ -31,11 +31,25 @@ pub fn init_weights(layer: &mut dyn Layer, seed: u64) -> Vec<Tensor> {
         .collect()
 }
 
+/// Puts the tests on `KALLISTA_DEVICE` (`cpu`, `cuda:N`) when it is set, so
+/// that `scripts/gpu-check.sh` runs them on a GPU; a device that cannot open fails the test.
+pub fn use_device_from_env() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(device) = std::env::var("KALLISTA_DEVICE") {
+            let opened = Device::parse(&device).and_then(set_default_device);
+            opened.unwrap_or_else(|e| panic!("KALLISTA_DEVICE={device}: {e}"));
+            eprintln!("tests on {}", default_backend().device_name());
+        }
+    });
+}
+
 /// Checks `f` and that a 10% error in the gradient of input `corrupt` is caught.
 pub fn assert_grads<F>(what: &str, inputs: &[Tensor], corrupt: usize, f: F)
 where
     F: Fn(&mut Tape, &[Var]) -> Result<Var>,
 {
+    use_device_from_env();
     let gc = GradCheck::default();
     let report = gc.check(inputs, &f).unwrap();
     assert!(report.ok(), "{what}: gradient mismatch (input, element, analytic, numeric): {:?}", report.failures);
