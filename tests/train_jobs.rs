@@ -153,6 +153,11 @@ fn bad_job_files_fail_before_any_work_with_the_key_named() {
         t.replace("  mode: sync\n", "  mode: async\n  parameter_server_hosts: [127.0.0.1:50070]\n")
     });
     assert!(e.contains("scaling.parameter_server_token_file: is needed with parameter_server_hosts"), "{e}");
+    let e = fails_with("device", |t| t.replace("  mode: sync\n", "  mode: sync\n  device: gpu\n"));
+    assert!(e.contains("scaling.device: unknown device 'gpu'"), "{e}");
+    // No machine has a thousand GPUs: a build without CUDA says how to get it, one with it names the device.
+    let e = fails_with("no-device", |t| t.replace("  mode: sync\n", "  mode: sync\n  device: cuda:999\n"));
+    assert!(e.contains("scaling.device: ") && (e.contains("--features cuda") || e.contains("cuda:999: ")), "{e}");
 }
 
 #[test]

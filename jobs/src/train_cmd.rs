@@ -15,6 +15,7 @@ use kallista_engine::store::blocking;
 use kallista_engine::train::driver::{train, Event, TrainConfig, TrainReport};
 use kallista_engine::train::layout::DataSource;
 use kallista_engine::train::round::CompileSpec;
+use kallista_ops::backend::{default_backend, set_default_device, Device};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -193,9 +194,34 @@ pub fn train_cmd(
     mut log: impl FnMut(&str) + Send,
 ) -> Result<TrainReport, JobError> {
     let (config, job) = prepare_job(file, overrides, resume)?;
+    use_job_device(file, &job, cluster, &mut log)?;
     write_binding(&config)?;
     log(&format!("job dir {}", config.job_dir.root()));
     run_training(config, &job, cluster, log)
+}
+
+/// Puts this process's workers on the job's `scaling.device`: the embedded
+/// cluster's run here. A cluster's executors chose theirs when they started,
+/// so a job that asks a cluster for a GPU is refused rather than run on
+/// whatever the executors have.
+fn use_job_device(file: &Path, job: &JobSpec, cluster: &Cluster, log: &mut impl FnMut(&str)) -> Result<(), JobError> {
+    let device = job.scaling.device().map_err(|e| spec::spec_error(file, "scaling.device", e))?;
+    if device == Device::Cpu {
+        return Ok(());
+    }
+    if let Cluster::Remote(scheduler) = cluster {
+        return Err(spec::spec_error(
+            file,
+            "scaling.device",
+            format!(
+                "{device}: the executors of {scheduler} run on the device each was started with \
+                 (`kallista executor --device {device}`): leave scaling.device unset for a cluster"
+            ),
+        ));
+    }
+    set_default_device(device).map_err(|e| spec::spec_error(file, "scaling.device", e))?;
+    log(&format!("workers run on {}", default_backend().device_name()));
+    Ok(())
 }
 
 /// `kallista features JOB.yaml`: the job's frozen-feature caches, built
@@ -264,6 +290,7 @@ pub fn run_cmd(dir: &Path, overrides: &Overrides, mut log: impl FnMut(&str) + Se
         )?;
     }
     let (config, job) = prepare_job(&file, overrides, false)?;
+    use_job_device(&file, &job, &Cluster::Embedded, &mut log)?;
     write_binding(&config)?;
     log(&format!("job dir {}", config.job_dir.root()));
     run_training(config, &job, &Cluster::Embedded, log)

@@ -182,6 +182,11 @@ pub struct ScalingSpec {
     /// `async`: the cluster's token, as the `kallista ps` processes were given it.
     #[serde(default)]
     pub parameter_server_token_file: Option<String>,
+    /// Where workers run forward and backward: `cpu` (default), `cuda` or
+    /// `cuda:N`. It places the embedded cluster's workers (`kallista train`,
+    /// `kallista run`); on a cluster each executor's `--device` does.
+    #[serde(default)]
+    pub device: Option<String>,
 }
 
 fn rank_start_timeout() -> u64 {
@@ -216,11 +221,21 @@ impl Default for ScalingSpec {
             compensate_momentum: None,
             parameter_server_hosts: None,
             parameter_server_token_file: None,
+            device: None,
         }
     }
 }
 
 impl ScalingSpec {
+    /// The device the job asks for (the CPU when unset), or why the value is not one.
+    pub fn device(&self) -> Result<kallista_ops::backend::Device, String> {
+        use kallista_ops::{backend::Device, OpsError};
+        self.device.as_deref().map_or(Ok(Device::Cpu), Device::parse).map_err(|e| match e {
+            OpsError::Config(detail) => detail,
+            other => other.to_string(),
+        })
+    }
+
     /// The parameter-server settings of an `async` job.
     pub fn async_settings(&self) -> AsyncSettings {
         let d = AsyncSettings::default();
@@ -411,6 +426,7 @@ impl JobSpec {
         if s.shards == 0 {
             return err("scaling.shards", "must be positive".into());
         }
+        s.device().map_err(|e| spec_error(file, "scaling.device", e))?;
         if s.workers() == 0 || s.workers() > s.shards {
             return err(
                 "scaling.workers",

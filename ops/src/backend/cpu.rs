@@ -7,8 +7,11 @@
 //! fork/join, except inside [`with_single_threaded_kernels`], which the model
 //! uses when it already runs one batch shard per thread.
 
-use super::{check_matmul, check_rows, math, zero_unless_accumulating, Activation, Backend, MatMut, MatRef};
-use crate::error::{OpsError, Result};
+use super::{
+    check_activation_backward, check_matmul, check_rows, math, zero_unless_accumulating, Activation, Backend, MatMut,
+    MatRef,
+};
+use crate::error::Result;
 use std::cell::Cell;
 
 /// The CPU backend (stateless; see [`super::cpu_backend`]).
@@ -112,14 +115,7 @@ impl Backend for CpuBackend {
     }
 
     fn activation_backward(&self, act: Activation, x: &[f32], y: &[f32], dy: &mut [f32], cols: usize) -> Result<()> {
-        check_rows("activation_backward", dy.len(), cols)?;
-        if y.len() != dy.len() || (act == Activation::Gelu && x.len() != dy.len()) {
-            return Err(OpsError::shape(
-                "activation_backward",
-                "gradient and value sizes differ",
-                &[&[y.len()], &[dy.len()]],
-            ));
-        }
+        check_activation_backward(act, x, y, dy, cols)?;
         match act {
             Activation::Linear => {}
             // A select, not a conditional store, so that it vectorises (signs are random:

@@ -9,7 +9,9 @@
 //! serialised on the device's one stream: one worker process per device.
 
 use super::cuda_kernels::{act_code, SOURCE};
-use super::{check_matmul, check_rows, zero_unless_accumulating, Activation, Backend, MatMut, MatRef};
+use super::{
+    check_activation_backward, check_matmul, check_rows, zero_unless_accumulating, Activation, Backend, MatMut, MatRef,
+};
 use crate::error::{OpsError, Result};
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
@@ -257,14 +259,7 @@ impl Backend for CudaBackend {
     }
 
     fn activation_backward(&self, act: Activation, x: &[f32], y: &[f32], dy: &mut [f32], cols: usize) -> Result<()> {
-        check_rows("activation_backward", dy.len(), cols)?;
-        if y.len() != dy.len() || (act == Activation::Gelu && x.len() != dy.len()) {
-            return Err(OpsError::shape(
-                "activation_backward",
-                "gradient and value sizes differ",
-                &[&[y.len()], &[dy.len()]],
-            ));
-        }
+        check_activation_backward(act, x, y, dy, cols)?;
         if act == Activation::Linear || dy.is_empty() {
             return Ok(());
         }

@@ -154,6 +154,20 @@ pub(crate) fn check_rows(op: &str, len: usize, cols: usize) -> Result<()> {
     Ok(())
 }
 
+/// Checks an `activation_backward` call: whole rows, and values (and, for
+/// GELU, inputs) as many as gradients.
+pub(crate) fn check_activation_backward(act: Activation, x: &[f32], y: &[f32], dy: &[f32], cols: usize) -> Result<()> {
+    check_rows("activation_backward", dy.len(), cols)?;
+    if y.len() != dy.len() || (act == Activation::Gelu && x.len() != dy.len()) {
+        return Err(OpsError::shape(
+            "activation_backward",
+            "gradient and value sizes differ",
+            &[&[y.len()], &[dy.len()]],
+        ));
+    }
+    Ok(())
+}
+
 /// Elementwise activations with a closed-form derivative.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
