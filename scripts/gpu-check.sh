@@ -18,7 +18,7 @@ dir=gpu-check
 build() {
     rm -rf "$dir" && mkdir -p "$dir/bin"
     cargo test --release -p kallista-ops --features cuda --test backend_conformance --test gradcheck \
-        --test keras_parity \
+        --test gradcheck_vision --test keras_parity --test vision_keras_parity \
         --no-run --message-format=json >"$dir/artifacts.json"
     cargo bench -p kallista-ops --features cuda --bench w1 --no-run --message-format=json >>"$dir/artifacts.json"
     python3 - "$dir/bin" "$dir/artifacts.json" <<'PY'
@@ -28,7 +28,7 @@ for line in open(sys.argv[2]):
         continue
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in (
-            "backend_conformance", "gradcheck", "keras_parity", "w1"):
+            "backend_conformance", "gradcheck", "gradcheck_vision", "keras_parity", "vision_keras_parity", "w1"):
         shutil.copy(m["executable"], f"{sys.argv[1]}/{m['target']['name']}")
         print("built", m["target"]["name"])
 PY
@@ -62,8 +62,9 @@ run() {
     local status=0
     echo "== backend conformance, CPU and cuda:0"
     timeout 120 "$dir/bin/backend_conformance" --include-ignored --test-threads 1 || status=1
-    echo "== gradient checks on cuda:0 (finite differences)"
+    echo "== gradient checks on cuda:0 (finite differences; the vision ones' convolutions are products too)"
     KALLISTA_DEVICE=cuda:0 timeout 120 "$dir/bin/gradcheck" --test-threads 1 || status=1
+    KALLISTA_DEVICE=cuda:0 timeout 180 "$dir/bin/gradcheck_vision" --test-threads 1 || status=1
     echo "== Keras parity fixtures on cuda:0"
     local built_in
     built_in=$(cat "$dir/built-in")
@@ -71,6 +72,7 @@ run() {
         mkdir -p "$(dirname "$built_in")" && ln -sfn "$PWD" "$built_in"
     fi
     KALLISTA_DEVICE=cuda:0 timeout 60 "$dir/bin/keras_parity" --test-threads 1 || status=1
+    KALLISTA_DEVICE=cuda:0 timeout 120 "$dir/bin/vision_keras_parity" --test-threads 1 || status=1
     echo "== W1: Kallista on the CPU backend, on the CUDA backend, and PyTorch on the card"
     export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-$(nproc)}"
     KALLISTA_DEVICE=cpu W1_STEPS=10 W1_INFER_STEPS=10 timeout 150 "$dir/bin/w1" --bench | tee -a "$out/w1.jsonl" || status=1

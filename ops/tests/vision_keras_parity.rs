@@ -3,7 +3,10 @@
 //! BatchNormalization moving statistics after a training-mode call. The
 //! fixture and the script that wrote it are in `tests/fixtures/`
 //! (`make_vision_fixtures.py`); weights and inputs come from a formula both
-//! sides compute.
+//! sides compute. `KALLISTA_DEVICE=cuda:0` runs them on the CUDA backend
+//! (`scripts/gpu-check.sh`).
+
+mod common;
 
 use kallista_ops::init::Rng;
 use kallista_ops::layers::*;
@@ -53,6 +56,7 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
 
 /// Compares outputs (both modes), loss, gradients and state updates with the fixture's `prefix/...`.
 fn assert_matches_keras(prefix: &str, mut model: Model, x: Vec<Data>, y: IntTensor) {
+    common::use_device_from_env();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vision_keras.safetensors");
     let fx = kallista_ops::model::read_safetensors(&path).unwrap().0;
     let get = |k: &str| fx.get(&format!("{prefix}/{k}")).unwrap_or_else(|| panic!("fixture lacks {prefix}/{k}"));
