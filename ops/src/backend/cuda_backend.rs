@@ -191,8 +191,9 @@ impl Backend for CudaBackend {
         let c_dense = c.col_stride == 1 && (m == 1 || c.row_stride >= n);
         let ldc = if c_dense && m > 1 { c.row_stride } else { n };
         let c_range = c.offset..c.offset + (m - 1) * ldc + n;
-        let c_host: Vec<f32> = if c_dense {
-            c.data[c_range.clone()].to_vec()
+        // Only a view with no unit column stride is packed; a dense one goes up from its own span.
+        let c_packed: Vec<f32> = if c_dense {
+            vec![]
         } else {
             (0..m)
                 .flat_map(|i| (0..n).map(move |j| (i, j)))
@@ -214,7 +215,7 @@ impl Backend for CudaBackend {
         let gpu = self.gpu()?;
         let a_dev = self.upload(&gpu, &a_op.span)?;
         let b_dev = self.upload(&gpu, &b_op.span)?;
-        let mut c_dev = self.upload(&gpu, &c_host)?;
+        let mut c_dev = self.upload(&gpu, if c_dense { &c.data[c_range.clone()] } else { &c_packed })?;
         // SAFETY: the spans hold every element the config reaches (checked bounds, leading
         // dimensions at least the stored rows), and each is a live device allocation.
         unsafe { gpu.blas.gemm(config, &b_dev, &a_dev, &mut c_dev) }.map_err(|e| self.error("cuBLAS SGEMM", e))?;
@@ -274,12 +275,13 @@ impl Backend for CudaBackend {
             unsafe { launch.launch(self.row_config(dy.len() / cols as usize)?) }
                 .map_err(|e| self.error("softmax backward", e))?;
         } else {
-            // Only GELU reads `x`; the others get `y` in its place.
-            let x_dev = if act == Activation::Gelu { self.upload(&gpu, x)? } else { y_dev.clone() };
+            // Only GELU reads `x`; the others get `y` in its place (no copy).
+            let x_dev = if act == Activation::Gelu { Some(self.upload(&gpu, x)?) } else { None };
+            let x_dev = x_dev.as_ref().unwrap_or(&y_dev);
             let (n, code) = (dy.len() as i64, act_code(act));
             self.launch_elementwise(dy.len(), |config| {
                 let mut launch = gpu.stream.launch_builder(&gpu.act_backward);
-                launch.arg(&x_dev).arg(&y_dev).arg(&mut dy_dev).arg(&n).arg(&code);
+                launch.arg(x_dev).arg(&y_dev).arg(&mut dy_dev).arg(&n).arg(&code);
                 // SAFETY: threads past `n` return at once.
                 unsafe { launch.launch(config) }.map(|_| ()).map_err(|e| self.error(act.name(), e))
             })?;
