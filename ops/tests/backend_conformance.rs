@@ -1,9 +1,12 @@
 //! The backend conformance suite, written once and run against each backend
 //! compiled in: matrix products over every view layout (plain, transposed,
 //! gapped rows, strided columns; overwrite and accumulate) and every
-//! activation forward and backward, against an f64 oracle; typed errors for
-//! bad views; and, for a non-CPU backend, a whole model's loss and gradients
-//! against the CPU backend's.
+//! activation forward and backward, against an f64 oracle; every other op
+//! family of the backend trait (copies, elementwise, reductions, embedding
+//! rows, losses, recurrent gates, im2col, depthwise, pooling, batch norm,
+//! optimizer updates; see `conformance/`); typed errors for bad views; and,
+//! for a non-CPU backend, a whole model's loss and gradients against the CPU
+//! backend's.
 //!
 //! Tolerances: a product element may differ from the oracle by 1e-4 of
 //! `Σ|a_ik·b_kj|` (1e-3 once the reduction is longer than 1024), an
@@ -11,13 +14,16 @@
 //! a plain `cargo test` lists them as ignored, never as passed, and
 //! `scripts/gpu-check.sh` runs them on a GPU machine.
 
+mod conformance;
+
 use kallista_ops::applications::{toy_task, video_qa, VideoQaDims};
+use kallista_ops::backend::calls::{LossCall, RecurrentCall};
 use kallista_ops::backend::{
     backend_for, cpu_backend, set_default_device, Activation, Backend, Device, MatMut, MatRef,
 };
 use kallista_ops::init::Rng;
 use kallista_ops::losses::Loss;
-use kallista_ops::optim::OptimizerConfig;
+use kallista_ops::optim::{OptimizerConfig, OptimizerKind};
 use std::sync::Mutex;
 
 const ACTIVATIONS: [Activation; 6] = [
@@ -291,6 +297,7 @@ fn conformance(be: &dyn Backend) -> Vec<String> {
         }
     }
     failures.extend(check_errors(be));
+    failures.extend(conformance::check_families(be));
     failures
 }
 
@@ -340,10 +347,53 @@ fn the_tolerances_catch_a_small_error() {
         ) -> kallista_ops::Result<()> {
             cpu_backend().activation_backward(act, x, y, dy, cols)
         }
+        fn recurrent(&self, call: RecurrentCall<'_>) -> kallista_ops::Result<()> {
+            match call {
+                RecurrentCall::LstmStep { step, dims, mask, gates, cs, tc, hprev, h_last } => {
+                    let call = RecurrentCall::LstmStep { step, dims, mask, gates: &mut *gates, cs, tc, hprev, h_last };
+                    cpu_backend().recurrent(call)?;
+                    gates[step * 4 * dims.units] *= 1.001;
+                    Ok(())
+                }
+                other => cpu_backend().recurrent(other),
+            }
+        }
+        fn loss(&self, call: LossCall<'_>) -> kallista_ops::Result<f64> {
+            Ok(cpu_backend().loss(call)? * 1.001)
+        }
+        fn optimizer_step(
+            &self,
+            rule: &OptimizerKind,
+            lr: f32,
+            step: u64,
+            w: &mut [f32],
+            g: &[f32],
+            slots: &mut [Vec<f32>],
+        ) -> kallista_ops::Result<()> {
+            cpu_backend().optimizer_step(rule, lr * 1.001, step, w, g, slots)
+        }
+        kallista_ops::host_kernels!(
+            copy,
+            elementwise,
+            sum_rows,
+            dot,
+            gather_rows,
+            scatter_add_rows,
+            im2col,
+            depthwise,
+            pool,
+            batch_norm
+        );
     }
     let failures = conformance(&OffByOne);
     assert!(failures.iter().any(|f| f.starts_with("matmul")), "a 0.1% product error passed");
     assert!(failures.iter().any(|f| f.starts_with("tanh") && f.contains("forward")), "a 0.1% tanh error passed");
+    assert!(failures.iter().any(|f| f.starts_with("lstm step 0 row 0: gates")), "a 0.1% gate error passed");
+    assert!(failures.iter().any(|f| f.contains("cross-entropy from logits: loss")), "a 0.1% loss error passed");
+    assert!(
+        failures.iter().any(|f| f.starts_with("Adam") && f.contains("weights")),
+        "a 0.1% learning-rate error passed"
+    );
 }
 
 /// Tests that change the process's default device take turns.

@@ -153,7 +153,7 @@ fn broken_backward_rule_is_caught() {
         }
         fn backward(&self, tape: &Tape, _o: Var, dy: &[f32], g: &mut autodiff::Gradients) -> Result<()> {
             let x = tape.value(self.0).data().to_vec();
-            g.accumulate(self.0, x.iter().zip(dy).map(|(x, d)| 2.2 * x * d).collect());
+            g.accumulate(self.0, x.iter().zip(dy).map(|(x, d)| 2.2 * x * d).collect())?;
             Ok(())
         }
     }

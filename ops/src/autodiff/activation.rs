@@ -43,7 +43,6 @@ impl Backward for ActivationBackward {
             &mut g,
             self.cols,
         )?;
-        grads.accumulate(self.x, g);
-        Ok(())
+        grads.accumulate(self.x, g)
     }
 }

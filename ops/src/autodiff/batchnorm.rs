@@ -10,6 +10,7 @@
 //! Sums run in f64 so that large batches of images lose no precision.
 
 use super::tape::{Backward, Gradients, Tape, Var};
+use crate::backend::calls::{BatchNormCall, ChannelStats};
 use crate::error::{OpsError, Result};
 use crate::tensor::Tensor;
 
@@ -51,27 +52,20 @@ pub fn batch_norm(
         }
     }
     let xv = tape.value(x).data();
-    let rows = xv.len() / c;
-    let (mean, var, moments) = match stats {
+    let be = tape.backend();
+    let training = matches!(stats, BatchNormStats::Batch);
+    let (mut mean, mut inv_std, mut scale) = (vec![0.0; c], vec![0.0; c], vec![0.0; c]);
+    let mut y = vec![0.0; xv.len()];
+    // The batch's own moments (training), in f64.
+    let (mut batch_mean, mut batch_var) = (vec![], vec![]);
+    let channel_stats = match stats {
         BatchNormStats::Batch => {
-            if rows == 0 {
+            if xv.is_empty() {
                 return Err(OpsError::shape("batch_norm", "batch statistics of an empty batch", &[&xs]));
             }
-            let mut sum = vec![0f64; c];
-            for r in xv.chunks_exact(c) {
-                sum.iter_mut().zip(r).for_each(|(s, v)| *s += *v as f64);
-            }
-            let mean: Vec<f64> = sum.iter().map(|s| s / rows as f64).collect();
-            let mut sq = vec![0f64; c];
-            for r in xv.chunks_exact(c) {
-                sq.iter_mut().zip(r).zip(&mean).for_each(|((s, v), m)| *s += (*v as f64 - m).powi(2));
-            }
-            let var: Vec<f64> = sq.iter().map(|s| s / rows as f64).collect();
-            let moments = BatchMoments {
-                mean: mean.iter().map(|v| *v as f32).collect(),
-                variance: var.iter().map(|v| *v as f32).collect(),
-            };
-            (mean, var, Some(moments))
+            (batch_mean, batch_var) = (vec![0f64; c], vec![0f64; c]);
+            be.batch_norm(BatchNormCall::Moments { c, x: xv, mean: &mut batch_mean, variance: &mut batch_var })?;
+            ChannelStats::Batch { mean: &batch_mean, variance: &batch_var }
         }
         BatchNormStats::Given { mean, variance } => {
             if tape.shape(mean) != [c] || tape.shape(variance) != [c] {
@@ -81,25 +75,22 @@ pub fn batch_norm(
                     &[&xs, tape.shape(mean), tape.shape(variance)],
                 ));
             }
-            let m = tape.value(mean).data().iter().map(|v| *v as f64).collect();
-            let v = tape.value(variance).data().iter().map(|v| *v as f64).collect();
-            (m, v, None)
+            ChannelStats::Given { mean: tape.value(mean).data(), variance: tape.value(variance).data() }
         }
     };
-    let inv_std: Vec<f32> = var.iter().map(|v| (1.0 / (v + epsilon as f64).sqrt()) as f32).collect();
-    let mean: Vec<f32> = mean.iter().map(|v| *v as f32).collect();
-    let g: Vec<f32> = gamma.map_or(vec![1.0; c], |v| tape.value(v).data().to_vec());
-    let b: Vec<f32> = beta.map_or(vec![0.0; c], |v| tape.value(v).data().to_vec());
-    // y = x * scale + shift with scale = gamma * inv_std, shift = beta - mean * scale.
-    let scale: Vec<f32> = g.iter().zip(&inv_std).map(|(g, s)| g * s).collect();
-    let shift: Vec<f32> = b.iter().zip(&mean).zip(&scale).map(|((b, m), s)| b - m * s).collect();
-    let mut y = vec![0.0; xv.len()];
-    for (yr, xr) in y.chunks_exact_mut(c).zip(xv.chunks_exact(c)) {
-        for (((o, v), s), t) in yr.iter_mut().zip(xr).zip(&scale).zip(&shift) {
-            *o = v * s + t;
-        }
-    }
-    let training = matches!(stats, BatchNormStats::Batch);
+    be.batch_norm(BatchNormCall::Normalize {
+        x: xv,
+        stats: channel_stats,
+        epsilon,
+        gamma: gamma.map(|v| tape.value(v).data()),
+        beta: beta.map(|v| tape.value(v).data()),
+        y: &mut y,
+        mean: &mut mean,
+        inv_std: &mut inv_std,
+        scale: &mut scale,
+    })?;
+    let narrow = |v: &[f64]| v.iter().map(|v| *v as f32).collect();
+    let moments = training.then(|| BatchMoments { mean: narrow(&batch_mean), variance: narrow(&batch_var) });
     let rule = BatchNormBackward { x, gamma, beta, mean, inv_std, scale, training };
     Ok((tape.push(Tensor::new(&xs, y)?, Box::new(rule)), moments))
 }
@@ -128,42 +119,36 @@ impl Backward for BatchNormBackward {
     fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
         let xv = tape.value(self.x).data();
         let c = self.mean.len();
-        let rows = xv.len() / c;
-        // Per channel: sum(dy) and sum(dy * x̂).
-        let mut sum_dy = vec![0f64; c];
-        let mut sum_dy_xhat = vec![0f64; c];
-        for (g, xr) in dy.chunks_exact(c).zip(xv.chunks_exact(c)) {
-            for ch in 0..c {
-                let xhat = (xr[ch] - self.mean[ch]) * self.inv_std[ch];
-                sum_dy[ch] += g[ch] as f64;
-                sum_dy_xhat[ch] += (g[ch] * xhat) as f64;
-            }
+        let be = tape.backend();
+        let want = |v: Option<Var>| v.is_some_and(|v| grads.wants(v));
+        let mut dgamma = if want(self.gamma) { vec![0.0; c] } else { vec![] };
+        let mut dbeta = if want(self.beta) { vec![0.0; c] } else { vec![] };
+        let (mut mean_dy, mut mean_dy_xhat) = (vec![0.0; c], vec![0.0; c]);
+        be.batch_norm(BatchNormCall::BackwardSums {
+            x: xv,
+            dy,
+            mean: &self.mean,
+            inv_std: &self.inv_std,
+            dgamma: want(self.gamma).then_some(&mut dgamma[..]),
+            dbeta: want(self.beta).then_some(&mut dbeta[..]),
+            mean_dy: &mut mean_dy,
+            mean_dy_xhat: &mut mean_dy_xhat,
+        })?;
+        if let (Some(b), true) = (self.beta, !dbeta.is_empty()) {
+            grads.accumulate(b, dbeta)?;
         }
-        if let Some(b) = self.beta {
-            if let Some(db) = grads.slot(b, c) {
-                db.iter_mut().zip(&sum_dy).for_each(|(d, s)| *d += *s as f32);
-            }
-        }
-        if let Some(gm) = self.gamma {
-            if let Some(dg) = grads.slot(gm, c) {
-                dg.iter_mut().zip(&sum_dy_xhat).for_each(|(d, s)| *d += *s as f32);
-            }
+        if let (Some(g), true) = (self.gamma, !dgamma.is_empty()) {
+            grads.accumulate(g, dgamma)?;
         }
         let Some(dx) = grads.slot(self.x, xv.len()) else { return Ok(()) };
-        if !self.training {
-            for (d, g) in dx.chunks_exact_mut(c).zip(dy.chunks_exact(c)) {
-                d.iter_mut().zip(g).zip(&self.scale).for_each(|((d, g), s)| *d += g * s);
-            }
-            return Ok(());
-        }
-        let mean_dy: Vec<f32> = sum_dy.iter().map(|s| (s / rows as f64) as f32).collect();
-        let mean_dy_xhat: Vec<f32> = sum_dy_xhat.iter().map(|s| (s / rows as f64) as f32).collect();
-        for ((d, g), xr) in dx.chunks_exact_mut(c).zip(dy.chunks_exact(c)).zip(xv.chunks_exact(c)) {
-            for ch in 0..c {
-                let xhat = (xr[ch] - self.mean[ch]) * self.inv_std[ch];
-                d[ch] += self.scale[ch] * (g[ch] - mean_dy[ch] - xhat * mean_dy_xhat[ch]);
-            }
-        }
-        Ok(())
+        be.batch_norm(BatchNormCall::BackwardInput {
+            x: xv,
+            dy,
+            mean: &self.mean,
+            inv_std: &self.inv_std,
+            scale: &self.scale,
+            batch_means: self.training.then_some((&mean_dy[..], &mean_dy_xhat[..])),
+            dx,
+        })
     }
 }

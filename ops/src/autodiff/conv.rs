@@ -16,7 +16,7 @@
 
 use super::tape::{Backward, Gradients, Tape, Var};
 use super::window::{nhwc, Padding, Window2d};
-use crate::backend::{Activation, MatMut, MatRef};
+use crate::backend::{calls::Im2colCall, Activation, Backend, MatMut, MatRef};
 use crate::error::{OpsError, Result};
 use crate::tensor::Tensor;
 
@@ -73,7 +73,7 @@ pub fn conv2d(
     with_scratch(|scratch| -> Result<()> {
         for (f0, f1) in geo.blocks() {
             let rows = (f1 - f0) * geo.out_pixels();
-            let lhs = geo.cols(xv, f0, f1, &mut scratch.cols);
+            let lhs = geo.cols(be, xv, f0, f1, &mut scratch.cols)?;
             let out = &mut y[f0 * geo.out_pixels() * o..f1 * geo.out_pixels() * o];
             be.matmul(
                 MatRef::dense(lhs, rows, geo.kk()),
@@ -83,7 +83,8 @@ pub fn conv2d(
             )?;
             // Bias and activation while the block is still in cache.
             if let Some(bv) = bv {
-                out.chunks_exact_mut(o).for_each(|r| r.iter_mut().zip(bv).for_each(|(a, b)| *a += b));
+                let bias_rows = MatRef { data: bv, offset: 0, rows, cols: o, row_stride: 0, col_stride: 1 };
+                be.copy(bias_rows, MatMut::dense(out, rows, o), true)?;
             }
             be.activation_forward(act, out, o)?;
         }
@@ -121,82 +122,32 @@ impl ConvGeometry {
     }
 
     /// The im2col rows of images `[f0, f1)`: `x` itself for a pointwise conv, else built in `buf`.
-    fn cols<'a>(&self, x: &'a [f32], f0: usize, f1: usize, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    fn cols<'a>(
+        &self,
+        be: &dyn Backend,
+        x: &'a [f32],
+        f0: usize,
+        f1: usize,
+        buf: &'a mut Vec<f32>,
+    ) -> Result<&'a [f32]> {
         let img = self.win.in_h * self.win.in_w * self.c;
         if self.win.is_pointwise() {
-            return &x[f0 * img..f1 * img];
+            return Ok(&x[f0 * img..f1 * img]);
         }
-        let kk = self.kk();
-        buf.resize((f1 - f0) * self.out_pixels() * kk, 0.0);
-        let w = &self.win;
-        let c = self.c;
-        // With dilation 1, the kw taps of one kernel row are kw * c contiguous input
-        // values whenever the window lies inside the input horizontally: one copy.
-        let contiguous = w.dw == 1;
-        let mut row = 0;
-        for f in f0..f1 {
-            let xi = &x[f * img..(f + 1) * img];
-            for oy in 0..w.out_h {
-                for ox in 0..w.out_w {
-                    let dst = &mut buf[row * kk..(row + 1) * kk];
-                    let first = w.in_col(ox, 0);
-                    let inside = contiguous && first.is_some() && w.in_col(ox, w.kw - 1).is_some();
-                    for ky in 0..w.kh {
-                        let seg = &mut dst[ky * w.kw * c..(ky + 1) * w.kw * c];
-                        let Some(iy) = w.in_row(oy, ky) else {
-                            seg.fill(0.0);
-                            continue;
-                        };
-                        if let (true, Some(ix)) = (inside, first) {
-                            let at = (iy * w.in_w + ix) * c;
-                            copy_floats(seg, &xi[at..at + w.kw * c]);
-                            continue;
-                        }
-                        for kx in 0..w.kw {
-                            let d = &mut seg[kx * c..(kx + 1) * c];
-                            match w.in_col(ox, kx) {
-                                Some(ix) => copy_floats(d, &xi[(iy * w.in_w + ix) * c..(iy * w.in_w + ix + 1) * c]),
-                                None => d.fill(0.0),
-                            }
-                        }
-                    }
-                    row += 1;
-                }
-            }
-        }
-        buf
+        buf.resize((f1 - f0) * self.out_pixels() * self.kk(), 0.0);
+        be.im2col(Im2colCall::Gather { win: &self.win, c: self.c, x, images: (f0, f1), cols: buf })?;
+        Ok(buf)
     }
 
     /// Adds the im2col-shaped gradient `dcols` of images `[f0, f1)` onto `dx` (col2im).
-    fn add_cols(&self, dcols: &[f32], f0: usize, f1: usize, dx: &mut [f32]) {
+    fn add_cols(&self, be: &dyn Backend, dcols: &[f32], f0: usize, f1: usize, dx: &mut [f32]) -> Result<()> {
         let img = self.win.in_h * self.win.in_w * self.c;
-        let kk = self.kk();
-        let w = &self.win;
-        let c = self.c;
-        if w.is_pointwise() {
-            dx[f0 * img..f1 * img].iter_mut().zip(dcols).for_each(|(a, g)| *a += g);
-            return;
+        if self.win.is_pointwise() {
+            let n = (f1 - f0) * img;
+            let dst = MatMut { data: dx, offset: f0 * img, rows: 1, cols: n, row_stride: n, col_stride: 1 };
+            return be.copy(MatRef::dense(dcols, 1, n), dst, true);
         }
-        let mut row = 0;
-        for f in f0..f1 {
-            let xi = &mut dx[f * img..(f + 1) * img];
-            for oy in 0..w.out_h {
-                for ox in 0..w.out_w {
-                    let src = &dcols[row * kk..(row + 1) * kk];
-                    for ky in 0..w.kh {
-                        let Some(iy) = w.in_row(oy, ky) else { continue };
-                        for kx in 0..w.kw {
-                            if let Some(ix) = w.in_col(ox, kx) {
-                                let s = &src[(ky * w.kw + kx) * c..(ky * w.kw + kx + 1) * c];
-                                let d = &mut xi[(iy * w.in_w + ix) * c..(iy * w.in_w + ix + 1) * c];
-                                d.iter_mut().zip(s).for_each(|(a, g)| *a += g);
-                            }
-                        }
-                    }
-                    row += 1;
-                }
-            }
-        }
+        be.im2col(Im2colCall::ScatterAdd { win: &self.win, c: self.c, cols: dcols, images: (f0, f1), dx })
     }
 }
 
@@ -232,26 +183,6 @@ fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
     })
 }
 
-/// `dst = src` for the short runs of im2col (a kernel row of a few channels):
-/// fixed-size 8-float moves instead of a `memcpy` call per run, which costs more
-/// than the copy itself when `kw * c` is 9 (RGB input).
-#[inline(always)]
-fn copy_floats(dst: &mut [f32], src: &[f32]) {
-    if dst.len() >= 64 {
-        dst.copy_from_slice(src);
-        return;
-    }
-    let mut d = dst.chunks_exact_mut(8);
-    let mut s = src.chunks_exact(8);
-    for (d, s) in (&mut d).zip(&mut s) {
-        let s: &[f32; 8] = s.try_into().expect("chunks of 8");
-        d.copy_from_slice(s);
-    }
-    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
-        *d = *s;
-    }
-}
-
 struct Conv2dBackward {
     x: Var,
     kernel: Var,
@@ -279,7 +210,7 @@ impl Backward for Conv2dBackward {
         let want_dk = grads.wants(self.kernel);
         let want_db = self.bias.is_some_and(|b| grads.wants(b));
         // kernelᵀ as a dense [O, kk] matrix, so that the dCols GEMM reads both operands row-major.
-        let kt = if want_dx { super::transpose(tape.value(self.kernel).data(), kk, o) } else { vec![] };
+        let kt = if want_dx { super::transpose(be, tape.value(self.kernel).data(), kk, o)? } else { vec![] };
         let mut dk = if want_dk { vec![0.0; kk * o] } else { vec![] };
         let mut db = vec![0.0; if want_db { o } else { 0 }];
         let mut dx = if want_dx { vec![0.0; xv.len()] } else { vec![] };
@@ -287,35 +218,33 @@ impl Backward for Conv2dBackward {
             for (f0, f1) in g.blocks() {
                 let rows = (f1 - f0) * px;
                 let span = f0 * px * o..f1 * px * o;
-                dz.clear();
-                dz.extend_from_slice(&dy[span.clone()]);
+                dz.resize(rows * o, 0.0);
+                be.copy(MatRef::dense(&dy[span.clone()], rows, o), MatMut::dense(dz, rows, o), false)?;
                 be.activation_backward(self.act, &[], &yv[span], dz, o)?;
                 if want_db {
-                    for r in dz.chunks_exact(o) {
-                        db.iter_mut().zip(r).for_each(|(a, v)| *a += v);
-                    }
+                    be.sum_rows(dz, o, &mut db)?;
                 }
                 let dz_m = MatRef::dense(dz, rows, o);
                 if want_dk {
-                    let lhs = g.cols(xv, f0, f1, cols);
+                    let lhs = g.cols(be, xv, f0, f1, cols)?;
                     be.matmul(MatRef::dense(lhs, rows, kk).t(), dz_m, MatMut::dense(&mut dk, kk, o), true)?;
                 }
                 if want_dx {
                     dcols.resize(rows * kk, 0.0);
                     be.matmul(dz_m, MatRef::dense(&kt, o, kk), MatMut::dense(dcols, rows, kk), false)?;
-                    g.add_cols(dcols, f0, f1, &mut dx);
+                    g.add_cols(be, dcols, f0, f1, &mut dx)?;
                 }
             }
             Ok(())
         })?;
         if let (true, Some(b)) = (want_db, self.bias) {
-            grads.accumulate(b, db);
+            grads.accumulate(b, db)?;
         }
         if want_dk {
-            grads.accumulate(self.kernel, dk);
+            grads.accumulate(self.kernel, dk)?;
         }
         if want_dx {
-            grads.accumulate(self.x, dx);
+            grads.accumulate(self.x, dx)?;
         }
         Ok(())
     }

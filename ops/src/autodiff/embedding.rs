@@ -13,25 +13,28 @@ pub fn embedding(tape: &mut Tape, table: Var, ids: &IntTensor, layer: &str) -> R
         return Err(OpsError::shape("embedding", "table must be [V, d]", &[&ts]));
     }
     let (vocab, d) = (ts[0], ts[1]);
-    let per_row: usize = ids.shape().iter().skip(1).product::<usize>().max(1);
-    let tv = tape.value(table).data();
+    check_ids(ids, vocab, layer)?;
     let mut y = vec![0.0; ids.len() * d];
-    for (i, &id) in ids.data().iter().enumerate() {
-        if id < 0 || id as usize >= vocab {
-            return Err(OpsError::TokenOutOfRange {
-                layer: layer.to_string(),
-                id: id as i64,
-                row: i / per_row,
-                pos: i % per_row,
-                input_dim: vocab,
-            });
-        }
-        let id = id as usize;
-        y[i * d..(i + 1) * d].copy_from_slice(&tv[id * d..(id + 1) * d]);
-    }
+    tape.backend().gather_rows(tape.value(table).data(), d, ids.data(), &mut y)?;
     let mut shape = ids.shape().to_vec();
     shape.push(d);
     Ok(tape.push(Tensor::new(&shape, y)?, Box::new(EmbeddingBackward { table, ids: ids.clone(), vocab, d })))
+}
+
+/// Checks that every id indexes the table, naming the first one that does not
+/// by its row and position (ids are `[B, ...]`).
+pub(crate) fn check_ids(ids: &IntTensor, vocab: usize, layer: &str) -> Result<()> {
+    let per_row: usize = ids.shape().iter().skip(1).product::<usize>().max(1);
+    match ids.data().iter().position(|&id| id < 0 || id as usize >= vocab) {
+        None => Ok(()),
+        Some(i) => Err(OpsError::TokenOutOfRange {
+            layer: layer.to_string(),
+            id: ids.data()[i] as i64,
+            row: i / per_row,
+            pos: i % per_row,
+            input_dim: vocab,
+        }),
+    }
 }
 
 struct EmbeddingBackward {
@@ -48,13 +51,9 @@ impl Backward for EmbeddingBackward {
     fn inputs(&self) -> Vec<Var> {
         vec![self.table]
     }
-    fn backward(&self, _tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
-        let d = self.d;
-        if let Some(dt) = grads.slot(self.table, self.vocab * d) {
-            for (i, &id) in self.ids.data().iter().enumerate() {
-                let id = id as usize;
-                dt[id * d..(id + 1) * d].iter_mut().zip(&dy[i * d..(i + 1) * d]).for_each(|(a, b)| *a += b);
-            }
+    fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
+        if let Some(dt) = grads.slot(self.table, self.vocab * self.d) {
+            tape.backend().scatter_add_rows(self.ids.data(), self.d, dy, dt)?;
         }
         Ok(())
     }

@@ -5,11 +5,12 @@
 //! `hh = tanh(x_h + r * (h_{t-1}·U_h + b_rh))`, `h = z * h_{t-1} + (1 - z) * hh`.
 //! Masked steps carry `h` and repeat the previous output.
 
+use super::lstm::{add_step_gradient, sequence_output};
 use super::tape::{Backward, Gradients, Tape, Var};
 use super::Mask;
-use crate::backend::{math, MatMut, MatRef};
+use crate::backend::calls::{RecurrentCall, SequenceDims};
+use crate::backend::{MatMut, MatRef};
 use crate::error::{OpsError, Result};
-use crate::tensor::Tensor;
 
 /// Options of [`gru`].
 #[derive(Clone, Debug, Default)]
@@ -45,7 +46,7 @@ pub fn gru(tape: &mut Tape, x: Var, kernel: Var, recurrent: Var, bias: Option<Va
     let bd: &[f32] = bias.map_or(&zero_bias, |bv| tape.value(bv).data());
     // xz rows: x·K + b_in for all steps; after the step they hold z, r, hh (activated).
     let mut xz = vec![0.0; b * t * g3];
-    xz.chunks_mut(g3).for_each(|r| r.copy_from_slice(&bd[..g3]));
+    super::linear::broadcast_rows(be, &bd[..g3], &mut xz, b * t)?;
     be.matmul(
         MatRef::dense(tape.value(x).data(), b * t, i),
         MatRef::dense(tape.value(kernel).data(), i, g3),
@@ -55,10 +56,11 @@ pub fn gru(tape: &mut Tape, x: Var, kernel: Var, recurrent: Var, bias: Option<Va
     let rk = tape.value(recurrent).data();
     // rec rows: h_{t-1}·U + b_rec (raw; its h part is needed by the backward pass).
     let mut rec = vec![0.0; b * t * g3];
-    rec.chunks_mut(g3).for_each(|r| r.copy_from_slice(&bd[g3..]));
+    super::linear::broadcast_rows(be, &bd[g3..], &mut rec, b * t)?;
     let mut hprev = vec![0.0; b * t * u];
     let mut h_last = vec![0.0; b * u];
-    let mut h_new = vec![0.0; u];
+    let dims = SequenceDims { batch: b, steps: t, units: u };
+    let mask = opts.mask.as_ref().map(|m| m.as_slice());
     for step in 0..t {
         if step > 0 {
             be.matmul(
@@ -68,47 +70,10 @@ pub fn gru(tape: &mut Tape, x: Var, kernel: Var, recurrent: Var, bias: Option<Va
                 true,
             )?;
         }
-        for row in 0..b {
-            let r = row * t + step;
-            let valid = opts.mask.as_ref().is_none_or(|m| m[r]);
-            let z = &mut xz[r * g3..(r + 1) * g3];
-            let rc = &rec[r * g3..(r + 1) * g3];
-            for k in 0..2 * u {
-                z[k] += rc[k];
-            }
-            math::sigmoid_inplace(&mut z[..2 * u]);
-            for k in 0..u {
-                z[2 * u + k] += z[u + k] * rc[2 * u + k];
-            }
-            math::tanh_inplace(&mut z[2 * u..]);
-            let hp = &hprev[r * u..(r + 1) * u];
-            if valid {
-                for k in 0..u {
-                    h_new[k] = z[k] * hp[k] + (1.0 - z[k]) * z[2 * u + k];
-                }
-            } else {
-                h_new.copy_from_slice(hp);
-            }
-            if step + 1 < t {
-                hprev[(r + 1) * u..(r + 2) * u].copy_from_slice(&h_new);
-            } else {
-                h_last[row * u..(row + 1) * u].copy_from_slice(&h_new);
-            }
-        }
+        let (xz, rec, hprev, h_last) = (&mut xz, &rec, &mut hprev, &mut h_last);
+        be.recurrent(RecurrentCall::GruStep { step, dims, mask, xz, rec, hprev, h_last })?;
     }
-    let out = if opts.return_sequences {
-        let mut y = vec![0.0; b * t * u];
-        for row in 0..b {
-            for step in 0..t {
-                let r = row * t + step;
-                let src = if step + 1 < t { &hprev[(r + 1) * u..(r + 2) * u] } else { &h_last[row * u..(row + 1) * u] };
-                y[r * u..(r + 1) * u].copy_from_slice(src);
-            }
-        }
-        Tensor::new(&[b, t, u], y)?
-    } else {
-        Tensor::new(&[b, u], h_last)?
-    };
+    let out = sequence_output(be, &hprev, h_last, dims, opts.return_sequences)?;
     let rule = GruBackward { x, kernel, recurrent, bias, opts, dims: (b, t, i, u), xz, rec, hprev };
     Ok(tape.push(out, Box::new(rule)))
 }
@@ -138,48 +103,29 @@ impl Backward for GruBackward {
         let (b, t, i, u) = self.dims;
         let g3 = 3 * u;
         let be = tape.backend();
-        let rk_t = super::transpose(tape.value(self.recurrent).data(), u, g3);
+        let rk_t = super::transpose(be, tape.value(self.recurrent).data(), u, g3)?;
+        let dims = SequenceDims { batch: b, steps: t, units: u };
+        let mask = self.opts.mask.as_ref().map(|m| m.as_slice());
         let mut dxz = vec![0.0; b * t * g3];
         let mut drec = vec![0.0; b * t * g3];
         let mut dh = if self.opts.return_sequences { vec![0.0; b * u] } else { dy.to_vec() };
         let mut dh_next = vec![0.0; b * u];
         for step in (0..t).rev() {
             if self.opts.return_sequences {
-                for row in 0..b {
-                    let src = &dy[(row * t + step) * u..(row * t + step + 1) * u];
-                    dh[row * u..(row + 1) * u].iter_mut().zip(src).for_each(|(a, g)| *a += g);
-                }
+                add_step_gradient(be, dy, step, dims, &mut dh)?;
             }
-            for row in 0..b {
-                let r = row * t + step;
-                let valid = self.opts.mask.as_ref().is_none_or(|m| m[r]);
-                let dhr = &dh[row * u..(row + 1) * u];
-                let dnr = &mut dh_next[row * u..(row + 1) * u];
-                if !valid {
-                    dnr.copy_from_slice(dhr);
-                    continue;
-                }
-                let z = &self.xz[r * g3..(r + 1) * g3];
-                let rc = &self.rec[r * g3..(r + 1) * g3];
-                let hp = &self.hprev[r * u..(r + 1) * u];
-                let dx_r = &mut dxz[r * g3..(r + 1) * g3];
-                let dr_r = &mut drec[r * g3..(r + 1) * g3];
-                for k in 0..u {
-                    let (zg, rg, hh) = (z[k], z[u + k], z[2 * u + k]);
-                    let dzg = dhr[k] * (hp[k] - hh);
-                    let dah = dhr[k] * (1.0 - zg) * (1.0 - hh * hh);
-                    let drg = dah * rc[2 * u + k];
-                    let daz = dzg * zg * (1.0 - zg);
-                    let dar = drg * rg * (1.0 - rg);
-                    dx_r[k] = daz;
-                    dx_r[u + k] = dar;
-                    dx_r[2 * u + k] = dah;
-                    dr_r[k] = daz;
-                    dr_r[u + k] = dar;
-                    dr_r[2 * u + k] = dah * rg;
-                    dnr[k] = dhr[k] * zg;
-                }
-            }
+            be.recurrent(RecurrentCall::GruStepBackward {
+                step,
+                dims,
+                mask,
+                xz: &self.xz,
+                rec: &self.rec,
+                hprev: &self.hprev,
+                dh: &dh,
+                dh_prev: &mut dh_next,
+                dxz: &mut dxz,
+                drec: &mut drec,
+            })?;
             if step > 0 {
                 // dh_{t-1} += dREC_t · U^T (masked rows have dREC = 0).
                 be.matmul(
@@ -205,10 +151,9 @@ impl Backward for GruBackward {
         }
         if let Some(bv) = self.bias {
             if let Some(db) = grads.slot(bv, 2 * g3) {
-                for (rx, rr) in dxz.chunks(g3).zip(drec.chunks(g3)) {
-                    db[..g3].iter_mut().zip(rx).for_each(|(a, g)| *a += g);
-                    db[g3..].iter_mut().zip(rr).for_each(|(a, g)| *a += g);
-                }
+                let (db_in, db_rec) = db.split_at_mut(g3);
+                be.sum_rows(&dxz, g3, db_in)?;
+                be.sum_rows(&drec, g3, db_rec)?;
             }
         }
         if let Some(dx) = grads.slot(self.x, b * t * i) {

@@ -2,7 +2,7 @@
 //! and `weighted_sum` (the scalar projection gradient checks use).
 
 use super::tape::{Backward, Gradients, Tape, Var};
-use crate::backend::{MatMut, MatRef};
+use crate::backend::{calls::Elementwise, Backend, MatMut, MatRef};
 use crate::error::{OpsError, Result};
 use crate::tensor::Tensor;
 use std::sync::Arc;
@@ -24,8 +24,7 @@ pub fn dense(tape: &mut Tape, x: Var, kernel: Var, bias: Option<Var>) -> Result<
     let rows = tape.value(x).len() / inp.max(1);
     let mut y = vec![0.0; rows * out];
     if let Some(b) = bias {
-        let bv = tape.value(b).data();
-        y.chunks_mut(out).for_each(|r| r.copy_from_slice(bv));
+        broadcast_rows(tape.backend(), tape.value(b).data(), &mut y, rows)?;
     }
     tape.backend().matmul(
         MatRef::dense(tape.value(x).data(), rows, inp),
@@ -71,13 +70,18 @@ impl Backward for DenseBackward {
         }
         if let Some(b) = self.bias {
             if let Some(db) = grads.slot(b, out) {
-                for r in dy.chunks(out) {
-                    db.iter_mut().zip(r).for_each(|(a, g)| *a += g);
-                }
+                tape.backend().sum_rows(dy, out, db)?;
             }
         }
         Ok(())
     }
+}
+
+/// Fills each of the `rows` rows of `y` with `row` (a bias before a product adds onto it).
+pub(crate) fn broadcast_rows(be: &dyn Backend, row: &[f32], y: &mut [f32], rows: usize) -> Result<()> {
+    let cols = row.len();
+    let src = MatRef { data: row, offset: 0, rows, cols, row_stride: 0, col_stride: 1 };
+    be.copy(src, MatMut::dense(y, rows, cols), false)
 }
 
 /// Elementwise `a + b` (same shapes).
@@ -85,7 +89,8 @@ pub fn add(tape: &mut Tape, a: Var, b: Var) -> Result<Var> {
     if tape.shape(a) != tape.shape(b) {
         return Err(OpsError::shape("add", "operands must have the same shape", &[tape.shape(a), tape.shape(b)]));
     }
-    let y: Vec<f32> = tape.value(a).data().iter().zip(tape.value(b).data()).map(|(x, y)| x + y).collect();
+    let mut y = vec![0.0; tape.value(a).len()];
+    tape.backend().elementwise(Elementwise::Add { a: tape.value(a).data(), b: tape.value(b).data(), out: &mut y })?;
     let shape = tape.shape(a).to_vec();
     Ok(tape.push(Tensor::new(&shape, y)?, Box::new(AddBackward { a, b })))
 }
@@ -103,8 +108,8 @@ impl Backward for AddBackward {
         vec![self.a, self.b]
     }
     fn backward(&self, _tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
-        grads.accumulate(self.a, dy.to_vec());
-        grads.accumulate(self.b, dy.to_vec());
+        grads.accumulate(self.a, dy.to_vec())?;
+        grads.accumulate(self.b, dy.to_vec())?;
         Ok(())
     }
 }
@@ -114,7 +119,9 @@ pub fn dropout(tape: &mut Tape, x: Var, scale: Arc<Vec<f32>>) -> Result<Var> {
     if scale.len() != tape.value(x).len() {
         return Err(OpsError::shape("dropout", "mask size differs from input", &[tape.shape(x), &[scale.len()]]));
     }
-    let y: Vec<f32> = tape.value(x).data().iter().zip(scale.iter()).map(|(a, s)| a * s).collect();
+    let mut y = vec![0.0; scale.len()];
+    let call = Elementwise::Mul { a: tape.value(x).data(), b: &scale, out: &mut y, accumulate: false };
+    tape.backend().elementwise(call)?;
     let shape = tape.shape(x).to_vec();
     Ok(tape.push(Tensor::new(&shape, y)?, Box::new(DropoutBackward { x, scale })))
 }
@@ -131,9 +138,9 @@ impl Backward for DropoutBackward {
     fn inputs(&self) -> Vec<Var> {
         vec![self.x]
     }
-    fn backward(&self, _tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
+    fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
         if let Some(dx) = grads.slot(self.x, dy.len()) {
-            dx.iter_mut().zip(dy.iter().zip(self.scale.iter())).for_each(|(d, (g, s))| *d += g * s);
+            tape.backend().elementwise(Elementwise::Mul { a: dy, b: &self.scale, out: dx, accumulate: true })?;
         }
         Ok(())
     }
@@ -144,7 +151,7 @@ pub fn weighted_sum(tape: &mut Tape, x: Var, w: Tensor) -> Result<Var> {
     if tape.shape(x) != w.shape() {
         return Err(OpsError::shape("weighted_sum", "weights must match x", &[tape.shape(x), w.shape()]));
     }
-    let s: f64 = tape.value(x).data().iter().zip(w.data()).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
+    let s = tape.backend().dot(tape.value(x).data(), w.data())?;
     Ok(tape.push(Tensor::scalar(s as f32), Box::new(WeightedSumBackward { x, w })))
 }
 
@@ -160,10 +167,10 @@ impl Backward for WeightedSumBackward {
     fn inputs(&self) -> Vec<Var> {
         vec![self.x]
     }
-    fn backward(&self, _tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
-        let g = dy[0];
+    fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
         if let Some(dx) = grads.slot(self.x, self.w.len()) {
-            dx.iter_mut().zip(self.w.data()).for_each(|(d, w)| *d += g * w);
+            let call = Elementwise::Scale { x: self.w.data(), scale: dy[0], offset: None, out: dx, accumulate: true };
+            tape.backend().elementwise(call)?;
         }
         Ok(())
     }
@@ -171,7 +178,10 @@ impl Backward for WeightedSumBackward {
 
 /// `x * scale + offset` elementwise with scalar constants (Keras `Rescaling`).
 pub fn scale_shift(tape: &mut Tape, x: Var, scale: f32, offset: f32) -> Result<Var> {
-    let y: Vec<f32> = tape.value(x).data().iter().map(|v| v * scale + offset).collect();
+    let mut y = vec![0.0; tape.value(x).len()];
+    let call =
+        Elementwise::Scale { x: tape.value(x).data(), scale, offset: Some(offset), out: &mut y, accumulate: false };
+    tape.backend().elementwise(call)?;
     let shape = tape.shape(x).to_vec();
     Ok(tape.push(Tensor::new(&shape, y)?, Box::new(ScaleShiftBackward { x, scale })))
 }
@@ -188,9 +198,10 @@ impl Backward for ScaleShiftBackward {
     fn inputs(&self) -> Vec<Var> {
         vec![self.x]
     }
-    fn backward(&self, _tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
+    fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
         if let Some(dx) = grads.slot(self.x, dy.len()) {
-            dx.iter_mut().zip(dy).for_each(|(d, g)| *d += g * self.scale);
+            let call = Elementwise::Scale { x: dy, scale: self.scale, offset: None, out: dx, accumulate: true };
+            tape.backend().elementwise(call)?;
         }
         Ok(())
     }

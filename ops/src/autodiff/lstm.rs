@@ -10,7 +10,8 @@
 
 use super::tape::{Backward, Gradients, Tape, Var};
 use super::Mask;
-use crate::backend::{math, Backend, MatMut, MatRef};
+use crate::backend::calls::{RecurrentCall, SequenceDims};
+use crate::backend::{Backend, MatMut, MatRef};
 use crate::error::{OpsError, Result};
 use crate::tensor::{IntTensor, Tensor};
 
@@ -74,15 +75,10 @@ pub fn lstm_over_projected_tokens(
     if opts.mask.as_ref().is_some_and(|m| m.len() != b * t) {
         return Err(OpsError::shape("lstm", "mask must be [B, T]", &[&[b, t]]));
     }
-    let mut gates = vec![0.0; b * t * g4];
-    for (r, (&id, row)) in ids.data().iter().zip(gates.chunks_mut(g4)).enumerate() {
-        if id < 0 || id as usize >= vocab {
-            let (layer, input_dim) = (embedding_layer.to_string(), vocab);
-            return Err(OpsError::TokenOutOfRange { layer, id: id as i64, row: r / t, pos: r % t, input_dim });
-        }
-        row.copy_from_slice(&table.data()[id as usize * g4..(id as usize + 1) * g4]);
-    }
+    super::embedding::check_ids(ids, vocab, embedding_layer)?;
     let be = tape.backend();
+    let mut gates = vec![0.0; b * t * g4];
+    be.gather_rows(table.data(), g4, ids.data(), &mut gates)?;
     let run = recur(be, gates, tape.value(recurrent).data(), (b, t, rs[0]), &opts)?;
     Ok(tape.leaf(run.out, false))
 }
@@ -102,7 +98,7 @@ pub fn input_projection(
 ) -> Result<Vec<f32>> {
     let mut gates = vec![0.0; rows * g4];
     if let Some(bd) = bias {
-        gates.chunks_mut(g4).for_each(|r| r.copy_from_slice(bd));
+        super::linear::broadcast_rows(be, bd, &mut gates, rows)?;
     }
     let (x, k) = (MatRef::dense(x, rows, inputs), MatRef::dense(kernel, inputs, g4));
     be.matmul(x, k, MatMut::dense(&mut gates, rows, g4), bias.is_some())?;
@@ -136,7 +132,8 @@ fn recur(
     let mut cs = vec![0.0; b * t * u];
     let mut tc = vec![0.0; b * t * u];
     let mut h_last = vec![0.0; b * u];
-    let mut h_new = vec![0.0; u];
+    let dims = SequenceDims { batch: b, steps: t, units: u };
+    let mask = opts.mask.as_ref().map(|m| m.as_slice());
     for step in 0..t {
         if step > 0 {
             be.matmul(
@@ -146,58 +143,48 @@ fn recur(
                 true,
             )?;
         }
-        for row in 0..b {
-            let r = row * t + step;
-            let z = &mut gates[r * g4..(r + 1) * g4];
-            math::sigmoid_inplace(&mut z[..2 * u]);
-            math::tanh_inplace(&mut z[2 * u..3 * u]);
-            math::sigmoid_inplace(&mut z[3 * u..]);
-            let valid = opts.mask.as_ref().is_none_or(|m| m[r]);
-            let (before, rest) = cs.split_at_mut(r * u);
-            let c_now = &mut rest[..u];
-            let c_prev: Option<&[f32]> = if step > 0 { Some(&before[(r - 1) * u..r * u]) } else { None };
-            if valid {
-                for k in 0..u {
-                    let cp = c_prev.map_or(0.0, |c| c[k]);
-                    c_now[k] = z[u + k] * cp + z[k] * z[2 * u + k];
-                }
-            } else {
-                match c_prev {
-                    Some(cp) => c_now.copy_from_slice(cp),
-                    None => c_now.fill(0.0),
-                }
-            }
-            let tcr = &mut tc[r * u..(r + 1) * u];
-            tcr.copy_from_slice(c_now);
-            math::tanh_inplace(tcr);
-            if valid {
-                for k in 0..u {
-                    h_new[k] = z[3 * u + k] * tcr[k];
-                }
-            } else {
-                h_new.copy_from_slice(&hprev[r * u..(r + 1) * u]);
-            }
-            if step + 1 < t {
-                hprev[(r + 1) * u..(r + 2) * u].copy_from_slice(&h_new);
-            } else {
-                h_last[row * u..(row + 1) * u].copy_from_slice(&h_new);
-            }
-        }
+        let (gates, cs, tc, hprev, h_last) = (&mut gates, &mut cs, &mut tc, &mut hprev, &mut h_last);
+        be.recurrent(RecurrentCall::LstmStep { step, dims, mask, gates, cs, tc, hprev, h_last })?;
     }
-    let out = if opts.return_sequences {
-        let mut y = vec![0.0; b * t * u];
-        for row in 0..b {
-            for step in 0..t {
-                let r = row * t + step;
-                let src = if step + 1 < t { &hprev[(r + 1) * u..(r + 2) * u] } else { &h_last[row * u..(row + 1) * u] };
-                y[r * u..(r + 1) * u].copy_from_slice(src);
-            }
-        }
-        Tensor::new(&[b, t, u], y)?
-    } else {
-        Tensor::new(&[b, u], h_last)?
-    };
+    let out = sequence_output(be, &hprev, h_last, dims, opts.return_sequences)?;
     Ok(Recurrence { out, gates, cs, tc, hprev })
+}
+
+/// The recurrent op's output: every step's `h` (`[B, T, u]`, step `t` being
+/// row `t + 1` of `hprev`, the last step `h_last`) or the last one (`[B, u]`).
+pub(crate) fn sequence_output(
+    be: &dyn Backend,
+    hprev: &[f32],
+    h_last: Vec<f32>,
+    SequenceDims { batch: b, steps: t, units: u }: SequenceDims,
+    return_sequences: bool,
+) -> Result<Tensor> {
+    if !return_sequences {
+        return Tensor::new(&[b, u], h_last);
+    }
+    let mut y = vec![0.0; b * t * u];
+    if t == 0 {
+        return Tensor::new(&[b, t, u], y);
+    }
+    let earlier = (t - 1) * u;
+    let src = MatRef { data: hprev, offset: u, rows: b, cols: earlier, row_stride: t * u, col_stride: 1 };
+    be.copy(src, MatMut { data: &mut y, offset: 0, rows: b, cols: earlier, row_stride: t * u, col_stride: 1 }, false)?;
+    let last = MatMut { data: &mut y, offset: earlier, rows: b, cols: u, row_stride: t * u, col_stride: 1 };
+    be.copy(MatRef::dense(&h_last, b, u), last, false)?;
+    Tensor::new(&[b, t, u], y)
+}
+
+/// `dh += dy[:, step]`: the gradient a `return_sequences` output adds at each step.
+pub(crate) fn add_step_gradient(
+    be: &dyn Backend,
+    dy: &[f32],
+    step: usize,
+    dims: SequenceDims,
+    dh: &mut [f32],
+) -> Result<()> {
+    let SequenceDims { batch: b, steps: t, units: u } = dims;
+    let src = MatRef { data: dy, offset: step * u, rows: b, cols: u, row_stride: t * u, col_stride: 1 };
+    be.copy(src, MatMut::dense(dh, b, u), true)
 }
 
 struct LstmBackward {
@@ -227,39 +214,28 @@ impl Backward for LstmBackward {
         let g4 = 4 * u;
         let be = tape.backend();
         // U^T, contiguous: the per-step dh GEMM runs much faster on a row-major operand.
-        let rk_t = super::transpose(tape.value(self.recurrent).data(), u, g4);
+        let rk_t = super::transpose(be, tape.value(self.recurrent).data(), u, g4)?;
+        let dims = SequenceDims { batch: b, steps: t, units: u };
+        let mask = self.opts.mask.as_ref().map(|m| m.as_slice());
         let mut dz = vec![0.0; b * t * g4];
         let mut dh = if self.opts.return_sequences { vec![0.0; b * u] } else { dy.to_vec() };
         let mut dc = vec![0.0; b * u];
         let mut dh_next = vec![0.0; b * u];
         for step in (0..t).rev() {
             if self.opts.return_sequences {
-                for row in 0..b {
-                    let src = &dy[(row * t + step) * u..(row * t + step + 1) * u];
-                    dh[row * u..(row + 1) * u].iter_mut().zip(src).for_each(|(a, g)| *a += g);
-                }
+                add_step_gradient(be, dy, step, dims, &mut dh)?;
             }
-            for row in 0..b {
-                let r = row * t + step;
-                if !self.opts.mask.as_ref().is_none_or(|m| m[r]) {
-                    continue; // carried state: dh and dc pass through unchanged
-                }
-                let z = &self.gates[r * g4..(r + 1) * g4];
-                let tcr = &self.tc[r * u..(r + 1) * u];
-                let dzr = &mut dz[r * g4..(r + 1) * g4];
-                let dhr = &dh[row * u..(row + 1) * u];
-                let dcr = &mut dc[row * u..(row + 1) * u];
-                for k in 0..u {
-                    let (ig, fg, gg, og) = (z[k], z[u + k], z[2 * u + k], z[3 * u + k]);
-                    let cp = if step > 0 { self.cs[(r - 1) * u + k] } else { 0.0 };
-                    let dcn = dcr[k] + dhr[k] * og * (1.0 - tcr[k] * tcr[k]);
-                    dzr[k] = dcn * gg * ig * (1.0 - ig);
-                    dzr[u + k] = dcn * cp * fg * (1.0 - fg);
-                    dzr[2 * u + k] = dcn * ig * (1.0 - gg * gg);
-                    dzr[3 * u + k] = dhr[k] * tcr[k] * og * (1.0 - og);
-                    dcr[k] = dcn * fg;
-                }
-            }
+            be.recurrent(RecurrentCall::LstmStepBackward {
+                step,
+                dims,
+                mask,
+                gates: &self.gates,
+                cs: &self.cs,
+                tc: &self.tc,
+                dh: &dh,
+                dc: &mut dc,
+                dz: &mut dz,
+            })?;
             if step == 0 {
                 break;
             }
@@ -270,12 +246,8 @@ impl Backward for LstmBackward {
                 MatMut::dense(&mut dh_next, b, u),
                 false,
             )?;
-            if let Some(m) = &self.opts.mask {
-                for row in 0..b {
-                    if !m[row * t + step] {
-                        dh_next[row * u..(row + 1) * u].copy_from_slice(&dh[row * u..(row + 1) * u]);
-                    }
-                }
+            if let Some(mask) = mask {
+                be.recurrent(RecurrentCall::CarryMasked { step, dims, mask, dh: &dh, dh_prev: &mut dh_next })?;
             }
             std::mem::swap(&mut dh, &mut dh_next);
         }
@@ -288,9 +260,7 @@ impl Backward for LstmBackward {
         }
         if let Some(bv) = self.bias {
             if let Some(db) = grads.slot(bv, g4) {
-                for r in dz.chunks(g4) {
-                    db.iter_mut().zip(r).for_each(|(a, g)| *a += g);
-                }
+                be.sum_rows(&dz, g4, db)?;
             }
         }
         if let Some(dx) = grads.slot(self.x, b * t * i) {

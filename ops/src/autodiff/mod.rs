@@ -43,12 +43,14 @@ pub use window::{Padding, Window2d};
 pub type Mask = std::sync::Arc<Vec<bool>>;
 
 /// A row-major `rows x cols` matrix transposed into a new row-major `cols x rows` one.
-pub(crate) fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn transpose(
+    be: &dyn crate::backend::Backend,
+    a: &[f32],
+    rows: usize,
+    cols: usize,
+) -> crate::Result<Vec<f32>> {
+    use crate::backend::{MatMut, MatRef};
     let mut t = vec![0.0; rows * cols];
-    for (r, row) in a.chunks_exact(cols).enumerate() {
-        for (c, v) in row.iter().enumerate() {
-            t[c * rows + r] = *v;
-        }
-    }
-    t
+    be.copy(MatRef::dense(a, rows, cols).t(), MatMut::dense(&mut t, cols, rows), false)?;
+    Ok(t)
 }

@@ -8,6 +8,7 @@
 
 use super::tape::{Backward, Gradients, Tape, Var};
 use super::window::{nhwc, Padding, Window2d};
+use crate::backend::calls::PoolCall;
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -39,23 +40,11 @@ pub fn pool2d(
     // Max: the flat input index chosen for each output; average: 1 / valid cells per output pixel.
     let mut argmax = vec![];
     let mut inv_count = vec![];
+    let be = tape.backend();
     match kind {
         PoolKind::Max => {
             argmax = vec![0usize; y.len()];
-            for (p, (out, arg)) in y.chunks_exact_mut(c).zip(argmax.chunks_exact_mut(c)).enumerate() {
-                let (f, oy, ox) = (p / out_px, p / win.out_w % win.out_h, p % win.out_w);
-                out.fill(f32::NEG_INFINITY);
-                for_cells(&win, oy, ox, |pix| {
-                    let at = (f * h * w + pix) * c;
-                    for (ci, (o, a)) in out.iter_mut().zip(arg.iter_mut()).enumerate() {
-                        let v = xv[at + ci];
-                        if v > *o {
-                            *o = v;
-                            *a = at + ci;
-                        }
-                    }
-                });
-            }
+            be.pool(PoolCall::MaxForward { win: &win, c, x: xv, y: &mut y, argmax: &mut argmax })?;
         }
         PoolKind::Average => {
             inv_count = (0..out_px)
@@ -65,15 +54,7 @@ pub fn pool2d(
                     1.0 / k as f32
                 })
                 .collect();
-            for (p, out) in y.chunks_exact_mut(c).enumerate() {
-                let (f, oy, ox) = (p / out_px, p / win.out_w % win.out_h, p % win.out_w);
-                for_cells(&win, oy, ox, |pix| {
-                    let at = (f * h * w + pix) * c;
-                    out.iter_mut().zip(&xv[at..at + c]).for_each(|(o, v)| *o += v);
-                });
-                let s = inv_count[p % out_px];
-                out.iter_mut().for_each(|o| *o *= s);
-            }
+            be.pool(PoolCall::AverageForward { win: &win, c, x: xv, inv_count: &inv_count, y: &mut y })?;
         }
     }
     let shape = [n, win.out_h, win.out_w, c];
@@ -115,24 +96,12 @@ impl Backward for PoolBackward {
     fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
         let len = tape.value(self.x).len();
         let Some(dx) = grads.slot(self.x, len) else { return Ok(()) };
-        if !self.argmax.is_empty() {
-            for (g, &a) in dy.iter().zip(&self.argmax) {
-                dx[a] += g;
-            }
-            return Ok(());
-        }
-        let (win, c) = (&self.win, self.c);
-        let out_px = win.out_h * win.out_w;
-        let img = win.in_h * win.in_w * c;
-        for (p, g) in dy.chunks_exact(c).enumerate() {
-            let (f, oy, ox) = (p / out_px, p / win.out_w % win.out_h, p % win.out_w);
-            let s = self.inv_count[p % out_px];
-            for_cells(win, oy, ox, |pix| {
-                let at = f * img + pix * c;
-                dx[at..at + c].iter_mut().zip(g).for_each(|(d, v)| *d += v * s);
-            });
-        }
-        Ok(())
+        let call = if self.argmax.is_empty() {
+            PoolCall::AverageBackward { win: &self.win, c: self.c, dy, inv_count: &self.inv_count, dx }
+        } else {
+            PoolCall::MaxBackward { dy, argmax: &self.argmax, dx }
+        };
+        tape.backend().pool(call)
     }
 }
 
@@ -147,30 +116,12 @@ pub fn global_pool2d(tape: &mut Tape, x: Var, kind: PoolKind, keepdims: bool) ->
     let px = h * w;
     let mut y = vec![0.0; n * c];
     let mut argmax = vec![];
+    let be = tape.backend();
     match kind {
-        PoolKind::Average => {
-            for (f, out) in y.chunks_exact_mut(c).enumerate() {
-                for p in xv[f * px * c..(f + 1) * px * c].chunks_exact(c) {
-                    out.iter_mut().zip(p).for_each(|(o, v)| *o += v);
-                }
-                let s = 1.0 / px as f32;
-                out.iter_mut().for_each(|o| *o *= s);
-            }
-        }
+        PoolKind::Average => be.pool(PoolCall::GlobalAverageForward { pixels: px, c, x: xv, y: &mut y })?,
         PoolKind::Max => {
             argmax = vec![0usize; n * c];
-            for (f, (out, arg)) in y.chunks_exact_mut(c).zip(argmax.chunks_exact_mut(c)).enumerate() {
-                out.fill(f32::NEG_INFINITY);
-                for p in 0..px {
-                    let at = (f * px + p) * c;
-                    for (ci, (o, a)) in out.iter_mut().zip(arg.iter_mut()).enumerate() {
-                        if xv[at + ci] > *o {
-                            *o = xv[at + ci];
-                            *a = at + ci;
-                        }
-                    }
-                }
-            }
+            be.pool(PoolCall::GlobalMaxForward { pixels: px, c, x: xv, y: &mut y, argmax: &mut argmax })?;
         }
     }
     let shape = if keepdims { vec![n, 1, 1, c] } else { vec![n, c] };
@@ -194,19 +145,11 @@ impl Backward for GlobalPoolBackward {
     fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
         let len = tape.value(self.x).len();
         let Some(dx) = grads.slot(self.x, len) else { return Ok(()) };
-        if !self.argmax.is_empty() {
-            for (g, &a) in dy.iter().zip(&self.argmax) {
-                dx[a] += g;
-            }
-            return Ok(());
-        }
-        let (px, c) = (self.px, self.c);
-        let s = 1.0 / px as f32;
-        for (f, g) in dy.chunks_exact(c).enumerate() {
-            for d in dx[f * px * c..(f + 1) * px * c].chunks_exact_mut(c) {
-                d.iter_mut().zip(g).for_each(|(d, v)| *d += v * s);
-            }
-        }
-        Ok(())
+        let call = if self.argmax.is_empty() {
+            PoolCall::GlobalAverageBackward { pixels: self.px, c: self.c, dy, dx }
+        } else {
+            PoolCall::MaxBackward { dy, argmax: &self.argmax, dx }
+        };
+        tape.backend().pool(call)
     }
 }

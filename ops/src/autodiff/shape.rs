@@ -1,6 +1,7 @@
 //! Shape ops: `reshape` and `concat_last` (concatenation on the last axis).
 
 use super::tape::{Backward, Gradients, Tape, Var};
+use crate::backend::{MatMut, MatRef};
 use crate::error::{OpsError, Result};
 
 /// The same values under a new shape with as many elements.
@@ -21,8 +22,7 @@ impl Backward for ReshapeBackward {
         vec![self.x]
     }
     fn backward(&self, _tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
-        grads.accumulate(self.x, dy.to_vec());
-        Ok(())
+        grads.accumulate(self.x, dy.to_vec())
     }
 }
 
@@ -46,10 +46,8 @@ pub fn concat_last(tape: &mut Tape, xs: &[Var]) -> Result<Var> {
     let mut y = vec![0.0; rows * total];
     let mut off = 0;
     for (&x, &w) in xs.iter().zip(&widths) {
-        let src = tape.value(x).data();
-        for r in 0..rows {
-            y[r * total + off..r * total + off + w].copy_from_slice(&src[r * w..(r + 1) * w]);
-        }
+        let dst = MatMut { data: &mut y, offset: off, rows, cols: w, row_stride: total, col_stride: 1 };
+        tape.backend().copy(MatRef::dense(tape.value(x).data(), rows, w), dst, false)?;
         off += w;
     }
     let mut shape = lead;
@@ -71,15 +69,13 @@ impl Backward for ConcatBackward {
     fn inputs(&self) -> Vec<Var> {
         self.xs.clone()
     }
-    fn backward(&self, _tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
+    fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
         let total: usize = self.widths.iter().sum();
         let mut off = 0;
         for (&x, &w) in self.xs.iter().zip(&self.widths) {
             if let Some(dx) = grads.slot(x, self.rows * w) {
-                for r in 0..self.rows {
-                    let src = &dy[r * total + off..r * total + off + w];
-                    dx[r * w..(r + 1) * w].iter_mut().zip(src).for_each(|(a, b)| *a += b);
-                }
+                let src = MatRef { data: dy, offset: off, rows: self.rows, cols: w, row_stride: total, col_stride: 1 };
+                tape.backend().copy(src, MatMut::dense(dx, self.rows, w), true)?;
             }
             off += w;
         }
@@ -94,11 +90,10 @@ pub fn zero_pad2d(tape: &mut Tape, x: Var, rows: (usize, usize), cols: (usize, u
     let xv = tape.value(x).data();
     let mut y = vec![0.0; n * oh * ow * c];
     for f in 0..n {
-        for r in 0..h {
-            let src = &xv[((f * h + r) * w) * c..((f * h + r) * w + w) * c];
-            let at = ((f * oh + r + rows.0) * ow + cols.0) * c;
-            y[at..at + w * c].copy_from_slice(src);
-        }
+        let src = MatRef { data: xv, offset: f * h * w * c, rows: h, cols: w * c, row_stride: w * c, col_stride: 1 };
+        let at = ((f * oh + rows.0) * ow + cols.0) * c;
+        let dst = MatMut { data: &mut y, offset: at, rows: h, cols: w * c, row_stride: ow * c, col_stride: 1 };
+        tape.backend().copy(src, dst, false)?;
     }
     let t = crate::tensor::Tensor::new(&[n, oh, ow, c], y)?;
     Ok(tape.push(t, Box::new(ZeroPadBackward { x, dims: (n, h, w, c), rows: rows.0, cols: cols.0, oh, ow })))
@@ -120,15 +115,21 @@ impl Backward for ZeroPadBackward {
     fn inputs(&self) -> Vec<Var> {
         vec![self.x]
     }
-    fn backward(&self, _tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
+    fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
         let (n, h, w, c) = self.dims;
         let Some(dx) = grads.slot(self.x, n * h * w * c) else { return Ok(()) };
         for f in 0..n {
-            for r in 0..h {
-                let at = ((f * self.oh + r + self.rows) * self.ow + self.cols) * c;
-                let dst = &mut dx[((f * h + r) * w) * c..((f * h + r) * w + w) * c];
-                dst.iter_mut().zip(&dy[at..at + w * c]).for_each(|(d, g)| *d += g);
-            }
+            let at = ((f * self.oh + self.rows) * self.ow + self.cols) * c;
+            let src = MatRef { data: dy, offset: at, rows: h, cols: w * c, row_stride: self.ow * c, col_stride: 1 };
+            let dst = MatMut {
+                data: &mut *dx,
+                offset: f * h * w * c,
+                rows: h,
+                cols: w * c,
+                row_stride: w * c,
+                col_stride: 1,
+            };
+            tape.backend().copy(src, dst, true)?;
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! The tape: values in creation order, each with the rule that back-propagates
 //! through the op that made it.
 
-use crate::backend::{default_backend, Backend};
+use crate::backend::{default_backend, Backend, MatMut, MatRef};
 use crate::error::Result;
 use crate::tensor::Tensor;
 use std::sync::Arc;
@@ -57,6 +57,11 @@ impl Tape {
         &*self.backend
     }
 
+    /// The tape's backend, shared (for a kernel call made while the tape is borrowed).
+    pub fn backend_arc(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
+    }
+
     /// A leaf; `requires_grad` makes [`Tape::backward`] return its gradient.
     pub fn leaf(&mut self, value: Tensor, requires_grad: bool) -> Var {
         self.nodes.push(Node { value, requires_grad, rule: None });
@@ -98,6 +103,7 @@ impl Tape {
         let mut grads = Gradients {
             slots: vec![None; root.0 + 1],
             wants: self.nodes[..=root.0].iter().map(|n| n.requires_grad).collect(),
+            backend: self.backend.clone(),
         };
         if !self.nodes[root.0].requires_grad {
             return Ok(grads);
@@ -123,6 +129,8 @@ impl Tape {
 pub struct Gradients {
     slots: Vec<Option<Vec<f32>>>,
     wants: Vec<bool>,
+    /// The tape's backend, which adds contributions up.
+    backend: Arc<dyn Backend>,
 }
 
 impl Gradients {
@@ -141,14 +149,18 @@ impl Gradients {
     }
 
     /// Adds `g` into `v`'s gradient (moves it in when it is the first contribution).
-    pub fn accumulate(&mut self, v: Var, g: Vec<f32>) {
+    pub fn accumulate(&mut self, v: Var, g: Vec<f32>) -> Result<()> {
         if !self.wants(v) {
-            return;
+            return Ok(());
         }
         match &mut self.slots[v.0] {
-            Some(s) => s.iter_mut().zip(&g).for_each(|(a, b)| *a += b),
+            Some(s) => {
+                let n = s.len();
+                self.backend.copy(MatRef::dense(&g, 1, g.len()), MatMut::dense(s, 1, n), true)?;
+            }
             slot @ None => *slot = Some(g),
         }
+        Ok(())
     }
 
     /// The gradient of `v` (None if nothing flowed into it).

@@ -4,9 +4,10 @@
 //! device is a typed error (cudarc itself would panic).
 //!
 //! Tensors still live on the host: each call uploads its operands and
-//! downloads its result, so only the products and activations run on the GPU
-//! (the other op families do not go through the backend trait yet). Calls are
-//! serialised on the device's one stream: one worker process per device.
+//! downloads its result, so only the products and activations run on the GPU;
+//! the other op families go through the trait but run the CPU's kernels on
+//! the host ([`crate::host_kernels!`]). Calls are serialised on the device's
+//! one stream: one worker process per device.
 
 use super::cuda_kernels::{act_code, SOURCE};
 use super::{
@@ -288,4 +289,22 @@ impl Backend for CudaBackend {
         }
         self.download(&gpu, &dy_dev, dy)
     }
+
+    // Not on the device yet: these families run on the host, as they did
+    // before they went through the trait (tensors still live on the host).
+    crate::host_kernels!(
+        copy,
+        elementwise,
+        sum_rows,
+        dot,
+        gather_rows,
+        scatter_add_rows,
+        loss,
+        recurrent,
+        im2col,
+        depthwise,
+        pool,
+        batch_norm,
+        optimizer_step,
+    );
 }

@@ -6,6 +6,7 @@
 //! [`OpsError::NotCompiledWithCuda`]). New tapes run on the process's default
 //! backend, the CPU unless [`set_default_device`] chose another.
 
+pub mod calls;
 mod cpu;
 mod cpu_kernels;
 mod cuda;
@@ -14,6 +15,7 @@ mod cuda_backend;
 #[cfg(feature = "cuda")]
 mod cuda_kernels;
 mod default_device;
+mod host_fallback;
 pub mod math;
 #[cfg(target_arch = "x86_64")]
 mod sgemm_avx512;
@@ -24,6 +26,8 @@ pub use cpu_kernels::{gemm_kernels, GemmKernels};
 pub use default_device::{default_backend, set_default_device};
 
 use crate::error::{OpsError, Result};
+use crate::optim::OptimizerKind;
+use calls::{BatchNormCall, DepthwiseCall, Elementwise, Im2colCall, LossCall, PoolCall, RecurrentCall};
 use std::sync::Arc;
 
 /// Where tensors live and kernels run.
@@ -239,6 +243,58 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Turns `dy` (gradient w.r.t. the output) into the gradient w.r.t. the input, in place.
     /// `y` is the forward output; `x` the forward input (only GELU needs it).
     fn activation_backward(&self, act: Activation, x: &[f32], y: &[f32], dy: &mut [f32], cols: usize) -> Result<()>;
+
+    /// `dst = src` (or `dst += src` when `accumulate`) element by element over two
+    /// views of one shape: concatenation, padding, transposes, and (with a zero row
+    /// stride) a bias broadcast over rows.
+    fn copy(&self, src: MatRef<'_>, dst: MatMut<'_>, accumulate: bool) -> Result<()>;
+
+    /// Elementwise arithmetic over equal-length buffers.
+    fn elementwise(&self, call: Elementwise<'_>) -> Result<()>;
+
+    /// `acc[j] += Σ_r x[r * cols + j]`: the gradient of a bias broadcast over rows.
+    fn sum_rows(&self, x: &[f32], cols: usize, acc: &mut [f32]) -> Result<()>;
+
+    /// `Σ a_i · b_i`, accumulated in f64 (with `b = a`, the squared L2 norm).
+    fn dot(&self, a: &[f32], b: &[f32]) -> Result<f64>;
+
+    /// Row `i` of `out` is row `ids[i]` of `table` (`width` values a row): the
+    /// embedding lookup. An id outside the table is a typed error.
+    fn gather_rows(&self, table: &[f32], width: usize, ids: &[i32], out: &mut [f32]) -> Result<()>;
+
+    /// Adds row `i` of `rows` onto row `ids[i]` of `table` (repeated ids add up):
+    /// the embedding's gradient.
+    fn scatter_add_rows(&self, ids: &[i32], width: usize, rows: &[f32], table: &mut [f32]) -> Result<()>;
+
+    /// A loss and its gradient w.r.t. the predictions; returns the batch-mean loss.
+    fn loss(&self, call: LossCall<'_>) -> Result<f64>;
+
+    /// One step of recurrent gate work, forward or backward.
+    fn recurrent(&self, call: RecurrentCall<'_>) -> Result<()>;
+
+    /// im2col rows of a convolution's input, or their adjoint.
+    fn im2col(&self, call: Im2colCall<'_>) -> Result<()>;
+
+    /// Depthwise convolution, forward or backward.
+    fn depthwise(&self, call: DepthwiseCall<'_>) -> Result<()>;
+
+    /// Windowed and global pooling, forward or backward.
+    fn pool(&self, call: PoolCall<'_>) -> Result<()>;
+
+    /// Batch normalisation's statistics, normalisation and backward sums.
+    fn batch_norm(&self, call: BatchNormCall<'_>) -> Result<()>;
+
+    /// One optimizer update of one variable `w` with gradient `g`, learning rate
+    /// `lr` and 1-based step `step`, updating the rule's `slots` in place.
+    fn optimizer_step(
+        &self,
+        rule: &OptimizerKind,
+        lr: f32,
+        step: u64,
+        w: &mut [f32],
+        g: &[f32],
+        slots: &mut [Vec<f32>],
+    ) -> Result<()>;
 }
 
 /// The backend for a device.

@@ -3,11 +3,11 @@
 //! `global_clipnorm`; learning-rate schedules. The slots (moments, velocities)
 //! and the iteration count are state saved with the weights.
 
-mod rules;
 mod schedule;
 
 pub use schedule::{LearningRate, Schedule};
 
+use crate::backend::{calls::Elementwise, default_backend};
 use crate::error::{OpsError, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -186,18 +186,26 @@ impl Optimizer {
                 ));
             }
         }
+        let be = default_backend();
+        let l2 = |g: &[f32]| -> Result<f32> { Ok(be.dot(g, g)?.sqrt() as f32) };
         if let Some(c) = self.config.clipnorm {
             for p in params.iter_mut() {
-                let n = l2(&p.grad);
+                let n = l2(&p.grad)?;
                 if n > c {
-                    p.grad.iter_mut().for_each(|g| *g *= c / n);
+                    be.elementwise(Elementwise::ScaleInPlace { x: &mut p.grad, scale: c / n })?;
                 }
             }
         }
         if let Some(c) = self.config.global_clipnorm {
-            let n = params.iter().map(|p| l2(&p.grad).powi(2)).sum::<f32>().sqrt();
+            let mut squares = 0.0f32;
+            for p in params.iter() {
+                squares += l2(&p.grad)?.powi(2);
+            }
+            let n = squares.sqrt();
             if n > c {
-                params.iter_mut().for_each(|p| p.grad.iter_mut().for_each(|g| *g *= c / n));
+                for p in params.iter_mut() {
+                    be.elementwise(Elementwise::ScaleInPlace { x: &mut p.grad, scale: c / n })?;
+                }
             }
         }
         let lr = self.config.lr_at(self.iterations) * lr_scale;
@@ -215,15 +223,11 @@ impl Optimizer {
                     &[&[p.value.len()]],
                 ));
             }
-            rules::update(&self.config.kind, lr, step, p.value, &p.grad, slots);
+            be.optimizer_step(&self.config.kind, lr, step, p.value, &p.grad, slots)?;
         }
         self.iterations = step;
         Ok(())
     }
-}
-
-fn l2(g: &[f32]) -> f32 {
-    g.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>().sqrt() as f32
 }
 
 #[cfg(test)]

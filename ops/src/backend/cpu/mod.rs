@@ -7,11 +7,20 @@
 //! fork/join, except inside [`with_single_threaded_kernels`], which the model
 //! uses when it already runs one batch shard per thread.
 
+mod conv;
+mod elementwise;
+mod loss;
+mod norm_pool;
+mod optimizer;
+mod recurrent;
+
+use super::calls::{BatchNormCall, DepthwiseCall, Elementwise, Im2colCall, LossCall, PoolCall, RecurrentCall};
 use super::{
     check_activation_backward, check_matmul, check_rows, math, zero_unless_accumulating, Activation, Backend, MatMut,
     MatRef,
 };
-use crate::error::Result;
+use crate::error::{OpsError, Result};
+use crate::optim::OptimizerKind;
 use std::cell::Cell;
 
 /// The CPU backend (stateless; see [`super::cpu_backend`]).
@@ -131,6 +140,74 @@ impl Backend for CpuBackend {
                 }
             }
         }
+        Ok(())
+    }
+
+    fn copy(&self, src: MatRef<'_>, dst: MatMut<'_>, accumulate: bool) -> Result<()> {
+        elementwise::copy(src, dst, accumulate)
+    }
+
+    fn elementwise(&self, call: Elementwise<'_>) -> Result<()> {
+        elementwise::elementwise(call)
+    }
+
+    fn sum_rows(&self, x: &[f32], cols: usize, acc: &mut [f32]) -> Result<()> {
+        elementwise::sum_rows(x, cols, acc)
+    }
+
+    fn dot(&self, a: &[f32], b: &[f32]) -> Result<f64> {
+        elementwise::dot(a, b)
+    }
+
+    fn gather_rows(&self, table: &[f32], width: usize, ids: &[i32], out: &mut [f32]) -> Result<()> {
+        elementwise::gather_rows(table, width, ids, out)
+    }
+
+    fn scatter_add_rows(&self, ids: &[i32], width: usize, rows: &[f32], table: &mut [f32]) -> Result<()> {
+        elementwise::scatter_add_rows(ids, width, rows, table)
+    }
+
+    fn loss(&self, call: LossCall<'_>) -> Result<f64> {
+        loss::loss(call)
+    }
+
+    fn recurrent(&self, call: RecurrentCall<'_>) -> Result<()> {
+        recurrent::recurrent(call)
+    }
+
+    fn im2col(&self, call: Im2colCall<'_>) -> Result<()> {
+        conv::im2col(call)
+    }
+
+    fn depthwise(&self, call: DepthwiseCall<'_>) -> Result<()> {
+        conv::depthwise(call)
+    }
+
+    fn pool(&self, call: PoolCall<'_>) -> Result<()> {
+        norm_pool::pool(call)
+    }
+
+    fn batch_norm(&self, call: BatchNormCall<'_>) -> Result<()> {
+        norm_pool::batch_norm(call)
+    }
+
+    fn optimizer_step(
+        &self,
+        rule: &OptimizerKind,
+        lr: f32,
+        step: u64,
+        w: &mut [f32],
+        g: &[f32],
+        slots: &mut [Vec<f32>],
+    ) -> Result<()> {
+        if g.len() != w.len() || slots.len() != rule.slot_names().len() || slots.iter().any(|s| s.len() != w.len()) {
+            return Err(OpsError::shape(
+                "optimizer update",
+                "gradient or slots differ from the variable",
+                &[&[w.len()]],
+            ));
+        }
+        optimizer::update(rule, lr, step, w, g, slots);
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
-//! The per-variable update rules (Keras 3 formulas), vectorised over chunks
-//! and spread over the rayon pool for large variables.
+//! The CPU's optimizer updates: the per-variable rules (Keras 3 formulas),
+//! vectorised over chunks and spread over the rayon pool for large variables.
 
-use super::OptimizerKind;
+use crate::optim::OptimizerKind;
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 15;
