@@ -50,7 +50,7 @@ pub fn pool2d(
             inv_count = (0..out_px)
                 .map(|p| {
                     let mut k = 0usize;
-                    for_cells(&win, p / win.out_w, p % win.out_w, |_| k += 1);
+                    win.for_each_tap(p / win.out_w, p % win.out_w, |_, _| k += 1);
                     1.0 / k as f32
                 })
                 .collect();
@@ -59,19 +59,6 @@ pub fn pool2d(
     }
     let shape = [n, win.out_h, win.out_w, c];
     Ok(tape.push(Tensor::new(&shape, y)?, Box::new(PoolBackward { x, win, c, argmax, inv_count })))
-}
-
-/// Calls `f(input_pixel)` for every cell of window `(oy, ox)` inside the input.
-#[inline]
-fn for_cells(win: &Window2d, oy: usize, ox: usize, mut f: impl FnMut(usize)) {
-    for ky in 0..win.kh {
-        let Some(iy) = win.in_row(oy, ky) else { continue };
-        for kx in 0..win.kw {
-            if let Some(ix) = win.in_col(ox, kx) {
-                f(iy * win.in_w + ix);
-            }
-        }
-    }
 }
 
 struct PoolBackward {

@@ -110,6 +110,20 @@ impl Window2d {
         (ox * self.sw + kx * self.dw).checked_sub(self.pad_left).filter(|&c| c < self.in_w)
     }
 
+    /// Calls `f(tap, input_pixel)` for every tap `ky * kw + kx` of output `(oy, ox)`
+    /// that lies inside the input (pixels are `iy * in_w + ix`).
+    #[inline]
+    pub fn for_each_tap(&self, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
+        for ky in 0..self.kh {
+            let Some(iy) = self.in_row(oy, ky) else { continue };
+            for kx in 0..self.kw {
+                if let Some(ix) = self.in_col(ox, kx) {
+                    f(ky * self.kw + kx, iy * self.in_w + ix);
+                }
+            }
+        }
+    }
+
     /// Whether every window lies inside the input and the windows tile it exactly
     /// (a 1x1 stride-1 convolution is then a plain matrix product).
     pub fn is_pointwise(&self) -> bool {

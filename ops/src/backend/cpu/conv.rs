@@ -143,25 +143,12 @@ fn check_depthwise(win: &Window2d, c: usize, dm: usize, x: usize, k: usize, y: u
     Ok(())
 }
 
-/// Calls `f(tap, input_pixel)` for every kernel tap `ky * kw + kx` of output `(oy, ox)` that lies in the input.
-#[inline]
-fn for_taps(win: &Window2d, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
-    for ky in 0..win.kh {
-        let Some(iy) = win.in_row(oy, ky) else { continue };
-        for kx in 0..win.kw {
-            if let Some(ix) = win.in_col(ox, kx) {
-                f(ky * win.kw + kx, iy * win.in_w + ix);
-            }
-        }
-    }
-}
-
 fn depthwise_forward(win: &Window2d, c: usize, dm: usize, xv: &[f32], kv: &[f32], y: &mut [f32]) {
     let oc = c * dm;
     let img = win.in_h * win.in_w * c;
     for (p, out) in y.chunks_exact_mut(oc).enumerate() {
         let (f, oy, ox) = (p / (win.out_h * win.out_w), p / win.out_w % win.out_h, p % win.out_w);
-        for_taps(win, oy, ox, |tap, pix| {
+        win.for_each_tap(oy, ox, |tap, pix| {
             let xp = &xv[f * img + pix * c..f * img + (pix + 1) * c];
             let kt = &kv[tap * oc..(tap + 1) * oc];
             for (ci, &xc) in xp.iter().enumerate() {
@@ -184,7 +171,7 @@ fn depthwise_backward(
     let img = win.in_h * win.in_w * c;
     for (p, g) in dy.chunks_exact(oc).enumerate() {
         let (f, oy, ox) = (p / (win.out_h * win.out_w), p / win.out_w % win.out_h, p % win.out_w);
-        for_taps(win, oy, ox, |tap, pix| {
+        win.for_each_tap(oy, ox, |tap, pix| {
             let at = f * img + pix * c;
             for ci in 0..c {
                 let gs = &g[ci * dm..(ci + 1) * dm];

@@ -11,8 +11,13 @@ pub(super) fn copy(src: MatRef<'_>, dst: MatMut<'_>, accumulate: bool) -> Result
     if !src.in_bounds() || !dst.in_bounds() {
         return Err(OpsError::shape("copy", "a strided view reaches past its buffer", &[&[src.rows, src.cols]]));
     }
-    let cols = src.cols;
-    for i in 0..src.rows {
+    let (mut rows, mut cols) = (src.rows, src.cols);
+    let dense = |row_stride: usize, col_stride: usize| col_stride == 1 && (row_stride == cols || rows == 1);
+    if dense(src.row_stride, src.col_stride) && dense(dst.row_stride, dst.col_stride) {
+        // One run of rows * cols values: one memcpy (or one vectorised add), not one per row.
+        (cols, rows) = (rows * cols, rows.min(1));
+    }
+    for i in 0..rows {
         let (s0, d0) = (src.offset + i * src.row_stride, dst.offset + i * dst.row_stride);
         if src.col_stride == 1 && dst.col_stride == 1 {
             let (s, d) = (&src.data[s0..s0 + cols], &mut dst.data[d0..d0 + cols]);

@@ -9,19 +9,6 @@ fn bad(op: &str, what: &str, sizes: &[usize]) -> OpsError {
     OpsError::shape(op, what, &[sizes])
 }
 
-/// Calls `f(input_pixel)` for every cell of window `(oy, ox)` inside the input.
-#[inline]
-fn for_cells(win: &Window2d, oy: usize, ox: usize, mut f: impl FnMut(usize)) {
-    for ky in 0..win.kh {
-        let Some(iy) = win.in_row(oy, ky) else { continue };
-        for kx in 0..win.kw {
-            if let Some(ix) = win.in_col(ox, kx) {
-                f(iy * win.in_w + ix);
-            }
-        }
-    }
-}
-
 /// Checks that `x` holds whole images and `y` their pooled outputs; returns the image count.
 fn check_windows(win: &Window2d, c: usize, x: usize, y: usize) -> Result<usize> {
     let img = win.in_h * win.in_w * c;
@@ -43,7 +30,7 @@ pub(super) fn pool(call: PoolCall<'_>) -> Result<()> {
             for (p, (out, arg)) in y.chunks_exact_mut(c).zip(argmax.chunks_exact_mut(c)).enumerate() {
                 let (f, oy, ox) = (p / out_px, p / win.out_w % win.out_h, p % win.out_w);
                 out.fill(f32::NEG_INFINITY);
-                for_cells(win, oy, ox, |pix| {
+                win.for_each_tap(oy, ox, |_, pix| {
                     let at = (f * h * w + pix) * c;
                     for (ci, (o, a)) in out.iter_mut().zip(arg.iter_mut()).enumerate() {
                         let v = x[at + ci];
@@ -64,7 +51,7 @@ pub(super) fn pool(call: PoolCall<'_>) -> Result<()> {
             for (p, out) in y.chunks_exact_mut(c).enumerate() {
                 let (f, oy, ox) = (p / out_px, p / win.out_w % win.out_h, p % win.out_w);
                 out.fill(0.0);
-                for_cells(win, oy, ox, |pix| {
+                win.for_each_tap(oy, ox, |_, pix| {
                     let at = (f * h * w + pix) * c;
                     out.iter_mut().zip(&x[at..at + c]).for_each(|(o, v)| *o += v);
                 });
@@ -90,7 +77,7 @@ pub(super) fn pool(call: PoolCall<'_>) -> Result<()> {
             for (p, g) in dy.chunks_exact(c).enumerate() {
                 let (f, oy, ox) = (p / out_px, p / win.out_w % win.out_h, p % win.out_w);
                 let s = inv_count[p % out_px];
-                for_cells(win, oy, ox, |pix| {
+                win.for_each_tap(oy, ox, |_, pix| {
                     let at = f * img + pix * c;
                     dx[at..at + c].iter_mut().zip(g).for_each(|(d, v)| *d += v * s);
                 });
