@@ -31,12 +31,16 @@ fn an_async_job_of_two_workers_and_two_parameter_servers_learns() {
     // fresh model, about 2.6, accuracy 0.15), and its evaluations are not
     // below the answer prior. (Not `check_learned`'s margin over the prior:
     // on these 114 eval rows an async run's best ranged from 0.40 to 0.47
-    // between runs that all fit the training rows, 0.70 to 0.97.)
+    // between runs that all fit the training rows, 0.70 to 0.97. When the
+    // timing of pushes keeps a run on the loss plateau longer, the last
+    // round's training accuracy is lower: 0.57 once under CI's load, with
+    // the loss at 0.40 of the first round's; hence 0.5, over three times
+    // a fresh model's.)
     let lines = train_lines(&job_dir.display().to_string());
     let (first, last) = (&lines[0], lines.last().unwrap());
     let loss = |l: &serde_json::Value| l["loss"].as_f64().unwrap();
     assert!(loss(last) < 0.5 * loss(first), "train loss {} -> {}\n{out}", loss(first), loss(last));
-    assert!(last["accuracy"].as_f64().unwrap() >= 0.6, "last train accuracy: {last}\n{out}");
+    assert!(last["accuracy"].as_f64().unwrap() >= 0.5, "last train accuracy: {last}\n{out}");
     let results: serde_json::Value =
         serde_json::from_slice(&std::fs::read(job_dir.join("results.json")).unwrap()).unwrap();
     let best = results["best_eval_accuracy"].as_f64().unwrap();
