@@ -16,12 +16,13 @@
 
 mod conformance;
 
+use conformance::random;
+
 use kallista_ops::applications::{toy_task, video_qa, VideoQaDims};
 use kallista_ops::backend::calls::{LossCall, RecurrentCall};
 use kallista_ops::backend::{
     backend_for, cpu_backend, set_default_device, Activation, Backend, Device, MatMut, MatRef,
 };
-use kallista_ops::init::Rng;
 use kallista_ops::losses::Loss;
 use kallista_ops::optim::{OptimizerConfig, OptimizerKind};
 use std::sync::Mutex;
@@ -106,11 +107,6 @@ impl Placed {
         }
         self.data.iter().zip(&inside).filter(|(_, &inside)| !inside).map(|(v, _)| *v).collect()
     }
-}
-
-fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    (0..n).map(|_| scale * rng.normal()).collect()
 }
 
 /// Whether `got` is within `tol · scale (+ 1e-6)` of `want`.

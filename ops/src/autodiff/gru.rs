@@ -5,7 +5,7 @@
 //! `hh = tanh(x_h + r * (h_{t-1}·U_h + b_rh))`, `h = z * h_{t-1} + (1 - z) * hh`.
 //! Masked steps carry `h` and repeat the previous output.
 
-use super::lstm::{add_step_gradient, sequence_output};
+use super::sequence::{add_step_gradient, sequence_output};
 use super::tape::{Backward, Gradients, Tape, Var};
 use super::Mask;
 use crate::backend::calls::{RecurrentCall, SequenceDims};

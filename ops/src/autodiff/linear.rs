@@ -169,7 +169,7 @@ impl Backward for WeightedSumBackward {
     }
     fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
         if let Some(dx) = grads.slot(self.x, self.w.len()) {
-            let call = Elementwise::Scale { x: self.w.data(), scale: dy[0], offset: None, out: dx, accumulate: true };
+            let call = Elementwise::AddScaled { x: self.w.data(), scale: dy[0], out: dx };
             tape.backend().elementwise(call)?;
         }
         Ok(())
@@ -179,8 +179,7 @@ impl Backward for WeightedSumBackward {
 /// `x * scale + offset` elementwise with scalar constants (Keras `Rescaling`).
 pub fn scale_shift(tape: &mut Tape, x: Var, scale: f32, offset: f32) -> Result<Var> {
     let mut y = vec![0.0; tape.value(x).len()];
-    let call =
-        Elementwise::Scale { x: tape.value(x).data(), scale, offset: Some(offset), out: &mut y, accumulate: false };
+    let call = Elementwise::ScaleShift { x: tape.value(x).data(), scale, offset, out: &mut y };
     tape.backend().elementwise(call)?;
     let shape = tape.shape(x).to_vec();
     Ok(tape.push(Tensor::new(&shape, y)?, Box::new(ScaleShiftBackward { x, scale })))
@@ -200,7 +199,7 @@ impl Backward for ScaleShiftBackward {
     }
     fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
         if let Some(dx) = grads.slot(self.x, dy.len()) {
-            let call = Elementwise::Scale { x: dy, scale: self.scale, offset: None, out: dx, accumulate: true };
+            let call = Elementwise::AddScaled { x: dy, scale: self.scale, out: dx };
             tape.backend().elementwise(call)?;
         }
         Ok(())

@@ -9,15 +9,19 @@
 
 use super::tape::{Backward, Gradients, Tape, Var};
 use crate::backend::calls::{Elementwise, LossCall, Targets};
+use crate::backend::Backend;
 use crate::error::{OpsError, Result};
 use crate::tensor::{IntTensor, Tensor};
 
-/// Runs a loss kernel over `pred` (its values and a gradient buffer given to
-/// `call`) and records the loss and gradient.
-fn push_loss(tape: &mut Tape, pred: Var, call: impl FnOnce(&Tensor, &mut Vec<f32>) -> Result<f64>) -> Result<Var> {
-    let p = tape.value(pred).clone();
-    let mut grad = vec![0.0; p.len()];
-    let loss = call(&p, &mut grad)?;
+/// Runs a loss kernel (`call`, given the tape's backend, the predictions and
+/// a gradient buffer) and records the loss and gradient.
+fn push_loss(
+    tape: &mut Tape,
+    pred: Var,
+    call: impl FnOnce(&dyn Backend, &[f32], &mut [f32]) -> Result<f64>,
+) -> Result<Var> {
+    let mut grad = vec![0.0; tape.value(pred).len()];
+    let loss = call(tape.backend(), tape.value(pred).data(), &mut grad)?;
     Ok(tape.push(Tensor::scalar(loss as f32), Box::new(LossBackward { pred, grad })))
 }
 
@@ -35,7 +39,7 @@ impl Backward for LossBackward {
     }
     fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
         if let Some(dp) = grads.slot(self.pred, self.grad.len()) {
-            let call = Elementwise::Scale { x: &self.grad, scale: dy[0], offset: None, out: dp, accumulate: true };
+            let call = Elementwise::AddScaled { x: &self.grad, scale: dy[0], out: dp };
             tape.backend().elementwise(call)?;
         }
         Ok(())
@@ -71,10 +75,9 @@ pub fn sparse_categorical_crossentropy(
             &[tape.shape(pred), labels.shape()],
         ));
     }
-    let be = tape.backend_arc();
-    push_loss(tape, pred, |p, grad| {
+    push_loss(tape, pred, |be, pred, grad| {
         let target = Targets::Sparse(labels.data());
-        be.loss(LossCall::CrossEntropy { pred: p.data(), classes: c, target, from_logits, grad })
+        be.loss(LossCall::CrossEntropy { pred, classes: c, target, from_logits, grad })
     })
 }
 
@@ -93,25 +96,20 @@ fn same_shape(tape: &Tape, pred: Var, target: &Tensor, op: &str) -> Result<()> {
 pub fn categorical_crossentropy(tape: &mut Tape, pred: Var, target: &Tensor, from_logits: bool) -> Result<Var> {
     same_shape(tape, pred, target, "categorical_crossentropy")?;
     let (_, c) = rows_of(tape, pred, "categorical_crossentropy")?;
-    let be = tape.backend_arc();
-    push_loss(tape, pred, |p, grad| {
+    push_loss(tape, pred, |be, pred, grad| {
         let target = Targets::Dense(target.data());
-        be.loss(LossCall::CrossEntropy { pred: p.data(), classes: c, target, from_logits, grad })
+        be.loss(LossCall::CrossEntropy { pred, classes: c, target, from_logits, grad })
     })
 }
 
 /// Binary cross-entropy, averaged over the last axis and then the batch.
 pub fn binary_crossentropy(tape: &mut Tape, pred: Var, target: &Tensor, from_logits: bool) -> Result<Var> {
     same_shape(tape, pred, target, "binary_crossentropy")?;
-    let be = tape.backend_arc();
-    push_loss(tape, pred, |p, grad| {
-        be.loss(LossCall::Binary { pred: p.data(), target: target.data(), from_logits, grad })
-    })
+    push_loss(tape, pred, |be, pred, grad| be.loss(LossCall::Binary { pred, target: target.data(), from_logits, grad }))
 }
 
 /// Mean squared error over all elements (the last-axis mean, then the batch mean).
 pub fn mean_squared_error(tape: &mut Tape, pred: Var, target: &Tensor) -> Result<Var> {
     same_shape(tape, pred, target, "mean_squared_error")?;
-    let be = tape.backend_arc();
-    push_loss(tape, pred, |p, grad| be.loss(LossCall::MeanSquared { pred: p.data(), target: target.data(), grad }))
+    push_loss(tape, pred, |be, pred, grad| be.loss(LossCall::MeanSquared { pred, target: target.data(), grad }))
 }

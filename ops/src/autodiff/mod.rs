@@ -21,6 +21,7 @@ mod linear;
 mod loss;
 mod lstm;
 mod pool;
+mod sequence;
 mod shape;
 mod tape;
 mod window;

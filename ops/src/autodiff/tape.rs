@@ -57,11 +57,6 @@ impl Tape {
         &*self.backend
     }
 
-    /// The tape's backend, shared (for a kernel call made while the tape is borrowed).
-    pub fn backend_arc(&self) -> Arc<dyn Backend> {
-        self.backend.clone()
-    }
-
     /// A leaf; `requires_grad` makes [`Tape::backward`] return its gradient.
     pub fn leaf(&mut self, value: Tensor, requires_grad: bool) -> Var {
         self.nodes.push(Node { value, requires_grad, rule: None });

@@ -19,10 +19,15 @@ pub fn check(be: &dyn Backend, f: &mut Failures) {
         f.compare("mul accumulate", &out, &a64.iter().zip(&b64).map(|(x, y)| y + x * y).collect::<Vec<_>>(), 1.0, 1e-6);
     }
     let mut out = vec![0.0; n];
-    let call = Elementwise::Scale { x: &a, scale: 0.3, offset: Some(-1.5), out: &mut out, accumulate: false };
-    if f.ok("scale", be.elementwise(call)).is_some() {
+    let call = Elementwise::ScaleShift { x: &a, scale: 0.3, offset: -1.5, out: &mut out };
+    if f.ok("scale_shift", be.elementwise(call)).is_some() {
         let want: Vec<f64> = a64.iter().map(|x| x * 0.3f32 as f64 - 1.5).collect();
-        f.compare("scale with offset", &out, &want, 1.0, 1e-6);
+        f.compare("scale_shift", &out, &want, 1.0, 1e-6);
+    }
+    let mut out = b.clone();
+    if f.ok("add_scaled", be.elementwise(Elementwise::AddScaled { x: &a, scale: -0.7, out: &mut out })).is_some() {
+        let want: Vec<f64> = a64.iter().zip(&b64).map(|(x, y)| y + x * -0.7f32 as f64).collect();
+        f.compare("add_scaled", &out, &want, 1.0, 1e-6);
     }
     let mut x = a.clone();
     if f.ok("scale in place", be.elementwise(Elementwise::ScaleInPlace { x: &mut x, scale: -2.0 })).is_some() {

@@ -7,9 +7,10 @@ pub enum Elementwise<'a> {
     Add { a: &'a [f32], b: &'a [f32], out: &'a mut [f32] },
     /// `out = a * b`, or `out += a * b` when `accumulate`.
     Mul { a: &'a [f32], b: &'a [f32], out: &'a mut [f32], accumulate: bool },
-    /// `out = x * scale (+ offset)`, or `out += x * scale` when `accumulate`
-    /// (an offset is only taken without it).
-    Scale { x: &'a [f32], scale: f32, offset: Option<f32>, out: &'a mut [f32], accumulate: bool },
+    /// `out += x * scale`.
+    AddScaled { x: &'a [f32], scale: f32, out: &'a mut [f32] },
+    /// `out = x * scale + offset`.
+    ScaleShift { x: &'a [f32], scale: f32, offset: f32, out: &'a mut [f32] },
     /// `x *= scale` in place.
     ScaleInPlace { x: &'a mut [f32], scale: f32 },
 }

@@ -60,16 +60,13 @@ pub(super) fn elementwise(call: Elementwise<'_>) -> Result<()> {
                 out.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (a, b))| *o = a * b);
             }
         }
-        Elementwise::Scale { x, scale, offset, out, accumulate } => {
-            same_len("scale", &[x.len(), out.len()])?;
-            match (accumulate, offset) {
-                (true, Some(_)) => {
-                    return Err(OpsError::Config("scale: an offset is not taken when accumulating".into()))
-                }
-                (true, None) => out.iter_mut().zip(x).for_each(|(o, v)| *o += v * scale),
-                (false, Some(offset)) => out.iter_mut().zip(x).for_each(|(o, v)| *o = v * scale + offset),
-                (false, None) => out.iter_mut().zip(x).for_each(|(o, v)| *o = v * scale),
-            }
+        Elementwise::AddScaled { x, scale, out } => {
+            same_len("add_scaled", &[x.len(), out.len()])?;
+            out.iter_mut().zip(x).for_each(|(o, v)| *o += v * scale);
+        }
+        Elementwise::ScaleShift { x, scale, offset, out } => {
+            same_len("scale_shift", &[x.len(), out.len()])?;
+            out.iter_mut().zip(x).for_each(|(o, v)| *o = v * scale + offset);
         }
         Elementwise::ScaleInPlace { x, scale } => x.iter_mut().for_each(|v| *v *= scale),
     }

@@ -74,7 +74,6 @@ fn lstm_step(
     h_last: &mut [f32],
 ) {
     let g4 = 4 * u;
-    let mut h_new = vec![0.0; u];
     for row in 0..b {
         let r = row * t + step;
         let z = &mut gates[r * g4..(r + 1) * g4];
@@ -99,18 +98,31 @@ fn lstm_step(
         let tcr = &mut tc[r * u..(r + 1) * u];
         tcr.copy_from_slice(c_now);
         math::tanh_inplace(tcr);
+        let (h_prev, h_new) = h_rows(hprev, h_last, (row, step), (t, u));
         if valid {
             for k in 0..u {
                 h_new[k] = z[3 * u + k] * tcr[k];
             }
         } else {
-            h_new.copy_from_slice(&hprev[r * u..(r + 1) * u]);
+            h_new.copy_from_slice(h_prev);
         }
-        if step + 1 < t {
-            hprev[(r + 1) * u..(r + 2) * u].copy_from_slice(&h_new);
-        } else {
-            h_last[row * u..(row + 1) * u].copy_from_slice(&h_new);
-        }
+    }
+}
+
+/// Row `(row, step)` of `hprev` (`h_{t-1}`) and where `h_t` goes: the next
+/// row of `hprev`, or the row's `h_last` at the last step.
+fn h_rows<'a>(
+    hprev: &'a mut [f32],
+    h_last: &'a mut [f32],
+    (row, step): (usize, usize),
+    (t, u): (usize, usize),
+) -> (&'a [f32], &'a mut [f32]) {
+    let r = row * t + step;
+    let (before, after) = hprev.split_at_mut((r + 1) * u);
+    let h_prev = &before[r * u..];
+    match step + 1 < t {
+        true => (h_prev, &mut after[..u]),
+        false => (h_prev, &mut h_last[row * u..(row + 1) * u]),
     }
 }
 
@@ -160,7 +172,6 @@ fn gru_step(
     h_last: &mut [f32],
 ) {
     let g3 = 3 * u;
-    let mut h_new = vec![0.0; u];
     for row in 0..b {
         let r = row * t + step;
         let valid = mask.is_none_or(|m| m[r]);
@@ -174,18 +185,13 @@ fn gru_step(
             z[2 * u + k] += z[u + k] * rc[2 * u + k];
         }
         math::tanh_inplace(&mut z[2 * u..]);
-        let hp = &hprev[r * u..(r + 1) * u];
+        let (hp, h_new) = h_rows(hprev, h_last, (row, step), (t, u));
         if valid {
             for k in 0..u {
                 h_new[k] = z[k] * hp[k] + (1.0 - z[k]) * z[2 * u + k];
             }
         } else {
             h_new.copy_from_slice(hp);
-        }
-        if step + 1 < t {
-            hprev[(r + 1) * u..(r + 2) * u].copy_from_slice(&h_new);
-        } else {
-            h_last[row * u..(row + 1) * u].copy_from_slice(&h_new);
         }
     }
 }
