@@ -1,7 +1,8 @@
 //! # kallista-ops
 //!
-//! Brief overview: [`Tensor`] (f32), [`IntTensor`] (ids) and [`ByteTensor`]
-//! (raw pixels) hold data on the host; the [`backend::Backend`] trait is the
+//! Brief overview: [`Tensor`] (f32, stored in a [`buf::Buf`] on the host or
+//! on the device of the backend that made it), [`IntTensor`] (ids) and
+//! [`ByteTensor`] (raw pixels, on the host); the [`backend::Backend`] trait is the
 //! one dispatch point for kernels (CPU on `gemm`, CUDA behind feature `cuda`);
 //! [`autodiff`] records ops on a [`autodiff::Tape`] and back-propagates;
 //! [`layers`] are the Keras layers with Keras names, defaults and weight
@@ -27,6 +28,7 @@
 pub mod applications;
 pub mod autodiff;
 pub mod backend;
+pub mod buf;
 pub mod error;
 pub mod gradcheck;
 pub mod init;

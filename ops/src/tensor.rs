@@ -1,4 +1,5 @@
-//! Host tensors: [`Tensor`] (f32, what the tape differentiates) and
+//! Tensors: [`Tensor`] (f32, what the tape differentiates; its [`Buf`] is on
+//! the host or on a backend's device) and host
 //! [`HostTensor`]s of plain values: [`IntTensor`] (i32 token ids, labels) and
 //! [`ByteTensor`] (u8 raw pixels).
 //!
@@ -7,6 +8,8 @@
 //! updates in place once the tape is gone. ndarray views give the usual
 //! n-dimensional API on top.
 
+use crate::backend::{Backend, Device};
+use crate::buf::Buf;
 use crate::error::{OpsError, Result};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use std::sync::{Arc, Weak};
@@ -15,7 +18,7 @@ use std::sync::{Arc, Weak};
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
     shape: Vec<usize>,
-    data: Arc<Vec<f32>>,
+    data: Arc<Buf>,
 }
 
 /// A dense, row-major tensor of plain values that never enter autodiff:
@@ -47,29 +50,41 @@ impl Tensor {
                 &[shape],
             ));
         }
+        Ok(Tensor { shape: shape.to_vec(), data: Arc::new(data.into()) })
+    }
+
+    /// A tensor over `data`, on whichever device holds it; errors if the sizes disagree.
+    pub fn from_buf(shape: &[usize], data: Buf) -> Result<Self> {
+        if numel(shape) != data.len() {
+            return Err(OpsError::shape(
+                "Tensor::from_buf",
+                format!("{} values for {} elements", data.len(), numel(shape)),
+                &[shape],
+            ));
+        }
         Ok(Tensor { shape: shape.to_vec(), data: Arc::new(data) })
     }
 
     /// All zeros.
     pub fn zeros(shape: &[usize]) -> Self {
-        Tensor { shape: shape.to_vec(), data: Arc::new(vec![0.0; numel(shape)]) }
+        Tensor { shape: shape.to_vec(), data: Arc::new(vec![0.0; numel(shape)].into()) }
     }
 
     /// Every element set to `value`.
     pub fn full(shape: &[usize], value: f32) -> Self {
-        Tensor { shape: shape.to_vec(), data: Arc::new(vec![value; numel(shape)]) }
+        Tensor { shape: shape.to_vec(), data: Arc::new(vec![value; numel(shape)].into()) }
     }
 
     /// A scalar (shape `[]`).
     pub fn scalar(value: f32) -> Self {
-        Tensor { shape: vec![], data: Arc::new(vec![value]) }
+        Tensor { shape: vec![], data: Arc::new(vec![value].into()) }
     }
 
     /// From an ndarray array (copies into row-major order).
     pub fn from_array(a: ArrayD<f32>) -> Self {
         let shape = a.shape().to_vec();
         let data = if a.is_standard_layout() { a.into_raw_vec_and_offset().0 } else { a.iter().copied().collect() };
-        Tensor { shape, data: Arc::new(data) }
+        Tensor { shape, data: Arc::new(data.into()) }
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -96,18 +111,37 @@ impl Tensor {
     /// A weak handle on these values, for caches of what is derived from them:
     /// it stops matching once the values are changed in place ([`Tensor::data_mut`]
     /// moves them away from weak handles) or dropped, so a stale entry is never served.
-    pub fn downgrade(&self) -> Weak<Vec<f32>> {
+    pub fn downgrade(&self) -> Weak<Buf> {
         Arc::downgrade(&self.data)
     }
 
     /// Whether `handle` (from [`Tensor::downgrade`]) still refers to these very values.
-    pub fn holds(&self, handle: &Weak<Vec<f32>>) -> bool {
+    pub fn holds(&self, handle: &Weak<Buf>) -> bool {
         handle.upgrade().is_some_and(|values| Arc::ptr_eq(&values, &self.data))
     }
 
     /// The buffer, copied only if shared.
     pub fn into_vec(self) -> Vec<f32> {
+        Arc::try_unwrap(self.data).map(Buf::into_vec).unwrap_or_else(|shared| shared.to_vec())
+    }
+
+    /// The storage, copied only if shared.
+    pub fn into_buf(self) -> Buf {
         Arc::try_unwrap(self.data).unwrap_or_else(|shared| (*shared).clone())
+    }
+
+    /// Where the values live.
+    pub fn device(&self) -> Device {
+        self.data.device()
+    }
+
+    /// Moves the values to `backend`'s device, once: a weight that moves
+    /// stays there, and the backend's kernels then run on it in place.
+    pub fn move_to(&mut self, backend: &dyn Backend) -> Result<()> {
+        if self.device() != backend.device() {
+            self.data = Arc::new(backend.buf_from(&self.data)?);
+        }
+        Ok(())
     }
 
     /// The same data under another shape with as many elements.
@@ -191,7 +225,7 @@ impl Tensor {
         let row: usize = self.shape[1..].iter().product();
         let mut shape = self.shape.clone();
         shape[0] = end - start;
-        Tensor { shape, data: Arc::new(self.data[start * row..end * row].to_vec()) }
+        Tensor { shape, data: Arc::new(self.data[start * row..end * row].to_vec().into()) }
     }
 }
 

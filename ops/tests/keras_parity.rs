@@ -55,7 +55,7 @@ fn grads_by_key(model: &Model, x: &[Data], y: &[Data]) -> (f32, BTreeMap<String,
         .weight_keys()
         .into_iter()
         .zip(g.values)
-        .map(|(k, v)| (k, v.expect("every weight is trainable")))
+        .map(|(k, v)| (k, v.expect("every weight is trainable").into_vec()))
         .collect();
     (r.loss, map)
 }

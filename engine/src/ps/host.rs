@@ -17,6 +17,7 @@ use super::slices::Slice;
 use super::wire::{self, ShardStats};
 use crate::collective::frame::{FrameError, Framed, Secret};
 use crate::error::{EngineError, Result};
+use kallista_ops::buf::Buf;
 use kallista_ops::optim::Optimizer;
 use serde::{Deserialize, Serialize};
 use std::net::{TcpListener, TcpStream};
@@ -216,7 +217,7 @@ fn send_states<S: std::io::Read + std::io::Write>(
     wire::send_values(framed, &values)?;
     let slots: Vec<&[f32]> = states
         .iter()
-        .flat_map(|s| s.optimizer.slots.get(&s.slice.key).into_iter().flatten().map(Vec::as_slice))
+        .flat_map(|s| s.optimizer.slots.get(&s.slice.key).into_iter().flatten().map(|s| s.as_slice()))
         .collect();
     wire::send_values(framed, &slots)
 }
@@ -243,7 +244,7 @@ fn receive_states<S: std::io::Read + std::io::Write>(
             let mut optimizer = Optimizer::new(rules.optimizer.clone());
             optimizer.iterations = s.iterations;
             if s.slots > 0 {
-                optimizer.slots.insert(s.key.clone(), slots.by_ref().take(s.slots).collect());
+                optimizer.slots.insert(s.key.clone(), slots.by_ref().take(s.slots).map(Buf::from).collect());
             }
             let slice = Slice { weight: s.weight, key: s.key.clone(), range: s.start..s.end };
             SliceState { slice, values, optimizer }

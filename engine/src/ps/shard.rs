@@ -344,7 +344,7 @@ pub(super) fn apply(core: &Core, push: &Push, grads: Vec<Vec<f32>>) -> std::resu
         for (slice, grad) in core.slices.iter().zip(grads) {
             let mut s = lock(slice);
             let SliceState { slice, values, optimizer } = &mut *s;
-            let mut update = [ParamUpdate { key: &slice.key, value: values, grad }];
+            let mut update = [ParamUpdate { key: &slice.key, value: values, grad: grad.into() }];
             if let Err(e) = optimizer.apply_scaled(&mut update, lr_scale) {
                 // Sizes were checked on arrival: this is a bug, not bad input.
                 log::error!("parameter server shard {}: {e}", core.index);

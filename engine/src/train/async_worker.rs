@@ -225,12 +225,14 @@ mod tests {
 
     #[test]
     fn the_mean_is_clipped_per_weight_and_globally() {
-        let mut g =
-            WeightGrads { values: vec![Some(vec![6.0, 8.0]), None, Some(vec![0.0, 2.0])], ..Default::default() };
+        let mut g = WeightGrads {
+            values: vec![Some(vec![6.0, 8.0].into()), None, Some(vec![0.0, 2.0].into())],
+            ..Default::default()
+        };
         // Two parts: the mean is (3, 4) and (0, 1); clipnorm 2.5 halves the first.
         mean_and_clip(&mut g, 2, &OptimizerConfig::sgd(0.1).clipnorm(2.5));
-        assert_eq!(g.values[0], Some(vec![1.5, 2.0]));
-        assert_eq!(g.values[2], Some(vec![0.0, 1.0]));
+        assert_eq!(g.values[0], Some(vec![1.5, 2.0].into()));
+        assert_eq!(g.values[2], Some(vec![0.0, 1.0].into()));
         // Global norm sqrt(1.5^2 + 2^2 + 1) = sqrt(7.25); clipped to 1.
         mean_and_clip(&mut g, 1, &OptimizerConfig::sgd(0.1).global_clipnorm(1.0));
         let n: f32 = g.values.iter().flatten().flatten().map(|v| v * v).sum::<f32>().sqrt();

@@ -8,6 +8,7 @@ use super::round::{slot_vector, Mode, PartialResult, RoundResult, RoundSpec};
 use super::vectors::{read_vectors, Element, Vectors};
 use crate::error::{EngineError, Result};
 use crate::store::Location;
+use kallista_ops::buf::Buf;
 use kallista_ops::Tensor;
 use std::collections::{BTreeMap, HashMap};
 
@@ -116,7 +117,7 @@ fn publish_average(spec: &RoundSpec, means: Vectors<f32>) -> Result<()> {
     if let Some(opt) = next.optimizer_mut() {
         let n = opt.config.kind.slot_names().len();
         for key in keys {
-            let slots: Option<Vec<Vec<f32>>> = (0..n).map(|i| means.remove(&slot_vector(i, &key))).collect();
+            let slots: Option<Vec<Buf>> = (0..n).map(|i| means.remove(&slot_vector(i, &key)).map(Buf::from)).collect();
             if let Some(s) = slots {
                 opt.slots.insert(key, s);
             }

@@ -121,8 +121,11 @@ impl FlatLayout {
             let of_entry = grads
                 .iter()
                 .map(|g| {
-                    let v = if state { g.state.get(i) } else { g.values.get(i) };
-                    v.and_then(|v| v.as_deref()).filter(|v| v.len() == n).ok_or_else(|| {
+                    let v = match state {
+                        true => g.state.get(i).and_then(|v| v.as_deref()),
+                        false => g.values.get(i).and_then(|v| v.as_deref()),
+                    };
+                    v.filter(|v| v.len() == n).ok_or_else(|| {
                         EngineError::Training(format!("'{name}': a micro-batch's gradients differ in layout"))
                     })
                 })
@@ -172,7 +175,7 @@ impl FlatLayout {
                 g.state[i] = Some(m);
                 g.state_parts = 1;
             } else {
-                g.values[i] = Some(m);
+                g.values[i] = Some(m.into());
             }
         }
         g

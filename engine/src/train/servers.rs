@@ -12,6 +12,7 @@ use crate::ps::host::{read_token, RemoteShard};
 use crate::ps::shard::{Shard, ShardRules, SliceState};
 use crate::ps::slices::plan;
 use crate::ps::wire::{ShardStats, WorkerStats};
+use kallista_ops::buf::Buf;
 use kallista_ops::model::Model;
 use kallista_ops::optim::{Optimizer, OptimizerConfig, OptimizerKind};
 use std::collections::BTreeMap;
@@ -156,7 +157,7 @@ impl ParameterServers {
                     let mut optimizer = Optimizer::new(config.clone());
                     optimizer.iterations = opt.iterations;
                     if let Some(slots) = opt.slots.get(&slice.key) {
-                        let mine = slots.iter().map(|s| s[slice.range.clone()].to_vec()).collect();
+                        let mine = slots.iter().map(|s| s[slice.range.clone()].to_vec().into()).collect();
                         optimizer.slots.insert(slice.key.clone(), mine);
                     }
                     let values = weight.data()[slice.range.clone()].to_vec();
@@ -226,7 +227,7 @@ impl ParameterServers {
         let opt =
             model.optimizer_mut().ok_or_else(|| EngineError::Invalid("async: the model is not compiled".into()))?;
         opt.iterations = iterations;
-        opt.slots.extend(slots);
+        opt.slots.extend(slots.into_iter().map(|(k, v)| (k, v.into_iter().map(Buf::from).collect())));
         Ok(())
     }
 

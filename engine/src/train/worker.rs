@@ -144,7 +144,7 @@ pub fn average_part(model: &Model, spec: &RoundSpec, blocks: &Blocks) -> Result<
     if let Some(opt) = local.optimizer_mut() {
         for (key, slots) in std::mem::take(&mut opt.slots) {
             for (n, s) in slots.into_iter().enumerate() {
-                vectors.push((slot_vector(n, &key), s));
+                vectors.push((slot_vector(n, &key), s.into_vec()));
             }
         }
     }
@@ -256,7 +256,7 @@ mod tests {
         }
         for (key, slots) in &local.optimizer().unwrap().slots {
             for (n, s) in slots.iter().enumerate() {
-                assert_eq!(&got[&slot_vector(n, key)], s, "slot {n} of {key}");
+                assert_eq!(&got[&slot_vector(n, key)][..], &s[..], "slot {n} of {key}");
             }
         }
         std::fs::remove_dir_all(&out_dir).unwrap();

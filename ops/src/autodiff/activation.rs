@@ -12,10 +12,10 @@ pub fn activation(tape: &mut Tape, x: Var, act: Activation) -> Result<Var> {
     }
     let xv = tape.value(x).clone();
     let cols = *xv.shape().last().unwrap_or(&1);
-    let mut y = xv.data().to_vec();
+    let mut y = tape.backend().buf_from(xv.data())?;
     tape.backend().activation_forward(act, &mut y, cols.max(1))?;
     let shape = xv.shape().to_vec();
-    Ok(tape.push(Tensor::new(&shape, y)?, Box::new(ActivationBackward { x, act, cols: cols.max(1) })))
+    Ok(tape.push(Tensor::from_buf(&shape, y)?, Box::new(ActivationBackward { x, act, cols: cols.max(1) })))
 }
 
 struct ActivationBackward {
@@ -35,7 +35,7 @@ impl Backward for ActivationBackward {
         if !grads.wants(self.x) {
             return Ok(());
         }
-        let mut g = dy.to_vec();
+        let mut g = tape.backend().buf_from(dy)?;
         tape.backend().activation_backward(
             self.act,
             tape.value(self.x).data(),

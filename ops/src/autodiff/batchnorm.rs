@@ -135,12 +135,12 @@ impl Backward for BatchNormBackward {
             mean_dy_xhat: &mut mean_dy_xhat,
         })?;
         if let (Some(b), true) = (self.beta, !dbeta.is_empty()) {
-            grads.accumulate(b, dbeta)?;
+            grads.accumulate(b, tape.backend().adopt(dbeta)?)?;
         }
         if let (Some(g), true) = (self.gamma, !dgamma.is_empty()) {
-            grads.accumulate(g, dgamma)?;
+            grads.accumulate(g, tape.backend().adopt(dgamma)?)?;
         }
-        let Some(dx) = grads.slot(self.x, xv.len()) else { return Ok(()) };
+        let Some(dx) = grads.slot(self.x, xv.len())? else { return Ok(()) };
         be.batch_norm(BatchNormCall::BackwardInput {
             x: xv,
             dy,

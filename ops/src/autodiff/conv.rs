@@ -210,7 +210,8 @@ impl Backward for Conv2dBackward {
         let want_dk = grads.wants(self.kernel);
         let want_db = self.bias.is_some_and(|b| grads.wants(b));
         // kernelᵀ as a dense [O, kk] matrix, so that the dCols GEMM reads both operands row-major.
-        let kt = if want_dx { super::transpose(be, tape.value(self.kernel).data(), kk, o)? } else { vec![] };
+        let kt =
+            if want_dx { super::transpose(be, tape.value(self.kernel).data(), kk, o)? } else { Default::default() };
         let mut dk = if want_dk { vec![0.0; kk * o] } else { vec![] };
         let mut db = vec![0.0; if want_db { o } else { 0 }];
         let mut dx = if want_dx { vec![0.0; xv.len()] } else { vec![] };
@@ -238,13 +239,13 @@ impl Backward for Conv2dBackward {
             Ok(())
         })?;
         if let (true, Some(b)) = (want_db, self.bias) {
-            grads.accumulate(b, db)?;
+            grads.accumulate(b, tape.backend().adopt(db)?)?;
         }
         if want_dk {
-            grads.accumulate(self.kernel, dk)?;
+            grads.accumulate(self.kernel, tape.backend().adopt(dk)?)?;
         }
         if want_dx {
-            grads.accumulate(self.x, dx)?;
+            grads.accumulate(self.x, tape.backend().adopt(dx)?)?;
         }
         Ok(())
     }

@@ -63,7 +63,7 @@ impl Backward for DepthwiseBackward {
         let (c, dm) = (self.c, self.dm);
         let be = tape.backend();
         if let Some(b) = self.bias {
-            if let Some(db) = grads.slot(b, c * dm) {
+            if let Some(db) = grads.slot(b, c * dm)? {
                 be.sum_rows(dy, c * dm, db)?;
             }
         }
@@ -84,10 +84,10 @@ impl Backward for DepthwiseBackward {
             dkernel: want_dk.then_some(&mut dk[..]),
         })?;
         if want_dk {
-            grads.accumulate(self.kernel, dk)?;
+            grads.accumulate(self.kernel, tape.backend().adopt(dk)?)?;
         }
         if want_dx {
-            grads.accumulate(self.x, dx)?;
+            grads.accumulate(self.x, tape.backend().adopt(dx)?)?;
         }
         Ok(())
     }

@@ -14,11 +14,11 @@ pub fn embedding(tape: &mut Tape, table: Var, ids: &IntTensor, layer: &str) -> R
     }
     let (vocab, d) = (ts[0], ts[1]);
     check_ids(ids, vocab, layer)?;
-    let mut y = vec![0.0; ids.len() * d];
+    let mut y = tape.backend().zeros(ids.len() * d)?;
     tape.backend().gather_rows(tape.value(table).data(), d, ids.data(), &mut y)?;
     let mut shape = ids.shape().to_vec();
     shape.push(d);
-    Ok(tape.push(Tensor::new(&shape, y)?, Box::new(EmbeddingBackward { table, ids: ids.clone(), vocab, d })))
+    Ok(tape.push(Tensor::from_buf(&shape, y)?, Box::new(EmbeddingBackward { table, ids: ids.clone(), vocab, d })))
 }
 
 /// Checks that every id indexes the table, naming the first one that does not
@@ -52,7 +52,7 @@ impl Backward for EmbeddingBackward {
         vec![self.table]
     }
     fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
-        if let Some(dt) = grads.slot(self.table, self.vocab * self.d) {
+        if let Some(dt) = grads.slot(self.table, self.vocab * self.d)? {
             tape.backend().scatter_add_rows(self.ids.data(), self.d, dy, dt)?;
         }
         Ok(())

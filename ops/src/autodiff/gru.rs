@@ -10,6 +10,7 @@ use super::tape::{Backward, Gradients, Tape, Var};
 use super::Mask;
 use crate::backend::calls::{RecurrentCall, SequenceDims};
 use crate::backend::{MatMut, MatRef};
+use crate::buf::Buf;
 use crate::error::{OpsError, Result};
 
 /// Options of [`gru`].
@@ -42,10 +43,10 @@ pub fn gru(tape: &mut Tape, x: Var, kernel: Var, recurrent: Var, bias: Option<Va
         }
     }
     let be = tape.backend();
-    let zero_bias = vec![0.0; 2 * g3];
-    let bd: &[f32] = bias.map_or(&zero_bias, |bv| tape.value(bv).data());
+    let zero_bias = be.zeros(2 * g3)?;
+    let bd: &[f32] = bias.map_or(&zero_bias[..], |bv| tape.value(bv).data());
     // xz rows: x·K + b_in for all steps; after the step they hold z, r, hh (activated).
-    let mut xz = vec![0.0; b * t * g3];
+    let mut xz = be.zeros(b * t * g3)?;
     super::linear::broadcast_rows(be, &bd[..g3], &mut xz, b * t)?;
     be.matmul(
         MatRef::dense(tape.value(x).data(), b * t, i),
@@ -55,10 +56,10 @@ pub fn gru(tape: &mut Tape, x: Var, kernel: Var, recurrent: Var, bias: Option<Va
     )?;
     let rk = tape.value(recurrent).data();
     // rec rows: h_{t-1}·U + b_rec (raw; its h part is needed by the backward pass).
-    let mut rec = vec![0.0; b * t * g3];
+    let mut rec = be.zeros(b * t * g3)?;
     super::linear::broadcast_rows(be, &bd[g3..], &mut rec, b * t)?;
-    let mut hprev = vec![0.0; b * t * u];
-    let mut h_last = vec![0.0; b * u];
+    let mut hprev = be.zeros(b * t * u)?;
+    let mut h_last = be.zeros(b * u)?;
     let dims = SequenceDims { batch: b, steps: t, units: u };
     let mask = opts.mask.as_ref().map(|m| m.as_slice());
     for step in 0..t {
@@ -85,9 +86,9 @@ struct GruBackward {
     bias: Option<Var>,
     opts: GruOptions,
     dims: (usize, usize, usize, usize),
-    xz: Vec<f32>,
-    rec: Vec<f32>,
-    hprev: Vec<f32>,
+    xz: Buf,
+    rec: Buf,
+    hprev: Buf,
 }
 
 impl Backward for GruBackward {
@@ -106,10 +107,10 @@ impl Backward for GruBackward {
         let rk_t = super::transpose(be, tape.value(self.recurrent).data(), u, g3)?;
         let dims = SequenceDims { batch: b, steps: t, units: u };
         let mask = self.opts.mask.as_ref().map(|m| m.as_slice());
-        let mut dxz = vec![0.0; b * t * g3];
-        let mut drec = vec![0.0; b * t * g3];
-        let mut dh = if self.opts.return_sequences { vec![0.0; b * u] } else { dy.to_vec() };
-        let mut dh_next = vec![0.0; b * u];
+        let mut dxz = be.zeros(b * t * g3)?;
+        let mut drec = be.zeros(b * t * g3)?;
+        let mut dh = if self.opts.return_sequences { be.zeros(b * u)? } else { be.buf_from(dy)? };
+        let mut dh_next = be.zeros(b * u)?;
         for step in (0..t).rev() {
             if self.opts.return_sequences {
                 add_step_gradient(be, dy, step, dims, &mut dh)?;
@@ -138,10 +139,10 @@ impl Backward for GruBackward {
             std::mem::swap(&mut dh, &mut dh_next);
         }
         let dxz_m = MatRef::dense(&dxz, b * t, g3);
-        if let Some(dk) = grads.slot(self.kernel, i * g3) {
+        if let Some(dk) = grads.slot(self.kernel, i * g3)? {
             be.matmul(MatRef::dense(tape.value(self.x).data(), b * t, i).t(), dxz_m, MatMut::dense(dk, i, g3), true)?;
         }
-        if let Some(du) = grads.slot(self.recurrent, u * g3) {
+        if let Some(du) = grads.slot(self.recurrent, u * g3)? {
             be.matmul(
                 MatRef::dense(&self.hprev, b * t, u).t(),
                 MatRef::dense(&drec, b * t, g3),
@@ -150,13 +151,13 @@ impl Backward for GruBackward {
             )?;
         }
         if let Some(bv) = self.bias {
-            if let Some(db) = grads.slot(bv, 2 * g3) {
+            if let Some(db) = grads.slot(bv, 2 * g3)? {
                 let (db_in, db_rec) = db.split_at_mut(g3);
                 be.sum_rows(&dxz, g3, db_in)?;
                 be.sum_rows(&drec, g3, db_rec)?;
             }
         }
-        if let Some(dx) = grads.slot(self.x, b * t * i) {
+        if let Some(dx) = grads.slot(self.x, b * t * i)? {
             be.matmul(
                 dxz_m,
                 MatRef::dense(tape.value(self.kernel).data(), i, g3).t(),

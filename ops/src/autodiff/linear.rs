@@ -22,7 +22,7 @@ pub fn dense(tape: &mut Tape, x: Var, kernel: Var, bias: Option<Var>) -> Result<
         }
     }
     let rows = tape.value(x).len() / inp.max(1);
-    let mut y = vec![0.0; rows * out];
+    let mut y = tape.backend().zeros(rows * out)?;
     if let Some(b) = bias {
         broadcast_rows(tape.backend(), tape.value(b).data(), &mut y, rows)?;
     }
@@ -34,7 +34,7 @@ pub fn dense(tape: &mut Tape, x: Var, kernel: Var, bias: Option<Var>) -> Result<
     )?;
     let mut ys = xs.clone();
     *ys.last_mut().expect("non-empty") = out;
-    Ok(tape.push(Tensor::new(&ys, y)?, Box::new(DenseBackward { x, kernel, bias, rows, inp, out })))
+    Ok(tape.push(Tensor::from_buf(&ys, y)?, Box::new(DenseBackward { x, kernel, bias, rows, inp, out })))
 }
 
 struct DenseBackward {
@@ -58,18 +58,18 @@ impl Backward for DenseBackward {
     fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
         let (rows, inp, out) = (self.rows, self.inp, self.out);
         let dy_m = MatRef::dense(dy, rows, out);
-        if let Some(dx) = grads.slot(self.x, rows * inp) {
+        if let Some(dx) = grads.slot(self.x, rows * inp)? {
             // dX = dY · K^T
             let k = MatRef::dense(tape.value(self.kernel).data(), inp, out).t();
             tape.backend().matmul(dy_m, k, MatMut::dense(dx, rows, inp), true)?;
         }
-        if let Some(dk) = grads.slot(self.kernel, inp * out) {
+        if let Some(dk) = grads.slot(self.kernel, inp * out)? {
             // dK = X^T · dY
             let x = MatRef::dense(tape.value(self.x).data(), rows, inp).t();
             tape.backend().matmul(x, dy_m, MatMut::dense(dk, inp, out), true)?;
         }
         if let Some(b) = self.bias {
-            if let Some(db) = grads.slot(b, out) {
+            if let Some(db) = grads.slot(b, out)? {
                 tape.backend().sum_rows(dy, out, db)?;
             }
         }
@@ -89,10 +89,10 @@ pub fn add(tape: &mut Tape, a: Var, b: Var) -> Result<Var> {
     if tape.shape(a) != tape.shape(b) {
         return Err(OpsError::shape("add", "operands must have the same shape", &[tape.shape(a), tape.shape(b)]));
     }
-    let mut y = vec![0.0; tape.value(a).len()];
+    let mut y = tape.backend().zeros(tape.value(a).len())?;
     tape.backend().elementwise(Elementwise::Add { a: tape.value(a).data(), b: tape.value(b).data(), out: &mut y })?;
     let shape = tape.shape(a).to_vec();
-    Ok(tape.push(Tensor::new(&shape, y)?, Box::new(AddBackward { a, b })))
+    Ok(tape.push(Tensor::from_buf(&shape, y)?, Box::new(AddBackward { a, b })))
 }
 
 struct AddBackward {
@@ -107,9 +107,9 @@ impl Backward for AddBackward {
     fn inputs(&self) -> Vec<Var> {
         vec![self.a, self.b]
     }
-    fn backward(&self, _tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
-        grads.accumulate(self.a, dy.to_vec())?;
-        grads.accumulate(self.b, dy.to_vec())?;
+    fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
+        grads.accumulate(self.a, tape.backend().buf_from(dy)?)?;
+        grads.accumulate(self.b, tape.backend().buf_from(dy)?)?;
         Ok(())
     }
 }
@@ -119,11 +119,11 @@ pub fn dropout(tape: &mut Tape, x: Var, scale: Arc<Vec<f32>>) -> Result<Var> {
     if scale.len() != tape.value(x).len() {
         return Err(OpsError::shape("dropout", "mask size differs from input", &[tape.shape(x), &[scale.len()]]));
     }
-    let mut y = vec![0.0; scale.len()];
+    let mut y = tape.backend().zeros(scale.len())?;
     let call = Elementwise::Mul { a: tape.value(x).data(), b: &scale, out: &mut y, accumulate: false };
     tape.backend().elementwise(call)?;
     let shape = tape.shape(x).to_vec();
-    Ok(tape.push(Tensor::new(&shape, y)?, Box::new(DropoutBackward { x, scale })))
+    Ok(tape.push(Tensor::from_buf(&shape, y)?, Box::new(DropoutBackward { x, scale })))
 }
 
 struct DropoutBackward {
@@ -139,7 +139,7 @@ impl Backward for DropoutBackward {
         vec![self.x]
     }
     fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
-        if let Some(dx) = grads.slot(self.x, dy.len()) {
+        if let Some(dx) = grads.slot(self.x, dy.len())? {
             tape.backend().elementwise(Elementwise::Mul { a: dy, b: &self.scale, out: dx, accumulate: true })?;
         }
         Ok(())
@@ -168,7 +168,7 @@ impl Backward for WeightedSumBackward {
         vec![self.x]
     }
     fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
-        if let Some(dx) = grads.slot(self.x, self.w.len()) {
+        if let Some(dx) = grads.slot(self.x, self.w.len())? {
             let call = Elementwise::AddScaled { x: self.w.data(), scale: dy[0], out: dx };
             tape.backend().elementwise(call)?;
         }
@@ -178,11 +178,11 @@ impl Backward for WeightedSumBackward {
 
 /// `x * scale + offset` elementwise with scalar constants (Keras `Rescaling`).
 pub fn scale_shift(tape: &mut Tape, x: Var, scale: f32, offset: f32) -> Result<Var> {
-    let mut y = vec![0.0; tape.value(x).len()];
+    let mut y = tape.backend().zeros(tape.value(x).len())?;
     let call = Elementwise::ScaleShift { x: tape.value(x).data(), scale, offset, out: &mut y };
     tape.backend().elementwise(call)?;
     let shape = tape.shape(x).to_vec();
-    Ok(tape.push(Tensor::new(&shape, y)?, Box::new(ScaleShiftBackward { x, scale })))
+    Ok(tape.push(Tensor::from_buf(&shape, y)?, Box::new(ScaleShiftBackward { x, scale })))
 }
 
 struct ScaleShiftBackward {
@@ -198,7 +198,7 @@ impl Backward for ScaleShiftBackward {
         vec![self.x]
     }
     fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
-        if let Some(dx) = grads.slot(self.x, dy.len()) {
+        if let Some(dx) = grads.slot(self.x, dy.len())? {
             let call = Elementwise::AddScaled { x: dy, scale: self.scale, out: dx };
             tape.backend().elementwise(call)?;
         }

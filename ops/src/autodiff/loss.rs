@@ -10,6 +10,7 @@
 use super::tape::{Backward, Gradients, Tape, Var};
 use crate::backend::calls::{Elementwise, LossCall, Targets};
 use crate::backend::Backend;
+use crate::buf::Buf;
 use crate::error::{OpsError, Result};
 use crate::tensor::{IntTensor, Tensor};
 
@@ -20,14 +21,14 @@ fn push_loss(
     pred: Var,
     call: impl FnOnce(&dyn Backend, &[f32], &mut [f32]) -> Result<f64>,
 ) -> Result<Var> {
-    let mut grad = vec![0.0; tape.value(pred).len()];
+    let mut grad = tape.backend().zeros(tape.value(pred).len())?;
     let loss = call(tape.backend(), tape.value(pred).data(), &mut grad)?;
     Ok(tape.push(Tensor::scalar(loss as f32), Box::new(LossBackward { pred, grad })))
 }
 
 struct LossBackward {
     pred: Var,
-    grad: Vec<f32>,
+    grad: Buf,
 }
 
 impl Backward for LossBackward {
@@ -38,7 +39,7 @@ impl Backward for LossBackward {
         vec![self.pred]
     }
     fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
-        if let Some(dp) = grads.slot(self.pred, self.grad.len()) {
+        if let Some(dp) = grads.slot(self.pred, self.grad.len())? {
             let call = Elementwise::AddScaled { x: &self.grad, scale: dy[0], out: dp };
             tape.backend().elementwise(call)?;
         }

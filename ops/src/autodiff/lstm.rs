@@ -13,6 +13,7 @@ use super::tape::{Backward, Gradients, Tape, Var};
 use super::Mask;
 use crate::backend::calls::{RecurrentCall, SequenceDims};
 use crate::backend::{Backend, MatMut, MatRef};
+use crate::buf::Buf;
 use crate::error::{OpsError, Result};
 use crate::tensor::{IntTensor, Tensor};
 
@@ -78,7 +79,7 @@ pub fn lstm_over_projected_tokens(
     }
     super::embedding::check_ids(ids, vocab, embedding_layer)?;
     let be = tape.backend();
-    let mut gates = vec![0.0; b * t * g4];
+    let mut gates = be.zeros(b * t * g4)?;
     be.gather_rows(table.data(), g4, ids.data(), &mut gates)?;
     let run = recur(be, gates, tape.value(recurrent).data(), (b, t, rs[0]), &opts)?;
     Ok(tape.leaf(run.out, false))
@@ -96,8 +97,8 @@ pub fn input_projection(
     kernel: &[f32],
     (inputs, g4): (usize, usize),
     bias: Option<&[f32]>,
-) -> Result<Vec<f32>> {
-    let mut gates = vec![0.0; rows * g4];
+) -> Result<Buf> {
+    let mut gates = be.zeros(rows * g4)?;
     if let Some(bd) = bias {
         super::linear::broadcast_rows(be, bd, &mut gates, rows)?;
     }
@@ -110,18 +111,18 @@ pub fn input_projection(
 struct Recurrence {
     out: Tensor,
     /// Activated gates of every (batch, step) row.
-    gates: Vec<f32>,
+    gates: Buf,
     /// `c_t`, `tanh(c_t)` and `h_{t-1}` of every row.
-    cs: Vec<f32>,
-    tc: Vec<f32>,
-    hprev: Vec<f32>,
+    cs: Buf,
+    tc: Buf,
+    hprev: Buf,
 }
 
 /// The steps of the LSTM, given every row's projected gate inputs: each step
 /// adds `h_{t-1}·recurrent_kernel` and applies the gates.
 fn recur(
     be: &dyn Backend,
-    mut gates: Vec<f32>,
+    mut gates: Buf,
     rk: &[f32],
     dims: (usize, usize, usize),
     opts: &LstmOptions,
@@ -129,10 +130,10 @@ fn recur(
     let (b, t, u) = dims;
     let g4 = 4 * u;
     // hprev[(b, t)] = h_{t-1}; c[(b, t)] = c_t; tc = tanh(c_t).
-    let mut hprev = vec![0.0; b * t * u];
-    let mut cs = vec![0.0; b * t * u];
-    let mut tc = vec![0.0; b * t * u];
-    let mut h_last = vec![0.0; b * u];
+    let mut hprev = be.zeros(b * t * u)?;
+    let mut cs = be.zeros(b * t * u)?;
+    let mut tc = be.zeros(b * t * u)?;
+    let mut h_last = be.zeros(b * u)?;
     let dims = SequenceDims { batch: b, steps: t, units: u };
     let mask = opts.mask.as_ref().map(|m| m.as_slice());
     for step in 0..t {
@@ -158,10 +159,10 @@ struct LstmBackward {
     bias: Option<Var>,
     opts: LstmOptions,
     dims: (usize, usize, usize, usize),
-    gates: Vec<f32>,
-    cs: Vec<f32>,
-    tc: Vec<f32>,
-    hprev: Vec<f32>,
+    gates: Buf,
+    cs: Buf,
+    tc: Buf,
+    hprev: Buf,
 }
 
 impl Backward for LstmBackward {
@@ -181,10 +182,10 @@ impl Backward for LstmBackward {
         let rk_t = super::transpose(be, tape.value(self.recurrent).data(), u, g4)?;
         let dims = SequenceDims { batch: b, steps: t, units: u };
         let mask = self.opts.mask.as_ref().map(|m| m.as_slice());
-        let mut dz = vec![0.0; b * t * g4];
-        let mut dh = if self.opts.return_sequences { vec![0.0; b * u] } else { dy.to_vec() };
-        let mut dc = vec![0.0; b * u];
-        let mut dh_next = vec![0.0; b * u];
+        let mut dz = be.zeros(b * t * g4)?;
+        let mut dh = if self.opts.return_sequences { be.zeros(b * u)? } else { be.buf_from(dy)? };
+        let mut dc = be.zeros(b * u)?;
+        let mut dh_next = be.zeros(b * u)?;
         for step in (0..t).rev() {
             if self.opts.return_sequences {
                 add_step_gradient(be, dy, step, dims, &mut dh)?;
@@ -216,18 +217,18 @@ impl Backward for LstmBackward {
             std::mem::swap(&mut dh, &mut dh_next);
         }
         let dz_m = MatRef::dense(&dz, b * t, g4);
-        if let Some(dk) = grads.slot(self.kernel, i * g4) {
+        if let Some(dk) = grads.slot(self.kernel, i * g4)? {
             be.matmul(MatRef::dense(tape.value(self.x).data(), b * t, i).t(), dz_m, MatMut::dense(dk, i, g4), true)?;
         }
-        if let Some(du) = grads.slot(self.recurrent, u * g4) {
+        if let Some(du) = grads.slot(self.recurrent, u * g4)? {
             be.matmul(MatRef::dense(&self.hprev, b * t, u).t(), dz_m, MatMut::dense(du, u, g4), true)?;
         }
         if let Some(bv) = self.bias {
-            if let Some(db) = grads.slot(bv, g4) {
+            if let Some(db) = grads.slot(bv, g4)? {
                 be.sum_rows(&dz, g4, db)?;
             }
         }
-        if let Some(dx) = grads.slot(self.x, b * t * i) {
+        if let Some(dx) = grads.slot(self.x, b * t * i)? {
             be.matmul(
                 dz_m,
                 MatRef::dense(tape.value(self.kernel).data(), i, g4).t(),

@@ -49,9 +49,9 @@ pub(crate) fn transpose(
     a: &[f32],
     rows: usize,
     cols: usize,
-) -> crate::Result<Vec<f32>> {
+) -> crate::Result<crate::buf::Buf> {
     use crate::backend::{MatMut, MatRef};
-    let mut t = vec![0.0; rows * cols];
+    let mut t = be.zeros(rows * cols)?;
     be.copy(MatRef::dense(a, rows, cols).t(), MatMut::dense(&mut t, cols, rows), false)?;
     Ok(t)
 }

@@ -82,7 +82,7 @@ impl Backward for PoolBackward {
     }
     fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
         let len = tape.value(self.x).len();
-        let Some(dx) = grads.slot(self.x, len) else { return Ok(()) };
+        let Some(dx) = grads.slot(self.x, len)? else { return Ok(()) };
         let call = if self.argmax.is_empty() {
             PoolCall::AverageBackward { win: &self.win, c: self.c, dy, inv_count: &self.inv_count, dx }
         } else {
@@ -131,7 +131,7 @@ impl Backward for GlobalPoolBackward {
     }
     fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
         let len = tape.value(self.x).len();
-        let Some(dx) = grads.slot(self.x, len) else { return Ok(()) };
+        let Some(dx) = grads.slot(self.x, len)? else { return Ok(()) };
         let call = if self.argmax.is_empty() {
             PoolCall::GlobalAverageBackward { pixels: self.px, c: self.c, dy, dx }
         } else {

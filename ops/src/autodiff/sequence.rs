@@ -3,6 +3,7 @@
 
 use crate::backend::calls::SequenceDims;
 use crate::backend::{Backend, MatMut, MatRef};
+use crate::buf::Buf;
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -11,23 +12,23 @@ use crate::tensor::Tensor;
 pub(crate) fn sequence_output(
     be: &dyn Backend,
     hprev: &[f32],
-    h_last: Vec<f32>,
+    h_last: Buf,
     SequenceDims { batch: b, steps: t, units: u }: SequenceDims,
     return_sequences: bool,
 ) -> Result<Tensor> {
     if !return_sequences {
-        return Tensor::new(&[b, u], h_last);
+        return Tensor::from_buf(&[b, u], h_last);
     }
-    let mut y = vec![0.0; b * t * u];
+    let mut y = be.zeros(b * t * u)?;
     if t == 0 {
-        return Tensor::new(&[b, t, u], y);
+        return Tensor::from_buf(&[b, t, u], y);
     }
     let earlier = (t - 1) * u;
     let src = MatRef { data: hprev, offset: u, rows: b, cols: earlier, row_stride: t * u, col_stride: 1 };
     be.copy(src, MatMut { data: &mut y, offset: 0, rows: b, cols: earlier, row_stride: t * u, col_stride: 1 }, false)?;
     let last = MatMut { data: &mut y, offset: earlier, rows: b, cols: u, row_stride: t * u, col_stride: 1 };
     be.copy(MatRef::dense(&h_last, b, u), last, false)?;
-    Tensor::new(&[b, t, u], y)
+    Tensor::from_buf(&[b, t, u], y)
 }
 
 /// `dh += dy[:, step]`: the gradient a `return_sequences` output adds at each step.

@@ -21,8 +21,8 @@ impl Backward for ReshapeBackward {
     fn inputs(&self) -> Vec<Var> {
         vec![self.x]
     }
-    fn backward(&self, _tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
-        grads.accumulate(self.x, dy.to_vec())
+    fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
+        grads.accumulate(self.x, tape.backend().buf_from(dy)?)
     }
 }
 
@@ -43,7 +43,7 @@ pub fn concat_last(tape: &mut Tape, xs: &[Var]) -> Result<Var> {
     }
     let rows: usize = lead.iter().product();
     let total: usize = widths.iter().sum();
-    let mut y = vec![0.0; rows * total];
+    let mut y = tape.backend().zeros(rows * total)?;
     let mut off = 0;
     for (&x, &w) in xs.iter().zip(&widths) {
         let dst = MatMut { data: &mut y, offset: off, rows, cols: w, row_stride: total, col_stride: 1 };
@@ -52,7 +52,7 @@ pub fn concat_last(tape: &mut Tape, xs: &[Var]) -> Result<Var> {
     }
     let mut shape = lead;
     shape.push(total);
-    let t = crate::tensor::Tensor::new(&shape, y)?;
+    let t = crate::tensor::Tensor::from_buf(&shape, y)?;
     Ok(tape.push(t, Box::new(ConcatBackward { xs: xs.to_vec(), widths, rows })))
 }
 
@@ -73,7 +73,7 @@ impl Backward for ConcatBackward {
         let total: usize = self.widths.iter().sum();
         let mut off = 0;
         for (&x, &w) in self.xs.iter().zip(&self.widths) {
-            if let Some(dx) = grads.slot(x, self.rows * w) {
+            if let Some(dx) = grads.slot(x, self.rows * w)? {
                 let src = MatRef { data: dy, offset: off, rows: self.rows, cols: w, row_stride: total, col_stride: 1 };
                 tape.backend().copy(src, MatMut::dense(dx, self.rows, w), true)?;
             }
@@ -117,7 +117,7 @@ impl Backward for ZeroPadBackward {
     }
     fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
         let (n, h, w, c) = self.dims;
-        let Some(dx) = grads.slot(self.x, n * h * w * c) else { return Ok(()) };
+        let Some(dx) = grads.slot(self.x, n * h * w * c)? else { return Ok(()) };
         for f in 0..n {
             let at = ((f * self.oh + self.rows) * self.ow + self.cols) * c;
             let src = MatRef { data: dy, offset: at, rows: h, cols: w * c, row_stride: self.ow * c, col_stride: 1 };

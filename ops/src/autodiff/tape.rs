@@ -2,6 +2,7 @@
 //! through the op that made it.
 
 use crate::backend::{default_backend, Backend, MatMut, MatRef};
+use crate::buf::Buf;
 use crate::error::Result;
 use crate::tensor::Tensor;
 use std::sync::Arc;
@@ -103,7 +104,7 @@ impl Tape {
         if !self.nodes[root.0].requires_grad {
             return Ok(grads);
         }
-        grads.slots[root.0] = Some(seed);
+        grads.slots[root.0] = Some(self.backend.adopt(seed)?);
         for i in (0..=root.0).rev() {
             let Some(rule) = &self.nodes[i].rule else { continue };
             let Some(g) = grads.slots[i].take() else { continue };
@@ -122,7 +123,7 @@ impl Tape {
 
 /// Gradients from one backward pass, indexed by [`Var`].
 pub struct Gradients {
-    slots: Vec<Option<Vec<f32>>>,
+    slots: Vec<Option<Buf>>,
     wants: Vec<bool>,
     /// The tape's backend, which adds contributions up.
     backend: Arc<dyn Backend>,
@@ -135,16 +136,19 @@ impl Gradients {
     }
 
     /// The accumulator of `v`, zero-filled to `len` on first use; `None` if `v` needs no gradient.
-    pub fn slot(&mut self, v: Var, len: usize) -> Option<&mut [f32]> {
+    pub fn slot(&mut self, v: Var, len: usize) -> Result<Option<&mut [f32]>> {
         if !self.wants(v) {
-            return None;
+            return Ok(None);
         }
-        let s = self.slots[v.0].get_or_insert_with(|| vec![0.0; len]);
-        Some(s.as_mut_slice())
+        let slot = &mut self.slots[v.0];
+        if slot.is_none() {
+            *slot = Some(self.backend.zeros(len)?);
+        }
+        Ok(slot.as_mut().map(|s| s.as_mut_slice()))
     }
 
     /// Adds `g` into `v`'s gradient (moves it in when it is the first contribution).
-    pub fn accumulate(&mut self, v: Var, g: Vec<f32>) -> Result<()> {
+    pub fn accumulate(&mut self, v: Var, g: Buf) -> Result<()> {
         if !self.wants(v) {
             return Ok(());
         }
@@ -164,7 +168,7 @@ impl Gradients {
     }
 
     /// Takes the gradient of `v` out of the store.
-    pub fn take(&mut self, v: Var) -> Option<Vec<f32>> {
+    pub fn take(&mut self, v: Var) -> Option<Buf> {
         self.slots.get_mut(v.0).and_then(|s| s.take())
     }
 }

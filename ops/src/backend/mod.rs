@@ -11,9 +11,13 @@ mod cpu;
 mod cpu_kernels;
 mod cuda;
 #[cfg(feature = "cuda")]
+mod cuda_args;
+#[cfg(feature = "cuda")]
 mod cuda_backend;
 #[cfg(feature = "cuda")]
 mod cuda_kernels;
+#[cfg(feature = "cuda")]
+mod cuda_memory;
 mod default_device;
 mod host_fallback;
 pub mod math;
@@ -25,6 +29,7 @@ pub use cpu_kernels::{gemm_kernels, GemmKernels};
 
 pub use default_device::{default_backend, set_default_device};
 
+use crate::buf::Buf;
 use crate::error::{OpsError, Result};
 use crate::optim::OptimizerKind;
 use calls::{BatchNormCall, DepthwiseCall, Elementwise, Im2colCall, LossCall, PoolCall, RecurrentCall};
@@ -227,6 +232,28 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         self.name().into()
     }
 
+    /// The device this backend's kernels run on.
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+
+    /// `len` zeros where this backend's kernels read them in place (on the
+    /// host by default; a device backend allocates on its device).
+    fn zeros(&self, len: usize) -> Result<Buf> {
+        Ok(vec![0.0; len].into())
+    }
+
+    /// A copy of `values` where this backend's kernels read them in place.
+    fn buf_from(&self, values: &[f32]) -> Result<Buf> {
+        Ok(values.to_vec().into())
+    }
+
+    /// `values`, moved (on the host) or copied (to a device) to where this
+    /// backend's kernels read them in place.
+    fn adopt(&self, values: Vec<f32>) -> Result<Buf> {
+        Ok(values.into())
+    }
+
     /// `c = a · b` (or `c += a · b` when `accumulate`), with `a: m x k`, `b: k x n`, `c: m x n`.
     fn matmul(&self, a: MatRef<'_>, b: MatRef<'_>, c: MatMut<'_>, accumulate: bool) -> Result<()>;
 
@@ -293,7 +320,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         step: u64,
         w: &mut [f32],
         g: &[f32],
-        slots: &mut [Vec<f32>],
+        slots: &mut [Buf],
     ) -> Result<()>;
 }
 

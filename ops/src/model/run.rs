@@ -33,7 +33,8 @@
 use super::token_tables::ProjectedTokens;
 use super::Model;
 use crate::autodiff::{Tape, Var};
-use crate::backend::with_single_threaded_kernels;
+use crate::backend::{default_backend, with_single_threaded_kernels, Backend, Device};
+use crate::buf::Buf;
 use crate::error::{OpsError, Result};
 use crate::init::Rng;
 use crate::layers::{CallContext, Embedding, Layer, Lstm, StateUpdate, Value};
@@ -78,7 +79,7 @@ impl BatchResult {
 /// frozen weights. Also carries the state updates of the step.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct WeightGrads {
-    pub values: Vec<Option<Vec<f32>>>,
+    pub values: Vec<Option<Buf>>,
     /// New values of non-trainable state weights (BatchNormalization moving
     /// statistics), by weight index as `values`, summed over `state_parts`
     /// contributions; [`Model::apply_gradients`] writes their mean.
@@ -87,7 +88,7 @@ pub struct WeightGrads {
     pub state_parts: usize,
 }
 
-fn add_into(dst: &mut [Option<Vec<f32>>], src: &[Option<Vec<f32>>]) {
+fn add_into<B: std::ops::DerefMut<Target = [f32]> + Clone>(dst: &mut [Option<B>], src: &[Option<B>]) {
     for (a, b) in dst.iter_mut().zip(src) {
         match (a, b) {
             (Some(a), Some(b)) => a.par_chunks_mut(1 << 15).zip(b.par_chunks(1 << 15)).for_each(|(a, b)| {
@@ -503,6 +504,15 @@ impl Model {
         optimizer.apply(&mut params)
     }
 
+    /// Moves every weight to `backend`'s device, where they then stay: its
+    /// kernels read them and the optimizer updates them in place there.
+    pub fn move_weights_to(&mut self, backend: &dyn Backend) -> Result<()> {
+        for w in self.layers.iter_mut().flat_map(|l| l.weights_mut()) {
+            w.value.move_to(backend)?;
+        }
+        Ok(())
+    }
+
     /// Steps run so far (it seeds dropout); a worker that continues another
     /// process's training sets it so that its random streams continue too.
     pub fn steps_run(&self) -> u64 {
@@ -516,6 +526,7 @@ impl Model {
 
     /// One training step on a batch: forward, backward, optimizer update.
     pub fn train_on_batch(&mut self, inputs: &[Data], targets: &[Data]) -> Result<BatchResult> {
+        self.move_weights_to(&*default_backend())?;
         let (result, grads) = self.gradients_on_batch(inputs, targets)?;
         self.apply_gradients(grads)?;
         self.steps_run += 1;
@@ -528,14 +539,21 @@ impl Model {
     }
 }
 
-/// `[start, end)` of each shard of a batch.
+/// `[start, end)` of each shard of a batch: one per thread on the CPU, the
+/// whole batch on a device (whose kernels are parallel already).
 fn shard_bounds(batch: usize) -> Vec<(usize, usize)> {
+    if default_backend().device() != Device::Cpu {
+        return vec![(0, batch)];
+    }
     even_cuts(batch, rayon::current_num_threads().min(batch / MIN_SHARD).max(1))
 }
 
 /// `[start, end)` of each inference shard: one per thread, cut finer when
 /// those would exceed [`INFER_SHARD`] samples.
 fn infer_shard_bounds(batch: usize) -> Vec<(usize, usize)> {
+    if default_backend().device() != Device::Cpu {
+        return vec![(0, batch)];
+    }
     let threads = rayon::current_num_threads().max(1);
     even_cuts(batch, threads.max(batch.div_ceil(INFER_SHARD)).min(batch / MIN_SHARD).max(1))
 }

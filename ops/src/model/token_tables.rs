@@ -43,7 +43,7 @@ pub(crate) struct TokenTables {
 struct Entry {
     lstm_node: usize,
     /// The embeddings, kernel and bias the counts and the table belong to.
-    sources: Vec<Weak<Vec<f32>>>,
+    sources: Vec<Weak<crate::buf::Buf>>,
     tokens_seen: usize,
     table: Option<Tensor>,
 }
@@ -130,7 +130,7 @@ impl Model {
                 let bias = sources.get(2).map(|b| b.data());
                 let dims = (embeddings.shape()[1], g4);
                 let rows = input_projection(&*backend, embeddings.data(), vocab, kernel.data(), dims, bias)?;
-                entry.table = Some(Tensor::new(&[vocab, g4], rows)?);
+                entry.table = Some(Tensor::from_buf(&[vocab, g4], rows)?);
             }
             if let Some(table) = &entry.table {
                 let (embedding_node, lstm_node) = (pair.embedding_node, pair.lstm_node);

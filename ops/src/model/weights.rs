@@ -238,9 +238,9 @@ impl Model {
             opt.slots.clear();
             let names = opt.config.kind.slot_names();
             for key in keys {
-                let slots: Option<Vec<Vec<f32>>> = names
+                let slots: Option<Vec<crate::buf::Buf>> = names
                     .iter()
-                    .map(|n| opt_tensors.remove(&format!("{OPT_PREFIX}{key}/{n}")).map(|t| t.into_vec()))
+                    .map(|n| opt_tensors.remove(&format!("{OPT_PREFIX}{key}/{n}")).map(|t| t.into_buf()))
                     .collect();
                 if let Some(s) = slots {
                     opt.slots.insert(key, s);

@@ -8,6 +8,7 @@ mod schedule;
 pub use schedule::{LearningRate, Schedule};
 
 use crate::backend::{calls::Elementwise, default_backend};
+use crate::buf::Buf;
 use crate::error::{OpsError, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -152,7 +153,7 @@ pub struct ParamUpdate<'a> {
     /// `<layer>/<weight>`: the key of its slots.
     pub key: &'a str,
     pub value: &'a mut [f32],
-    pub grad: Vec<f32>,
+    pub grad: Buf,
 }
 
 /// An optimizer: its config, iteration count and slots.
@@ -161,7 +162,7 @@ pub struct Optimizer {
     pub config: OptimizerConfig,
     pub iterations: u64,
     /// Slots per variable key, in `slot_names()` order.
-    pub slots: BTreeMap<String, Vec<Vec<f32>>>,
+    pub slots: BTreeMap<String, Vec<Buf>>,
 }
 
 impl Optimizer {
@@ -212,10 +213,11 @@ impl Optimizer {
         let step = self.iterations + 1;
         let names = self.config.kind.slot_names();
         for p in params.iter_mut() {
-            let slots = self
-                .slots
-                .entry(p.key.to_string())
-                .or_insert_with(|| names.iter().map(|_| vec![0.0; p.value.len()]).collect());
+            if !self.slots.contains_key(p.key) {
+                let fresh = names.iter().map(|_| be.zeros(p.value.len())).collect::<Result<Vec<_>>>()?;
+                self.slots.insert(p.key.to_string(), fresh);
+            }
+            let slots = self.slots.get_mut(p.key).expect("inserted above");
             if slots.len() != names.len() || slots.iter().any(|s| s.len() != p.value.len()) {
                 return Err(OpsError::shape(
                     format!("optimizer slots of '{}'", p.key),
@@ -238,7 +240,7 @@ mod tests {
         let mut opt = Optimizer::new(cfg);
         let mut w = vec![1.0f32, -2.0, 0.5];
         for _ in 0..steps {
-            let mut ps = [ParamUpdate { key: "l/w", value: &mut w, grad: grads.to_vec() }];
+            let mut ps = [ParamUpdate { key: "l/w", value: &mut w, grad: grads.to_vec().into() }];
             opt.apply(&mut ps).unwrap();
         }
         (w, opt)

@@ -3,6 +3,7 @@
 
 use super::{random, wide, Failures};
 use kallista_ops::backend::Backend;
+use kallista_ops::buf::Buf;
 use kallista_ops::optim::OptimizerKind;
 
 const N: usize = 70_001;
@@ -32,7 +33,10 @@ pub fn check(be: &dyn Backend, f: &mut Failures) {
                 }
             })
             .collect();
-        let (mut w, mut slots) = (w0.clone(), slots0.clone());
+        // The slots in the backend's own memory (on a device, its kernels update them in place),
+        // the weights and gradients on the host (copied up and back).
+        let slots: Option<Vec<Buf>> = slots0.iter().map(|s| f.ok("slots", be.buf_from(s))).collect();
+        let (mut w, Some(mut slots)) = (w0.clone(), slots) else { continue };
         if f.ok(&format!("{rule:?}"), be.optimizer_step(&rule, LR, STEP, &mut w, &g, &mut slots)).is_none() {
             continue;
         }
@@ -46,7 +50,7 @@ pub fn check(be: &dyn Backend, f: &mut Failures) {
     let mut w = w0.clone();
     f.refused(
         "a gradient of another size",
-        be.optimizer_step(&rule, LR, STEP, &mut w, &g[1..], &mut [vec![0.0; N], vec![0.0; N]]),
+        be.optimizer_step(&rule, LR, STEP, &mut w, &g[1..], &mut [vec![0.0; N].into(), vec![0.0; N].into()]),
     );
     f.refused("missing slots", be.optimizer_step(&rule, LR, STEP, &mut w, &g, &mut []));
 }

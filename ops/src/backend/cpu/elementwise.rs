@@ -37,7 +37,7 @@ pub(super) fn copy(src: MatRef<'_>, dst: MatMut<'_>, accumulate: bool) -> Result
     Ok(())
 }
 
-fn same_len(op: &str, lens: &[usize]) -> Result<()> {
+pub(in crate::backend) fn same_len(op: &str, lens: &[usize]) -> Result<()> {
     if lens.windows(2).any(|w| w[0] != w[1]) {
         let shapes: Vec<[usize; 1]> = lens.iter().map(|l| [*l]).collect();
         let shapes: Vec<&[usize]> = shapes.iter().map(|s| &s[..]).collect();
@@ -88,7 +88,7 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> Result<f64> {
 }
 
 /// Checks that `ids` index rows of a `rows`-row table and that `other` holds one `width` row per id.
-fn check_ids(op: &str, ids: &[i32], rows: usize, width: usize, other: usize) -> Result<()> {
+pub(in crate::backend) fn check_ids(op: &str, ids: &[i32], rows: usize, width: usize, other: usize) -> Result<()> {
     if let Some(bad) = ids.iter().position(|&id| id < 0 || id as usize >= rows) {
         return Err(OpsError::shape(op, format!("id {} at {bad} is outside [0, {rows})", ids[bad]), &[&[rows, width]]));
     }

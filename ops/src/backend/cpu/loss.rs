@@ -24,7 +24,7 @@ pub(super) fn loss(call: LossCall<'_>) -> Result<f64> {
     }
 }
 
-fn check_lengths(op: &str, pred: usize, target: usize, grad: usize) -> Result<()> {
+pub(in crate::backend) fn check_lengths(op: &str, pred: usize, target: usize, grad: usize) -> Result<()> {
     if pred != target || pred != grad {
         return Err(OpsError::shape(op, "predictions, targets and gradient differ in size", &[&[pred, target, grad]]));
     }

@@ -8,11 +8,11 @@
 //! uses when it already runs one batch shard per thread.
 
 mod conv;
-mod elementwise;
-mod loss;
+pub(super) mod elementwise;
+pub(super) mod loss;
 mod norm_pool;
 mod optimizer;
-mod recurrent;
+pub(super) mod recurrent;
 
 use super::calls::{BatchNormCall, DepthwiseCall, Elementwise, Im2colCall, LossCall, PoolCall, RecurrentCall};
 use super::{
@@ -198,7 +198,7 @@ impl Backend for CpuBackend {
         step: u64,
         w: &mut [f32],
         g: &[f32],
-        slots: &mut [Vec<f32>],
+        slots: &mut [crate::buf::Buf],
     ) -> Result<()> {
         if g.len() != w.len() || slots.len() != rule.slot_names().len() || slots.iter().any(|s| s.len() != w.len()) {
             return Err(OpsError::shape(

@@ -1,6 +1,7 @@
 //! The CPU's optimizer updates: the per-variable rules (Keras 3 formulas),
 //! vectorised over chunks and spread over the rayon pool for large variables.
 
+use crate::buf::Buf;
 use crate::optim::OptimizerKind;
 use rayon::prelude::*;
 
@@ -8,7 +9,7 @@ const CHUNK: usize = 1 << 15;
 
 /// Applies one step of `kind` to `w` with gradient `g`, learning rate `lr` and
 /// 1-based step number `step`, updating `slots` in place.
-pub(super) fn update(kind: &OptimizerKind, lr: f32, step: u64, w: &mut [f32], g: &[f32], slots: &mut [Vec<f32>]) {
+pub(super) fn update(kind: &OptimizerKind, lr: f32, step: u64, w: &mut [f32], g: &[f32], slots: &mut [Buf]) {
     match *kind {
         OptimizerKind::Sgd { momentum, nesterov } => {
             if momentum == 0.0 {
@@ -50,7 +51,7 @@ pub(super) fn update(kind: &OptimizerKind, lr: f32, step: u64, w: &mut [f32], g:
 }
 
 #[allow(clippy::too_many_arguments)]
-fn adam(lr: f32, step: u64, b1: f32, b2: f32, eps: f32, wd: f32, w: &mut [f32], g: &[f32], slots: &mut [Vec<f32>]) {
+fn adam(lr: f32, step: u64, b1: f32, b2: f32, eps: f32, wd: f32, w: &mut [f32], g: &[f32], slots: &mut [Buf]) {
     let (m, v) = slots.split_at_mut(1);
     let (m, v) = (&mut m[0], &mut v[0]);
     let t = step as f64;

@@ -44,7 +44,12 @@ pub(super) fn recurrent(call: RecurrentCall<'_>) -> Result<()> {
 }
 
 /// Checks the step, the mask and that each `(len, gates)` buffer holds `gates * u` per row.
-fn check(dims: SequenceDims, step: usize, mask: Option<&[bool]>, lens: &[(usize, usize)]) -> Result<()> {
+pub(in crate::backend) fn check(
+    dims: SequenceDims,
+    step: usize,
+    mask: Option<&[bool]>,
+    lens: &[(usize, usize)],
+) -> Result<()> {
     let rows = dims.batch * dims.steps;
     let bad_len = lens.iter().any(|&(len, gates)| len < rows * gates * dims.units);
     if step >= dims.steps || mask.is_some_and(|m| m.len() != rows) || bad_len {
@@ -55,7 +60,7 @@ fn check(dims: SequenceDims, step: usize, mask: Option<&[bool]>, lens: &[(usize,
 }
 
 /// Checks a `[B, u]` buffer.
-fn check_last(dims: SequenceDims, len: usize) -> Result<()> {
+pub(in crate::backend) fn check_last(dims: SequenceDims, len: usize) -> Result<()> {
     if len < dims.batch * dims.units {
         return Err(OpsError::shape("recurrent step", "state must be [batch, units]", &[&[dims.batch, dims.units]]));
     }

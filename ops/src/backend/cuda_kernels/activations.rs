@@ -1,11 +1,9 @@
-//! CUDA C for the activation kernels, compiled by NVRTC when a CUDA backend
-//! opens (so building needs no toolkit). Each follows the CPU backend's
-//! formula; `act` numbers are [`act_code`]'s.
+//! The activation kernels; `act` numbers are [`act_code`]'s.
 
-use super::Activation;
+use crate::backend::Activation;
 
 /// The kernel-side number of an elementwise activation (softmax has its own kernels).
-pub(super) fn act_code(act: Activation) -> i32 {
+pub(in crate::backend) fn act_code(act: Activation) -> i32 {
     match act {
         Activation::Linear => 0,
         Activation::Relu => 1,
@@ -16,7 +14,7 @@ pub(super) fn act_code(act: Activation) -> i32 {
     }
 }
 
-pub(super) const SOURCE: &str = r#"
+pub(super) const ACTIVATIONS: &str = r#"
 extern "C" __global__ void act_forward(float* x, long long n, int act) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
