@@ -5,9 +5,9 @@
 #   scripts/gpu-check.sh build   # here: builds the CUDA test and bench binaries into gpu-check/
 #   scripts/gpu-check.sh run     # on the GPU machine, in a copy of the repository with gpu-check/:
 #                                # the backend conformance suite and the gradient checks on
-#                                # cuda:0, then W1 train/infer samples/s of Kallista's CUDA
-#                                # backend (and its CPU one with GPU_CHECK_CPU=1) beside PyTorch
-#                                # on the same card
+#                                # cuda:0, then W1 and W3 train/infer samples/s of Kallista's
+#                                # CUDA backend (and W1 on its CPU one with GPU_CHECK_CPU=1)
+#                                # beside PyTorch on the same card
 #
 # `run` writes its log and one JSON line per measurement under $OUT (or
 # gpu-check/out); each part has its own time limit, so one that hangs cannot
@@ -21,7 +21,7 @@ build() {
     cargo test --release -p kallista-ops --features cuda --test backend_conformance --test gradcheck \
         --test gradcheck_vision --test keras_parity --test vision_keras_parity \
         --no-run --message-format=json >"$dir/artifacts.json"
-    cargo bench -p kallista-ops --features cuda --bench w1 --no-run --message-format=json >>"$dir/artifacts.json"
+    cargo bench -p kallista-ops --features cuda --bench w1 --bench w3 --no-run --message-format=json >>"$dir/artifacts.json"
     python3 - "$dir/bin" "$dir/artifacts.json" <<'PY'
 import json, shutil, sys
 for line in open(sys.argv[2]):
@@ -29,12 +29,12 @@ for line in open(sys.argv[2]):
         continue
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in (
-            "backend_conformance", "gradcheck", "gradcheck_vision", "keras_parity", "vision_keras_parity", "w1"):
+            "backend_conformance", "gradcheck", "gradcheck_vision", "keras_parity", "vision_keras_parity", "w1", "w3"):
         shutil.copy(m["executable"], f"{sys.argv[1]}/{m['target']['name']}")
         print("built", m["target"]["name"])
 PY
     strip --strip-debug "$dir"/bin/*  # what travels to the GPU machine is capped
-    cp scripts/gpu/torch_w1.py "$dir/"
+    cp scripts/gpu/torch_w1.py scripts/gpu/torch_w3.py "$dir/"
     # The parity tests find their fixtures under the checkout they were built in.
     pwd >"$dir/built-in"
     du -sh "$dir"
@@ -82,6 +82,9 @@ run() {
     fi
     KALLISTA_DEVICE=cuda:0 W1_STEPS=10 W1_INFER_STEPS=10 timeout 150 "$dir/bin/w1" --bench | tee -a "$out/w1.jsonl" || status=1
     timeout 120 python3 "$dir/torch_w1.py" | tee -a "$out/w1.jsonl" || status=1
+    echo "== W3: the seed model on raw frames (frozen InceptionV3), Kallista's CUDA backend and PyTorch"
+    KALLISTA_DEVICE=cuda:0 W3_STEPS=5 W3_INFER_STEPS=5 timeout 150 "$dir/bin/w3" --bench | tee -a "$out/w3.jsonl" || status=1
+    timeout 120 python3 "$dir/torch_w3.py" | tee -a "$out/w3.jsonl" || status=1
     echo "== done: status $status"
     return $status
 }

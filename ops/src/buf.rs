@@ -6,16 +6,22 @@
 //! does a `Vec`, and the backend calls keep taking slices: a device backend
 //! recognises the buffers it allocated and runs its kernels on them in place,
 //! so a weight, a gradient or an Adam moment stays on the device between
-//! steps. A backend finishes its work on a buffer before its call returns, so
-//! the host never reads a value a kernel is still writing.
+//! steps. A device block waits for the device's queued work before it hands
+//! its address to the host ([`DeviceBlock::ptr`]), so the host never reads a
+//! value a kernel is still writing.
 
 use crate::backend::Device;
 use std::ops::{Deref, DerefMut};
 
-/// Memory a device backend allocated: `len` f32 values at `ptr`, readable
-/// and writable from the host between backend calls. Dropping it hands the
-/// memory back to the backend.
-pub trait DeviceBlock: Send + Sync + std::fmt::Debug {
+/// Memory a device backend allocated. Dropping it hands the memory back to
+/// the backend.
+///
+/// # Safety
+/// For as long as the block lives, `ptr()` must return the address of
+/// `value_count()` initialised f32 values (or null when there are none)
+/// that the host may read and write: no device work may still be writing
+/// them when `ptr()` returns, and no other block may share them.
+pub unsafe trait DeviceBlock: Send + Sync + std::fmt::Debug {
     /// The first value's address, once the host may use it (no device work
     /// still queued on the block).
     fn ptr(&self) -> *mut f32;

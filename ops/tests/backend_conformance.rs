@@ -364,7 +364,7 @@ fn the_tolerances_catch_a_small_error() {
             step: u64,
             w: &mut [f32],
             g: &[f32],
-            slots: &mut [kallista_ops::buf::Buf],
+            slots: &mut [&mut [f32]],
         ) -> kallista_ops::Result<()> {
             cpu_backend().optimizer_step(rule, lr * 1.001, step, w, g, slots)
         }

@@ -42,6 +42,7 @@
 pub mod args;
 pub mod async_worker;
 pub mod blocks;
+mod chunked_step;
 pub mod driver;
 pub mod eval_udaf;
 pub mod exact;

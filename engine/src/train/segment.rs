@@ -22,6 +22,7 @@
 //! connection close.
 
 use super::blocks::BlockReader;
+use super::chunked_step::{apply_mean_in_chunks, Sums, CHUNK};
 use super::exact::{add_exact, mean_into, set_exact};
 use super::job_dir::JobDir;
 use super::model_cache::{keep, model_for};
@@ -111,10 +112,19 @@ impl FlatLayout {
         self.entries.iter().map(|e| e.2).sum()
     }
 
-    /// Sets `flat` to the sum of the micro-batches' gradients, each rounded
-    /// to fixed point: in chunks, on all of this process's cores.
-    fn sum(&self, flat: &mut [i64], grads: &[&WeightGrads], keys: &[String]) -> Result<()> {
-        const CHUNK: usize = 1 << 16;
+    /// Whether the step has state updates (BatchNormalization), which the
+    /// chunked optimizer step does not carry.
+    fn has_states(&self) -> bool {
+        self.entries.iter().any(|e| e.1)
+    }
+
+    /// The weights whose gradients the sum holds, in its order.
+    fn weights(&self) -> Vec<usize> {
+        self.entries.iter().map(|e| e.0).collect()
+    }
+
+    /// Each entry's vector of each micro-batch.
+    fn vectors<'g>(&self, grads: &[&'g WeightGrads], keys: &[String]) -> Result<Vec<Vec<&'g [f32]>>> {
         let mut vectors: Vec<Vec<&[f32]>> = vec![];
         for &(i, state, n) in &self.entries {
             let name = keys.get(i).map_or("?", |k| k.as_str());
@@ -132,6 +142,14 @@ impl FlatLayout {
                 .collect::<Result<Vec<&[f32]>>>()?;
             vectors.push(of_entry);
         }
+        Ok(vectors)
+    }
+
+    /// Sets `flat` to the sum of the micro-batches' gradients, each rounded
+    /// to fixed point: in chunks, on all of this process's cores.
+    fn sum(&self, flat: &mut [i64], grads: &[&WeightGrads], keys: &[String]) -> Result<()> {
+        const CHUNK: usize = 1 << 16;
+        let vectors = self.vectors(grads, keys)?;
         // (entry, offset in it, the part of `flat` it fills)
         let mut chunks: Vec<(usize, usize, &mut [i64])> = vec![];
         let mut rest = flat;
@@ -400,6 +418,29 @@ fn run_steps(
             // The leader: every micro-batch of this process in one exact sum.
             let refs: Vec<&WeightGrads> = all.iter().collect();
             let layout = layout.get_or_insert_with(|| FlatLayout::of(refs[0]));
+            if !layout.has_states() {
+                let mut model = group.model.write().unwrap_or_else(|e| e.into_inner());
+                let weights = layout.weights();
+                if let Some(update) = model.ranged_update(&weights)? {
+                    let names: Vec<&str> = weights.iter().map(|&i| keys.get(i).map_or("?", |k| k.as_str())).collect();
+                    // The sum made a chunk at a time with the mean and the update, or, across
+                    // processes, all-reduced whole first.
+                    match ring.as_mut() {
+                        None => {
+                            let vectors = layout.vectors(&refs, &keys)?;
+                            apply_mean_in_chunks(Sums::Parts(&vectors), &names, parts, update, CHUNK)?;
+                        }
+                        Some(r) => {
+                            flat.resize(layout.len(), 0);
+                            layout.sum(&mut flat, &refs, &keys)?;
+                            sent = r.all_reduce(step, &mut flat)?;
+                            apply_mean_in_chunks(Sums::Flat(&flat), &names, parts, update, CHUNK)?;
+                        }
+                    }
+                    model.set_steps_run(step + 1);
+                    return Ok(());
+                }
+            }
             flat.resize(layout.len(), 0);
             layout.sum(&mut flat, &refs, &keys)?;
             if let Some(r) = ring.as_mut() {
@@ -445,4 +486,69 @@ fn finish(spec: &SegmentSpec, rank: usize, group: &LocalGroup, report: &mut Rank
         keep(&spec.model.config, &spec.next_weights, model.clone())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::test_model::{adam, tiny_model};
+
+    /// Each micro-batch's gradient of every weight: values that differ by
+    /// weight, element, micro-batch and step.
+    fn grads_of(model: &Model, step: usize, parts: usize) -> Vec<WeightGrads> {
+        let lens: Vec<usize> = model.weight_keys().iter().map(|k| model.weight(k).map_or(0, |w| w.len())).collect();
+        (0..parts)
+            .map(|p| WeightGrads {
+                values: lens
+                    .iter()
+                    .enumerate()
+                    .map(|(w, &n)| {
+                        Some((0..n).map(|i| ((i * 7 + w * 5 + p * 3 + step) % 11) as f32 * 0.013 - 0.06).collect())
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    /// Two steps of the chunked optimizer step, from micro-batch gradients
+    /// and from a flat sum (as an all-reduce leaves it), in chunks of 5 that
+    /// cut every weight, end with the bits (weights, slots, iterations) of
+    /// the whole-vector sum, mean and `apply_gradients`.
+    #[test]
+    fn chunked_steps_give_the_bits_of_whole_vectors() {
+        let base = tiny_model(&adam(&[]));
+        let keys = base.weight_keys();
+        let (mut whole, mut from_parts, mut from_flat) = (base.clone(), base.clone(), base.clone());
+        for step in 0..2 {
+            let grads = grads_of(&base, step, 3);
+            let refs: Vec<&WeightGrads> = grads.iter().collect();
+            let layout = FlatLayout::of(refs[0]);
+            let mut flat = vec![0i64; layout.len()];
+            layout.sum(&mut flat, &refs, &keys).unwrap();
+            whole.apply_gradients(layout.mean(&flat, 3)).unwrap();
+            let weights = layout.weights();
+            let names: Vec<&str> = weights.iter().map(|&i| keys[i].as_str()).collect();
+            let vectors = layout.vectors(&refs, &keys).unwrap();
+            let update = from_parts.ranged_update(&weights).unwrap().expect("Adam without clipping");
+            apply_mean_in_chunks(Sums::Parts(&vectors), &names, 3, update, 5).unwrap();
+            let update = from_flat.ranged_update(&weights).unwrap().expect("Adam without clipping");
+            apply_mean_in_chunks(Sums::Flat(&flat), &names, 3, update, 5).unwrap();
+        }
+        assert_ne!(weights_hash(&whole), weights_hash(&base), "the steps changed nothing");
+        assert_eq!(weights_hash(&from_parts), weights_hash(&whole), "chunked from the micro-batches");
+        assert_eq!(weights_hash(&from_flat), weights_hash(&whole), "chunked from a flat sum");
+        // A wrong divisor does not pass.
+        let grads = grads_of(&base, 0, 3);
+        let refs: Vec<&WeightGrads> = grads.iter().collect();
+        let layout = FlatLayout::of(refs[0]);
+        let (weights, mut wrong, mut right) = (layout.weights(), base.clone(), base.clone());
+        let names: Vec<&str> = weights.iter().map(|&i| keys[i].as_str()).collect();
+        let vectors = layout.vectors(&refs, &keys).unwrap();
+        apply_mean_in_chunks(Sums::Parts(&vectors), &names, 2, wrong.ranged_update(&weights).unwrap().unwrap(), 5)
+            .unwrap();
+        apply_mean_in_chunks(Sums::Parts(&vectors), &names, 3, right.ranged_update(&weights).unwrap().unwrap(), 5)
+            .unwrap();
+        assert_ne!(weights_hash(&wrong), weights_hash(&right));
+    }
 }

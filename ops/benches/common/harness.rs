@@ -1,4 +1,4 @@
-//! The measurement shared by the workload benches (W1, W2): train steps,
+//! The measurement shared by the workload benches (W1, W2, W3): train steps,
 //! the forward+backward / update split, inference, and one JSON line in the
 //! peers' format (`shared/peers/peerlib.py`), so `scripts/bench-w1.sh` can
 //! set them side by side.
@@ -70,7 +70,7 @@ pub fn run(model: &mut Model, w: &Workload<'_>) {
     }
     // Where a step's time goes: forward+backward vs the optimizer update.
     let (mut fb, mut upd) = (vec![], vec![]);
-    for i in 0..10 {
+    for i in 0..steps.min(10) {
         let (x, y) = &w.train[i % w.train.len()];
         let t = Instant::now();
         let (_, g) = model.gradients_on_batch(x, y).unwrap();

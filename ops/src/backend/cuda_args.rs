@@ -7,17 +7,19 @@ use super::cuda_memory::{DeviceMemory, ManagedBlock};
 use crate::error::Result;
 use std::sync::Arc;
 
-pub(super) struct CallArgs<'m> {
+/// `'a`: the outputs' borrow, which lasts until [`CallArgs::finish`] has copied back to them.
+pub(super) struct CallArgs<'m, 'a> {
     memory: &'m Arc<DeviceMemory>,
     /// Staging and scratch blocks, kept until the call's work is queued.
     blocks: Vec<ManagedBlock>,
     /// (device, host, bytes) copies back to host outputs.
     write_back: Vec<(u64, u64, usize)>,
+    outputs: std::marker::PhantomData<&'a mut [u8]>,
 }
 
-impl<'m> CallArgs<'m> {
+impl<'m, 'a> CallArgs<'m, 'a> {
     pub fn new(memory: &'m Arc<DeviceMemory>) -> Self {
-        CallArgs { memory, blocks: Vec::new(), write_back: Vec::new() }
+        CallArgs { memory, blocks: Vec::new(), write_back: Vec::new(), outputs: std::marker::PhantomData }
     }
 
     /// The device address of an input slice.
@@ -27,7 +29,7 @@ impl<'m> CallArgs<'m> {
 
     /// The device address of an output slice, which kernels may also read
     /// (accumulation, updates in place): a host one is copied up and back.
-    pub fn output<T: Copy>(&mut self, values: &mut [T]) -> Result<u64> {
+    pub fn output<T: Copy>(&mut self, values: &'a mut [T]) -> Result<u64> {
         let (host, bytes) = (values.as_mut_ptr() as u64, std::mem::size_of_val(values));
         let device = self.place(host, bytes)?;
         if device != host {

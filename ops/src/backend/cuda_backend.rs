@@ -15,20 +15,23 @@
 //! the device's one stream; the host waits for it only when it reads a value.
 //! One worker process per device.
 
-use super::calls::{Elementwise, LossCall, RecurrentCall, SequenceDims, Targets};
+use super::calls::{
+    BatchNormCall, DepthwiseCall, Elementwise, Im2colCall, LossCall, PoolCall, RecurrentCall, SequenceDims, Targets,
+};
 use super::cpu::{elementwise as cpu_checks, loss as cpu_loss, recurrent as cpu_recurrent};
 use super::cuda_args::CallArgs;
 use super::cuda_kernels::{act_code, source, NAMES};
 use super::cuda_memory::DeviceMemory;
 use super::{
-    check_activation_backward, check_matmul, check_rows, zero_unless_accumulating, Activation, Backend, Device, MatMut,
-    MatRef,
+    check_activation_backward, check_matmul, check_rows, zero_unless_accumulating, Activation, Backend, CpuBackend,
+    Device, MatMut, MatRef,
 };
 use crate::buf::Buf;
 use crate::error::{OpsError, Result};
 use crate::optim::OptimizerKind;
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::CudaBlas;
+use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS;
 use cudarc::driver::{CudaContext, CudaFunction, LaunchConfig, PushKernelArg};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -105,6 +108,13 @@ impl CudaBackend {
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| fail(format!("cannot open the device: {e}")))?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        // Tensors live in managed memory that the host reads while the device works on others.
+        let concurrent = ctx.attribute(CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS);
+        if concurrent.map_or(true, |v| v == 0) {
+            return Err(fail(format!(
+                "{name} lacks concurrent managed memory access (a Pascal or newer GPU on Linux has it); use device cpu"
+            )));
+        }
         let stream = ctx.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(|e| fail(format!("cannot create a cuBLAS handle: {e}")))?;
         let ptx =
@@ -209,7 +219,7 @@ fn int(value: usize, what: &str) -> Result<i32> {
 impl CudaBackend {
     /// A product operand: in place when one of its strides is 1, else packed
     /// row-major into a scratch block.
-    fn operand(&self, gpu: &Gpu, args: &mut CallArgs<'_>, v: MatRef<'_>) -> Result<Operand> {
+    fn operand(&self, gpu: &Gpu, args: &mut CallArgs<'_, '_>, v: MatRef<'_>) -> Result<Operand> {
         let (rows, cols) = (v.rows, v.cols);
         if v.col_stride == 1 && (rows == 1 || v.row_stride >= cols) {
             let ptr = args.input(v.data)? + 4 * v.offset as u64;
@@ -388,21 +398,28 @@ impl Backend for CudaBackend {
         let (op, a, b, out, n, scale, offset, acc): (i32, u64, u64, u64, usize, f32, f32, i32) = match call {
             Elementwise::Add { a, b, out } => {
                 cpu_checks::same_len("add", &[a.len(), b.len(), out.len()])?;
-                (0, args.input(a)?, args.input(b)?, args.output(out)?, out.len(), 1.0, 0.0, 0)
+                let n = out.len();
+                (0, args.input(a)?, args.input(b)?, args.output(out)?, n, 1.0, 0.0, 0)
             }
             Elementwise::Mul { a, b, out, accumulate } => {
                 cpu_checks::same_len("multiply", &[a.len(), b.len(), out.len()])?;
-                (1, args.input(a)?, args.input(b)?, args.output(out)?, out.len(), 1.0, 0.0, accumulate as i32)
+                let n = out.len();
+                (1, args.input(a)?, args.input(b)?, args.output(out)?, n, 1.0, 0.0, accumulate as i32)
             }
             Elementwise::AddScaled { x, scale, out } => {
                 cpu_checks::same_len("add_scaled", &[x.len(), out.len()])?;
-                (2, args.input(x)?, 0, args.output(out)?, out.len(), scale, 0.0, 0)
+                let n = out.len();
+                (2, args.input(x)?, 0, args.output(out)?, n, scale, 0.0, 0)
             }
             Elementwise::ScaleShift { x, scale, offset, out } => {
                 cpu_checks::same_len("scale_shift", &[x.len(), out.len()])?;
-                (3, args.input(x)?, 0, args.output(out)?, out.len(), scale, offset, 0)
+                let n = out.len();
+                (3, args.input(x)?, 0, args.output(out)?, n, scale, offset, 0)
             }
-            Elementwise::ScaleInPlace { x, scale } => (4, 0, 0, args.output(x)?, x.len(), scale, 0.0, 0),
+            Elementwise::ScaleInPlace { x, scale } => {
+                let n = x.len();
+                (4, 0, 0, args.output(x)?, n, scale, 0.0, 0)
+            }
         };
         if n > 0 {
             let n64 = n as i64;
@@ -444,9 +461,10 @@ impl Backend for CudaBackend {
         }
         let gpu = self.gpu()?;
         let mut args = CallArgs::new(&self.memory);
+        let n = out.len();
         let (td, idd, od) = (args.input(table)?, args.input(ids)?, args.output(out)?);
         let (w, count) = (width as i64, ids.len() as i64);
-        launch!(self, gpu, "gather_rows", self.strided(out.len()); td, w, idd, count, od);
+        launch!(self, gpu, "gather_rows", self.strided(n); td, w, idd, count, od);
         args.finish()
     }
 
@@ -513,6 +531,9 @@ impl Backend for CudaBackend {
                     }
                     Targets::Dense(t) => (0, args.input(t)?),
                 };
+                if rows == 0 {
+                    return Ok(f64::NAN); // the mean over no rows, as the CPU gives it
+                }
                 let (pd, gd) = (args.input(pred)?, args.output(grad)?);
                 let row_loss = args.scratch(2 * rows)?;
                 let (c64, logits, inv) = (c as i64, from_logits as i32, 1.0 / rows as f32);
@@ -536,7 +557,7 @@ impl Backend for CudaBackend {
         let gpu = self.gpu()?;
         let mut args = CallArgs::new(&self.memory);
         let dims_of = |d: SequenceDims, step: usize| (step as i64, d.batch as i64, d.steps as i64, d.units as i64);
-        let mask_of = |args: &mut CallArgs<'_>, m: Option<&[bool]>| m.map_or(Ok(0), |m| args.input(m));
+        let mask_of = |args: &mut CallArgs<'_, '_>, m: Option<&[bool]>| m.map_or(Ok(0), |m| args.input(m));
         match call {
             RecurrentCall::LstmStep { step, dims, mask, gates, cs, tc, hprev, h_last } => {
                 cpu_recurrent::check(
@@ -602,7 +623,7 @@ impl Backend for CudaBackend {
         step: u64,
         w: &mut [f32],
         g: &[f32],
-        slots: &mut [Buf],
+        slots: &mut [&mut [f32]],
     ) -> Result<()> {
         if g.len() != w.len() || slots.len() != rule.slot_names().len() || slots.iter().any(|s| s.len() != w.len()) {
             return Err(OpsError::shape(
@@ -632,7 +653,7 @@ impl Backend for CudaBackend {
         let (wd, gd, n) = (args.output(w)?, args.input(g)?, g.len() as i64);
         let mut slot_ptrs = [0u64; 2];
         for (ptr, slot) in slot_ptrs.iter_mut().zip(slots.iter_mut()) {
-            *ptr = args.output(slot.as_mut_slice())?;
+            *ptr = args.output(&mut slot[..])?;
         }
         let [s0, s1] = slot_ptrs;
         launch!(self, gpu, "optimizer_step", self.strided(g.len()); code, wd, gd, s0, s1, n, lr, a, b, c, d, e, flag);
@@ -640,8 +661,27 @@ impl Backend for CudaBackend {
     }
 
     // Not on the device yet: convolution windows, pooling and batch
-    // normalisation run the CPU's kernels on the host, on the same buffers.
-    crate::host_kernels!(im2col, depthwise, pool, batch_norm);
+    // normalisation run the CPU's kernels on the host, on the same buffers,
+    // once the device's queued work is done.
+    fn im2col(&self, call: Im2colCall<'_>) -> Result<()> {
+        self.memory.settle()?;
+        CpuBackend.im2col(call)
+    }
+
+    fn depthwise(&self, call: DepthwiseCall<'_>) -> Result<()> {
+        self.memory.settle()?;
+        CpuBackend.depthwise(call)
+    }
+
+    fn pool(&self, call: PoolCall<'_>) -> Result<()> {
+        self.memory.settle()?;
+        CpuBackend.pool(call)
+    }
+
+    fn batch_norm(&self, call: BatchNormCall<'_>) -> Result<()> {
+        self.memory.settle()?;
+        CpuBackend.batch_norm(call)
+    }
 }
 
 /// Adam's step size at 1-based `step`, as the CPU computes it (in f64).
@@ -652,13 +692,13 @@ fn adam_alpha(lr: f32, step: u64, b1: f32, b2: f32) -> f32 {
 
 impl CudaBackend {
     /// Binary cross-entropy (`kind` 0) or squared error (1): the mean loss.
-    fn elementwise_loss(
+    fn elementwise_loss<'a>(
         &self,
         gpu: &Gpu,
-        args: &mut CallArgs<'_>,
+        args: &mut CallArgs<'_, 'a>,
         kind: i32,
         (pred, target, from_logits): (&[f32], &[f32], bool),
-        grad: &mut [f32],
+        grad: &'a mut [f32],
     ) -> Result<f64> {
         let n = pred.len();
         if n == 0 {

@@ -69,6 +69,7 @@ impl DeviceMemory {
 
     /// A block of `len` f32 values (uninitialised), from the cache or the driver.
     pub fn alloc(self: &Arc<Self>, len: usize) -> Result<ManagedBlock> {
+        self.bind()?;
         let bytes = len * std::mem::size_of::<f32>();
         if bytes == 0 {
             return Ok(ManagedBlock { memory: self.clone(), ptr: 0, len: 0 });
@@ -122,7 +123,6 @@ impl DeviceMemory {
     }
 
     fn alloc_from_driver(&self, bytes: usize) -> Result<u64> {
-        self.bind()?;
         let attach = sys::CUmemAttach_flags::CU_MEM_ATTACH_GLOBAL;
         // SAFETY: a plain allocation; its contents are set before they are read.
         let ptr = match unsafe { result::malloc_managed(bytes, attach) } {
@@ -179,7 +179,9 @@ impl std::fmt::Debug for ManagedBlock {
     }
 }
 
-impl DeviceBlock for ManagedBlock {
+// SAFETY: a block owns its `len` values (from the cache, never shared), and `ptr` settles
+// the stream, the one place device work on them is queued, before handing them out.
+unsafe impl DeviceBlock for ManagedBlock {
     /// Waits for queued work first: the host is about to read or write.
     fn ptr(&self) -> *mut f32 {
         // A failed wait means a failed device, which the next backend call reports.

@@ -82,7 +82,7 @@ macro_rules! host_kernels {
             step: u64,
             w: &mut [f32],
             g: &[f32],
-            slots: &mut [$crate::buf::Buf],
+            slots: &mut [&mut [f32]],
         ) -> $crate::Result<()> {
             $crate::backend::Backend::optimizer_step(&$crate::backend::CpuBackend, rule, lr, step, w, g, slots)
         }

@@ -320,7 +320,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         step: u64,
         w: &mut [f32],
         g: &[f32],
-        slots: &mut [Buf],
+        slots: &mut [&mut [f32]],
     ) -> Result<()>;
 }
 

@@ -31,7 +31,7 @@ pub use weights::{
 };
 
 pub use builder::{LayerId, ModelBuilder, SymbolicTensor};
-pub use run::{BatchResult, Compiled, ForwardPass, WeightGrads};
+pub use run::{BatchResult, Compiled, ForwardPass, RangedUpdate, WeightGrads};
 pub use split::Split;
 
 use crate::layers::{Layer, TensorSpec, Weight};

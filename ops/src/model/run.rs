@@ -40,9 +40,10 @@ use crate::init::Rng;
 use crate::layers::{CallContext, Embedding, Layer, Lstm, StateUpdate, Value};
 use crate::losses::Loss;
 use crate::metrics::Metric;
-use crate::optim::{Optimizer, OptimizerConfig, ParamUpdate};
+use crate::optim::{Optimizer, OptimizerConfig, ParamUpdate, RangedStep};
 use crate::tensor::{Data, Tensor};
 use rayon::prelude::*;
+use std::collections::HashMap;
 
 /// Smallest shard worth its own thread.
 pub const MIN_SHARD: usize = 8;
@@ -504,6 +505,38 @@ impl Model {
         optimizer.apply(&mut params)
     }
 
+    /// An optimizer step to apply range by range ([`RangedStep`]) to the
+    /// weights `indices` (in [`Model::weight_keys`] order, each trainable,
+    /// each once): the step, and each weight's values with its optimizer
+    /// slots, in the order of `indices`. `None` when the optimizer clips
+    /// gradients by norm (use [`Model::apply_gradients`]).
+    pub fn ranged_update(&mut self, indices: &[usize]) -> Result<Option<RangedUpdate<'_>>> {
+        let entries: Vec<(String, usize, bool)> =
+            self.weight_entries().into_iter().map(|(k, w, t)| (k, w.value.len(), t)).collect();
+        let mut vars = Vec::with_capacity(indices.len());
+        for &i in indices {
+            match entries.get(i) {
+                Some((key, len, true)) => vars.push((key.as_str(), *len)),
+                _ => return Err(OpsError::Config(format!("ranged_update: weight {i} is not a trainable weight"))),
+            }
+        }
+        let optimizer = self.optimizer.as_mut().ok_or_else(|| OpsError::NotCompiled(self.name.clone()))?;
+        let Some(step) = optimizer.ranged_step(&vars)? else { return Ok(None) };
+        let mut slots: HashMap<&str, &mut Vec<Buf>> =
+            optimizer.slots.iter_mut().map(|(k, v)| (k.as_str(), v)).collect();
+        let mut weights: Vec<Option<&mut crate::layers::Weight>> =
+            self.layers.iter_mut().flat_map(|l| l.weights_mut()).map(Some).collect();
+        let mut parts = Vec::with_capacity(indices.len());
+        for &i in indices {
+            let key = entries[i].0.as_str();
+            let twice = || OpsError::Config(format!("ranged_update: weight '{key}' is named twice"));
+            let weight = weights[i].take().ok_or_else(twice)?;
+            let slots = slots.remove(key).ok_or_else(twice)?;
+            parts.push((weight.value.data_mut(), slots.iter_mut().map(|s| s.as_mut_slice()).collect()));
+        }
+        Ok(Some(RangedUpdate { step, parts }))
+    }
+
     /// Moves every weight to `backend`'s device, where they then stay: its
     /// kernels read them and the optimizer updates them in place there.
     pub fn move_weights_to(&mut self, backend: &dyn Backend) -> Result<()> {
@@ -537,6 +570,13 @@ impl Model {
     pub fn test_on_batch(&self, inputs: &[Data], targets: &[Data]) -> Result<BatchResult> {
         Ok(self.loss_and_grads(inputs, targets, false, false, None, 0)?.0)
     }
+}
+
+/// What [`Model::ranged_update`] hands out.
+pub struct RangedUpdate<'a> {
+    pub step: RangedStep,
+    /// Each weight's values and its optimizer slots (each as long as the values).
+    pub parts: Vec<(&'a mut [f32], Vec<&'a mut [f32]>)>,
 }
 
 /// `[start, end)` of each shard of a batch: one per thread on the CPU, the

@@ -3,8 +3,10 @@
 //! `global_clipnorm`; learning-rate schedules. The slots (moments, velocities)
 //! and the iteration count are state saved with the weights.
 
+mod ranged;
 mod schedule;
 
+pub use ranged::RangedStep;
 pub use schedule::{LearningRate, Schedule};
 
 use crate::backend::{calls::Elementwise, default_backend};
@@ -225,7 +227,8 @@ impl Optimizer {
                     &[&[p.value.len()]],
                 ));
             }
-            be.optimizer_step(&self.config.kind, lr, step, p.value, &p.grad, slots)?;
+            let mut slots: Vec<&mut [f32]> = slots.iter_mut().map(|s| s.as_mut_slice()).collect();
+            be.optimizer_step(&self.config.kind, lr, step, p.value, &p.grad, &mut slots)?;
         }
         self.iterations = step;
         Ok(())

@@ -37,7 +37,8 @@ pub fn check(be: &dyn Backend, f: &mut Failures) {
         // the weights and gradients on the host (copied up and back).
         let slots: Option<Vec<Buf>> = slots0.iter().map(|s| f.ok("slots", be.buf_from(s))).collect();
         let (mut w, Some(mut slots)) = (w0.clone(), slots) else { continue };
-        if f.ok(&format!("{rule:?}"), be.optimizer_step(&rule, LR, STEP, &mut w, &g, &mut slots)).is_none() {
+        if f.ok(&format!("{rule:?}"), be.optimizer_step(&rule, LR, STEP, &mut w, &g, &mut views(&mut slots))).is_none()
+        {
             continue;
         }
         let (want_w, want_slots) = oracle(&rule, wide(&w0), &wide(&g), slots0.iter().map(|s| wide(s)).collect());
@@ -50,9 +51,13 @@ pub fn check(be: &dyn Backend, f: &mut Failures) {
     let mut w = w0.clone();
     f.refused(
         "a gradient of another size",
-        be.optimizer_step(&rule, LR, STEP, &mut w, &g[1..], &mut [vec![0.0; N].into(), vec![0.0; N].into()]),
+        be.optimizer_step(&rule, LR, STEP, &mut w, &g[1..], &mut [&mut vec![0.0; N][..], &mut vec![0.0; N][..]]),
     );
     f.refused("missing slots", be.optimizer_step(&rule, LR, STEP, &mut w, &g, &mut []));
+}
+
+fn views(slots: &mut [Buf]) -> Vec<&mut [f32]> {
+    slots.iter_mut().map(|s| s.as_mut_slice()).collect()
 }
 
 /// One step in f64: the weights and the slots after it.

@@ -198,7 +198,7 @@ impl Backend for CpuBackend {
         step: u64,
         w: &mut [f32],
         g: &[f32],
-        slots: &mut [crate::buf::Buf],
+        slots: &mut [&mut [f32]],
     ) -> Result<()> {
         if g.len() != w.len() || slots.len() != rule.slot_names().len() || slots.iter().any(|s| s.len() != w.len()) {
             return Err(OpsError::shape(

@@ -1,7 +1,6 @@
 //! The CPU's optimizer updates: the per-variable rules (Keras 3 formulas),
 //! vectorised over chunks and spread over the rayon pool for large variables.
 
-use crate::buf::Buf;
 use crate::optim::OptimizerKind;
 use rayon::prelude::*;
 
@@ -9,7 +8,7 @@ const CHUNK: usize = 1 << 15;
 
 /// Applies one step of `kind` to `w` with gradient `g`, learning rate `lr` and
 /// 1-based step number `step`, updating `slots` in place.
-pub(super) fn update(kind: &OptimizerKind, lr: f32, step: u64, w: &mut [f32], g: &[f32], slots: &mut [Buf]) {
+pub(super) fn update(kind: &OptimizerKind, lr: f32, step: u64, w: &mut [f32], g: &[f32], slots: &mut [&mut [f32]]) {
     match *kind {
         OptimizerKind::Sgd { momentum, nesterov } => {
             if momentum == 0.0 {
@@ -51,7 +50,7 @@ pub(super) fn update(kind: &OptimizerKind, lr: f32, step: u64, w: &mut [f32], g:
 }
 
 #[allow(clippy::too_many_arguments)]
-fn adam(lr: f32, step: u64, b1: f32, b2: f32, eps: f32, wd: f32, w: &mut [f32], g: &[f32], slots: &mut [Buf]) {
+fn adam(lr: f32, step: u64, b1: f32, b2: f32, eps: f32, wd: f32, w: &mut [f32], g: &[f32], slots: &mut [&mut [f32]]) {
     let (m, v) = slots.split_at_mut(1);
     let (m, v) = (&mut m[0], &mut v[0]);
     let t = step as f64;
@@ -65,7 +64,7 @@ fn adam(lr: f32, step: u64, b1: f32, b2: f32, eps: f32, wd: f32, w: &mut [f32], 
     type Chunks<'a> = (((&'a mut [f32], &'a [f32]), &'a mut [f32]), &'a mut [f32]);
     let body = |(((w, g), m), v): Chunks<'_>| adam_chunk(w, g, m, v, k);
     if w.len() < 2 * CHUNK {
-        body((((w, g), m.as_mut_slice()), v.as_mut_slice()));
+        body((((w, g), &mut m[..]), &mut v[..]));
     } else {
         w.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))

@@ -1,0 +1,92 @@
+//! The optimizer step of a `sync` step made a cache-sized chunk at a time:
+//! for each chunk of each gradient, the exact fixed-point sum of its
+//! micro-batches (or its range of the all-reduced sum), the mean, and the
+//! optimizer update of that range of the weight and its slots, while the
+//! chunk is still in cache. Whole-vector passes wrote a 40 MB i64 sum and a
+//! fresh 20 MB mean for W1 and read both back. Every operation is
+//! elementwise, so the bits are those of the whole-vector passes.
+
+use super::exact::{add_exact, mean_into, set_exact};
+use crate::error::{EngineError, Result};
+use kallista_ops::model::RangedUpdate;
+use rayon::prelude::*;
+
+/// Values per chunk: its i64 sum and f32 mean (192 KB) stay in L2.
+pub(crate) const CHUNK: usize = 1 << 14;
+
+/// What the mean is made of, one entry per updated weight in order.
+pub(crate) enum Sums<'a> {
+    /// Each weight's micro-batch gradients, summed here.
+    Parts(&'a [Vec<&'a [f32]>]),
+    /// The exact sums of every weight one after another (an all-reduce's result).
+    Flat(&'a [i64]),
+}
+
+/// Applies `update` (the weights named `names`, in order) with the mean over
+/// `parts` micro-batches of `sums`, `chunk` values at a time ([`CHUNK`]) on
+/// all of this process's cores.
+pub(crate) fn apply_mean_in_chunks(
+    sums: Sums<'_>,
+    names: &[&str],
+    parts: u64,
+    update: RangedUpdate<'_>,
+    chunk: usize,
+) -> Result<()> {
+    let RangedUpdate { step, parts: weights } = update;
+    // (weight, offset in it, its values, its slots' values, that range of the flat sum)
+    let mut work = Vec::new();
+    let mut flat_rest = match &sums {
+        Sums::Flat(flat) => *flat,
+        Sums::Parts(_) => &[],
+    };
+    for (e, (values, slots)) in weights.into_iter().enumerate() {
+        let n = values.len();
+        let flat = match &sums {
+            Sums::Flat(_) => {
+                if flat_rest.len() < n {
+                    return Err(EngineError::Training(format!("'{}': the summed gradients are too short", names[e])));
+                }
+                let (mine, next) = flat_rest.split_at(n);
+                flat_rest = next;
+                Some(mine)
+            }
+            Sums::Parts(vectors) => {
+                if vectors[e].iter().any(|v| v.len() != n) {
+                    return Err(EngineError::Training(format!("'{}': gradient and weight sizes differ", names[e])));
+                }
+                None
+            }
+        };
+        let mut slot_chunks: Vec<_> = slots.into_iter().map(|s| s.chunks_mut(chunk)).collect();
+        for (c, v) in values.chunks_mut(chunk).enumerate() {
+            let offset = c * chunk;
+            let s: Vec<&mut [f32]> = slot_chunks.iter_mut().filter_map(|s| s.next()).collect();
+            work.push((e, offset, v, s, flat.map(|f| &f[offset..offset + chunk.min(n - offset)])));
+        }
+    }
+    if !flat_rest.is_empty() {
+        return Err(EngineError::Training("the summed gradients are longer than the weights".into()));
+    }
+    let scratch = || (vec![0i64; chunk], vec![0f32; chunk]);
+    work.into_par_iter().try_for_each_init(scratch, |(sum, mean), (e, offset, values, mut slots, flat)| {
+        let n = values.len();
+        let sum: &[i64] = match (&sums, flat) {
+            (Sums::Parts(vectors), None) => {
+                let range = offset..offset + n;
+                let Some((first, rest)) = vectors[e].split_first() else {
+                    return Err(EngineError::Training(format!("'{}': a step without micro-batches", names[e])));
+                };
+                set_exact(&mut sum[..n], &first[range.clone()], names[e])?;
+                for v in rest {
+                    add_exact(&mut sum[..n], &v[range.clone()], names[e])?;
+                }
+                &sum[..n]
+            }
+            // A flat sum gives every chunk its range.
+            (_, flat) => flat.unwrap_or_default(),
+        };
+        mean_into(&mut mean[..n], sum, parts);
+        step.apply(values, &mean[..n], &mut slots)?;
+        Ok(())
+    })
+}
