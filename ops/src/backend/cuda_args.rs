@@ -63,6 +63,8 @@ impl<'m, 'a> CallArgs<'m, 'a> {
         }
         let block = self.memory.alloc(bytes.div_ceil(4))?;
         self.memory.copy(ptr, block.ptr, bytes)?;
+        // The caller may change or free its host memory once the call returns.
+        self.memory.settle()?;
         let device = block.ptr;
         self.blocks.push(block);
         Ok(device)

@@ -27,10 +27,16 @@ pub(super) struct DeviceMemory {
     cache: Mutex<Cache>,
 }
 
+/// Bytes of free blocks the cache keeps at most; a block freed beyond them
+/// goes back to the driver (sizes that vary, such as a last short batch,
+/// would otherwise pile up).
+const CACHE_LIMIT: usize = 4 << 30;
+
 #[derive(Default)]
 struct Cache {
-    /// Free blocks by size in bytes.
+    /// Free blocks by size in bytes, and their total.
     free: HashMap<usize, Vec<u64>>,
+    free_bytes: usize,
     /// Every block allocated, free or in use: address -> bytes.
     blocks: BTreeMap<u64, usize>,
 }
@@ -74,7 +80,14 @@ impl DeviceMemory {
         if bytes == 0 {
             return Ok(ManagedBlock { memory: self.clone(), ptr: 0, len: 0 });
         }
-        let cached = self.lock().free.get_mut(&bytes).and_then(Vec::pop);
+        let cached = {
+            let mut cache = self.lock();
+            let ptr = cache.free.get_mut(&bytes).and_then(Vec::pop);
+            if ptr.is_some() {
+                cache.free_bytes -= bytes;
+            }
+            ptr
+        };
         let ptr = match cached {
             Some(ptr) => ptr,
             None => self.alloc_from_driver(bytes)?,
@@ -97,7 +110,12 @@ impl DeviceMemory {
     /// A block holding a copy of `values` (on the host or on this device).
     pub fn copy_of(self: &Arc<Self>, values: &[f32]) -> Result<ManagedBlock> {
         let block = self.alloc(values.len())?;
-        self.copy(values.as_ptr() as u64, block.ptr, values.len() * 4)?;
+        let (src, bytes) = (values.as_ptr() as u64, values.len() * 4);
+        self.copy(src, block.ptr, bytes)?;
+        if !self.holds(src, bytes) {
+            // Host memory may change or be freed once this returns.
+            self.settle()?;
+        }
         Ok(block)
     }
 
@@ -142,6 +160,7 @@ impl DeviceMemory {
         self.settle()?;
         let mut cache = self.lock();
         let free: Vec<u64> = cache.free.drain().flat_map(|(_, ptrs)| ptrs).collect();
+        cache.free_bytes = 0;
         for ptr in free {
             cache.blocks.remove(&ptr);
             // SAFETY: a free block of this cache, no longer used by any queued work (settled above).
@@ -151,8 +170,20 @@ impl DeviceMemory {
     }
 
     fn release(&self, ptr: u64, bytes: usize) {
-        // Later work on the stream may reuse it at once (stream order); the host only after a settle.
-        self.lock().free.entry(bytes).or_default().push(ptr);
+        let mut cache = self.lock();
+        if cache.free_bytes + bytes <= CACHE_LIMIT {
+            // Later work on the stream may reuse it at once (stream order); the host only after a settle.
+            cache.free.entry(bytes).or_default().push(ptr);
+            cache.free_bytes += bytes;
+            return;
+        }
+        cache.blocks.remove(&ptr);
+        drop(cache);
+        // A failure here leaks the block: a drop cannot report it, and the next call will.
+        if self.settle().is_ok() {
+            // SAFETY: no queued work uses the block any more (settled), and no block refers to it.
+            let _ = unsafe { result::free_sync(ptr) };
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
