@@ -43,21 +43,14 @@ fn numel(shape: &[usize]) -> usize {
 impl Tensor {
     /// A tensor from a shape and row-major data; errors if the sizes disagree.
     pub fn new(shape: &[usize], data: Vec<f32>) -> Result<Self> {
-        if numel(shape) != data.len() {
-            return Err(OpsError::shape(
-                "Tensor::new",
-                format!("{} values for {} elements", data.len(), numel(shape)),
-                &[shape],
-            ));
-        }
-        Ok(Tensor { shape: shape.to_vec(), data: Arc::new(data.into()) })
+        Self::from_buf(shape, data.into())
     }
 
     /// A tensor over `data`, on whichever device holds it; errors if the sizes disagree.
     pub fn from_buf(shape: &[usize], data: Buf) -> Result<Self> {
         if numel(shape) != data.len() {
             return Err(OpsError::shape(
-                "Tensor::from_buf",
+                "Tensor::new",
                 format!("{} values for {} elements", data.len(), numel(shape)),
                 &[shape],
             ));

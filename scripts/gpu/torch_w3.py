@@ -7,13 +7,13 @@ Dense(1000); Adam(1e-3, eps=1e-7). Train samples/s at B = 8, inference at
 B = 32, each the median of 10 steps after 5 warm-up steps, timed with the
 device synchronised; one JSON line in the peers' format."""
 import json
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from torch_w1 import timed  # beside this file, here and in gpu-check/
 
 FRAMES, SIDE, QUESTION_LEN, VOCAB, ANSWERS = 4, 150, 20, 10000, 1000
 
@@ -54,18 +54,6 @@ def batch(size, device, generator):
     question = torch.randint(1, VOCAB, (size, QUESTION_LEN), generator=generator).to(device)
     answer = torch.randint(0, ANSWERS, (size,), generator=generator).to(device)
     return video, question, answer
-
-
-def timed(step, count, warmup=5):
-    times = []
-    for i in range(warmup + count):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main():

@@ -418,36 +418,33 @@ fn run_steps(
             // The leader: every micro-batch of this process in one exact sum.
             let refs: Vec<&WeightGrads> = all.iter().collect();
             let layout = layout.get_or_insert_with(|| FlatLayout::of(refs[0]));
-            if !layout.has_states() {
-                let mut model = group.model.write().unwrap_or_else(|e| e.into_inner());
-                let weights = layout.weights();
-                if let Some(update) = model.ranged_update(&weights)? {
-                    let names: Vec<&str> = weights.iter().map(|&i| keys.get(i).map_or("?", |k| k.as_str())).collect();
-                    // The sum made a chunk at a time with the mean and the update, or, across
-                    // processes, all-reduced whole first.
-                    match ring.as_mut() {
-                        None => {
-                            let vectors = layout.vectors(&refs, &keys)?;
-                            apply_mean_in_chunks(Sums::Parts(&vectors), &names, parts, update, CHUNK)?;
-                        }
-                        Some(r) => {
-                            flat.resize(layout.len(), 0);
-                            layout.sum(&mut flat, &refs, &keys)?;
-                            sent = r.all_reduce(step, &mut flat)?;
-                            apply_mean_in_chunks(Sums::Flat(&flat), &names, parts, update, CHUNK)?;
-                        }
+            let weights = layout.weights();
+            let names: Vec<&str> = weights.iter().map(|&i| keys.get(i).map_or("?", |k| k.as_str())).collect();
+            let mut model = group.model.write().unwrap_or_else(|e| e.into_inner());
+            // Made a chunk at a time with the mean, unless the optimizer clips by norm or
+            // BatchNormalization statistics are updated too.
+            let ranged = match layout.has_states() {
+                true => None,
+                false => model.ranged_update(&weights)?,
+            };
+            match (ranged, ring.as_mut()) {
+                // One process: the exact sum too, a chunk at a time.
+                (Some(update), None) => {
+                    let vectors = layout.vectors(&refs, &keys)?;
+                    apply_mean_in_chunks(Sums::Parts(&vectors), &names, parts, update, CHUNK)?;
+                }
+                (ranged, ring) => {
+                    flat.resize(layout.len(), 0);
+                    layout.sum(&mut flat, &refs, &keys)?;
+                    if let Some(r) = ring {
+                        sent = r.all_reduce(step, &mut flat)?;
                     }
-                    model.set_steps_run(step + 1);
-                    return Ok(());
+                    match ranged {
+                        Some(update) => apply_mean_in_chunks(Sums::Flat(&flat), &names, parts, update, CHUNK)?,
+                        None => model.apply_gradients(layout.mean(&flat, parts))?,
+                    }
                 }
             }
-            flat.resize(layout.len(), 0);
-            layout.sum(&mut flat, &refs, &keys)?;
-            if let Some(r) = ring.as_mut() {
-                sent = r.all_reduce(step, &mut flat)?;
-            }
-            let mut model = group.model.write().unwrap_or_else(|e| e.into_inner());
-            model.apply_gradients(layout.mean(&flat, parts))?;
             model.set_steps_run(step + 1);
             Ok(())
         })?;

@@ -11,8 +11,10 @@
 //! steps. A slice in host memory is copied up for the call (and back, for an
 //! output). Convolution windows (im2col, depthwise), pooling and batch
 //! normalisation still run the CPU's kernels on the host
-//! ([`crate::host_kernels!`]), on the same managed memory. Work is queued on
-//! the device's one stream; the host waits for it only when it reads a value.
+//! once the stream is idle, on the same managed memory. Work is queued on
+//! the device's one stream; the host waits for it whenever a device buffer is
+//! handed out as a slice, which today means before every call (asynchronous
+//! launches need a way to pass device buffers without that wait).
 //! One worker process per device.
 
 use super::calls::{
@@ -23,8 +25,8 @@ use super::cuda_args::CallArgs;
 use super::cuda_kernels::{act_code, source, NAMES};
 use super::cuda_memory::DeviceMemory;
 use super::{
-    check_activation_backward, check_matmul, check_rows, zero_unless_accumulating, Activation, Backend, CpuBackend,
-    Device, MatMut, MatRef,
+    check_activation_backward, check_matmul, check_optimizer_step, check_rows, zero_unless_accumulating, Activation,
+    Backend, CpuBackend, Device, MatMut, MatRef,
 };
 use crate::buf::Buf;
 use crate::error::{OpsError, Result};
@@ -258,10 +260,8 @@ impl Backend for CudaBackend {
     }
 
     fn adopt(&self, values: Vec<f32>) -> Result<Buf> {
-        let block = self.memory.copy_of(&values)?;
-        // The copy from `values` must be done before they are freed.
-        self.memory.settle()?;
-        Ok(block.into_buf())
+        // `copy_of` waits for a copy from host memory, so `values` may be freed after it.
+        Ok(self.memory.copy_of(&values)?.into_buf())
     }
 
     /// Row-major `c = a · b` is column-major `cᵀ = bᵀ · aᵀ`: cuBLAS reads each
@@ -625,13 +625,7 @@ impl Backend for CudaBackend {
         g: &[f32],
         slots: &mut [&mut [f32]],
     ) -> Result<()> {
-        if g.len() != w.len() || slots.len() != rule.slot_names().len() || slots.iter().any(|s| s.len() != w.len()) {
-            return Err(OpsError::shape(
-                "optimizer update",
-                "gradient or slots differ from the variable",
-                &[&[w.len()]],
-            ));
-        }
+        check_optimizer_step(rule, w, g, slots)?;
         if w.is_empty() {
             return Ok(());
         }

@@ -1,7 +1,9 @@
 //! The op families a backend runs on the host, through the CPU backend's
-//! kernels: a backend that has device kernels for only some families (the
-//! CUDA one, for now) forwards the rest with [`crate::host_kernels!`], so
-//! that each family it has not written is listed in one place.
+//! kernels: a backend that has kernels of its own for only some families
+//! (the conformance suite's perturbed backend) forwards the rest with
+//! [`crate::host_kernels!`], so that each family it has not written is
+//! listed in one place. (The CUDA backend forwards its host families itself:
+//! it waits for its stream first.)
 
 /// Implements the named [`crate::backend::Backend`] methods by calling the CPU
 /// backend's on the same host buffers. Use inside an `impl Backend` block:

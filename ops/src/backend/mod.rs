@@ -155,6 +155,15 @@ pub(crate) fn zero_unless_accumulating(c: &mut MatMut<'_>, accumulate: bool) {
     }
 }
 
+/// Checks an `optimizer_step` call: a gradient and the rule's slots, each as
+/// long as the variable; every backend's `optimizer_step` starts here.
+pub(crate) fn check_optimizer_step(rule: &OptimizerKind, w: &[f32], g: &[f32], slots: &[&mut [f32]]) -> Result<()> {
+    if g.len() != w.len() || slots.len() != rule.slot_names().len() || slots.iter().any(|s| s.len() != w.len()) {
+        return Err(OpsError::shape("optimizer update", "gradient or slots differ from the variable", &[&[w.len()]]));
+    }
+    Ok(())
+}
+
 /// Checks that `len` values are whole rows of `cols`.
 pub(crate) fn check_rows(op: &str, len: usize, cols: usize) -> Result<()> {
     if cols == 0 || !len.is_multiple_of(cols) {

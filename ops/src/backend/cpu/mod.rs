@@ -19,7 +19,7 @@ use super::{
     check_activation_backward, check_matmul, check_rows, math, zero_unless_accumulating, Activation, Backend, MatMut,
     MatRef,
 };
-use crate::error::{OpsError, Result};
+use crate::error::Result;
 use crate::optim::OptimizerKind;
 use std::cell::Cell;
 
@@ -200,13 +200,7 @@ impl Backend for CpuBackend {
         g: &[f32],
         slots: &mut [&mut [f32]],
     ) -> Result<()> {
-        if g.len() != w.len() || slots.len() != rule.slot_names().len() || slots.iter().any(|s| s.len() != w.len()) {
-            return Err(OpsError::shape(
-                "optimizer update",
-                "gradient or slots differ from the variable",
-                &[&[w.len()]],
-            ));
-        }
+        super::check_optimizer_step(rule, w, g, slots)?;
         optimizer::update(rule, lr, step, w, g, slots);
         Ok(())
     }

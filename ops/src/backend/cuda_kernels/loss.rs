@@ -2,26 +2,15 @@
 //! sums (in double, added in order by the host) for the elementwise ones.
 
 pub(super) const LOSS: &str = r#"
-__device__ double block_sum_d(double v, double* sh) {
+// The sum of every thread's `v` over a block of 256, in `sh` (256 values).
+template <typename T> __device__ T block_sum(T v, T* sh) {
     sh[threadIdx.x] = v;
     __syncthreads();
     for (int k = blockDim.x / 2; k > 0; k >>= 1) {
         if (threadIdx.x < k) sh[threadIdx.x] += sh[threadIdx.x + k];
         __syncthreads();
     }
-    double r = sh[0];
-    __syncthreads();
-    return r;
-}
-
-__device__ float block_sum_f(float v, float* sh) {
-    sh[threadIdx.x] = v;
-    __syncthreads();
-    for (int k = blockDim.x / 2; k > 0; k >>= 1) {
-        if (threadIdx.x < k) sh[threadIdx.x] += sh[threadIdx.x + k];
-        __syncthreads();
-    }
-    float r = sh[0];
+    T r = sh[0];
     __syncthreads();
     return r;
 }
@@ -60,8 +49,8 @@ extern "C" __global__ void cross_entropy_rows(const float* pred, long long c, co
             s += (double)expf(p[j] - m);
             ts += dense ? dense[r * c + j] : (j == label ? 1.0f : 0.0f);
         }
-        s = block_sum_d(s, dsh);
-        ts = block_sum_f(ts, fsh);
+        s = block_sum(s, dsh);
+        ts = block_sum(ts, fsh);
         double lse = (double)m + log(s);
         for (long long j = threadIdx.x; j < c; j += blockDim.x) {
             float t = dense ? dense[r * c + j] : (j == label ? 1.0f : 0.0f);
@@ -72,7 +61,7 @@ extern "C" __global__ void cross_entropy_rows(const float* pred, long long c, co
     } else {
         float s = 0.0f;
         for (long long j = threadIdx.x; j < c; j += blockDim.x) s += p[j];
-        s = block_sum_f(s, fsh);
+        s = block_sum(s, fsh);
         float dsum = 0.0f;
         for (long long j = threadIdx.x; j < c; j += blockDim.x) {
             float t = dense ? dense[r * c + j] : (j == label ? 1.0f : 0.0f);
@@ -83,10 +72,10 @@ extern "C" __global__ void cross_entropy_rows(const float* pred, long long c, co
             g[j] = (unclipped && t != 0.0f) ? -t / p[j] : 0.0f;
             if (unclipped) dsum += t;
         }
-        dsum = block_sum_f(dsum, fsh);
+        dsum = block_sum(dsum, fsh);
         for (long long j = threadIdx.x; j < c; j += blockDim.x) g[j] = (g[j] + dsum / s) * inv_rows;
     }
-    loss = block_sum_d(loss, dsh);
+    loss = block_sum(loss, dsh);
     if (threadIdx.x == 0) row_loss[r] = loss;
 }
 
@@ -112,7 +101,7 @@ extern "C" __global__ void elementwise_loss(int kind, const float* pred, const f
             grad[k] = pc == x ? (-t / pc + (1.0f - t) / (1.0f - pc)) * inv : 0.0f;
         }
     }
-    total = block_sum_d(total, dsh);
+    total = block_sum(total, dsh);
     if (threadIdx.x == 0) partial[blockIdx.x] = total;
 }
 "#;
