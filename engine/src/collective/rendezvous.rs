@@ -54,6 +54,21 @@ pub struct Failure {
     pub deterministic: bool,
     /// Ranks that had registered.
     pub started: usize,
+    /// Not all ranks registered within the start timeout: the cluster may
+    /// have fewer slots now, and a rerun with `started` ranks may fit.
+    pub short_of_ranks: bool,
+}
+
+impl Failure {
+    /// The world a rerun should use after this failure of a `world`-rank
+    /// generation: the ranks that started, when too few did and at least one did.
+    pub fn world_that_fits(&self, world: usize) -> usize {
+        if self.short_of_ranks && (1..world).contains(&self.started) {
+            self.started
+        } else {
+            world
+        }
+    }
 }
 
 struct Generation {
@@ -82,11 +97,15 @@ impl Shared {
     }
 
     fn fail(&self, state: &mut State, generation: u64, reason: String, deterministic: bool) {
+        self.fail_as(state, generation, reason, deterministic, false);
+    }
+
+    fn fail_as(&self, state: &mut State, generation: u64, reason: String, deterministic: bool, short_of_ranks: bool) {
         if let Some(g) = state.generations.get_mut(&generation) {
             // A deterministic cause (a bad row) outranks its echoes (peers that saw the rank go).
             if g.failure.as_ref().is_none_or(|f| deterministic && !f.deterministic) {
                 log::warn!("rendezvous: generation {generation} failed: {reason}");
-                g.failure = Some(Failure { reason, deterministic, started: g.ranks.len() });
+                g.failure = Some(Failure { reason, deterministic, started: g.ranks.len(), short_of_ranks });
                 self.changed.notify_all();
             }
         }
@@ -172,11 +191,10 @@ impl Rendezvous {
             match self.status(generation) {
                 Status::Failed(f) => return f,
                 Status::Waiting { started } if opened.elapsed() >= start_timeout => {
-                    let world = self.shared.lock().generations.get(&generation).map_or(0, |g| g.world);
-                    self.fail(
-                        generation,
-                        format!("{started} of {world} ranks started within {}s", start_timeout.as_secs()),
-                    );
+                    let mut state = self.shared.lock();
+                    let world = state.generations.get(&generation).map_or(0, |g| g.world);
+                    let reason = format!("{started} of {world} ranks started within {}s", start_timeout.as_secs());
+                    self.shared.fail_as(&mut state, generation, reason, false, true);
                 }
                 _ => {}
             }
@@ -440,6 +458,7 @@ mod tests {
             assert!(waiting.join().unwrap().is_err(), "the waiting rank is refused too");
             let Status::Failed(f) = r.status(generation) else { panic!("generation {generation} did not fail") };
             assert_eq!(f.deterministic, generation == 2, "{f:?}");
+            assert_eq!(f.world_that_fits(3), 3, "every rank started: a rerun keeps the world");
             assert!(e.contains(if generation == 1 { "twice" } else { "CPU kernels" }), "{e}");
         }
     }
@@ -454,6 +473,7 @@ mod tests {
         let f = r.failure(5, Duration::from_millis(300)).await;
         assert_eq!(f.reason, "1 of 2 ranks started within 0s");
         assert_eq!(f.started, 1);
+        assert_eq!(f.world_that_fits(2), 1, "a rerun fits the one rank that started");
         assert!(lone.join().unwrap().is_err());
     }
 }

@@ -561,7 +561,6 @@ impl<'a> Job<'a> {
                 Status::Failed(f) => Some(f),
                 _ => None,
             };
-            let mut next_world = world;
             last = match outcome {
                 Ok(Deadline::Finished(batches)) => {
                     let json = first_string(&batches, &sql)?;
@@ -575,12 +574,10 @@ impl<'a> Job<'a> {
                         reason: "aborted".into(),
                         deterministic: false,
                         started: 0,
+                        short_of_ranks: false,
                     });
                     if f.deterministic {
                         return Err(EngineError::Training(format!("segment at step {step} failed: {}", f.reason)));
-                    }
-                    if f.reason.contains("ranks started") && (1..world).contains(&f.started) {
-                        next_world = f.started;
                     }
                     let cancelled = job.map_or(String::new(), |j| format!("; its job {j} cancelled"));
                     format!("generation {generation} ({world} ranks) failed: {}{cancelled}", f.reason)
@@ -603,6 +600,9 @@ impl<'a> Job<'a> {
                     format!("generation {generation} failed: {e}")
                 }
             };
+            // Too few ranks started (a slot lost for good): rerun with those that did.
+            // The job may end in an error rather than an abort when a refused rank fails it first.
+            let next_world = failure(c).map_or(world, |f| f.world_that_fits(world));
             if let Some(c) = self.collective.as_mut() {
                 c.world = next_world;
             }
