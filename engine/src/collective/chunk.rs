@@ -14,6 +14,8 @@ pub const WIDE: u8 = 11;
 pub const NARROW: u8 = 12;
 /// A bitmap of the groups that hold a non-zero value (u32 words), then their values as i32.
 pub const SPARSE: u8 = 13;
+/// f32 values, bit for bit (weights and optimizer slots, not sums).
+pub const FLOATS: u8 = 14;
 /// Values per bitmap bit: a quarter of a 256-wide Embedding row.
 pub const GROUP: usize = 64;
 
@@ -48,7 +50,7 @@ pub fn encode(chunk: &[i64], narrow: &mut Vec<i32>, wide: &mut Vec<i64>) -> u8 {
 pub fn covers(kind: u8, narrow: &[i32], wide: &[i64], expected: usize) -> usize {
     match kind {
         WIDE => wide.len(),
-        NARROW => narrow.len(),
+        NARROW | FLOATS => narrow.len(),
         _ => expected,
     }
 }

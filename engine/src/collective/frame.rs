@@ -164,13 +164,13 @@ impl<S: Read + Write> Framed<S> {
         Ok(())
     }
 
-    /// Reads the next sealed frame of kind `wide` (i64 values) or one of
+    /// Reads the next sealed frame of kind `wide` (i64 values, if any) or one of
     /// `narrow` (i32 values) whose values follow a `header.len()`-byte header,
     /// into `header` and `values64` or `values32` (resized), decrypted in
     /// place: the values land aligned, without a copy. Returns the kind.
     pub fn receive_values(
         &mut self,
-        wide: u8,
+        wide: Option<u8>,
         narrow: &[u8],
         header: &mut [u8],
         values64: &mut Vec<i64>,
@@ -178,7 +178,7 @@ impl<S: Read + Write> Framed<S> {
     ) -> Result<u8, FrameError> {
         let (got, len) = self.head()?;
         let width = match got {
-            k if k == wide => 8,
+            k if Some(k) == wide => 8,
             k if narrow.contains(&k) => 4,
             _ => return Err(FrameError::Refused(format!("unexpected frame: kind {got}, {len} bytes"))),
         };
@@ -293,9 +293,9 @@ mod tests {
         let mut r = framed(sent, b"k");
         assert_eq!(r.receive().unwrap(), (1, b"hello".to_vec()));
         let (mut head, mut got, mut narrow) = ([0u8; 4], vec![], vec![]);
-        assert_eq!(r.receive_values(2, &[3], &mut head, &mut got, &mut narrow).unwrap(), 2);
+        assert_eq!(r.receive_values(Some(2), &[3], &mut head, &mut got, &mut narrow).unwrap(), 2);
         assert_eq!((&head, got), (b"head", values));
-        assert_eq!(r.receive_values(2, &[3], &mut head, &mut vec![], &mut narrow).unwrap(), 3);
+        assert_eq!(r.receive_values(Some(2), &[3], &mut head, &mut vec![], &mut narrow).unwrap(), 3);
         assert_eq!((&head, narrow), (b"next", small));
     }
 
@@ -309,7 +309,7 @@ mod tests {
         let refused = |bytes: Vec<u8>, key: &[u8]| {
             let (mut head, mut wide, mut narrow) = ([0u8; 4], vec![], vec![]);
             matches!(
-                framed(bytes, key).receive_values(2, &[3], &mut head, &mut wide, &mut narrow),
+                framed(bytes, key).receive_values(Some(2), &[3], &mut head, &mut wide, &mut narrow),
                 Err(FrameError::Refused(_))
             )
         };

@@ -3,7 +3,9 @@
 //! [`super::group`]). Reduce-scatter then all-gather, each leader sending
 //! `2 (L - 1) / L` of the vector per step in chunks; the values are i64
 //! fixed-point sums, so the result has the same bits in any order and for
-//! any number of processes. Every frame is authenticated, chunks sealed
+//! any number of processes. [`Ring::exchange`] is one ring step of any such
+//! collective (the sharded optimizer step's sums and weights use it too).
+//! Every frame is authenticated, chunks sealed
 //! ([`super::frame`]);
 //! a connection that does not open with a signed hello from the expected
 //! neighbour is refused and logged, and the real neighbour is still awaited.
@@ -174,7 +176,7 @@ fn accept(
     }
 }
 
-fn bounds(n: usize, parts: usize, i: usize) -> std::ops::Range<usize> {
+pub(crate) fn bounds(n: usize, parts: usize, i: usize) -> std::ops::Range<usize> {
     n * i / parts..n * (i + 1) / parts
 }
 
@@ -189,20 +191,173 @@ fn split(data: &mut [i64], send: std::ops::Range<usize>, recv: std::ops::Range<u
     }
 }
 
-fn header(step: u64, phase: u8, t: u32, offset: u64, n: u64) -> [u8; HEADER] {
-    let mut h = [0u8; HEADER];
-    h[..8].copy_from_slice(&step.to_le_bytes());
-    h[8] = phase;
-    h[9..13].copy_from_slice(&t.to_le_bytes());
-    h[13..21].copy_from_slice(&offset.to_le_bytes());
-    h[21..29].copy_from_slice(&n.to_le_bytes());
-    h
+/// Where a chunk sits: the step, the phase of the collective, the ring step,
+/// its offset in the vector and the vector's length. Its header says so, and
+/// a chunk that arrives anywhere else is refused.
+#[derive(Clone, Copy, Debug)]
+pub struct Place {
+    pub step: u64,
+    pub phase: u8,
+    pub t: u32,
+    pub offset: usize,
+    pub n: usize,
+}
+
+impl Place {
+    /// The same place, `by` values further on.
+    pub fn plus(self, by: usize) -> Place {
+        Place { offset: self.offset + by, ..self }
+    }
+
+    fn header(&self) -> [u8; HEADER] {
+        let mut h = [0u8; HEADER];
+        h[..8].copy_from_slice(&self.step.to_le_bytes());
+        h[8] = self.phase;
+        h[9..13].copy_from_slice(&self.t.to_le_bytes());
+        h[13..21].copy_from_slice(&(self.offset as u64).to_le_bytes());
+        h[21..29].copy_from_slice(&(self.n as u64).to_le_bytes());
+        h
+    }
+}
+
+/// The sending half of a ring step: chunks to the next leader, each sealed.
+pub struct Outbox<'r> {
+    to: &'r mut Framed<TcpStream>,
+    narrow: &'r mut Vec<i32>,
+    wide: &'r mut Vec<i64>,
+    sent: u64,
+}
+
+impl Outbox<'_> {
+    /// Sends fixed-point sums, in the narrowest form that carries them ([`chunk::encode`]).
+    pub fn sums(&mut self, at: Place, values: &[i64]) -> Result<()> {
+        let len = match chunk::encode(values, self.narrow, self.wide) {
+            chunk::WIDE => return self.seal(chunk::WIDE, at, self.wide.len() * 8),
+            kind => (kind, self.narrow.len() * 4),
+        };
+        self.seal(len.0, at, len.1)
+    }
+
+    /// Sends f32 values (the concatenation of `pieces`) bit for bit.
+    pub fn floats(&mut self, at: Place, pieces: &[&[f32]]) -> Result<()> {
+        self.narrow.clear();
+        for p in pieces {
+            self.narrow.extend_from_slice(bytemuck::cast_slice(p));
+        }
+        let len = self.narrow.len() * 4;
+        self.seal(chunk::FLOATS, at, len)
+    }
+
+    fn seal(&mut self, kind: u8, at: Place, len: usize) -> Result<()> {
+        let payload: &mut [u8] = match kind {
+            chunk::WIDE => bytemuck::cast_slice_mut(self.wide.as_mut_slice()),
+            _ => bytemuck::cast_slice_mut(self.narrow.as_mut_slice()),
+        };
+        self.sent += (HEADER + len) as u64;
+        self.to
+            .send_sealed(kind, &at.header(), payload)
+            .map_err(|e| EngineError::Collective(format!("sending to the next rank: {e}")))
+    }
+}
+
+/// The receiving half of a ring step: chunks from the previous leader.
+pub struct Inbox<'r> {
+    from: &'r mut Framed<TcpStream>,
+    narrow: &'r mut Vec<i32>,
+    wide: &'r mut Vec<i64>,
+}
+
+/// A chunk as it arrived (authenticated and decrypted).
+pub struct Arrived<'a> {
+    kind: u8,
+    narrow: &'a [i32],
+    wide: &'a [i64],
+    len: usize,
+}
+
+impl Inbox<'_> {
+    /// The next chunk of fixed-point sums: it must sit at `at` and cover at
+    /// most `most` values (exactly `most` when sparse).
+    pub fn sums(&mut self, at: Place, most: usize) -> Result<Arrived<'_>> {
+        self.next(at, most, Some(chunk::WIDE), &[chunk::NARROW, chunk::SPARSE])
+    }
+
+    /// The next chunk of f32 values, at `at`, of at most `most` values.
+    pub fn floats(&mut self, at: Place, most: usize) -> Result<Arrived<'_>> {
+        self.next(at, most, None, &[chunk::FLOATS])
+    }
+
+    fn next(&mut self, at: Place, most: usize, wide_kind: Option<u8>, narrow_kinds: &[u8]) -> Result<Arrived<'_>> {
+        let mut h = [0u8; HEADER];
+        let kind =
+            self.from.receive_values(wide_kind, narrow_kinds, &mut h, self.wide, self.narrow).map_err(|e| match e {
+                FrameError::Refused(why) => {
+                    REFUSED.fetch_add(1, Ordering::Relaxed);
+                    log::warn!("refused a collective message from the previous rank: {why}");
+                    EngineError::Collective(format!("a collective message was refused: {why}"))
+                }
+                FrameError::Io(e) => EngineError::Collective(format!("the previous rank is gone: {e}")),
+            })?;
+        let len = chunk::covers(kind, self.narrow, self.wide, most);
+        if h != at.header() || len > most || len == 0 {
+            return Err(EngineError::Collective(format!(
+                "a chunk out of order (step {}, phase {}, ring step {}, offset {})",
+                at.step, at.phase, at.t, at.offset
+            )));
+        }
+        Ok(Arrived { kind, narrow: self.narrow, wide: self.wide, len })
+    }
+}
+
+impl Arrived<'_> {
+    /// Values it covers (never 0).
+    pub fn covers(&self) -> usize {
+        self.len
+    }
+
+    /// Adds its sums to `target` (as long as it), the overflow checked.
+    pub fn add_to(&self, target: &mut [i64]) -> Result<()> {
+        chunk::apply(self.kind, true, target, self.narrow, self.wide)
+    }
+
+    /// Sets `target` (as long as it) to its sums.
+    pub fn set(&self, target: &mut [i64]) -> Result<()> {
+        chunk::apply(self.kind, false, target, self.narrow, self.wide)
+    }
+
+    /// Its f32 values.
+    pub fn floats(&self) -> &[f32] {
+        bytemuck::cast_slice(self.narrow)
+    }
 }
 
 impl Ring {
     /// Leaders in the ring.
     pub fn size(&self) -> usize {
         self.size
+    }
+
+    /// This leader's place in the ring.
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    /// One ring step: `send` feeds the next leader while `receive` takes
+    /// from the previous one, at once. Returns the bytes sent.
+    pub fn exchange(
+        &mut self,
+        send: impl FnOnce(&mut Outbox) -> Result<()> + Send,
+        receive: impl FnOnce(&mut Inbox) -> Result<()>,
+    ) -> Result<u64> {
+        let mut outbox =
+            Outbox { to: &mut self.next, narrow: &mut self.send_narrow, wide: &mut self.send_wide, sent: 0 };
+        let mut inbox = Inbox { from: &mut self.prev, narrow: &mut self.narrow, wide: &mut self.buffer };
+        std::thread::scope(|s| {
+            let sender = s.spawn(move || send(&mut outbox).map(|()| outbox.sent));
+            let received = receive(&mut inbox);
+            let sent = sender.join().unwrap_or_else(|_| Err(EngineError::Collective("sender panicked".into())));
+            received.and(sent)
+        })
     }
 
     /// Replaces `data` by its sum over the ring; returns the bytes this leader sent.
@@ -217,88 +372,35 @@ impl Ring {
                     _ => ((p + 1 + l - t) % l, (p + l - t) % l),
                 };
                 let (out, into) = split(data, bounds(n, l, send), bounds(n, l, recv));
-                let (send_offset, recv_offset) = (bounds(n, l, send).start, bounds(n, l, recv).start);
-                let (next, prev) = (&mut self.next, &mut self.prev);
-                let send_buffers = (&mut self.send_narrow, &mut self.send_wide);
-                let buffers = (&mut self.buffer, &mut self.narrow);
-                let result = std::thread::scope(|s| {
-                    let sender =
-                        s.spawn(move || send_part(next, step, phase, t as u32, send_offset, n, out, send_buffers));
-                    let received = receive_part(prev, step, phase, t as u32, recv_offset, n, into, buffers);
-                    let sent = sender.join().unwrap_or_else(|_| Err(EngineError::Collective("sender panicked".into())));
-                    received.and(sent)
-                });
-                sent += result?;
+                let place = Place { step, phase, t: t as u32, offset: 0, n };
+                let (send_at, recv_at) = (place.plus(bounds(n, l, send).start), place.plus(bounds(n, l, recv).start));
+                sent += self.exchange(
+                    |outbox| {
+                        for (i, c) in out.chunks(CHUNK_VALUES).enumerate() {
+                            outbox.sums(send_at.plus(i * CHUNK_VALUES), c)?;
+                        }
+                        Ok(())
+                    },
+                    |inbox| {
+                        let mut done = 0;
+                        while done < into.len() {
+                            let most = (into.len() - done).min(CHUNK_VALUES);
+                            let chunk = inbox.sums(recv_at.plus(done), most)?;
+                            let target = &mut into[done..done + chunk.covers()];
+                            // Reduce-scatter adds what arrives; all-gather sets finished parts.
+                            match phase {
+                                0 => chunk.add_to(target)?,
+                                _ => chunk.set(target)?,
+                            }
+                            done += chunk.covers();
+                        }
+                        Ok(())
+                    },
+                )?;
             }
         }
         Ok(sent)
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn send_part(
-    to: &mut Framed<TcpStream>,
-    step: u64,
-    phase: u8,
-    t: u32,
-    offset: usize,
-    n: usize,
-    values: &[i64],
-    (narrow, wide): (&mut Vec<i32>, &mut Vec<i64>),
-) -> Result<u64> {
-    let mut sent = 0;
-    for (i, chunk) in values.chunks(CHUNK_VALUES).enumerate() {
-        let h = header(step, phase, t, (offset + i * CHUNK_VALUES) as u64, n as u64);
-        // Sealing encrypts in place: the values go through a buffer of the sender's.
-        let kind = chunk::encode(chunk, narrow, wide);
-        let payload: &mut [u8] = match kind {
-            chunk::WIDE => bytemuck::cast_slice_mut(wide.as_mut_slice()),
-            _ => bytemuck::cast_slice_mut(narrow.as_mut_slice()),
-        };
-        sent += (HEADER + payload.len()) as u64;
-        to.send_sealed(kind, &h, payload)
-            .map_err(|e| EngineError::Collective(format!("sending to the next rank: {e}")))?;
-    }
-    Ok(sent)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn receive_part(
-    from: &mut Framed<TcpStream>,
-    step: u64,
-    phase: u8,
-    t: u32,
-    offset: usize,
-    n: usize,
-    into: &mut [i64],
-    (wide, narrow): (&mut Vec<i64>, &mut Vec<i32>),
-) -> Result<()> {
-    let mut done = 0;
-    while done < into.len() {
-        let mut h = [0u8; HEADER];
-        let kind = from.receive_values(chunk::WIDE, &[chunk::NARROW, chunk::SPARSE], &mut h, wide, narrow).map_err(
-            |e| match e {
-                FrameError::Refused(why) => {
-                    REFUSED.fetch_add(1, Ordering::Relaxed);
-                    log::warn!("refused a collective message from the previous rank: {why}");
-                    EngineError::Collective(format!("a collective message was refused: {why}"))
-                }
-                FrameError::Io(e) => EngineError::Collective(format!("the previous rank is gone: {e}")),
-            },
-        )?;
-        let got = chunk::covers(kind, narrow, wide, (into.len() - done).min(CHUNK_VALUES));
-        let expected = header(step, phase, t, (offset + done) as u64, n as u64);
-        if h != expected || done + got > into.len() {
-            return Err(EngineError::Collective(format!(
-                "a chunk out of order (step {step}, phase {phase}, ring step {t}, offset {})",
-                offset + done
-            )));
-        }
-        // Reduce-scatter adds what arrives; all-gather sets finished parts.
-        chunk::apply(kind, phase == 0, &mut into[done..done + got], narrow, wide)?;
-        done += got;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

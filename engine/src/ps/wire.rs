@@ -14,8 +14,6 @@ pub const REQUEST: u8 = 21;
 pub const REPLY: u8 = 22;
 /// A chunk of f32 values (sent as their bits).
 pub const VALUES: u8 = 23;
-/// Never sent: [`Framed::receive_values`] wants a kind for 64-bit values.
-const NO_WIDE: u8 = 24;
 /// Values per chunk (4 MB).
 const CHUNK: usize = 1 << 20;
 
@@ -124,7 +122,7 @@ pub fn receive_values<S: Read + Write>(framed: &mut Framed<S>, parts: &mut [&mut
     for (i, part) in parts.iter_mut().enumerate() {
         for (c, chunk) in part.chunks_mut(CHUNK).enumerate() {
             let mut head = [0u8; 16];
-            framed.receive_values(NO_WIDE, &[VALUES], &mut head, &mut wide, &mut narrow)?;
+            framed.receive_values(None, &[VALUES], &mut head, &mut wide, &mut narrow)?;
             if head != header(i, c * CHUNK) || narrow.len() != chunk.len() {
                 return Err(FrameError::Refused(format!(
                     "a chunk of {} values out of place (expected {} values of slice {i} at {})",

@@ -56,6 +56,7 @@ pub mod schedule;
 pub mod segment;
 pub mod segment_udaf;
 pub mod servers;
+mod sharded_step;
 #[cfg(test)]
 mod test_model;
 pub mod train_udaf;

@@ -10,9 +10,11 @@
 //! ([`super::exact`]), and takes part in the exact all-reduce: ranks of one
 //! process sum in memory and share one model replica
 //! ([`crate::collective::group`]), one leader per process sums around the
-//! ring ([`crate::collective::ring`]) and applies the mean as one optimizer
-//! step. No weights are broadcast per step and no per-step tensor touches
-//! storage. At the end rank 0 writes the next weights version (with the
+//! ring ([`crate::collective::ring`]); each leader applies the optimizer to
+//! its own segment of the weights and the ring carries the updated weights
+//! to the others ([`super::sharded_step`]; the whole sum goes around
+//! instead when the optimizer clips by norm or BatchNormalization statistics
+//! are summed too). No per-step tensor touches storage. At the end rank 0 writes the next weights version (with the
 //! optimizer state) and every rank reports a hash of its weights; the final
 //! stage fails the job when two differ.
 //!
@@ -27,6 +29,7 @@ use super::exact::{add_exact, mean_into, set_exact};
 use super::job_dir::JobDir;
 use super::model_cache::{keep, model_for};
 use super::round::{ModelRef, PartTimes};
+use super::sharded_step::{gather_slots, sharded_step, WIRE_CHUNK};
 use super::worker::decode_batches;
 use crate::cluster::this_executor;
 use crate::collective::frame::Secret;
@@ -427,11 +430,21 @@ fn run_steps(
                 true => None,
                 false => model.ranged_update(&weights)?,
             };
+            let last = i + 1 == spec.steps.len();
             match (ranged, ring.as_mut()) {
                 // One process: the exact sum too, a chunk at a time.
                 (Some(update), None) => {
                     let vectors = layout.vectors(&refs, &keys)?;
                     apply_mean_in_chunks(Sums::Parts(&vectors), &names, parts, update, CHUNK)?;
+                }
+                // Processes: each updates its share of the weights, which then go around.
+                (Some(update), Some(r)) => {
+                    let vectors = layout.vectors(&refs, &keys)?;
+                    sent = sharded_step(r, step, &vectors, &names, parts, update, WIRE_CHUNK)?;
+                    if last {
+                        // The version and the hash need every leader's slots.
+                        sent += gather_slots(r, step, model.weights_and_slots_mut(&weights)?, WIRE_CHUNK)?;
+                    }
                 }
                 (ranged, ring) => {
                     flat.resize(layout.len(), 0);

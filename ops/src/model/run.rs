@@ -511,30 +511,48 @@ impl Model {
     /// slots, in the order of `indices`. `None` when the optimizer clips
     /// gradients by norm (use [`Model::apply_gradients`]).
     pub fn ranged_update(&mut self, indices: &[usize]) -> Result<Option<RangedUpdate<'_>>> {
-        let entries: Vec<(String, usize, bool)> =
-            self.weight_entries().into_iter().map(|(k, w, t)| (k, w.value.len(), t)).collect();
-        let mut vars = Vec::with_capacity(indices.len());
-        for &i in indices {
-            match entries.get(i) {
-                Some((key, len, true)) => vars.push((key.as_str(), *len)),
-                _ => return Err(OpsError::Config(format!("ranged_update: weight {i} is not a trainable weight"))),
-            }
-        }
+        let vars = self.trainable_vars(indices)?;
+        let vars: Vec<(&str, usize)> = vars.iter().map(|(k, n)| (k.as_str(), *n)).collect();
         let optimizer = self.optimizer.as_mut().ok_or_else(|| OpsError::NotCompiled(self.name.clone()))?;
         let Some(step) = optimizer.ranged_step(&vars)? else { return Ok(None) };
+        Ok(Some(RangedUpdate { step, parts: self.weights_and_slots_mut(indices)? }))
+    }
+
+    /// The values and optimizer slots of the weights `indices` (as in
+    /// [`Model::ranged_update`], whose first step made the slots), to be
+    /// changed in place: processes that each updated a share of them
+    /// exchange the rest.
+    #[allow(clippy::type_complexity)]
+    pub fn weights_and_slots_mut(&mut self, indices: &[usize]) -> Result<Vec<(&mut [f32], Vec<&mut [f32]>)>> {
+        let vars = self.trainable_vars(indices)?;
+        let optimizer = self.optimizer.as_mut().ok_or_else(|| OpsError::NotCompiled(self.name.clone()))?;
         let mut slots: HashMap<&str, &mut Vec<Buf>> =
             optimizer.slots.iter_mut().map(|(k, v)| (k.as_str(), v)).collect();
         let mut weights: Vec<Option<&mut crate::layers::Weight>> =
             self.layers.iter_mut().flat_map(|l| l.weights_mut()).map(Some).collect();
         let mut parts = Vec::with_capacity(indices.len());
-        for &i in indices {
-            let key = entries[i].0.as_str();
-            let twice = || OpsError::Config(format!("ranged_update: weight '{key}' is named twice"));
+        for (&i, (key, _)) in indices.iter().zip(&vars) {
+            let twice = || OpsError::Config(format!("weights_and_slots_mut: weight '{key}' is named twice"));
             let weight = weights[i].take().ok_or_else(twice)?;
-            let slots = slots.remove(key).ok_or_else(twice)?;
+            let slots = slots.remove(key.as_str()).ok_or_else(|| {
+                OpsError::Config(format!("weights_and_slots_mut: '{key}' has no optimizer slots yet"))
+            })?;
             parts.push((weight.value.data_mut(), slots.iter_mut().map(|s| s.as_mut_slice()).collect()));
         }
-        Ok(Some(RangedUpdate { step, parts }))
+        Ok(parts)
+    }
+
+    /// The key and length of each of the weights `indices`, each trainable.
+    fn trainable_vars(&self, indices: &[usize]) -> Result<Vec<(String, usize)>> {
+        let entries: Vec<(String, usize, bool)> =
+            self.weight_entries().into_iter().map(|(k, w, t)| (k, w.value.len(), t)).collect();
+        indices
+            .iter()
+            .map(|&i| match entries.get(i) {
+                Some((key, len, true)) => Ok((key.clone(), *len)),
+                _ => Err(OpsError::Config(format!("weight {i} is not a trainable weight"))),
+            })
+            .collect()
     }
 
     /// Moves every weight to `backend`'s device, where they then stay: its

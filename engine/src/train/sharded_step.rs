@@ -1,0 +1,424 @@
+//! The optimizer step of a `sync` step between processes, sharded (ZeRO
+//! stage 1): the ring's reduce-scatter leaves each leader the exact sum of
+//! one segment of the flat gradient; that leader alone takes the mean and
+//! applies the optimizer to that segment of the weights and of their slots,
+//! then the ring's all-gather carries the updated weights (f32 bits), not
+//! the sums. Each process thus rounds, sums, averages and updates only its
+//! share, a chunk at a time while the chunk is in cache, and no 8-byte-per-
+//! value sum of the whole model is ever written. Every operation is
+//! elementwise, so the weights have the bits of the whole-vector step.
+//!
+//! A leader's slots are current only on its own segment until the segment
+//! job ends: [`gather_slots`] then carries every segment's slots around the
+//! ring, before the weights are hashed and written.
+
+use super::exact::{add_exact, mean_into, set_exact};
+use crate::collective::ring::{bounds, Inbox, Outbox, Place, Ring};
+use crate::error::{EngineError, Result};
+use kallista_ops::model::RangedUpdate;
+use kallista_ops::optim::RangedStep;
+use std::ops::Range;
+
+/// Values per frame: its i64 sums (512 KB) and f32 mean stay in L2.
+pub(crate) const WIRE_CHUNK: usize = 1 << 16;
+/// Phases of the collective, in chunk headers.
+const SUMS: u8 = 0;
+const WEIGHTS: u8 = 1;
+/// Slot `k` travels in phase `SLOTS + k`.
+const SLOTS: u8 = 2;
+
+/// Pieces of one segment of a flat vector made of several vectors: (flat
+/// offset, values), in order.
+type Pieces<'a> = Vec<(usize, &'a mut [f32])>;
+
+/// Cuts the vectors `parts` (one flat vector, in order) at the bounds of
+/// `segments` segments; returns each segment's pieces.
+fn by_segment(parts: Vec<&mut [f32]>, segments: usize) -> Vec<Pieces<'_>> {
+    let n: usize = parts.iter().map(|p| p.len()).sum();
+    let mut out: Vec<Pieces<'_>> = (0..segments).map(|_| vec![]).collect();
+    let mut flat = 0;
+    for mut rest in parts {
+        while !rest.is_empty() {
+            let s = (0..segments).find(|&s| bounds(n, segments, s).contains(&flat)).unwrap_or(segments - 1);
+            let take = rest.len().min(bounds(n, segments, s).end - flat);
+            let (mine, next) = rest.split_at_mut(take);
+            out[s].push((flat, mine));
+            flat += take;
+            rest = next;
+        }
+    }
+    out
+}
+
+/// Calls `f(piece index, range in the piece, range in [a, b))` for each
+/// piece (flat offset, length) of `pieces` that `[a, b)` (flat) overlaps.
+fn overlaps(
+    pieces: &[(usize, usize)],
+    range: Range<usize>,
+    mut f: impl FnMut(usize, Range<usize>, Range<usize>) -> Result<()>,
+) -> Result<()> {
+    for (j, &(start, len)) in pieces.iter().enumerate() {
+        let (lo, hi) = (range.start.max(start), range.end.min(start + len));
+        if lo < hi {
+            f(j, lo - start..hi - start, lo - range.start..hi - range.start)?;
+        }
+    }
+    Ok(())
+}
+
+/// This process's micro-batch gradients, one flat vector per micro-batch.
+struct Grads<'a> {
+    /// Each weight's gradient of each micro-batch.
+    vectors: &'a [Vec<&'a [f32]>],
+    names: &'a [&'a str],
+    /// (flat offset, length) of each weight.
+    spans: Vec<(usize, usize)>,
+    /// Values per frame.
+    chunk: usize,
+}
+
+impl Grads<'_> {
+    /// Sets `out` to this process's exact sum of `range` (flat).
+    fn sum(&self, range: Range<usize>, out: &mut [i64]) -> Result<()> {
+        overlaps(&self.spans, range, |e, inside, at| {
+            let Some((first, rest)) = self.vectors[e].split_first() else {
+                return Err(EngineError::Training(format!("'{}': a step without micro-batches", self.names[e])));
+            };
+            let target = &mut out[at];
+            set_exact(target, &first[inside.clone()], self.names[e])?;
+            rest.iter().try_for_each(|v| add_exact(target, &v[inside.clone()], self.names[e]))
+        })
+    }
+}
+
+/// Takes one sharded `sync` step over the ring (see the module docs): the
+/// mean over `parts` micro-batches of all processes of `vectors` (this
+/// process's gradients of the weights `names`, in `update`'s order) applied
+/// by `update`, `chunk` values per frame ([`WIRE_CHUNK`]). Returns the bytes this leader sent.
+pub(crate) fn sharded_step(
+    ring: &mut Ring,
+    step: u64,
+    vectors: &[Vec<&[f32]>],
+    names: &[&str],
+    parts: u64,
+    update: RangedUpdate<'_>,
+    chunk: usize,
+) -> Result<u64> {
+    let RangedUpdate { step: rule, parts: weights } = update;
+    let mut spans = Vec::with_capacity(weights.len());
+    let mut n = 0;
+    for (e, (values, _)) in weights.iter().enumerate() {
+        if vectors.get(e).is_none_or(|v| v.iter().any(|g| g.len() != values.len())) {
+            return Err(EngineError::Training(format!("'{}': gradient and weight sizes differ", names[e])));
+        }
+        spans.push((n, values.len()));
+        n += values.len();
+    }
+    let grads = Grads { vectors, names, spans, chunk };
+    let (l, p) = (ring.size(), ring.position());
+    let slot_count = weights.first().map_or(0, |w| w.1.len());
+    let (values, slots): (Vec<&mut [f32]>, Vec<Vec<&mut [f32]>>) = weights.into_iter().unzip();
+    let mut value_segments = by_segment(values, l);
+    let mut slot_segments: Vec<Vec<Pieces<'_>>> = vec![];
+    let mut slots_by_index: Vec<Vec<&mut [f32]>> = (0..slot_count).map(|_| vec![]).collect();
+    for of_weight in slots {
+        if of_weight.len() != slot_count {
+            return Err(EngineError::Training("the weights' optimizer slots differ in number".into()));
+        }
+        for (k, s) in of_weight.into_iter().enumerate() {
+            slots_by_index[k].push(s);
+        }
+    }
+    for of_slot in slots_by_index {
+        slot_segments.push(by_segment(of_slot, l));
+    }
+    let mut sent = 0;
+    // Reduce-scatter: partial sums of segments go around; the last ring step
+    // brings this leader the whole sum of its own segment (p + 1).
+    let mut partials = [vec![], vec![]];
+    for t in 0..l - 1 {
+        let (send, recv) = ((p + l - t) % l, (p + l - t - 1) % l);
+        let place = Place { step, phase: SUMS, t: t as u32, offset: 0, n };
+        let (read, write) = partials.split_at_mut(1);
+        let (sent_partial, next_partial) = match t % 2 {
+            0 => (&read[0], &mut write[0]),
+            _ => (&write[0], &mut read[0]),
+        };
+        let sent_partial: &[i64] = sent_partial;
+        let grads = &grads;
+        let last = t == l - 2;
+        let own = (recv, &mut value_segments[recv], slot_segments.iter_mut().map(|s| &mut s[recv]).collect());
+        sent += ring.exchange(
+            |out| send_sums(out, place, bounds(n, l, send), (t > 0).then_some(sent_partial), grads),
+            |inbox| match last {
+                true => update_own(inbox, place, bounds(n, l, recv), grads, parts, &rule, own),
+                false => {
+                    next_partial.resize(bounds(n, l, recv).len(), 0);
+                    receive_partial(inbox, place, bounds(n, l, recv), grads, next_partial)
+                }
+            },
+        )?;
+    }
+    // All-gather: the updated weights of every segment go around.
+    sent += all_gather(ring, Place { step, phase: WEIGHTS, t: 0, offset: 0, n }, &mut value_segments, chunk)?;
+    Ok(sent)
+}
+
+/// Brings every leader's optimizer slots in line after sharded steps: the
+/// slots of `weights` (each weight's values and slots) around the ring.
+/// `chunk` values per frame. Returns the bytes this leader sent.
+#[allow(clippy::type_complexity)]
+pub(crate) fn gather_slots(
+    ring: &mut Ring,
+    step: u64,
+    weights: Vec<(&mut [f32], Vec<&mut [f32]>)>,
+    chunk: usize,
+) -> Result<u64> {
+    let slot_count = weights.first().map_or(0, |w| w.1.len());
+    let mut by_index: Vec<Vec<&mut [f32]>> = (0..slot_count).map(|_| vec![]).collect();
+    for (_, slots) in weights {
+        for (k, s) in slots.into_iter().enumerate() {
+            by_index.get_mut(k).ok_or_else(|| EngineError::Training("slots differ in number".into()))?.push(s);
+        }
+    }
+    let mut sent = 0;
+    for (k, of_slot) in by_index.into_iter().enumerate() {
+        let n = of_slot.iter().map(|s| s.len()).sum();
+        let mut segments = by_segment(of_slot, ring.size());
+        sent += all_gather(ring, Place { step, phase: SLOTS + k as u8, t: 0, offset: 0, n }, &mut segments, chunk)?;
+    }
+    Ok(sent)
+}
+
+fn spans_of(pieces: &Pieces<'_>) -> Vec<(usize, usize)> {
+    pieces.iter().map(|(start, v)| (*start, v.len())).collect()
+}
+
+/// Sends segment `range`: this process's own sums (the first ring step) or
+/// the partial sums that arrived in the previous one (with its own added).
+fn send_sums(
+    out: &mut Outbox,
+    place: Place,
+    range: Range<usize>,
+    partial: Option<&[i64]>,
+    grads: &Grads,
+) -> Result<()> {
+    let mut scratch = vec![0i64; grads.chunk];
+    for start in range.clone().step_by(grads.chunk) {
+        let end = (start + grads.chunk).min(range.end);
+        let values = match partial {
+            Some(p) => &p[start - range.start..end - range.start],
+            None => {
+                grads.sum(start..end, &mut scratch[..end - start])?;
+                &scratch[..end - start]
+            }
+        };
+        out.sums(place.plus(start), values)?;
+    }
+    Ok(())
+}
+
+/// Receives the partial sums of segment `range` and adds this process's own (rings of more than two).
+fn receive_partial(
+    inbox: &mut Inbox,
+    place: Place,
+    range: Range<usize>,
+    grads: &Grads,
+    into: &mut [i64],
+) -> Result<()> {
+    for start in range.clone().step_by(grads.chunk) {
+        let end = (start + grads.chunk).min(range.end);
+        let target = &mut into[start - range.start..end - range.start];
+        grads.sum(start..end, target)?;
+        let chunk = inbox.sums(place.plus(start), end - start)?;
+        if chunk.covers() != end - start {
+            return Err(EngineError::Collective(format!(
+                "a chunk of {} values, expected {}",
+                chunk.covers(),
+                end - start
+            )));
+        }
+        chunk.add_to(target)?;
+    }
+    Ok(())
+}
+
+/// This leader's own segment: the other processes' sums arrive, its own are
+/// added, and the mean updates that segment of the weights and slots.
+fn update_own(
+    inbox: &mut Inbox,
+    place: Place,
+    range: Range<usize>,
+    grads: &Grads,
+    parts: u64,
+    rule: &RangedStep,
+    (segment, values, mut slots): (usize, &mut Pieces<'_>, Vec<&mut Pieces<'_>>),
+) -> Result<()> {
+    let spans = spans_of(values);
+    let (mut sum, mut mean) = (vec![0i64; grads.chunk], vec![0f32; grads.chunk]);
+    for start in range.clone().step_by(grads.chunk) {
+        let end = (start + grads.chunk).min(range.end);
+        let (sum, mean) = (&mut sum[..end - start], &mut mean[..end - start]);
+        grads.sum(start..end, sum)?;
+        let chunk = inbox.sums(place.plus(start), end - start)?;
+        if chunk.covers() != end - start {
+            return Err(EngineError::Collective(format!(
+                "segment {segment}: a chunk of {} values, expected {}",
+                chunk.covers(),
+                end - start
+            )));
+        }
+        chunk.add_to(sum)?;
+        mean_into(mean, sum, parts);
+        overlaps(&spans, start..end, |j, inside, at| {
+            let mut s: Vec<&mut [f32]> = slots.iter_mut().map(|k| &mut k[j].1[inside.clone()]).collect();
+            Ok(rule.apply(&mut values[j].1[inside], &mean[at], &mut s)?)
+        })?;
+    }
+    Ok(())
+}
+
+/// The ring's all-gather of f32 segments: each leader starts with its own
+/// segment (p + 1) current and ends with all of them. Returns the bytes sent.
+fn all_gather(ring: &mut Ring, place: Place, segments: &mut [Pieces<'_>], chunk: usize) -> Result<u64> {
+    let (l, p) = (ring.size(), ring.position());
+    let mut sent = 0;
+    for t in 0..l - 1 {
+        let (send, recv) = ((p + 1 + l - t) % l, (p + l - t) % l);
+        let place = Place { t: t as u32, ..place };
+        let (out_pieces, in_pieces) = two_mut(segments, send, recv);
+        let (out_range, in_range) = (bounds(place.n, l, send), bounds(place.n, l, recv));
+        sent += ring.exchange(
+            |out| {
+                let spans = spans_of(out_pieces);
+                for start in out_range.clone().step_by(chunk) {
+                    let end = (start + chunk).min(out_range.end);
+                    let mut chunk: Vec<&[f32]> = vec![];
+                    overlaps(&spans, start..end, |j, inside, _| {
+                        chunk.push(&out_pieces[j].1[inside]);
+                        Ok(())
+                    })?;
+                    out.floats(place.plus(start), &chunk)?;
+                }
+                Ok(())
+            },
+            |inbox| {
+                let spans = spans_of(in_pieces);
+                for start in in_range.clone().step_by(chunk) {
+                    let end = (start + chunk).min(in_range.end);
+                    let chunk = inbox.floats(place.plus(start), end - start)?;
+                    if chunk.covers() != end - start {
+                        return Err(EngineError::Collective(format!(
+                            "a chunk of {} values, expected {}",
+                            chunk.covers(),
+                            end - start
+                        )));
+                    }
+                    let floats = chunk.floats();
+                    overlaps(&spans, start..end, |j, inside, at| {
+                        in_pieces[j].1[inside].copy_from_slice(&floats[at]);
+                        Ok(())
+                    })?;
+                }
+                Ok(())
+            },
+        )?;
+    }
+    Ok(sent)
+}
+
+/// Segment `a` to read and segment `b` to write (`a != b`).
+fn two_mut<'s, 'a>(segments: &'s mut [Pieces<'a>], a: usize, b: usize) -> (&'s Pieces<'a>, &'s mut Pieces<'a>) {
+    if a < b {
+        let (lo, hi) = segments.split_at_mut(b);
+        (&lo[a], &mut hi[0])
+    } else {
+        let (lo, hi) = segments.split_at_mut(a);
+        (&hi[0], &mut lo[b])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::chunked_step::{apply_mean_in_chunks, Sums};
+    use super::*;
+    use crate::collective::frame::Secret;
+    use crate::collective::ring::{connect, Listener, RingPeers};
+    use crate::train::segment::weights_hash;
+    use crate::train::test_model::{adam, tiny_model};
+    use kallista_ops::model::Model;
+    use std::time::Duration;
+
+    /// Micro-batch `m`'s gradient of each weight of lengths `lens` at `step`.
+    fn gradient(lens: &[usize], step: usize, m: usize) -> Vec<Vec<f32>> {
+        let value = |w: usize, i: usize| ((i * 7 + w * 5 + m * 3 + step) % 11) as f32 * 0.013 - 0.06;
+        lens.iter().enumerate().map(|(w, &n)| (0..n).map(|i| value(w, i)).collect()).collect()
+    }
+
+    /// Two sharded steps and the slots' gather on rings of 2, 3 and 4
+    /// leaders, in frames of 7 values that cut every weight and segment,
+    /// with the 5 micro-batches of a step spread unevenly over the leaders,
+    /// leave every leader with the bits (weights, slots, iterations) of one
+    /// process's chunked step on all 5; a wrong divisor does not.
+    #[test]
+    fn every_leader_ends_with_the_bits_of_one_process_step() {
+        const MICRO_BATCHES: usize = 5;
+        let base = tiny_model(&adam(&[]));
+        let entries = base.trainable_entries();
+        let weights: Vec<usize> = entries.iter().map(|e| e.0).collect();
+        let names: Vec<&str> = entries.iter().map(|e| e.1.as_str()).collect();
+        let lens: Vec<usize> = entries.iter().map(|e| e.2).collect();
+        let steps: Vec<Vec<Vec<Vec<f32>>>> =
+            (0..2).map(|s| (0..MICRO_BATCHES).map(|m| gradient(&lens, s, m)).collect()).collect();
+        let one_process = |divisor: u64| {
+            let mut model = base.clone();
+            for grads in &steps {
+                let vectors: Vec<Vec<&[f32]>> =
+                    (0..lens.len()).map(|w| grads.iter().map(|g| g[w].as_slice()).collect()).collect();
+                let update = model.ranged_update(&weights).unwrap().expect("Adam without clipping");
+                apply_mean_in_chunks(Sums::Parts(&vectors), &names, divisor, update, 5).unwrap();
+            }
+            weights_hash(&model)
+        };
+        let want = one_process(MICRO_BATCHES as u64);
+        assert_ne!(want, weights_hash(&base), "the steps changed nothing");
+        assert_ne!(want, one_process(MICRO_BATCHES as u64 - 1), "a wrong divisor passes");
+        let (secret, _) = Secret::generate().unwrap();
+        for leaders in 2..=4 {
+            let listeners: Vec<Listener> =
+                (0..leaders).map(|_| Listener::bind("127.0.0.1", "127.0.0.1").unwrap()).collect();
+            let endpoints: Vec<(usize, String)> =
+                listeners.iter().enumerate().map(|(r, l)| (r, l.endpoint.clone())).collect();
+            let hashes: Vec<String> = std::thread::scope(|s| {
+                let handles: Vec<_> = listeners
+                    .into_iter()
+                    .enumerate()
+                    .map(|(position, listener)| {
+                        let (endpoints, steps, secret, weights, names) =
+                            (&endpoints, &steps, &secret, &weights, &names);
+                        let mut model: Model = base.clone();
+                        s.spawn(move || {
+                            let peers = RingPeers { job: "j", generation: 1, leaders: endpoints, position };
+                            let mut ring = connect(listener, &peers, secret, Duration::from_secs(10)).unwrap().unwrap();
+                            for (step, grads) in steps.iter().enumerate() {
+                                let mine: Vec<&Vec<Vec<f32>>> = grads.iter().skip(position).step_by(leaders).collect();
+                                let vectors: Vec<Vec<&[f32]>> = (0..weights.len())
+                                    .map(|w| mine.iter().map(|g| g[w].as_slice()).collect())
+                                    .collect();
+                                let update = model.ranged_update(weights).unwrap().unwrap();
+                                let parts = MICRO_BATCHES as u64;
+                                sharded_step(&mut ring, step as u64, &vectors, names, parts, update, 7).unwrap();
+                            }
+                            gather_slots(&mut ring, 1, model.weights_and_slots_mut(weights).unwrap(), 7).unwrap();
+                            weights_hash(&model)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for (position, got) in hashes.iter().enumerate() {
+                assert_eq!(got, &want, "leader {position} of {leaders}");
+            }
+        }
+    }
+}
