@@ -39,6 +39,14 @@ pub fn add_checked<T: Widen>(acc: &mut [i64], x: &[T]) -> Result<()> {
     let overflow = (|| {
         #[cfg(target_arch = "x86_64")]
         {
+            if std::is_x86_feature_detected!("avx512f") {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn widest<T: Widen>(acc: &mut [i64], x: &[T]) -> i64 {
+                    body(acc, x)
+                }
+                // SAFETY: the feature was detected at run time.
+                return unsafe { widest(acc, x) };
+            }
             if std::is_x86_feature_detected!("avx2") {
                 #[target_feature(enable = "avx2")]
                 unsafe fn wide<T: Widen>(acc: &mut [i64], x: &[T]) -> i64 {

@@ -52,7 +52,7 @@ fn check(values: &[f32], name: &str, largest: u32, overflow: i64) -> Result<()> 
     Ok(())
 }
 
-/// The rounding loop, compiled for AVX2 too and picked at run time (the same
+/// The rounding loop, compiled for AVX-512 and AVX2 too and picked at run time (the same
 /// bits either way: no instruction in it rounds differently). Returns the
 /// largest magnitude bits seen and, negative when a sum overflowed, the
 /// overflow flags of the adds.
@@ -78,6 +78,14 @@ fn multiversion_round<const SET: bool>(sum: &mut [i64], values: &[f32]) -> (u32,
     }
     #[cfg(target_arch = "x86_64")]
     {
+        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512dq") {
+            #[target_feature(enable = "avx512f,avx512dq")]
+            unsafe fn widest<const SET: bool>(sum: &mut [i64], values: &[f32]) -> (u32, i64) {
+                body::<SET>(sum, values)
+            }
+            // SAFETY: the features were detected at run time.
+            return unsafe { widest::<SET>(sum, values) };
+        }
         if std::is_x86_feature_detected!("avx2") {
             #[target_feature(enable = "avx2")]
             unsafe fn wide<const SET: bool>(sum: &mut [i64], values: &[f32]) -> (u32, i64) {
@@ -114,6 +122,15 @@ pub fn mean_into(out: &mut [f32], sum: &[i64], count: u64) {
     for (o, s) in out.chunks_mut(BLOCK).zip(sum.chunks(BLOCK)) {
         #[cfg(target_arch = "x86_64")]
         {
+            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512dq") {
+                #[target_feature(enable = "avx512f,avx512dq")]
+                unsafe fn widest(out: &mut [f32], sum: &[i64], scale: f64) {
+                    body(out, sum, scale)
+                }
+                // SAFETY: the features were detected at run time.
+                unsafe { widest(o, s, scale) };
+                continue;
+            }
             if std::is_x86_feature_detected!("avx2") {
                 #[target_feature(enable = "avx2")]
                 unsafe fn wide(out: &mut [f32], sum: &[i64], scale: f64) {

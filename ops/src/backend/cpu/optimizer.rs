@@ -116,6 +116,16 @@ fn adam_chunk(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: AdamSte
     }
     #[cfg(target_arch = "x86_64")]
     {
+        // 16 lanes where the CPU has them: the same bits (each operation is
+        // correctly rounded at any width, and Rust never fuses one into an FMA).
+        if std::is_x86_feature_detected!("avx512f") {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn widest(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: AdamStep) {
+                body(w, g, m, v, k)
+            }
+            // SAFETY: the feature was detected at run time.
+            return unsafe { widest(w, g, m, v, k) };
+        }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             #[target_feature(enable = "avx2,fma")]
             unsafe fn wide(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: AdamStep) {
