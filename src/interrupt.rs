@@ -16,14 +16,31 @@ type Interrupt = (&'static str, i32);
 /// Watches for Ctrl-C and SIGTERM on a thread of its own; on either, says
 /// so on stderr and exits with 130 or 143.
 pub fn exit_on_interrupt() {
-    let watcher = std::thread::Builder::new().name("kallista-interrupt".into()).spawn(|| {
+    on_interrupt(|(name, code)| {
+        eprintln!("interrupted ({name}): stopping");
+        code
+    });
+}
+
+/// For `kallista ps`, which has no tasks to drain: on Ctrl-C or SIGTERM,
+/// says that `server` stopped (its drivers see their shards' connections
+/// close) and exits with 0, as a server asked to stop does.
+pub fn stop_server_on_interrupt(server: String) {
+    on_interrupt(move |(name, _)| {
+        eprintln!("{server}: stopped ({name})");
+        0
+    });
+}
+
+/// Runs `then` on the first Ctrl-C or SIGTERM and exits with the code it returns.
+fn on_interrupt(then: impl FnOnce(Interrupt) -> i32 + Send + 'static) {
+    let watcher = std::thread::Builder::new().name("kallista-interrupt".into()).spawn(move || {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(r) => r,
             Err(e) => return log::warn!("Ctrl-C and SIGTERM keep their default handling: {e}"),
         };
-        if let Some((name, code)) = runtime.block_on(next_interrupt()) {
-            eprintln!("interrupted ({name}): stopping");
-            std::process::exit(code);
+        if let Some(interrupt) = runtime.block_on(next_interrupt()) {
+            std::process::exit(then(interrupt));
         }
     });
     if let Err(e) = watcher {

@@ -442,6 +442,7 @@ fn run(cli: Cli) -> Result<(), kallista_jobs::JobError> {
         }
         Command::Ps { bind_host, external_host, port, token_file } => {
             let token = kallista_engine::ps::host::read_token(&token_file)?;
+            interrupt::stop_server_on_interrupt(format!("kallista ps on {bind_host}:{port}"));
             let opts = kallista_engine::ps::host::PsOptions { bind_host, external_host, port, token };
             kallista_jobs::cluster_cmd::ps_cmd(&opts)
         }

@@ -236,6 +236,20 @@ fn shards_on_kallista_ps_processes_train_and_close_when_the_driver_ends_however_
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains(&format!("kallista ps at {}", hosts[0].address)), "{stderr}");
     assert!(std::fs::read_to_string(&hosts[0].log).unwrap().contains("refused a message"), "the host did not log it");
+    // Asked to stop, a host says so and exits cleanly.
+    let pid = hosts[1].child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = hosts[1].child.wait().unwrap();
+    let log = std::fs::read_to_string(&hosts[1].log).unwrap();
+    assert!(status.success(), "{status}:\n{log}");
+    assert!(
+        log.contains(&format!("kallista ps on 127.0.0.1:{}: stopped (SIGTERM)", port_of(&hosts[1].address))),
+        "{log}"
+    );
+}
+
+fn port_of(address: &str) -> &str {
+    address.rsplit(':').next().unwrap_or_default()
 }
 
 /// `kill -SIGNAL pid`.
