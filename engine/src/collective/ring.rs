@@ -386,6 +386,14 @@ impl Ring {
                         while done < into.len() {
                             let most = (into.len() - done).min(CHUNK_VALUES);
                             let chunk = inbox.sums(recv_at.plus(done), most)?;
+                            // Every frame but a part's last is whole: a short one would leave the loop waiting.
+                            if chunk.covers() != most {
+                                return Err(EngineError::Collective(format!(
+                                    "a chunk of {} values at offset {}, expected {most}",
+                                    chunk.covers(),
+                                    recv_at.offset + done
+                                )));
+                            }
                             let target = &mut into[done..done + chunk.covers()];
                             // Reduce-scatter adds what arrives; all-gather sets finished parts.
                             match phase {

@@ -105,6 +105,14 @@ pub(crate) fn sharded_step(
     chunk: usize,
 ) -> Result<u64> {
     let RangedUpdate { step: rule, parts: weights } = update;
+    if vectors.len() != weights.len() || names.len() != weights.len() {
+        return Err(EngineError::Training(format!(
+            "a sharded step of {} weights with gradients of {} and names of {}",
+            weights.len(),
+            vectors.len(),
+            names.len()
+        )));
+    }
     let mut spans = Vec::with_capacity(weights.len());
     let mut n = 0;
     for (e, (values, _)) in weights.iter().enumerate() {

@@ -14,12 +14,20 @@ pub(super) struct CallArgs<'m, 'a> {
     blocks: Vec<ManagedBlock>,
     /// (device, host, bytes) copies back to host outputs.
     write_back: Vec<(u64, u64, usize)>,
+    /// An output is the device's own memory, updated in place by the kernels.
+    in_place_output: bool,
     outputs: std::marker::PhantomData<&'a mut [u8]>,
 }
 
 impl<'m, 'a> CallArgs<'m, 'a> {
     pub fn new(memory: &'m Arc<DeviceMemory>) -> Self {
-        CallArgs { memory, blocks: Vec::new(), write_back: Vec::new(), outputs: std::marker::PhantomData }
+        CallArgs {
+            memory,
+            blocks: Vec::new(),
+            write_back: Vec::new(),
+            in_place_output: false,
+            outputs: std::marker::PhantomData,
+        }
     }
 
     /// The device address of an input slice.
@@ -32,8 +40,9 @@ impl<'m, 'a> CallArgs<'m, 'a> {
     pub fn output<T: Copy>(&mut self, values: &'a mut [T]) -> Result<u64> {
         let (host, bytes) = (values.as_mut_ptr() as u64, std::mem::size_of_val(values));
         let device = self.place(host, bytes)?;
-        if device != host {
-            self.write_back.push((device, host, bytes));
+        match device != host {
+            true => self.write_back.push((device, host, bytes)),
+            false => self.in_place_output |= bytes > 0,
         }
         Ok(device)
     }
@@ -46,12 +55,16 @@ impl<'m, 'a> CallArgs<'m, 'a> {
         Ok(ptr)
     }
 
-    /// Queues the copies back to host outputs, and waits for them if any.
+    /// Queues the copies back to host outputs, and waits for the call's work
+    /// when it has outputs: the caller may read an output slice as soon as
+    /// the call returns, without going through a [`crate::buf::Buf`] (which
+    /// would wait itself), as the sharded `sync` step reads the weights it
+    /// has just updated.
     pub fn finish(self) -> Result<()> {
         for &(device, host, bytes) in &self.write_back {
             self.memory.copy(device, host, bytes)?;
         }
-        if !self.write_back.is_empty() {
+        if !self.write_back.is_empty() || self.in_place_output {
             self.memory.settle()?;
         }
         Ok(())
