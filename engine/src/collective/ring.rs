@@ -276,18 +276,18 @@ pub struct Arrived<'a> {
 }
 
 impl Inbox<'_> {
-    /// The next chunk of fixed-point sums: it must sit at `at` and cover at
-    /// most `most` values (exactly `most` when sparse).
-    pub fn sums(&mut self, at: Place, most: usize) -> Result<Arrived<'_>> {
-        self.next(at, most, Some(chunk::WIDE), &[chunk::NARROW, chunk::SPARSE])
+    /// The next chunk of fixed-point sums: it must sit at `at` and cover
+    /// exactly `values` values (a short one would leave its reader waiting).
+    pub fn sums(&mut self, at: Place, values: usize) -> Result<Arrived<'_>> {
+        self.next(at, values, Some(chunk::WIDE), &[chunk::NARROW, chunk::SPARSE])
     }
 
-    /// The next chunk of f32 values, at `at`, of at most `most` values.
-    pub fn floats(&mut self, at: Place, most: usize) -> Result<Arrived<'_>> {
-        self.next(at, most, None, &[chunk::FLOATS])
+    /// The next chunk of f32 values, at `at`, of exactly `values` values.
+    pub fn floats(&mut self, at: Place, values: usize) -> Result<Arrived<'_>> {
+        self.next(at, values, None, &[chunk::FLOATS])
     }
 
-    fn next(&mut self, at: Place, most: usize, wide_kind: Option<u8>, narrow_kinds: &[u8]) -> Result<Arrived<'_>> {
+    fn next(&mut self, at: Place, values: usize, wide_kind: Option<u8>, narrow_kinds: &[u8]) -> Result<Arrived<'_>> {
         let mut h = [0u8; HEADER];
         let kind =
             self.from.receive_values(wide_kind, narrow_kinds, &mut h, self.wide, self.narrow).map_err(|e| match e {
@@ -298,11 +298,17 @@ impl Inbox<'_> {
                 }
                 FrameError::Io(e) => EngineError::Collective(format!("the previous rank is gone: {e}")),
             })?;
-        let len = chunk::covers(kind, self.narrow, self.wide, most);
-        if h != at.header() || len > most || len == 0 {
+        let len = chunk::covers(kind, self.narrow, self.wide, values);
+        if h != at.header() {
             return Err(EngineError::Collective(format!(
                 "a chunk out of order (step {}, phase {}, ring step {}, offset {})",
                 at.step, at.phase, at.t, at.offset
+            )));
+        }
+        if len != values {
+            return Err(EngineError::Collective(format!(
+                "a chunk of {len} values at offset {}, expected {values}",
+                at.offset
             )));
         }
         Ok(Arrived { kind, narrow: self.narrow, wide: self.wide, len })
@@ -384,16 +390,7 @@ impl Ring {
                     |inbox| {
                         let mut done = 0;
                         while done < into.len() {
-                            let most = (into.len() - done).min(CHUNK_VALUES);
-                            let chunk = inbox.sums(recv_at.plus(done), most)?;
-                            // Every frame but a part's last is whole: a short one would leave the loop waiting.
-                            if chunk.covers() != most {
-                                return Err(EngineError::Collective(format!(
-                                    "a chunk of {} values at offset {}, expected {most}",
-                                    chunk.covers(),
-                                    recv_at.offset + done
-                                )));
-                            }
+                            let chunk = inbox.sums(recv_at.plus(done), (into.len() - done).min(CHUNK_VALUES))?;
                             let target = &mut into[done..done + chunk.covers()];
                             // Reduce-scatter adds what arrives; all-gather sets finished parts.
                             match phase {

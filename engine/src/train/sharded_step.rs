@@ -155,7 +155,7 @@ pub(crate) fn sharded_step(
         let sent_partial: &[i64] = sent_partial;
         let grads = &grads;
         let last = t == l - 2;
-        let own = (recv, &mut value_segments[recv], slot_segments.iter_mut().map(|s| &mut s[recv]).collect());
+        let own = (&mut value_segments[recv], slot_segments.iter_mut().map(|s| &mut s[recv]).collect());
         sent += ring.exchange(
             |out| send_sums(out, place, bounds(n, l, send), (t > 0).then_some(sent_partial), grads),
             |inbox| match last {
@@ -239,13 +239,6 @@ fn receive_partial(
         let target = &mut into[start - range.start..end - range.start];
         grads.sum(start..end, target)?;
         let chunk = inbox.sums(place.plus(start), end - start)?;
-        if chunk.covers() != end - start {
-            return Err(EngineError::Collective(format!(
-                "a chunk of {} values, expected {}",
-                chunk.covers(),
-                end - start
-            )));
-        }
         chunk.add_to(target)?;
     }
     Ok(())
@@ -260,7 +253,7 @@ fn update_own(
     grads: &Grads,
     parts: u64,
     rule: &RangedStep,
-    (segment, values, mut slots): (usize, &mut Pieces<'_>, Vec<&mut Pieces<'_>>),
+    (values, mut slots): (&mut Pieces<'_>, Vec<&mut Pieces<'_>>),
 ) -> Result<()> {
     let spans = spans_of(values);
     let (mut sum, mut mean) = (vec![0i64; grads.chunk], vec![0f32; grads.chunk]);
@@ -269,13 +262,6 @@ fn update_own(
         let (sum, mean) = (&mut sum[..end - start], &mut mean[..end - start]);
         grads.sum(start..end, sum)?;
         let chunk = inbox.sums(place.plus(start), end - start)?;
-        if chunk.covers() != end - start {
-            return Err(EngineError::Collective(format!(
-                "segment {segment}: a chunk of {} values, expected {}",
-                chunk.covers(),
-                end - start
-            )));
-        }
         chunk.add_to(sum)?;
         mean_into(mean, sum, parts);
         overlaps(&spans, start..end, |j, inside, at| {
@@ -315,13 +301,6 @@ fn all_gather(ring: &mut Ring, place: Place, segments: &mut [Pieces<'_>], chunk:
                 for start in in_range.clone().step_by(chunk) {
                     let end = (start + chunk).min(in_range.end);
                     let chunk = inbox.floats(place.plus(start), end - start)?;
-                    if chunk.covers() != end - start {
-                        return Err(EngineError::Collective(format!(
-                            "a chunk of {} values, expected {}",
-                            chunk.covers(),
-                            end - start
-                        )));
-                    }
                     let floats = chunk.floats();
                     overlaps(&spans, start..end, |j, inside, at| {
                         in_pieces[j].1[inside].copy_from_slice(&floats[at]);
