@@ -34,17 +34,37 @@ pub struct RankInfo {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-enum Request {
-    Register { job: String, generation: u64, info: RankInfo },
-    Abort { job: String, generation: u64, rank: usize, reason: String, deterministic: bool },
+pub(super) enum Request {
+    Register {
+        job: String,
+        generation: u64,
+        info: RankInfo,
+    },
+    Abort {
+        job: String,
+        generation: u64,
+        rank: usize,
+        reason: String,
+        deterministic: bool,
+    },
+    /// Answered as soon as the generation fails, or after [`WATCH_WAIT`] while it is healthy.
+    Watch {
+        job: String,
+        generation: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-enum Reply {
+pub(super) enum Reply {
     Peers(Vec<RankInfo>),
     Refused(String),
     Ack,
+    /// The watched generation failed, and why.
+    Failed(String),
 }
+
+/// How long a `Watch` request waits for a failure before answering that there is none yet.
+const WATCH_WAIT: Duration = Duration::from_secs(1);
 
 /// Why a generation failed.
 #[derive(Clone, Debug, PartialEq)]
@@ -259,7 +279,7 @@ fn serve(stream: TcpStream, peer: String, shared: &Shared) {
 
 fn answer(request: Request, peer: &str, shared: &Shared) -> Reply {
     let job = match &request {
-        Request::Register { job, .. } | Request::Abort { job, .. } => job,
+        Request::Register { job, .. } | Request::Abort { job, .. } | Request::Watch { job, .. } => job,
     };
     if *job != shared.job {
         shared.refused.fetch_add(1, Ordering::Relaxed);
@@ -273,6 +293,26 @@ fn answer(request: Request, peer: &str, shared: &Shared) -> Reply {
             Reply::Ack
         }
         Request::Register { generation, info, .. } => register_rank(shared, generation, info),
+        Request::Watch { generation, .. } => watch(shared, generation),
+    }
+}
+
+/// Waits up to [`WATCH_WAIT`] for `generation` to fail.
+fn watch(shared: &Shared, generation: u64) -> Reply {
+    let deadline = Instant::now() + WATCH_WAIT;
+    let mut state = shared.lock();
+    loop {
+        let Some(g) = state.generations.get(&generation) else {
+            return Reply::Refused(format!("generation {generation} is not open"));
+        };
+        if let Some(f) = &g.failure {
+            return Reply::Failed(f.reason.clone());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || shared.closed.load(Ordering::Relaxed) {
+            return Reply::Ack;
+        }
+        state = shared.changed.wait_timeout(state, left).unwrap_or_else(|e| e.into_inner()).0;
     }
 }
 
@@ -324,7 +364,7 @@ fn register_rank(shared: &Shared, generation: u64, info: RankInfo) -> Reply {
 }
 
 /// One request and its reply.
-fn request(address: &str, secret: &Secret, request: &Request, timeout: Duration) -> Result<Reply> {
+pub(super) fn request(address: &str, secret: &Secret, request: &Request, timeout: Duration) -> Result<Reply> {
     let failed = |e: String| EngineError::Collective(format!("rendezvous at {address}: {e}"));
     let stream = TcpStream::connect(address).map_err(|e| failed(e.to_string()))?;
     stream.set_read_timeout(Some(timeout)).map_err(|e| failed(e.to_string()))?;
@@ -351,7 +391,7 @@ pub fn register(
     match request(address, secret, &Request::Register { job: job.into(), generation, info }, timeout)? {
         Reply::Peers(p) => Ok(p),
         Reply::Refused(why) => Err(EngineError::Collective(format!("rank {rank} refused by the rendezvous: {why}"))),
-        Reply::Ack => Err(EngineError::Collective("rendezvous: unexpected answer".into())),
+        Reply::Ack | Reply::Failed(_) => Err(EngineError::Collective("rendezvous: unexpected answer".into())),
     }
 }
 

@@ -12,6 +12,7 @@
 
 use super::chunk;
 use super::frame::{json, parse, FrameError, Framed, Secret};
+use super::watch::GenerationWatch;
 use crate::error::{EngineError, Result};
 use serde::{Deserialize, Serialize};
 use std::net::{TcpListener, TcpStream};
@@ -77,7 +78,17 @@ fn io(what: &str) -> impl Fn(std::io::Error) -> EngineError + '_ {
 }
 
 /// Connects this leader to its neighbours; `None` when it is the only one.
-pub fn connect(listener: Listener, peers: &RingPeers, secret: &Secret, timeout: Duration) -> Result<Option<Ring>> {
+/// Gives up at once when `watch` sees the generation fail, or when the next
+/// neighbour refuses the connection (its listener was bound before it
+/// registered: a refusal means its process is gone); the ring's sockets are
+/// cut when the generation fails later.
+pub fn connect(
+    listener: Listener,
+    peers: &RingPeers,
+    secret: &Secret,
+    timeout: Duration,
+    watch: &GenerationWatch,
+) -> Result<Option<Ring>> {
     let size = peers.leaders.len();
     if size < 2 {
         return Ok(None);
@@ -90,20 +101,21 @@ pub fn connect(listener: Listener, peers: &RingPeers, secret: &Secret, timeout: 
     let stream = loop {
         match TcpStream::connect(next_endpoint) {
             Ok(s) => break s,
-            Err(e) if Instant::now() > deadline => {
+            Err(e) if Instant::now() > deadline || e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 return Err(EngineError::Collective(format!(
                     "rank {me}: cannot reach rank {next_rank} at {next_endpoint}: {e}"
                 )))
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => gave_up(watch, *me)?,
         }
     };
+    watch.cut_on_failure(&stream);
     configure(&stream, timeout)?;
     let mut next = Framed::new(stream, secret.clone());
     let hello = Hello { job: peers.job.into(), generation: peers.generation, from: *me, to: *next_rank };
     next.send(HELLO, &[&json(&hello)]).map_err(|e| EngineError::Collective(format!("rank {me}: hello: {e}")))?;
     let expected = Hello { job: peers.job.into(), generation: peers.generation, from: *prev_rank, to: *me };
-    let prev = accept(&listener.listener, &expected, secret, deadline, timeout)?;
+    let prev = accept(&listener.listener, &expected, secret, deadline, timeout, watch)?;
     Ok(Some(Ring {
         next,
         prev,
@@ -114,6 +126,17 @@ pub fn connect(listener: Listener, peers: &RingPeers, secret: &Secret, timeout: 
         send_narrow: vec![],
         send_wide: vec![],
     }))
+}
+
+/// Waits a little before the next try, unless the generation failed meanwhile.
+fn gave_up(watch: &GenerationWatch, me: usize) -> Result<()> {
+    match watch.failure() {
+        Some(why) => Err(EngineError::Collective(format!("rank {me}: stopped connecting the ring: {why}"))),
+        None => {
+            std::thread::sleep(Duration::from_millis(20));
+            Ok(())
+        }
+    }
 }
 
 fn configure(stream: &TcpStream, timeout: Duration) -> Result<()> {
@@ -129,6 +152,7 @@ fn accept(
     secret: &Secret,
     deadline: Instant,
     timeout: Duration,
+    watch: &GenerationWatch,
 ) -> Result<Framed<TcpStream>> {
     listener.set_nonblocking(true).map_err(io("listener"))?;
     loop {
@@ -141,6 +165,12 @@ fn accept(
                         expected.to,
                         expected.from,
                         timeout.as_secs()
+                    )));
+                }
+                if let Some(why) = watch.failure() {
+                    return Err(EngineError::Collective(format!(
+                        "rank {}: stopped waiting for rank {}: {why}",
+                        expected.to, expected.from
                     )));
                 }
                 std::thread::sleep(Duration::from_millis(5));
@@ -165,6 +195,7 @@ fn accept(
         };
         match verdict {
             Ok(()) => {
+                watch.cut_on_failure(&framed.stream);
                 configure(&framed.stream, timeout)?;
                 return Ok(framed);
             }
@@ -428,7 +459,8 @@ mod tests {
                     let leaders = &leaders;
                     s.spawn(move || {
                         let peers = RingPeers { job: "j", generation: 3, leaders, position: p };
-                        let mut ring = connect(listener, &peers, secret, Duration::from_secs(5))?;
+                        let mut ring =
+                            connect(listener, &peers, secret, Duration::from_secs(5), &GenerationWatch::none())?;
                         if let Some(r) = ring.as_mut() {
                             r.all_reduce(9, &mut data)?;
                         }

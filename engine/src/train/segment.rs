@@ -36,6 +36,7 @@ use crate::collective::frame::Secret;
 use crate::collective::group::{self, LocalGroup};
 use crate::collective::rendezvous::{self, kernel_set, RankInfo};
 use crate::collective::ring::{self, Listener, Ring, RingPeers};
+use crate::collective::watch::GenerationWatch;
 use crate::error::{EngineError, Result};
 use crate::store::{blocking, Location};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -247,6 +248,7 @@ pub fn run_rank(spec: &SegmentSpec, rank: usize) -> Result<RankReport> {
         kernels: kernel_set(),
     };
     let peers = rendezvous::register(&spec.rendezvous, &secret, &spec.job_id, spec.generation, info, timeout)?;
+    let watch = GenerationWatch::start(&spec.rendezvous, &secret, &spec.job_id, spec.generation);
     log::info!(
         "rank {rank} of generation {} (steps {}..{}): {} ranks",
         spec.generation,
@@ -254,7 +256,7 @@ pub fn run_rank(spec: &SegmentSpec, rank: usize) -> Result<RankReport> {
         spec.first_step + spec.steps.len() as u64,
         peers.len()
     );
-    run_registered(spec, rank, &secret, listener, &peers, timeout)
+    run_registered(spec, rank, &secret, listener, &peers, timeout, &watch)
 }
 
 fn run_registered(
@@ -264,6 +266,7 @@ fn run_registered(
     listener: Listener,
     peers: &[RankInfo],
     timeout: Duration,
+    watch: &GenerationWatch,
 ) -> Result<RankReport> {
     let process = process_id();
     let mut local: Vec<usize> = peers.iter().filter(|p| p.process == process).map(|p| p.rank).collect();
@@ -295,13 +298,18 @@ fn run_registered(
                 let position = leaders.iter().position(|l| l.0 == rank).unwrap_or(0);
                 let ring_peers =
                     RingPeers { job: &spec.job_id, generation: spec.generation, leaders: &leaders, position };
-                ring::connect(listener, &ring_peers, secret, timeout)?
+                ring::connect(listener, &ring_peers, secret, timeout, watch)?
             }
             false => None,
         };
         run_steps(spec, rank, &group, ring.as_mut(), timeout, &mut report)?;
         finish(spec, rank, &group, &mut report)
     })();
+    // Cut off by the watch: the generation's own cause is what this rank reports.
+    let result = result.map_err(|e| match watch.failure() {
+        Some(why) => EngineError::Collective(format!("rank {rank} stopped: {why} (here: {e})")),
+        None => e,
+    });
     if let Err(e) = &result {
         log::error!("rank {rank} of generation {} failed: {e}", spec.generation);
         // The driver first, then this process's other ranks and the ring neighbours.

@@ -331,6 +331,7 @@ mod tests {
     use super::*;
     use crate::collective::frame::Secret;
     use crate::collective::ring::{connect, Listener, RingPeers};
+    use crate::collective::watch::GenerationWatch;
     use crate::train::segment::weights_hash;
     use crate::train::test_model::{adam, tiny_model};
     use kallista_ops::model::Model;
@@ -386,7 +387,9 @@ mod tests {
                         let mut model: Model = base.clone();
                         s.spawn(move || {
                             let peers = RingPeers { job: "j", generation: 1, leaders: endpoints, position };
-                            let mut ring = connect(listener, &peers, secret, Duration::from_secs(10)).unwrap().unwrap();
+                            let none = GenerationWatch::none();
+                            let mut ring =
+                                connect(listener, &peers, secret, Duration::from_secs(10), &none).unwrap().unwrap();
                             for (step, grads) in steps.iter().enumerate() {
                                 let mine: Vec<&Vec<Vec<f32>>> = grads.iter().skip(position).step_by(leaders).collect();
                                 let vectors: Vec<Vec<&[f32]>> = (0..weights.len())
