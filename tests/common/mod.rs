@@ -183,7 +183,7 @@ pub fn learning_job_at(dir: &Path, job_dir: &str, data: &str) -> PathBuf {
         ("shape: [8, 64, 64, 3]".into(), "shape: [4, 64, 64, 3]".into()),
         ("${job_dir}/dataset/prepared".into(), data.to_string()),
         ("batch_size: 16".into(), "batch_size: 32".into()),
-        ("epochs: 7".into(), "epochs: 16".into()),
+        ("epochs: 11".into(), "epochs: 16".into()),
         ("eval_every_steps: 1000".into(), "eval_every_steps: 100".into()),
         ("checkpoint_every_steps: 500".into(), "checkpoint_every_steps: 100".into()),
         ("shards: 4".into(), "shards: 4\n  round_timeout_seconds: 60".into()),
