@@ -21,7 +21,9 @@
 //! A rank's failure tells the driver (which cancels the job and restarts the
 //! segment from its first step with the next generation) and fails the ranks
 //! of its process; the ranks of other processes see their neighbour's
-//! connection close.
+//! connection close, or, when they are waiting on another rank, their
+//! watch on the generation cuts the ring ([`crate::collective::watch`]), so
+//! that no rank of a failed generation keeps its executor's task slot.
 
 use super::blocks::BlockReader;
 use super::chunked_step::{apply_mean_in_chunks, Sums, CHUNK};
