@@ -64,7 +64,7 @@ impl GenerationWatch {
         GenerationWatch { shared }
     }
 
-    /// A watch that never fires (a ring outside any driver: tests).
+    /// A watch that never fires: a rank with no ring to cut, or a ring outside any driver (tests).
     pub fn none() -> GenerationWatch {
         GenerationWatch { shared: Arc::new(Shared::default()) }
     }

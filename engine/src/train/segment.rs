@@ -250,7 +250,6 @@ pub fn run_rank(spec: &SegmentSpec, rank: usize) -> Result<RankReport> {
         kernels: kernel_set(),
     };
     let peers = rendezvous::register(&spec.rendezvous, &secret, &spec.job_id, spec.generation, info, timeout)?;
-    let watch = GenerationWatch::start(&spec.rendezvous, &secret, &spec.job_id, spec.generation);
     log::info!(
         "rank {rank} of generation {} (steps {}..{}): {} ranks",
         spec.generation,
@@ -258,7 +257,7 @@ pub fn run_rank(spec: &SegmentSpec, rank: usize) -> Result<RankReport> {
         spec.first_step + spec.steps.len() as u64,
         peers.len()
     );
-    run_registered(spec, rank, &secret, listener, &peers, timeout, &watch)
+    run_registered(spec, rank, &secret, listener, &peers, timeout)
 }
 
 fn run_registered(
@@ -268,7 +267,6 @@ fn run_registered(
     listener: Listener,
     peers: &[RankInfo],
     timeout: Duration,
-    watch: &GenerationWatch,
 ) -> Result<RankReport> {
     let process = process_id();
     let mut local: Vec<usize> = peers.iter().filter(|p| p.process == process).map(|p| p.rank).collect();
@@ -291,6 +289,11 @@ fn run_registered(
         ..Default::default()
     };
     report.times.load_ms = loading.elapsed().as_secs_f64() * 1e3;
+    // Only a ring's leaders wait on other processes; the rest wait on their leader.
+    let watch = match rank == group.leader() && leaders.len() > 1 {
+        true => GenerationWatch::start(&spec.rendezvous, secret, &spec.job_id, spec.generation),
+        false => GenerationWatch::none(),
+    };
     // Held until this rank's failure has reached the driver: a neighbour that
     // sees the connection close first reports only "the previous rank is gone".
     let mut ring: Option<Ring> = None;
@@ -300,7 +303,7 @@ fn run_registered(
                 let position = leaders.iter().position(|l| l.0 == rank).unwrap_or(0);
                 let ring_peers =
                     RingPeers { job: &spec.job_id, generation: spec.generation, leaders: &leaders, position };
-                ring::connect(listener, &ring_peers, secret, timeout, watch)?
+                ring::connect(listener, &ring_peers, secret, timeout, &watch)?
             }
             false => None,
         };
