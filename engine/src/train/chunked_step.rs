@@ -6,7 +6,7 @@
 //! fresh 20 MB mean for W1 and read both back. Every operation is
 //! elementwise, so the bits are those of the whole-vector passes.
 
-use super::exact::{add_exact, mean_into, set_exact};
+use super::exact::{mean_into, mean_of_runs, sum_exact_runs};
 use crate::error::{EngineError, Result};
 use kallista_ops::model::RangedUpdate;
 use rayon::prelude::*;
@@ -70,22 +70,17 @@ pub(crate) fn apply_mean_in_chunks(
     let scratch = || (vec![0i64; chunk], vec![0f32; chunk]);
     work.into_par_iter().try_for_each_init(scratch, |(sum, mean), (e, offset, values, mut slots, flat)| {
         let n = values.len();
-        let sum: &[i64] = match (&sums, flat) {
+        match (&sums, flat) {
             (Sums::Parts(vectors), None) => {
                 let range = offset..offset + n;
-                let Some((first, rest)) = vectors[e].split_first() else {
-                    return Err(EngineError::Training(format!("'{}': a step without micro-batches", names[e])));
-                };
-                set_exact(&mut sum[..n], &first[range.clone()], names[e])?;
-                for v in rest {
-                    add_exact(&mut sum[..n], &v[range.clone()], names[e])?;
-                }
-                &sum[..n]
+                let parts_here: Vec<&[f32]> = vectors[e].iter().map(|v| &v[range.clone()]).collect();
+                // Untouched Embedding rows are neither rounded nor averaged: their mean is +0.0.
+                let runs = sum_exact_runs(&mut sum[..n], &parts_here, names[e])?;
+                mean_of_runs(&mut mean[..n], &sum[..n], &runs, parts);
             }
             // A flat sum gives every chunk its range.
-            (_, flat) => flat.unwrap_or_default(),
-        };
-        mean_into(&mut mean[..n], sum, parts);
+            (_, flat) => mean_into(&mut mean[..n], flat.unwrap_or_default(), parts),
+        }
         step.apply(values, &mean[..n], &mut slots)?;
         Ok(())
     })

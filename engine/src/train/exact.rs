@@ -10,6 +10,7 @@
 //! grouping of the same micro-batches gives the same sum.
 
 use crate::error::{EngineError, Result};
+use std::ops::Range;
 
 /// Fixed-point fraction bits.
 const FRACTION_BITS: i32 = 36;
@@ -96,6 +97,91 @@ fn multiversion_round<const SET: bool>(sum: &mut [i64], values: &[f32]) -> (u32,
         }
     }
     body::<SET>(sum, values)
+}
+
+/// Values per group of the zero check: a quarter of a 256-wide Embedding row.
+const GROUP: usize = 64;
+
+/// Whether every value of a group is zero (either sign): such a group's
+/// fixed-point sum is zero and its mean +0.0.
+#[inline(always)]
+fn group_is_zero(group: &[f32]) -> bool {
+    let bits: &[u32] = bytemuck::cast_slice(group);
+    bits.first().is_none_or(|b| b << 1 == 0) && bits.iter().fold(0u32, |a, &b| a | (b << 1)) == 0
+}
+
+/// The ranges of `0..n` where some of `parts` holds a non-zero value, a
+/// group of [`GROUP`] values at a time, neighbours merged: the rows of an
+/// Embedding that a step's tokens touched, and dense gradients whole.
+/// Compiled for AVX-512 too (the check is most of the cost of skipping).
+pub fn nonzero_runs(parts: &[&[f32]], n: usize) -> Vec<Range<usize>> {
+    #[inline(always)]
+    fn body(parts: &[&[f32]], n: usize) -> Vec<Range<usize>> {
+        let mut runs: Vec<Range<usize>> = vec![];
+        for start in (0..n).step_by(GROUP) {
+            let end = (start + GROUP).min(n);
+            if parts.iter().any(|p| !group_is_zero(&p[start..end])) {
+                match runs.last_mut() {
+                    Some(run) if run.end == start => run.end = end,
+                    _ => runs.push(start..end),
+                }
+            }
+        }
+        runs
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn widest(parts: &[&[f32]], n: usize) -> Vec<Range<usize>> {
+                body(parts, n)
+            }
+            // SAFETY: the feature was detected at run time.
+            return unsafe { widest(parts, n) };
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            #[target_feature(enable = "avx2")]
+            unsafe fn wide(parts: &[&[f32]], n: usize) -> Vec<Range<usize>> {
+                body(parts, n)
+            }
+            // SAFETY: the feature was detected at run time.
+            return unsafe { wide(parts, n) };
+        }
+    }
+    body(parts, n)
+}
+
+/// Sets `sum` to the exact sum of `parts` (each as long as `sum`), rounding
+/// only their [`nonzero_runs`] (the zeros of untouched Embedding rows sum to
+/// zero without it); returns those runs. The same values as
+/// [`set_exact`] and [`add_exact`] over the whole range.
+pub fn sum_exact_runs(sum: &mut [i64], parts: &[&[f32]], name: &str) -> Result<Vec<Range<usize>>> {
+    let Some((first, rest)) = parts.split_first() else {
+        return Err(EngineError::Training(format!("'{name}': a sum of no micro-batches")));
+    };
+    let runs = nonzero_runs(parts, sum.len());
+    let mut done = 0;
+    for run in &runs {
+        sum[done..run.start].fill(0);
+        set_exact(&mut sum[run.clone()], &first[run.clone()], name)?;
+        for part in rest {
+            add_exact(&mut sum[run.clone()], &part[run.clone()], name)?;
+        }
+        done = run.end;
+    }
+    sum[done..].fill(0);
+    Ok(runs)
+}
+
+/// [`mean_into`] of `sum` where `runs` say it may be non-zero, +0.0 elsewhere.
+pub fn mean_of_runs(out: &mut [f32], sum: &[i64], runs: &[Range<usize>], count: u64) {
+    let mut done = 0;
+    for run in runs {
+        out[done..run.start].fill(0.0);
+        mean_into(&mut out[run.clone()], &sum[run.clone()], count);
+        done = run.end;
+    }
+    out[done..].fill(0.0);
 }
 
 /// Writes `sum / count` as f32 into `out` (one rounding, the same for every grouping of the sum).
@@ -194,6 +280,42 @@ mod tests {
             let m: f64 = parts.iter().map(|p| p[i] as f64).sum::<f64>() / 8.0;
             assert!((one[i] as f64 - m).abs() <= 1e-6 * m.abs() + 1e-10, "{i}: {} vs {m}", one[i]);
         }
+    }
+
+    /// Sums and means that skip zero groups equal the whole-range ones, bit
+    /// for bit: zeros of either sign in every part, in some parts only, a
+    /// denormal and a NaN (still refused) inside otherwise zero groups.
+    #[test]
+    fn sums_over_nonzero_runs_equal_whole_sums() {
+        let n = 64 * 9 + 13;
+        let mut parts: Vec<Vec<f32>> =
+            (0..3).map(|p| (0..n).map(|i| ((i * 7 + p * 3) % 11) as f32 * 0.013 - 0.06).collect()).collect();
+        for (p, part) in parts.iter_mut().enumerate() {
+            part[..128].fill([0.0, -0.0][p % 2]); // groups 0 and 1: zero everywhere
+            part[64 * 3..64 * 5].fill(0.0); // group 3: zero everywhere but one denormal; group 4: zero
+            if p == 1 {
+                part[64 * 5..64 * 7].fill(-0.0); // groups 5 and 6: zero in one part only
+            }
+            part[64 * 9..].fill(0.0); // the short last group
+        }
+        parts[2][64 * 3 + 40] = f32::from_bits(1);
+        let refs: Vec<&[f32]> = parts.iter().map(|p| p.as_slice()).collect();
+        assert_eq!(nonzero_runs(&refs, n), vec![128..256, 64 * 5..64 * 9]);
+        let mut whole = vec![0i64; n];
+        set_exact(&mut whole, refs[0], "w").unwrap();
+        refs[1..].iter().for_each(|p| add_exact(&mut whole, p, "w").unwrap());
+        let mut runs_sum = vec![7i64; n];
+        let runs = sum_exact_runs(&mut runs_sum, &refs, "w").unwrap();
+        assert_eq!(runs_sum, whole);
+        let mut whole_mean = vec![0f32; n];
+        mean_into(&mut whole_mean, &whole, 3);
+        let mut runs_mean = vec![f32::NAN; n];
+        mean_of_runs(&mut runs_mean, &runs_sum, &runs, 3);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&runs_mean), bits(&whole_mean));
+        parts[0][64 * 3 + 1] = f32::NAN;
+        let refs: Vec<&[f32]> = parts.iter().map(|p| p.as_slice()).collect();
+        assert!(sum_exact_runs(&mut runs_sum, &refs, "w").is_err(), "a NaN in a zero group");
     }
 
     #[test]

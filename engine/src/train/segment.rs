@@ -517,7 +517,8 @@ mod tests {
     use crate::train::test_model::{adam, tiny_model};
 
     /// Each micro-batch's gradient of every weight: values that differ by
-    /// weight, element, micro-batch and step.
+    /// weight, element, micro-batch and step, with runs of zeros (of either
+    /// sign) in every micro-batch or in some, as untouched Embedding rows.
     fn grads_of(model: &Model, step: usize, parts: usize) -> Vec<WeightGrads> {
         let lens: Vec<usize> = model.weight_keys().iter().map(|k| model.weight(k).map_or(0, |w| w.len())).collect();
         (0..parts)
@@ -526,7 +527,15 @@ mod tests {
                     .iter()
                     .enumerate()
                     .map(|(w, &n)| {
-                        Some((0..n).map(|i| ((i * 7 + w * 5 + p * 3 + step) % 11) as f32 * 0.013 - 0.06).collect())
+                        Some(
+                            (0..n)
+                                .map(|i| match ((i / 5 + w) % 3, (i / 5 + p) % 4) {
+                                    (0, _) => [0.0, -0.0][p % 2],
+                                    (_, 0) => 0.0,
+                                    _ => ((i * 7 + w * 5 + p * 3 + step) % 11) as f32 * 0.013 - 0.06,
+                                })
+                                .collect(),
+                        )
                     })
                     .collect(),
                 ..Default::default()
