@@ -6,18 +6,25 @@
 //! fresh 20 MB mean for W1 and read both back. Every operation is
 //! elementwise, so the bits are those of the whole-vector passes.
 
-use super::exact::{mean_into, mean_of_runs, sum_exact_runs};
+use super::exact::{mean_into, mean_of_runs, runs_within, sum_exact_runs};
 use crate::error::{EngineError, Result};
 use kallista_ops::model::RangedUpdate;
 use rayon::prelude::*;
+use std::ops::Range;
+
+/// By weight: the value ranges outside which every micro-batch's gradient
+/// is zero, where known (an Embedding's touched rows); missing or `None`:
+/// look ([`super::exact::nonzero_runs`]).
+pub(crate) type Known = [Option<Vec<Range<usize>>>];
 
 /// Values per chunk: its i64 sum and f32 mean (192 KB) stay in L2.
 pub(crate) const CHUNK: usize = 1 << 14;
 
 /// What the mean is made of, one entry per updated weight in order.
 pub(crate) enum Sums<'a> {
-    /// Each weight's micro-batch gradients, summed here.
-    Parts(&'a [Vec<&'a [f32]>]),
+    /// Each weight's micro-batch gradients, summed here, and for each weight
+    /// the runs outside which they are all zero, where known ([`Known`]).
+    Parts(&'a [Vec<&'a [f32]>], &'a Known),
     /// The exact sums of every weight one after another (an all-reduce's result).
     Flat(&'a [i64]),
 }
@@ -37,7 +44,7 @@ pub(crate) fn apply_mean_in_chunks(
     let mut work = Vec::new();
     let mut flat_rest = match &sums {
         Sums::Flat(flat) => *flat,
-        Sums::Parts(_) => &[],
+        Sums::Parts(..) => &[],
     };
     for (e, (values, slots)) in weights.into_iter().enumerate() {
         let n = values.len();
@@ -50,7 +57,7 @@ pub(crate) fn apply_mean_in_chunks(
                 flat_rest = next;
                 Some(mine)
             }
-            Sums::Parts(vectors) => {
+            Sums::Parts(vectors, _) => {
                 if vectors[e].iter().any(|v| v.len() != n) {
                     return Err(EngineError::Training(format!("'{}': gradient and weight sizes differ", names[e])));
                 }
@@ -71,11 +78,12 @@ pub(crate) fn apply_mean_in_chunks(
     work.into_par_iter().try_for_each_init(scratch, |(sum, mean), (e, offset, values, mut slots, flat)| {
         let n = values.len();
         match (&sums, flat) {
-            (Sums::Parts(vectors), None) => {
+            (Sums::Parts(vectors, known), None) => {
                 let range = offset..offset + n;
                 let parts_here: Vec<&[f32]> = vectors[e].iter().map(|v| &v[range.clone()]).collect();
+                let known = known.get(e).and_then(|k| k.as_deref()).map(|k| runs_within(k, range));
                 // Untouched Embedding rows are neither rounded nor averaged: their mean is +0.0.
-                let runs = sum_exact_runs(&mut sum[..n], &parts_here, names[e])?;
+                let runs = sum_exact_runs(&mut sum[..n], &parts_here, names[e], false, known)?;
                 mean_of_runs(&mut mean[..n], &sum[..n], &runs, parts);
             }
             // A flat sum gives every chunk its range.

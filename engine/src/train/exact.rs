@@ -153,24 +153,64 @@ pub fn nonzero_runs(parts: &[&[f32]], n: usize) -> Vec<Range<usize>> {
 
 /// Sets `sum` to the exact sum of `parts` (each as long as `sum`), rounding
 /// only their [`nonzero_runs`] (the zeros of untouched Embedding rows sum to
-/// zero without it); returns those runs. The same values as
+/// zero without it); returns those runs. Outside them `sum` is set to zero
+/// when `zero_rest` (a sum that travels), else left as it was (a sum that
+/// only [`mean_of_runs`] reads). Within the runs, the values of
 /// [`set_exact`] and [`add_exact`] over the whole range.
-pub fn sum_exact_runs(sum: &mut [i64], parts: &[&[f32]], name: &str) -> Result<Vec<Range<usize>>> {
+/// `known`, when given, are runs outside which every part is zero (from the
+/// rows an Embedding's gradient was written in, [`runs_within`]): they are
+/// taken instead of looking.
+pub fn sum_exact_runs(
+    sum: &mut [i64],
+    parts: &[&[f32]],
+    name: &str,
+    zero_rest: bool,
+    known: Option<Vec<Range<usize>>>,
+) -> Result<Vec<Range<usize>>> {
     let Some((first, rest)) = parts.split_first() else {
         return Err(EngineError::Training(format!("'{name}': a sum of no micro-batches")));
     };
-    let runs = nonzero_runs(parts, sum.len());
+    let runs = known.unwrap_or_else(|| nonzero_runs(parts, sum.len()));
     let mut done = 0;
     for run in &runs {
-        sum[done..run.start].fill(0);
+        if zero_rest {
+            sum[done..run.start].fill(0);
+        }
         set_exact(&mut sum[run.clone()], &first[run.clone()], name)?;
         for part in rest {
             add_exact(&mut sum[run.clone()], &part[run.clone()], name)?;
         }
         done = run.end;
     }
-    sum[done..].fill(0);
+    if zero_rest {
+        sum[done..].fill(0);
+    }
     Ok(runs)
+}
+
+/// The value ranges of rows `rows` (sorted, distinct) of width `width` in a
+/// vector of `n` values, neighbours merged.
+pub fn row_runs(rows: &[u32], width: usize, n: usize) -> Vec<Range<usize>> {
+    let mut runs: Vec<Range<usize>> = vec![];
+    for &r in rows {
+        let (start, end) = ((r as usize * width).min(n), ((r as usize + 1) * width).min(n));
+        match runs.last_mut() {
+            Some(run) if run.end == start => run.end = end,
+            _ if start < end => runs.push(start..end),
+            _ => {}
+        }
+    }
+    runs
+}
+
+/// The parts of `runs` (sorted ranges of a whole vector) inside `range`, relative to its start.
+pub fn runs_within(runs: &[Range<usize>], range: Range<usize>) -> Vec<Range<usize>> {
+    let first = runs.partition_point(|r| r.end <= range.start);
+    runs[first..]
+        .iter()
+        .take_while(|r| r.start < range.end)
+        .map(|r| r.start.max(range.start) - range.start..r.end.min(range.end) - range.start)
+        .collect()
 }
 
 /// [`mean_into`] of `sum` where `runs` say it may be non-zero, +0.0 elsewhere.
@@ -305,8 +345,14 @@ mod tests {
         set_exact(&mut whole, refs[0], "w").unwrap();
         refs[1..].iter().for_each(|p| add_exact(&mut whole, p, "w").unwrap());
         let mut runs_sum = vec![7i64; n];
-        let runs = sum_exact_runs(&mut runs_sum, &refs, "w").unwrap();
+        let runs = sum_exact_runs(&mut runs_sum, &refs, "w", true, None).unwrap();
         assert_eq!(runs_sum, whole);
+        let mut left = vec![7i64; n];
+        assert_eq!(sum_exact_runs(&mut left, &refs, "w", false, None).unwrap(), runs);
+        for (i, (l, w)) in left.iter().zip(&whole).enumerate() {
+            let in_run = runs.iter().any(|r| r.contains(&i));
+            assert_eq!(*l, if in_run { *w } else { 7 }, "{i}");
+        }
         let mut whole_mean = vec![0f32; n];
         mean_into(&mut whole_mean, &whole, 3);
         let mut runs_mean = vec![f32::NAN; n];
@@ -315,7 +361,12 @@ mod tests {
         assert_eq!(bits(&runs_mean), bits(&whole_mean));
         parts[0][64 * 3 + 1] = f32::NAN;
         let refs: Vec<&[f32]> = parts.iter().map(|p| p.as_slice()).collect();
-        assert!(sum_exact_runs(&mut runs_sum, &refs, "w").is_err(), "a NaN in a zero group");
+        assert!(sum_exact_runs(&mut runs_sum, &refs, "w", false, None).is_err(), "a NaN in a zero group");
+        // Known runs are taken as they are, cut to the range asked.
+        let known = row_runs(&[2, 3, 5, 8, 9], 64, n);
+        assert_eq!(known, vec![128..256, 320..384, 512..n]);
+        assert_eq!(runs_within(&known, 200..540), vec![0..56, 120..184, 312..340]);
+        assert!(runs_within(&known, 260..300).is_empty());
     }
 
     #[test]

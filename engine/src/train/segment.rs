@@ -27,7 +27,7 @@
 
 use super::blocks::BlockReader;
 use super::chunked_step::{apply_mean_in_chunks, Sums, CHUNK};
-use super::exact::{add_exact, mean_into, set_exact};
+use super::exact::{add_exact, mean_into, row_runs, set_exact};
 use super::job_dir::JobDir;
 use super::model_cache::{keep, model_for};
 use super::round::{ModelRef, PartTimes};
@@ -42,9 +42,11 @@ use crate::collective::watch::GenerationWatch;
 use crate::error::{EngineError, Result};
 use crate::store::{blocking, Location};
 use datafusion::arrow::record_batch::RecordBatch;
+use kallista_ops::autodiff::TouchedRows;
 use kallista_ops::model::{Model, WeightGrads};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 /// One segment job, as the driver tells its ranks (a JSON literal in the query).
@@ -151,6 +153,23 @@ impl FlatLayout {
         Ok(vectors)
     }
 
+    /// By entry: the value ranges outside which every micro-batch's gradient
+    /// is zero, when each knows its touched rows (an Embedding's).
+    fn known(&self, grads: &[&WeightGrads]) -> Vec<Option<Vec<Range<usize>>>> {
+        let of_entry = |&(i, state, n): &(usize, bool, usize)| {
+            if state {
+                return None;
+            }
+            let (first, rest) = grads.split_first()?;
+            let mut rows = first.rows_of(i)?.clone();
+            for g in rest {
+                rows = TouchedRows::union(&rows, g.rows_of(i)?)?;
+            }
+            Some(row_runs(&rows.rows, rows.width, n))
+        };
+        self.entries.iter().map(of_entry).collect()
+    }
+
     /// Sets `flat` to the sum of the micro-batches' gradients, each rounded
     /// to fixed point: in chunks, on all of this process's cores.
     fn sum(&self, flat: &mut [i64], grads: &[&WeightGrads], keys: &[String]) -> Result<()> {
@@ -184,7 +203,12 @@ impl FlatLayout {
     /// (converted in chunks, on all of this process's cores).
     fn mean(&self, flat: &[i64], parts: u64) -> WeightGrads {
         const CHUNK: usize = 1 << 16;
-        let mut g = WeightGrads { values: vec![None; self.weights], state: vec![None; self.weights], state_parts: 0 };
+        let mut g = WeightGrads {
+            values: vec![None; self.weights],
+            state: vec![None; self.weights],
+            state_parts: 0,
+            rows: vec![],
+        };
         let mut means: Vec<Vec<f32>> = self.entries.iter().map(|e| vec![0f32; e.2]).collect();
         let mut chunks: Vec<(&mut [f32], &[i64])> = vec![];
         let mut rest = flat;
@@ -447,13 +471,13 @@ fn run_steps(
             match (ranged, ring.as_mut()) {
                 // One process: the exact sum too, a chunk at a time.
                 (Some(update), None) => {
-                    let vectors = layout.vectors(&refs, &keys)?;
-                    apply_mean_in_chunks(Sums::Parts(&vectors), &names, parts, update, CHUNK)?;
+                    let (vectors, known) = (layout.vectors(&refs, &keys)?, layout.known(&refs));
+                    apply_mean_in_chunks(Sums::Parts(&vectors, &known), &names, parts, update, CHUNK)?;
                 }
                 // Processes: each updates its share of the weights, which then go around.
                 (Some(update), Some(r)) => {
-                    let vectors = layout.vectors(&refs, &keys)?;
-                    sent = sharded_step(r, step, &vectors, &names, parts, update, WIRE_CHUNK)?;
+                    let (vectors, known) = (layout.vectors(&refs, &keys)?, layout.known(&refs));
+                    sent = sharded_step(r, step, (&vectors, &known), &names, parts, update, WIRE_CHUNK)?;
                     if last {
                         // The version and the hash need every leader's slots.
                         sent += gather_slots(r, step, model.weights_and_slots_mut(&weights)?, WIRE_CHUNK)?;
@@ -538,6 +562,15 @@ mod tests {
                         )
                     })
                     .collect(),
+                // Weights of even index say which rows of 5 they wrote (those not zero in every part).
+                rows: lens
+                    .iter()
+                    .enumerate()
+                    .map(|(w, &n)| {
+                        let rows = (0..n.div_ceil(5) as u32).filter(|r| !(*r as usize + w).is_multiple_of(3)).collect();
+                        (w % 2 == 0).then_some(TouchedRows { width: 5, rows })
+                    })
+                    .collect(),
                 ..Default::default()
             })
             .collect()
@@ -563,7 +596,7 @@ mod tests {
             let names: Vec<&str> = weights.iter().map(|&i| keys[i].as_str()).collect();
             let vectors = layout.vectors(&refs, &keys).unwrap();
             let update = from_parts.ranged_update(&weights).unwrap().expect("Adam without clipping");
-            apply_mean_in_chunks(Sums::Parts(&vectors), &names, 3, update, 5).unwrap();
+            apply_mean_in_chunks(Sums::Parts(&vectors, &layout.known(&refs)), &names, 3, update, 5).unwrap();
             let update = from_flat.ranged_update(&weights).unwrap().expect("Adam without clipping");
             apply_mean_in_chunks(Sums::Flat(&flat), &names, 3, update, 5).unwrap();
         }
@@ -577,10 +610,18 @@ mod tests {
         let (weights, mut wrong, mut right) = (layout.weights(), base.clone(), base.clone());
         let names: Vec<&str> = weights.iter().map(|&i| keys[i].as_str()).collect();
         let vectors = layout.vectors(&refs, &keys).unwrap();
-        apply_mean_in_chunks(Sums::Parts(&vectors), &names, 2, wrong.ranged_update(&weights).unwrap().unwrap(), 5)
+        apply_mean_in_chunks(Sums::Parts(&vectors, &[]), &names, 2, wrong.ranged_update(&weights).unwrap().unwrap(), 5)
             .unwrap();
-        apply_mean_in_chunks(Sums::Parts(&vectors), &names, 3, right.ranged_update(&weights).unwrap().unwrap(), 5)
+        apply_mean_in_chunks(Sums::Parts(&vectors, &[]), &names, 3, right.ranged_update(&weights).unwrap().unwrap(), 5)
             .unwrap();
         assert_ne!(weights_hash(&wrong), weights_hash(&right));
+        // The rows a gradient names are taken as they are: naming none of the first weight's changes the step.
+        let mut none_named = layout.known(&refs);
+        assert!(none_named[0].is_some(), "the first weight names its rows");
+        none_named[0] = Some(vec![]);
+        let mut blind = base.clone();
+        let update = blind.ranged_update(&weights).unwrap().unwrap();
+        apply_mean_in_chunks(Sums::Parts(&vectors, &none_named), &names, 3, update, 5).unwrap();
+        assert_ne!(weights_hash(&blind), weights_hash(&right));
     }
 }

@@ -12,7 +12,8 @@
 //! job ends: [`gather_slots`] then carries every segment's slots around the
 //! ring, before the weights are hashed and written.
 
-use super::exact::{mean_into, sum_exact_runs};
+use super::chunked_step::Known;
+use super::exact::{mean_into, runs_within, sum_exact_runs};
 use crate::collective::ring::{bounds, Inbox, Outbox, Place, Ring};
 use crate::error::{EngineError, Result};
 use kallista_ops::model::RangedUpdate;
@@ -70,6 +71,8 @@ fn overlaps(
 struct Grads<'a> {
     /// Each weight's gradient of each micro-batch.
     vectors: &'a [Vec<&'a [f32]>],
+    /// Where they may be non-zero, by weight, when known.
+    known: &'a Known,
     names: &'a [&'a str],
     /// (flat offset, length) of each weight.
     spans: Vec<(usize, usize)>,
@@ -82,7 +85,8 @@ impl Grads<'_> {
     fn sum(&self, range: Range<usize>, out: &mut [i64]) -> Result<()> {
         overlaps(&self.spans, range, |e, inside, at| {
             let parts: Vec<&[f32]> = self.vectors[e].iter().map(|v| &v[inside.clone()]).collect();
-            sum_exact_runs(&mut out[at], &parts, self.names[e]).map(|_| ())
+            let known = self.known.get(e).and_then(|k| k.as_deref()).map(|k| runs_within(k, inside));
+            sum_exact_runs(&mut out[at], &parts, self.names[e], true, known).map(|_| ())
         })
     }
 }
@@ -94,7 +98,7 @@ impl Grads<'_> {
 pub(crate) fn sharded_step(
     ring: &mut Ring,
     step: u64,
-    vectors: &[Vec<&[f32]>],
+    (vectors, known): (&[Vec<&[f32]>], &Known),
     names: &[&str],
     parts: u64,
     update: RangedUpdate<'_>,
@@ -118,7 +122,7 @@ pub(crate) fn sharded_step(
         spans.push((n, values.len()));
         n += values.len();
     }
-    let grads = Grads { vectors, names, spans, chunk };
+    let grads = Grads { vectors, known, names, spans, chunk };
     let (l, p) = (ring.size(), ring.position());
     let slot_count = weights.first().map_or(0, |w| w.1.len());
     let (values, slots): (Vec<&mut [f32]>, Vec<Vec<&mut [f32]>>) = weights.into_iter().unzip();
@@ -364,7 +368,7 @@ mod tests {
                 let vectors: Vec<Vec<&[f32]>> =
                     (0..lens.len()).map(|w| grads.iter().map(|g| g[w].as_slice()).collect()).collect();
                 let update = model.ranged_update(&weights).unwrap().expect("Adam without clipping");
-                apply_mean_in_chunks(Sums::Parts(&vectors), &names, divisor, update, 5).unwrap();
+                apply_mean_in_chunks(Sums::Parts(&vectors, &[]), &names, divisor, update, 5).unwrap();
             }
             weights_hash(&model)
         };
@@ -397,7 +401,7 @@ mod tests {
                                     .collect();
                                 let update = model.ranged_update(weights).unwrap().unwrap();
                                 let parts = MICRO_BATCHES as u64;
-                                sharded_step(&mut ring, step as u64, &vectors, names, parts, update, 7).unwrap();
+                                sharded_step(&mut ring, step as u64, (&vectors, &[]), names, parts, update, 7).unwrap();
                             }
                             gather_slots(&mut ring, 1, model.weights_and_slots_mut(weights).unwrap(), 7).unwrap();
                             weights_hash(&model)

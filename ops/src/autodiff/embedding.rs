@@ -52,9 +52,36 @@ impl Backward for EmbeddingBackward {
         vec![self.table]
     }
     fn backward(&self, tape: &Tape, _out: Var, dy: &[f32], grads: &mut Gradients) -> Result<()> {
-        if let Some(dt) = grads.slot(self.table, self.vocab * self.d)? {
+        if let Some(dt) = grads.slot_rows(self.table, self.vocab * self.d, self.d, self.ids.data())? {
             tape.backend().scatter_add_rows(self.ids.data(), self.d, dy, dt)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autodiff::TouchedRows;
+    use crate::backend::Activation;
+
+    /// The table's gradient names the rows of the ids and is zero outside
+    /// them; a table that also takes a gradient another way has no rows.
+    #[test]
+    fn the_table_gradient_knows_its_rows() {
+        let (vocab, d) = (6, 3);
+        let mut tape = Tape::new();
+        let leaf = tape.leaf(Tensor::new(&[vocab, d], (0..vocab * d).map(|i| i as f32 * 0.1).collect()).unwrap(), true);
+        let table = crate::autodiff::activation(&mut tape, leaf, Activation::Tanh).unwrap();
+        let ids = IntTensor::new(&[2, 3], vec![4, 1, 4, 0, 1, 1]).unwrap();
+        let y = embedding(&mut tape, table, &ids, "e").unwrap();
+        let mut grads = tape.backward_with(y, vec![1.0; ids.len() * d]).unwrap();
+        let rows = grads.take_rows(table).expect("an embedding's rows");
+        assert_eq!(rows, TouchedRows { width: d, rows: vec![0, 1, 4] });
+        let dt = grads.get(table).unwrap();
+        for (i, g) in dt.iter().enumerate() {
+            assert_eq!(*g != 0.0, rows.rows.contains(&((i / d) as u32)), "value {i}: {g}");
+        }
+        assert_eq!(grads.take_rows(leaf), None, "the activation's gradient is dense");
     }
 }

@@ -37,7 +37,7 @@ pub use loss::{binary_crossentropy, categorical_crossentropy, mean_squared_error
 pub use lstm::{input_projection, lstm, lstm_over_projected_tokens, LstmOptions};
 pub use pool::{global_pool2d, pool2d, PoolKind};
 pub use shape::{concat_last, reshape, zero_pad2d};
-pub use tape::{Backward, Gradients, Tape, Var};
+pub use tape::{Backward, Gradients, Tape, TouchedRows, Var};
 pub use window::{Padding, Window2d};
 
 /// A `[batch, time]` mask of valid time steps (true = keep), from an Embedding with `mask_zero`.

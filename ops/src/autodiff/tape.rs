@@ -98,6 +98,7 @@ impl Tape {
     pub fn backward_with(&self, root: Var, seed: Vec<f32>) -> Result<Gradients> {
         let mut grads = Gradients {
             slots: vec![None; root.0 + 1],
+            written: vec![Written::Nowhere; root.0 + 1],
             wants: self.nodes[..=root.0].iter().map(|n| n.requires_grad).collect(),
             backend: self.backend.clone(),
         };
@@ -121,9 +122,41 @@ impl Tape {
     }
 }
 
+/// The rows of width `width` where a gradient may be non-zero (sorted,
+/// distinct): an Embedding's table gradient is zero outside the rows of the
+/// step's tokens, which lets a reduction skip the rest without looking.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TouchedRows {
+    pub width: usize,
+    pub rows: Vec<u32>,
+}
+
+impl TouchedRows {
+    /// The rows of `a` or `b` (`None` when their widths differ).
+    pub fn union(a: &TouchedRows, b: &TouchedRows) -> Option<TouchedRows> {
+        if a.width != b.width {
+            return None;
+        }
+        let mut rows = [a.rows.as_slice(), b.rows.as_slice()].concat();
+        rows.sort_unstable();
+        rows.dedup();
+        Some(TouchedRows { width: a.width, rows })
+    }
+}
+
+/// What is known of where a gradient was written.
+#[derive(Clone, Debug)]
+enum Written {
+    Nowhere,
+    Rows(usize, Vec<u32>),
+    Anywhere,
+}
+
 /// Gradients from one backward pass, indexed by [`Var`].
 pub struct Gradients {
     slots: Vec<Option<Buf>>,
+    /// Where each slot may be non-zero.
+    written: Vec<Written>,
     wants: Vec<bool>,
     /// The tape's backend, which adds contributions up.
     backend: Arc<dyn Backend>,
@@ -140,6 +173,11 @@ impl Gradients {
         if !self.wants(v) {
             return Ok(None);
         }
+        self.written[v.0] = Written::Anywhere;
+        self.zeroed_slot(v, len)
+    }
+
+    fn zeroed_slot(&mut self, v: Var, len: usize) -> Result<Option<&mut [f32]>> {
         let slot = &mut self.slots[v.0];
         if slot.is_none() {
             *slot = Some(self.backend.zeros(len)?);
@@ -147,11 +185,33 @@ impl Gradients {
         Ok(slot.as_mut().map(|s| s.as_mut_slice()))
     }
 
+    /// [`Gradients::slot`] for a caller that adds only into rows `ids` of
+    /// width `width` (an Embedding's scatter): they are remembered, so that
+    /// [`Gradients::take_rows`] can say the rest is zero.
+    pub fn slot_rows(&mut self, v: Var, len: usize, width: usize, ids: &[i32]) -> Result<Option<&mut [f32]>> {
+        if !self.wants(v) {
+            return Ok(None);
+        }
+        let written = std::mem::replace(&mut self.written[v.0], Written::Anywhere);
+        self.written[v.0] = match written {
+            Written::Nowhere if self.slots[v.0].is_none() => {
+                Written::Rows(width, ids.iter().map(|&i| i as u32).collect())
+            }
+            Written::Rows(w, mut rows) if w == width => {
+                rows.extend(ids.iter().map(|&i| i as u32));
+                Written::Rows(w, rows)
+            }
+            _ => Written::Anywhere,
+        };
+        self.zeroed_slot(v, len)
+    }
+
     /// Adds `g` into `v`'s gradient (moves it in when it is the first contribution).
     pub fn accumulate(&mut self, v: Var, g: Buf) -> Result<()> {
         if !self.wants(v) {
             return Ok(());
         }
+        self.written[v.0] = Written::Anywhere;
         match &mut self.slots[v.0] {
             Some(s) => {
                 let n = s.len();
@@ -170,5 +230,18 @@ impl Gradients {
     /// Takes the gradient of `v` out of the store.
     pub fn take(&mut self, v: Var) -> Option<Buf> {
         self.slots.get_mut(v.0).and_then(|s| s.take())
+    }
+
+    /// The rows `v`'s gradient may be non-zero in, when only
+    /// [`Gradients::slot_rows`] wrote it; `None` when it may be anywhere.
+    pub fn take_rows(&mut self, v: Var) -> Option<TouchedRows> {
+        match std::mem::replace(self.written.get_mut(v.0)?, Written::Anywhere) {
+            Written::Rows(width, mut rows) => {
+                rows.sort_unstable();
+                rows.dedup();
+                Some(TouchedRows { width, rows })
+            }
+            _ => None,
+        }
     }
 }

@@ -32,7 +32,7 @@
 
 use super::token_tables::ProjectedTokens;
 use super::Model;
-use crate::autodiff::{Tape, Var};
+use crate::autodiff::{Tape, TouchedRows, Var};
 use crate::backend::{default_backend, with_single_threaded_kernels, Backend, Device};
 use crate::buf::Buf;
 use crate::error::{OpsError, Result};
@@ -87,6 +87,10 @@ pub struct WeightGrads {
     pub state: Vec<Option<Vec<f32>>>,
     /// How many forward passes contributed to `state` (0: no update).
     pub state_parts: usize,
+    /// By weight index as `values`: the rows its gradient may be non-zero
+    /// in, when known (an Embedding's: the rows of the step's tokens);
+    /// `None` (or no entry): anywhere.
+    pub rows: Vec<Option<TouchedRows>>,
 }
 
 fn add_into<B: std::ops::DerefMut<Target = [f32]> + Clone>(dst: &mut [Option<B>], src: &[Option<B>]) {
@@ -107,7 +111,15 @@ impl WeightGrads {
     pub fn add_assign(&mut self, other: &WeightGrads) {
         if self.values.is_empty() {
             self.values = other.values.clone();
+            self.rows = other.rows.clone();
         } else {
+            self.rows = (0..self.values.len())
+                .map(|i| match (&self.values[i], other.values.get(i).and_then(|v| v.as_ref())) {
+                    (_, None) => self.rows_of(i).cloned(),
+                    (None, Some(_)) => other.rows_of(i).cloned(),
+                    (Some(_), Some(_)) => TouchedRows::union(self.rows_of(i)?, other.rows_of(i)?),
+                })
+                .collect();
             add_into(&mut self.values, &other.values);
         }
         if self.state.is_empty() {
@@ -116,6 +128,11 @@ impl WeightGrads {
             add_into(&mut self.state, &other.state);
         }
         self.state_parts += other.state_parts;
+    }
+
+    /// Where weight `i`'s gradient may be non-zero, when known ([`WeightGrads::rows`]).
+    pub fn rows_of(&self, i: usize) -> Option<&TouchedRows> {
+        self.rows.get(i).and_then(|r| r.as_ref())
     }
 
     /// [`WeightGrads::add_assign`] that takes `other` whole when nothing was
@@ -443,6 +460,7 @@ impl Model {
                 let root = total.ok_or_else(|| OpsError::Config("model has no outputs".into()))?;
                 let mut g = tape.backward_with(root, vec![(e - s) as f32 / batch as f32])?;
                 grads.values = pass.weights.iter().map(|v| g.take(*v)).collect();
+                grads.rows = pass.weights.iter().map(|v| g.take_rows(*v)).collect();
             }
             if !pass.updates.is_empty() {
                 grads.state = vec![None; pass.weights.len()];
