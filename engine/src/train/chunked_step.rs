@@ -17,6 +17,12 @@ use std::ops::Range;
 /// look ([`super::exact::nonzero_runs`]).
 pub(crate) type Known = [Option<Vec<Range<usize>>>];
 
+/// What `known` says of weight `e` within `range` of it (relative to its
+/// start), for [`super::exact::sum_exact_runs`].
+pub(crate) fn known_within(known: &Known, e: usize, range: Range<usize>) -> Option<Vec<Range<usize>>> {
+    known.get(e).and_then(|k| k.as_deref()).map(|k| runs_within(k, range))
+}
+
 /// Values per chunk: its i64 sum and f32 mean (192 KB) stay in L2.
 pub(crate) const CHUNK: usize = 1 << 14;
 
@@ -81,8 +87,8 @@ pub(crate) fn apply_mean_in_chunks(
             (Sums::Parts(vectors, known), None) => {
                 let range = offset..offset + n;
                 let parts_here: Vec<&[f32]> = vectors[e].iter().map(|v| &v[range.clone()]).collect();
-                let known = known.get(e).and_then(|k| k.as_deref()).map(|k| runs_within(k, range));
                 // Untouched Embedding rows are neither rounded nor averaged: their mean is +0.0.
+                let known = known_within(known, e, range);
                 let runs = sum_exact_runs(&mut sum[..n], &parts_here, names[e], false, known)?;
                 mean_of_runs(&mut mean[..n], &sum[..n], &runs, parts);
             }

@@ -12,8 +12,8 @@
 //! job ends: [`gather_slots`] then carries every segment's slots around the
 //! ring, before the weights are hashed and written.
 
-use super::chunked_step::Known;
-use super::exact::{mean_into, runs_within, sum_exact_runs};
+use super::chunked_step::{known_within, Known};
+use super::exact::{mean_into, sum_exact_runs};
 use crate::collective::ring::{bounds, Inbox, Outbox, Place, Ring};
 use crate::error::{EngineError, Result};
 use kallista_ops::model::RangedUpdate;
@@ -85,8 +85,7 @@ impl Grads<'_> {
     fn sum(&self, range: Range<usize>, out: &mut [i64]) -> Result<()> {
         overlaps(&self.spans, range, |e, inside, at| {
             let parts: Vec<&[f32]> = self.vectors[e].iter().map(|v| &v[inside.clone()]).collect();
-            let known = self.known.get(e).and_then(|k| k.as_deref()).map(|k| runs_within(k, inside));
-            sum_exact_runs(&mut out[at], &parts, self.names[e], true, known).map(|_| ())
+            sum_exact_runs(&mut out[at], &parts, self.names[e], true, known_within(self.known, e, inside)).map(|_| ())
         })
     }
 }

@@ -132,15 +132,16 @@ pub struct TouchedRows {
 }
 
 impl TouchedRows {
-    /// The rows of `a` or `b` (`None` when their widths differ).
-    pub fn union(a: &TouchedRows, b: &TouchedRows) -> Option<TouchedRows> {
-        if a.width != b.width {
-            return None;
-        }
-        let mut rows = [a.rows.as_slice(), b.rows.as_slice()].concat();
+    /// Rows `rows` (any order, repeats allowed) of width `width`.
+    pub fn new(width: usize, mut rows: Vec<u32>) -> TouchedRows {
         rows.sort_unstable();
         rows.dedup();
-        Some(TouchedRows { width: a.width, rows })
+        TouchedRows { width, rows }
+    }
+
+    /// The rows of `a` or `b` (`None` when their widths differ).
+    pub fn union(a: &TouchedRows, b: &TouchedRows) -> Option<TouchedRows> {
+        (a.width == b.width).then(|| TouchedRows::new(a.width, [a.rows.as_slice(), b.rows.as_slice()].concat()))
     }
 }
 
@@ -236,11 +237,7 @@ impl Gradients {
     /// [`Gradients::slot_rows`] wrote it; `None` when it may be anywhere.
     pub fn take_rows(&mut self, v: Var) -> Option<TouchedRows> {
         match std::mem::replace(self.written.get_mut(v.0)?, Written::Anywhere) {
-            Written::Rows(width, mut rows) => {
-                rows.sort_unstable();
-                rows.dedup();
-                Some(TouchedRows { width, rows })
-            }
+            Written::Rows(width, rows) => Some(TouchedRows::new(width, rows)),
             _ => None,
         }
     }

@@ -662,3 +662,23 @@ fn concat_rows(parts: Vec<&Tensor>) -> Result<Tensor> {
     let data = parts.iter().flat_map(|p| p.data().iter().copied()).collect();
     Tensor::new(&shape, data)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grads(values: &[Option<f32>], rows: Vec<Option<TouchedRows>>) -> WeightGrads {
+        let values = values.iter().map(|v| v.map(|x| Buf::from(vec![x; 4]))).collect();
+        WeightGrads { values, rows, ..Default::default() }
+    }
+
+    /// Summing gradients unites their rows; a weight that one side wrote
+    /// anywhere is then anywhere, and a side without a gradient adds none.
+    #[test]
+    fn summed_gradients_unite_their_rows() {
+        let rows = |r: &[u32]| Some(TouchedRows::new(2, r.to_vec()));
+        let mut sum = grads(&[Some(1.0), Some(1.0), None, Some(1.0)], vec![rows(&[1]), rows(&[0]), None, rows(&[1])]);
+        sum.add_assign(&grads(&[Some(1.0), Some(1.0), Some(1.0), None], vec![rows(&[0, 1]), None, rows(&[1]), None]));
+        assert_eq!(sum.rows, vec![rows(&[0, 1]), None, rows(&[1]), rows(&[1])]);
+    }
+}
