@@ -7,6 +7,7 @@
 //! elementwise, so the bits are those of the whole-vector passes.
 
 use super::exact::{mean_into, mean_of_runs, runs_within, sum_exact_runs};
+use super::row_sums::RowSums;
 use crate::error::{EngineError, Result};
 use kallista_ops::model::RangedUpdate;
 use rayon::prelude::*;
@@ -14,7 +15,7 @@ use std::ops::Range;
 
 /// By weight: the value ranges outside which every micro-batch's gradient
 /// is zero, where known (an Embedding's touched rows); missing or `None`:
-/// look ([`super::exact::nonzero_runs`]).
+/// the whole weight.
 pub(crate) type Known = [Option<Vec<Range<usize>>>];
 
 /// What `known` says of weight `e` within `range` of it (relative to its
@@ -33,6 +34,9 @@ pub(crate) enum Sums<'a> {
     Parts(&'a [Vec<&'a [f32]>], &'a Known),
     /// The exact sums of every weight one after another (an all-reduce's result).
     Flat(&'a [i64]),
+    /// Each weight's exact sum over the rows where it may be non-zero
+    /// (every process's rows, [`RowSums::total`]).
+    Rows(&'a [RowSums]),
 }
 
 /// Applies `update` (the weights named `names`, in order) with the mean over
@@ -50,7 +54,7 @@ pub(crate) fn apply_mean_in_chunks(
     let mut work = Vec::new();
     let mut flat_rest = match &sums {
         Sums::Flat(flat) => *flat,
-        Sums::Parts(..) => &[],
+        Sums::Parts(..) | Sums::Rows(_) => &[],
     };
     for (e, (values, slots)) in weights.into_iter().enumerate() {
         let n = values.len();
@@ -66,6 +70,12 @@ pub(crate) fn apply_mean_in_chunks(
             Sums::Parts(vectors, _) => {
                 if vectors[e].iter().any(|v| v.len() != n) {
                     return Err(EngineError::Training(format!("'{}': gradient and weight sizes differ", names[e])));
+                }
+                None
+            }
+            Sums::Rows(rows) => {
+                if rows.get(e).is_none_or(|r| r.end() > n) {
+                    return Err(EngineError::Training(format!("'{}': its row sums do not fit it", names[e])));
                 }
                 None
             }
@@ -92,6 +102,7 @@ pub(crate) fn apply_mean_in_chunks(
                 let runs = sum_exact_runs(&mut sum[..n], &parts_here, names[e], false, known)?;
                 mean_of_runs(&mut mean[..n], &sum[..n], &runs, parts);
             }
+            (Sums::Rows(rows), None) => rows[e].mean_within(&mut mean[..n], offset..offset + n, parts),
             // A flat sum gives every chunk its range.
             (_, flat) => mean_into(&mut mean[..n], flat.unwrap_or_default(), parts),
         }

@@ -99,67 +99,15 @@ fn multiversion_round<const SET: bool>(sum: &mut [i64], values: &[f32]) -> (u32,
     body::<SET>(sum, values)
 }
 
-/// Values per group of the zero check: a quarter of a 256-wide Embedding row.
-const GROUP: usize = 64;
-
-/// Whether every value of a group is zero (either sign): such a group's
-/// fixed-point sum is zero and its mean +0.0.
-#[inline(always)]
-fn group_is_zero(group: &[f32]) -> bool {
-    let bits: &[u32] = bytemuck::cast_slice(group);
-    bits.first().is_none_or(|b| b << 1 == 0) && bits.iter().fold(0u32, |a, &b| a | (b << 1)) == 0
-}
-
-/// The ranges of `0..n` where some of `parts` holds a non-zero value, a
-/// group of [`GROUP`] values at a time, neighbours merged: the rows of an
-/// Embedding that a step's tokens touched, and dense gradients whole.
-/// Compiled for AVX-512 too (the check is most of the cost of skipping).
-pub fn nonzero_runs(parts: &[&[f32]], n: usize) -> Vec<Range<usize>> {
-    #[inline(always)]
-    fn body(parts: &[&[f32]], n: usize) -> Vec<Range<usize>> {
-        let mut runs: Vec<Range<usize>> = vec![];
-        for start in (0..n).step_by(GROUP) {
-            let end = (start + GROUP).min(n);
-            if parts.iter().any(|p| !group_is_zero(&p[start..end])) {
-                match runs.last_mut() {
-                    Some(run) if run.end == start => run.end = end,
-                    _ => runs.push(start..end),
-                }
-            }
-        }
-        runs
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            #[target_feature(enable = "avx512f")]
-            unsafe fn widest(parts: &[&[f32]], n: usize) -> Vec<Range<usize>> {
-                body(parts, n)
-            }
-            // SAFETY: the feature was detected at run time.
-            return unsafe { widest(parts, n) };
-        }
-        if std::is_x86_feature_detected!("avx2") {
-            #[target_feature(enable = "avx2")]
-            unsafe fn wide(parts: &[&[f32]], n: usize) -> Vec<Range<usize>> {
-                body(parts, n)
-            }
-            // SAFETY: the feature was detected at run time.
-            return unsafe { wide(parts, n) };
-        }
-    }
-    body(parts, n)
-}
-
 /// Sets `sum` to the exact sum of `parts` (each as long as `sum`), rounding
-/// only their [`nonzero_runs`] (the zeros of untouched Embedding rows sum to
-/// zero without it); returns those runs. Outside them `sum` is set to zero
-/// when `zero_rest` (a sum that travels), else left as it was (a sum that
-/// only [`mean_of_runs`] reads). Within the runs, the values of
-/// [`set_exact`] and [`add_exact`] over the whole range.
-/// `known`, when given, are runs outside which every part is zero (from the
-/// rows an Embedding's gradient was written in, [`runs_within`]): they are
-/// taken instead of looking.
+/// only the runs `known` (from the rows an Embedding's gradient was written
+/// in, [`runs_within`]: every part is zero outside them, and zeros sum to
+/// zero without rounding), or the whole range when `None`; returns the runs.
+/// Outside them `sum` is set to zero when `zero_rest` (a sum that travels),
+/// else left as it was (a sum that only [`mean_of_runs`] reads). Within the
+/// runs, the values of [`set_exact`] and [`add_exact`] over the whole range.
+/// Dense gradients are not scanned for zero groups: the scan cost more than
+/// rounding the few it found.
 pub fn sum_exact_runs(
     sum: &mut [i64],
     parts: &[&[f32]],
@@ -170,7 +118,7 @@ pub fn sum_exact_runs(
     let Some((first, rest)) = parts.split_first() else {
         return Err(EngineError::Training(format!("'{name}': a sum of no micro-batches")));
     };
-    let runs = known.unwrap_or_else(|| nonzero_runs(parts, sum.len()));
+    let runs = known.unwrap_or_else(|| std::iter::once(0..sum.len()).collect());
     let mut done = 0;
     for run in &runs {
         if zero_rest {
@@ -322,33 +270,38 @@ mod tests {
         }
     }
 
-    /// Sums and means that skip zero groups equal the whole-range ones, bit
-    /// for bit: zeros of either sign in every part, in some parts only, a
-    /// denormal and a NaN (still refused) inside otherwise zero groups.
+    /// Sums and means over known runs (zero outside them in every part)
+    /// equal the whole-range ones, bit for bit: zeros of either sign, zeros
+    /// in some parts only and a denormal inside the runs; a NaN inside them
+    /// is still refused. Without runs, the whole range is summed.
     #[test]
-    fn sums_over_nonzero_runs_equal_whole_sums() {
+    fn sums_over_known_runs_equal_whole_sums() {
         let n = 64 * 9 + 13;
         let mut parts: Vec<Vec<f32>> =
             (0..3).map(|p| (0..n).map(|i| ((i * 7 + p * 3) % 11) as f32 * 0.013 - 0.06).collect()).collect();
         for (p, part) in parts.iter_mut().enumerate() {
-            part[..128].fill([0.0, -0.0][p % 2]); // groups 0 and 1: zero everywhere
-            part[64 * 3..64 * 5].fill(0.0); // group 3: zero everywhere but one denormal; group 4: zero
+            part[..128].fill([0.0, -0.0][p % 2]); // rows 0 and 1: untouched
+            part[64 * 3..64 * 5].fill(0.0); // row 3: zero but one denormal; row 4: untouched
             if p == 1 {
-                part[64 * 5..64 * 7].fill(-0.0); // groups 5 and 6: zero in one part only
+                part[64 * 5..64 * 7].fill(-0.0); // rows 5 and 6: zero in one part only
             }
-            part[64 * 9..].fill(0.0); // the short last group
+            part[64 * 9..].fill(0.0); // the short last row, touched but zero
         }
         parts[2][64 * 3 + 40] = f32::from_bits(1);
         let refs: Vec<&[f32]> = parts.iter().map(|p| p.as_slice()).collect();
-        assert_eq!(nonzero_runs(&refs, n), vec![128..256, 64 * 5..64 * 9]);
+        let known = row_runs(&[2, 3, 5, 6, 7, 8, 9], 64, n);
+        assert_eq!(known, vec![128..256, 64 * 5..n]);
         let mut whole = vec![0i64; n];
         set_exact(&mut whole, refs[0], "w").unwrap();
         refs[1..].iter().for_each(|p| add_exact(&mut whole, p, "w").unwrap());
+        let mut all = vec![7i64; n];
+        assert_eq!(sum_exact_runs(&mut all, &refs, "w", false, None).unwrap(), vec![0..n]);
+        assert_eq!(all, whole);
         let mut runs_sum = vec![7i64; n];
-        let runs = sum_exact_runs(&mut runs_sum, &refs, "w", true, None).unwrap();
-        assert_eq!(runs_sum, whole);
+        let runs = sum_exact_runs(&mut runs_sum, &refs, "w", true, Some(known.clone())).unwrap();
+        assert_eq!((runs_sum.as_slice(), &runs), (whole.as_slice(), &known));
         let mut left = vec![7i64; n];
-        assert_eq!(sum_exact_runs(&mut left, &refs, "w", false, None).unwrap(), runs);
+        sum_exact_runs(&mut left, &refs, "w", false, Some(known.clone())).unwrap();
         for (i, (l, w)) in left.iter().zip(&whole).enumerate() {
             let in_run = runs.iter().any(|r| r.contains(&i));
             assert_eq!(*l, if in_run { *w } else { 7 }, "{i}");
@@ -361,7 +314,7 @@ mod tests {
         assert_eq!(bits(&runs_mean), bits(&whole_mean));
         parts[0][64 * 3 + 1] = f32::NAN;
         let refs: Vec<&[f32]> = parts.iter().map(|p| p.as_slice()).collect();
-        assert!(sum_exact_runs(&mut runs_sum, &refs, "w", false, None).is_err(), "a NaN in a zero group");
+        assert!(sum_exact_runs(&mut runs_sum, &refs, "w", false, Some(known)).is_err(), "a NaN in a run");
         // Known runs are taken as they are, cut to the range asked.
         let known = row_runs(&[2, 3, 5, 8, 9], 64, n);
         assert_eq!(known, vec![128..256, 320..384, 512..n]);

@@ -52,6 +52,7 @@ pub mod metrics;
 pub mod model_cache;
 pub mod reduce;
 pub mod round;
+mod row_sums;
 pub mod schedule;
 pub mod segment;
 pub mod segment_udaf;

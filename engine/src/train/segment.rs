@@ -31,7 +31,7 @@ use super::exact::{add_exact, mean_into, row_runs, set_exact};
 use super::job_dir::JobDir;
 use super::model_cache::{keep, model_for};
 use super::round::{ModelRef, PartTimes};
-use super::sharded_step::{gather_slots, sharded_step, WIRE_CHUNK};
+use super::sharded_step::{by_rows, gather_slots, sharded_step, WIRE_CHUNK};
 use super::worker::decode_batches;
 use crate::cluster::this_executor;
 use crate::collective::frame::Secret;
@@ -480,7 +480,8 @@ fn run_steps(
                     sent = sharded_step(r, step, (&vectors, &known), &names, parts, update, WIRE_CHUNK)?;
                     if last {
                         // The version and the hash need every leader's slots.
-                        sent += gather_slots(r, step, model.weights_and_slots_mut(&weights)?, WIRE_CHUNK)?;
+                        let whole = by_rows(&known, weights.len());
+                        sent += gather_slots(r, step, model.weights_and_slots_mut(&weights)?, &whole, WIRE_CHUNK)?;
                     }
                 }
                 (ranged, ring) => {

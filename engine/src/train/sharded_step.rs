@@ -8,12 +8,17 @@
 //! value sum of the whole model is ever written. Every operation is
 //! elementwise, so the weights have the bits of the whole-vector step.
 //!
+//! Weights whose rows are known (an Embedding's) are not sharded: their
+//! sums travel as rows to every leader, which updates them whole
+//! ([`super::row_sums`]).
+//!
 //! A leader's slots are current only on its own segment until the segment
 //! job ends: [`gather_slots`] then carries every segment's slots around the
 //! ring, before the weights are hashed and written.
 
-use super::chunked_step::{known_within, Known};
+use super::chunked_step::{apply_mean_in_chunks, Known, Sums, CHUNK};
 use super::exact::{mean_into, sum_exact_runs};
+use super::row_sums::{all_gather_rows, RowSums};
 use crate::collective::ring::{bounds, Inbox, Outbox, Place, Ring};
 use crate::error::{EngineError, Result};
 use kallista_ops::model::RangedUpdate;
@@ -25,8 +30,9 @@ pub(crate) const WIRE_CHUNK: usize = 1 << 16;
 /// Phases of the collective, in chunk headers.
 const SUMS: u8 = 0;
 const WEIGHTS: u8 = 1;
+pub(crate) const ROWS: u8 = 2;
 /// Slot `k` travels in phase `SLOTS + k`.
-const SLOTS: u8 = 2;
+const SLOTS: u8 = 3;
 
 /// Pieces of one segment of a flat vector made of several vectors: (flat
 /// offset, values), in order.
@@ -71,8 +77,6 @@ fn overlaps(
 struct Grads<'a> {
     /// Each weight's gradient of each micro-batch.
     vectors: &'a [Vec<&'a [f32]>],
-    /// Where they may be non-zero, by weight, when known.
-    known: &'a Known,
     names: &'a [&'a str],
     /// (flat offset, length) of each weight.
     spans: Vec<(usize, usize)>,
@@ -85,15 +89,22 @@ impl Grads<'_> {
     fn sum(&self, range: Range<usize>, out: &mut [i64]) -> Result<()> {
         overlaps(&self.spans, range, |e, inside, at| {
             let parts: Vec<&[f32]> = self.vectors[e].iter().map(|v| &v[inside.clone()]).collect();
-            sum_exact_runs(&mut out[at], &parts, self.names[e], true, known_within(self.known, e, inside)).map(|_| ())
+            sum_exact_runs(&mut out[at], &parts, self.names[e], true, None).map(|_| ())
         })
     }
+}
+
+/// Which of `count` weights are updated whole by every leader rather than
+/// sharded: those whose rows are `known`.
+pub(crate) fn by_rows(known: &Known, count: usize) -> Vec<bool> {
+    (0..count).map(|e| known.get(e).is_some_and(|k| k.is_some())).collect()
 }
 
 /// Takes one sharded `sync` step over the ring (see the module docs): the
 /// mean over `parts` micro-batches of all processes of `vectors` (this
 /// process's gradients of the weights `names`, in `update`'s order) applied
-/// by `update`, `chunk` values per frame ([`WIRE_CHUNK`]). Returns the bytes this leader sent.
+/// by `update`, `chunk` values per frame ([`WIRE_CHUNK`]). The weights whose
+/// rows are `known` ([`by_rows`]) go by rows. Returns the bytes this leader sent.
 pub(crate) fn sharded_step(
     ring: &mut Ring,
     step: u64,
@@ -112,16 +123,71 @@ pub(crate) fn sharded_step(
             names.len()
         )));
     }
-    let mut spans = Vec::with_capacity(weights.len());
-    let mut n = 0;
     for (e, (values, _)) in weights.iter().enumerate() {
-        if vectors.get(e).is_none_or(|v| v.iter().any(|g| g.len() != values.len())) {
+        let runs_fit =
+            known.get(e).and_then(|k| k.as_ref()).is_none_or(|k| k.last().is_none_or(|r| r.end <= values.len()));
+        if vectors[e].iter().any(|g| g.len() != values.len()) || !runs_fit {
             return Err(EngineError::Training(format!("'{}': gradient and weight sizes differ", names[e])));
         }
+    }
+    let rows = by_rows(known, weights.len());
+    let (mut dense, mut whole) = (Subset::default(), Subset::default());
+    for (e, weight) in weights.into_iter().enumerate() {
+        let into = if rows[e] { &mut whole } else { &mut dense };
+        into.weights.push(weight);
+        into.vectors.push(vectors[e].clone());
+        into.names.push(names[e]);
+    }
+    let mut sent = 0;
+    if !whole.weights.is_empty() {
+        let mut own = vec![];
+        for (e, _) in rows.iter().enumerate().filter(|(_, &r)| r) {
+            let runs = known[e].clone().unwrap_or_default();
+            own.push(RowSums::of(&vectors[e], runs, names[e])?);
+        }
+        let lens: Vec<usize> = whole.weights.iter().map(|w| w.0.len()).collect();
+        let (by_leader, bytes) = all_gather_rows(ring, step, own, &lens, chunk)?;
+        sent += bytes;
+        let totals = (0..lens.len())
+            .map(|i| RowSums::total(&by_leader.iter().map(|of_leader| &of_leader[i]).collect::<Vec<_>>()))
+            .collect::<Result<Vec<_>>>()?;
+        let update = RangedUpdate { step: rule.clone(), parts: whole.weights };
+        apply_mean_in_chunks(Sums::Rows(&totals), &whole.names, parts, update, CHUNK)?;
+    }
+    if !dense.weights.is_empty() {
+        let update = RangedUpdate { step: rule, parts: dense.weights };
+        sent += sharded_dense(ring, step, &dense.vectors, &dense.names, parts, update, chunk)?;
+    }
+    Ok(sent)
+}
+
+/// Some of a step's weights, their gradients and names, in order.
+#[derive(Default)]
+struct Subset<'w, 'g> {
+    weights: Vec<(&'w mut [f32], Vec<&'w mut [f32]>)>,
+    vectors: Vec<Vec<&'g [f32]>>,
+    names: Vec<&'g str>,
+}
+
+/// The step of the sharded weights: reduce-scatter of the sums, each
+/// leader's update of its segment, all-gather of the updated values.
+fn sharded_dense(
+    ring: &mut Ring,
+    step: u64,
+    vectors: &[Vec<&[f32]>],
+    names: &[&str],
+    parts: u64,
+    update: RangedUpdate<'_>,
+    chunk: usize,
+) -> Result<u64> {
+    let RangedUpdate { step: rule, parts: weights } = update;
+    let mut spans = Vec::with_capacity(weights.len());
+    let mut n = 0;
+    for (values, _) in &weights {
         spans.push((n, values.len()));
         n += values.len();
     }
-    let grads = Grads { vectors, known, names, spans, chunk };
+    let grads = Grads { vectors, names, spans, chunk };
     let (l, p) = (ring.size(), ring.position());
     let slot_count = weights.first().map_or(0, |w| w.1.len());
     let (values, slots): (Vec<&mut [f32]>, Vec<Vec<&mut [f32]>>) = weights.into_iter().unzip();
@@ -172,15 +238,23 @@ pub(crate) fn sharded_step(
 }
 
 /// Brings every leader's optimizer slots in line after sharded steps: the
-/// slots of `weights` (each weight's values and slots) around the ring.
+/// slots of `weights` (each weight's values and slots) around the ring,
+/// but those of the weights updated whole by every leader (`by_rows`).
 /// `chunk` values per frame. Returns the bytes this leader sent.
 #[allow(clippy::type_complexity)]
 pub(crate) fn gather_slots(
     ring: &mut Ring,
     step: u64,
     weights: Vec<(&mut [f32], Vec<&mut [f32]>)>,
+    by_rows: &[bool],
     chunk: usize,
 ) -> Result<u64> {
+    let weights: Vec<_> = weights
+        .into_iter()
+        .enumerate()
+        .filter(|(e, _)| !by_rows.get(*e).copied().unwrap_or(false))
+        .map(|(_, w)| w)
+        .collect();
     let slot_count = weights.first().map_or(0, |w| w.1.len());
     let mut by_index: Vec<Vec<&mut [f32]>> = (0..slot_count).map(|_| vec![]).collect();
     for (_, slots) in weights {
@@ -337,20 +411,33 @@ mod tests {
     use std::time::Duration;
 
     /// Micro-batch `m`'s gradient of each weight of lengths `lens` at `step`,
-    /// with runs of zeros in every micro-batch (untouched Embedding rows).
+    /// zero in a third of its rows of 7 (untouched Embedding rows), not the
+    /// same third in every micro-batch.
     fn gradient(lens: &[usize], step: usize, m: usize) -> Vec<Vec<f32>> {
-        let value = |w: usize, i: usize| match (i / 7 + w) % 3 {
+        let value = |w: usize, i: usize| match (i / 7 + w + m) % 3 {
             0 => 0.0,
             _ => ((i * 7 + w * 5 + m * 3 + step) % 11) as f32 * 0.013 - 0.06,
         };
         lens.iter().enumerate().map(|(w, &n)| (0..n).map(|i| value(w, i)).collect()).collect()
     }
 
+    /// The rows of 7 where any of `grads` (one weight's) is not zero, as runs.
+    fn rows_of(grads: &[&[f32]]) -> Vec<Range<usize>> {
+        let n = grads[0].len();
+        let rows: Vec<u32> = (0..n.div_ceil(7))
+            .filter(|r| grads.iter().any(|g| g[r * 7..(r * 7 + 7).min(n)].iter().any(|&v| v != 0.0)))
+            .map(|r| r as u32)
+            .collect();
+        super::super::exact::row_runs(&rows, 7, n)
+    }
+
     /// Two sharded steps and the slots' gather on rings of 2, 3 and 4
     /// leaders, in frames of 7 values that cut every weight and segment,
     /// with the 5 micro-batches of a step spread unevenly over the leaders,
-    /// leave every leader with the bits (weights, slots, iterations) of one
-    /// process's chunked step on all 5; a wrong divisor does not.
+    /// and every other weight's rows known (different rows on each leader:
+    /// those go by rows), leave every leader with the bits (weights, slots,
+    /// iterations) of one process's chunked step on all 5; a wrong divisor
+    /// does not.
     #[test]
     fn every_leader_ends_with_the_bits_of_one_process_step() {
         const MICRO_BATCHES: usize = 5;
@@ -393,16 +480,23 @@ mod tests {
                             let none = GenerationWatch::none();
                             let mut ring =
                                 connect(listener, &peers, secret, Duration::from_secs(10), &none).unwrap().unwrap();
+                            let mut known: Vec<Option<Vec<Range<usize>>>> = vec![];
                             for (step, grads) in steps.iter().enumerate() {
                                 let mine: Vec<&Vec<Vec<f32>>> = grads.iter().skip(position).step_by(leaders).collect();
                                 let vectors: Vec<Vec<&[f32]>> = (0..weights.len())
                                     .map(|w| mine.iter().map(|g| g[w].as_slice()).collect())
                                     .collect();
+                                known =
+                                    vectors.iter().enumerate().map(|(w, v)| (w % 2 == 0).then(|| rows_of(v))).collect();
                                 let update = model.ranged_update(weights).unwrap().unwrap();
                                 let parts = MICRO_BATCHES as u64;
-                                sharded_step(&mut ring, step as u64, (&vectors, &[]), names, parts, update, 7).unwrap();
+                                sharded_step(&mut ring, step as u64, (&vectors, &known), names, parts, update, 7)
+                                    .unwrap();
                             }
-                            gather_slots(&mut ring, 1, model.weights_and_slots_mut(weights).unwrap(), 7).unwrap();
+                            let whole = by_rows(&known, weights.len());
+                            assert!(whole.iter().filter(|&&w| w).count() * 2 >= weights.len(), "{whole:?}");
+                            gather_slots(&mut ring, 1, model.weights_and_slots_mut(weights).unwrap(), &whole, 7)
+                                .unwrap();
                             weights_hash(&model)
                         })
                     })

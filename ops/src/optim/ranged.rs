@@ -10,6 +10,7 @@ use crate::error::{OpsError, Result};
 use std::sync::Arc;
 
 /// The rule, learning rate and step number every range of one step uses.
+#[derive(Clone)]
 pub struct RangedStep {
     kind: OptimizerKind,
     lr: f32,
