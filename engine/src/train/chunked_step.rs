@@ -20,7 +20,7 @@ pub(crate) type Known = [Option<Vec<Range<usize>>>];
 
 /// What `known` says of weight `e` within `range` of it (relative to its
 /// start), for [`super::exact::sum_exact_runs`].
-pub(crate) fn known_within(known: &Known, e: usize, range: Range<usize>) -> Option<Vec<Range<usize>>> {
+fn known_within(known: &Known, e: usize, range: Range<usize>) -> Option<Vec<Range<usize>>> {
     known.get(e).and_then(|k| k.as_deref()).map(|k| runs_within(k, range))
 }
 
@@ -99,7 +99,7 @@ pub(crate) fn apply_mean_in_chunks(
                 let parts_here: Vec<&[f32]> = vectors[e].iter().map(|v| &v[range.clone()]).collect();
                 // Untouched Embedding rows are neither rounded nor averaged: their mean is +0.0.
                 let known = known_within(known, e, range);
-                let runs = sum_exact_runs(&mut sum[..n], &parts_here, names[e], false, known)?;
+                let runs = sum_exact_runs(&mut sum[..n], &parts_here, names[e], known)?;
                 mean_of_runs(&mut mean[..n], &sum[..n], &runs, parts);
             }
             (Sums::Rows(rows), None) => rows[e].mean_within(&mut mean[..n], offset..offset + n, parts),

@@ -103,35 +103,26 @@ fn multiversion_round<const SET: bool>(sum: &mut [i64], values: &[f32]) -> (u32,
 /// only the runs `known` (from the rows an Embedding's gradient was written
 /// in, [`runs_within`]: every part is zero outside them, and zeros sum to
 /// zero without rounding), or the whole range when `None`; returns the runs.
-/// Outside them `sum` is set to zero when `zero_rest` (a sum that travels),
-/// else left as it was (a sum that only [`mean_of_runs`] reads). Within the
-/// runs, the values of [`set_exact`] and [`add_exact`] over the whole range.
+/// Outside them `sum` is left as it was (only [`mean_of_runs`] reads it).
+/// Within the runs, the values of [`set_exact`] and [`add_exact`] over the
+/// whole range.
 /// Dense gradients are not scanned for zero groups: the scan cost more than
 /// rounding the few it found.
 pub fn sum_exact_runs(
     sum: &mut [i64],
     parts: &[&[f32]],
     name: &str,
-    zero_rest: bool,
     known: Option<Vec<Range<usize>>>,
 ) -> Result<Vec<Range<usize>>> {
     let Some((first, rest)) = parts.split_first() else {
         return Err(EngineError::Training(format!("'{name}': a sum of no micro-batches")));
     };
     let runs = known.unwrap_or_else(|| std::iter::once(0..sum.len()).collect());
-    let mut done = 0;
     for run in &runs {
-        if zero_rest {
-            sum[done..run.start].fill(0);
-        }
         set_exact(&mut sum[run.clone()], &first[run.clone()], name)?;
         for part in rest {
             add_exact(&mut sum[run.clone()], &part[run.clone()], name)?;
         }
-        done = run.end;
-    }
-    if zero_rest {
-        sum[done..].fill(0);
     }
     Ok(runs)
 }
@@ -295,14 +286,12 @@ mod tests {
         set_exact(&mut whole, refs[0], "w").unwrap();
         refs[1..].iter().for_each(|p| add_exact(&mut whole, p, "w").unwrap());
         let mut all = vec![7i64; n];
-        assert_eq!(sum_exact_runs(&mut all, &refs, "w", false, None).unwrap(), vec![0..n]);
+        assert_eq!(sum_exact_runs(&mut all, &refs, "w", None).unwrap(), vec![0..n]);
         assert_eq!(all, whole);
         let mut runs_sum = vec![7i64; n];
-        let runs = sum_exact_runs(&mut runs_sum, &refs, "w", true, Some(known.clone())).unwrap();
-        assert_eq!((runs_sum.as_slice(), &runs), (whole.as_slice(), &known));
-        let mut left = vec![7i64; n];
-        sum_exact_runs(&mut left, &refs, "w", false, Some(known.clone())).unwrap();
-        for (i, (l, w)) in left.iter().zip(&whole).enumerate() {
+        let runs = sum_exact_runs(&mut runs_sum, &refs, "w", Some(known.clone())).unwrap();
+        assert_eq!(runs, known);
+        for (i, (l, w)) in runs_sum.iter().zip(&whole).enumerate() {
             let in_run = runs.iter().any(|r| r.contains(&i));
             assert_eq!(*l, if in_run { *w } else { 7 }, "{i}");
         }
@@ -314,7 +303,7 @@ mod tests {
         assert_eq!(bits(&runs_mean), bits(&whole_mean));
         parts[0][64 * 3 + 1] = f32::NAN;
         let refs: Vec<&[f32]> = parts.iter().map(|p| p.as_slice()).collect();
-        assert!(sum_exact_runs(&mut runs_sum, &refs, "w", false, Some(known)).is_err(), "a NaN in a run");
+        assert!(sum_exact_runs(&mut runs_sum, &refs, "w", Some(known)).is_err(), "a NaN in a run");
         // Known runs are taken as they are, cut to the range asked.
         let known = row_runs(&[2, 3, 5, 8, 9], 64, n);
         assert_eq!(known, vec![128..256, 320..384, 512..n]);

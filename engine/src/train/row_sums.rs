@@ -2,8 +2,8 @@
 //! Embedding's), between processes: each leader's exact sum over its rows
 //! goes around the ring to every other leader (an all-gather of rows), each
 //! leader adds them all up and updates the whole weight itself. The weight's
-//! updated values never travel: Adam moves every row a run has ever touched,
-//! so a sharded Embedding would carry its whole table (10 MB for W1) around
+//! updated values never travel: Adam moves every row ever touched in
+//! training, so a sharded Embedding would carry its whole table (10 MB for W1) around
 //! the ring each step, while one step's rows are a few hundred. The sums are
 //! integers, added in any order, and the update is elementwise: the bits of
 //! the whole-vector step.
@@ -41,13 +41,19 @@ impl RowSums {
     }
 
     /// This process's exact sum of `parts` (micro-batch gradients of weight
-    /// `name`, zero outside `runs`) over `runs`.
+    /// `name`, zero outside `runs`) over `runs`, which are checked as a
+    /// peer's are.
     pub(crate) fn of(parts: &[&[f32]], runs: Vec<Range<usize>>, name: &str) -> Result<RowSums> {
+        let n = parts.iter().map(|p| p.len()).min().unwrap_or(0);
+        let bounds: Vec<i64> = runs.iter().flat_map(|r| [r.start as i64, r.end as i64]).collect();
+        let values = runs.iter().map(|r| r.len()).sum();
+        checked_runs(&bounds, n, values)
+            .map_err(|why| EngineError::Training(format!("'{name}': the rows its gradient names: {why}")))?;
         let mut sums = vec![0i64; runs.iter().map(|r| r.len()).sum()];
         let mut at = 0;
         for run in &runs {
             let of_run: Vec<&[f32]> = parts.iter().map(|p| &p[run.clone()]).collect();
-            sum_exact_runs(&mut sums[at..at + run.len()], &of_run, name, false, None)?;
+            sum_exact_runs(&mut sums[at..at + run.len()], &of_run, name, None)?;
             at += run.len();
         }
         Ok(RowSums::new(runs, sums))
@@ -96,14 +102,15 @@ impl RowSums {
     }
 }
 
-/// Carries `own` (this leader's sums of each weight, whose lengths are
-/// `lens`) around the ring; returns every leader's, by ring position, and
-/// the bytes this leader sent. `chunk` values per frame.
+/// Carries `own` (this leader's sums of each weight, named by `weights`:
+/// its place among the step's weights and its length) around the ring;
+/// returns every leader's, by ring position, and the bytes this leader
+/// sent. `chunk` values per frame.
 pub(crate) fn all_gather_rows(
     ring: &mut Ring,
     step: u64,
     own: Vec<RowSums>,
-    lens: &[usize],
+    weights: &[(usize, usize)],
     chunk: usize,
 ) -> Result<(Vec<Vec<RowSums>>, u64)> {
     let (l, p) = (ring.size(), ring.position());
@@ -113,13 +120,13 @@ pub(crate) fn all_gather_rows(
     // Step t sends the sums that started at leader p - t and receives those of p - t - 1.
     for t in 0..l - 1 {
         let (outgoing, arriving) = ((p + l - t) % l, (p + l - t - 1) % l);
-        let place = Place { step, phase: ROWS, t: t as u32, offset: 0, n: lens.len() };
+        let place = Place { step, phase: ROWS, t: t as u32, offset: 0, n: weights.len() };
         let mut arrived = vec![];
         let rows = &by_leader[outgoing];
         sent += ring.exchange(
-            |out| send_rows(out, place, rows, chunk),
+            |out| send_rows(out, place, rows, weights, chunk),
             |inbox| {
-                arrived = receive_rows(inbox, place, lens, chunk)?;
+                arrived = receive_rows(inbox, place, weights, chunk)?;
                 Ok(())
             },
         )?;
@@ -128,17 +135,23 @@ pub(crate) fn all_gather_rows(
     Ok((by_leader, sent))
 }
 
-/// Frames, in order: a header of (runs, values) per weight, then for each
-/// weight with rows its runs as (start, end) pairs and its sums.
-fn send_rows(out: &mut Outbox, place: Place, rows: &[RowSums], chunk: usize) -> Result<()> {
-    let header: Vec<i64> = rows.iter().flat_map(|r| [r.runs.len() as i64, r.sums.len() as i64]).collect();
+/// Values per weight in the header: its place, its length, its runs and their values.
+const HEADER: usize = 4;
+
+/// Frames, in order: a header naming each weight and the size of its sums,
+/// then for each weight with rows its runs as (start, end) pairs and its
+/// sums, `chunk` values per frame.
+fn send_rows(out: &mut Outbox, place: Place, rows: &[RowSums], weights: &[(usize, usize)], chunk: usize) -> Result<()> {
+    let header: Vec<i64> = rows
+        .iter()
+        .zip(weights)
+        .flat_map(|(r, &(e, n))| [e as i64, n as i64, r.runs.len() as i64, r.sums.len() as i64])
+        .collect();
     out.sums(place, &header)?;
     let mut frame = 1;
     for r in rows.iter().filter(|r| !r.runs.is_empty()) {
-        let runs: Vec<i64> = r.runs.iter().flat_map(|run| [run.start as i64, run.end as i64]).collect();
-        out.sums(place.plus(frame), &runs)?;
-        frame += 1;
-        for values in r.sums.chunks(chunk) {
+        let bounds: Vec<i64> = r.runs.iter().flat_map(|run| [run.start as i64, run.end as i64]).collect();
+        for values in bounds.chunks(chunk).chain(r.sums.chunks(chunk)) {
             out.sums(place.plus(frame), values)?;
             frame += 1;
         }
@@ -146,27 +159,35 @@ fn send_rows(out: &mut Outbox, place: Place, rows: &[RowSums], chunk: usize) -> 
     Ok(())
 }
 
-fn receive_rows(inbox: &mut Inbox, place: Place, lens: &[usize], chunk: usize) -> Result<Vec<RowSums>> {
+/// Receives what [`send_rows`] sent for the same `weights`: a header that
+/// names other weights or sizes beyond them, or runs that are not sorted,
+/// disjoint runs of the announced length, are refused before anything is
+/// allocated or added.
+fn receive_rows(inbox: &mut Inbox, place: Place, weights: &[(usize, usize)], chunk: usize) -> Result<Vec<RowSums>> {
     let malformed = |why: String| EngineError::Collective(format!("malformed row sums from the previous rank: {why}"));
-    let mut header = vec![0i64; 2 * lens.len()];
+    let mut header = vec![0i64; HEADER * weights.len()];
     inbox.sums(place, header.len())?.set(&mut header)?;
     let mut frame = 1;
-    let mut out = Vec::with_capacity(lens.len());
-    for (&n, counts) in lens.iter().zip(header.chunks(2)) {
-        let (runs, values) = (usize::try_from(counts[0]), usize::try_from(counts[1]));
-        let (Ok(runs), Ok(values)) = (runs, values) else {
-            return Err(malformed(format!("negative counts {counts:?}")));
+    let mut out = Vec::with_capacity(weights.len());
+    for (&(e, n), got) in weights.iter().zip(header.chunks(HEADER)) {
+        if got[0] != e as i64 || got[1] != n as i64 {
+            return Err(malformed(format!(
+                "weight {} of {} values where this rank has weight {e} of {n}",
+                got[0], got[1]
+            )));
+        }
+        let (Ok(runs), Ok(values)) = (usize::try_from(got[2]), usize::try_from(got[3])) else {
+            return Err(malformed(format!("negative counts {got:?}")));
         };
-        if runs > n || values > n || (runs == 0) != (values == 0) {
+        // Runs are merged, so at least one value apart: at most (n + 1) / 2 of them.
+        if values > n || runs > values || runs > n.div_ceil(2) || (runs == 0) != (values == 0) {
             return Err(malformed(format!("{runs} runs of {values} values in a weight of {n}")));
         }
-        if runs == 0 {
-            out.push(RowSums::new(vec![], vec![]));
-            continue;
-        }
         let mut bounds = vec![0i64; 2 * runs];
-        inbox.sums(place.plus(frame), bounds.len())?.set(&mut bounds)?;
-        frame += 1;
+        for part in bounds.chunks_mut(chunk) {
+            inbox.sums(place.plus(frame), part.len())?.set(part)?;
+            frame += 1;
+        }
         let runs = checked_runs(&bounds, n, values).map_err(malformed)?;
         let mut sums = vec![0i64; values];
         for part in sums.chunks_mut(chunk) {
@@ -178,15 +199,15 @@ fn receive_rows(inbox: &mut Inbox, place: Place, lens: &[usize], chunk: usize) -
     Ok(out)
 }
 
-/// The runs of (start, end) pairs `bounds`, if they are sorted, disjoint,
-/// not empty, within `0..n` and `values` long in all.
+/// The runs of (start, end) pairs `bounds`, if they are sorted, merged
+/// (a gap between any two), not empty, within `0..n` and `values` long in all.
 fn checked_runs(bounds: &[i64], n: usize, values: usize) -> std::result::Result<Vec<Range<usize>>, String> {
     let mut runs: Vec<Range<usize>> = Vec::with_capacity(bounds.len() / 2);
     for pair in bounds.chunks(2) {
-        let (start, end) = (pair[0], pair[1]);
-        let after = runs.last().map_or(0, |r| r.end as i64);
-        if start < after || end <= start || end > n as i64 {
-            return Err(format!("run {start}..{end} after {after} in a weight of {n}"));
+        let (start, end) = (pair[0], pair.get(1).copied().unwrap_or(-1));
+        let gap_after = runs.last().map_or(0, |r| r.end as i64 + 1);
+        if start < gap_after || end <= start || end > n as i64 {
+            return Err(format!("run {start}..{end} where runs must start at {gap_after} or later and end by {n}"));
         }
         runs.push(start as usize..end as usize);
     }
@@ -241,13 +262,16 @@ mod tests {
         assert!(want[2..8].iter().any(|&v| v != 0.0), "the runs summed nothing");
     }
 
-    /// Runs from a peer that overlap, run backwards, leave the weight or
-    /// disagree with the announced length are refused.
+    /// Runs from a peer that overlap, touch (merged runs never do), run
+    /// backwards, leave the weight, lack an end or disagree with the
+    /// announced length are refused.
     #[test]
     fn malformed_runs_are_refused() {
         assert_eq!(checked_runs(&[0, 4, 6, 8], 10, 6), Ok(vec![0..4, 6..8]));
         for (bounds, n, values) in [
             (vec![0, 4, 3, 8], 10, 9),
+            (vec![0, 4, 4, 8], 10, 8),
+            (vec![0, 4, 6], 10, 4),
             (vec![4, 2], 10, 2),
             (vec![4, 4], 10, 0),
             (vec![6, 12], 10, 6),

@@ -427,6 +427,8 @@ fn run_steps(
     let reads = prefetch(what, rank)?;
     let keys = group.model.read().unwrap_or_else(|e| e.into_inner()).weight_keys();
     let mut layout: Option<FlatLayout> = None;
+    // Which weights went by rows between processes in this segment's first step.
+    let mut segment_rows: Option<Vec<bool>> = None;
     // The process's sum of a step (the leader's), reused: a fresh 40 MB buffer per step costs page faults.
     let mut flat: Vec<i64> = vec![];
     for (i, all_blocks) in spec.steps.iter().enumerate() {
@@ -477,11 +479,18 @@ fn run_steps(
                 // Processes: each updates its share of the weights, which then go around.
                 (Some(update), Some(r)) => {
                     let (vectors, known) = (layout.vectors(&refs, &keys)?, layout.known(&refs));
+                    // Fixed for the segment: a weight's slots are current on every
+                    // leader only if it went by rows in every step.
+                    let now = by_rows(&known, weights.len());
+                    if *segment_rows.get_or_insert_with(|| now.clone()) != now {
+                        return Err(EngineError::Training(format!(
+                            "step {step}: the weights whose gradients name their rows changed within the segment"
+                        )));
+                    }
                     sent = sharded_step(r, step, (&vectors, &known), &names, parts, update, WIRE_CHUNK)?;
                     if last {
                         // The version and the hash need every leader's slots.
-                        let whole = by_rows(&known, weights.len());
-                        sent += gather_slots(r, step, model.weights_and_slots_mut(&weights)?, &whole, WIRE_CHUNK)?;
+                        sent += gather_slots(r, step, model.weights_and_slots_mut(&weights)?, &now, WIRE_CHUNK)?;
                     }
                 }
                 (ranged, ring) => {
