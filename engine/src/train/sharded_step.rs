@@ -130,24 +130,21 @@ pub(crate) fn sharded_step(
     }
     let rows = by_rows(known, weights.len());
     let (mut dense, mut whole) = (Subset::default(), Subset::default());
-    // (place among the step's weights, length) of each weight updated whole.
-    let mut places = vec![];
     for (e, weight) in weights.into_iter().enumerate() {
-        match rows[e] {
-            true => places.push((e, weight.0.len())),
-            false => dense.vectors.push(vectors[e].clone()),
-        }
         let into = if rows[e] { &mut whole } else { &mut dense };
+        into.places.push(e);
         into.weights.push(weight);
+        into.vectors.push(vectors[e].clone());
         into.names.push(names[e]);
     }
     let mut sent = 0;
     if !whole.weights.is_empty() {
         let mut own = vec![];
-        for &(e, _) in &places {
-            let runs = known[e].clone().unwrap_or_default();
-            own.push(RowSums::of(&vectors[e], runs, names[e])?);
+        for (j, &e) in whole.places.iter().enumerate() {
+            own.push(RowSums::of(&whole.vectors[j], known[e].clone().unwrap_or_default(), whole.names[j])?);
         }
+        let places: Vec<(usize, usize)> =
+            whole.places.iter().zip(&whole.weights).map(|(&e, w)| (e, w.0.len())).collect();
         let (by_leader, bytes) = all_gather_rows(ring, step, own, &places, chunk)?;
         sent += bytes;
         let totals = (0..places.len())
@@ -157,32 +154,34 @@ pub(crate) fn sharded_step(
         apply_mean_in_chunks(Sums::Rows(&totals), &whole.names, parts, update, CHUNK)?;
     }
     if !dense.weights.is_empty() {
-        let update = RangedUpdate { step: rule, parts: dense.weights };
-        sent += sharded_dense(ring, step, &dense.vectors, &dense.names, parts, update, chunk)?;
+        sent += sharded_dense(ring, step, dense, rule, parts, chunk)?;
     }
     Ok(sent)
 }
 
-/// Some of a step's weights, their names and (sharded ones) gradients, in order.
+/// Some of a step's weights, in order: their places among the step's
+/// weights, values and slots, gradients and names.
 #[derive(Default)]
 struct Subset<'w, 'g> {
+    places: Vec<usize>,
     weights: Vec<(&'w mut [f32], Vec<&'w mut [f32]>)>,
     vectors: Vec<Vec<&'g [f32]>>,
     names: Vec<&'g str>,
 }
 
-/// The step of the sharded weights: reduce-scatter of the sums, each
-/// leader's update of its segment, all-gather of the updated values.
+/// The step of the sharded weights `dense`: reduce-scatter of the sums,
+/// each leader's update of its segment by `rule`, all-gather of the
+/// updated values.
 fn sharded_dense(
     ring: &mut Ring,
     step: u64,
-    vectors: &[Vec<&[f32]>],
-    names: &[&str],
+    dense: Subset<'_, '_>,
+    rule: RangedStep,
     parts: u64,
-    update: RangedUpdate<'_>,
     chunk: usize,
 ) -> Result<u64> {
-    let RangedUpdate { step: rule, parts: weights } = update;
+    let Subset { weights, vectors, names, .. } = dense;
+    let (vectors, names) = (vectors.as_slice(), names.as_slice());
     let mut spans = Vec::with_capacity(weights.len());
     let mut n = 0;
     for (values, _) in &weights {
