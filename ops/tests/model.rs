@@ -265,3 +265,56 @@ fn sharded_batches_match_a_single_shard() {
         assert!(err / scale < 1e-5, "relative difference {}", err / scale);
     }
 }
+
+#[test]
+fn micro_batches_summed_in_place_equal_the_mean_of_their_gradients() {
+    let d = VideoQaDims::toy();
+    let mut model = toy_model(4);
+    model.compile(OptimizerConfig::adam(1e-3), sce(), &[]);
+    let (x, y) = toy_task(&d, 24, 5);
+    let part = |i: usize, data: &[Data]| -> Vec<Data> { data.iter().map(|t| t.slice_rows(8 * i, 8 * i + 8)).collect() };
+    let seeds = [11u64, 12, 13];
+    // Each micro-batch on its own, then their mean (what a worker did before).
+    let separate: Vec<_> =
+        (0..3).map(|i| model.gradients_on_micro_batch(&part(i, &x), &part(i, &y), seeds[i]).unwrap().1).collect();
+    // One after another into one set of buffers, each scaled by 1/3.
+    let mut sum = kallista_ops::model::WeightGrads::default();
+    let mut losses = vec![];
+    for (i, &seed) in seeds.iter().enumerate() {
+        let (r, s) = model.gradients_on_micro_batch_into(&part(i, &x), &part(i, &y), seed, 1.0 / 3.0, sum).unwrap();
+        losses.push(r.loss);
+        sum = s;
+    }
+    let mut compared = 0;
+    for (w, got) in sum.values.iter().enumerate() {
+        let Some(got) = got else { continue };
+        let want: Vec<f32> = (0..got.len())
+            .map(|j| separate.iter().map(|g| g.values[w].as_ref().unwrap()[j]).sum::<f32>() / 3.0)
+            .collect();
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-20);
+        let err = got.iter().zip(&want).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(err / scale < 1e-5, "weight {w}: relative difference {}", err / scale);
+        compared += 1;
+    }
+    assert_eq!(compared, separate[0].values.iter().flatten().count());
+    // The Embedding's rows are the union of the micro-batches' rows.
+    let table =
+        (0..sum.values.len()).find(|&w| separate[0].rows_of(w).is_some()).expect("the Embedding names its rows");
+    let mut union = separate[0].rows_of(table).unwrap().clone();
+    for g in &separate[1..] {
+        union = kallista_ops::autodiff::TouchedRows::union(&union, g.rows_of(table).unwrap()).unwrap();
+    }
+    assert_eq!(sum.rows_of(table), Some(&union));
+    // The loss reported is each micro-batch's own.
+    let (first, _) = model.gradients_on_micro_batch(&part(0, &x), &part(0, &y), seeds[0]).unwrap();
+    assert_eq!(losses[0].to_bits(), first.loss.to_bits());
+    // Into nothing with scale 1: the bits of a micro-batch's gradients.
+    let (_, alone) =
+        model.gradients_on_micro_batch_into(&part(1, &x), &part(1, &y), seeds[1], 1.0, Default::default()).unwrap();
+    assert_eq!(alone.values, separate[1].values);
+    // A start that does not fit the model is an error, not a panic.
+    let mut wrong = separate[0].clone();
+    let first_weight = wrong.values.iter().position(Option::is_some).unwrap();
+    wrong.values[first_weight] = Some(vec![0.0; 3].into());
+    assert!(model.gradients_on_micro_batch_into(&part(0, &x), &part(0, &y), 1, 1.0, wrong).is_err());
+}

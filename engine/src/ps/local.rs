@@ -2,7 +2,8 @@
 //! cluster the driver (which hosts the shards) and the executors (which run
 //! the workers) are one process; there a push through a loopback socket
 //! paid for four copies of the weights through the kernel, four AES-GCM
-//! passes and two buffer copies per step, for nothing crossing a boundary.
+//! passes and two buffer copies per step, for nothing crossing a boundary;
+//! here the shard's optimizer reads the worker's gradient where it lies.
 //! A worker finds such a shard by its address, and uses it only if the
 //! shard belongs to the worker's job and holds the same secret: what a
 //! connection would have proved. The shard's rules, locks and counters are
@@ -77,8 +78,8 @@ impl LocalShard {
             shard::refuse(core, "this process", &why);
             return Err(FrameError::Refused(why));
         }
-        let (accepted, staleness) = shard::apply(core, push, grads.iter().map(|g| g.to_vec()).collect())
-            .inspect_err(|e| shard::refuse(core, "this process", &e.to_string()))?;
+        let (accepted, staleness) =
+            shard::apply(core, push, grads).inspect_err(|e| shard::refuse(core, "this process", &e.to_string()))?;
         Ok((accepted, staleness, shard::copy_values_into(core, parts)?))
     }
 }

@@ -22,7 +22,7 @@ use super::slices::Slice;
 use super::wire::{self, Push, Reply, Request, ShardStats, REPLY, REQUEST};
 use crate::collective::frame::{FrameError, Framed, Secret};
 use crate::error::{EngineError, Result};
-use kallista_ops::optim::{Optimizer, OptimizerConfig, ParamUpdate};
+use kallista_ops::optim::{BorrowedUpdate, Optimizer, OptimizerConfig};
 use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -313,7 +313,8 @@ fn apply_push(
     push: &Push,
     grads: Vec<Vec<f32>>,
 ) -> std::result::Result<(), FrameError> {
-    let (accepted, staleness) = apply(core, push, grads)?;
+    let grads: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
+    let (accepted, staleness) = apply(core, push, &grads)?;
     let (version, values) = copy_values(core);
     wire::send_json(framed, REPLY, &Reply::Pushed { accepted, staleness, version })?;
     send_copies(framed, &values)
@@ -322,7 +323,7 @@ fn apply_push(
 /// Applies `push`'s gradient (one vector per slice, checked sizes), or
 /// drops it as too stale, and counts it: whether it was applied, and its
 /// staleness.
-pub(super) fn apply(core: &Core, push: &Push, grads: Vec<Vec<f32>>) -> std::result::Result<(bool, u64), FrameError> {
+pub(super) fn apply(core: &Core, push: &Push, grads: &[&[f32]]) -> std::result::Result<(bool, u64), FrameError> {
     {
         let mut book = lock(&core.book);
         let key = (push.segment, push.worker);
@@ -344,8 +345,8 @@ pub(super) fn apply(core: &Core, push: &Push, grads: Vec<Vec<f32>>) -> std::resu
         for (slice, grad) in core.slices.iter().zip(grads) {
             let mut s = lock(slice);
             let SliceState { slice, values, optimizer } = &mut *s;
-            let mut update = [ParamUpdate { key: &slice.key, value: values, grad: grad.into() }];
-            if let Err(e) = optimizer.apply_scaled(&mut update, lr_scale) {
+            let mut update = [BorrowedUpdate { key: &slice.key, value: values, grad }];
+            if let Err(e) = optimizer.apply_borrowed(&mut update, lr_scale) {
                 // Sizes were checked on arrival: this is a bug, not bad input.
                 log::error!("parameter server shard {}: {e}", core.index);
                 return Err(FrameError::Io(e.to_string()));

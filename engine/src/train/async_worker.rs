@@ -23,17 +23,21 @@
 //! pushed, and never pushes a step twice.
 
 use super::round::{ModelRef, PartTimes, RoundResult};
-use super::segment::{block_gradients, prefetch, RankReads};
+use super::segment::{block_gradients, dropout_seed, prefetch, RankReads};
 use super::segment_udaf::RankJob;
+use super::worker::decode_batches;
 use crate::cluster::this_executor;
 use crate::collective::frame::Secret;
 use crate::error::{EngineError, Result};
 use crate::ps::client::ParameterClient;
 use crate::ps::wire::Push;
 use crate::store::{blocking, Location};
+use datafusion::arrow::record_batch::RecordBatch;
 use kallista_ops::model::WeightGrads;
 use kallista_ops::optim::OptimizerConfig;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// One `async` segment, as the driver tells its workers.
@@ -117,9 +121,10 @@ impl RankJob for AsyncSpec {
 
 /// Scales `grads` by `1 / parts` and clips them as the optimizer config asks.
 fn mean_and_clip(grads: &mut WeightGrads, parts: usize, cfg: &OptimizerConfig) {
-    let scale = 1.0 / parts.max(1) as f32;
-    let values = grads.values.iter_mut().flatten();
-    values.for_each(|g| g.iter_mut().for_each(|v| *v *= scale));
+    if parts > 1 {
+        let scale = 1.0 / parts as f32;
+        grads.values.par_iter_mut().flatten().for_each(|g| g.par_iter_mut().for_each(|v| *v *= scale));
+    }
     let norm = |g: &[f32]| g.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>().sqrt() as f32;
     if let Some(c) = cfg.clipnorm {
         for g in grads.values.iter_mut().flatten() {
@@ -135,6 +140,37 @@ fn mean_and_clip(grads: &mut WeightGrads, parts: usize, cfg: &OptimizerConfig) {
             grads.values.iter_mut().flatten().for_each(|g| g.iter_mut().for_each(|v| *v *= c / n));
         }
     }
+}
+
+/// The async workers running in this process, counted while each runs.
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// One running worker of [`RUNNING`].
+struct RunningWorker;
+
+impl RunningWorker {
+    fn start() -> RunningWorker {
+        RUNNING.fetch_add(1, Ordering::SeqCst);
+        RunningWorker
+    }
+
+    fn count(&self) -> usize {
+        RUNNING.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for RunningWorker {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn stateful_model() -> EngineError {
+    EngineError::Training(
+        "scaling.mode async: the model updates state in training (BatchNormalization moving \
+         statistics), which the parameter servers do not share; use mode sync or average"
+            .into(),
+    )
 }
 
 /// Runs worker `rank` of the segment (see the module docs).
@@ -167,6 +203,10 @@ pub fn run_worker(spec: &AsyncSpec, rank: usize) -> Result<WorkerReport> {
         RankReads { data: &spec.data, shards: spec.shards, world: 1, binding: &spec.model.binding, steps: &steps };
     let reads = prefetch(what, 0)?;
     let every = spec.push_every_steps.max(1) as usize;
+    // Micro-batches (blocks) of each push: the steps of this worker `every` at a time.
+    let push_parts: Vec<usize> = steps.chunks(every).map(|c| c.iter().map(Vec::len).sum()).collect();
+    let running = RunningWorker::start();
+    let mut push_in_place: Option<bool> = None;
     let mut pending = WeightGrads::default();
     let (mut parts, mut in_push) = (0usize, 0u64);
     let (mut rows, mut loss_sum, mut correct) = (0u64, 0f64, 0u64);
@@ -177,18 +217,45 @@ pub fn run_worker(spec: &AsyncSpec, rank: usize) -> Result<WorkerReport> {
         })??;
         report.times.scan_ms += waited.elapsed().as_secs_f64() * 1e3;
         let computing = Instant::now();
-        for (result, g) in block_gradients(&model, &blocks, &spec.model.binding, &spec.data, spec.seed, step)? {
-            if g.state.iter().any(Option::is_some) {
-                return Err(EngineError::Training(
-                    "scaling.mode async: the model updates state in training (BatchNormalization moving \
-                     statistics), which the parameter servers do not share; use mode sync or average"
-                        .into(),
-                ));
+        // With as many workers of this process running as it has cores, a
+        // worker's micro-batches go one after another into one set of
+        // gradient buffers, already scaled to their mean; with fewer, in
+        // parallel, then added up and scaled. Decided once per push.
+        let in_place = *push_in_place.get_or_insert_with(|| running.count() >= rayon::current_num_threads());
+        let per_block = match in_place {
+            true => {
+                let scale = 1.0 / push_parts[i / every].max(1) as f32;
+                let mut out = vec![];
+                for (block, batches) in &blocks {
+                    let batches: Vec<&RecordBatch> = batches.iter().collect();
+                    let source = format!("{} block {block}", spec.data);
+                    let (x, y) = decode_batches(&model, &batches, &spec.model.binding, &source)?;
+                    let seed = dropout_seed(spec.seed, step, *block);
+                    let (result, sum) =
+                        model.gradients_on_micro_batch_into(&x, &[y], seed, scale, std::mem::take(&mut pending))?;
+                    if sum.state.iter().any(Option::is_some) {
+                        return Err(stateful_model());
+                    }
+                    pending = sum;
+                    out.push((result, None));
+                }
+                out
+            }
+            false => block_gradients(&model, &blocks, &spec.model.binding, &spec.data, spec.seed, step)?
+                .into_iter()
+                .map(|(result, g)| (result, Some(g)))
+                .collect(),
+        };
+        for (result, g) in per_block {
+            if let Some(g) = g {
+                if g.state.iter().any(Option::is_some) {
+                    return Err(stateful_model());
+                }
+                pending.add_owned(g);
             }
             rows += result.samples as u64;
             loss_sum += result.loss as f64 * result.samples as f64;
             correct += result.metrics.first().map_or(0, |m| m.1 as u64);
-            pending.add_owned(g);
             parts += 1;
         }
         report.times.compute_ms += computing.elapsed().as_secs_f64() * 1e3;
@@ -197,7 +264,9 @@ pub fn run_worker(spec: &AsyncSpec, rank: usize) -> Result<WorkerReport> {
         if in_push as usize == every || i + 1 == numbers.len() {
             let pushing = Instant::now();
             let mut grads = std::mem::take(&mut pending);
-            mean_and_clip(&mut grads, parts, &spec.model.compile.optimizer);
+            // Micro-batches summed in place were scaled as they went.
+            let scaled = push_in_place.take() == Some(true);
+            mean_and_clip(&mut grads, if scaled { 1 } else { parts }, &spec.model.compile.optimizer);
             let push = Push {
                 job: spec.job_id.clone(),
                 worker: rank,

@@ -230,7 +230,7 @@ impl FlatLayout {
     }
 }
 
-fn dropout_seed(seed: u64, step: u64, block: u64) -> u64 {
+pub(crate) fn dropout_seed(seed: u64, step: u64, block: u64) -> u64 {
     seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ block.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
 }
 

@@ -3,7 +3,7 @@
 
 use crate::backend::{default_backend, Backend, MatMut, MatRef};
 use crate::buf::Buf;
-use crate::error::Result;
+use crate::error::{OpsError, Result};
 use crate::tensor::Tensor;
 use std::sync::Arc;
 
@@ -96,12 +96,39 @@ impl Tape {
     /// Back-propagates from `root` with seed gradient `seed` (same shape as `root`;
     /// for a scalar loss, `[1.0]`).
     pub fn backward_with(&self, root: Var, seed: Vec<f32>) -> Result<Gradients> {
+        self.backward_into(root, seed, vec![])
+    }
+
+    /// [`Tape::backward_with`], adding into `start`'s buffers: each gives a
+    /// leaf's gradient so far (of the leaf's size) and the rows it was
+    /// written in, when known. Micro-batches summed this way need neither
+    /// a zeroed buffer nor an addition pass per weight.
+    pub fn backward_into(
+        &self,
+        root: Var,
+        seed: Vec<f32>,
+        start: Vec<(Var, Buf, Option<TouchedRows>)>,
+    ) -> Result<Gradients> {
         let mut grads = Gradients {
             slots: vec![None; root.0 + 1],
             written: vec![Written::Nowhere; root.0 + 1],
             wants: self.nodes[..=root.0].iter().map(|n| n.requires_grad).collect(),
             backend: self.backend.clone(),
         };
+        for (v, buf, rows) in start {
+            let size = self.nodes.get(v.0).map(|n| n.value.len());
+            if !grads.wants(v) || size != Some(buf.len()) || self.nodes[v.0].rule.is_some() {
+                return Err(OpsError::Config(format!(
+                    "backward_into: a start gradient of {} values for a value that is not a leaf of that size taking a gradient",
+                    buf.len()
+                )));
+            }
+            grads.written[v.0] = match rows {
+                Some(r) => Written::Rows(r.width, r.rows),
+                None => Written::Anywhere,
+            };
+            grads.slots[v.0] = Some(buf);
+        }
         if !self.nodes[root.0].requires_grad {
             return Ok(grads);
         }

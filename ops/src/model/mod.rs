@@ -17,6 +17,7 @@ mod config;
 mod import;
 mod keras_h5;
 mod nested;
+mod pass;
 mod run;
 mod split;
 mod summary;

@@ -30,6 +30,7 @@
 //! the optimizer step, so that a step is deterministic and a driver that
 //! combines several workers' results averages them.
 
+use super::pass::ShardPass;
 use super::token_tables::ProjectedTokens;
 use super::Model;
 use crate::autodiff::{Tape, TouchedRows, Var};
@@ -219,7 +220,7 @@ impl Model {
 
     /// [`Model::forward_on_tape`] where the LSTM nodes of `projected` run over
     /// their tables (inference only).
-    fn forward_with_tables(
+    pub(super) fn forward_with_tables(
         &self,
         tape: &mut Tape,
         inputs: &[Data],
@@ -370,11 +371,11 @@ impl Model {
         (0..self.outputs.len()).map(|o| concat_rows(parts.iter().map(|p| &p[o]).collect())).collect()
     }
 
-    fn compiled(&self) -> Result<&Compiled> {
+    pub(super) fn compiled(&self) -> Result<&Compiled> {
         self.compiled.as_ref().ok_or_else(|| OpsError::NotCompiled(self.name.clone()))
     }
 
-    fn check_targets(&self, targets: &[Data], batch: usize) -> Result<()> {
+    pub(super) fn check_targets(&self, targets: &[Data], batch: usize) -> Result<()> {
         if targets.len() != self.outputs.len() {
             return Err(OpsError::Arity {
                 model: self.name.clone(),
@@ -426,7 +427,7 @@ impl Model {
         max_shards: Option<usize>,
         step_seed: u64,
     ) -> Result<(BatchResult, WeightGrads)> {
-        let compiled = self.compiled()?;
+        self.compiled()?;
         let batch = self.check_inputs(inputs)?;
         self.check_targets(targets, batch)?;
         let one_shard = max_shards == Some(1) || (training && self.needs_whole_batch());
@@ -435,41 +436,9 @@ impl Model {
         let parts: Vec<(BatchResult, WeightGrads)> = run_shards(&shards, |s, e| {
             let ins = slice_all(inputs, s, e, shards.len());
             let tgs = slice_all(targets, s, e, shards.len());
-            let mut tape = Tape::new();
-            let mut rng = Rng::new(step_seed.wrapping_add(s as u64));
-            let pass = self.forward_with_tables(&mut tape, &ins, training, with_grads, &mut rng, &projected)?;
-            let outs = &pass.outputs;
-            let mut total: Option<Var> = None;
-            let mut loss_sum = 0.0;
-            for ((&o, loss), t) in outs.iter().zip(&compiled.losses).zip(&tgs) {
-                let l = loss.compute(&mut tape, o, t)?;
-                loss_sum += tape.value(l).item();
-                total = Some(match total {
-                    None => l,
-                    Some(acc) => crate::autodiff::add(&mut tape, acc, l)?,
-                });
-            }
-            let mut result =
-                BatchResult { loss: loss_sum * (e - s) as f32 / batch as f32, metrics: vec![], samples: e - s };
-            for m in &compiled.metrics {
-                let (ok, n) = m.count(tape.value(outs[0]), &tgs[0])?;
-                result.metrics.push((m.name(), ok, n));
-            }
-            let mut grads = WeightGrads::default();
-            if with_grads {
-                let root = total.ok_or_else(|| OpsError::Config("model has no outputs".into()))?;
-                let mut g = tape.backward_with(root, vec![(e - s) as f32 / batch as f32])?;
-                grads.values = pass.weights.iter().map(|v| g.take(*v)).collect();
-                grads.rows = pass.weights.iter().map(|v| g.take_rows(*v)).collect();
-            }
-            if !pass.updates.is_empty() {
-                grads.state = vec![None; pass.weights.len()];
-                for (i, t) in pass.updates {
-                    grads.state[i] = Some(t.into_vec());
-                }
-                grads.state_parts = 1;
-            }
-            Ok((result, grads))
+            let share = (e - s) as f32 / batch as f32;
+            let pass = ShardPass { training, with_grads, seed: step_seed.wrapping_add(s as u64), share, scale: share };
+            self.shard_pass(&pass, &ins, &tgs, &projected, None)
         })?;
         let mut result = BatchResult { loss: 0.0, metrics: vec![], samples: batch };
         let mut grads = WeightGrads::default();

@@ -158,6 +158,24 @@ pub struct ParamUpdate<'a> {
     pub grad: Buf,
 }
 
+/// One variable handed to [`Optimizer::apply_borrowed`]: its gradient borrowed.
+pub struct BorrowedUpdate<'a> {
+    pub key: &'a str,
+    pub value: &'a mut [f32],
+    pub grad: &'a [f32],
+}
+
+fn check_sizes(key: &str, value: &[f32], grad: &[f32]) -> Result<()> {
+    if grad.len() != value.len() {
+        return Err(OpsError::shape(
+            format!("optimizer update of '{key}'"),
+            "gradient and variable sizes differ",
+            &[&[grad.len()], &[value.len()]],
+        ));
+    }
+    Ok(())
+}
+
 /// An optimizer: its config, iteration count and slots.
 #[derive(Clone, Debug)]
 pub struct Optimizer {
@@ -181,13 +199,7 @@ impl Optimizer {
     /// (a parameter server damps stale gradients so).
     pub fn apply_scaled(&mut self, params: &mut [ParamUpdate<'_>], lr_scale: f32) -> Result<()> {
         for p in params.iter() {
-            if p.grad.len() != p.value.len() {
-                return Err(OpsError::shape(
-                    format!("optimizer update of '{}'", p.key),
-                    "gradient and variable sizes differ",
-                    &[&[p.grad.len()], &[p.value.len()]],
-                ));
-            }
+            check_sizes(p.key, p.value, &p.grad)?;
         }
         let be = default_backend();
         let l2 = |g: &[f32]| -> Result<f32> { Ok(be.dot(g, g)?.sqrt() as f32) };
@@ -211,6 +223,26 @@ impl Optimizer {
                 }
             }
         }
+        let mut borrowed: Vec<BorrowedUpdate<'_>> =
+            params.iter_mut().map(|p| BorrowedUpdate { key: p.key, value: &mut *p.value, grad: &p.grad }).collect();
+        self.step_unclipped(&mut borrowed, lr_scale)
+    }
+
+    /// [`Self::apply_scaled`] with gradients borrowed from their owner (a
+    /// parameter server's caller in its own process), for an optimizer that
+    /// clips nothing: no gradient is copied.
+    pub fn apply_borrowed(&mut self, params: &mut [BorrowedUpdate<'_>], lr_scale: f32) -> Result<()> {
+        if self.config.clipnorm.is_some() || self.config.global_clipnorm.is_some() {
+            return Err(OpsError::Config("apply_borrowed: this optimizer clips gradients (use apply_scaled)".into()));
+        }
+        for p in params.iter() {
+            check_sizes(p.key, p.value, p.grad)?;
+        }
+        self.step_unclipped(params, lr_scale)
+    }
+
+    fn step_unclipped(&mut self, params: &mut [BorrowedUpdate<'_>], lr_scale: f32) -> Result<()> {
+        let be = default_backend();
         let lr = self.config.lr_at(self.iterations) * lr_scale;
         let step = self.iterations + 1;
         let names = self.config.kind.slot_names();
@@ -228,7 +260,7 @@ impl Optimizer {
                 ));
             }
             let mut slots: Vec<&mut [f32]> = slots.iter_mut().map(|s| s.as_mut_slice()).collect();
-            be.optimizer_step(&self.config.kind, lr, step, p.value, &p.grad, &mut slots)?;
+            be.optimizer_step(&self.config.kind, lr, step, p.value, p.grad, &mut slots)?;
         }
         self.iterations = step;
         Ok(())
@@ -247,6 +279,25 @@ mod tests {
             opt.apply(&mut ps).unwrap();
         }
         (w, opt)
+    }
+
+    #[test]
+    fn borrowed_gradients_step_as_owned_ones_and_refuse_clipping() {
+        let grads = [0.3f32, -1.5, 0.02];
+        let (owned, opt_owned) = run(OptimizerConfig::adam(1e-2), &grads, 3);
+        let mut opt = Optimizer::new(OptimizerConfig::adam(1e-2));
+        let mut w = vec![1.0f32, -2.0, 0.5];
+        for _ in 0..3 {
+            opt.apply_borrowed(&mut [BorrowedUpdate { key: "l/w", value: &mut w, grad: &grads }], 1.0).unwrap();
+        }
+        assert_eq!(w, owned);
+        assert_eq!(opt.slots["l/w"], opt_owned.slots["l/w"]);
+        assert_eq!(opt.iterations, 3);
+        let mut clipping = Optimizer::new(OptimizerConfig::adam(1e-2).clipnorm(1.0));
+        let update = &mut [BorrowedUpdate { key: "l/w", value: &mut w, grad: &grads }];
+        assert!(clipping.apply_borrowed(update, 1.0).is_err());
+        let short = &mut [BorrowedUpdate { key: "l/w", value: &mut w, grad: &grads[..2] }];
+        assert!(opt.apply_borrowed(short, 1.0).is_err());
     }
 
     // Expected values follow Keras 3's update rules, derived by hand in the comments.
