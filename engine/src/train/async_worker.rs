@@ -23,16 +23,14 @@
 //! pushed, and never pushes a step twice.
 
 use super::round::{ModelRef, PartTimes, RoundResult};
-use super::segment::{block_gradients, dropout_seed, prefetch, RankReads};
+use super::segment::{prefetch, RankReads, StepBlocks};
 use super::segment_udaf::RankJob;
-use super::worker::decode_batches;
 use crate::cluster::this_executor;
 use crate::collective::frame::Secret;
 use crate::error::{EngineError, Result};
 use crate::ps::client::ParameterClient;
 use crate::ps::wire::Push;
 use crate::store::{blocking, Location};
-use datafusion::arrow::record_batch::RecordBatch;
 use kallista_ops::model::WeightGrads;
 use kallista_ops::optim::OptimizerConfig;
 use rayon::prelude::*;
@@ -165,14 +163,6 @@ impl Drop for RunningWorker {
     }
 }
 
-fn stateful_model() -> EngineError {
-    EngineError::Training(
-        "scaling.mode async: the model updates state in training (BatchNormalization moving \
-         statistics), which the parameter servers do not share; use mode sync or average"
-            .into(),
-    )
-}
-
 /// Runs worker `rank` of the segment (see the module docs).
 pub fn run_worker(spec: &AsyncSpec, rank: usize) -> Result<WorkerReport> {
     let timeout = Duration::from_secs(spec.timeout_s.max(1));
@@ -222,37 +212,27 @@ pub fn run_worker(spec: &AsyncSpec, rank: usize) -> Result<WorkerReport> {
         // gradient buffers, already scaled to their mean; with fewer, in
         // parallel, then added up and scaled. Decided once per push.
         let in_place = *push_in_place.get_or_insert_with(|| running.count() >= rayon::current_num_threads());
-        let per_block = match in_place {
-            true => {
-                let scale = 1.0 / push_parts[i / every].max(1) as f32;
-                let mut out = vec![];
-                for (block, batches) in &blocks {
-                    let batches: Vec<&RecordBatch> = batches.iter().collect();
-                    let source = format!("{} block {block}", spec.data);
-                    let (x, y) = decode_batches(&model, &batches, &spec.model.binding, &source)?;
-                    let seed = dropout_seed(spec.seed, step, *block);
-                    let (result, sum) =
-                        model.gradients_on_micro_batch_into(&x, &[y], seed, scale, std::mem::take(&mut pending))?;
-                    if sum.state.iter().any(Option::is_some) {
-                        return Err(stateful_model());
-                    }
-                    pending = sum;
-                    out.push((result, None));
+        let step_blocks =
+            StepBlocks { rows: &blocks, binding: &spec.model.binding, data: &spec.data, seed: spec.seed, step };
+        let results = match in_place {
+            true => step_blocks.gradients_into(&model, 1.0 / push_parts[i / every].max(1) as f32, &mut pending)?,
+            false => {
+                let mut results = vec![];
+                for (result, g) in step_blocks.gradients(&model)? {
+                    pending.add_owned(g);
+                    results.push(result);
                 }
-                out
+                results
             }
-            false => block_gradients(&model, &blocks, &spec.model.binding, &spec.data, spec.seed, step)?
-                .into_iter()
-                .map(|(result, g)| (result, Some(g)))
-                .collect(),
         };
-        for (result, g) in per_block {
-            if let Some(g) = g {
-                if g.state.iter().any(Option::is_some) {
-                    return Err(stateful_model());
-                }
-                pending.add_owned(g);
-            }
+        if pending.state.iter().any(Option::is_some) {
+            return Err(EngineError::Training(
+                "scaling.mode async: the model updates state in training (BatchNormalization moving \
+                 statistics), which the parameter servers do not share; use mode sync or average"
+                    .into(),
+            ));
+        }
+        for result in results {
             rows += result.samples as u64;
             loss_sum += result.loss as f64 * result.samples as f64;
             correct += result.metrics.first().map_or(0, |m| m.1 as u64);

@@ -43,7 +43,8 @@ use crate::error::{EngineError, Result};
 use crate::store::{blocking, Location};
 use datafusion::arrow::record_batch::RecordBatch;
 use kallista_ops::autodiff::TouchedRows;
-use kallista_ops::model::{Model, WeightGrads};
+use kallista_ops::model::{BatchResult, Model, WeightGrads};
+use kallista_ops::Data;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
@@ -230,7 +231,7 @@ impl FlatLayout {
     }
 }
 
-pub(crate) fn dropout_seed(seed: u64, step: u64, block: u64) -> u64 {
+fn dropout_seed(seed: u64, step: u64, block: u64) -> u64 {
     seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ block.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
 }
 
@@ -390,23 +391,51 @@ pub(crate) fn prefetch(what: RankReads<'_>, rank: usize) -> Result<std::sync::mp
     Ok(rx)
 }
 
-/// One gradient per block of a step's rows, on this process's cores.
-pub(crate) fn block_gradients(
-    model: &Model,
-    rows: &[(u64, Vec<RecordBatch>)],
-    binding: &kallista_data::binding::Binding,
-    data: &Location,
-    seed: u64,
-    step: u64,
-) -> Result<Vec<(kallista_ops::model::BatchResult, WeightGrads)>> {
-    rows.par_iter()
-        .map(|(block, batches)| {
-            let batches: Vec<&RecordBatch> = batches.iter().collect();
-            let source = format!("{data} block {block}");
-            let (x, y) = decode_batches(model, &batches, binding, &source)?;
-            Ok(model.gradients_on_micro_batch(&x, &[y], dropout_seed(seed, step, *block))?)
-        })
-        .collect()
+/// Where a step's blocks come from and how they are seeded.
+pub(crate) struct StepBlocks<'a> {
+    pub rows: &'a [(u64, Vec<RecordBatch>)],
+    pub binding: &'a kallista_data::binding::Binding,
+    pub data: &'a Location,
+    pub seed: u64,
+    pub step: u64,
+}
+
+impl StepBlocks<'_> {
+    /// A block's inputs and targets, and its dropout seed.
+    fn decode(&self, model: &Model, block: u64, batches: &[RecordBatch]) -> Result<(Vec<Data>, Data, u64)> {
+        let batches: Vec<&RecordBatch> = batches.iter().collect();
+        let source = format!("{} block {block}", self.data);
+        let (x, y) = decode_batches(model, &batches, self.binding, &source)?;
+        Ok((x, y, dropout_seed(self.seed, self.step, block)))
+    }
+
+    /// One gradient per block, on this process's cores.
+    pub(crate) fn gradients(&self, model: &Model) -> Result<Vec<(BatchResult, WeightGrads)>> {
+        self.rows
+            .par_iter()
+            .map(|(block, batches)| {
+                let (x, y, seed) = self.decode(model, *block, batches)?;
+                Ok(model.gradients_on_micro_batch(&x, &[y], seed)?)
+            })
+            .collect()
+    }
+
+    /// The blocks one after another, their gradients times `scale` added
+    /// into `sum` ([`Model::gradients_on_micro_batch_into`]).
+    pub(crate) fn gradients_into(&self, model: &Model, scale: f32, sum: &mut WeightGrads) -> Result<Vec<BatchResult>> {
+        let mut results = Vec::with_capacity(self.rows.len());
+        for (block, batches) in self.rows {
+            let (x, y, seed) = self.decode(model, *block, batches)?;
+            let (result, added) = model.gradients_on_micro_batch_into(&x, &[y], seed, scale, std::mem::take(sum))?;
+            *sum = added;
+            results.push(result);
+            // State updates (BatchNormalization) are not summed in place: the caller refuses them.
+            if sum.state.iter().any(Option::is_some) {
+                break;
+            }
+        }
+        Ok(results)
+    }
 }
 
 fn run_steps(
@@ -440,7 +469,8 @@ fn run_steps(
         report.times.scan_ms += waited.elapsed().as_secs_f64() * 1e3;
         let computing = Instant::now();
         let model = group.model.read().unwrap_or_else(|e| e.into_inner());
-        let per_block = block_gradients(&model, &rows, &spec.model.binding, &spec.data, spec.seed, step)?;
+        let blocks = StepBlocks { rows: &rows, binding: &spec.model.binding, data: &spec.data, seed: spec.seed, step };
+        let per_block = blocks.gradients(&model)?;
         drop(model);
         if per_block.is_empty() {
             return Err(EngineError::Training(format!("rank {rank} has no blocks in step {step}")));

@@ -95,7 +95,7 @@ impl Model {
         sum: WeightGrads,
     ) -> Result<(BatchResult, WeightGrads)> {
         self.check_inputs(inputs).and_then(|batch| self.check_targets(targets, batch))?;
-        if !sum.state.is_empty() && sum.state.iter().any(Option::is_some) {
+        if sum.state.iter().any(Option::is_some) {
             return Err(OpsError::Config(
                 "gradients_on_micro_batch_into: state updates cannot be summed in place".into(),
             ));
