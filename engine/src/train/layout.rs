@@ -8,7 +8,9 @@
 //! `s, s + shards, ...`, in order, one Parquet row group each. Each shard is
 //! ranked on its own partition: no node sees every row. A round selects its
 //! blocks with `block IN (...)`; with the filter pushed into the Parquet scan
-//! the scan decodes the selected row groups only.
+//! the scan decodes the selected row groups only. Where the key identifies
+//! every row only the keys are ranked, and each row is written once in its
+//! block ([`super::staging_write`]).
 //!
 //! Each staging writes a new version (`data/<split>/<version>/`) and then its
 //! record (`data/<split>.layout.json`) in one put, so a reader never mixes the
@@ -24,11 +26,11 @@
 
 use super::job_dir::JobDir;
 use super::schedule::BlockSchedule;
+use super::staging_write::StagingWrite;
 use crate::error::{EngineError, Result};
 use crate::store::{blocking, Location};
 use datafusion::arrow::array::{Array, Int64Array};
 use datafusion::config::{ParquetColumnOptions, TableParquetOptions};
-use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 
@@ -213,22 +215,34 @@ pub async fn stage(ctx: &SessionContext, source: &DataSource, layout: &Layout) -
     );
     let dir = job.staged(split).join(&version);
     let keep = keep_rows_per_shard.map_or(String::new(), |n| format!("WHERE rank_in_shard < {n}"));
-    let sql = format!(
-        "SELECT {columns}, CAST((rank_in_shard / {micro_batch}) * {shards} + shard AS BIGINT) AS block, shard
-         FROM (
-           SELECT *, CAST(ROW_NUMBER() OVER (
-               PARTITION BY shard ORDER BY md5(concat({hashed}, '|', '{seed}')), {keys})
-             AS BIGINT) - 1 AS rank_in_shard
-           FROM (SELECT *, {shard} AS shard FROM {relation}) hashed) ranked
-         {keep}",
+    let order = format!(
+        "md5(concat({hashed}, '|', '{seed}')), {keys}",
         hashed = key.iter().map(|k| super::args::sql_ident(k)).collect::<Vec<_>>().join(", '|', "),
         keys = super::args::sql_idents(key),
-        shard = shard_expr(shards, key, seed),
-        relation = source.relation(),
     );
-    let write = DataFrameWriteOptions::new().with_partition_by(vec!["shard".into()]);
-    let options = staging_options(ctx, plain_columns, micro_batch);
-    ctx.sql(&sql).await?.write_parquet(&dir.dir_url(), write, Some(options)).await?;
+    let relation = source.relation();
+    let write = StagingWrite {
+        relation: &relation,
+        columns,
+        key,
+        shard: &shard_expr(shards, key, seed),
+        order: &order,
+        micro_batch,
+        shards,
+        keep: &keep,
+        dir: &dir,
+        options: staging_options(ctx, plain_columns, micro_batch),
+    };
+    match write.repeated_keys(ctx).await? {
+        0 => write.by_key_ranks(ctx, &job.staged(split).join(&format!("ranks-{version}"))).await?,
+        repeated => {
+            log::info!(
+                "staging {split}: {repeated} keys of ({}) name several rows: ranking whole rows",
+                super::args::sql_idents(key)
+            );
+            write.by_whole_rows(ctx).await?
+        }
+    }
     let blocks_per_shard = check_layout(ctx, &dir, micro_batch, shards, keep_rows_per_shard).await?;
     let staged = Staged {
         source: source.clone(),

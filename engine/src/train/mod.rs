@@ -58,6 +58,7 @@ pub mod segment;
 pub mod segment_udaf;
 pub mod servers;
 mod sharded_step;
+mod staging_write;
 #[cfg(test)]
 mod test_model;
 pub mod train_udaf;

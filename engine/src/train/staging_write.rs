@@ -1,0 +1,305 @@
+//! Staging's one write of the rows: ranked by their keys alone where the key
+//! identifies every row, by whole rows where it does not.
+//!
+//! The ranking (shard, then rank in shard, hence block) needs a window sort.
+//! Over whole rows that sort shuffles every row, frames included, and
+//! Ballista's sort shuffle spills it once more: 4.3 bytes were written per
+//! staged byte for the video-QA job. [`StagingWrite::by_key_ranks`] ranks the
+//! key columns alone and writes them next to the staging (`staged_key_N`,
+//! `staged_shard`, `staged_rank`, `staged_block`); the wide query then finds
+//! each row's block through a broadcast hash join on the key (the ranks are
+//! the small side every task holds; the rows stream through unshuffled) and
+//! sorts by block and rank. The files hold the same rows, in the same order
+//! and row groups, as [`StagingWrite::by_whole_rows`] writes.
+//!
+//! A repeated key cannot say which of its rows takes which rank (the join
+//! would pair each of them with every rank of the key): such sources keep the
+//! whole-row ranking, where the sort picks the order of a key's rows.
+
+use super::args::{sql_ident, sql_idents};
+use super::layout::sql_str;
+use crate::error::Result;
+use crate::store::{blocking, Location};
+use datafusion::arrow::array::Int64Array;
+use datafusion::config::TableParquetOptions;
+use datafusion::dataframe::DataFrameWriteOptions;
+use datafusion::prelude::SessionContext;
+
+/// Largest ranks table (bytes; rows where sizes are unknown) that every task
+/// of the wide query holds: 4 M keys of 64 bytes. A larger one is joined by
+/// shuffling both sides, which writes more and gives the same rows.
+const BROADCAST_BYTES: usize = 256 << 20;
+const BROADCAST_ROWS: usize = 4 << 20;
+
+/// One staging's write: where the rows come from, how they are ranked into
+/// blocks, and where the `shard=N/` files go.
+pub struct StagingWrite<'a> {
+    /// The source, as a SQL relation.
+    pub relation: &'a str,
+    /// The select list of the staged columns (source columns, unqualified).
+    pub columns: &'a str,
+    pub key: &'a [String],
+    /// The row's shard (`kallista_shard` of the key), as SQL.
+    pub shard: &'a str,
+    /// The order of rows within a shard, as SQL over the key columns.
+    pub order: &'a str,
+    pub micro_batch: usize,
+    pub shards: usize,
+    /// `WHERE` on `rank_in_shard` (training keeps whole blocks), or empty.
+    pub keep: &'a str,
+    pub dir: &'a Location,
+    pub options: TableParquetOptions,
+}
+
+impl StagingWrite<'_> {
+    /// How many keys of the source name more than one row.
+    pub async fn repeated_keys(&self, ctx: &SessionContext) -> Result<u64> {
+        let sql = format!(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM {} GROUP BY {} HAVING COUNT(*) > 1) repeated",
+            self.relation,
+            sql_idents(self.key)
+        );
+        let batches = ctx.sql(&sql).await?.collect().await?;
+        let count = batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .and_then(|b| b.column(0).as_any().downcast_ref::<Int64Array>().map(|a| a.value(0)));
+        Ok(count.unwrap_or(0) as u64)
+    }
+
+    /// The block of rank `rank_in_shard` in `shard`, as SQL.
+    fn block(&self) -> String {
+        format!("CAST((rank_in_shard / {}) * {} + shard AS BIGINT)", self.micro_batch, self.shards)
+    }
+
+    /// Ranks the keys into `ranks`, writes the rows in block order, deletes
+    /// the ranks. Needs a key that no two rows share.
+    pub async fn by_key_ranks(self, ctx: &SessionContext, ranks: &Location) -> Result<()> {
+        let renamed: Vec<String> = (0..self.key.len()).map(|i| format!("staged_key_{i}")).collect();
+        let key_as: Vec<String> =
+            self.key.iter().zip(&renamed).map(|(k, r)| format!("{} AS {r}", sql_ident(k))).collect();
+        let rank_sql = format!(
+            "SELECT {key_as}, shard AS staged_shard, rank_in_shard AS staged_rank, {block} AS staged_block
+             FROM (
+               SELECT *, CAST(ROW_NUMBER() OVER (PARTITION BY shard ORDER BY {order}) AS BIGINT) - 1 AS rank_in_shard
+               FROM (SELECT {keys}, {shard} AS shard FROM {relation}) hashed) ranked
+             {keep}",
+            key_as = key_as.join(", "),
+            block = self.block(),
+            order = self.order,
+            keys = sql_idents(self.key),
+            shard = self.shard,
+            relation = self.relation,
+            keep = self.keep,
+        );
+        ctx.sql(&rank_sql).await?.write_parquet(&ranks.dir_url(), DataFrameWriteOptions::new(), None).await?;
+        let on: Vec<String> = self
+            .key
+            .iter()
+            .zip(&renamed)
+            .map(|(k, r)| format!("(s.{} IS NOT DISTINCT FROM r.{r})", sql_ident(k)))
+            .collect();
+        let rows_sql = format!(
+            "SELECT {columns}, r.staged_block AS block, r.staged_shard AS shard
+             FROM {relation} s JOIN {ranks} r ON {on}
+             ORDER BY r.staged_block, r.staged_rank",
+            columns = self.columns,
+            relation = self.relation,
+            ranks = sql_str(&ranks.dir_url()),
+            on = on.join(" AND "),
+        );
+        let written = self.write(&broadcasting(ctx), &rows_sql).await;
+        blocking::delete_all(ranks)?;
+        written
+    }
+
+    /// Ranks whole rows and writes them.
+    pub async fn by_whole_rows(self, ctx: &SessionContext) -> Result<()> {
+        let sql = format!(
+            "SELECT {columns}, {block} AS block, shard
+             FROM (
+               SELECT *, CAST(ROW_NUMBER() OVER (PARTITION BY shard ORDER BY {order}) AS BIGINT) - 1 AS rank_in_shard
+               FROM (SELECT *, {shard} AS shard FROM {relation}) hashed) ranked
+             {keep}",
+            columns = self.columns,
+            block = self.block(),
+            order = self.order,
+            shard = self.shard,
+            relation = self.relation,
+            keep = self.keep,
+        );
+        self.write(ctx, &sql).await
+    }
+
+    /// Writes the rows of `sql` (the staged columns, `block` and `shard`) as `shard=N/` files.
+    async fn write(self, ctx: &SessionContext, sql: &str) -> Result<()> {
+        let write = DataFrameWriteOptions::new().with_partition_by(vec!["shard".into()]);
+        ctx.sql(sql).await?.write_parquet(&self.dir.dir_url(), write, Some(self.options)).await?;
+        Ok(())
+    }
+}
+
+/// `ctx` (the same cluster, functions and tables) planning hash joins whose
+/// small side every task holds. Ballista prefers sort-merge joins, which
+/// would shuffle and sort the very rows [`StagingWrite::by_key_ranks`] spares.
+fn broadcasting(ctx: &SessionContext) -> SessionContext {
+    let mut state = ctx.state();
+    let optimizer = &mut state.config_mut().options_mut().optimizer;
+    optimizer.prefer_hash_join = true;
+    optimizer.hash_join_single_partition_threshold = BROADCAST_BYTES;
+    optimizer.hash_join_single_partition_threshold_rows = BROADCAST_ROWS;
+    SessionContext::new_with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::{training_session, Cluster};
+    use crate::train::job_dir::JobDir;
+    use crate::train::layout::{stage, DataSource, Layout};
+    use datafusion::arrow::array::{Array, AsArray, BinaryArray, Int32Array, RecordBatch, StringArray};
+    use datafusion::arrow::datatypes::Int64Type;
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use datafusion::parquet::arrow::ArrowWriter;
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    /// 203 rows: a unique `id`, a `grp` of 5 values, a `payload` of 100-106 bytes; two files.
+    fn source(dir: &Path) -> Location {
+        std::fs::create_dir_all(dir).unwrap();
+        for (file, rows) in [(0, 0..120), (1, 120..203)] {
+            let ids: Vec<String> = rows.clone().map(|i| format!("row-{i}")).collect();
+            let payloads: Vec<Vec<u8>> = rows.clone().map(|i| vec![i as u8; 100 + i % 7]).collect();
+            let batch = RecordBatch::try_from_iter([
+                ("id", Arc::new(StringArray::from(ids)) as Arc<dyn Array>),
+                ("grp", Arc::new(Int32Array::from_iter_values(rows.clone().map(|i| (i % 5) as i32)))),
+                ("payload", Arc::new(BinaryArray::from_iter_values(payloads.iter()))),
+            ])
+            .unwrap();
+            let f = std::fs::File::create(dir.join(format!("part-{file}.parquet"))).unwrap();
+            let mut w = ArrowWriter::try_new(f, batch.schema(), None).unwrap();
+            w.write(&batch).unwrap();
+            w.close().unwrap();
+        }
+        Location::from_path(dir).unwrap()
+    }
+
+    /// Per shard: its rows' (id, block, payload length) in file order, and its row groups' sizes.
+    type ShardFiles = Vec<(Vec<(String, i64, usize)>, Vec<i64>)>;
+
+    fn read_shards(dir: &Path, shards: usize) -> ShardFiles {
+        (0..shards)
+            .map(|s| {
+                let mut rows = vec![];
+                let mut groups = vec![];
+                let mut files: Vec<PathBuf> =
+                    std::fs::read_dir(dir.join(format!("shard={s}"))).unwrap().map(|e| e.unwrap().path()).collect();
+                files.sort();
+                for f in files {
+                    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&f).unwrap()).unwrap();
+                    groups.extend(reader.metadata().row_groups().iter().map(|g| g.num_rows()));
+                    for b in reader.build().unwrap() {
+                        let b = b.unwrap();
+                        let (ids, blocks, payloads) = (
+                            b.column_by_name("id").unwrap().as_string::<i32>(),
+                            b.column_by_name("block").unwrap().as_primitive::<Int64Type>(),
+                            b.column_by_name("payload").unwrap().as_binary::<i32>(),
+                        );
+                        rows.extend(
+                            (0..b.num_rows())
+                                .map(|r| (ids.value(r).to_string(), blocks.value(r), payloads.value(r).len())),
+                        );
+                    }
+                }
+                (rows, groups)
+            })
+            .collect()
+    }
+
+    fn with_runtime<T>(f: impl std::future::Future<Output = T>) -> T {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let out = rt.block_on(f);
+        rt.shutdown_background();
+        out
+    }
+
+    #[test]
+    fn key_ranks_write_the_files_a_whole_row_ranking_writes_and_repeated_keys_keep_every_row_once() {
+        let root = std::env::temp_dir().join(crate::cluster::owned_dir_name("kallista-staging-write"));
+        let _ = std::fs::remove_dir_all(&root);
+        let src = source(&root.join("src"));
+        let relation = DataSource::Parquet(src.clone()).relation();
+        let key = vec!["id".to_string()];
+        let (micro_batch, shards) = (4, 3);
+        let shard = format!("kallista_shard({shards}, \"id\", '7')");
+        let order = "md5(concat(\"id\", '|', '7')), \"id\"";
+        with_runtime(async {
+            let ctx = training_session(&Cluster::Embedded, 2).await.unwrap();
+            let write = |dir: &'static str, keep: &'static str| StagingWrite {
+                relation: &relation,
+                columns: "\"id\", \"grp\", \"payload\"",
+                key: &key,
+                shard: &shard,
+                order,
+                micro_batch,
+                shards,
+                keep,
+                dir: Box::leak(Box::new(Location::from_path(&root.join(dir)).unwrap())),
+                options: TableParquetOptions {
+                    global: datafusion::config::ParquetOptions {
+                        max_row_group_size: micro_batch,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            };
+            assert_eq!(write("unused", "").repeated_keys(&ctx).await.unwrap(), 0);
+            for keep in ["", "WHERE rank_in_shard < 60"] {
+                let ranks = Location::from_path(&root.join("ranks")).unwrap();
+                write("by_keys", keep).by_key_ranks(&ctx, &ranks).await.unwrap();
+                write("by_rows", keep).by_whole_rows(&ctx).await.unwrap();
+                let (by_keys, by_rows) =
+                    (read_shards(&root.join("by_keys"), shards), read_shards(&root.join("by_rows"), shards));
+                assert_eq!(by_keys, by_rows, "keep {keep:?}");
+                let rows: usize = by_keys.iter().map(|(r, _)| r.len()).sum();
+                assert_eq!(rows, if keep.is_empty() { 203 } else { 180 }, "keep {keep:?}");
+                for (s, (rows, groups)) in by_keys.iter().enumerate() {
+                    // Blocks s, s + shards, ... in order, one row group each.
+                    let blocks: Vec<i64> = rows.iter().map(|r| r.1).collect();
+                    assert!(blocks.windows(2).all(|w| w[0] <= w[1]), "shard {s}: {blocks:?}");
+                    assert!(blocks.iter().all(|b| *b as usize % shards == s), "shard {s}: {blocks:?}");
+                    assert!(
+                        groups[..groups.len() - 1].iter().all(|&g| g == micro_batch as i64),
+                        "shard {s}: {groups:?}"
+                    );
+                }
+                assert!(!root.join("ranks").exists(), "the ranks outlive the write");
+                std::fs::remove_dir_all(root.join("by_keys")).unwrap();
+                std::fs::remove_dir_all(root.join("by_rows")).unwrap();
+            }
+
+            // A key that repeats: staged by whole rows, every row once.
+            let layout = Layout {
+                job: JobDir::new(Location::from_path(&root.join("job")).unwrap()),
+                split: "train".into(),
+                columns: "\"id\", \"grp\", \"payload\"".into(),
+                plain_columns: vec![],
+                key: vec!["grp".into()],
+                micro_batch,
+                shards,
+                seed: 7,
+                full_blocks_only: false,
+            };
+            let staged = stage(&ctx, &DataSource::Parquet(src), &layout).await.unwrap();
+            assert_eq!(staged.rows, 203);
+            let mut ids: Vec<String> = read_shards(&staged.dir.local_path().unwrap(), shards)
+                .into_iter()
+                .flat_map(|(rows, _)| rows.into_iter().map(|r| r.0))
+                .collect();
+            ids.sort();
+            ids.dedup();
+            assert_eq!(ids.len(), 203);
+        });
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
