@@ -2,15 +2,19 @@
 //! identifies every row, by whole rows where it does not.
 //!
 //! The ranking (shard, then rank in shard, hence block) needs a window sort.
-//! Over whole rows that sort shuffles every row, frames included, and
-//! Ballista's sort shuffle spills it once more: 4.3 bytes were written per
-//! staged byte for the video-QA job. [`StagingWrite::by_key_ranks`] ranks the
-//! key columns alone and writes them next to the staging (`staged_key_N`,
-//! `staged_shard`, `staged_rank`, `staged_block`); the wide query then finds
-//! each row's block through a broadcast hash join on the key (the ranks are
-//! the small side every task holds; the rows stream through unshuffled) and
-//! sorts by block and rank. The files hold the same rows, in the same order
-//! and row groups, as [`StagingWrite::by_whole_rows`] writes.
+//! Over whole rows that sort shuffles every row, frames included, Ballista's
+//! sort shuffle spills it once more, and the Parquet sink, which takes one
+//! partition, has it shuffled again: 4.3 bytes were written per staged byte
+//! for the video-QA job. [`StagingWrite::by_key_ranks`] ranks the key columns
+//! alone and writes them next to the staging (`staged_key_N`,
+//! `staged_shard`, `staged_rank`, `staged_block`). Then one single-task
+//! Ballista job per group of shards (as many groups as the session runs tasks
+//! at once, side by side) reads the rows of its shards (the shard filter is
+//! pushed into the scan), finds each row's block through a hash join on the
+//! key with those shards' ranks, sorts by block and rank and writes the
+//! shards' files: each row is written once, and the source read once per
+//! group. The files hold the same rows, in the same order and row groups, as
+//! [`StagingWrite::by_whole_rows`] writes.
 //!
 //! A repeated key cannot say which of its rows takes which rank (the join
 //! would pair each of them with every rank of the key): such sources keep the
@@ -25,11 +29,17 @@ use datafusion::config::TableParquetOptions;
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::prelude::SessionContext;
 
-/// Largest ranks table (bytes; rows where sizes are unknown) that every task
-/// of the wide query holds: 4 M keys of 64 bytes. A larger one is joined by
-/// shuffling both sides, which writes more and gives the same rows.
+/// Largest ranks table of a shard (bytes; rows where sizes are unknown) that
+/// its task holds: 4 M keys of 64 bytes. A larger one is joined by shuffling
+/// both sides, which writes more and gives the same rows.
 const BROADCAST_BYTES: usize = 256 << 20;
 const BROADCAST_ROWS: usize = 4 << 20;
+
+/// Rows per batch in the wide queries. A video-QA row is about 100 KB:
+/// batches of DataFusion's 8192 rows are allocations of 800 MB, which the
+/// sort and the sink copy again (two thirds of the staging's CPU went to the
+/// kernel clearing their pages; 64 rows took staging from about 29 s to 19 s).
+const WIDE_BATCH_ROWS: usize = 64;
 
 /// One staging's write: where the rows come from, how they are ranked into
 /// blocks, and where the `shard=N/` files go.
@@ -99,18 +109,28 @@ impl StagingWrite<'_> {
             .zip(&renamed)
             .map(|(k, r)| format!("(s.{} IS NOT DISTINCT FROM r.{r})", sql_ident(k)))
             .collect();
-        let rows_sql = format!(
-            "SELECT {columns}, r.staged_block AS block, r.staged_shard AS shard
-             FROM {relation} s JOIN {ranks} r ON {on}
-             ORDER BY r.staged_block, r.staged_rank",
-            columns = self.columns,
-            relation = self.relation,
-            ranks = sql_str(&ranks.dir_url()),
-            on = on.join(" AND "),
-        );
-        let written = self.write(&broadcasting(ctx), &rows_sql).await;
+        // One job per group of shards, as many as the session runs tasks at
+        // once: each reads the source once and writes its shards' rows once.
+        let jobs = ctx.state().config().target_partitions().clamp(1, self.shards);
+        let one_task = one_task(ctx);
+        let group_rows = |group: usize| {
+            let sql = format!(
+                "SELECT {columns}, r.staged_block AS block, r.staged_shard AS shard
+                 FROM (SELECT * FROM {ranks} WHERE staged_shard % {jobs} = {group}) r
+                 JOIN (SELECT * FROM {relation} WHERE {shard_of} % {jobs} = {group}) s ON {on}
+                 ORDER BY r.staged_block, r.staged_rank",
+                columns = self.columns,
+                relation = self.relation,
+                shard_of = self.shard,
+                ranks = sql_str(&ranks.dir_url()),
+                on = on.join(" AND "),
+            );
+            let (ctx, this) = (&one_task, &self);
+            async move { this.write(ctx, &sql).await }
+        };
+        let written = futures::future::try_join_all((0..jobs).map(group_rows)).await;
         blocking::delete_all(ranks)?;
-        written
+        written.map(|_| ())
     }
 
     /// Ranks whole rows and writes them.
@@ -132,22 +152,30 @@ impl StagingWrite<'_> {
     }
 
     /// Writes the rows of `sql` (the staged columns, `block` and `shard`) as `shard=N/` files.
-    async fn write(self, ctx: &SessionContext, sql: &str) -> Result<()> {
+    async fn write(&self, ctx: &SessionContext, sql: &str) -> Result<()> {
         let write = DataFrameWriteOptions::new().with_partition_by(vec!["shard".into()]);
-        ctx.sql(sql).await?.write_parquet(&self.dir.dir_url(), write, Some(self.options)).await?;
+        ctx.sql(sql).await?.write_parquet(&self.dir.dir_url(), write, Some(self.options.clone())).await?;
         Ok(())
     }
 }
 
-/// `ctx` (the same cluster, functions and tables) planning hash joins whose
-/// small side every task holds. Ballista prefers sort-merge joins, which
-/// would shuffle and sort the very rows [`StagingWrite::by_key_ranks`] spares.
-fn broadcasting(ctx: &SessionContext) -> SessionContext {
+/// `ctx` (the same cluster, functions and tables) planning each query as one
+/// task, so that a group's rows are read, joined, sorted and written with no
+/// shuffle between (a Parquet sink takes one partition, which Ballista would
+/// otherwise merge through a shuffle). Its joins are hash joins whose left
+/// side (the ranks) every task holds, as written: Ballista prefers sort-merge
+/// joins, which shuffle both sides, and reordering by statistics made the
+/// rows, filtered by shard, the side to hold.
+fn one_task(ctx: &SessionContext) -> SessionContext {
     let mut state = ctx.state();
     let optimizer = &mut state.config_mut().options_mut().optimizer;
     optimizer.prefer_hash_join = true;
+    optimizer.join_reordering = false;
     optimizer.hash_join_single_partition_threshold = BROADCAST_BYTES;
     optimizer.hash_join_single_partition_threshold_rows = BROADCAST_ROWS;
+    state.config_mut().options_mut().execution.target_partitions = 1;
+    state.config_mut().options_mut().execution.batch_size =
+        datafusion::config::ConfigNonZeroUsize::try_new(WIDE_BATCH_ROWS).expect("not zero");
     SessionContext::new_with_state(state)
 }
 
