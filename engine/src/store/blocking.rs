@@ -89,6 +89,25 @@ pub fn write(at: &Location, bytes: impl Into<Bytes>) -> Result<()> {
     put(at, bytes)
 }
 
+/// A copy of the object `from` at `at`, atomic, without its bytes passing
+/// through this process: a hard link between local files (no object is
+/// changed in place: every write replaces its file), a copy inside the store
+/// elsewhere (S3's CopyObject). Another file system or store: read and written.
+pub fn copy(from: &Location, at: &Location) -> Result<()> {
+    let store_part = |l: &Location| l.url()[..url::Position::BeforePath].to_string();
+    if store_part(from) != store_part(at) {
+        return write(at, read(from)?);
+    }
+    if let (Some(source), Some(path)) = (from.local_path(), local_with_parent(at)?) {
+        return match kallista_ops::model::replace_file(&path, true, |tmp| std::fs::hard_link(&source, tmp)) {
+            Ok(()) => Ok(()),
+            Err(_) => write(at, read(from)?),
+        };
+    }
+    let (store, source, path, at2) = (store_of(at)?, from.object_path(), at.object_path(), at.clone());
+    wait(async move { store.copy(&source, &path).await.map_err(failed(&at2)) })
+}
+
 /// [`write`] without the fsync of local files: scratch objects that a crash
 /// makes obsolete anyway (a round's partial results).
 pub fn write_scratch(at: &Location, bytes: impl Into<Bytes>) -> Result<()> {
@@ -202,5 +221,24 @@ mod tests {
         assert!(!dir.exists());
         let missing = read(&base.join("gone")).unwrap_err().to_string();
         assert!(missing.contains("gone"), "{missing}");
+    }
+
+    #[test]
+    fn local_copies_keep_their_bytes_when_the_source_is_replaced_or_deleted() {
+        let dir = std::env::temp_dir().join(crate::cluster::owned_dir_name("kallista-store-copy"));
+        let base = Location::from_path(&dir).unwrap();
+        let (version, checkpoint) = (base.join("weights/step-1.bin"), base.join("checkpoints/step-1.bin"));
+        write(&version, b"first".to_vec()).unwrap();
+        write(&checkpoint, b"older".to_vec()).unwrap();
+        copy(&version, &checkpoint).unwrap();
+        assert_eq!(read(&checkpoint).unwrap().as_ref(), b"first");
+        write(&version, b"second".to_vec()).unwrap();
+        assert_eq!(read(&checkpoint).unwrap().as_ref(), b"first", "a replaced source changed its copy");
+        delete(&version).unwrap();
+        assert_eq!(read(&checkpoint).unwrap().as_ref(), b"first");
+        let missing = copy(&version, &base.join("checkpoints/step-2.bin")).unwrap_err().to_string();
+        assert!(missing.contains("step-1.bin"), "{missing}");
+        assert!(!exists(&base.join("checkpoints/step-2.bin")).unwrap());
+        delete_all(&base).unwrap();
     }
 }

@@ -850,10 +850,10 @@ impl<'a> Job<'a> {
         Ok(summary)
     }
 
-    /// Writes the job's weights and optimizer state to `at`, durably: a
-    /// copy of the published version.
+    /// Keeps the job's weights and optimizer state at `at`: a copy of the
+    /// published version, made by the store (a hard link between local files).
     fn save_state(&self, at: &Location) -> Result<()> {
-        blocking::write(at, blocking::read(&self.model_ref.weights)?)
+        blocking::copy(&self.model_ref.weights, at)
     }
 
     /// Writes the step's checkpoint, then `last.json` naming it; keeps the two newest.
