@@ -1,8 +1,9 @@
 //! Distributed training on Ballista (`DESIGN.md`, "The data path").
 //!
 //! A job runs as Ballista queries on the job's cluster:
-//! 1. staging ([`layout`]): one SQL job rewrites each split into `shards`
-//!    Parquet files of fixed-size blocks, one row group each;
+//! 1. staging ([`layout`]): SQL jobs rank each split's rows (by their keys
+//!    alone where keys are unique, `staging_write`) and write them once into
+//!    `shards` Parquet files of fixed-size blocks, one row group each;
 //! 2. `sync` segments ([`segment`]): one query per segment of up to
 //!    `sync_every_steps` optimizer steps,
 //!    `SELECT kallista_segment(rank, '<segment spec>') FROM kallista_ranks_W`,
