@@ -37,8 +37,9 @@ const BROADCAST_ROWS: usize = 4 << 20;
 
 /// Rows per batch in the wide queries. A video-QA row is about 100 KB:
 /// batches of DataFusion's 8192 rows are allocations of 800 MB, which the
-/// sort and the sink copy again (two thirds of the staging's CPU went to the
-/// kernel clearing their pages; 64 rows took staging from about 29 s to 19 s).
+/// sort and the sink copy again (the kernel clearing fresh pages took 72% of
+/// the CPU). The video-QA job's staging took 16-23 s with 64 rows, 27-31 s
+/// with 8192 (alternating runs).
 const WIDE_BATCH_ROWS: usize = 64;
 
 /// One staging's write: where the rows come from, how they are ranked into
