@@ -94,8 +94,7 @@ pub fn write(at: &Location, bytes: impl Into<Bytes>) -> Result<()> {
 /// changed in place: every write replaces its file), a copy inside the store
 /// elsewhere (S3's CopyObject). Another file system or store: read and written.
 pub fn copy(from: &Location, at: &Location) -> Result<()> {
-    let store_part = |l: &Location| l.url()[..url::Position::BeforePath].to_string();
-    if store_part(from) != store_part(at) {
+    if !from.same_store(at) {
         return write(at, read(from)?);
     }
     if let (Some(source), Some(path)) = (from.local_path(), local_with_parent(at)?) {

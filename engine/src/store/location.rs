@@ -112,8 +112,12 @@ impl Location {
     /// Whether this is `prefix` or an object below it, on the same store
     /// (whole path segments: `weights-old` is not under `weights`).
     pub fn is_under(&self, prefix: &Location) -> bool {
-        self.url[..url::Position::BeforePath] == prefix.url[..url::Position::BeforePath]
-            && self.object_path().prefix_matches(&prefix.object_path())
+        self.same_store(prefix) && self.object_path().prefix_matches(&prefix.object_path())
+    }
+
+    /// Whether both are in one store (scheme, bucket or host).
+    pub fn same_store(&self, other: &Location) -> bool {
+        self.url[..url::Position::BeforePath] == other.url[..url::Position::BeforePath]
     }
 
     /// The location `key` names inside this location's store (the same scheme

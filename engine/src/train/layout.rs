@@ -134,7 +134,7 @@ async fn int_pairs(ctx: &SessionContext, sql: &str) -> Result<Vec<(i64, i64)>> {
 }
 
 /// The shard of a row, as SQL.
-fn shard_expr(shards: usize, key: &[String], seed: u64) -> String {
+pub(super) fn shard_expr(shards: usize, key: &[String], seed: u64) -> String {
     format!("kallista_shard({shards}, {}, '{seed}')", super::args::sql_idents(key))
 }
 
@@ -215,18 +215,12 @@ pub async fn stage(ctx: &SessionContext, source: &DataSource, layout: &Layout) -
     );
     let dir = job.staged(split).join(&version);
     let keep = keep_rows_per_shard.map_or(String::new(), |n| format!("WHERE rank_in_shard < {n}"));
-    let order = format!(
-        "md5(concat({hashed}, '|', '{seed}')), {keys}",
-        hashed = key.iter().map(|k| super::args::sql_ident(k)).collect::<Vec<_>>().join(", '|', "),
-        keys = super::args::sql_idents(key),
-    );
     let relation = source.relation();
     let write = StagingWrite {
         relation: &relation,
         columns,
         key,
-        shard: &shard_expr(shards, key, seed),
-        order: &order,
+        seed,
         micro_batch,
         shards,
         keep: &keep,

@@ -21,19 +21,13 @@
 //! whole-row ranking, where the sort picks the order of a key's rows.
 
 use super::args::{sql_ident, sql_idents};
-use super::layout::sql_str;
+use super::layout::{shard_expr, sql_str};
 use crate::error::Result;
 use crate::store::{blocking, Location};
 use datafusion::arrow::array::Int64Array;
-use datafusion::config::TableParquetOptions;
+use datafusion::config::{ConfigNonZeroUsize, TableParquetOptions};
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::prelude::SessionContext;
-
-/// Largest ranks table of a shard (bytes; rows where sizes are unknown) that
-/// its task holds: 4 M keys of 64 bytes. A larger one is joined by shuffling
-/// both sides, which writes more and gives the same rows.
-const BROADCAST_BYTES: usize = 256 << 20;
-const BROADCAST_ROWS: usize = 4 << 20;
 
 /// Rows per batch in the wide queries. A video-QA row is about 100 KB:
 /// batches of DataFusion's 8192 rows are allocations of 800 MB, which the
@@ -50,10 +44,8 @@ pub struct StagingWrite<'a> {
     /// The select list of the staged columns (source columns, unqualified).
     pub columns: &'a str,
     pub key: &'a [String],
-    /// The row's shard (`kallista_shard` of the key), as SQL.
-    pub shard: &'a str,
-    /// The order of rows within a shard, as SQL over the key columns.
-    pub order: &'a str,
+    /// Seeds the shard of a row and its order in the shard.
+    pub seed: u64,
     pub micro_batch: usize,
     pub shards: usize,
     /// `WHERE` on `rank_in_shard` (training keeps whole blocks), or empty.
@@ -78,6 +70,31 @@ impl StagingWrite<'_> {
         Ok(count.unwrap_or(0) as u64)
     }
 
+    /// The row's shard (`kallista_shard` of the key), as SQL.
+    fn shard(&self) -> String {
+        shard_expr(self.shards, self.key, self.seed)
+    }
+
+    /// `FROM` the source with `shard` and `rank_in_shard` (rows ordered by
+    /// the seeded hash of their key, then the key), its columns `select`;
+    /// `WHERE` the rows kept. Whole blocks follow from the ranks.
+    fn ranked(&self, select: &str) -> String {
+        let hashed = self.key.iter().map(|k| sql_ident(k)).collect::<Vec<_>>().join(", '|', ");
+        format!(
+            "FROM (
+               SELECT *, CAST(ROW_NUMBER() OVER (
+                   PARTITION BY shard ORDER BY md5(concat({hashed}, '|', '{seed}')), {keys})
+                 AS BIGINT) - 1 AS rank_in_shard
+               FROM (SELECT {select}, {shard} AS shard FROM {relation}) hashed) ranked
+             {keep}",
+            seed = self.seed,
+            keys = sql_idents(self.key),
+            shard = self.shard(),
+            relation = self.relation,
+            keep = self.keep,
+        )
+    }
+
     /// The block of rank `rank_in_shard` in `shard`, as SQL.
     fn block(&self) -> String {
         format!("CAST((rank_in_shard / {}) * {} + shard AS BIGINT)", self.micro_batch, self.shards)
@@ -90,18 +107,10 @@ impl StagingWrite<'_> {
         let key_as: Vec<String> =
             self.key.iter().zip(&renamed).map(|(k, r)| format!("{} AS {r}", sql_ident(k))).collect();
         let rank_sql = format!(
-            "SELECT {key_as}, shard AS staged_shard, rank_in_shard AS staged_rank, {block} AS staged_block
-             FROM (
-               SELECT *, CAST(ROW_NUMBER() OVER (PARTITION BY shard ORDER BY {order}) AS BIGINT) - 1 AS rank_in_shard
-               FROM (SELECT {keys}, {shard} AS shard FROM {relation}) hashed) ranked
-             {keep}",
-            key_as = key_as.join(", "),
-            block = self.block(),
-            order = self.order,
-            keys = sql_idents(self.key),
-            shard = self.shard,
-            relation = self.relation,
-            keep = self.keep,
+            "SELECT {}, shard AS staged_shard, rank_in_shard AS staged_rank, {} AS staged_block {}",
+            key_as.join(", "),
+            self.block(),
+            self.ranked(&sql_idents(self.key)),
         );
         ctx.sql(&rank_sql).await?.write_parquet(&ranks.dir_url(), DataFrameWriteOptions::new(), None).await?;
         let on: Vec<String> = self
@@ -118,11 +127,11 @@ impl StagingWrite<'_> {
             let sql = format!(
                 "SELECT {columns}, r.staged_block AS block, r.staged_shard AS shard
                  FROM (SELECT * FROM {ranks} WHERE staged_shard % {jobs} = {group}) r
-                 JOIN (SELECT * FROM {relation} WHERE {shard_of} % {jobs} = {group}) s ON {on}
+                 JOIN (SELECT * FROM {relation} WHERE {shard} % {jobs} = {group}) s ON {on}
                  ORDER BY r.staged_block, r.staged_rank",
                 columns = self.columns,
                 relation = self.relation,
-                shard_of = self.shard,
+                shard = self.shard(),
                 ranks = sql_str(&ranks.dir_url()),
                 on = on.join(" AND "),
             );
@@ -136,19 +145,7 @@ impl StagingWrite<'_> {
 
     /// Ranks whole rows and writes them.
     pub async fn by_whole_rows(self, ctx: &SessionContext) -> Result<()> {
-        let sql = format!(
-            "SELECT {columns}, {block} AS block, shard
-             FROM (
-               SELECT *, CAST(ROW_NUMBER() OVER (PARTITION BY shard ORDER BY {order}) AS BIGINT) - 1 AS rank_in_shard
-               FROM (SELECT *, {shard} AS shard FROM {relation}) hashed) ranked
-             {keep}",
-            columns = self.columns,
-            block = self.block(),
-            order = self.order,
-            shard = self.shard,
-            relation = self.relation,
-            keep = self.keep,
-        );
+        let sql = format!("SELECT {}, {} AS block, shard {}", self.columns, self.block(), self.ranked("*"));
         self.write(ctx, &sql).await
     }
 
@@ -163,20 +160,16 @@ impl StagingWrite<'_> {
 /// `ctx` (the same cluster, functions and tables) planning each query as one
 /// task, so that a group's rows are read, joined, sorted and written with no
 /// shuffle between (a Parquet sink takes one partition, which Ballista would
-/// otherwise merge through a shuffle). Its joins are hash joins whose left
-/// side (the ranks) every task holds, as written: Ballista prefers sort-merge
-/// joins, which shuffle both sides, and reordering by statistics made the
-/// rows, filtered by shard, the side to hold.
+/// otherwise merge through a shuffle). With one partition DataFusion plans
+/// every join as a hash join that holds its left side (here the group's
+/// ranks, about 1/groups of the split's keys); reordering by statistics is
+/// off, since it made the rows, filtered by shard, the side to hold.
 fn one_task(ctx: &SessionContext) -> SessionContext {
     let mut state = ctx.state();
-    let optimizer = &mut state.config_mut().options_mut().optimizer;
-    optimizer.prefer_hash_join = true;
-    optimizer.join_reordering = false;
-    optimizer.hash_join_single_partition_threshold = BROADCAST_BYTES;
-    optimizer.hash_join_single_partition_threshold_rows = BROADCAST_ROWS;
-    state.config_mut().options_mut().execution.target_partitions = 1;
-    state.config_mut().options_mut().execution.batch_size =
-        datafusion::config::ConfigNonZeroUsize::try_new(WIDE_BATCH_ROWS).expect("not zero");
+    let options = state.config_mut().options_mut();
+    options.optimizer.join_reordering = false;
+    options.execution.target_partitions = 1;
+    options.execution.batch_size = ConfigNonZeroUsize::try_new(WIDE_BATCH_ROWS).expect("not zero");
     SessionContext::new_with_state(state)
 }
 
@@ -260,20 +253,18 @@ mod tests {
         let relation = DataSource::Parquet(src.clone()).relation();
         let key = vec!["id".to_string()];
         let (micro_batch, shards) = (4, 3);
-        let shard = format!("kallista_shard({shards}, \"id\", '7')");
-        let order = "md5(concat(\"id\", '|', '7')), \"id\"";
+        let (by_keys, by_rows) = ["by_keys", "by_rows"].map(|d| Location::from_path(&root.join(d)).unwrap()).into();
         with_runtime(async {
             let ctx = training_session(&Cluster::Embedded, 2).await.unwrap();
             let write = |dir: &'static str, keep: &'static str| StagingWrite {
                 relation: &relation,
                 columns: "\"id\", \"grp\", \"payload\"",
                 key: &key,
-                shard: &shard,
-                order,
+                seed: 7,
                 micro_batch,
                 shards,
                 keep,
-                dir: Box::leak(Box::new(Location::from_path(&root.join(dir)).unwrap())),
+                dir: if dir == "by_keys" { &by_keys } else { &by_rows },
                 options: TableParquetOptions {
                     global: datafusion::config::ParquetOptions {
                         max_row_group_size: micro_batch,
@@ -282,7 +273,7 @@ mod tests {
                     ..Default::default()
                 },
             };
-            assert_eq!(write("unused", "").repeated_keys(&ctx).await.unwrap(), 0);
+            assert_eq!(write("by_keys", "").repeated_keys(&ctx).await.unwrap(), 0);
             for keep in ["", "WHERE rank_in_shard < 60"] {
                 let ranks = Location::from_path(&root.join("ranks")).unwrap();
                 write("by_keys", keep).by_key_ranks(&ctx, &ranks).await.unwrap();
