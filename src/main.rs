@@ -315,9 +315,9 @@ enum DataCommand {
 
 #[derive(Args)]
 struct SqlArgs {
-    /// A SQL script to run.
+    /// A SQL script to run; several run in order, in one session.
     #[arg(short = 'f', long = "file", conflicts_with = "query", required_unless_present = "query")]
-    file: Option<PathBuf>,
+    file: Vec<PathBuf>,
     /// One query to run.
     #[arg(short = 'e', long = "execute")]
     query: Option<String>,
@@ -492,10 +492,9 @@ fn run(cli: Cli) -> Result<(), kallista_jobs::JobError> {
             Ok(())
         }
         Command::Sql(args) => {
-            let source = match (args.file, args.query) {
-                (Some(f), _) => SqlSource::File(f),
-                (None, Some(q)) => SqlSource::Query(q),
-                (None, None) => unreachable!("clap requires one of them"),
+            let source = match args.query {
+                Some(q) => SqlSource::Query(q),
+                None => SqlSource::Files(args.file),
             };
             let cluster = args.scheduler.map_or(Cluster::Embedded, Cluster::Remote);
             let vars: BTreeMap<String, String> = args.vars.into_iter().collect();

@@ -67,11 +67,13 @@ fn make_then_prepare_with_sql() {
         "3",
     ]));
     assert!(summary.contains("majority baseline"), "{summary}");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/video_qa/prepare.sql");
+    let jobs = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/video_qa");
     let log = ok(kallista(&[
         "sql",
         "-f",
-        script.to_str().unwrap(),
+        jobs.join("prepare.sql").to_str().unwrap(),
+        "-f",
+        jobs.join("export.sql").to_str().unwrap(),
         "--set",
         &format!("data={}", data.display()),
         "--set",

@@ -147,7 +147,7 @@ fn the_talks_inception_v3_job_runs_end_to_end_from_cached_features() {
     let text = std::fs::read_to_string(format!("{root}/jobs/video_qa_inception/job.yaml")).unwrap();
     let small = text
         .replace("videos: 2000", "videos: 160")
-        .replace("prepare: ../video_qa/prepare.sql", &format!("prepare: {root}/jobs/video_qa/prepare.sql"));
+        .replace("file: ../video_qa/prepare.sql", &format!("file: {root}/jobs/video_qa/prepare.sql"));
     assert_ne!(small, text);
     std::fs::write(dir.join("job.yaml"), small).unwrap();
     std::fs::copy(&h5, dir.join("inception_v3.weights.h5")).unwrap();

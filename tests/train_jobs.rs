@@ -1,8 +1,9 @@
 //! `kallista train` on the embedded cluster: a job learns (eval accuracy well
 //! above the majority baseline) and leaves its job dir; `sync` gives the same bits with
 //! 1, 2 and 4 workers; `--resume` continues to the same weights as a run
-//! that went straight through; bad job files fail before any work with the
-//! key named.
+//! that went straight through; splits read through a data script's view
+//! train as their exported files do; bad job files fail before any work with
+//! the key named.
 
 mod common;
 
@@ -147,6 +148,8 @@ fn bad_job_files_fail_before_any_work_with_the_key_named() {
     assert!(e.contains("scaling.workers: 8 workers with 4 shards"), "{e}");
     let e = fails_with("layer", |t| t.replace("class: LSTM, input: td_cnn", "class: LSTM, input: nowhere"));
     assert!(e.contains("model.layers[2] (video_lstm)") && e.contains("nowhere"), "{e}");
+    let e = fails_with("script", |t| t.replace("data:\n", "data:\n  script: {file: no-such.sql}\n"));
+    assert!(e.contains("data.script.file:") && e.contains("no-such.sql"), "{e}");
     let e = fails_with("ps-in-sync", |t| t.replace("  mode: sync\n", "  mode: sync\n  parameter_servers: 2\n"));
     assert!(e.contains("scaling.parameter_servers: is a setting of mode: async"), "{e}");
     let e = fails_with("ps-token", |t| {
@@ -158,6 +161,49 @@ fn bad_job_files_fail_before_any_work_with_the_key_named() {
     // No machine has a thousand GPUs: a build without CUDA says how to get it, one with it names the device.
     let e = fails_with("no-device", |t| t.replace("  mode: sync\n", "  mode: sync\n  device: cuda:999\n"));
     assert!(e.contains("scaling.device: ") && (e.contains("--features cuda") || e.contains("cuda:999: ")), "{e}");
+}
+
+#[test]
+fn splits_staged_from_the_data_scripts_view_train_the_bits_of_the_exported_splits() {
+    // The same clips, prepared by `jobs/video_qa/prepare.sql` + `export.sql` into files...
+    let data = &prepared_set(300);
+    let clips = data.parent().unwrap();
+    let dir = temp_dir("data-script");
+    let job = small_job(&dir, data, 2, "  max_steps: 6");
+    let from_files = dir.join("from-files");
+    ok(kallista(&["train", job.to_str().unwrap(), "--job-dir", from_files.to_str().unwrap()]));
+    // ...and read through prepare.sql's view, run as the job's data script.
+    let text = std::fs::read_to_string(&job).unwrap();
+    let script = format!(
+        "data:\n  script: {{file: {}/jobs/video_qa/prepare.sql, set: {{data: {}, out: \"${{job_dir}}/vocab\"}}}}\n",
+        env!("CARGO_MANIFEST_DIR"),
+        clips.display()
+    );
+    let mut viewed = text.replace("data:\n", &script);
+    for split in ["train", "eval", "test"] {
+        let from = format!("{}/{split}/", data.display());
+        assert!(viewed.contains(&from), "small_job no longer reads {from}");
+        viewed = viewed.replace(&from, &format!("{{sql: \"SELECT * FROM prepared WHERE split = '{split}'\"}}"));
+    }
+    std::fs::write(&job, viewed).unwrap();
+    let from_view = dir.join("from-view");
+    let out = ok(kallista(&["train", job.to_str().unwrap(), "--job-dir", from_view.to_str().unwrap()]));
+    assert!(out.contains("trained 6 steps"), "{out}");
+    let record = std::fs::read_to_string(from_view.join("data/train.layout.json")).unwrap();
+    assert!(record.contains("SELECT * FROM prepared WHERE split = 'train'"), "{record}");
+    assert!(from_view.join("vocab/question_vocab.parquet").is_file(), "the script's vocabulary");
+    let bits = |p: &std::path::Path| -> Vec<(String, Vec<u32>)> {
+        weights(&final_weights(p)).into_iter().map(|(k, v)| (k, v.iter().map(|x| x.to_bits()).collect())).collect()
+    };
+    assert!(bits(&from_files) == bits(&from_view), "the view and the files must give the same rows in the same blocks");
+    let results = |p: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p.join("results.json")).unwrap()).unwrap()
+    };
+    let (a, b) = (results(&from_files), results(&from_view));
+    for split in ["eval", "test"] {
+        assert!(a[split]["overall"]["rows"].as_u64() > Some(0), "{a}");
+        assert_eq!(a[split], b[split], "{split}: the same rows, the same predictions");
+    }
 }
 
 #[test]

@@ -35,11 +35,10 @@ fn a_job_with_data_and_job_dir_in_s3_learns_on_a_process_cluster_and_resumes_bit
         &env,
     ));
     let data = format!("s3://{BUCKET}/prepared");
-    let prepare = format!("{}/jobs/video_qa/prepare.sql", env!("CARGO_MANIFEST_DIR"));
-    ok(kallista_env(
-        &["sql", "-f", &prepare, "--set", &format!("data={clips_dir}"), "--set", &format!("out={data}")],
-        &env,
-    ));
+    let jobs = format!("{}/jobs/video_qa", env!("CARGO_MANIFEST_DIR"));
+    let (prepare, export) = (format!("{jobs}/prepare.sql"), format!("{jobs}/export.sql"));
+    let vars = [format!("data={clips_dir}"), format!("out={data}")];
+    ok(kallista_env(&["sql", "-f", &prepare, "-f", &export, "--set", &vars[0], "--set", &vars[1]], &env));
     std::fs::remove_dir_all(&clips).unwrap();
 
     let dir = temp_dir("s3-job");
@@ -82,17 +81,6 @@ fn executors_bound_everywhere_serve_the_shipped_job_submitted_from_another_direc
         "--seed",
         "5",
     ]));
-    let prepare = format!("{}/jobs/video_qa/prepare.sql", env!("CARGO_MANIFEST_DIR"));
-    let prepared = clips.join("prepared");
-    ok(kallista(&[
-        "sql",
-        "-f",
-        &prepare,
-        "--set",
-        &format!("data={}", clips.display()),
-        "--set",
-        &format!("out={}", prepared.display()),
-    ]));
     let opts = ClusterOptions {
         bind_host: "0.0.0.0".into(),
         external_host: Some("127.0.0.1".into()),
@@ -114,6 +102,11 @@ fn executors_bound_everywhere_serve_the_shipped_job_submitted_from_another_direc
     for home in &cluster.homes {
         assert!(!home.join("target").exists(), "an executor wrote into its own working directory");
     }
+    // The job's data script wrote its vocabularies and nothing else: the
+    // splits were staged from its view of the clips.
+    let written: Vec<_> = std::fs::read_dir(&clips).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(job_dir.join("dataset/vocab/question_vocab.parquet").is_file(), "{written:?}");
+    assert_eq!(written.len(), 2, "the clips and the vocabularies only: {written:?}");
     // Both executors, advertised by their external name, ran workers.
     let job_url = job_dir.display().to_string();
     let ran: std::collections::BTreeSet<String> = train_lines(&job_url)

@@ -8,11 +8,12 @@
 //! draws training curves and confusion matrices; [`predict_cmd`] is
 //! `kallista predict | evaluate`; [`features`] caches a frozen sub-model's
 //! features (`kallista features`, `training.cache_frozen`); [`labels`] writes
-//! the class names. Ready-made jobs live as data in `jobs/<name>/`
-//! (`jobs/video_qa/job.yaml`, `prepare.sql`).
+//! the class names; [`data_script`] runs a job's SQL before staging. Ready-made
+//! jobs live as data in `jobs/<name>/` (`jobs/video_qa/job.yaml`, `prepare.sql`).
 
 pub mod cluster_cmd;
 pub mod data_cmd;
+pub mod data_script;
 pub mod demo;
 pub mod error;
 pub mod features;

@@ -10,7 +10,9 @@ use std::path::PathBuf;
 /// Where the SQL comes from.
 #[derive(Clone, Debug)]
 pub enum SqlSource {
-    File(PathBuf),
+    /// Scripts run one after the other in one session: a later one reads
+    /// the tables and views an earlier one defined.
+    Files(Vec<PathBuf>),
     Query(String),
 }
 
@@ -23,14 +25,22 @@ pub fn run_sql(
     timeout: std::time::Duration,
     mut print: impl FnMut(&str),
 ) -> Result<Vec<StatementResult>, JobError> {
-    let (name, script) = match source {
-        SqlSource::File(p) => (
-            p.display().to_string(),
-            std::fs::read_to_string(p).map_err(|e| JobError::Io { path: p.display().to_string(), source: e })?,
-        ),
-        SqlSource::Query(q) => ("-e".to_string(), q.clone()),
+    let scripts: Vec<(String, String)> = match source {
+        SqlSource::Files(paths) => paths
+            .iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| JobError::Io { path: p.display().to_string(), source: e })?;
+                Ok((p.display().to_string(), text))
+            })
+            .collect::<Result<_, JobError>>()?,
+        SqlSource::Query(q) => vec![("-e".to_string(), q.clone())],
     };
-    let mut all_vars = script_defaults(&script);
+    // Every script's `--! set` defaults, then the command line's values.
+    let mut all_vars = BTreeMap::new();
+    for (_, script) in &scripts {
+        all_vars.extend(script_defaults(script));
+    }
     all_vars.extend(vars.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -38,7 +48,10 @@ pub fn run_sql(
         .map_err(|e| JobError::Invalid(format!("tokio runtime: {e}")))?;
     rt.block_on(async {
         let ctx = connect(cluster).await?;
-        let results = run_script(&ctx, &name, &script, &all_vars, timeout, |_, _, r| print(&r.render())).await?;
+        let mut results = vec![];
+        for (name, script) in &scripts {
+            results.extend(run_script(&ctx, name, script, &all_vars, timeout, |_, _, r| print(&r.render())).await?);
+        }
         Ok(results)
     })
 }

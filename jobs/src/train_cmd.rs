@@ -25,6 +25,7 @@ pub fn prepare_job(file: &Path, overrides: &Overrides, resume: bool) -> Result<(
     let mut job = load(file)?;
     job.apply(overrides);
     job.validate(file)?;
+    crate::data_script::resolve(file, &mut job)?;
     let job_dir = job.job_dir(file)?;
     let optimizer = job.optimizer(file)?;
     let model = job.model.build(file, job.training.seed)?;
@@ -128,6 +129,7 @@ pub fn run_training(
     let rt = runtime()?;
     let (report, plan) = rt.block_on(async {
         let ctx = training_session(cluster, workers).await?;
+        crate::data_script::define(&ctx, job, &mut log).await?;
         if let Some(names) = &job.data.label_names {
             write_labels(&ctx, &config, names).await?;
         }
@@ -232,10 +234,11 @@ pub fn features_cmd(
     cluster: &Cluster,
     mut log: impl FnMut(&str) + Send,
 ) -> Result<Vec<(String, String)>, JobError> {
-    let (config, _) = prepare_job(file, overrides, false)?;
+    let (config, job) = prepare_job(file, overrides, false)?;
     let workers = config.workers;
     let tail = runtime()?.block_on(async {
         let ctx = training_session(cluster, workers).await?;
+        crate::data_script::define(&ctx, &job, &mut log).await?;
         Ok::<_, JobError>(train_from_features(config, &ctx, &mut log).await?.0)
     })?;
     let named = [("train", Some(tail.train)), ("eval", tail.eval), ("test", tail.test)];
@@ -273,21 +276,28 @@ pub fn run_cmd(dir: &Path, overrides: &Overrides, mut log: impl FnMut(&str) + Se
         let (_, summary) = crate::data_cmd::make_video_qa_cmd(&opts)?;
         log(summary.trim_end());
     }
-    let prepared = local("dataset.prepared", &dataset.prepared)?;
-    if !prepared.join("train").exists() {
-        let script = file.parent().unwrap_or(Path::new(".")).join(&dataset.prepare);
-        log(&format!("preparing with {}", script.display()));
-        let vars =
-            [("data".to_string(), clips.display().to_string()), ("out".to_string(), prepared.display().to_string())]
-                .into_iter()
-                .collect();
-        crate::sql_cmd::run_sql(
-            &crate::sql_cmd::SqlSource::File(script),
-            &Cluster::Embedded,
-            &vars,
-            std::time::Duration::from_secs(3600),
-            |_| {},
-        )?;
+    match (&dataset.prepare, &dataset.prepared) {
+        (Some(prepare), Some(prepared)) => {
+            let prepared = local("dataset.prepared", prepared)?;
+            if !prepared.join("train").exists() {
+                let script = file.parent().unwrap_or(Path::new(".")).join(prepare);
+                log(&format!("preparing with {}", script.display()));
+                let vars = [
+                    ("data".to_string(), clips.display().to_string()),
+                    ("out".to_string(), prepared.display().to_string()),
+                ];
+                crate::sql_cmd::run_sql(
+                    &crate::sql_cmd::SqlSource::Files(vec![script]),
+                    &Cluster::Embedded,
+                    &vars.into_iter().collect(),
+                    std::time::Duration::from_secs(3600),
+                    |_| {},
+                )?;
+            }
+        }
+        (None, None) => {}
+        (Some(_), None) => return Err(spec::spec_error(&file, "dataset.prepared", "missing: where `prepare` writes")),
+        (None, Some(_)) => return Err(spec::spec_error(&file, "dataset.prepare", "missing: the script that writes `prepared`")),
     }
     let (config, job) = prepare_job(&file, overrides, false)?;
     use_job_device(&file, &job, &Cluster::Embedded, &mut log)?;

@@ -1,7 +1,10 @@
 -- Prepares the video-QA clips (data/SCHEMA.md, "clips") for training:
--- question and answer vocabularies, padded token ids, answer ids, and one
--- Parquet directory per split. Run it with
---   kallista sql -f jobs/video_qa/prepare.sql --set data=DIR --set out=DIR
+-- writes the question and answer vocabularies to ${out} and defines the view
+-- `prepared` (padded token ids, answer ids). The job runs it as its
+-- `data.script` and stages each split straight from the view, so no
+-- prepared copy of the frames is written. export.sql writes the splits as
+-- Parquet directories instead:
+--   kallista sql -f jobs/video_qa/prepare.sql -f jobs/video_qa/export.sql --set data=DIR --set out=DIR
 -- `--! set` lines are defaults that --set overrides.
 --! set question_len = 12
 --! set vocab_size = 1000
@@ -49,7 +52,3 @@ CREATE VIEW prepared AS
   FROM clips c
   CROSS JOIN (SELECT array_agg(token ORDER BY id) AS words FROM question_vocab_file) v
   CROSS JOIN (SELECT array_agg(answer ORDER BY id) AS answers FROM answer_vocab_file) a;
-
-COPY (SELECT * FROM prepared WHERE split = 'train') TO '${out}/train/' STORED AS PARQUET;
-COPY (SELECT * FROM prepared WHERE split = 'eval') TO '${out}/eval/' STORED AS PARQUET;
-COPY (SELECT * FROM prepared WHERE split = 'test') TO '${out}/test/' STORED AS PARQUET;

@@ -81,6 +81,8 @@ pub fn prepared_set_of(videos: usize, size: usize) -> PathBuf {
             "sql",
             "-f",
             &format!("{root}/jobs/video_qa/prepare.sql"),
+            "-f",
+            &format!("{root}/jobs/video_qa/export.sql"),
             "--set",
             &format!("data={}", dir.display()),
             "--set",
@@ -181,11 +183,18 @@ pub fn learning_job_at(dir: &Path, job_dir: &str, data: &str) -> PathBuf {
     let edits = [
         ("job_dir: target/jobs/video_qa".to_string(), format!("job_dir: {job_dir}")),
         ("shape: [8, 64, 64, 3]".into(), "shape: [4, 64, 64, 3]".into()),
-        ("${job_dir}/dataset/prepared".into(), data.to_string()),
+        (
+            "  script: {file: prepare.sql, set: {data: \"${job_dir}/dataset\", out: \"${job_dir}/dataset/vocab\"}}\n"
+                .into(),
+            String::new(),
+        ),
+        ("{sql: \"SELECT * FROM prepared WHERE split = 'train'\"}".into(), format!("{data}/train/")),
+        ("{sql: \"SELECT * FROM prepared WHERE split = 'eval'\"}".into(), format!("{data}/eval/")),
+        ("{sql: \"SELECT * FROM prepared WHERE split = 'test'\"}".into(), format!("{data}/test/")),
         ("batch_size: 16".into(), "batch_size: 32".into()),
         ("epochs: 11".into(), "epochs: 16".into()),
         ("eval_every_steps: 1000".into(), "eval_every_steps: 100".into()),
-        ("checkpoint_every_steps: 500".into(), "checkpoint_every_steps: 100".into()),
+        ("checkpoint_every_steps: 1000".into(), "checkpoint_every_steps: 100".into()),
         ("shards: 4".into(), "shards: 4\n  round_timeout_seconds: 60".into()),
     ];
     let mut out = text;

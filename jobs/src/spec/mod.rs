@@ -23,6 +23,7 @@ use kallista_engine::train::round::Mode;
 use kallista_engine::train::servers::AsyncSettings;
 use kallista_ops::optim::OptimizerConfig;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The whole job file.
@@ -52,9 +53,24 @@ pub enum SourceSpec {
     Sql { sql: String },
 }
 
+/// SQL that the training session runs before it stages the splits
+/// ([`crate::data_script`]): `{sql: ...}` splits may read its views.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataScriptSpec {
+    /// The script, relative to the job file.
+    pub file: String,
+    /// Its `${name}` variables (over its `--! set` defaults); `${job_dir}` allowed.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSpec {
+    /// Run first, in the training session: what the splits' queries read.
+    #[serde(default)]
+    pub script: Option<DataScriptSpec>,
     pub train: SourceSpec,
     #[serde(default)]
     pub eval: Option<SourceSpec>,
@@ -286,11 +302,15 @@ pub struct DatasetSpec {
     pub size: usize,
     #[serde(default = "default_seed")]
     pub seed: u64,
-    /// The SQL script that prepares it, relative to the job file; run with
-    /// `--set data=<dir> --set out=<prepared>`.
-    pub prepare: String,
+    /// A SQL script that writes prepared splits, relative to the job file;
+    /// run with `--set data=<dir> --set out=<prepared>` when `prepared` has
+    /// no `train/`. A job whose `data.script` prepares the splits as views
+    /// needs neither.
+    #[serde(default)]
+    pub prepare: Option<String>,
     /// Where the prepared splits go; `${job_dir}` allowed.
-    pub prepared: String,
+    #[serde(default)]
+    pub prepared: Option<String>,
 }
 
 fn eight() -> usize {
