@@ -5,7 +5,7 @@
 //! ```yaml
 //! job_dir: target/jobs/video_qa
 //! model: { name: video_qa, inputs: [...], layers: [...], outputs: [fc_out] }
-//! data: { train: ${job_dir}/dataset/prepared/train/, eval: ..., test: ... }
+//! data: { train: ${job_dir}/dataset/prepared/train/, eval: ..., test: ... }  # or {sql: ...} over data.script's views
 //! training: { optimizer: {name: adam, learning_rate: 0.001}, batch_size: 64, epochs: 10 }
 //! scaling: { workers: 2, mode: sync }     # default: a worker per core, average every 200 steps
 //! ```
