@@ -297,7 +297,9 @@ pub fn run_cmd(dir: &Path, overrides: &Overrides, mut log: impl FnMut(&str) + Se
         }
         (None, None) => {}
         (Some(_), None) => return Err(spec::spec_error(&file, "dataset.prepared", "missing: where `prepare` writes")),
-        (None, Some(_)) => return Err(spec::spec_error(&file, "dataset.prepare", "missing: the script that writes `prepared`")),
+        (None, Some(_)) => {
+            return Err(spec::spec_error(&file, "dataset.prepare", "missing: the script that writes `prepared`"))
+        }
     }
     let (config, job) = prepare_job(&file, overrides, false)?;
     use_job_device(&file, &job, &Cluster::Embedded, &mut log)?;
