@@ -72,13 +72,18 @@ pub fn install(dir: PathBuf, max_bytes: u64) -> std::io::Result<()> {
     if CACHE.get().is_some() || max_bytes == 0 {
         return Ok(());
     }
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let _ = CACHE.set(ObjectCache { dir, max_bytes, state: Mutex::default() });
+    let _ = CACHE.set(ObjectCache::new(dir, max_bytes)?);
     Ok(())
 }
 
 impl ObjectCache {
+    /// A cache in `dir`, emptied first, holding at most `max_bytes`.
+    fn new(dir: PathBuf, max_bytes: u64) -> std::io::Result<ObjectCache> {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(ObjectCache { dir, max_bytes, state: Mutex::default() })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -169,11 +174,14 @@ pub struct CachedStore {
     inner: Arc<dyn ObjectStore>,
     /// What names this store among the cache's objects (`scheme://authority`).
     key: String,
+    /// A cache of its own (tests, beside whatever executor this process
+    /// runs); `None`: the process's, once installed.
+    own: Option<&'static ObjectCache>,
 }
 
 impl CachedStore {
     pub fn new(inner: Arc<dyn ObjectStore>, key: String) -> CachedStore {
-        CachedStore { inner, key }
+        CachedStore { inner, key, own: None }
     }
 
     /// The cached copy of `location` when the cache is on, the object is
@@ -185,7 +193,7 @@ impl CachedStore {
             && options.if_unmodified_since.is_none()
             && options.version.is_none();
         let key = format!("{}/{location}", self.key);
-        match CACHE.get() {
+        match self.own.or_else(|| CACHE.get()) {
             // Metadata alone is not worth a download.
             Some(cache) if plain && options.head => Ok(cache.peek(&key)),
             Some(cache) if plain && is_immutable(location) => cache.entry(key, self.inner.as_ref(), location).await,
@@ -274,9 +282,10 @@ mod tests {
         let root = std::env::temp_dir().join(crate::cluster::owned_dir_name("kallista-cache-test"));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(root.join("store")).unwrap();
-        install(root.join("cache"), 1 << 20).unwrap();
+        // Its own cache: an embedded executor of another test may have installed the process's.
+        let cache = Box::leak(Box::new(ObjectCache::new(root.join("cache"), 1 << 20).unwrap()));
         let inner: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(root.join("store")).unwrap());
-        let store = CachedStore::new(inner.clone(), "test://".into());
+        let store = CachedStore { own: Some(cache), ..CachedStore::new(inner.clone(), "test://".into()) };
         let frozen = Path::from("data/train/immutable-v1/part-0.parquet");
         let mutable = Path::from("data/train/layout.json");
         for p in [&frozen, &mutable] {
