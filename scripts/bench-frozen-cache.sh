@@ -21,7 +21,7 @@ WORK="$(mktemp -d)"
 cp "$WEIGHTS" "$WORK/inception_v3.weights.h5"
 job() { # NAME CACHE_FROZEN
   sed -e "s/videos: 2000/videos: $VIDEOS/" \
-      -e "s|prepare: ../video_qa/prepare.sql|prepare: $ROOT/jobs/video_qa/prepare.sql|" \
+      -e "s|file: ../video_qa/prepare.sql|file: $ROOT/jobs/video_qa/prepare.sql|" \
       -e "s|\${job_dir}/dataset|$WORK/data|g" \
       -e "s/cache_frozen: true/cache_frozen: $2/" jobs/video_qa_inception/job.yaml > "$WORK/$1.yaml"
 }
@@ -34,7 +34,6 @@ run() { # NAME JOB_DIR LOG
 }
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; $VIDEOS videos, $STEPS steps" >&2
 "$BIN" data make-video-qa --out "$WORK/data" --videos "$VIDEOS" --frames 8 --size 75 --seed 1234 > /dev/null 2>&1
-"$BIN" sql -f jobs/video_qa/prepare.sql --set "data=$WORK/data" --set "out=$WORK/data/prepared" > /dev/null 2>&1
 through_s=$(run through "$WORK/through" "$WORK/through")
 cached_s=$(run cached "$WORK/cached" "$WORK/cached")
 cp "$WORK/cached/results.json" "$WORK/cached-results.json"   # the reusing run rewrites the job dir's

@@ -33,13 +33,13 @@ DIR="${DIR:-/tmp/kallista-compare-async-$VIDEOS-$FRAMES-${DATA_SEED:-11}}"
 SEEDS="${SEEDS:-1 2 3}"
 ASYNC_EXTRA="${ASYNC_EXTRA:-}"
 mkdir -p "$DIR"
-if [ ! -d "$DIR/data/prepared/train" ]; then
+if [ ! -d "$DIR/data/clips" ]; then
   "$K" data make-video-qa --out "$DIR/data" --videos "$VIDEOS" --frames "$FRAMES" --size 64 --seed "${DATA_SEED:-11}" >/dev/null
-  "$K" sql -f "$ROOT/jobs/video_qa/prepare.sql" --set data="$DIR/data" --set out="$DIR/data/prepared" >/dev/null
 fi
 job() { # name, seed, scaling lines
   sed -e "s#^job_dir: .*#job_dir: $DIR/$1#" -e "s/^  seed: .*/  seed: $2/" -e "s/shape: \[8, 64, 64, 3\]/shape: [$FRAMES, 64, 64, 3]/" \
-      -e "s#\${job_dir}/dataset/prepared#$DIR/data/prepared#" -e "s/batch_size: 16/batch_size: $BATCH/" \
+      -e "s#file: prepare.sql#file: $ROOT/jobs/video_qa/prepare.sql#" -e "s#\${job_dir}/dataset#$DIR/data#g" \
+      -e "s/batch_size: 16/batch_size: $BATCH/" \
       -e "s/epochs: [0-9]*/epochs: $EPOCHS/" -e "s/eval_every_steps: 1000/eval_every_steps: $EVAL_EVERY/" \
       -e '/^# How `kallista run`/,$d' -e '/^scaling:/,$d' "$ROOT/jobs/video_qa/job.yaml" > "$DIR/$1.yaml"
   printf 'scaling:\n%b' "$3" >> "$DIR/$1.yaml"

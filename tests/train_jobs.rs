@@ -150,6 +150,18 @@ fn bad_job_files_fail_before_any_work_with_the_key_named() {
     assert!(e.contains("model.layers[2] (video_lstm)") && e.contains("nowhere"), "{e}");
     let e = fails_with("script", |t| t.replace("data:\n", "data:\n  script: {file: no-such.sql}\n"));
     assert!(e.contains("data.script.file:") && e.contains("no-such.sql"), "{e}");
+    let scripts = temp_dir("bad-scripts");
+    std::fs::write(
+        scripts.join("set.sql"),
+        "CREATE VIEW v AS SELECT 1;\nSET datafusion.execution.target_partitions = 1;",
+    )
+    .unwrap();
+    std::fs::write(scripts.join("var.sql"), "CREATE VIEW v AS SELECT * FROM '${nowhere}/x/';").unwrap();
+    let with_script = |name: &str| format!("data:\n  script: {{file: {}}}\n", scripts.join(name).display());
+    let e = fails_with("script-set", |t| t.replace("data:\n", &with_script("set.sql")));
+    assert!(e.contains("data.script.file:") && e.contains("statement 2: a data script runs in the training"), "{e}");
+    let e = fails_with("script-var", |t| t.replace("data:\n", &with_script("var.sql")));
+    assert!(e.contains("data.script.set:") && e.contains("nowhere"), "{e}");
     let e = fails_with("ps-in-sync", |t| t.replace("  mode: sync\n", "  mode: sync\n  parameter_servers: 2\n"));
     assert!(e.contains("scaling.parameter_servers: is a setting of mode: async"), "{e}");
     let e = fails_with("ps-token", |t| {
@@ -189,7 +201,8 @@ fn splits_staged_from_the_data_scripts_view_train_the_bits_of_the_exported_split
     let from_view = dir.join("from-view");
     let out = ok(kallista(&["train", job.to_str().unwrap(), "--job-dir", from_view.to_str().unwrap()]));
     assert!(out.contains("trained 6 steps"), "{out}");
-    let record = std::fs::read_to_string(from_view.join("data/train.layout.json")).unwrap();
+    let staged = || std::fs::read_to_string(from_view.join("data/train.layout.json")).unwrap();
+    let record = staged();
     assert!(record.contains("SELECT * FROM prepared WHERE split = 'train'"), "{record}");
     assert!(from_view.join("vocab/question_vocab.parquet").is_file(), "the script's vocabulary");
     let bits = |p: &std::path::Path| -> Vec<(String, Vec<u32>)> {
@@ -204,6 +217,15 @@ fn splits_staged_from_the_data_scripts_view_train_the_bits_of_the_exported_split
         assert!(a[split]["overall"]["rows"].as_u64() > Some(0), "{a}");
         assert_eq!(a[split], b[split], "{split}: the same rows, the same predictions");
     }
+    // Run again, the staging is kept; with another vocabulary size, the view
+    // gives other token ids and the split is staged anew.
+    ok(kallista(&["train", job.to_str().unwrap(), "--job-dir", from_view.to_str().unwrap()]));
+    assert_eq!(staged(), record, "the same script and variables: the staging is reused");
+    let text = std::fs::read_to_string(&job).unwrap();
+    std::fs::write(&job, text.replace("out: \"${job_dir}/vocab\"", "out: \"${job_dir}/vocab\", vocab_size: 5"))
+        .unwrap();
+    ok(kallista(&["train", job.to_str().unwrap(), "--job-dir", from_view.to_str().unwrap()]));
+    assert_ne!(staged(), record, "another variable of the script: staged anew");
 }
 
 #[test]

@@ -7,36 +7,77 @@
 use crate::error::JobError;
 use crate::spec::{spec_error, JobSpec};
 use kallista_engine::datafusion::prelude::SessionContext;
-use kallista_engine::sql::{run_script, script_defaults};
+use kallista_engine::digest::content_hash;
+use kallista_engine::sql::{run_script, script_defaults, split_statements, substitute};
+use kallista_engine::train::layout::DataSource;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Statements of a data script may prepare a whole table.
 const STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// Makes `data.script.file` absolute (it is relative to the job file) and
-/// checks it can be read, and puts the job dir's absolute location in place
-/// of `${job_dir}` in its variables: errors come before any work starts.
-pub fn resolve(file: &Path, job: &mut JobSpec) -> Result<(), JobError> {
-    let Some(script) = &job.data.script else { return Ok(()) };
-    let path = file.parent().unwrap_or(Path::new(".")).join(&script.file);
-    let path = std::fs::canonicalize(&path)
-        .map_err(|e| spec_error(file, "data.script.file", format!("{}: {e}", path.display())))?;
-    let job_dir = job.job_dir(file)?.root().to_string();
-    let set = script.set.iter().map(|(k, v)| (k.clone(), v.replace("${job_dir}", job_dir.trim_end_matches('/'))));
-    let set = set.collect();
-    job.data.script = Some(crate::spec::DataScriptSpec { file: path.display().to_string(), set });
-    Ok(())
+/// A job's data script, read and checked.
+#[derive(Clone, Debug)]
+pub struct DataScript {
+    /// Its absolute path.
+    pub path: String,
+    text: String,
+    /// Its `--! set` defaults, then the job's `set` (and `job_dir`).
+    vars: BTreeMap<String, String>,
 }
 
-/// Runs the job's data script, if it has one, on the training session `ctx`.
-pub async fn define(ctx: &SessionContext, job: &JobSpec, log: &mut impl FnMut(&str)) -> Result<(), JobError> {
-    let Some(script) = &job.data.script else { return Ok(()) };
-    let text =
-        std::fs::read_to_string(&script.file).map_err(|e| JobError::Io { path: script.file.clone(), source: e })?;
-    let mut vars: BTreeMap<String, String> = script_defaults(&text);
-    vars.extend(script.set.clone());
-    log(&format!("data script {}", script.file));
-    run_script(ctx, &script.file, &text, &vars, STATEMENT_TIMEOUT, |_, _, _| {}).await?;
-    Ok(())
+/// The job's data script, when it has one: read, its variables filled in
+/// and its statements checked here, so that errors name the key before any
+/// work starts.
+pub fn resolve(file: &Path, job: &JobSpec) -> Result<Option<DataScript>, JobError> {
+    let Some(script) = &job.data.script else { return Ok(None) };
+    let at = file.parent().unwrap_or(Path::new(".")).join(&script.file);
+    let read = |at: &Path| std::fs::canonicalize(at).and_then(|p| Ok((std::fs::read_to_string(&p)?, p)));
+    let (text, path) = read(&at).map_err(|e| spec_error(file, "data.script.file", format!("{}: {e}", at.display())))?;
+    let job_dir = job.job_dir(file)?.root().to_string();
+    let job_dir = job_dir.trim_end_matches('/');
+    let mut vars = script_defaults(&text);
+    vars.insert("job_dir".into(), job_dir.to_string());
+    vars.extend(script.set.iter().map(|(k, v)| (k.clone(), v.replace("${job_dir}", job_dir))));
+    let substituted = substitute(&text, &vars).map_err(|e| spec_error(file, "data.script.set", e))?;
+    for (i, statement) in split_statements(&substituted).iter().enumerate() {
+        let first = statement.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+        if first == "SET" || first == "RESET" {
+            return Err(spec_error(
+                file,
+                "data.script.file",
+                format!(
+                    "{}: statement {}: a data script runs in the training session and may not change its settings",
+                    path.display(),
+                    i + 1
+                ),
+            ));
+        }
+    }
+    Ok(Some(DataScript { path: path.display().to_string(), text, vars }))
+}
+
+impl DataScript {
+    /// `source` named by this script too: a query over its views gives other
+    /// rows when the script or its variables change, so the staging and the
+    /// feature caches that a query's text names must change with them.
+    pub fn name_in(&self, source: DataSource) -> DataSource {
+        match source {
+            DataSource::Sql(q) => {
+                let vars: Vec<String> = self.vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let hash = content_hash(&[self.text.as_bytes(), vars.join("\n").as_bytes()]);
+                DataSource::Sql(format!("/* data.script {} */ {q}", &hash[..16]))
+            }
+            parquet => parquet,
+        }
+    }
+
+    /// Runs the script on the training session `ctx`.
+    pub async fn run(&self, ctx: &SessionContext, log: &mut impl FnMut(&str)) -> Result<(), JobError> {
+        log(&format!("data script {}", self.path));
+        run_script(ctx, &self.path, &self.text, &self.vars, STATEMENT_TIMEOUT, |_, _, _| {})
+            .await
+            .map_err(|e| JobError::Invalid(format!("data.script: {e}")))?;
+        Ok(())
+    }
 }

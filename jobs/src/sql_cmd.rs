@@ -36,12 +36,6 @@ pub fn run_sql(
             .collect::<Result<_, JobError>>()?,
         SqlSource::Query(q) => vec![("-e".to_string(), q.clone())],
     };
-    // Every script's `--! set` defaults, then the command line's values.
-    let mut all_vars = BTreeMap::new();
-    for (_, script) in &scripts {
-        all_vars.extend(script_defaults(script));
-    }
-    all_vars.extend(vars.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -50,6 +44,9 @@ pub fn run_sql(
         let ctx = connect(cluster).await?;
         let mut results = vec![];
         for (name, script) in &scripts {
+            // Its own `--! set` defaults, then the command line's values.
+            let mut all_vars = script_defaults(script);
+            all_vars.extend(vars.clone());
             results.extend(run_script(&ctx, name, script, &all_vars, timeout, |_, _, r| print(&r.render())).await?);
         }
         Ok(results)

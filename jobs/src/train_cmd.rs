@@ -1,8 +1,9 @@
 //! `kallista train JOB.yaml` (embedded cluster), `kallista submit JOB.yaml
 //! --scheduler df://HOST:PORT` (a running cluster) and `kallista run DIR`
-//! (make and prepare the data when absent, then train and test): a job file
-//! turned into engine calls.
+//! (make the data when absent, then train and test): a job file turned into
+//! engine calls.
 
+use crate::data_script::DataScript;
 use crate::error::JobError;
 use crate::features::{train_from_features, write_whole_model, FrozenFeatures};
 use crate::labels::write_labels;
@@ -20,12 +21,17 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// A job file checked and turned into the engine's config: every error here
-/// comes before any work starts.
-pub fn prepare_job(file: &Path, overrides: &Overrides, resume: bool) -> Result<(TrainConfig, JobSpec), JobError> {
+/// comes before any work starts. The data script comes along when a split
+/// reads its views.
+pub fn prepare_job(
+    file: &Path,
+    overrides: &Overrides,
+    resume: bool,
+) -> Result<(TrainConfig, JobSpec, Option<DataScript>), JobError> {
     let mut job = load(file)?;
     job.apply(overrides);
     job.validate(file)?;
-    crate::data_script::resolve(file, &mut job)?;
+    let script = crate::data_script::resolve(file, &job)?;
     let job_dir = job.job_dir(file)?;
     let optimizer = job.optimizer(file)?;
     let model = job.model.build(file, job.training.seed)?;
@@ -47,6 +53,10 @@ pub fn prepare_job(file: &Path, overrides: &Overrides, resume: bool) -> Result<(
             continue;
         };
         let data = job.source(file, key, source)?;
+        let data = match &script {
+            Some(script) => script.name_in(data),
+            None => data,
+        };
         if let DataSource::Parquet(at) = &data {
             check_split(file, key, at, &binding, &model)?;
         }
@@ -65,6 +75,8 @@ pub fn prepare_job(file: &Path, overrides: &Overrides, resume: bool) -> Result<(
     if job.training.cache_frozen {
         FrozenFeatures::check(&model, &binding).map_err(|why| spec::spec_error(file, "training.cache_frozen", why))?;
     }
+    let reads_views = sources.iter().flatten().any(|s| matches!(s, DataSource::Sql(_)));
+    let script = script.filter(|_| reads_views);
     let mut sources = sources.into_iter();
     let train = sources.next().flatten().ok_or_else(|| JobError::Invalid("data.train: missing".into()))?;
     let (eval, test) = (sources.next().flatten(), sources.next().flatten());
@@ -96,7 +108,7 @@ pub fn prepare_job(file: &Path, overrides: &Overrides, resume: bool) -> Result<(
         advertised_host: job.scaling.advertised_host.clone(),
         asynchronous: job.scaling.async_settings(),
     };
-    Ok((config, job))
+    Ok((config, job, script))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, JobError> {
@@ -119,6 +131,7 @@ fn write_binding(config: &TrainConfig) -> Result<(), JobError> {
 pub fn run_training(
     config: TrainConfig,
     job: &JobSpec,
+    script: Option<&DataScript>,
     cluster: &Cluster,
     mut log: impl FnMut(&str) + Send,
 ) -> Result<TrainReport, JobError> {
@@ -129,7 +142,9 @@ pub fn run_training(
     let rt = runtime()?;
     let (report, plan) = rt.block_on(async {
         let ctx = training_session(cluster, workers).await?;
-        crate::data_script::define(&ctx, job, &mut log).await?;
+        if let Some(script) = script {
+            script.run(&ctx, &mut log).await?;
+        }
         if let Some(names) = &job.data.label_names {
             write_labels(&ctx, &config, names).await?;
         }
@@ -195,11 +210,11 @@ pub fn train_cmd(
     cluster: &Cluster,
     mut log: impl FnMut(&str) + Send,
 ) -> Result<TrainReport, JobError> {
-    let (config, job) = prepare_job(file, overrides, resume)?;
+    let (config, job, script) = prepare_job(file, overrides, resume)?;
     use_job_device(file, &job, cluster, &mut log)?;
     write_binding(&config)?;
     log(&format!("job dir {}", config.job_dir.root()));
-    run_training(config, &job, cluster, log)
+    run_training(config, &job, script.as_ref(), cluster, log)
 }
 
 /// Puts this process's workers on the job's `scaling.device`: the embedded
@@ -234,36 +249,57 @@ pub fn features_cmd(
     cluster: &Cluster,
     mut log: impl FnMut(&str) + Send,
 ) -> Result<Vec<(String, String)>, JobError> {
-    let (config, job) = prepare_job(file, overrides, false)?;
+    let (config, _, script) = prepare_job(file, overrides, false)?;
     let workers = config.workers;
     let tail = runtime()?.block_on(async {
         let ctx = training_session(cluster, workers).await?;
-        crate::data_script::define(&ctx, &job, &mut log).await?;
+        if let Some(script) = &script {
+            script.run(&ctx, &mut log).await?;
+        }
         Ok::<_, JobError>(train_from_features(config, &ctx, &mut log).await?.0)
     })?;
     let named = [("train", Some(tail.train)), ("eval", tail.eval), ("test", tail.test)];
     Ok(named.into_iter().filter_map(|(n, s)| s.map(|s| (n.to_string(), s.relation()))).collect())
 }
 
-/// `kallista run DIR`: `DIR/job.yaml`, with its `dataset` made and prepared when absent.
+/// `kallista run DIR`: `DIR/job.yaml`, with its `dataset` made (and prepared, where it says how) when absent.
 pub fn run_cmd(dir: &Path, overrides: &Overrides, mut log: impl FnMut(&str) + Send) -> Result<TrainReport, JobError> {
     let file = if dir.is_dir() { dir.join("job.yaml") } else { dir.to_path_buf() };
     let mut job = load(&file)?;
     job.apply(overrides);
+    make_dataset(&file, &job, &mut log)?;
+    let (config, job, script) = prepare_job(&file, overrides, false)?;
+    use_job_device(&file, &job, &Cluster::Embedded, &mut log)?;
+    write_binding(&config)?;
+    log(&format!("job dir {}", config.job_dir.root()));
+    run_training(config, &job, script.as_ref(), &Cluster::Embedded, log)
+}
+
+/// The job's `dataset`: the clips made when absent; with `prepare` and
+/// `prepared`, the script run when `prepared` has no `train/`.
+fn make_dataset(file: &Path, job: &JobSpec, log: &mut impl FnMut(&str)) -> Result<(), JobError> {
     let dataset =
-        job.dataset.clone().ok_or_else(|| spec::spec_error(&file, "dataset", "missing: `kallista run` needs it"))?;
+        job.dataset.clone().ok_or_else(|| spec::spec_error(file, "dataset", "missing: `kallista run` needs it"))?;
     let local = |key: &str, value: &str| -> Result<PathBuf, JobError> {
         let at =
-            kallista_engine::store::Location::parse(&job.expand(value)).map_err(|e| spec::spec_error(&file, key, e))?;
+            kallista_engine::store::Location::parse(&job.expand(value)).map_err(|e| spec::spec_error(file, key, e))?;
         at.local_path().ok_or_else(|| {
             spec::spec_error(
-                &file,
+                file,
                 key,
                 format!("{at}: `kallista run` makes the data on this machine: use a local path"),
             )
         })
     };
     let clips = local("dataset.dir", &dataset.dir)?;
+    let prepare = match (&dataset.prepare, &dataset.prepared) {
+        (Some(script), Some(prepared)) => Some((file.parent().unwrap_or(Path::new(".")).join(script), prepared)),
+        (None, None) => None,
+        (Some(_), None) => return Err(spec::spec_error(file, "dataset.prepared", "missing: where `prepare` writes")),
+        (None, Some(_)) => {
+            return Err(spec::spec_error(file, "dataset.prepare", "missing: the script that writes `prepared`"))
+        }
+    };
     if !clips.join("clips").exists() {
         log(&format!("making {} video-QA clips in {}", dataset.videos, clips.display()));
         let opts = kallista_data::video_qa::MakeOptions::new(
@@ -276,34 +312,30 @@ pub fn run_cmd(dir: &Path, overrides: &Overrides, mut log: impl FnMut(&str) + Se
         let (_, summary) = crate::data_cmd::make_video_qa_cmd(&opts)?;
         log(summary.trim_end());
     }
-    match (&dataset.prepare, &dataset.prepared) {
-        (Some(prepare), Some(prepared)) => {
-            let prepared = local("dataset.prepared", prepared)?;
-            if !prepared.join("train").exists() {
-                let script = file.parent().unwrap_or(Path::new(".")).join(prepare);
-                log(&format!("preparing with {}", script.display()));
-                let vars = [
-                    ("data".to_string(), clips.display().to_string()),
-                    ("out".to_string(), prepared.display().to_string()),
-                ];
-                crate::sql_cmd::run_sql(
-                    &crate::sql_cmd::SqlSource::Files(vec![script]),
-                    &Cluster::Embedded,
-                    &vars.into_iter().collect(),
-                    std::time::Duration::from_secs(3600),
-                    |_| {},
-                )?;
-            }
-        }
-        (None, None) => {}
-        (Some(_), None) => return Err(spec::spec_error(&file, "dataset.prepared", "missing: where `prepare` writes")),
-        (None, Some(_)) => {
-            return Err(spec::spec_error(&file, "dataset.prepare", "missing: the script that writes `prepared`"))
-        }
+    let Some((script, prepared)) = prepare else { return Ok(()) };
+    let prepared = local("dataset.prepared", prepared)?;
+    if prepared.join("train").exists() {
+        return Ok(());
     }
-    let (config, job) = prepare_job(&file, overrides, false)?;
-    use_job_device(&file, &job, &Cluster::Embedded, &mut log)?;
-    write_binding(&config)?;
-    log(&format!("job dir {}", config.job_dir.root()));
-    run_training(config, &job, &Cluster::Embedded, log)
+    log(&format!("preparing with {}", script.display()));
+    let vars = [("data".to_string(), clips.display().to_string()), ("out".to_string(), prepared.display().to_string())];
+    crate::sql_cmd::run_sql(
+        &crate::sql_cmd::SqlSource::Files(vec![script.clone()]),
+        &Cluster::Embedded,
+        &vars.into_iter().collect(),
+        std::time::Duration::from_secs(3600),
+        |_| {},
+    )?;
+    if !prepared.join("train").exists() {
+        return Err(spec::spec_error(
+            file,
+            "dataset.prepare",
+            format!(
+                "{} wrote no {}/train/ (a script that only defines views belongs in data.script)",
+                script.display(),
+                prepared.display()
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -58,9 +58,11 @@ pub enum SourceSpec {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataScriptSpec {
-    /// The script, relative to the job file.
+    /// The script, relative to the job file. It may not `SET` options of the
+    /// training session.
     pub file: String,
-    /// Its `${name}` variables (over its `--! set` defaults); `${job_dir}` allowed.
+    /// Its `${name}` variables (over its `--! set` defaults; `${job_dir}` is
+    /// always set); `${job_dir}` allowed in the values.
     #[serde(default)]
     pub set: BTreeMap<String, String>,
 }
