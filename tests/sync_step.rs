@@ -155,6 +155,7 @@ fn one_sync_step_applies_the_mean_gradient_of_in_process_train_on_batch() {
         driver_host: "127.0.0.1".into(),
         rank_start_timeout: std::time::Duration::from_secs(30),
         advertised_host: None,
+        shared_memory: true,
         asynchronous: Default::default(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();

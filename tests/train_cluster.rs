@@ -118,10 +118,13 @@ fn kill_a_rank_mid_segment(
     (succeeded(submit), victim)
 }
 
-/// A job of 3 segments of 30 `sync` steps on 2 ranks, and the weights of its run without a fault.
+/// A job of 3 segments of 30 `sync` steps on 2 ranks, whose processes on one
+/// host pass chunks through `shared_memory` or TCP, and the weights of its
+/// run without a fault (embedded: no ring).
 fn three_segment_job(
     name: &str,
     rank_start_timeout: u64,
+    shared_memory: bool,
 ) -> (std::path::PathBuf, std::path::PathBuf, std::collections::BTreeMap<String, Vec<f32>>) {
     let data = &prepared_set(300);
     let dir = temp_dir(name);
@@ -129,7 +132,9 @@ fn three_segment_job(
     let job = small_job(&dir, data, 2, extra);
     let text = std::fs::read_to_string(&job).unwrap().replace(
         "  shards: 4\n",
-        &format!("  shards: 4\n  sync_every_steps: 30\n  rank_start_timeout_seconds: {rank_start_timeout}\n"),
+        &format!(
+            "  shards: 4\n  sync_every_steps: 30\n  rank_start_timeout_seconds: {rank_start_timeout}\n  shared_memory: {shared_memory}\n"
+        ),
     );
     std::fs::write(&job, text).unwrap();
     let reference = dir.join("reference");
@@ -140,7 +145,7 @@ fn three_segment_job(
 
 #[test]
 fn killing_an_executor_that_holds_a_rank_mid_segment_restarts_the_segment_with_the_same_weights() {
-    let (dir, job, reference) = three_segment_job("kill", 20);
+    let (dir, job, reference) = three_segment_job("kill", 20, true);
     // Three executors of one slot: after the kill, two slots remain for the two ranks.
     let mut cluster = start_cluster_with("kill", ClusterOptions::new(3, 1));
     let faulty = dir.join("faulty").display().to_string();
@@ -153,9 +158,10 @@ fn killing_an_executor_that_holds_a_rank_mid_segment_restarts_the_segment_with_t
     let restarted = &lines[1];
     assert!(restarted["generation"].as_u64().unwrap() > 2, "{restarted}");
     assert_eq!(restarted["partitions"].as_u64(), Some(2), "{restarted}");
-    // Two processes: the ranks' sums crossed the ring, not memory.
+    // Two processes: the ranks' sums crossed the ring, through shared memory (one host).
     assert_eq!(restarted["processes"].as_u64(), Some(2), "{restarted}");
     assert!(restarted["sent_bytes_per_step"].as_f64().unwrap() > 0.0, "{restarted}");
+    assert_eq!(restarted["shared_memory_links"].as_u64(), Some(2), "{restarted}");
     for p in restarted["parts"].as_array().unwrap() {
         assert_ne!(p["executor"].as_str().unwrap(), cluster.names[victim], "{restarted}");
     }
@@ -167,7 +173,8 @@ fn killing_an_executor_that_holds_a_rank_mid_segment_restarts_the_segment_with_t
 
 #[test]
 fn losing_an_executor_for_good_finishes_with_fewer_ranks_and_the_same_weights() {
-    let (dir, job, reference) = three_segment_job("lose", 8);
+    // Through TCP, as between hosts.
+    let (dir, job, reference) = three_segment_job("lose", 8, false);
     // Two executors of one slot: after the kill, one rank fits.
     let mut cluster = start_cluster_with("lose", ClusterOptions::new(2, 1));
     let faulty = dir.join("faulty").display().to_string();
@@ -177,6 +184,9 @@ fn losing_an_executor_for_good_finishes_with_fewer_ranks_and_the_same_weights() 
     let ranks: Vec<(u64, u64)> =
         lines.iter().map(|l| (l["step"].as_u64().unwrap(), l["partitions"].as_u64().unwrap())).collect();
     assert_eq!(ranks, vec![(30, 2), (60, 1), (90, 1)], "{lines:?}");
+    let ring = &lines[0];
+    assert!(ring["sent_bytes_per_step"].as_f64().unwrap() > 0.0, "{ring}");
+    assert_eq!(ring["shared_memory_links"].as_u64(), Some(0), "{ring}");
     assert!(
         weights(&final_weights(&dir.join("faulty"))) == reference,
         "the weights differ from the run without a fault"
@@ -202,7 +212,7 @@ fn send_to_rendezvous(address: &str, key: &[u8], body: &[u8], flip: Option<usize
 
 #[test]
 fn forged_and_tampered_messages_to_a_running_job_are_refused_logged_and_change_nothing() {
-    let (dir, job, reference) = three_segment_job("forge", 20);
+    let (dir, job, reference) = three_segment_job("forge", 20, true);
     let cluster = start_cluster_with("forge", ClusterOptions::new(2, 1));
     let job_dir = dir.join("forged").display().to_string();
     let (submit, record) = submit_until_segment(&job, &cluster, &job_dir, 30);

@@ -8,7 +8,7 @@
 //! (Ballista job, Parquet scan, weights version written and loaded, partial
 //! and reduced result files).
 //!
-//!     cargo bench --workspace --bench engine_w1     # ROUNDS=1 ROUNDS_PER_RUN=2 SYNC_STEPS=200 RUNS=<all>
+//!     cargo bench --workspace --bench engine_w1     # ROUNDS=1 ROUNDS_PER_RUN=2 SYNC_STEPS=200 RUNS=<all> SHARED_MEMORY=1
 //!
 //! Runs: `default` (the job spec's defaults: a worker per core, `average`,
 //! 200 local steps per round), `average` with 1 worker, `sync` with 2 ranks
@@ -16,9 +16,11 @@
 //! steps: ranks of one process sum in memory), and `sync_cluster`: 2 ranks
 //! on a cluster of processes on loopback (`kallista scheduler` and two
 //! `kallista executor`s of one slot, from the `kallista` binary next to this
-//! bench's directory, or `KALLISTA_BIN`): the ranks' sums cross TCP. Sync
-//! runs also print the all-reduce's time per step and the bytes a rank sent
-//! per step. Sync runs stage the rows in 2 shards of 16-row blocks (one
+//! bench's directory, or `KALLISTA_BIN`): the ranks' sums cross processes,
+//! through shared memory (`scaling.shared_memory`, the default; `"shared_memory_links": 2`
+//! in the output), or with `SHARED_MEMORY=0` through TCP as between hosts.
+//! Sync runs also print the all-reduce's time per step and the bytes a rank
+//! sent per step. Sync runs stage the rows in 2 shards of 16-row blocks (one
 //! block per rank and step, as in-process training runs one shard of the
 //! batch per core; 4 shards of 8 rows for 4 ranks); `average` runs in 4
 //! shards of 8-row blocks. `sync_4_workers`, `sync_cluster_4`,
@@ -104,7 +106,7 @@ fn round_parts(job_dir: &JobDir) -> String {
             MetricsLine::Eval(_) => None,
         })
         .collect();
-    let parts: [(&str, Part); 9] = [
+    let parts: [(&str, Part); 10] = [
         ("round_ms", |t| t.round_ms),
         ("query_ms", |t| t.query_ms),
         ("scan_ms", |t| t.scan_ms),
@@ -113,6 +115,7 @@ fn round_parts(job_dir: &JobDir) -> String {
         ("write_ms", |t| t.write_ms),
         ("reduce_ms", |t| t.reduce_ms),
         ("allreduce_ms_per_step", |t| t.allreduce_ms_per_step),
+        ("shared_memory_links", |t| t.shared_memory_links as f64),
         ("sent_bytes_per_step", |t| t.sent_bytes_per_step),
     ];
     let means: Vec<String> = parts
@@ -273,6 +276,7 @@ fn main() {
                     driver_host: "127.0.0.1".into(),
                     rank_start_timeout: std::time::Duration::from_secs(60),
                     advertised_host: None,
+                    shared_memory: env("SHARED_MEMORY", 1) != 0,
                     asynchronous: AsyncSettings { parameter_servers: 2, ..Default::default() },
                 };
                 let job_dir = config.job_dir.clone();

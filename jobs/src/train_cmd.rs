@@ -106,6 +106,7 @@ pub fn prepare_job(
         driver_host: job.scaling.driver_host.clone(),
         rank_start_timeout: std::time::Duration::from_secs(job.scaling.rank_start_timeout_seconds),
         advertised_host: job.scaling.advertised_host.clone(),
+        shared_memory: job.scaling.shared_memory,
         asynchronous: job.scaling.async_settings(),
     };
     Ok((config, job, script))

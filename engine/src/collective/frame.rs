@@ -130,6 +130,11 @@ impl<S: Read + Write> Framed<S> {
     /// Reads the next frame: its kind and body, after checking its tag.
     pub fn receive(&mut self) -> Result<(u8, Vec<u8>), FrameError> {
         let (kind, len) = self.head()?;
+        self.body_after(kind, len)
+    }
+
+    /// The body of a signed frame whose head ([`Framed::head`]) was read, after checking its tag.
+    pub fn body_after(&mut self, kind: u8, len: usize) -> Result<(u8, Vec<u8>), FrameError> {
         let mut body = vec![0u8; len];
         self.stream.read_exact(&mut body)?;
         self.check(kind, &[&body])?;
@@ -177,6 +182,19 @@ impl<S: Read + Write> Framed<S> {
         values32: &mut Vec<i32>,
     ) -> Result<u8, FrameError> {
         let (got, len) = self.head()?;
+        self.values_after((got, len), wide, narrow, header, values64, values32)
+    }
+
+    /// [`Framed::receive_values`] of a frame whose head was read.
+    pub fn values_after(
+        &mut self,
+        (got, len): (u8, usize),
+        wide: Option<u8>,
+        narrow: &[u8],
+        header: &mut [u8],
+        values64: &mut Vec<i64>,
+        values32: &mut Vec<i32>,
+    ) -> Result<u8, FrameError> {
         let width = match got {
             k if Some(k) == wide => 8,
             k if narrow.contains(&k) => 4,
@@ -217,7 +235,8 @@ impl<S: Read + Write> Framed<S> {
         Ok(got)
     }
 
-    fn head(&mut self) -> Result<(u8, usize), FrameError> {
+    /// Reads the next frame's kind and body length (bounded).
+    pub fn head(&mut self) -> Result<(u8, usize), FrameError> {
         let mut head = [0u8; 5];
         self.stream.read_exact(&mut head)?;
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;

@@ -6,12 +6,14 @@
 //! any number of processes. [`Ring::exchange`] is one ring step of any such
 //! collective (the sharded optimizer step's sums and weights use it too).
 //! Every frame is authenticated, chunks sealed
-//! ([`super::frame`]);
+//! ([`super::frame`]), or, between processes of one host, written to
+//! shared slots and announced by signed doorbells ([`super::shm`]);
 //! a connection that does not open with a signed hello from the expected
 //! neighbour is refused and logged, and the real neighbour is still awaited.
 
 use super::chunk;
 use super::frame::{json, parse, FrameError, Framed, Secret};
+use super::shm::{Offer, Slots, SLOTS, SLOT_BYTES};
 use super::watch::GenerationWatch;
 use crate::error::{EngineError, Result};
 use serde::{Deserialize, Serialize};
@@ -20,8 +22,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const HELLO: u8 = 10;
-/// Values per frame (8 MB).
-const CHUNK_VALUES: usize = 1 << 20;
+/// Same-host chunks ([`super::shm`]): an offer of slots or none, the
+/// neighbour's answer, a chunk's doorbell and its acknowledgement.
+const SHM_OFFER: u8 = 15;
+const SHM_NONE: u8 = 16;
+const SHM_YES: u8 = 17;
+const SHM_NO: u8 = 18;
+const DOORBELL: u8 = 19;
+const ACK: u8 = 20;
+/// A doorbell's body: kind, chunk header, slot (u32), length (u32).
+const DOORBELL_BYTES: usize = 1 + HEADER + 8;
+/// Values per frame (512 KB as i64: a shared slot holds one).
+const CHUNK_VALUES: usize = 1 << 16;
 /// A chunk's header: step (8), phase (1), ring step (4), offset (8), vector length (8).
 const HEADER: usize = 29;
 
@@ -63,6 +75,9 @@ pub struct Ring {
     narrow: Vec<i32>,
     send_narrow: Vec<i32>,
     send_wide: Vec<i64>,
+    /// Slots shared with the next leader (this one writes) and the previous one (it writes).
+    to_next: Option<Slots>,
+    from_prev: Option<Slots>,
 }
 
 /// Who is who in a ring: the leaders' ranks and endpoints in ring order.
@@ -71,6 +86,8 @@ pub struct RingPeers<'a> {
     pub generation: u64,
     pub leaders: &'a [(usize, String)],
     pub position: usize,
+    /// Whether leaders on one host pass chunks through shared memory ([`super::shm`]).
+    pub shared_memory: bool,
 }
 
 fn io(what: &str) -> impl Fn(std::io::Error) -> EngineError + '_ {
@@ -115,7 +132,14 @@ pub fn connect(
     let hello = Hello { job: peers.job.into(), generation: peers.generation, from: *me, to: *next_rank };
     next.send(HELLO, &[&json(&hello)]).map_err(|e| EngineError::Collective(format!("rank {me}: hello: {e}")))?;
     let expected = Hello { job: peers.job.into(), generation: peers.generation, from: *prev_rank, to: *me };
-    let prev = accept(&listener.listener, &expected, secret, deadline, timeout, watch)?;
+    let mut prev = accept(&listener.listener, &expected, secret, deadline, timeout, watch)?;
+    let (to_next, from_prev) = match peers.shared_memory {
+        true => share_memory(&mut next, &mut prev, *me)?,
+        false => (None, None),
+    };
+    if to_next.is_some() {
+        log::info!("rank {me}: chunks to rank {next_rank} go through shared memory");
+    }
     Ok(Some(Ring {
         next,
         prev,
@@ -125,7 +149,46 @@ pub fn connect(
         narrow: vec![],
         send_narrow: vec![],
         send_wide: vec![],
+        to_next,
+        from_prev,
     }))
+}
+
+/// Offers the next leader slots of shared memory, answers the previous
+/// one's offer, then hears the next one's answer (every leader sends before
+/// it waits, so the ring cannot stall). Returns the slots this leader writes
+/// (the next one could open them) and those it reads.
+fn share_memory(
+    next: &mut Framed<TcpStream>,
+    prev: &mut Framed<TcpStream>,
+    me: usize,
+) -> Result<(Option<Slots>, Option<Slots>)> {
+    let failed = |e: FrameError| EngineError::Collective(format!("rank {me}: sharing memory with a neighbour: {e}"));
+    let made = Slots::create().map_err(|e| log::info!("rank {me}: no shared memory ({e}): chunks go by TCP")).ok();
+    match &made {
+        Some((_, offer)) => next.send(SHM_OFFER, &[&json(offer)]),
+        None => next.send(SHM_NONE, &[]),
+    }
+    .map_err(failed)?;
+    let from_prev = match prev.receive().map_err(failed)? {
+        (SHM_OFFER, body) => Slots::open(&parse::<Offer>(&body).map_err(failed)?)
+            .map_err(|e| log::info!("rank {me}: the previous rank's shared memory cannot be opened here ({e})"))
+            .ok(),
+        (SHM_NONE, _) => None,
+        (kind, _) => return Err(failed(FrameError::Refused(format!("a message of kind {kind} instead of an offer")))),
+    };
+    prev.send(if from_prev.is_some() { SHM_YES } else { SHM_NO }, &[]).map_err(failed)?;
+    let to_next = match (next.receive().map_err(failed)?, made) {
+        ((SHM_YES, _), Some((mut slots, _))) => {
+            slots.forget_file();
+            Some(slots)
+        }
+        ((SHM_NO | SHM_YES, _), _) => None,
+        ((kind, _), _) => {
+            return Err(failed(FrameError::Refused(format!("a message of kind {kind} instead of an answer"))))
+        }
+    };
+    Ok((to_next, from_prev))
 }
 
 /// Waits a little before the next try, unless the generation failed meanwhile.
@@ -257,6 +320,7 @@ pub struct Outbox<'r> {
     narrow: &'r mut Vec<i32>,
     wide: &'r mut Vec<i64>,
     sent: u64,
+    slots: Option<&'r mut Slots>,
 }
 
 impl Outbox<'_> {
@@ -285,9 +349,48 @@ impl Outbox<'_> {
             _ => bytemuck::cast_slice_mut(self.narrow.as_mut_slice()),
         };
         self.sent += (HEADER + len) as u64;
-        self.to
-            .send_sealed(kind, &at.header(), payload)
-            .map_err(|e| EngineError::Collective(format!("sending to the next rank: {e}")))
+        let failed = |e: FrameError| EngineError::Collective(format!("sending to the next rank: {e}"));
+        let Some(slots) = self.slots.as_deref_mut().filter(|_| len <= SLOT_BYTES) else {
+            return self.to.send_sealed(kind, &at.header(), payload).map_err(failed);
+        };
+        let slot = loop {
+            match slots.take() {
+                Some(slot) => break slot,
+                None => await_ack(self.to, slots).map_err(failed)?,
+            }
+        };
+        slots.write(slot, &payload[..len]);
+        let doorbell = [&[kind][..], &at.header(), &(slot as u32).to_le_bytes(), &(len as u32).to_le_bytes()];
+        self.to.send(DOORBELL, &doorbell).map_err(failed)
+    }
+}
+
+impl Outbox<'_> {
+    /// Waits until the next leader has read every slot: an acknowledgement
+    /// left unread when the ring closes would reset the connection under
+    /// a neighbour still reading.
+    fn drain(&mut self) -> Result<()> {
+        if let Some(slots) = self.slots.as_deref_mut() {
+            while slots.oldest().is_some() {
+                await_ack(self.to, slots)
+                    .map_err(|e| EngineError::Collective(format!("sending to the next rank: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits for the next leader to acknowledge the oldest slot in flight.
+fn await_ack(to: &mut Framed<TcpStream>, slots: &mut Slots) -> std::result::Result<(), FrameError> {
+    let expected = slots.oldest().map(|s| (s as u32).to_le_bytes().to_vec());
+    match to.receive()? {
+        (ACK, body) if Some(&body) == expected.as_ref() => {
+            slots.acknowledged();
+            Ok(())
+        }
+        (kind, _) => {
+            Err(FrameError::Refused(format!("a message of kind {kind} instead of the acknowledgement of a slot")))
+        }
     }
 }
 
@@ -296,6 +399,7 @@ pub struct Inbox<'r> {
     from: &'r mut Framed<TcpStream>,
     narrow: &'r mut Vec<i32>,
     wide: &'r mut Vec<i64>,
+    slots: Option<&'r Slots>,
 }
 
 /// A chunk as it arrived (authenticated and decrypted).
@@ -320,15 +424,14 @@ impl Inbox<'_> {
 
     fn next(&mut self, at: Place, values: usize, wide_kind: Option<u8>, narrow_kinds: &[u8]) -> Result<Arrived<'_>> {
         let mut h = [0u8; HEADER];
-        let kind =
-            self.from.receive_values(wide_kind, narrow_kinds, &mut h, self.wide, self.narrow).map_err(|e| match e {
-                FrameError::Refused(why) => {
-                    REFUSED.fetch_add(1, Ordering::Relaxed);
-                    log::warn!("refused a collective message from the previous rank: {why}");
-                    EngineError::Collective(format!("a collective message was refused: {why}"))
-                }
-                FrameError::Io(e) => EngineError::Collective(format!("the previous rank is gone: {e}")),
-            })?;
+        let kind = self.receive(wide_kind, narrow_kinds, &mut h).map_err(|e| match e {
+            FrameError::Refused(why) => {
+                REFUSED.fetch_add(1, Ordering::Relaxed);
+                log::warn!("refused a collective message from the previous rank: {why}");
+                EngineError::Collective(format!("a collective message was refused: {why}"))
+            }
+            FrameError::Io(e) => EngineError::Collective(format!("the previous rank is gone: {e}")),
+        })?;
         let len = chunk::covers(kind, self.narrow, self.wide, values);
         if h != at.header() {
             return Err(EngineError::Collective(format!(
@@ -343,6 +446,48 @@ impl Inbox<'_> {
             )));
         }
         Ok(Arrived { kind, narrow: self.narrow, wide: self.wide, len })
+    }
+
+    /// The next chunk, sealed on the socket or rung in through a shared slot.
+    fn receive(
+        &mut self,
+        wide_kind: Option<u8>,
+        narrow_kinds: &[u8],
+        h: &mut [u8; HEADER],
+    ) -> std::result::Result<u8, FrameError> {
+        let head = self.from.head()?;
+        if head.0 != DOORBELL {
+            return self.from.values_after(head, wide_kind, narrow_kinds, h, self.wide, self.narrow);
+        }
+        let (_, body) = self.from.body_after(head.0, head.1)?;
+        let Some(slots) = self.slots.filter(|_| body.len() == DOORBELL_BYTES) else {
+            return Err(FrameError::Refused("a doorbell without shared slots".into()));
+        };
+        let kind = body[0];
+        h.copy_from_slice(&body[1..1 + HEADER]);
+        let number = |at: usize| u32::from_le_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]) as usize;
+        let (slot, len) = (number(1 + HEADER), number(1 + HEADER + 4));
+        let width = match kind {
+            k if Some(k) == wide_kind => 8,
+            k if narrow_kinds.contains(&k) => 4,
+            _ => return Err(FrameError::Refused(format!("unexpected doorbell: kind {kind}, {len} bytes"))),
+        };
+        if slot >= SLOTS || len > SLOT_BYTES || !len.is_multiple_of(width) {
+            return Err(FrameError::Refused(format!("a doorbell of slot {slot} with {len} bytes")));
+        }
+        let bytes: &mut [u8] = match width {
+            8 => {
+                self.wide.resize(len / 8, 0);
+                bytemuck::cast_slice_mut(self.wide.as_mut_slice())
+            }
+            _ => {
+                self.narrow.resize(len / 4, 0);
+                bytemuck::cast_slice_mut(self.narrow.as_mut_slice())
+            }
+        };
+        slots.read(slot, bytes);
+        self.from.send(ACK, &[&(slot as u32).to_le_bytes()])?;
+        Ok(kind)
     }
 }
 
@@ -379,6 +524,11 @@ impl Ring {
         self.position
     }
 
+    /// Whether this leader's chunks reach the next one through shared memory.
+    pub fn shares_memory(&self) -> bool {
+        self.to_next.is_some()
+    }
+
     /// One ring step: `send` feeds the next leader while `receive` takes
     /// from the previous one, at once. Returns the bytes sent.
     pub fn exchange(
@@ -386,11 +536,21 @@ impl Ring {
         send: impl FnOnce(&mut Outbox) -> Result<()> + Send,
         receive: impl FnOnce(&mut Inbox) -> Result<()>,
     ) -> Result<u64> {
-        let mut outbox =
-            Outbox { to: &mut self.next, narrow: &mut self.send_narrow, wide: &mut self.send_wide, sent: 0 };
-        let mut inbox = Inbox { from: &mut self.prev, narrow: &mut self.narrow, wide: &mut self.buffer };
+        let mut outbox = Outbox {
+            to: &mut self.next,
+            narrow: &mut self.send_narrow,
+            wide: &mut self.send_wide,
+            sent: 0,
+            slots: self.to_next.as_mut(),
+        };
+        let mut inbox = Inbox {
+            from: &mut self.prev,
+            narrow: &mut self.narrow,
+            wide: &mut self.buffer,
+            slots: self.from_prev.as_ref(),
+        };
         std::thread::scope(|s| {
-            let sender = s.spawn(move || send(&mut outbox).map(|()| outbox.sent));
+            let sender = s.spawn(move || send(&mut outbox).and_then(|()| outbox.drain()).map(|()| outbox.sent));
             let received = receive(&mut inbox);
             let sent = sender.join().unwrap_or_else(|_| Err(EngineError::Collective("sender panicked".into())));
             received.and(sent)
@@ -443,8 +603,14 @@ impl Ring {
 mod tests {
     use super::*;
 
-    /// Runs a ring of `parts.len()` leaders on threads; returns each one's result.
-    fn ring_sum(parts: Vec<Vec<i64>>, secret: &Secret, before: impl FnOnce(&[String])) -> Vec<Result<Vec<i64>>> {
+    /// Runs a ring of `parts.len()` leaders on threads, passing chunks
+    /// through `shared_memory` or not; returns each one's result.
+    fn ring_sum(
+        parts: Vec<Vec<i64>>,
+        secret: &Secret,
+        shared_memory: bool,
+        before: impl FnOnce(&[String]),
+    ) -> Vec<Result<Vec<i64>>> {
         let listeners: Vec<Listener> =
             parts.iter().map(|_| Listener::bind("127.0.0.1", "127.0.0.1").unwrap()).collect();
         let leaders: Vec<(usize, String)> =
@@ -458,10 +624,11 @@ mod tests {
                 .map(|(p, (listener, mut data))| {
                     let leaders = &leaders;
                     s.spawn(move || {
-                        let peers = RingPeers { job: "j", generation: 3, leaders, position: p };
+                        let peers = RingPeers { job: "j", generation: 3, leaders, position: p, shared_memory };
                         let mut ring =
                             connect(listener, &peers, secret, Duration::from_secs(5), &GenerationWatch::none())?;
                         if let Some(r) = ring.as_mut() {
+                            assert_eq!(r.shares_memory(), shared_memory);
                             r.all_reduce(9, &mut data)?;
                         }
                         Ok(data)
@@ -490,8 +657,10 @@ mod tests {
             };
             let parts: Vec<Vec<i64>> = (0..leaders).map(|k| (0..n).map(|i| value(i, k)).collect()).collect();
             let want: Vec<i64> = (0..n).map(|i| parts.iter().map(|p| p[i]).sum()).collect();
-            for got in ring_sum(parts, &secret, |_| {}) {
-                assert!(got.unwrap() == want, "{leaders} leaders");
+            for shared_memory in [false, true] {
+                for got in ring_sum(parts.clone(), &secret, shared_memory, |_| {}) {
+                    assert!(got.unwrap() == want, "{leaders} leaders, shared memory {shared_memory}");
+                }
             }
         }
     }
@@ -501,7 +670,7 @@ mod tests {
         let (secret, _) = Secret::generate().unwrap();
         let parts = vec![vec![1i64, 2, 3], vec![10, 20, 30], vec![100, 200, 300]];
         let before = REFUSED.load(Ordering::Relaxed);
-        let results = ring_sum(parts, &secret, |endpoints| {
+        let results = ring_sum(parts, &secret, false, |endpoints| {
             // A stranger without the secret, then a hello signed right but changed on the way,
             // reach rank 0's listener before its real neighbour does.
             let mut stranger = Framed::new(TcpStream::connect(&endpoints[0]).unwrap(), Secret::from_bytes(b"guess"));

@@ -111,7 +111,7 @@ mod tests {
     fn connect_to(endpoint: String, secret: &Secret, watch: &GenerationWatch) -> crate::error::Result<()> {
         let mine = Listener::bind("127.0.0.1", "127.0.0.1").unwrap();
         let leaders = vec![(0, endpoint), (1, mine.endpoint.clone())];
-        let peers = RingPeers { job: "job", generation: 1, leaders: &leaders, position: 1 };
+        let peers = RingPeers { job: "job", generation: 1, leaders: &leaders, position: 1, shared_memory: false };
         connect(mine, &peers, secret, Duration::from_secs(60), watch).map(|_| ())
     }
 
@@ -155,12 +155,12 @@ mod tests {
         // Rank 0 joins the ring, then never sends its part of the sum.
         let (stall, stalled) = std::sync::mpsc::channel::<()>();
         let stalled_rank = std::thread::spawn(move || {
-            let peers = RingPeers { job: "job", generation: 1, leaders: &leaders0, position: 0 };
+            let peers = RingPeers { job: "job", generation: 1, leaders: &leaders0, position: 0, shared_memory: false };
             let ring = connect(first, &peers, &secret0, Duration::from_secs(60), &GenerationWatch::none()).unwrap();
             let _ = stalled.recv();
             drop(ring);
         });
-        let peers = RingPeers { job: "job", generation: 1, leaders: &leaders, position: 1 };
+        let peers = RingPeers { job: "job", generation: 1, leaders: &leaders, position: 1, shared_memory: false };
         let mut ring = connect(second, &peers, &secret, Duration::from_secs(60), &watch).unwrap().unwrap();
         let failing = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(300));

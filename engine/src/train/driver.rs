@@ -64,6 +64,8 @@ pub struct TrainConfig {
     /// Where executors reach the driver's services (rendezvous, parameter
     /// servers) when not at `driver_host` (NAT, containers).
     pub advertised_host: Option<String>,
+    /// `sync`: ranks of one host pass chunks through shared memory.
+    pub shared_memory: bool,
     /// `async`: the parameter servers.
     pub asynchronous: AsyncSettings,
 }
@@ -550,6 +552,7 @@ impl<'a> Job<'a> {
                 secret: c.secret.clone(),
                 next_weights: self.cfg.job_dir.weights(step + k),
                 timeout_s: self.cfg.round_timeout.as_secs().max(1),
+                shared_memory: self.cfg.shared_memory,
             };
             let spec_json = serde_json::to_string(&spec).map_err(|e| EngineError::Invalid(e.to_string()))?;
             let sql = format!("SELECT kallista_segment(rank, {}) FROM {table}", sql_str(&spec_json));
@@ -779,6 +782,7 @@ impl<'a> Job<'a> {
             parts: result.parts.clone(),
             generation: result.generation,
             processes: result.processes,
+            shared_memory_links: result.shared_memory_links,
             allreduce_ms_per_step: result.reduce_ms / round.steps.max(1) as f64,
             sent_bytes_per_step: result.sent_bytes_per_step,
             workers: result.workers.clone(),

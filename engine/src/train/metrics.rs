@@ -56,6 +56,10 @@ pub struct TrainLine {
     /// `sync`: processes the ranks ran in.
     #[serde(default)]
     pub processes: u64,
+    /// `sync`: ring members whose chunks reached the next one through
+    /// shared memory (same host) rather than TCP.
+    #[serde(default)]
+    pub shared_memory_links: u64,
     /// `sync`: the slowest rank's time per step in the all-reduce and the optimizer step.
     #[serde(default)]
     pub allreduce_ms_per_step: f64,

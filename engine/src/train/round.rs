@@ -156,6 +156,9 @@ pub struct RoundResult {
     /// `sync`: processes the ranks ran in (one ring member each).
     #[serde(default)]
     pub processes: u64,
+    /// `sync`: ring members whose chunks reached the next through shared memory.
+    #[serde(default)]
+    pub shared_memory_links: u64,
     /// `sync`: the most bytes a rank sent to other processes per step.
     #[serde(default)]
     pub sent_bytes_per_step: f64,

@@ -76,6 +76,9 @@ pub struct SegmentSpec {
     pub next_weights: Location,
     /// How long a rank waits for its peers (connections, a step) before giving up.
     pub timeout_s: u64,
+    /// Whether leaders on one host pass chunks through shared memory ([`crate::collective::shm`]).
+    #[serde(default)]
+    pub shared_memory: bool,
 }
 
 /// What one rank reports at the end of its segment.
@@ -100,6 +103,9 @@ pub struct RankReport {
     pub sent_bytes: u64,
     /// Processes the ranks ran in.
     pub processes: usize,
+    /// Whether this rank's process sent its chunks through shared memory.
+    #[serde(default)]
+    pub shared_memory: bool,
 }
 
 /// Which gradient vectors a step's flat i64 sum holds, in order: every
@@ -326,12 +332,18 @@ fn run_registered(
         ring = match rank == group.leader() {
             true => {
                 let position = leaders.iter().position(|l| l.0 == rank).unwrap_or(0);
-                let ring_peers =
-                    RingPeers { job: &spec.job_id, generation: spec.generation, leaders: &leaders, position };
+                let ring_peers = RingPeers {
+                    job: &spec.job_id,
+                    generation: spec.generation,
+                    leaders: &leaders,
+                    position,
+                    shared_memory: spec.shared_memory,
+                };
                 ring::connect(listener, &ring_peers, secret, timeout, &watch)?
             }
             false => None,
         };
+        report.shared_memory = ring.as_ref().is_some_and(Ring::shares_memory);
         run_steps(spec, rank, &group, ring.as_mut(), timeout, &mut report)?;
         finish(spec, rank, &group, &mut report)
     })();

@@ -219,5 +219,6 @@ fn combine(spec: &SegmentSpec, mut reports: Vec<RankReport>) -> crate::error::Re
     }
     result.generation = Some(spec.generation);
     result.processes = reports.first().map_or(0, |r| r.processes as u64);
+    result.shared_memory_links = reports.iter().filter(|r| r.shared_memory).count() as u64;
     Ok(result)
 }

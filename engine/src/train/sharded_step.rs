@@ -9,7 +9,8 @@
 //! elementwise, so the weights have the bits of the whole-vector step.
 //!
 //! Weights whose rows are known (an Embedding's) are not sharded: their
-//! sums travel as rows to every leader, which updates them whole
+//! sums travel as rows to every leader, which updates them whole (on a
+//! thread of its own, while the other weights' sums travel)
 //! ([`super::row_sums`]).
 //!
 //! A leader's slots are current only on its own segment until the segment
@@ -138,6 +139,7 @@ pub(crate) fn sharded_step(
         into.names.push(names[e]);
     }
     let mut sent = 0;
+    let mut rows_update = None;
     if !whole.weights.is_empty() {
         let mut own = vec![];
         for (j, &e) in whole.places.iter().enumerate() {
@@ -150,13 +152,27 @@ pub(crate) fn sharded_step(
         let totals = (0..places.len())
             .map(|i| RowSums::total(&by_leader.iter().map(|of_leader| &of_leader[i]).collect::<Vec<_>>()))
             .collect::<Result<Vec<_>>>()?;
-        let update = RangedUpdate { step: rule.clone(), parts: whole.weights };
-        apply_mean_in_chunks(Sums::Rows(&totals), &whole.names, parts, update, CHUNK)?;
+        rows_update = Some((totals, RangedUpdate { step: rule.clone(), parts: whole.weights }));
     }
-    if !dense.weights.is_empty() {
-        sent += sharded_dense(ring, step, dense, rule, parts, chunk)?;
-    }
-    Ok(sent)
+    let names = &whole.names;
+    // The weights updated whole (every row: the optimizer's slots decay
+    // where no token was) are updated while the dense sums travel: that
+    // exchange waits on the network and on the peers for much of its time.
+    std::thread::scope(|s| {
+        let rows = rows_update.map(|(totals, update)| {
+            s.spawn(move || apply_mean_in_chunks(Sums::Rows(&totals), names, parts, update, CHUNK))
+        });
+        let dense_sent = match dense.weights.is_empty() {
+            true => Ok(0),
+            false => sharded_dense(ring, step, dense, rule, parts, chunk),
+        };
+        let rows_done = rows.map_or(Ok(()), |h| {
+            h.join()
+                .unwrap_or_else(|_| Err(EngineError::Training("the update of the row-wise weights panicked".into())))
+        });
+        sent += dense_sent?;
+        rows_done.map(|()| sent)
+    })
 }
 
 /// Some of a step's weights, in order: their places among the step's
@@ -207,6 +223,7 @@ fn sharded_dense(
         slot_segments.push(by_segment(of_slot, l));
     }
     let mut sent = 0;
+    let weights_at = Place { step, phase: WEIGHTS, t: 0, offset: 0, n };
     // Reduce-scatter: partial sums of segments go around; the last ring step
     // brings this leader the whole sum of its own segment (p + 1).
     let mut partials = [vec![], vec![]];
@@ -220,8 +237,8 @@ fn sharded_dense(
         };
         let sent_partial: &[i64] = sent_partial;
         let grads = &grads;
-        let last = t == l - 2;
         let own = (&mut value_segments[recv], slot_segments.iter_mut().map(|s| &mut s[recv]).collect());
+        let last = t == l - 2;
         sent += ring.exchange(
             |out| send_sums(out, place, bounds(n, l, send), (t > 0).then_some(sent_partial), grads),
             |inbox| match last {
@@ -234,7 +251,7 @@ fn sharded_dense(
         )?;
     }
     // All-gather: the updated weights of every segment go around.
-    sent += all_gather(ring, Place { step, phase: WEIGHTS, t: 0, offset: 0, n }, &mut value_segments, chunk)?;
+    sent += all_gather(ring, weights_at, &mut value_segments, chunk, 0)?;
     Ok(sent)
 }
 
@@ -267,7 +284,7 @@ pub(crate) fn gather_slots(
     for (k, of_slot) in by_index.into_iter().enumerate() {
         let n = of_slot.iter().map(|s| s.len()).sum();
         let mut segments = by_segment(of_slot, ring.size());
-        sent += all_gather(ring, Place { step, phase: SLOTS + k as u8, t: 0, offset: 0, n }, &mut segments, chunk)?;
+        sent += all_gather(ring, Place { step, phase: SLOTS + k as u8, t: 0, offset: 0, n }, &mut segments, chunk, 0)?;
     }
     Ok(sent)
 }
@@ -346,46 +363,59 @@ fn update_own(
     Ok(())
 }
 
-/// The ring's all-gather of f32 segments: each leader starts with its own
-/// segment (p + 1) current and ends with all of them. Returns the bytes sent.
-fn all_gather(ring: &mut Ring, place: Place, segments: &mut [Pieces<'_>], chunk: usize) -> Result<u64> {
+/// The ring's all-gather of f32 segments, from ring step `from` on: each
+/// leader starts with its own segment (p + 1) current and ends with all of
+/// them. Returns the bytes sent.
+fn all_gather(ring: &mut Ring, place: Place, segments: &mut [Pieces<'_>], chunk: usize, from: usize) -> Result<u64> {
     let (l, p) = (ring.size(), ring.position());
     let mut sent = 0;
-    for t in 0..l - 1 {
+    for t in from..l - 1 {
         let (send, recv) = ((p + 1 + l - t) % l, (p + l - t) % l);
         let place = Place { t: t as u32, ..place };
         let (out_pieces, in_pieces) = two_mut(segments, send, recv);
         let (out_range, in_range) = (bounds(place.n, l, send), bounds(place.n, l, recv));
         sent += ring.exchange(
-            |out| {
-                let spans = spans_of(out_pieces);
-                for start in out_range.clone().step_by(chunk) {
-                    let end = (start + chunk).min(out_range.end);
-                    let mut chunk: Vec<&[f32]> = vec![];
-                    overlaps(&spans, start..end, |j, inside, _| {
-                        chunk.push(&out_pieces[j].1[inside]);
-                        Ok(())
-                    })?;
-                    out.floats(place.plus(start), &chunk)?;
-                }
-                Ok(())
-            },
-            |inbox| {
-                let spans = spans_of(in_pieces);
-                for start in in_range.clone().step_by(chunk) {
-                    let end = (start + chunk).min(in_range.end);
-                    let chunk = inbox.floats(place.plus(start), end - start)?;
-                    let floats = chunk.floats();
-                    overlaps(&spans, start..end, |j, inside, at| {
-                        in_pieces[j].1[inside].copy_from_slice(&floats[at]);
-                        Ok(())
-                    })?;
-                }
-                Ok(())
-            },
+            |out| send_floats(out, place, out_range, out_pieces, chunk),
+            |inbox| receive_floats(inbox, place, in_range, in_pieces, chunk),
         )?;
     }
     Ok(sent)
+}
+
+/// Sends the f32 values of segment `range` (its `pieces`), `chunk` values per frame.
+fn send_floats(out: &mut Outbox, place: Place, range: Range<usize>, pieces: &Pieces<'_>, chunk: usize) -> Result<()> {
+    let spans = spans_of(pieces);
+    for start in range.clone().step_by(chunk) {
+        let end = (start + chunk).min(range.end);
+        let mut values: Vec<&[f32]> = vec![];
+        overlaps(&spans, start..end, |j, inside, _| {
+            values.push(&pieces[j].1[inside]);
+            Ok(())
+        })?;
+        out.floats(place.plus(start), &values)?;
+    }
+    Ok(())
+}
+
+/// Receives the f32 values of segment `range` into its `pieces`, `chunk` values per frame.
+fn receive_floats(
+    inbox: &mut Inbox,
+    place: Place,
+    range: Range<usize>,
+    pieces: &mut Pieces<'_>,
+    chunk: usize,
+) -> Result<()> {
+    let spans = spans_of(pieces);
+    for start in range.clone().step_by(chunk) {
+        let end = (start + chunk).min(range.end);
+        let arrived = inbox.floats(place.plus(start), end - start)?;
+        let floats = arrived.floats();
+        overlaps(&spans, start..end, |j, inside, at| {
+            pieces[j].1[inside].copy_from_slice(&floats[at]);
+            Ok(())
+        })?;
+    }
+    Ok(())
 }
 
 /// Segment `a` to read and segment `b` to write (`a != b`).
@@ -467,7 +497,7 @@ mod tests {
         assert_ne!(want, weights_hash(&base), "the steps changed nothing");
         assert_ne!(want, one_process(MICRO_BATCHES as u64 - 1), "a wrong divisor passes");
         let (secret, _) = Secret::generate().unwrap();
-        for leaders in 2..=4 {
+        for (leaders, shared_memory) in [(2, false), (2, true), (3, false), (3, true), (4, true)] {
             let listeners: Vec<Listener> =
                 (0..leaders).map(|_| Listener::bind("127.0.0.1", "127.0.0.1").unwrap()).collect();
             let endpoints: Vec<(usize, String)> =
@@ -481,7 +511,8 @@ mod tests {
                             (&endpoints, &steps, &secret, &weights, &names);
                         let mut model: Model = base.clone();
                         s.spawn(move || {
-                            let peers = RingPeers { job: "j", generation: 1, leaders: endpoints, position };
+                            let peers =
+                                RingPeers { job: "j", generation: 1, leaders: endpoints, position, shared_memory };
                             let none = GenerationWatch::none();
                             let mut ring =
                                 connect(listener, &peers, secret, Duration::from_secs(10), &none).unwrap().unwrap();
@@ -509,7 +540,7 @@ mod tests {
                 handles.into_iter().map(|h| h.join().unwrap()).collect()
             });
             for (position, got) in hashes.iter().enumerate() {
-                assert_eq!(got, &want, "leader {position} of {leaders}");
+                assert_eq!(got, &want, "leader {position} of {leaders}, shared memory {shared_memory}");
             }
         }
     }

@@ -171,6 +171,11 @@ pub struct ScalingSpec {
     /// `driver_host` (a driver behind NAT or in a container).
     #[serde(default)]
     pub advertised_host: Option<String>,
+    /// `sync`: ranks of one host pass their sums and weights through shared
+    /// memory, ranks of different hosts through TCP (default true; false:
+    /// TCP between all processes).
+    #[serde(default = "yes")]
+    pub shared_memory: bool,
     /// `async`: shards of the weights, each a parameter server in the
     /// driver's process (default 1).
     #[serde(default)]
@@ -207,6 +212,10 @@ pub struct ScalingSpec {
     pub device: Option<String>,
 }
 
+fn yes() -> bool {
+    true
+}
+
 fn rank_start_timeout() -> u64 {
     30
 }
@@ -231,6 +240,7 @@ impl Default for ScalingSpec {
             rank_start_timeout_seconds: rank_start_timeout(),
             driver_host: driver_host(),
             advertised_host: None,
+            shared_memory: true,
             parameter_servers: None,
             push_every_steps: None,
             max_staleness: None,
