@@ -53,6 +53,21 @@ impl Drop for Slots {
     }
 }
 
+/// Removes the files of processes that are gone: a process killed between
+/// making its file and its neighbour opening it cannot remove it itself.
+fn remove_orphans() {
+    let Ok(entries) = std::fs::read_dir(DIR) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let maker = name.to_str().and_then(|n| n.strip_prefix(PREFIX)).and_then(|n| n.split('-').next());
+        if let Some(pid) = maker.and_then(|p| p.parse::<u32>().ok()) {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
 fn random(bytes: &mut [u8]) -> std::io::Result<()> {
     use ring::rand::SecureRandom;
     ring::rand::SystemRandom::new().fill(bytes).map_err(|_| std::io::Error::other("no randomness"))
@@ -62,6 +77,7 @@ impl Slots {
     /// Makes a writer's file and maps it; its space is taken now, so a full
     /// `/dev/shm` is an error here rather than a fault on first write.
     pub fn create() -> std::io::Result<(Slots, Offer)> {
+        remove_orphans();
         let mut token = vec![0u8; TOKEN];
         random(&mut token)?;
         let mut name = [0u8; 12];
@@ -108,6 +124,8 @@ impl Slots {
         }
         // SAFETY: as in `create`.
         let map = unsafe { memmap2::MmapMut::map_mut(&file)? };
+        // Opened: the name is no longer needed (its maker removes it too).
+        let _ = std::fs::remove_file(path);
         Ok(Slots { map, next: 0, in_flight: 0, path: None })
     }
 
@@ -169,11 +187,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_reader_sees_the_writers_slots_and_the_file_goes_once_forgotten() {
+    fn a_reader_sees_the_writers_slots_and_the_file_goes_once_opened_or_dropped() {
+        let (unopened, offer) = Slots::create().unwrap();
+        assert!(Path::new(&offer.path).exists());
+        drop(unopened);
+        assert!(!Path::new(&offer.path).exists(), "a file never opened goes with its maker");
         let (mut writer, offer) = Slots::create().unwrap();
         let mut reader = Slots::open(&offer).unwrap();
-        writer.forget_file();
-        assert!(!Path::new(&offer.path).exists());
+        assert!(!Path::new(&offer.path).exists(), "opened, the name goes");
         for round in 0..2u8 {
             let slots: Vec<usize> = (0..SLOTS).map(|_| writer.take().unwrap()).collect();
             assert_eq!(writer.take(), None, "every slot in flight");
@@ -189,6 +210,19 @@ mod tests {
             }
         }
         reader.forget_file();
+    }
+
+    #[test]
+    fn the_file_of_a_process_that_is_gone_is_removed_by_the_next_one_made() {
+        // No process has pid u32::MAX - 1 (Linux pids stay below 2^22).
+        let orphan = Path::new(DIR).join(format!("{PREFIX}{}-0123", u32::MAX - 1));
+        let alive = Path::new(DIR).join(format!("{PREFIX}{}-0123", std::process::id()));
+        std::fs::write(&orphan, b"left").unwrap();
+        std::fs::write(&alive, b"mine").unwrap();
+        let _made = Slots::create().unwrap();
+        assert!(!orphan.exists());
+        assert!(alive.exists(), "a live process's file was removed");
+        std::fs::remove_file(alive).unwrap();
     }
 
     #[test]
