@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 /// acknowledgement, each wait a wake-up of the neighbour on a busy host
 /// (W1's all-reduce: 17.6-18.5 ms per step with 16, 18.8-20.2 with 4). A
 /// `/dev/shm` too small for them (a container's 64 MiB) makes the link TCP.
+pub const SLOTS: usize = 16;
 /// Bytes of a slot: a frame of the ring's chunks (64 Ki i64 values) and more.
 pub const SLOT_BYTES: usize = 1 << 20;
 /// Where the files are made.
