@@ -349,7 +349,7 @@ impl Outbox<'_> {
             _ => bytemuck::cast_slice_mut(self.narrow.as_mut_slice()),
         };
         self.sent += (HEADER + len) as u64;
-        let failed = |e: FrameError| EngineError::Collective(format!("sending to the next rank: {e}"));
+        let failed = sending;
         let Some(slots) = self.slots.as_deref_mut().filter(|_| len <= SLOT_BYTES) else {
             return self.to.send_sealed(kind, &at.header(), payload).map_err(failed);
         };
@@ -372,12 +372,15 @@ impl Outbox<'_> {
     fn drain(&mut self) -> Result<()> {
         if let Some(slots) = self.slots.as_deref_mut() {
             while slots.oldest().is_some() {
-                await_ack(self.to, slots)
-                    .map_err(|e| EngineError::Collective(format!("sending to the next rank: {e}")))?;
+                await_ack(self.to, slots).map_err(sending)?;
             }
         }
         Ok(())
     }
+}
+
+fn sending(e: FrameError) -> EngineError {
+    EngineError::Collective(format!("sending to the next rank: {e}"))
 }
 
 /// Waits for the next leader to acknowledge the oldest slot in flight.

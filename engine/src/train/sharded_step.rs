@@ -223,7 +223,6 @@ fn sharded_dense(
         slot_segments.push(by_segment(of_slot, l));
     }
     let mut sent = 0;
-    let weights_at = Place { step, phase: WEIGHTS, t: 0, offset: 0, n };
     // Reduce-scatter: partial sums of segments go around; the last ring step
     // brings this leader the whole sum of its own segment (p + 1).
     let mut partials = [vec![], vec![]];
@@ -251,7 +250,7 @@ fn sharded_dense(
         )?;
     }
     // All-gather: the updated weights of every segment go around.
-    sent += all_gather(ring, weights_at, &mut value_segments, chunk, 0)?;
+    sent += all_gather(ring, Place { step, phase: WEIGHTS, t: 0, offset: 0, n }, &mut value_segments, chunk)?;
     Ok(sent)
 }
 
@@ -284,7 +283,7 @@ pub(crate) fn gather_slots(
     for (k, of_slot) in by_index.into_iter().enumerate() {
         let n = of_slot.iter().map(|s| s.len()).sum();
         let mut segments = by_segment(of_slot, ring.size());
-        sent += all_gather(ring, Place { step, phase: SLOTS + k as u8, t: 0, offset: 0, n }, &mut segments, chunk, 0)?;
+        sent += all_gather(ring, Place { step, phase: SLOTS + k as u8, t: 0, offset: 0, n }, &mut segments, chunk)?;
     }
     Ok(sent)
 }
@@ -363,13 +362,13 @@ fn update_own(
     Ok(())
 }
 
-/// The ring's all-gather of f32 segments, from ring step `from` on: each
+/// The ring's all-gather of f32 segments: each
 /// leader starts with its own segment (p + 1) current and ends with all of
 /// them. Returns the bytes sent.
-fn all_gather(ring: &mut Ring, place: Place, segments: &mut [Pieces<'_>], chunk: usize, from: usize) -> Result<u64> {
+fn all_gather(ring: &mut Ring, place: Place, segments: &mut [Pieces<'_>], chunk: usize) -> Result<u64> {
     let (l, p) = (ring.size(), ring.position());
     let mut sent = 0;
-    for t in from..l - 1 {
+    for t in 0..l - 1 {
         let (send, recv) = ((p + 1 + l - t) % l, (p + l - t) % l);
         let place = Place { t: t as u32, ..place };
         let (out_pieces, in_pieces) = two_mut(segments, send, recv);
