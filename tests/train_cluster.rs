@@ -382,6 +382,8 @@ fn killing_an_executor_mid_async_segment_finishes_the_job_and_leaves_no_process_
     // Every step was pushed exactly once: the re-run worker skipped those its lost run pushed.
     let rows: Vec<u64> = lines.iter().map(|l| l["rows"].as_u64().unwrap()).collect();
     assert_eq!(rows, vec![300 * 32; 3], "{lines:?}");
+    // Workers and shards share a host: the values of each of the 2 x 2 connections went through shared memory.
+    assert_eq!(lines[0]["shared_memory_links"], 4, "{}", lines[0]);
     // Before the kill the two workers ran on the two executors: the victim held one.
     let first: BTreeSet<&str> =
         lines[0]["parts"].as_array().unwrap().iter().map(|p| p["executor"].as_str().unwrap()).collect();

@@ -1,14 +1,17 @@
-//! Ring chunks between processes of one host through shared memory. A
-//! leader whose next neighbour can open a file it made in `/dev/shm` (same
-//! host, same mount namespace, same user) writes its chunks into a few slots
-//! of that file; the socket then carries only signed doorbells (the chunk's
-//! kind, place, slot and length) and acknowledgements. The values skip the
+//! Values between processes of one host through shared memory. A process
+//! whose peer can open a file it made in `/dev/shm` (same host, same mount
+//! namespace, same user) puts its values there, and the socket carries only
+//! signed messages that say where they lie. The values skip the
 //! encryption, the kernel's two copies and TCP, which cost more CPU than the
 //! arithmetic of a step's collective on a busy host (NCCL and Gloo move
 //! chunks between local ranks the same way). They never leave the host: the
 //! file is readable by the executors' user only (who can read the job's
-//! secret too) and is removed once the neighbour has opened it. Ranks that
+//! secret too) and is removed once the peer has opened it. Peers that
 //! cannot open it keep the sealed TCP path.
+//!
+//! [`Region`] is such a file; [`Slots`] cut one into the ring's chunk slots
+//! (`async` workers and their parameter servers use a whole [`Region`] per
+//! connection, `crate::ps`).
 
 use serde::{Deserialize, Serialize};
 use std::fs::OpenOptions;
@@ -26,34 +29,45 @@ pub const SLOT_BYTES: usize = 1 << 20;
 /// Where the files are made.
 const DIR: &str = "/dev/shm";
 /// Their names' prefix.
-const PREFIX: &str = "kallista-ring-";
+const PREFIX: &str = "kallista-shm-";
 /// The file opens with a random token, which the offer names: the file the
 /// neighbour opened is the one this leader made.
 const TOKEN: usize = 32;
 /// Slots start a page in.
 const DATA_AT: usize = 4096;
 
-/// What a leader offers its next neighbour (in a signed frame).
-#[derive(Debug, Serialize, Deserialize)]
+/// What a process offers its peer (in a signed frame).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Offer {
     pub path: String,
     pub token: Vec<u8>,
 }
 
-/// One direction's slots, as the writer or the reader sees them.
-pub struct Slots {
+/// A file of `/dev/shm` mapped by its maker and the peer that opened it.
+/// Which of them may touch which bytes when is the protocol's to say (a
+/// signed message hands them over); every access here is a raw copy, so
+/// a peer that breaks the protocol garbles values, never this process's
+/// memory.
+pub struct Region {
     map: memmap2::MmapMut,
-    /// The writer's: the next slot to fill and the slots not yet acknowledged.
-    next: usize,
-    in_flight: usize,
-    /// The writer's file, removed once the reader answered.
+    /// Usable bytes, from [`DATA_AT`].
+    bytes: usize,
+    /// The maker's file, removed once the peer answered.
     path: Option<PathBuf>,
 }
 
-impl Drop for Slots {
+impl Drop for Region {
     fn drop(&mut self) {
         self.forget_file();
     }
+}
+
+/// One direction's slots, as the writer or the reader sees them.
+pub struct Slots {
+    region: Region,
+    /// The writer's: the next slot to fill and the slots not yet acknowledged.
+    next: usize,
+    in_flight: usize,
 }
 
 /// Removes the files of processes that are gone: a process killed between
@@ -76,10 +90,11 @@ fn random(bytes: &mut [u8]) -> std::io::Result<()> {
     ring::rand::SystemRandom::new().fill(bytes).map_err(|_| std::io::Error::other("no randomness"))
 }
 
-impl Slots {
-    /// Makes a writer's file and maps it; its space is taken now, so a full
-    /// `/dev/shm` is an error here rather than a fault on first write.
-    pub fn create() -> std::io::Result<(Slots, Offer)> {
+impl Region {
+    /// Makes a file of `bytes` usable bytes and maps it; its space is taken
+    /// now, so a full `/dev/shm` is an error here rather than a fault on
+    /// first write.
+    pub fn create(bytes: usize) -> std::io::Result<(Region, Offer)> {
         remove_orphans();
         let mut token = vec![0u8; TOKEN];
         random(&mut token)?;
@@ -91,16 +106,21 @@ impl Slots {
         let made = (|| {
             file.write_all(&token)?;
             // Written, not only sized: tmpfs gives the pages now or says it is full.
-            let zeros = vec![0u8; DATA_AT - TOKEN + SLOTS * SLOT_BYTES];
-            file.write_all(&zeros)?;
+            let zeros = vec![0u8; 1 << 20];
+            let mut left = DATA_AT - TOKEN + bytes;
+            while left > 0 {
+                let n = left.min(zeros.len());
+                file.write_all(&zeros[..n])?;
+                left -= n;
+            }
             // SAFETY: a file of this process's own, opened read-write; every
-            // access to the shared part goes through raw copies (`write`, `read`).
+            // access to the shared part goes through raw copies.
             unsafe { memmap2::MmapMut::map_mut(&file) }
         })();
         match made {
             Ok(map) => {
                 let offer = Offer { path: path.to_string_lossy().into_owned(), token };
-                Ok((Slots { map, next: 0, in_flight: 0, path: Some(path) }, offer))
+                Ok((Region { map, bytes, path: Some(path) }, offer))
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
@@ -109,34 +129,85 @@ impl Slots {
         }
     }
 
-    /// Opens a neighbour's offered file, if this process can and it is the
-    /// one offered (its token).
-    pub fn open(offer: &Offer) -> std::io::Result<Slots> {
+    /// Opens a peer's offered file of `bytes` usable bytes, if this process
+    /// can and it is the one offered (its token).
+    pub fn open(offer: &Offer, bytes: usize) -> std::io::Result<Region> {
         let path = Path::new(&offer.path);
         let ours = path.parent() == Some(Path::new(DIR))
             && path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(PREFIX));
         if !ours {
-            return Err(std::io::Error::other(format!("not a ring file: {}", offer.path)));
+            return Err(std::io::Error::other(format!("not a Kallista shared-memory file: {}", offer.path)));
         }
         let mut file = OpenOptions::new().read(true).write(true).open(path)?;
         let mut token = [0u8; TOKEN];
         file.read_exact(&mut token)?;
         let size = file.metadata()?.len() as usize;
-        if token[..] != offer.token[..] || size != DATA_AT + SLOTS * SLOT_BYTES {
-            return Err(std::io::Error::other("the offered file is not the neighbour's"));
+        if token[..] != offer.token[..] || size != DATA_AT + bytes {
+            return Err(std::io::Error::other("the offered file is not the peer's"));
         }
         // SAFETY: as in `create`.
         let map = unsafe { memmap2::MmapMut::map_mut(&file)? };
         // Opened: the name is no longer needed (its maker removes it too).
         let _ = std::fs::remove_file(path);
-        Ok(Slots { map, next: 0, in_flight: 0, path: None })
+        Ok(Region { map, bytes, path: None })
     }
 
-    /// Removes the writer's file (both sides keep their mappings).
+    /// Removes the maker's file (both sides keep their mappings).
     pub fn forget_file(&mut self) {
         if let Some(path) = self.path.take() {
             let _ = std::fs::remove_file(path);
         }
+    }
+
+    /// Usable bytes.
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// Copies `bytes` to offset `at`; `false` (nothing written) past the end.
+    pub fn write(&mut self, at: usize, bytes: &[u8]) -> bool {
+        if at.checked_add(bytes.len()).is_none_or(|end| end > self.bytes) {
+            return false;
+        }
+        // SAFETY: inside the mapping (checked above); a copy of plain bytes,
+        // whatever the peer does meanwhile.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.map.as_mut_ptr().add(DATA_AT + at), bytes.len()) };
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        true
+    }
+
+    /// Copies `into.len()` bytes from offset `at`; `false` (nothing read) past the end.
+    pub fn read(&self, at: usize, into: &mut [u8]) -> bool {
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+        if at.checked_add(into.len()).is_none_or(|end| end > self.bytes) {
+            return false;
+        }
+        // SAFETY: as in `write`.
+        unsafe { std::ptr::copy_nonoverlapping(self.map.as_ptr().add(DATA_AT + at), into.as_mut_ptr(), into.len()) };
+        true
+    }
+}
+
+impl Slots {
+    /// Makes a writer's file of [`SLOTS`] slots.
+    pub fn create() -> std::io::Result<(Slots, Offer)> {
+        let (region, offer) = Region::create(SLOTS * SLOT_BYTES)?;
+        Ok((Slots { region, next: 0, in_flight: 0 }, offer))
+    }
+
+    /// Opens a neighbour's offered slots, if this process can and it is the
+    /// one offered (its token).
+    pub fn open(offer: &Offer) -> std::io::Result<Slots> {
+        Ok(Slots { region: Region::open(offer, SLOTS * SLOT_BYTES)?, next: 0, in_flight: 0 })
+    }
+
+    /// Removes the writer's file (both sides keep their mappings).
+    pub fn forget_file(&mut self) {
+        self.region.forget_file();
     }
 
     /// The writer's next free slot, or `None` when all are in flight.
@@ -160,28 +231,22 @@ impl Slots {
         self.in_flight = self.in_flight.saturating_sub(1);
     }
 
-    fn at(&self, slot: usize) -> usize {
-        DATA_AT + (slot % SLOTS) * SLOT_BYTES
+    fn at(slot: usize) -> usize {
+        (slot % SLOTS) * SLOT_BYTES
     }
 
-    /// Writes `bytes` (at most [`SLOT_BYTES`]) at the start of `slot`.
+    /// Writes `bytes` (at most [`SLOT_BYTES`]) at the start of `slot`; the
+    /// neighbour does not touch a slot between its doorbell and its
+    /// acknowledgement.
     pub fn write(&mut self, slot: usize, bytes: &[u8]) {
         let n = bytes.len().min(SLOT_BYTES);
-        let at = self.at(slot);
-        // SAFETY: `at + n` is inside the mapping; the neighbour does not touch
-        // a slot between its doorbell and its acknowledgement, and a copy of
-        // plain bytes is all that happens here whatever it does.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.map.as_mut_ptr().add(at), n) };
-        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        self.region.write(Self::at(slot), &bytes[..n]);
     }
 
     /// Copies the first `into.len()` bytes (at most [`SLOT_BYTES`]) of `slot`.
     pub fn read(&self, slot: usize, into: &mut [u8]) {
-        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
         let n = into.len().min(SLOT_BYTES);
-        let at = self.at(slot);
-        // SAFETY: as in `write`.
-        unsafe { std::ptr::copy_nonoverlapping(self.map.as_ptr().add(at), into.as_mut_ptr(), n) };
+        self.region.read(Self::at(slot), &mut into[..n]);
     }
 }
 
@@ -226,6 +291,23 @@ mod tests {
         assert!(!orphan.exists());
         assert!(alive.exists(), "a live process's file was removed");
         std::fs::remove_file(alive).unwrap();
+    }
+
+    #[test]
+    fn a_region_is_seen_by_its_peer_within_its_bounds_and_a_wrong_size_is_declined() {
+        let (mut maker, offer) = Region::create(4096 + 3).unwrap();
+        assert!(Region::open(&offer, 4096).is_err(), "a region of another size was opened");
+        let mut peer = Region::open(&offer, 4096 + 3).unwrap();
+        assert!(maker.write(4096, &[1, 2, 3]));
+        assert!(!maker.write(4097, &[1, 2, 3]), "a write past the end");
+        let mut got = [0u8; 3];
+        assert!(peer.read(4096, &mut got));
+        assert_eq!(got, [1, 2, 3]);
+        assert!(!peer.read(usize::MAX, &mut got), "a read past the end");
+        assert!(peer.write(0, &[9]));
+        let mut first = [0u8; 1];
+        assert!(maker.read(0, &mut first));
+        assert_eq!(first, [9]);
     }
 
     #[test]

@@ -3,12 +3,16 @@
 //! place; a push sends each shard its slices of a gradient and takes the
 //! values the shard answers with (push and pull in one round trip), to all
 //! shards at once. An unreachable shard is an error naming its address.
-//! A shard in the worker's own process is called directly ([`super::local`]).
+//! A shard in the worker's own process is called directly ([`super::local`]);
+//! with one of the worker's host, the values go through a region of shared
+//! memory the worker offers (`crate::collective::shm`), the connection
+//! carrying only the signed requests and replies.
 
 use super::local::{self, LocalShard};
 use super::slices::{plan, Slice};
 use super::wire::{self, Push, Reply, Request, ShardStats, REPLY, REQUEST};
 use crate::collective::frame::{FrameError, Framed, Secret};
+use crate::collective::shm::Region;
 use crate::error::{EngineError, Result};
 use kallista_ops::model::{Model, WeightGrads};
 use std::net::TcpStream;
@@ -26,9 +30,27 @@ struct Link {
 
 /// How a worker reaches one shard.
 enum Transport {
-    Connection(Box<Framed<TcpStream>>),
+    /// Values sealed on the connection, or in the region when there is one.
+    Connection(Box<Framed<TcpStream>>, Option<Region>),
     /// The shard runs in this process.
     Local(LocalShard),
+}
+
+/// The ways a worker may reach a shard besides sealed values on a connection.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Reach {
+    /// Call a shard of this process directly.
+    pub direct: bool,
+    /// Pass values through shared memory with a shard of this host.
+    pub shared_memory: bool,
+}
+
+impl Reach {
+    /// Direct calls unless `KALLISTA_PS_DIRECT=0` (to try the network path
+    /// on the embedded cluster); shared memory as the job says.
+    pub fn from_env(shared_memory: bool) -> Reach {
+        Reach { direct: std::env::var("KALLISTA_PS_DIRECT").as_deref() != Ok("0"), shared_memory }
+    }
 }
 
 fn unreachable_shard(index: usize, address: &str, e: impl std::fmt::Display) -> EngineError {
@@ -70,9 +92,8 @@ fn connect(index: usize, address: &str, timeout: Duration) -> Result<TcpStream> 
 }
 
 impl ParameterClient {
-    /// Connects worker `worker` to the shards at `addresses` (in shard order);
-    /// those of this process are called directly, unless `KALLISTA_PS_DIRECT=0`
-    /// (to try the network path on the embedded cluster).
+    /// Connects worker `worker` to the shards at `addresses` (in shard order),
+    /// reaching them as [`Reach::from_env`] says with shared memory allowed.
     pub fn connect(
         addresses: &[String],
         model: &Model,
@@ -81,12 +102,10 @@ impl ParameterClient {
         worker: usize,
         timeout: Duration,
     ) -> Result<ParameterClient> {
-        let direct = std::env::var("KALLISTA_PS_DIRECT").as_deref() != Ok("0");
-        Self::connect_via(addresses, model, secret, job, worker, timeout, direct)
+        Self::connect_via(addresses, model, secret, job, worker, timeout, Reach::from_env(true))
     }
 
-    /// [`Self::connect`], with the shards of this process called directly
-    /// only when `direct`.
+    /// [`Self::connect`], reaching the shards as `reach` allows.
     pub fn connect_via(
         addresses: &[String],
         model: &Model,
@@ -94,12 +113,12 @@ impl ParameterClient {
         job: &str,
         worker: usize,
         timeout: Duration,
-        direct: bool,
+        reach: Reach,
     ) -> Result<ParameterClient> {
         let plans = plan(model, addresses.len());
         let mut links = vec![];
         for (index, (address, slices)) in addresses.iter().zip(plans).enumerate() {
-            if let Some(shard) = local::find(address, job, secret).filter(|_| direct) {
+            if let Some(shard) = local::find(address, job, secret).filter(|_| reach.direct) {
                 let transport = Transport::Local(shard);
                 links.push(Link { index, address: address.clone(), transport, slices, version: 0 });
                 continue;
@@ -108,7 +127,12 @@ impl ParameterClient {
             let stream = connect(index, address, timeout.min(Duration::from_secs(20)) / 2)?;
             stream.set_read_timeout(Some(timeout)).map_err(|e| unreachable_shard(index, address, e))?;
             let _ = stream.set_nodelay(true);
-            let transport = Transport::Connection(Box::new(Framed::new(stream, secret.clone())));
+            let mut framed = Box::new(Framed::new(stream, secret.clone()));
+            let region = match reach.shared_memory {
+                true => share_memory(&mut framed, job, &slices).map_err(|e| unreachable_shard(index, address, e))?,
+                false => None,
+            };
+            let transport = Transport::Connection(framed, region);
             links.push(Link { index, address: address.clone(), transport, slices, version: 0 });
         }
         Ok(ParameterClient { job: job.to_string(), worker, links })
@@ -119,6 +143,11 @@ impl ParameterClient {
         self.links.iter().filter(|l| matches!(l.transport, Transport::Local(_))).count()
     }
 
+    /// How many shards this worker passes values to through shared memory.
+    pub fn shared_memory_shards(&self) -> usize {
+        self.links.iter().filter(|l| matches!(l.transport, Transport::Connection(_, Some(_)))).count()
+    }
+
     /// Writes every shard's values into `model`; returns the steps of
     /// `segment` this worker already pushed (by shard 0's count).
     pub fn pull(&mut self, model: &mut Model, segment: u64) -> Result<u64> {
@@ -126,19 +155,22 @@ impl ParameterClient {
         let results = self.each_link(model, |link, parts| {
             let (index, address) = (link.index, link.address.clone());
             let failed = |e: &dyn std::fmt::Display| unreachable_shard(index, &address, e);
-            let framed = match &mut link.transport {
+            let (framed, region) = match &mut link.transport {
                 Transport::Local(shard) => {
                     let (version, done_steps) = shard.pull(worker, segment, parts).map_err(|e| failed(&e))?;
                     link.version = version;
                     return Ok(done_steps);
                 }
-                Transport::Connection(framed) => framed,
+                Transport::Connection(framed, region) => (framed, region),
             };
-            let request = Request::Pull { job: job.clone(), worker, segment };
+            let request = match region {
+                Some(_) => Request::PullShared { job: job.clone(), worker, segment },
+                None => Request::Pull { job: job.clone(), worker, segment },
+            };
             let answer = wire::send_json(framed, REQUEST, &request).and_then(|()| wire::receive_json(framed, REPLY));
             match answer.map_err(|e| failed(&e))? {
                 Reply::Weights { version, done_steps } => {
-                    wire::receive_values(framed, parts).map_err(|e| failed(&e))?;
+                    answered_values(framed, region.as_ref(), parts).map_err(|e| failed(&e))?;
                     link.version = version;
                     Ok(done_steps)
                 }
@@ -164,20 +196,26 @@ impl ParameterClient {
                 })?;
                 sent.push(&g[s.range.clone()]);
             }
-            let framed = match &mut link.transport {
+            let (framed, region) = match &mut link.transport {
                 Transport::Local(shard) => {
                     let (accepted, staleness, version) = shard.push(&mine, &sent, parts).map_err(|e| failed(&e))?;
                     link.version = version;
                     return Ok((accepted, staleness));
                 }
-                Transport::Connection(framed) => framed,
+                Transport::Connection(framed, region) => (framed, region),
             };
-            let sending = wire::send_json(framed, REQUEST, &Request::Push(mine))
-                .and_then(|()| wire::send_values(framed, &sent))
-                .and_then(|()| wire::receive_json(framed, REPLY));
-            match sending.map_err(|e| failed(&e))? {
+            let sending = match region {
+                Some(region) => match wire::write_shared(region, &sent) {
+                    true => wire::send_json(framed, REQUEST, &Request::PushShared(mine)),
+                    false => Err(FrameError::Refused("the gradient does not fit the shared region".into())),
+                },
+                None => wire::send_json(framed, REQUEST, &Request::Push(mine))
+                    .and_then(|()| wire::send_values(framed, &sent)),
+            };
+            let answer = sending.and_then(|()| wire::receive_json(framed, REPLY));
+            match answer.map_err(|e| failed(&e))? {
                 Reply::Pushed { accepted, staleness, version } => {
-                    wire::receive_values(framed, parts).map_err(|e| failed(&e))?;
+                    answered_values(framed, region.as_ref(), parts).map_err(|e| failed(&e))?;
                     link.version = version;
                     Ok((accepted, staleness))
                 }
@@ -234,6 +272,43 @@ impl ParameterClient {
                 .collect()
         })
     }
+}
+
+/// The values of a shard's reply: in the shared region, or sealed on the connection.
+fn answered_values(
+    framed: &mut Framed<TcpStream>,
+    region: Option<&Region>,
+    parts: &mut [&mut [f32]],
+) -> std::result::Result<(), FrameError> {
+    match region {
+        Some(region) => wire::read_shared(region, parts),
+        None => wire::receive_values(framed, parts),
+    }
+}
+
+/// Offers the shard a region of shared memory for `slices`' values; the
+/// region if the shard opened it (same host and mount namespace), `None` if
+/// not or if none could be made (the values then go sealed on the connection).
+fn share_memory(
+    framed: &mut Framed<TcpStream>,
+    job: &str,
+    slices: &[Slice],
+) -> std::result::Result<Option<Region>, FrameError> {
+    let bytes = slices.iter().map(|s| s.range.len()).sum::<usize>() * std::mem::size_of::<f32>();
+    let (mut region, offer) = match Region::create(bytes) {
+        Ok(made) => made,
+        Err(e) => {
+            log::info!("no shared memory for a parameter server ({e}): values go by TCP");
+            return Ok(None);
+        }
+    };
+    wire::send_json(framed, REQUEST, &Request::Share { job: job.to_string(), offer })?;
+    let opened = match wire::receive_json(framed, REPLY)? {
+        Reply::Shared(opened) => opened,
+        other => return Err(FrameError::Refused(format!("unexpected answer {other:?} to a shared region"))),
+    };
+    region.forget_file();
+    Ok(opened.then_some(region))
 }
 
 /// Asks the shard at `address` for its counters.

@@ -1,6 +1,7 @@
 //! One parameter-server shard: it owns its slices of the weights
 //! ([`super::slices`]) and their optimizer state, and serves pulls and
-//! pushes over authenticated connections ([`super::wire`]).
+//! pushes over authenticated connections ([`super::wire`]), the values
+//! through shared memory where the worker's process can share a region.
 //!
 //! Downpour (the default): a push is applied as one optimizer step under
 //! the shard's lock, so every pull sees one version. `hogwild`: pushes are
@@ -21,6 +22,7 @@
 use super::slices::Slice;
 use super::wire::{self, Push, Reply, Request, ShardStats, REPLY, REQUEST};
 use crate::collective::frame::{FrameError, Framed, Secret};
+use crate::collective::shm::Region;
 use crate::error::{EngineError, Result};
 use kallista_ops::optim::{BorrowedUpdate, Optimizer, OptimizerConfig};
 use std::collections::BTreeMap;
@@ -194,6 +196,7 @@ fn serve(stream: TcpStream, peer: String, core: &Core) {
     // Wakes up now and then to notice that the shard stopped.
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
     let mut framed = Framed::new(stream, core.secret.clone());
+    let mut shared = Shared::default();
     while !core.closed.load(Ordering::SeqCst) {
         let mut head = [0u8; 1];
         match framed.stream.peek(&mut head) {
@@ -203,7 +206,7 @@ fn serve(stream: TcpStream, peer: String, core: &Core) {
             Err(_) => return,
         }
         let _ = framed.stream.set_read_timeout(Some(Duration::from_secs(60)));
-        match answer(&mut framed, core) {
+        match answer(&mut framed, core, &mut shared) {
             Ok(()) => {}
             Err(FrameError::Refused(why)) => {
                 refuse(core, &peer, &why);
@@ -228,13 +231,17 @@ pub(super) fn refuse(core: &Core, peer: &str, why: &str) {
     }
 }
 
-fn answer(framed: &mut Framed<TcpStream>, core: &Core) -> std::result::Result<(), FrameError> {
+/// A connection's region of shared memory, once the worker offered one
+/// the shard could open, and the gradient buffers its pushes are read into.
+#[derive(Default)]
+struct Shared {
+    region: Option<Region>,
+    grads: Vec<Vec<f32>>,
+}
+
+fn answer(framed: &mut Framed<TcpStream>, core: &Core, shared: &mut Shared) -> std::result::Result<(), FrameError> {
     let request: Request = wire::receive_json(framed, REQUEST)?;
-    let job = match &request {
-        Request::Pull { job, .. } | Request::Stats { job } => job,
-        Request::Push(p) => &p.job,
-    };
-    if *job != core.job {
+    if request.job() != core.job {
         return Err(FrameError::Refused("a message for another job".into()));
     }
     match request {
@@ -243,11 +250,25 @@ fn answer(framed: &mut Framed<TcpStream>, core: &Core) -> std::result::Result<()
             stats.version = core.version.load(Ordering::SeqCst);
             wire::send_json(framed, REPLY, &Reply::Stats(stats))
         }
+        Request::Share { offer, .. } => {
+            let bytes = slice_lengths(core).iter().sum::<usize>() * std::mem::size_of::<f32>();
+            shared.region = Region::open(&offer, bytes)
+                .map_err(|e| log::info!("parameter server shard {}: values go by TCP ({e})", core.index))
+                .ok();
+            shared.grads.clear();
+            wire::send_json(framed, REPLY, &Reply::Shared(shared.region.is_some()))
+        }
         Request::Pull { worker, segment, .. } => {
             let done_steps = record_pull(core, worker, segment);
             let (version, values) = copy_values(core);
             wire::send_json(framed, REPLY, &Reply::Weights { version, done_steps })?;
             send_copies(framed, &values)
+        }
+        Request::PullShared { worker, segment, .. } => {
+            let region = shared.region.as_mut().ok_or_else(no_region)?;
+            let done_steps = record_pull(core, worker, segment);
+            let version = write_values_shared(core, region)?;
+            wire::send_json(framed, REPLY, &Reply::Weights { version, done_steps })
         }
         Request::Push(push) => {
             // The whole gradient first: nothing is applied unless every chunk passed its check.
@@ -256,7 +277,39 @@ fn answer(framed: &mut Framed<TcpStream>, core: &Core) -> std::result::Result<()
             wire::receive_values(framed, &mut parts)?;
             apply_push(framed, core, &push, grads)
         }
+        Request::PushShared(push) => {
+            if shared.grads.is_empty() {
+                shared.grads = slice_lengths(core).into_iter().map(|n| vec![0f32; n]).collect();
+            }
+            let Shared { region, grads } = shared;
+            let region = region.as_mut().ok_or_else(no_region)?;
+            let mut parts: Vec<&mut [f32]> = grads.iter_mut().map(|g| g.as_mut_slice()).collect();
+            wire::read_shared(region, &mut parts)?;
+            let grads: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
+            let (accepted, staleness) = apply(core, &push, &grads)?;
+            let version = write_values_shared(core, region)?;
+            wire::send_json(framed, REPLY, &Reply::Pushed { accepted, staleness, version })
+        }
     }
+}
+
+fn no_region() -> FrameError {
+    FrameError::Refused("values in shared memory, but no region was shared".into())
+}
+
+/// Writes the shard's values into `region` (read as [`copy_values`] reads
+/// them); the shard's version.
+fn write_values_shared(core: &Core, region: &mut Region) -> std::result::Result<u64, FrameError> {
+    let _step = (!core.rules.hogwild).then(|| lock(&core.step_lock));
+    let mut at = 0;
+    for slice in &core.slices {
+        let s = lock(slice);
+        if !region.write(at, bytemuck::cast_slice(&s.values)) {
+            return Err(FrameError::Refused(format!("'{}' does not fit the shared region", s.slice.key)));
+        }
+        at += std::mem::size_of_val(s.values.as_slice());
+    }
+    Ok(core.version.load(Ordering::SeqCst))
 }
 
 /// The length of each of the shard's slices, in order.

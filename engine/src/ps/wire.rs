@@ -3,9 +3,13 @@
 //! reply (HMAC-signed), then the values it carries as sealed chunks of f32
 //! (AES-GCM with the job's key: authenticated and encrypted), each chunk
 //! headed by its slice and offset so that a reordered or foreign chunk is
-//! refused.
+//! refused. Between processes of one host the values go through a
+//! region of shared memory the worker offers ([`Request::Share`]) instead:
+//! the signed request or reply says they are there, and the side that sent
+//! it does not touch the region until the answer.
 
 use crate::collective::frame::{json, parse, FrameError, Framed};
+use crate::collective::shm::{Offer, Region};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -28,6 +32,27 @@ pub enum Request {
     Push(Push),
     /// Counters per worker ([`Reply::Stats`]).
     Stats { job: String },
+    /// A region of shared memory for this connection's values, the shard's
+    /// slices in order ([`Reply::Shared`] says whether the shard opened it).
+    Share { job: String, offer: Offer },
+    /// [`Request::Pull`], the values answered in the shared region.
+    PullShared { job: String, worker: usize, segment: u64 },
+    /// [`Request::Push`], the gradient in the shared region and the values
+    /// answered there.
+    PushShared(Push),
+}
+
+impl Request {
+    /// The job the request is for.
+    pub fn job(&self) -> &str {
+        match self {
+            Request::Pull { job, .. }
+            | Request::Stats { job }
+            | Request::Share { job, .. }
+            | Request::PullShared { job, .. } => job,
+            Request::Push(p) | Request::PushShared(p) => &p.job,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -59,6 +84,8 @@ pub enum Reply {
         version: u64,
     },
     Stats(ShardStats),
+    /// Whether the shard opened the offered region.
+    Shared(bool),
     Refused(String),
 }
 
@@ -133,6 +160,30 @@ pub fn receive_values<S: Read + Write>(framed: &mut Framed<S>, parts: &mut [&mut
             }
             chunk.copy_from_slice(bytemuck::cast_slice(&narrow));
         }
+    }
+    Ok(())
+}
+
+/// Writes `parts` one after another into `region`; `false` if they do not fit.
+pub fn write_shared(region: &mut Region, parts: &[&[f32]]) -> bool {
+    let mut at = 0;
+    for part in parts {
+        if !region.write(at, bytemuck::cast_slice(part)) {
+            return false;
+        }
+        at += std::mem::size_of_val(*part);
+    }
+    true
+}
+
+/// Reads what [`write_shared`] wrote into `parts` (of the written lengths).
+pub fn read_shared(region: &Region, parts: &mut [&mut [f32]]) -> Result<(), FrameError> {
+    let mut at = 0;
+    for part in parts.iter_mut() {
+        if !region.read(at, bytemuck::cast_slice_mut(part)) {
+            return Err(FrameError::Refused(format!("values past the shared region's {} bytes", region.len())));
+        }
+        at += std::mem::size_of_val(*part);
     }
     Ok(())
 }

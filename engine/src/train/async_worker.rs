@@ -28,7 +28,7 @@ use super::segment_udaf::RankJob;
 use crate::cluster::this_executor;
 use crate::collective::frame::Secret;
 use crate::error::{EngineError, Result};
-use crate::ps::client::ParameterClient;
+use crate::ps::client::{ParameterClient, Reach};
 use crate::ps::wire::Push;
 use crate::store::{blocking, Location};
 use kallista_ops::model::WeightGrads;
@@ -58,6 +58,10 @@ pub struct AsyncSpec {
     pub push_every_steps: u64,
     /// How long a worker waits for a shard or for its blocks.
     pub timeout_s: u64,
+    /// Whether a worker passes values through shared memory with the shards
+    /// of its host ([`crate::ps::client`]).
+    #[serde(default)]
+    pub shared_memory: bool,
 }
 
 /// What one worker reports at the end of its segment.
@@ -69,6 +73,9 @@ pub struct WorkerReport {
     pub steps: u64,
     pub skipped_steps: u64,
     pub pushes: u64,
+    /// Shards reached through shared memory.
+    #[serde(default)]
+    pub shared_memory_shards: u64,
     /// Time in pushes (sending, the shards' update, receiving the values).
     pub push_ms: f64,
     pub times: PartTimes,
@@ -97,7 +104,11 @@ impl RankJob for AsyncSpec {
                 self.first_step, self.world
             )));
         }
-        let mut result = RoundResult { partitions: self.world as u64, ..Default::default() };
+        let mut result = RoundResult {
+            partitions: self.world as u64,
+            shared_memory_links: reports.iter().map(|r| r.shared_memory_shards).sum(),
+            ..Default::default()
+        };
         for r in &reports {
             if r.times.compute_ms >= result.slowest.compute_ms {
                 result.slowest = r.times.clone();
@@ -170,10 +181,16 @@ pub fn run_worker(spec: &AsyncSpec, rank: usize) -> Result<WorkerReport> {
     let loading = Instant::now();
     // From its config only: the shards hold the weights, the first pull brings them.
     let mut model = super::model_cache::compiled_model(&spec.model)?;
-    let mut client = ParameterClient::connect(&spec.servers, &model, &secret, &spec.job_id, rank, timeout)?;
+    let reach = Reach::from_env(spec.shared_memory);
+    let mut client = ParameterClient::connect_via(&spec.servers, &model, &secret, &spec.job_id, rank, timeout, reach)?;
     let done = client.pull(&mut model, spec.first_step)? as usize;
-    let mut report =
-        WorkerReport { rank, executor: this_executor().name.clone(), skipped_steps: done as u64, ..Default::default() };
+    let mut report = WorkerReport {
+        rank,
+        executor: this_executor().name.clone(),
+        skipped_steps: done as u64,
+        shared_memory_shards: client.shared_memory_shards() as u64,
+        ..Default::default()
+    };
     report.times.load_ms = loading.elapsed().as_secs_f64() * 1e3;
     if done > 0 {
         log::info!(

@@ -645,6 +645,7 @@ impl<'a> Job<'a> {
             secret: a.secret.clone(),
             push_every_steps: self.cfg.asynchronous.push_every_steps,
             timeout_s: self.cfg.round_timeout.as_secs().max(1),
+            shared_memory: self.cfg.shared_memory,
         };
         let spec_json = serde_json::to_string(&spec).map_err(|e| EngineError::Invalid(e.to_string()))?;
         let sql = format!("SELECT kallista_async(rank, {}) FROM {table}", sql_str(&spec_json));

@@ -56,8 +56,9 @@ pub struct TrainLine {
     /// `sync`: processes the ranks ran in.
     #[serde(default)]
     pub processes: u64,
-    /// `sync`: ring members whose chunks reached the next one through
-    /// shared memory (same host) rather than TCP.
+    /// Links through shared memory (same host) rather than TCP: `sync`,
+    /// ring members whose chunks reached the next one that way; `async`,
+    /// connections of a worker to a parameter server.
     #[serde(default)]
     pub shared_memory_links: u64,
     /// `sync`: the slowest rank's time per step in the all-reduce and the optimizer step.

@@ -156,7 +156,8 @@ pub struct RoundResult {
     /// `sync`: processes the ranks ran in (one ring member each).
     #[serde(default)]
     pub processes: u64,
-    /// `sync`: ring members whose chunks reached the next through shared memory.
+    /// Links through shared memory: `sync`, ring members whose chunks
+    /// reached the next one that way; `async`, worker-shard connections.
     #[serde(default)]
     pub shared_memory_links: u64,
     /// `sync`: the most bytes a rank sent to other processes per step.

@@ -304,7 +304,7 @@ fn sum_workers(counts: &BTreeMap<usize, WorkerStats>) -> WorkerStats {
 mod tests {
     use super::*;
     use crate::collective::frame::Framed;
-    use crate::ps::client::ParameterClient;
+    use crate::ps::client::{ParameterClient, Reach};
     use crate::ps::wire::{self, Push, Request, REQUEST};
     use crate::train::segment::weights_hash;
     use crate::train::test_model::{adam, tiny_model};
@@ -341,17 +341,28 @@ mod tests {
         (ParameterServers::start(model, &settings, 1, JOB, &bytes, "127.0.0.1", "127.0.0.1").unwrap(), secret)
     }
 
-    fn client(ps: &ParameterServers, model: &Model, secret: &Secret, worker: usize) -> ParameterClient {
+    fn connect(ps: &ParameterServers, model: &Model, secret: &Secret, worker: usize, reach: Reach) -> ParameterClient {
         let timeout = Duration::from_secs(5);
-        let c = ParameterClient::connect_via(&ps.addresses(), model, secret, JOB, worker, timeout, true).unwrap();
+        ParameterClient::connect_via(&ps.addresses(), model, secret, JOB, worker, timeout, reach).unwrap()
+    }
+
+    fn client(ps: &ParameterServers, model: &Model, secret: &Secret, worker: usize) -> ParameterClient {
+        let c = connect(ps, model, secret, worker, Reach { direct: true, shared_memory: true });
         assert_eq!(c.direct_shards(), ps.addresses().len(), "shards of this process are called directly");
         c
     }
 
+    /// Sealed values on the connections.
     fn network_client(ps: &ParameterServers, model: &Model, secret: &Secret, worker: usize) -> ParameterClient {
-        let timeout = Duration::from_secs(5);
-        let c = ParameterClient::connect_via(&ps.addresses(), model, secret, JOB, worker, timeout, false).unwrap();
-        assert_eq!(c.direct_shards(), 0);
+        let c = connect(ps, model, secret, worker, Reach { direct: false, shared_memory: false });
+        assert_eq!((c.direct_shards(), c.shared_memory_shards()), (0, 0));
+        c
+    }
+
+    /// The values through shared memory, the requests on the connections.
+    fn shared_memory_client(ps: &ParameterServers, model: &Model, secret: &Secret, worker: usize) -> ParameterClient {
+        let c = connect(ps, model, secret, worker, Reach { direct: false, shared_memory: true });
+        assert_eq!((c.direct_shards(), c.shared_memory_shards()), (0, ps.addresses().len()));
         c
     }
 
@@ -363,8 +374,8 @@ mod tests {
 
     #[test]
     fn a_push_is_one_optimizer_step_of_the_model_over_the_shards_and_its_answer_is_the_new_weights() {
-        // Through connections and by direct calls (the shards run in this process).
-        for connect in [network_client, client] {
+        // Through connections, through shared memory and by direct calls (the shards run in this process).
+        for connect in [network_client, shared_memory_client, client] {
             one_push_is_one_optimizer_step(connect);
         }
     }
@@ -460,13 +471,13 @@ mod tests {
         let settings =
             AsyncSettings { parameter_servers: 2, hogwild: true, divide_lr_by_staleness: false, ..Default::default() };
         let (ps, secret) = servers(&model, settings);
-        let grads = [grads_of(&model, 0.01), grads_of(&model, -0.03)];
+        let grads = [grads_of(&model, 0.01), grads_of(&model, -0.03), grads_of(&model, 0.02)];
         std::thread::scope(|s| {
             for (worker, g) in grads.iter().enumerate() {
                 let (ps, model, secret) = (&ps, &model, &secret);
                 s.spawn(move || {
                     let mut mine = model.clone();
-                    let connect = [client, network_client][worker];
+                    let connect = [client, network_client, shared_memory_client][worker];
                     let mut c = connect(ps, model, secret, worker);
                     c.pull(&mut mine, 0).unwrap();
                     for step in 0..20 {
@@ -475,14 +486,13 @@ mod tests {
                 });
             }
         });
-        assert!(ps.stats().unwrap().iter().all(|s| s.version == 40));
+        assert!(ps.stats().unwrap().iter().all(|s| s.version == 60));
         // Plain SGD: whatever the interleaving, every push moved the weights by -lr g.
         let after = snapshot(&ps, &model).named_weights();
         for (i, key, _) in model.trainable_entries() {
             let (w0, w) = (model.weight(&key).unwrap().data(), after[&key].data());
             for (j, (a, b)) in w0.iter().zip(w).enumerate() {
-                let moved =
-                    -0.1 * 20.0 * (grads[0].values[i].as_ref().unwrap()[j] + grads[1].values[i].as_ref().unwrap()[j]);
+                let moved = -0.1 * 20.0 * grads.iter().map(|g| g.values[i].as_ref().unwrap()[j]).sum::<f32>();
                 assert!((b - a - moved).abs() < 1e-4, "{key}[{j}]: {a} -> {b}, expected a move of {moved}");
             }
         }
@@ -579,13 +589,20 @@ mod tests {
         assert!(local::find(&address, JOB, &secret).is_some());
         assert!(local::find(&address, JOB, &other).is_none(), "another secret");
         assert!(local::find(&address, "another job", &secret).is_none(), "another job");
-        // A worker with another secret goes through a connection, where it is refused.
-        let mut c =
-            ParameterClient::connect(std::slice::from_ref(&address), &model, &other, JOB, 0, Duration::from_secs(5))
-                .unwrap();
-        assert_eq!(c.direct_shards(), 0);
-        let e = c.pull(&mut model.clone(), 0).expect_err("refused").to_string();
-        assert!(e.contains(&format!("parameter server shard 0 at {address}")), "{e}");
+        // A worker with another secret goes through a connection, where its
+        // first request is refused (the offer of shared memory, or a pull).
+        for shared_memory in [false, true] {
+            let (addresses, timeout) = (std::slice::from_ref(&address), Duration::from_secs(5));
+            let reach = Reach { direct: true, shared_memory };
+            let e = ParameterClient::connect_via(addresses, &model, &other, JOB, 0, timeout, reach)
+                .and_then(|mut c| {
+                    assert_eq!(c.direct_shards(), 0);
+                    c.pull(&mut model.clone(), 0)
+                })
+                .expect_err("refused")
+                .to_string();
+            assert!(e.contains(&format!("parameter server shard 0 at {address}")), "{e}");
+        }
         drop(ps);
         assert!(local::find(&address, JOB, &secret).is_none(), "a stopped shard");
     }
