@@ -22,6 +22,7 @@
 //! shards count them): it repeats only the steps it had computed but not
 //! pushed, and never pushes a step twice.
 
+use super::host_workers::HostWorker;
 use super::round::{ModelRef, PartTimes, RoundResult};
 use super::segment::{prefetch, RankReads, StepBlocks};
 use super::segment_udaf::RankJob;
@@ -35,7 +36,6 @@ use kallista_ops::model::WeightGrads;
 use kallista_ops::optim::OptimizerConfig;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// One `async` segment, as the driver tells its workers.
@@ -151,29 +151,6 @@ fn mean_and_clip(grads: &mut WeightGrads, parts: usize, cfg: &OptimizerConfig) {
     }
 }
 
-/// The async workers running in this process, counted while each runs.
-static RUNNING: AtomicUsize = AtomicUsize::new(0);
-
-/// One running worker of [`RUNNING`].
-struct RunningWorker;
-
-impl RunningWorker {
-    fn start() -> RunningWorker {
-        RUNNING.fetch_add(1, Ordering::SeqCst);
-        RunningWorker
-    }
-
-    fn count(&self) -> usize {
-        RUNNING.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for RunningWorker {
-    fn drop(&mut self) {
-        RUNNING.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// Runs worker `rank` of the segment (see the module docs).
 pub fn run_worker(spec: &AsyncSpec, rank: usize) -> Result<WorkerReport> {
     let timeout = Duration::from_secs(spec.timeout_s.max(1));
@@ -212,7 +189,7 @@ pub fn run_worker(spec: &AsyncSpec, rank: usize) -> Result<WorkerReport> {
     let every = spec.push_every_steps.max(1) as usize;
     // Micro-batches (blocks) of each push: the steps of this worker `every` at a time.
     let push_parts: Vec<usize> = steps.chunks(every).map(|c| c.iter().map(Vec::len).sum()).collect();
-    let running = RunningWorker::start();
+    let running = HostWorker::start();
     let mut push_in_place: Option<bool> = None;
     let mut pending = WeightGrads::default();
     let (mut parts, mut in_push) = (0usize, 0u64);
@@ -224,10 +201,11 @@ pub fn run_worker(spec: &AsyncSpec, rank: usize) -> Result<WorkerReport> {
         })??;
         report.times.scan_ms += waited.elapsed().as_secs_f64() * 1e3;
         let computing = Instant::now();
-        // With as many workers of this process running as it has cores, a
-        // worker's micro-batches go one after another into one set of
-        // gradient buffers, already scaled to their mean; with fewer, in
-        // parallel, then added up and scaled. Decided once per push.
+        // With as many workers running on this host (in any process) as
+        // this process has threads, a worker's micro-batches go one after
+        // another into one set of gradient buffers, already scaled to their
+        // mean; with fewer, in parallel, then added up and scaled. Decided
+        // once per push.
         let in_place = *push_in_place.get_or_insert_with(|| running.count() >= rayon::current_num_threads());
         let step_blocks =
             StepBlocks { rows: &blocks, binding: &spec.model.binding, data: &spec.data, seed: spec.seed, step };

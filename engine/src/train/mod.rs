@@ -47,6 +47,7 @@ mod chunked_step;
 pub mod driver;
 pub mod eval_udaf;
 pub mod exact;
+mod host_workers;
 pub mod job_dir;
 pub mod layout;
 pub mod metrics;

@@ -566,9 +566,14 @@ mod tests {
         let genuine = push_bytes(&model, shard_plan, &secret_bytes, None);
         // A byte of the last values chunk (sealed) changed on the way.
         send(push_bytes(&model, shard_plan, &secret_bytes, Some(genuine.len() - 40)));
+        // Signed, but its values said to be in shared memory on a connection that shared none.
+        let mut framed = Framed::new(std::io::Cursor::new(vec![]), Secret::from_bytes(&secret_bytes));
+        wire::send_json(&mut framed, REQUEST, &Request::PushShared(push(0, 5))).unwrap();
+        send(framed.stream.into_inner());
         let Server::Local(shard) = &ps.shards[0] else { panic!("a shard in the driver") };
         let refusals = shard.refusals();
-        assert_eq!(refusals.len(), 2, "{refusals:?}");
+        assert_eq!(refusals.len(), 3, "{refusals:?}");
+        assert!(refusals[2].contains("no region was shared"), "{refusals:?}");
         assert!(refusals.iter().all(|r| r.contains("refused a message from 127.0.0.1")), "{refusals:?}");
         assert!(refusals[0].contains("authentication"), "{refusals:?}");
         assert_eq!(ps.stats().unwrap()[0].version, 0);
