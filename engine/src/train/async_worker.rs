@@ -189,7 +189,7 @@ pub fn run_worker(spec: &AsyncSpec, rank: usize) -> Result<WorkerReport> {
     let every = spec.push_every_steps.max(1) as usize;
     // Micro-batches (blocks) of each push: the steps of this worker `every` at a time.
     let push_parts: Vec<usize> = steps.chunks(every).map(|c| c.iter().map(Vec::len).sum()).collect();
-    let running = HostWorker::start();
+    let running = HostWorker::start(&spec.job_id);
     let mut push_in_place: Option<bool> = None;
     let mut pending = WeightGrads::default();
     let (mut parts, mut in_push) = (0usize, 0u64);
@@ -201,8 +201,8 @@ pub fn run_worker(spec: &AsyncSpec, rank: usize) -> Result<WorkerReport> {
         })??;
         report.times.scan_ms += waited.elapsed().as_secs_f64() * 1e3;
         let computing = Instant::now();
-        // With as many workers running on this host (in any process) as
-        // this process has threads, a worker's micro-batches go one after
+        // With as many of the job's workers running on this host (in any
+        // process) as this process has threads, a worker's micro-batches go one after
         // another into one set of gradient buffers, already scaled to their
         // mean; with fewer, in parallel, then added up and scaled. Decided
         // once per push.
