@@ -349,19 +349,18 @@ impl Outbox<'_> {
             _ => bytemuck::cast_slice_mut(self.narrow.as_mut_slice()),
         };
         self.sent += (HEADER + len) as u64;
-        let failed = sending;
         let Some(slots) = self.slots.as_deref_mut().filter(|_| len <= SLOT_BYTES) else {
-            return self.to.send_sealed(kind, &at.header(), payload).map_err(failed);
+            return self.to.send_sealed(kind, &at.header(), payload).map_err(sending);
         };
         let slot = loop {
             match slots.take() {
                 Some(slot) => break slot,
-                None => await_ack(self.to, slots).map_err(failed)?,
+                None => await_ack(self.to, slots).map_err(sending)?,
             }
         };
         slots.write(slot, &payload[..len]);
         let doorbell = [&[kind][..], &at.header(), &(slot as u32).to_le_bytes(), &(len as u32).to_le_bytes()];
-        self.to.send(DOORBELL, &doorbell).map_err(failed)
+        self.to.send(DOORBELL, &doorbell).map_err(sending)
     }
 }
 

@@ -37,7 +37,7 @@ const TOKEN: usize = 32;
 const DATA_AT: usize = 4096;
 
 /// What a process offers its peer (in a signed frame).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Offer {
     pub path: String,
     pub token: Vec<u8>,

@@ -260,7 +260,7 @@ fn answer(framed: &mut Framed<TcpStream>, core: &Core, shared: &mut Shared) -> s
         }
         Request::Pull { worker, segment, .. } => {
             let done_steps = record_pull(core, worker, segment);
-            let (version, values) = copy_values(core);
+            let (version, values) = copy_values(core)?;
             wire::send_json(framed, REPLY, &Reply::Weights { version, done_steps })?;
             send_copies(framed, &values)
         }
@@ -297,19 +297,16 @@ fn no_region() -> FrameError {
     FrameError::Refused("values in shared memory, but no region was shared".into())
 }
 
-/// Writes the shard's values into `region` (read as [`copy_values`] reads
-/// them); the shard's version.
+/// Writes the shard's values into `region`, one slice after another; the shard's version.
 fn write_values_shared(core: &Core, region: &mut Region) -> std::result::Result<u64, FrameError> {
-    let _step = (!core.rules.hogwild).then(|| lock(&core.step_lock));
     let mut at = 0;
-    for slice in &core.slices {
-        let s = lock(slice);
+    read_values(core, |s| {
         if !region.write(at, bytemuck::cast_slice(&s.values)) {
             return Err(FrameError::Refused(format!("'{}' does not fit the shared region", s.slice.key)));
         }
         at += std::mem::size_of_val(s.values.as_slice());
-    }
-    Ok(core.version.load(Ordering::SeqCst))
+        Ok(())
+    })
 }
 
 /// The length of each of the shard's slices, in order.
@@ -327,12 +324,12 @@ pub(super) fn record_pull(core: &Core, worker: usize, segment: u64) -> u64 {
 /// The shard's version, its values written into `parts` (one per slice, of
 /// the slice's length), read as [`copy_values`] reads them.
 pub(super) fn copy_values_into(core: &Core, parts: &mut [&mut [f32]]) -> std::result::Result<u64, FrameError> {
-    let _step = (!core.rules.hogwild).then(|| lock(&core.step_lock));
     if parts.len() != core.slices.len() {
         return Err(FrameError::Refused(format!("{} parts for {} slices", parts.len(), core.slices.len())));
     }
-    for (part, slice) in parts.iter_mut().zip(&core.slices) {
-        let s = lock(slice);
+    let mut parts = parts.iter_mut();
+    read_values(core, |s| {
+        let part = parts.next().expect("one part per slice, checked above");
         if part.len() != s.values.len() {
             return Err(FrameError::Refused(format!(
                 "'{}': {} values for {}",
@@ -342,17 +339,32 @@ pub(super) fn copy_values_into(core: &Core, parts: &mut [&mut [f32]]) -> std::re
             )));
         }
         part.copy_from_slice(&s.values);
-    }
-    Ok(core.version.load(Ordering::SeqCst))
+        Ok(())
+    })
 }
 
-/// The shard's version and values, copied (under the shard's lock in
-/// Downpour mode, slice by slice in hogwild mode) so that they are sent
-/// while pushes go on.
-fn copy_values(core: &Core) -> (u64, Vec<Vec<f32>>) {
+/// The shard's version and values, copied so that they are sent while pushes go on.
+fn copy_values(core: &Core) -> std::result::Result<(u64, Vec<Vec<f32>>), FrameError> {
+    let mut values = vec![];
+    let version = read_values(core, |s| {
+        values.push(s.values.clone());
+        Ok(())
+    })?;
+    Ok((version, values))
+}
+
+/// Calls `read` with each slice in order, under the shard's lock in
+/// Downpour mode (one version), slice by slice in hogwild mode; the
+/// shard's version.
+fn read_values(
+    core: &Core,
+    mut read: impl FnMut(&SliceState) -> std::result::Result<(), FrameError>,
+) -> std::result::Result<u64, FrameError> {
     let _step = (!core.rules.hogwild).then(|| lock(&core.step_lock));
-    let values = core.slices.iter().map(|s| lock(s).values.clone()).collect();
-    (core.version.load(Ordering::SeqCst), values)
+    for slice in &core.slices {
+        read(&lock(slice))?;
+    }
+    Ok(core.version.load(Ordering::SeqCst))
 }
 
 fn send_copies(framed: &mut Framed<TcpStream>, values: &[Vec<f32>]) -> std::result::Result<(), FrameError> {
@@ -368,7 +380,7 @@ fn apply_push(
 ) -> std::result::Result<(), FrameError> {
     let grads: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
     let (accepted, staleness) = apply(core, push, &grads)?;
-    let (version, values) = copy_values(core);
+    let (version, values) = copy_values(core)?;
     wire::send_json(framed, REPLY, &Reply::Pushed { accepted, staleness, version })?;
     send_copies(framed, &values)
 }

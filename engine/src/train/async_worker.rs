@@ -202,10 +202,10 @@ pub fn run_worker(spec: &AsyncSpec, rank: usize) -> Result<WorkerReport> {
         report.times.scan_ms += waited.elapsed().as_secs_f64() * 1e3;
         let computing = Instant::now();
         // With as many of the job's workers running on this host (in any
-        // process) as this process has threads, a worker's micro-batches go one after
-        // another into one set of gradient buffers, already scaled to their
-        // mean; with fewer, in parallel, then added up and scaled. Decided
-        // once per push.
+        // process) as this process has threads, a worker's micro-batches go
+        // one after another into one set of gradient buffers, already scaled
+        // to their mean; with fewer, in parallel, then added up and scaled.
+        // Decided once per push.
         let in_place = *push_in_place.get_or_insert_with(|| running.count() >= rayon::current_num_threads());
         let step_blocks =
             StepBlocks { rows: &blocks, binding: &spec.model.binding, data: &spec.data, seed: spec.seed, step };
