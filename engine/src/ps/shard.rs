@@ -232,12 +232,18 @@ pub(super) fn refuse(core: &Core, peer: &str, why: &str) {
 }
 
 /// A connection's region of shared memory, once the worker offered one
-/// the shard could open, and the gradient buffers its pushes are read into.
+/// the shard could open, and the buffer a piece of a pushed gradient is read into.
 #[derive(Default)]
 struct Shared {
     region: Option<Region>,
-    grads: Vec<Vec<f32>>,
+    piece: Vec<f32>,
 }
+
+/// Values per piece of a push through shared memory: the piece's values,
+/// gradient and optimizer slots stay in a core's cache between reading the
+/// gradient, the update and writing the new values. (A few in tests, whose
+/// models are small, so that their slices span several pieces.)
+const PIECE: usize = if cfg!(test) { 5 } else { 1 << 14 };
 
 fn answer(framed: &mut Framed<TcpStream>, core: &Core, shared: &mut Shared) -> std::result::Result<(), FrameError> {
     let request: Request = wire::receive_json(framed, REQUEST)?;
@@ -255,7 +261,6 @@ fn answer(framed: &mut Framed<TcpStream>, core: &Core, shared: &mut Shared) -> s
             shared.region = Region::open(&offer, bytes)
                 .map_err(|e| log::info!("parameter server shard {}: values go by TCP ({e})", core.index))
                 .ok();
-            shared.grads.clear();
             wire::send_json(framed, REPLY, &Reply::Shared(shared.region.is_some()))
         }
         Request::Pull { worker, segment, .. } => {
@@ -278,16 +283,9 @@ fn answer(framed: &mut Framed<TcpStream>, core: &Core, shared: &mut Shared) -> s
             apply_push(framed, core, &push, grads)
         }
         Request::PushShared(push) => {
-            if shared.grads.is_empty() {
-                shared.grads = slice_lengths(core).into_iter().map(|n| vec![0f32; n]).collect();
-            }
-            let Shared { region, grads } = shared;
+            let Shared { region, piece } = shared;
             let region = region.as_mut().ok_or_else(no_region)?;
-            let mut parts: Vec<&mut [f32]> = grads.iter_mut().map(|g| g.as_mut_slice()).collect();
-            wire::read_shared(region, &mut parts)?;
-            let grads: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
-            let (accepted, staleness) = apply(core, &push, &grads)?;
-            let version = write_values_shared(core, region)?;
+            let (accepted, staleness, version) = apply_shared(core, &push, region, piece)?;
             wire::send_json(framed, REPLY, &Reply::Pushed { accepted, staleness, version })
         }
     }
@@ -389,6 +387,73 @@ fn apply_push(
 /// drops it as too stale, and counts it: whether it was applied, and its
 /// staleness.
 pub(super) fn apply(core: &Core, push: &Push, grads: &[&[f32]]) -> std::result::Result<(bool, u64), FrameError> {
+    let (accepted, staleness, _) = apply_with(core, push, |index, state, lr_scale| {
+        let SliceState { slice, values, optimizer } = state;
+        let mut update = [BorrowedUpdate { key: &slice.key, value: values, grad: grads[index] }];
+        optimizer.apply_borrowed(&mut update, lr_scale).map_err(bug(core))
+    })?;
+    Ok((accepted, staleness))
+}
+
+/// Applies a push whose gradient lies in `region` (the slices one after
+/// another, as [`wire::write_shared`] puts them), a piece at a time, each
+/// piece's new values written over its gradient at once; the values of a
+/// dropped push are written whole. Whether it was applied, its staleness,
+/// and the version of the values in the region.
+fn apply_shared(
+    core: &Core,
+    push: &Push,
+    region: &mut Region,
+    piece: &mut Vec<f32>,
+) -> std::result::Result<(bool, u64, u64), FrameError> {
+    let lengths = slice_lengths(core);
+    let size = std::mem::size_of::<f32>();
+    if lengths.iter().sum::<usize>() * size > region.len() {
+        return Err(FrameError::Refused(format!("a gradient past the shared region's {} bytes", region.len())));
+    }
+    let starts: Vec<usize> = lengths.iter().scan(0, |at, n| Some(std::mem::replace(at, *at + n * size))).collect();
+    piece.resize(PIECE, 0.0);
+    let (accepted, staleness, version) = apply_with(core, push, |index, state, lr_scale| {
+        let SliceState { slice, values, optimizer } = state;
+        let no_rule = || bug(core)(format!("'{}': no ranged step (clipping on a shard)", slice.key));
+        let rule = optimizer.ranged_step(&[(&slice.key, values.len())]).map_err(bug(core))?.ok_or_else(no_rule)?;
+        let rule = rule.lr_scaled(lr_scale);
+        let slots = optimizer.slots.get_mut(&slice.key).ok_or_else(|| bug(core)("no slots".to_string()))?;
+        for start in (0..values.len()).step_by(PIECE) {
+            let end = (start + PIECE).min(values.len());
+            let (grad, at) = (&mut piece[..end - start], starts[index] + start * size);
+            let mut slot_pieces: Vec<&mut [f32]> =
+                slots.iter_mut().map(|s| &mut s.as_mut_slice()[start..end]).collect();
+            // Within the region, checked above.
+            region.read(at, bytemuck::cast_slice_mut(grad));
+            rule.apply(&mut values[start..end], grad, &mut slot_pieces).map_err(bug(core))?;
+            region.write(at, bytemuck::cast_slice(&values[start..end]));
+        }
+        Ok(())
+    })?;
+    match accepted {
+        true => Ok((accepted, staleness, version)),
+        false => Ok((accepted, staleness, write_values_shared(core, region)?)),
+    }
+}
+
+/// An update that failed after the sizes were checked: a bug, not bad input.
+fn bug<E: std::fmt::Display>(core: &Core) -> impl Fn(E) -> FrameError + '_ {
+    move |e| {
+        log::error!("parameter server shard {}: {e}", core.index);
+        FrameError::Io(e.to_string())
+    }
+}
+
+/// Applies `push` with `update` (each slice's state, by index, and the
+/// learning rate's factor for its staleness), or drops it as too stale,
+/// and counts it: whether it was applied, its staleness, and the shard's
+/// version after it (read under the shard's lock in Downpour mode).
+fn apply_with(
+    core: &Core,
+    push: &Push,
+    mut update: impl FnMut(usize, &mut SliceState, f32) -> std::result::Result<(), FrameError>,
+) -> std::result::Result<(bool, u64, u64), FrameError> {
     {
         let mut book = lock(&core.book);
         let key = (push.segment, push.worker);
@@ -407,18 +472,12 @@ pub(super) fn apply(core: &Core, push: &Push, grads: &[&[f32]]) -> std::result::
     let accepted = core.rules.max_staleness.is_none_or(|s| staleness <= s);
     if accepted {
         let lr_scale = core.rules.lr_scale(staleness);
-        for (slice, grad) in core.slices.iter().zip(grads) {
-            let mut s = lock(slice);
-            let SliceState { slice, values, optimizer } = &mut *s;
-            let mut update = [BorrowedUpdate { key: &slice.key, value: values, grad }];
-            if let Err(e) = optimizer.apply_borrowed(&mut update, lr_scale) {
-                // Sizes were checked on arrival: this is a bug, not bad input.
-                log::error!("parameter server shard {}: {e}", core.index);
-                return Err(FrameError::Io(e.to_string()));
-            }
+        for (index, slice) in core.slices.iter().enumerate() {
+            update(index, &mut lock(slice), lr_scale)?;
         }
         core.version.fetch_add(1, Ordering::SeqCst);
     }
+    let version = core.version.load(Ordering::SeqCst);
     {
         let mut book = lock(&core.book);
         let w = book.stats.workers.entry(push.worker).or_default();
@@ -432,5 +491,5 @@ pub(super) fn apply(core: &Core, push: &Push, grads: &[&[f32]]) -> std::result::
         *book.done_steps.entry((push.segment, push.worker)).or_default() += push.steps;
     }
     drop(step_guard);
-    Ok((accepted, staleness))
+    Ok((accepted, staleness, version))
 }

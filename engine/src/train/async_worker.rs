@@ -22,6 +22,7 @@
 //! shards count them): it repeats only the steps it had computed but not
 //! pushed, and never pushes a step twice.
 
+use super::cpu_turns::CpuTurns;
 use super::host_workers::HostWorker;
 use super::round::{ModelRef, PartTimes, RoundResult};
 use super::segment::{prefetch, RankReads, StepBlocks};
@@ -187,9 +188,10 @@ pub fn run_worker(spec: &AsyncSpec, rank: usize) -> Result<WorkerReport> {
         RankReads { data: &spec.data, shards: spec.shards, world: 1, binding: &spec.model.binding, steps: &steps };
     let reads = prefetch(what, 0)?;
     let every = spec.push_every_steps.max(1) as usize;
-    // Micro-batches (blocks) of each push: the steps of this worker `every` at a time.
-    let push_parts: Vec<usize> = steps.chunks(every).map(|c| c.iter().map(Vec::len).sum()).collect();
+    // Steps of each push: this worker's, `every` at a time.
+    let push_steps: Vec<usize> = steps.chunks(every).map(<[_]>::len).collect();
     let running = HostWorker::start(&spec.job_id);
+    let turns = running.turns(rayon::current_num_threads(), rank).filter(|_| turns_enabled());
     let mut push_in_place: Option<bool> = None;
     let mut pending = WeightGrads::default();
     let (mut parts, mut in_push) = (0usize, 0u64);
@@ -200,17 +202,19 @@ pub fn run_worker(spec: &AsyncSpec, rank: usize) -> Result<WorkerReport> {
             EngineError::Collective(format!("async worker {rank}: the blocks of step {step} did not arrive"))
         })??;
         report.times.scan_ms += waited.elapsed().as_secs_f64() * 1e3;
-        let computing = Instant::now();
         // With as many of the job's workers running on this host (in any
-        // process) as this process has threads, a worker's micro-batches go
-        // one after another into one set of gradient buffers, already scaled
-        // to their mean; with fewer, in parallel, then added up and scaled.
-        // Decided once per push.
+        // process) as this process has threads, a worker computes each step's
+        // blocks as one batch on one thread, in one of the host's turns
+        // ([`super::cpu_turns`]), into gradient buffers already scaled to the
+        // push's mean; with fewer, its blocks in parallel, then added up and
+        // scaled. Decided once per push.
         let in_place = *push_in_place.get_or_insert_with(|| running.count() >= rayon::current_num_threads());
+        let turn = turns.as_ref().filter(|_| in_place).map(CpuTurns::take);
+        let computing = Instant::now();
         let step_blocks =
             StepBlocks { rows: &blocks, binding: &spec.model.binding, data: &spec.data, seed: spec.seed, step };
         let results = match in_place {
-            true => step_blocks.gradients_into(&model, 1.0 / push_parts[i / every].max(1) as f32, &mut pending)?,
+            true => vec![step_blocks.gradient_into(&model, 1.0 / push_steps[i / every].max(1) as f32, &mut pending)?],
             false => {
                 let mut results = vec![];
                 for (result, g) in step_blocks.gradients(&model)? {
@@ -234,6 +238,7 @@ pub fn run_worker(spec: &AsyncSpec, rank: usize) -> Result<WorkerReport> {
             parts += 1;
         }
         report.times.compute_ms += computing.elapsed().as_secs_f64() * 1e3;
+        drop(turn);
         report.steps += 1;
         in_push += 1;
         if in_push as usize == every || i + 1 == numbers.len() {
@@ -261,6 +266,11 @@ pub fn run_worker(spec: &AsyncSpec, rank: usize) -> Result<WorkerReport> {
         }
     }
     Ok(report)
+}
+
+/// Turns on the cores unless `KALLISTA_CPU_TURNS=0` (to compare).
+fn turns_enabled() -> bool {
+    std::env::var("KALLISTA_CPU_TURNS").as_deref() != Ok("0")
 }
 
 #[cfg(test)]

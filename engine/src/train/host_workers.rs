@@ -7,9 +7,12 @@
 //! several executor processes (each sees one worker and two cores, and
 //! two workers then run four threads on two cores). Each running worker
 //! holds a marker file in `/dev/shm` named by its job and process; markers of
-//! processes that are gone are removed when counted. Where `/dev/shm`
-//! cannot be used, the count is this process's.
+//! processes that are gone are removed when counted, and so are the turns
+//! ([`super::cpu_turns`]) of jobs none of whose workers runs here any more.
+//! Where `/dev/shm` cannot be used, the count is this process's.
 
+use super::cpu_turns::{CpuTurns, TURN_PREFIX};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -49,25 +52,46 @@ impl HostWorker {
 
     /// The job's workers running on this host now (this one included).
     pub fn count(&self) -> usize {
-        let in_process = IN_PROCESS.load(Ordering::SeqCst);
-        if self.marker.is_none() {
-            return in_process;
+        match self.marker {
+            Some(_) => sweep(&self.dir, &self.job).unwrap_or_else(|| IN_PROCESS.load(Ordering::SeqCst)),
+            None => IN_PROCESS.load(Ordering::SeqCst),
         }
-        let Ok(entries) = std::fs::read_dir(&self.dir) else { return in_process };
-        let mut alive = 0;
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let mut fields = name.to_str().and_then(|n| n.strip_prefix(PREFIX)).into_iter().flat_map(|n| n.split('-'));
-            let (job, pid) = (fields.next(), fields.next());
-            let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else { continue };
-            if Path::new(&format!("/proc/{pid}")).exists() {
-                alive += usize::from(job == Some(self.job.as_str()));
-            } else {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-        alive
     }
+
+    /// The job's turns on this host's cores ([`super::cpu_turns`]), `turns`
+    /// of them, for worker `rank`; none where the markers cannot be made.
+    pub fn turns(&self, turns: usize, rank: usize) -> Option<CpuTurns> {
+        self.marker.as_ref().map(|_| CpuTurns::open_in(&self.dir, &self.job, turns, rank))
+    }
+}
+
+/// Counts the live workers of `job` in `dir`, removing the markers of
+/// ended processes and the turns of jobs without a live worker here;
+/// `None` if `dir` cannot be read.
+fn sweep(dir: &Path, job: &str) -> Option<usize> {
+    let entries: Vec<_> = std::fs::read_dir(dir).ok()?.flatten().collect();
+    let mut live_jobs = HashSet::new();
+    let mut alive = 0;
+    for entry in &entries {
+        let name = entry.file_name();
+        let mut fields = name.to_str().and_then(|n| n.strip_prefix(PREFIX)).into_iter().flat_map(|n| n.split('-'));
+        let (marker_job, pid) = (fields.next(), fields.next());
+        let (Some(marker_job), Some(pid)) = (marker_job, pid.and_then(|p| p.parse::<u32>().ok())) else { continue };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            alive += usize::from(marker_job == job);
+            live_jobs.insert(marker_job.to_string());
+        } else {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    for entry in &entries {
+        let name = entry.file_name();
+        let turn_job = name.to_str().and_then(|n| n.strip_prefix(TURN_PREFIX)).and_then(|n| n.split('-').next());
+        if turn_job.is_some_and(|j| !live_jobs.contains(j)) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Some(alive)
 }
 
 impl Drop for HostWorker {
@@ -75,6 +99,8 @@ impl Drop for HostWorker {
         IN_PROCESS.fetch_sub(1, Ordering::SeqCst);
         if let Some(path) = self.marker.take() {
             let _ = std::fs::remove_file(path);
+            // The job's turns go with its last worker here.
+            sweep(&self.dir, &self.job);
         }
     }
 }
@@ -89,6 +115,12 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let first = HostWorker::start_in(&dir, "job-a");
         assert_eq!(first.count(), 1);
+        let turn_files = || {
+            let names = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().into_string().unwrap());
+            names.filter(|n| n.starts_with(TURN_PREFIX)).count()
+        };
+        let turns = first.turns(2, 0).expect("markers can be made here");
+        assert_eq!(turn_files(), 2);
         let other_job = HostWorker::start_in(&dir, "job-b");
         assert_eq!((first.count(), other_job.count()), (1, 1), "another job's worker counted");
         // A worker of another live process (pid 1 is always there), and one of a process that is gone.
@@ -100,7 +132,10 @@ mod tests {
         assert!(!gone.exists(), "the marker of an ended process is removed");
         drop(second);
         assert_eq!(first.count(), 2, "a worker's marker goes with it");
-        drop((first, other_job));
+        assert_eq!(turn_files(), 2, "the job's turns stay while one of its workers runs here");
+        std::fs::remove_file(dir.join(format!("{PREFIX}{}-1-0", first.job))).unwrap();
+        drop((turns, first, other_job));
+        assert_eq!(turn_files(), 0, "the job's turns go with its last worker here");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

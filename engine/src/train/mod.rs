@@ -44,6 +44,7 @@ pub mod args;
 pub mod async_worker;
 pub mod blocks;
 mod chunked_step;
+mod cpu_turns;
 pub mod driver;
 pub mod eval_udaf;
 pub mod exact;

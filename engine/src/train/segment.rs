@@ -432,21 +432,20 @@ impl StepBlocks<'_> {
             .collect()
     }
 
-    /// The blocks one after another, their gradients times `scale` added
-    /// into `sum` ([`Model::gradients_on_micro_batch_into`]).
-    pub(crate) fn gradients_into(&self, model: &Model, scale: f32, sum: &mut WeightGrads) -> Result<Vec<BatchResult>> {
-        let mut results = Vec::with_capacity(self.rows.len());
-        for (block, batches) in self.rows {
-            let (x, y, seed) = self.decode(model, *block, batches)?;
-            let (result, added) = model.gradients_on_micro_batch_into(&x, &[y], seed, scale, std::mem::take(sum))?;
-            *sum = added;
-            results.push(result);
-            // State updates (BatchNormalization) are not summed in place: the caller refuses them.
-            if sum.state.iter().any(Option::is_some) {
-                break;
-            }
-        }
-        Ok(results)
+    /// All the step's blocks as one batch, its gradient times `scale` added
+    /// into `sum` ([`Model::gradients_on_micro_batch_into`]): one pass on
+    /// one thread streams the weights once per step instead of once per
+    /// block, and weighs every row alike. Dropout is seeded by the first block.
+    pub(crate) fn gradient_into(&self, model: &Model, scale: f32, sum: &mut WeightGrads) -> Result<BatchResult> {
+        let first = self.rows.first().map_or(0, |(block, _)| *block);
+        let batches: Vec<&RecordBatch> = self.rows.iter().flat_map(|(_, batches)| batches).collect();
+        let blocks: Vec<u64> = self.rows.iter().map(|(block, _)| *block).collect();
+        let source = format!("{} blocks {blocks:?}", self.data);
+        let (x, y) = decode_batches(model, &batches, self.binding, &source)?;
+        let seed = dropout_seed(self.seed, self.step, first);
+        let (result, added) = model.gradients_on_micro_batch_into(&x, &[y], seed, scale, std::mem::take(sum))?;
+        *sum = added;
+        Ok(result)
     }
 }
 

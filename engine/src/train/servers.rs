@@ -443,19 +443,30 @@ mod tests {
     #[test]
     fn a_gradient_older_than_max_staleness_is_dropped_and_counted() {
         let model = tiny_model(&adam(&["accuracy"]));
+        // The late worker through connections, then through shared memory.
+        for late_client in [network_client, shared_memory_client] {
+            a_gradient_older_than_max_staleness_is_dropped(&model, late_client);
+        }
+    }
+
+    fn a_gradient_older_than_max_staleness_is_dropped(
+        model: &Model,
+        late_client: fn(&ParameterServers, &Model, &Secret, usize) -> ParameterClient,
+    ) {
         let (mut ps, secret) =
-            servers(&model, AsyncSettings { parameter_servers: 2, max_staleness: Some(0), ..Default::default() });
+            servers(model, AsyncSettings { parameter_servers: 2, max_staleness: Some(0), ..Default::default() });
         let (mut a, mut b) = (model.clone(), model.clone());
         // One worker through connections, one by direct calls: the same shards, the same versions.
-        let (mut ca, mut cb) = (network_client(&ps, &model, &secret, 0), client(&ps, &model, &secret, 1));
+        let (mut ca, mut cb) = (late_client(&ps, model, &secret, 0), client(&ps, model, &secret, 1));
         ca.pull(&mut a, 0).unwrap();
         cb.pull(&mut b, 0).unwrap();
-        assert_eq!(cb.push(&mut b, &grads_of(&model, 0.01), &push(1, 0)).unwrap().accepted, 2);
-        let only_b = snapshot(&ps, &model);
+        assert_eq!(cb.push(&mut b, &grads_of(model, 0.01), &push(1, 0)).unwrap().accepted, 2);
+        let only_b = snapshot(&ps, model);
         // Worker 0's gradient was computed on version 0; the shards are at version 1.
-        let late = ca.push(&mut a, &grads_of(&model, -0.02), &push(0, 0)).unwrap();
+        let late = ca.push(&mut a, &grads_of(model, -0.02), &push(0, 0)).unwrap();
         assert_eq!((late.accepted, late.staleness_sum), (0, 2));
-        assert_eq!(weights_hash(&snapshot(&ps, &model)), weights_hash(&only_b));
+        assert_eq!(weights_hash(&snapshot(&ps, model)), weights_hash(&only_b));
+        assert_eq!(a.named_weights(), only_b.named_weights(), "the late worker was answered the current weights");
         let end = ps.end_segment().unwrap();
         let (lines, refused) = (end.workers, end.refused);
         assert_eq!(refused, 0);
@@ -507,7 +518,8 @@ mod tests {
             let settings = AsyncSettings { parameter_servers: 2, divide_lr_by_staleness: divide, ..Default::default() };
             let (ps, secret) = servers(&model, settings);
             let (mut a, mut b) = (model.clone(), model.clone());
-            let (mut ca, mut cb) = (client(&ps, &model, &secret, 0), client(&ps, &model, &secret, 1));
+            // The late worker through shared memory.
+            let (mut ca, mut cb) = (shared_memory_client(&ps, &model, &secret, 0), client(&ps, &model, &secret, 1));
             ca.pull(&mut a, 0).unwrap();
             cb.pull(&mut b, 0).unwrap();
             for step in 0..2 {

@@ -24,6 +24,13 @@ impl RangedStep {
     pub fn apply(&self, value: &mut [f32], grad: &[f32], slots: &mut [&mut [f32]]) -> Result<()> {
         self.backend.optimizer_step(&self.kind, self.lr, self.step, value, grad, slots)
     }
+
+    /// This step with its learning rate multiplied by `lr_scale`, as
+    /// [`super::Optimizer::apply_scaled`] takes it (a stale push, damped).
+    pub fn lr_scaled(mut self, lr_scale: f32) -> RangedStep {
+        self.lr *= lr_scale;
+        self
+    }
 }
 
 impl Optimizer {
@@ -63,17 +70,20 @@ mod tests {
     use super::*;
     use crate::optim::{OptimizerConfig, ParamUpdate};
 
-    /// Two steps of Adam applied in ranges of 3 give the bits of whole steps.
+    /// Three steps of Adam applied in ranges of 3 give the bits of whole
+    /// steps, the third with its learning rate scaled.
     #[test]
     fn ranges_give_the_bits_of_a_whole_step() {
         let grads: Vec<Vec<f32>> =
-            (0..2).map(|s| (0..10).map(|i| ((i * 7 + s * 3) % 5) as f32 - 2.1).collect()).collect();
+            (0..3).map(|s| (0..10).map(|i| ((i * 7 + s * 3) % 5) as f32 - 2.1).collect()).collect();
         let mut whole = Optimizer::new(OptimizerConfig::adam(0.01));
         let mut ranged = whole.clone();
         let (mut w_whole, mut w_ranged) = (vec![0.5f32; 10], vec![0.5f32; 10]);
-        for g in &grads {
-            whole.apply(&mut [ParamUpdate { key: "l/w", value: &mut w_whole, grad: g.clone().into() }]).unwrap();
-            let step = ranged.ranged_step(&[("l/w", 10)]).unwrap().expect("no clipping");
+        for (s, g) in grads.iter().enumerate() {
+            let lr_scale = if s == 2 { 0.25 } else { 1.0 };
+            let update = ParamUpdate { key: "l/w", value: &mut w_whole, grad: g.clone().into() };
+            whole.apply_scaled(&mut [update], lr_scale).unwrap();
+            let step = ranged.ranged_step(&[("l/w", 10)]).unwrap().expect("no clipping").lr_scaled(lr_scale);
             let slots = ranged.slots.get_mut("l/w").unwrap();
             let (m, v) = slots.split_at_mut(1);
             let chunks = w_ranged.chunks_mut(3).zip(g.chunks(3)).zip(m[0].chunks_mut(3).zip(v[0].chunks_mut(3)));
@@ -86,7 +96,7 @@ mod tests {
             w_ranged.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
         );
         assert_eq!(whole.slots, ranged.slots);
-        assert_eq!((whole.iterations, ranged.iterations), (2, 2));
+        assert_eq!((whole.iterations, ranged.iterations), (3, 3));
         let clipped = &mut Optimizer::new(OptimizerConfig::adam(0.01).clipnorm(1.0));
         assert!(clipped.ranged_step(&[("l/w", 10)]).unwrap().is_none(), "clipping needs whole gradients");
     }

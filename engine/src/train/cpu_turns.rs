@@ -1,0 +1,105 @@
+//! Turns on a host's cores for a job's `async` workers. With more of a
+//! job's workers on a host than its processes have threads (four
+//! single-threaded workers on two cores), the kernel time-slices their
+//! steps every few milliseconds and each slice starts on caches the others
+//! filled. A worker instead takes one of the host's turns (as many as the
+//! process has threads) for each step's compute and gives it back for its
+//! push, so the cores run whole steps one after another and the pushes (the
+//! shards' optimizer) fill the gaps. A turn is an exclusive `flock` on a file
+//! in `/dev/shm` named by the job: it holds across the host's processes and
+//! the kernel frees it when its process dies. Without `/dev/shm` there are
+//! no turns and the kernel schedules as before. The files go with the job's
+//! last worker on the host ([`super::host_workers`] sweeps them); one
+//! removed while another worker waits on it costs that worker its place,
+//! never a result.
+
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+
+/// The turns' files: the prefix, the job's digest, `-`, the turn's number.
+pub(super) const TURN_PREFIX: &str = "kallista-turn-";
+
+/// The turns of one job on this host, as one worker takes them.
+pub struct CpuTurns {
+    files: Vec<File>,
+    /// The turn this worker waits for when none is free (spreads the waiters).
+    preferred: usize,
+}
+
+/// One turn, held until dropped.
+pub struct Turn<'a> {
+    file: Option<&'a File>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = self.file {
+            let _ = f.unlock();
+        }
+    }
+}
+
+impl CpuTurns {
+    /// `turns` turns in `dir` of the job whose markers are named `job` (a
+    /// name-safe digest), worker `rank` waiting for turn `rank % turns` when
+    /// all are taken.
+    pub(super) fn open_in(dir: &Path, job: &str, turns: usize, rank: usize) -> CpuTurns {
+        let files: Option<Vec<File>> = (0..turns.max(1))
+            .map(|i| {
+                let path = dir.join(format!("{TURN_PREFIX}{job}-{i}"));
+                OpenOptions::new().create(true).truncate(false).write(true).open(path).ok()
+            })
+            .collect();
+        let files = files.unwrap_or_default();
+        let preferred = rank % files.len().max(1);
+        CpuTurns { files, preferred }
+    }
+
+    /// A free turn, or the preferred one once it is given back.
+    pub fn take(&self) -> Turn<'_> {
+        let n = self.files.len();
+        for k in 0..n {
+            let file = &self.files[(self.preferred + k) % n];
+            if file.try_lock().is_ok() {
+                return Turn { file: Some(file) };
+            }
+        }
+        match self.files.get(self.preferred) {
+            Some(file) if file.lock().is_ok() => Turn { file: Some(file) },
+            _ => Turn { file: None },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn no_more_workers_compute_at_once_than_there_are_turns() {
+        let dir = std::env::temp_dir().join(format!("kallista-turns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let workers: Vec<_> = (0..5)
+            .map(|rank| {
+                let (dir, running, most) = (dir.clone(), running.clone(), most.clone());
+                std::thread::spawn(move || {
+                    let turns = CpuTurns::open_in(&dir, "job", 2, rank);
+                    for _ in 0..10 {
+                        let _turn = turns.take();
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(2));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().for_each(|w| w.join().unwrap());
+        assert_eq!(most.load(Ordering::SeqCst), 2, "at most (and, with 5 workers, at some time) 2 at once");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
