@@ -152,13 +152,20 @@ fn mean_and_clip(grads: &mut WeightGrads, parts: usize, cfg: &OptimizerConfig) {
     }
 }
 
+/// A worker's model before its first pull: the published weights version.
+/// The shards hold the trainable weights (the pull overwrites them); the
+/// others, a frozen pre-trained CNN's, reach workers only so: drawn from
+/// the config's seed, they would differ from the driver's.
+fn starting_model(r: &ModelRef) -> Result<kallista_ops::model::Model> {
+    Ok((*super::model_cache::model_for(r)?).clone())
+}
+
 /// Runs worker `rank` of the segment (see the module docs).
 pub fn run_worker(spec: &AsyncSpec, rank: usize) -> Result<WorkerReport> {
     let timeout = Duration::from_secs(spec.timeout_s.max(1));
     let secret = Secret::from_bytes(&blocking::read(&spec.secret)?);
     let loading = Instant::now();
-    // From its config only: the shards hold the weights, the first pull brings them.
-    let mut model = super::model_cache::compiled_model(&spec.model)?;
+    let mut model = starting_model(&spec.model)?;
     let reach = Reach::from_env(spec.shared_memory);
     let mut client = ParameterClient::connect_via(&spec.servers, &model, &secret, &spec.job_id, rank, timeout, reach)?;
     let done = client.pull(&mut model, spec.first_step)? as usize;
@@ -276,6 +283,30 @@ fn turns_enabled() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::test_model::{adam, tiny_model};
+
+    #[test]
+    fn a_worker_starts_from_the_published_weights_and_not_from_its_configs_draws() {
+        let compile = adam(&[]);
+        let mut model = tiny_model(&compile);
+        // A frozen layer whose weights were loaded (pre-trained), not drawn.
+        model.set_trainable("q_embed", false).unwrap();
+        let mut weights = model.named_weights();
+        let key = weights.keys().find(|k| k.starts_with("q_embed/")).unwrap().clone();
+        let pretrained = weights[&key].data().iter().map(|v| v * 0.5 + 0.25).collect();
+        weights.insert(key.clone(), kallista_ops::tensor::Tensor::new(weights[&key].shape(), pretrained).unwrap());
+        model.set_weights(&weights).unwrap();
+        let local = std::env::temp_dir().join(crate::cluster::owned_dir_name("kallista-async-start"));
+        let dir = Location::from_path(&local).unwrap();
+        let (config, published) = (dir.join("model.json"), dir.join("step-0.safetensors"));
+        blocking::write(&config, model.to_json().into_bytes()).unwrap();
+        blocking::write(&published, model.weights_bytes().unwrap()).unwrap();
+        let r = ModelRef { config, weights: published, compile, binding: Default::default() };
+        let started = starting_model(&r).unwrap();
+        assert_eq!(started.named_weights()[&key], weights[&key], "the frozen layer's loaded weights");
+        assert_eq!(started.named_weights(), model.named_weights());
+        std::fs::remove_dir_all(local).unwrap();
+    }
 
     #[test]
     fn the_mean_is_clipped_per_weight_and_globally() {

@@ -28,10 +28,10 @@ fn cache() -> Result<std::sync::MutexGuard<'static, HashMap<Location, Cached>>> 
     MODELS.lock().map_err(|_| EngineError::Training("model cache poisoned".into()))
 }
 
-/// Builds a compiled model from its config (no weights loaded).
-pub fn compiled_model(r: &ModelRef) -> Result<Model> {
+/// Builds a compiled model from its config, its weights left at zero for the caller to load.
+fn compiled_model(r: &ModelRef) -> Result<Model> {
     let json = blocking::read_string(&r.config)?;
-    let mut model = Model::from_json(&json)?;
+    let mut model = Model::from_json_to_load(&json)?;
     compile(&mut model, &r.compile)?;
     Ok(model)
 }

@@ -110,6 +110,19 @@ impl ModelBuilder {
 
     /// `keras.Model(inputs, outputs)`, with weights drawn from `seed`.
     pub fn build(self, inputs: &[SymbolicTensor], outputs: &[SymbolicTensor], seed: u64) -> Result<Model> {
+        let mut model = self.build_to_load(inputs, outputs, seed)?;
+        model.initialize(seed);
+        Ok(model)
+    }
+
+    /// [`Self::build`] with the weights left at zero, for a caller that
+    /// loads every one of them next (drawing W1's took 60 ms).
+    pub(crate) fn build_to_load(
+        self,
+        inputs: &[SymbolicTensor],
+        outputs: &[SymbolicTensor],
+        seed: u64,
+    ) -> Result<Model> {
         let want: Vec<usize> = inputs.iter().map(|t| t.0).collect();
         for &i in &want {
             if !self.inputs.contains(&i) {
@@ -120,7 +133,7 @@ impl ModelBuilder {
                 )));
             }
         }
-        let mut model = Model {
+        let model = Model {
             name: self.name,
             layers: self.layers,
             tensors: self.tensors,
@@ -135,7 +148,6 @@ impl ModelBuilder {
             token_tables: Default::default(),
         };
         model.check_reachable()?;
-        model.initialize(seed);
         Ok(model)
     }
 

@@ -94,15 +94,31 @@ impl Model {
 
     /// Rebuilds a model from [`Model::to_json`]'s output; weights are drawn from the config's seed.
     pub fn from_json(json: &str) -> Result<Model> {
+        Model::from_json_with(json, true)
+    }
+
+    /// [`Self::from_json`] with the weights left at zero, for a caller that
+    /// loads all of them next ([`Model::load_weights`] refuses a file that
+    /// lacks one): drawing them is wasted work.
+    pub fn from_json_to_load(json: &str) -> Result<Model> {
+        Model::from_json_with(json, false)
+    }
+
+    fn from_json_with(json: &str, draw_weights: bool) -> Result<Model> {
         let j: ModelJson = serde_json::from_str(json)?;
         if j.class_name != "Functional" {
             return Err(OpsError::Config(format!("model class_name '{}' (expected Functional)", j.class_name)));
         }
-        Model::from_functional(j.config)
+        Model::from_functional_with(j.config, draw_weights)
     }
 
     /// Rebuilds a model from its graph config object.
     pub(crate) fn from_functional(c: FunctionalJson) -> Result<Model> {
+        Self::from_functional_with(c, true)
+    }
+
+    /// [`Self::from_functional`], its weights drawn from the config's seed or left at zero.
+    fn from_functional_with(c: FunctionalJson, draw_weights: bool) -> Result<Model> {
         let mut g = ModelBuilder::new(&c.name);
         let mut named: HashMap<String, SymbolicTensor> = HashMap::new();
         let mut inputs = vec![];
@@ -144,7 +160,10 @@ impl Model {
             .iter()
             .map(|o| named.get(o).copied().ok_or_else(|| OpsError::Config(format!("unknown output tensor '{o}'"))))
             .collect::<Result<Vec<_>>>()?;
-        g.build(&inputs, &outputs, c.seed)
+        match draw_weights {
+            true => g.build(&inputs, &outputs, c.seed),
+            false => g.build_to_load(&inputs, &outputs, c.seed),
+        }
     }
 }
 
