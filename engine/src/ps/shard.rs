@@ -412,15 +412,19 @@ fn apply_shared(
         return Err(FrameError::Refused(format!("a gradient past the shared region's {} bytes", region.len())));
     }
     let starts: Vec<usize> = lengths.iter().scan(0, |at, n| Some(std::mem::replace(at, *at + n * size))).collect();
-    piece.resize(PIECE, 0.0);
     let (accepted, staleness, version) = apply_with(core, push, |index, state, lr_scale| {
         let SliceState { slice, values, optimizer } = state;
         let no_rule = || bug(core)(format!("'{}': no ranged step (clipping on a shard)", slice.key));
         let rule = optimizer.ranged_step(&[(&slice.key, values.len())]).map_err(bug(core))?.ok_or_else(no_rule)?;
         let rule = rule.lr_scaled(lr_scale);
         let slots = optimizer.slots.get_mut(&slice.key).ok_or_else(|| bug(core)("no slots".to_string()))?;
-        for start in (0..values.len()).step_by(PIECE) {
-            let end = (start + PIECE).min(values.len());
+        // On a device, one call per slice.
+        let span = if rule.on_host() { PIECE } else { values.len().max(1) };
+        if piece.len() < span.min(values.len()) {
+            piece.resize(span.min(values.len()), 0.0);
+        }
+        for start in (0..values.len()).step_by(span) {
+            let end = (start + span).min(values.len());
             let (grad, at) = (&mut piece[..end - start], starts[index] + start * size);
             let mut slot_pieces: Vec<&mut [f32]> =
                 slots.iter_mut().map(|s| &mut s.as_mut_slice()[start..end]).collect();

@@ -7,9 +7,9 @@
 //! The segment's steps are dealt to the workers in turn (worker `r` takes
 //! the steps `s` with `s % world == r`), whole: a worker reads every block
 //! of its steps (from every shard file, one ranged read per block, read
-//! ahead), computes one gradient per step on its current weights (the mean
-//! over the step's blocks: the gradient of one `batch_size` batch, as in
-//! `sync` and as a Keras user expects of `batch_size`), and every
+//! ahead), computes one gradient per step on its current weights (of the
+//! step's blocks as one `batch_size` batch, as in `sync` and as a Keras
+//! user expects of `batch_size`), and every
 //! `push_every_steps` of its steps pushes the mean of those gradients to
 //! every shard, taking the shards' new values back in the same round trip.
 //! So a job takes as many optimizer steps per epoch in `async` as in
@@ -157,7 +157,12 @@ fn mean_and_clip(grads: &mut WeightGrads, parts: usize, cfg: &OptimizerConfig) {
 /// others, a frozen pre-trained CNN's, reach workers only so: drawn from
 /// the config's seed, they would differ from the driver's.
 fn starting_model(r: &ModelRef) -> Result<kallista_ops::model::Model> {
-    Ok((*super::model_cache::model_for(r)?).clone())
+    let mut model = (*super::model_cache::model_for(r)?).clone();
+    // The shards hold the optimizer state: a worker's copy would only take memory.
+    if let Some(optimizer) = model.optimizer_mut() {
+        optimizer.slots.clear();
+    }
+    Ok(model)
 }
 
 /// Runs worker `rank` of the segment (see the module docs).
@@ -305,6 +310,7 @@ mod tests {
         let started = starting_model(&r).unwrap();
         assert_eq!(started.named_weights()[&key], weights[&key], "the frozen layer's loaded weights");
         assert_eq!(started.named_weights(), model.named_weights());
+        assert!(started.optimizer().is_some_and(|o| o.slots.is_empty()), "the shards hold the optimizer state");
         std::fs::remove_dir_all(local).unwrap();
     }
 

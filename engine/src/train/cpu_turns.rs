@@ -13,8 +13,9 @@
 //! removed while another worker waits on it costs that worker its place,
 //! never a result.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, TryLockError};
 use std::path::Path;
+use std::time::Duration;
 
 /// The turns' files: the prefix, the job's digest, `-`, the turn's number.
 pub(super) const TURN_PREFIX: &str = "kallista-turn-";
@@ -22,8 +23,8 @@ pub(super) const TURN_PREFIX: &str = "kallista-turn-";
 /// The turns of one job on this host, as one worker takes them.
 pub struct CpuTurns {
     files: Vec<File>,
-    /// The turn this worker waits for when none is free (spreads the waiters).
-    preferred: usize,
+    /// The turn this worker looks at first (spreads the workers).
+    first: usize,
 }
 
 /// One turn, held until dropped.
@@ -41,8 +42,7 @@ impl Drop for Turn<'_> {
 
 impl CpuTurns {
     /// `turns` turns in `dir` of the job whose markers are named `job` (a
-    /// name-safe digest), worker `rank` waiting for turn `rank % turns` when
-    /// all are taken.
+    /// name-safe digest), worker `rank` looking at turn `rank % turns` first.
     pub(super) fn open_in(dir: &Path, job: &str, turns: usize, rank: usize) -> CpuTurns {
         let files: Option<Vec<File>> = (0..turns.max(1))
             .map(|i| {
@@ -51,22 +51,29 @@ impl CpuTurns {
             })
             .collect();
         let files = files.unwrap_or_default();
-        let preferred = rank % files.len().max(1);
-        CpuTurns { files, preferred }
+        let first = rank % files.len().max(1);
+        CpuTurns { files, first }
     }
 
-    /// A free turn, or the preferred one once it is given back.
+    /// The first turn free, looking at all of them every quarter of a
+    /// millisecond (a step takes tens): a worker blocked on one turn would
+    /// miss another given back first, and the workers of a host may have
+    /// any ranks. No turn where locks fail (the kernel then schedules).
     pub fn take(&self) -> Turn<'_> {
         let n = self.files.len();
-        for k in 0..n {
-            let file = &self.files[(self.preferred + k) % n];
-            if file.try_lock().is_ok() {
-                return Turn { file: Some(file) };
+        loop {
+            for k in 0..n {
+                let file = &self.files[(self.first + k) % n];
+                match file.try_lock() {
+                    Ok(()) => return Turn { file: Some(file) },
+                    Err(TryLockError::WouldBlock) => {}
+                    Err(TryLockError::Error(_)) => return Turn { file: None },
+                }
             }
-        }
-        match self.files.get(self.preferred) {
-            Some(file) if file.lock().is_ok() => Turn { file: Some(file) },
-            _ => Turn { file: None },
+            if n == 0 {
+                return Turn { file: None };
+            }
+            std::thread::sleep(Duration::from_micros(250));
         }
     }
 }
@@ -76,7 +83,6 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    use std::time::Duration;
 
     #[test]
     fn no_more_workers_compute_at_once_than_there_are_turns() {

@@ -1,9 +1,10 @@
 //! How many workers of a job this host runs now, whichever process runs
-//! them: an `async` worker computes its micro-batches one after another
-//! when its job's workers on the host already fill its cores, and in
-//! parallel when they do not. (Only the job's own: a one-worker job then
-//! decides the same way whatever else the host runs, so it stays
-//! deterministic.) Counting one process's workers misses a host shared by
+//! them: an `async` worker computes each step as one batch on one thread,
+//! in the host's turns ([`super::cpu_turns`]), when its job's workers on
+//! the host already fill its cores, and its blocks in parallel when they
+//! do not. (Only the job's own: a one-worker job then decides the same way
+//! whatever else the host runs, so it stays deterministic.) Counting one
+//! process's workers misses a host shared by
 //! several executor processes (each sees one worker and two cores, and
 //! two workers then run four threads on two cores). Each running worker
 //! holds a marker file in `/dev/shm` named by its job and process; markers of

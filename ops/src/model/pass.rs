@@ -82,9 +82,10 @@ impl Model {
 
     /// [`Model::gradients_on_micro_batch`] with the gradients times
     /// `scale`, added into `sum` (the gradients of earlier micro-batches of
-    /// this model, or empty) in place: a worker that takes the mean of a
-    /// step's micro-batches one after another (`scale` = 1 / their count)
-    /// zeroes no gradient buffer after the first and makes no addition pass.
+    /// this model, or empty) in place: a worker that takes the mean of
+    /// several batches' gradients one after another (`scale` = 1 / their
+    /// count) zeroes no gradient buffer after the first and makes no
+    /// addition pass.
     /// The loss reported is this micro-batch's mean.
     pub fn gradients_on_micro_batch_into(
         &self,

@@ -25,6 +25,12 @@ impl RangedStep {
         self.backend.optimizer_step(&self.kind, self.lr, self.step, value, grad, slots)
     }
 
+    /// Whether the step runs on the host's cores (each call on a device
+    /// copies its range there and back: few large ranges are then better).
+    pub fn on_host(&self) -> bool {
+        self.backend.name() == "cpu"
+    }
+
     /// This step with its learning rate multiplied by `lr_scale`, as
     /// [`super::Optimizer::apply_scaled`] takes it (a stale push, damped).
     pub fn lr_scaled(mut self, lr_scale: f32) -> RangedStep {
