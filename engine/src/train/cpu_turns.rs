@@ -15,7 +15,6 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::Path;
-use std::time::Duration;
 
 /// The turns' files: the prefix, the job's digest, `-`, the turn's number.
 pub(super) const TURN_PREFIX: &str = "kallista-turn-";
@@ -23,7 +22,8 @@ pub(super) const TURN_PREFIX: &str = "kallista-turn-";
 /// The turns of one job on this host, as one worker takes them.
 pub struct CpuTurns {
     files: Vec<File>,
-    /// The turn this worker looks at first (spreads the workers).
+    /// The turn this worker looks at first and waits for (spreads the
+    /// waiters by rank: on one host, ranks `0..turns` wait on distinct turns).
     first: usize,
 }
 
@@ -55,25 +55,24 @@ impl CpuTurns {
         CpuTurns { files, first }
     }
 
-    /// The first turn free, looking at all of them every quarter of a
-    /// millisecond (a step takes tens): a worker blocked on one turn would
-    /// miss another given back first, and the workers of a host may have
-    /// any ranks. No turn where locks fail (the kernel then schedules).
+    /// A free turn, or, when all are taken, the first one this worker looks
+    /// at once it is given back (a blocked `flock` wakes at once; polling
+    /// every turn lets a worker back from its push take a turn before the
+    /// one waiting, and uneven workers end a segment on one core). No turn
+    /// where locks fail (the kernel then schedules).
     pub fn take(&self) -> Turn<'_> {
         let n = self.files.len();
-        loop {
-            for k in 0..n {
-                let file = &self.files[(self.first + k) % n];
-                match file.try_lock() {
-                    Ok(()) => return Turn { file: Some(file) },
-                    Err(TryLockError::WouldBlock) => {}
-                    Err(TryLockError::Error(_)) => return Turn { file: None },
-                }
+        for k in 0..n {
+            let file = &self.files[(self.first + k) % n];
+            match file.try_lock() {
+                Ok(()) => return Turn { file: Some(file) },
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Error(_)) => return Turn { file: None },
             }
-            if n == 0 {
-                return Turn { file: None };
-            }
-            std::thread::sleep(Duration::from_micros(250));
+        }
+        match self.files.get(self.first) {
+            Some(file) if file.lock().is_ok() => Turn { file: Some(file) },
+            _ => Turn { file: None },
         }
     }
 }
@@ -98,7 +97,7 @@ mod tests {
                         let _turn = turns.take();
                         let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                         most.fetch_max(now, Ordering::SeqCst);
-                        std::thread::sleep(Duration::from_millis(2));
+                        std::thread::sleep(std::time::Duration::from_millis(2));
                         running.fetch_sub(1, Ordering::SeqCst);
                     }
                 })
