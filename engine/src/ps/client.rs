@@ -10,7 +10,7 @@
 
 use super::local::{self, LocalShard};
 use super::slices::{plan, Slice};
-use super::wire::{self, Push, Reply, Request, ShardStats, REPLY, REQUEST};
+use super::wire::{self, Push, Reply, Request, ShardStats, SparseRows, REPLY, REQUEST};
 use crate::collective::frame::{FrameError, Framed, Secret};
 use crate::collective::shm::Region;
 use crate::error::{EngineError, Result};
@@ -196,6 +196,7 @@ impl ParameterClient {
                 })?;
                 sent.push(&g[s.range.clone()]);
             }
+            let (sparse, froms) = sparse_rows(grads, &link.slices);
             let (framed, region) = match &mut link.transport {
                 Transport::Local(shard) => {
                     let (accepted, staleness, version) = shard.push(&mine, &sent, parts).map_err(|e| failed(&e))?;
@@ -205,8 +206,8 @@ impl ParameterClient {
                 Transport::Connection(framed, region) => (framed, region),
             };
             let sending = match region {
-                Some(region) => match wire::write_shared(region, &sent) {
-                    true => wire::send_json(framed, REQUEST, &Request::PushShared(mine)),
+                Some(region) => match wire::write_shared(region, &sent, &sparse, &froms) {
+                    true => wire::send_json(framed, REQUEST, &Request::PushShared(Push { sparse, ..mine })),
                     false => Err(FrameError::Refused("the gradient does not fit the shared region".into())),
                 },
                 None => wire::send_json(framed, REQUEST, &Request::Push(mine))
@@ -271,6 +272,24 @@ impl ParameterClient {
                 .map(|h| h.join().unwrap_or_else(|_| Err(EngineError::Training("a shard connection panicked".into()))))
                 .collect()
         })
+    }
+}
+
+/// The rows of each of `slices`' gradients that may be non-zero, where
+/// `grads` knows them and they are under half of the slice (otherwise the
+/// whole slice goes); each slice's first element in its weight.
+fn sparse_rows(grads: &WeightGrads, slices: &[Slice]) -> (Vec<Option<SparseRows>>, Vec<usize>) {
+    let rows_of = |s: &Slice| {
+        let touched = grads.rows.get(s.weight)?.as_ref()?;
+        let rows = SparseRows { width: touched.width, rows: touched.rows.clone() };
+        let elements: usize = rows.spans(s.range.start, s.range.len()).iter().map(|r| r.len()).sum();
+        (touched.width > 0 && elements * 2 < s.range.len()).then_some(rows)
+    };
+    let sparse: Vec<Option<SparseRows>> = slices.iter().map(rows_of).collect();
+    let froms = slices.iter().map(|s| s.range.start).collect();
+    match sparse.iter().any(Option::is_some) {
+        true => (sparse, froms),
+        false => (vec![], froms),
     }
 }
 

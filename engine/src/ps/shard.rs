@@ -412,6 +412,16 @@ fn apply_shared(
         return Err(FrameError::Refused(format!("a gradient past the shared region's {} bytes", region.len())));
     }
     let starts: Vec<usize> = lengths.iter().scan(0, |at, n| Some(std::mem::replace(at, *at + n * size))).collect();
+    if !push.sparse.is_empty() && push.sparse.len() != lengths.len() {
+        return Err(FrameError::Refused(format!(
+            "rows for {} slices, the shard has {}",
+            push.sparse.len(),
+            lengths.len()
+        )));
+    }
+    if push.sparse.iter().flatten().any(|r| r.width == 0) {
+        return Err(FrameError::Refused("sparse rows of width 0".into()));
+    }
     let (accepted, staleness, version) = apply_with(core, push, |index, state, lr_scale| {
         let SliceState { slice, values, optimizer } = state;
         let no_rule = || bug(core)(format!("'{}': no ranged step (clipping on a shard)", slice.key));
@@ -423,13 +433,34 @@ fn apply_shared(
         if piece.len() < span.min(values.len()) {
             piece.resize(span.min(values.len()), 0.0);
         }
+        // Where the worker wrote only some rows, the rest of the gradient is zero.
+        let rows = push.sparse.get(index).cloned().flatten().map(|r| r.sorted().spans(slice.range.start, values.len()));
+        let mut next_row = 0;
         for start in (0..values.len()).step_by(span) {
             let end = (start + span).min(values.len());
             let (grad, at) = (&mut piece[..end - start], starts[index] + start * size);
             let mut slot_pieces: Vec<&mut [f32]> =
                 slots.iter_mut().map(|s| &mut s.as_mut_slice()[start..end]).collect();
             // Within the region, checked above.
-            region.read(at, bytemuck::cast_slice_mut(grad));
+            match &rows {
+                None => {
+                    region.read(at, bytemuck::cast_slice_mut(grad));
+                }
+                Some(rows) => {
+                    grad.fill(0.0);
+                    while let Some(row) = rows.get(next_row).filter(|r| r.start < end) {
+                        let (from, to) = (row.start.max(start), row.end.min(end));
+                        region.read(
+                            starts[index] + from * size,
+                            bytemuck::cast_slice_mut(&mut grad[from - start..to - start]),
+                        );
+                        match row.end <= end {
+                            true => next_row += 1,
+                            false => break,
+                        }
+                    }
+                }
+            }
             rule.apply(&mut values[start..end], grad, &mut slot_pieces).map_err(bug(core))?;
             region.write(at, bytemuck::cast_slice(&values[start..end]));
         }

@@ -67,6 +67,47 @@ pub struct Push {
     pub rows: u64,
     pub loss_sum: f64,
     pub correct: u64,
+    /// By the shard's slices, in order, for a [`Request::PushShared`]: the
+    /// rows of each slice's gradient that may be non-zero, where known
+    /// ([`SparseRows`]); empty, or `None` for a slice: all of it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sparse: Vec<Option<SparseRows>>,
+}
+
+/// The rows of a weight's gradient that may be non-zero (an Embedding's:
+/// the rows of the step's tokens, a few hundred of 10,000); the rest is
+/// zero. Through shared memory only these rows are written and read, so
+/// a large Embedding's push costs its tokens, not its vocabulary.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SparseRows {
+    /// Elements of a row.
+    pub width: usize,
+    /// Row numbers in the whole weight, ascending.
+    pub rows: Vec<u32>,
+}
+
+impl SparseRows {
+    /// The rows' element ranges within a slice of `len` elements that
+    /// starts at element `from` of its weight, relative to the slice, in
+    /// order (the rows must be ascending, as [`SparseRows::sorted`] makes them).
+    pub fn spans(&self, from: usize, len: usize) -> Vec<std::ops::Range<usize>> {
+        let (width, end) = (self.width.max(1), from.saturating_add(len));
+        let row_start = |r: u32| (r as usize).saturating_mul(width);
+        let first = self.rows.partition_point(|&r| row_start(r).saturating_add(width) <= from);
+        self.rows[first..]
+            .iter()
+            .map(|&r| row_start(r))
+            .take_while(|&start| start < end)
+            .map(|start| start.max(from) - from..start.saturating_add(width).min(end) - from)
+            .collect()
+    }
+
+    /// These rows ascending and once each, whatever the sender sent.
+    pub fn sorted(mut self) -> SparseRows {
+        self.rows.sort_unstable();
+        self.rows.dedup();
+        self
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -164,14 +205,26 @@ pub fn receive_values<S: Read + Write>(framed: &mut Framed<S>, parts: &mut [&mut
     Ok(())
 }
 
-/// Writes `parts` one after another into `region`; `false` if they do not fit.
-pub fn write_shared(region: &mut Region, parts: &[&[f32]]) -> bool {
+/// Writes `parts` one after another into `region`; `false` if they do not
+/// fit. Of a part that `sparse` gives rows for, only those rows (its
+/// element `k` is element `froms[i] + k` of its weight); the rest of its
+/// place keeps whatever it held.
+pub fn write_shared(region: &mut Region, parts: &[&[f32]], sparse: &[Option<SparseRows>], froms: &[usize]) -> bool {
     let mut at = 0;
-    for part in parts {
-        if !region.write(at, bytemuck::cast_slice(part)) {
+    for (i, part) in parts.iter().enumerate() {
+        let bytes = std::mem::size_of_val(*part);
+        let written = match (sparse.get(i).and_then(Option::as_ref), froms.get(i)) {
+            (Some(rows), Some(&from)) if at + bytes <= region.len() => rows
+                .spans(from, part.len())
+                .into_iter()
+                .all(|s| region.write(at + s.start * std::mem::size_of::<f32>(), bytemuck::cast_slice(&part[s]))),
+            (Some(_), _) => false,
+            (None, _) => region.write(at, bytemuck::cast_slice(part)),
+        };
+        if !written {
             return false;
         }
-        at += std::mem::size_of_val(*part);
+        at += bytes;
     }
     true
 }
@@ -193,4 +246,21 @@ fn header(slice: usize, offset: usize) -> [u8; 16] {
     h[..8].copy_from_slice(&(slice as u64).to_le_bytes());
     h[8..].copy_from_slice(&(offset as u64).to_le_bytes());
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparse_rows_give_their_elements_within_a_slice_cut_anywhere() {
+        let rows = SparseRows { width: 4, rows: vec![9, 1, 3, 1] }.sorted();
+        assert_eq!(rows.rows, vec![1, 3, 9]);
+        // The whole weight (10 rows of 4).
+        assert_eq!(rows.spans(0, 40), vec![4..8, 12..16, 36..40]);
+        // A slice from element 6 to 14 cuts rows 1 and 3.
+        assert_eq!(rows.spans(6, 8), vec![0..2, 6..8]);
+        // A slice between the rows has none.
+        assert_eq!(rows.spans(16, 20), Vec::<std::ops::Range<usize>>::new());
+    }
 }

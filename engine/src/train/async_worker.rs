@@ -157,12 +157,8 @@ fn mean_and_clip(grads: &mut WeightGrads, parts: usize, cfg: &OptimizerConfig) {
 /// others, a frozen pre-trained CNN's, reach workers only so: drawn from
 /// the config's seed, they would differ from the driver's.
 fn starting_model(r: &ModelRef) -> Result<kallista_ops::model::Model> {
-    let mut model = (*super::model_cache::model_for(r)?).clone();
     // The shards hold the optimizer state: a worker's copy would only take memory.
-    if let Some(optimizer) = model.optimizer_mut() {
-        optimizer.slots.clear();
-    }
-    Ok(model)
+    super::model_cache::model_without_slots(r)
 }
 
 /// Runs worker `rank` of the segment (see the module docs).
@@ -269,8 +265,12 @@ pub fn run_worker(spec: &AsyncSpec, rank: usize) -> Result<WorkerReport> {
                 rows,
                 loss_sum,
                 correct,
+                sparse: vec![],
             };
             client.push(&mut model, &grads, &push)?;
+            if scaled {
+                pending = zeroed_for_reuse(grads);
+            }
             model.set_steps_run(step + 1);
             report.pushes += 1;
             report.push_ms += pushing.elapsed().as_secs_f64() * 1e3;
@@ -278,6 +278,29 @@ pub fn run_worker(spec: &AsyncSpec, rank: usize) -> Result<WorkerReport> {
         }
     }
     Ok(report)
+}
+
+/// A push's gradient buffers, zeroed to sum the next push's steps into:
+/// an Embedding's only in the rows its tokens touched (the rest are zero
+/// already; they stay known as untouched), every other whole. Fresh buffers
+/// would cost the same zeroing of the whole Embedding, and new pages.
+fn zeroed_for_reuse(mut grads: WeightGrads) -> WeightGrads {
+    for (i, values) in grads.values.iter_mut().enumerate() {
+        let Some(values) = values.as_mut() else { continue };
+        match grads.rows.get_mut(i).and_then(Option::as_mut) {
+            Some(touched) => {
+                for &row in &touched.rows {
+                    let at = row as usize * touched.width;
+                    if let Some(r) = values.get_mut(at..at + touched.width) {
+                        r.fill(0.0);
+                    }
+                }
+                touched.rows.clear();
+            }
+            None => values.fill(0.0),
+        }
+    }
+    grads
 }
 
 /// Turns on the cores unless `KALLISTA_CPU_TURNS=0` (to compare).
@@ -312,6 +335,20 @@ mod tests {
         assert_eq!(started.named_weights(), model.named_weights());
         assert!(started.optimizer().is_some_and(|o| o.slots.is_empty()), "the shards hold the optimizer state");
         std::fs::remove_dir_all(local).unwrap();
+    }
+
+    #[test]
+    fn reused_gradient_buffers_are_all_zero_and_an_embeddings_rows_untouched_again() {
+        use kallista_ops::autodiff::TouchedRows;
+        let grads = WeightGrads {
+            values: vec![Some(vec![1.0, 2.0, 3.0].into()), None, Some(vec![0.0, 0.0, 5.0, 6.0, 0.0, 0.0].into())],
+            rows: vec![None, None, Some(TouchedRows::new(2, vec![1]))],
+            ..Default::default()
+        };
+        let zeroed = zeroed_for_reuse(grads);
+        assert!(zeroed.values.iter().flatten().all(|v| v.iter().all(|x| *x == 0.0)), "{:?}", zeroed.values);
+        assert!(zeroed.values[1].is_none());
+        assert_eq!(zeroed.rows[2], Some(TouchedRows { width: 2, rows: vec![] }));
     }
 
     #[test]

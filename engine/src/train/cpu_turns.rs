@@ -8,7 +8,11 @@
 //! shards' optimizer) fill the gaps. A turn is an exclusive `flock` on a file
 //! in `/dev/shm` named by the job: it holds across the host's processes and
 //! the kernel frees it when its process dies. Without `/dev/shm` there are
-//! no turns and the kernel schedules as before. The files go with the job's
+//! no turns and the kernel schedules as before. A worker's thread runs its
+//! turn pinned to the turn's core (turn `i`, the process's `i`-th allowed
+//! core): left to itself, the scheduler woke two turns' threads on one
+//! core and let the other idle for 50 ms and more at a time (seen with
+//! `perf sched` on a 2-core host, 4 executor processes). The files go with the job's
 //! last worker on the host ([`super::host_workers`] sweeps them); one
 //! removed while another worker waits on it costs that worker its place,
 //! never a result.
@@ -22,6 +26,9 @@ pub(super) const TURN_PREFIX: &str = "kallista-turn-";
 /// The turns of one job on this host, as one worker takes them.
 pub struct CpuTurns {
     files: Vec<File>,
+    /// The cores this thread may run on when it opened the turns: turn `i`
+    /// runs on `cores[i % len]`, and the thread gets them all back after.
+    cores: Vec<usize>,
     /// The turn this worker looks at first and waits for (spreads the
     /// waiters by rank: on one host, ranks `0..turns` wait on distinct turns).
     first: usize,
@@ -30,14 +37,40 @@ pub struct CpuTurns {
 /// One turn, held until dropped.
 pub struct Turn<'a> {
     file: Option<&'a File>,
+    /// The cores to give the thread back, if it was pinned.
+    unpin: Option<&'a [usize]>,
 }
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
+        if let Some(cores) = self.unpin {
+            pin_to(cores);
+        }
         if let Some(f) = self.file {
             let _ = f.unlock();
         }
     }
+}
+
+/// The cores the calling thread may run on (none if unknown).
+fn allowed_cores() -> Vec<usize> {
+    // SAFETY: a zeroed `cpu_set_t` is a valid empty set; the call writes at most its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return vec![];
+    }
+    (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
+}
+
+/// Lets the calling thread run on `cores` only; best effort (a refused
+/// call leaves it where it may run).
+fn pin_to(cores: &[usize]) {
+    // SAFETY: as in `allowed_cores`; `CPU_SET` is given indexes below `CPU_SETSIZE`.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cores.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
 }
 
 impl CpuTurns {
@@ -52,7 +85,7 @@ impl CpuTurns {
             .collect();
         let files = files.unwrap_or_default();
         let first = rank % files.len().max(1);
-        CpuTurns { files, first }
+        CpuTurns { files, cores: allowed_cores(), first }
     }
 
     /// A free turn, or, when all are taken, the first one this worker looks
@@ -62,18 +95,28 @@ impl CpuTurns {
     /// where locks fail (the kernel then schedules).
     pub fn take(&self) -> Turn<'_> {
         let n = self.files.len();
+        let no_turn = Turn { file: None, unpin: None };
         for k in 0..n {
-            let file = &self.files[(self.first + k) % n];
-            match file.try_lock() {
-                Ok(()) => return Turn { file: Some(file) },
+            let index = (self.first + k) % n;
+            match self.files[index].try_lock() {
+                Ok(()) => return self.held(index),
                 Err(TryLockError::WouldBlock) => {}
-                Err(TryLockError::Error(_)) => return Turn { file: None },
+                Err(TryLockError::Error(_)) => return no_turn,
             }
         }
         match self.files.get(self.first) {
-            Some(file) if file.lock().is_ok() => Turn { file: Some(file) },
-            _ => Turn { file: None },
+            Some(file) if file.lock().is_ok() => self.held(self.first),
+            _ => no_turn,
         }
+    }
+
+    /// Turn `index`, locked: the thread moves to its core.
+    fn held(&self, index: usize) -> Turn<'_> {
+        let unpin = (self.cores.len() > 1).then(|| {
+            pin_to(&[self.cores[index % self.cores.len()]]);
+            &self.cores[..]
+        });
+        Turn { file: Some(&self.files[index]), unpin }
     }
 }
 

@@ -61,6 +61,16 @@ pub fn model_for(r: &ModelRef) -> Result<Arc<Model>> {
     Ok(model)
 }
 
+/// The model of `r` with the weights version it names but no optimizer
+/// slots, loaded afresh (not cached): for an `async` worker, whose
+/// parameter servers hold the slots; a third of what [`model_for`]
+/// converts, and no copy of a cached model.
+pub fn model_without_slots(r: &ModelRef) -> Result<Model> {
+    let mut model = compiled_model(r)?;
+    model.load_weights_bytes_without_slots(&blocking::read(&r.weights)?, &r.weights.to_string())?;
+    Ok(model)
+}
+
 /// The model of `r` with the weights version it names, taken out of the
 /// cache: no copy when nothing else holds it (the round's final stage, after
 /// its workers finished, turns it into the next version).

@@ -333,6 +333,7 @@ mod tests {
             rows: 4,
             loss_sum: 1.0,
             correct: 1,
+            sparse: vec![],
         }
     }
 
@@ -401,6 +402,32 @@ mod tests {
         // The worker holds the shards' new values.
         assert_eq!(worker.named_weights(), expected.named_weights());
         assert_eq!(c.pull(&mut worker, 0).unwrap(), 1, "one step of segment 0 pushed");
+    }
+
+    #[test]
+    fn a_push_through_shared_memory_reads_only_an_embeddings_touched_rows() {
+        let model = tiny_model(&adam(&["accuracy"]));
+        let (ps, secret) = servers(&model, AsyncSettings { parameter_servers: 3, ..Default::default() });
+        let mut worker = model.clone();
+        let mut c = shared_memory_client(&ps, &model, &secret, 0);
+        c.pull(&mut worker, 0).unwrap();
+        // The region now holds the pulled weights, not zeros: read as the
+        // gradient of the untouched rows, they would move those rows.
+        let mut g = grads_of(&model, 0.01);
+        let (i, key, len) = model.trainable_entries().into_iter().find(|(_, k, _)| k.starts_with("q_embed/")).unwrap();
+        let width = model.weight(&key).unwrap().shape()[1];
+        let touched = [1u32, 8];
+        let embedding = g.values[i].as_mut().unwrap();
+        for row in (0..len / width).filter(|r| !touched.contains(&(*r as u32))) {
+            embedding[row * width..(row + 1) * width].fill(0.0);
+        }
+        g.rows = vec![None; g.values.len()];
+        g.rows[i] = Some(kallista_ops::autodiff::TouchedRows::new(width, touched.to_vec()));
+        assert_eq!(c.push(&mut worker, &g, &push(0, 0)).unwrap().accepted, 3);
+        let mut expected = model.clone();
+        expected.apply_gradients(g).unwrap();
+        assert_eq!(snapshot(&ps, &model).named_weights(), expected.named_weights(), "sharded Adam differs from Adam");
+        assert_eq!(worker.named_weights(), expected.named_weights());
     }
 
     #[test]

@@ -65,11 +65,21 @@ pub fn read_safetensors(path: &Path) -> Result<(BTreeMap<String, Tensor>, HashMa
 
 /// Every f32 tensor of safetensors `bytes` (read from `source`, which errors name), with the metadata.
 pub fn parse_safetensors(bytes: &[u8], source: &str) -> Result<(BTreeMap<String, Tensor>, HashMap<String, String>)> {
+    parse_safetensors_where(bytes, source, |_| true)
+}
+
+/// [`parse_safetensors`] of the tensors whose names `keep` takes; the others
+/// are not converted.
+pub fn parse_safetensors_where(
+    bytes: &[u8],
+    source: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Result<(BTreeMap<String, Tensor>, HashMap<String, String>)> {
     let bad = |detail: String| OpsError::Safetensors { path: source.to_string(), detail };
     let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
     let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
     let mut out = BTreeMap::new();
-    for (name, view) in st.tensors() {
+    for (name, view) in st.tensors().into_iter().filter(|(name, _)| keep(name)) {
         if view.dtype() != Dtype::F32 {
             return Err(bad(format!("tensor '{name}' is {:?}, expected F32", view.dtype())));
         }
@@ -228,7 +238,19 @@ impl Model {
 
     /// [`Model::load_weights`] from the bytes of a file read from `source` (which errors name).
     pub fn load_weights_bytes(&mut self, bytes: &[u8], source: &str) -> Result<()> {
-        let (tensors, meta) = parse_safetensors(bytes, source)?;
+        self.load_weights_bytes_with(bytes, source, true)
+    }
+
+    /// [`Model::load_weights_bytes`] without the optimizer's slots, left
+    /// empty: for a model whose optimizer runs elsewhere (an `async`
+    /// worker's, whose parameter servers hold them). Adam's slots are twice
+    /// the weights: they are neither converted nor kept.
+    pub fn load_weights_bytes_without_slots(&mut self, bytes: &[u8], source: &str) -> Result<()> {
+        self.load_weights_bytes_with(bytes, source, false)
+    }
+
+    fn load_weights_bytes_with(&mut self, bytes: &[u8], source: &str, slots: bool) -> Result<()> {
+        let (tensors, meta) = parse_safetensors_where(bytes, source, |name| slots || !name.starts_with(OPT_PREFIX))?;
         let (mut opt_tensors, weights): (BTreeMap<_, _>, BTreeMap<_, _>) =
             tensors.into_iter().partition(|(k, _)| k.starts_with(OPT_PREFIX));
         self.set_weights(&weights)?;
