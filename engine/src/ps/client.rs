@@ -207,7 +207,8 @@ impl ParameterClient {
             };
             let sending = match region {
                 Some(region) => match wire::write_shared(region, &sent, &sparse, &froms) {
-                    true => wire::send_json(framed, REQUEST, &Request::PushShared(Push { sparse, ..mine })),
+                    true if sparse.is_empty() => wire::send_json(framed, REQUEST, &Request::PushShared(mine)),
+                    true => wire::send_json(framed, REQUEST, &Request::PushSharedRows(Push { sparse, ..mine })),
                     false => Err(FrameError::Refused("the gradient does not fit the shared region".into())),
                 },
                 None => wire::send_json(framed, REQUEST, &Request::Push(mine))

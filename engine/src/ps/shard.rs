@@ -282,7 +282,7 @@ fn answer(framed: &mut Framed<TcpStream>, core: &Core, shared: &mut Shared) -> s
             wire::receive_values(framed, &mut parts)?;
             apply_push(framed, core, &push, grads)
         }
-        Request::PushShared(push) => {
+        Request::PushShared(push) | Request::PushSharedRows(push) => {
             let Shared { region, piece } = shared;
             let region = region.as_mut().ok_or_else(no_region)?;
             let (accepted, staleness, version) = apply_shared(core, &push, region, piece)?;

@@ -40,6 +40,11 @@ pub enum Request {
     /// [`Request::Push`], the gradient in the shared region and the values
     /// answered there.
     PushShared(Push),
+    /// [`Request::PushShared`] of which only the rows [`Push::sparse`]
+    /// names were written. A request of its own: a shard that does not
+    /// know it refuses it, where it would have read the rest of the region
+    /// (the last values) as gradient.
+    PushSharedRows(Push),
 }
 
 impl Request {
@@ -50,7 +55,7 @@ impl Request {
             | Request::Stats { job }
             | Request::Share { job, .. }
             | Request::PullShared { job, .. } => job,
-            Request::Push(p) | Request::PushShared(p) => &p.job,
+            Request::Push(p) | Request::PushShared(p) | Request::PushSharedRows(p) => &p.job,
         }
     }
 }
@@ -67,7 +72,7 @@ pub struct Push {
     pub rows: u64,
     pub loss_sum: f64,
     pub correct: u64,
-    /// By the shard's slices, in order, for a [`Request::PushShared`]: the
+    /// By the shard's slices, in order, for a [`Request::PushSharedRows`]: the
     /// rows of each slice's gradient that may be non-zero, where known
     /// ([`SparseRows`]); empty, or `None` for a slice: all of it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -9,10 +9,12 @@
 //! in `/dev/shm` named by the job: it holds across the host's processes and
 //! the kernel frees it when its process dies. Without `/dev/shm` there are
 //! no turns and the kernel schedules as before. A worker's thread runs its
-//! turn pinned to the turn's core (turn `i`, the process's `i`-th allowed
-//! core): left to itself, the scheduler woke two turns' threads on one
-//! core and let the other idle for 50 ms and more at a time (seen with
-//! `perf sched` on a 2-core host, 4 executor processes). The files go with the job's
+//! turn pinned to the turn's core (each turn a core of its own, starting at
+//! a core picked by the job's digest; no pinning with more turns than
+//! cores): left to itself, the scheduler ran two turns' threads on one core
+//! and let the other idle for 50 ms and more at a time (`perf record` of
+//! W1's 4 executor processes on a 2-core host: 8.7% idle, 0.7% pinned).
+//! The files go with the job's
 //! last worker on the host ([`super::host_workers`] sweeps them); one
 //! removed while another worker waits on it costs that worker its place,
 //! never a result.
@@ -27,8 +29,12 @@ pub(super) const TURN_PREFIX: &str = "kallista-turn-";
 pub struct CpuTurns {
     files: Vec<File>,
     /// The cores this thread may run on when it opened the turns: turn `i`
-    /// runs on `cores[i % len]`, and the thread gets them all back after.
+    /// runs on `cores[(i + offset) % len]`, and the thread gets them all
+    /// back after. Empty (no pinning) with more turns than cores.
     cores: Vec<usize>,
+    /// The job's first core: jobs of fewer turns than the host has cores
+    /// start on different ones (by their digest).
+    offset: usize,
     /// The turn this worker looks at first and waits for (spreads the
     /// waiters by rank: on one host, ranks `0..turns` wait on distinct turns).
     first: usize,
@@ -39,6 +45,8 @@ pub struct Turn<'a> {
     file: Option<&'a File>,
     /// The cores to give the thread back, if it was pinned.
     unpin: Option<&'a [usize]>,
+    /// Given back on the thread that took it (affinity is a thread's).
+    not_send: std::marker::PhantomData<*const ()>,
 }
 
 impl Drop for Turn<'_> {
@@ -85,7 +93,9 @@ impl CpuTurns {
             .collect();
         let files = files.unwrap_or_default();
         let first = rank % files.len().max(1);
-        CpuTurns { files, cores: allowed_cores(), first }
+        let cores = Some(allowed_cores()).filter(|c| c.len() > 1 && c.len() >= files.len()).unwrap_or_default();
+        let offset = job.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize)) % cores.len().max(1);
+        CpuTurns { files, cores, offset, first }
     }
 
     /// A free turn, or, when all are taken, the first one this worker looks
@@ -95,7 +105,7 @@ impl CpuTurns {
     /// where locks fail (the kernel then schedules).
     pub fn take(&self) -> Turn<'_> {
         let n = self.files.len();
-        let no_turn = Turn { file: None, unpin: None };
+        let no_turn = Turn { file: None, unpin: None, not_send: std::marker::PhantomData };
         for k in 0..n {
             let index = (self.first + k) % n;
             match self.files[index].try_lock() {
@@ -112,17 +122,39 @@ impl CpuTurns {
 
     /// Turn `index`, locked: the thread moves to its core.
     fn held(&self, index: usize) -> Turn<'_> {
-        let unpin = (self.cores.len() > 1).then(|| {
-            pin_to(&[self.cores[index % self.cores.len()]]);
+        let unpin = (!self.cores.is_empty()).then(|| {
+            pin_to(&[self.cores[(index + self.offset) % self.cores.len()]]);
             &self.cores[..]
         });
-        Turn { file: Some(&self.files[index]), unpin }
+        Turn { file: Some(&self.files[index]), unpin, not_send: std::marker::PhantomData }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_turns_thread_runs_on_one_core_and_gets_them_all_back_after() {
+        let all = allowed_cores();
+        if all.len() < 2 {
+            return; // one core: nothing to pin
+        }
+        let dir = std::env::temp_dir().join(format!("kallista-turn-pins-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let turns = CpuTurns::open_in(&dir, "job", all.len(), 0);
+        let turn = turns.take();
+        let on = allowed_cores();
+        assert_eq!(on.len(), 1, "pinned to one core: {on:?}");
+        drop(turn);
+        assert_eq!(allowed_cores(), all);
+        // More turns than cores: not pinned.
+        let many = CpuTurns::open_in(&dir, "other", all.len() + 1, 0);
+        let turn = many.take();
+        assert_eq!(allowed_cores(), all);
+        drop(turn);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
