@@ -196,7 +196,6 @@ impl ParameterClient {
                 })?;
                 sent.push(&g[s.range.clone()]);
             }
-            let (sparse, froms) = sparse_rows(grads, &link.slices);
             let (framed, region) = match &mut link.transport {
                 Transport::Local(shard) => {
                     let (accepted, staleness, version) = shard.push(&mine, &sent, parts).map_err(|e| failed(&e))?;
@@ -206,11 +205,14 @@ impl ParameterClient {
                 Transport::Connection(framed, region) => (framed, region),
             };
             let sending = match region {
-                Some(region) => match wire::write_shared(region, &sent, &sparse, &froms) {
-                    true if sparse.is_empty() => wire::send_json(framed, REQUEST, &Request::PushShared(mine)),
-                    true => wire::send_json(framed, REQUEST, &Request::PushSharedRows(Push { sparse, ..mine })),
-                    false => Err(FrameError::Refused("the gradient does not fit the shared region".into())),
-                },
+                Some(region) => {
+                    let (sparse, froms) = sparse_rows(grads, &link.slices);
+                    match wire::write_shared(region, &sent, &sparse, &froms) {
+                        true if sparse.is_empty() => wire::send_json(framed, REQUEST, &Request::PushShared(mine)),
+                        true => wire::send_json(framed, REQUEST, &Request::PushSharedRows(Push { sparse, ..mine })),
+                        false => Err(FrameError::Refused("the gradient does not fit the shared region".into())),
+                    }
+                }
                 None => wire::send_json(framed, REQUEST, &Request::Push(mine))
                     .and_then(|()| wire::send_values(framed, &sent)),
             };

@@ -133,6 +133,9 @@ impl CpuTurns {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
 
     #[test]
     fn a_turns_thread_runs_on_one_core_and_gets_them_all_back_after() {
@@ -155,8 +158,6 @@ mod tests {
         drop(turn);
         std::fs::remove_dir_all(dir).unwrap();
     }
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
 
     #[test]
     fn no_more_workers_compute_at_once_than_there_are_turns() {
@@ -172,7 +173,7 @@ mod tests {
                         let _turn = turns.take();
                         let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                         most.fetch_max(now, Ordering::SeqCst);
-                        std::thread::sleep(std::time::Duration::from_millis(2));
+                        std::thread::sleep(Duration::from_millis(2));
                         running.fetch_sub(1, Ordering::SeqCst);
                     }
                 })
