@@ -5,7 +5,9 @@
 //!
 //! Storage is a shared, copy-on-write buffer: cloning a tensor onto the autodiff
 //! tape costs a reference count, not a copy of the weights, and the optimizer
-//! updates in place once the tape is gone. ndarray views give the usual
+//! updates in place once the tape is gone. A host tensor's rows
+//! ([`Tensor::slice_rows`]) share its buffer too: the shards of an inference
+//! batch read their inputs where they lie. ndarray views give the usual
 //! n-dimensional API on top.
 
 use crate::backend::{Backend, Device};
@@ -14,19 +16,35 @@ use crate::error::{OpsError, Result};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use std::sync::{Arc, Weak};
 
-/// A dense, row-major f32 tensor.
-#[derive(Clone, Debug, PartialEq)]
+/// A dense, row-major f32 tensor: `shape`'s elements from value `start` of `data`.
+#[derive(Clone, Debug)]
 pub struct Tensor {
     shape: Vec<usize>,
     data: Arc<Buf>,
+    /// Where the tensor's values begin in `data` (not 0 for a slice of rows).
+    start: usize,
+}
+
+impl PartialEq for Tensor {
+    fn eq(&self, other: &Self) -> bool {
+        self.shape == other.shape && self.data() == other.data()
+    }
 }
 
 /// A dense, row-major tensor of plain values that never enter autodiff:
 /// [`IntTensor`] (i32 token ids, class labels) and [`ByteTensor`] (u8 raw pixels).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct HostTensor<T> {
     shape: Vec<usize>,
     data: Arc<Vec<T>>,
+    /// As [`Tensor`]'s.
+    start: usize,
+}
+
+impl<T: Copy + PartialEq> PartialEq for HostTensor<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.shape == other.shape && self.data() == other.data()
+    }
 }
 
 /// i32 token ids and class labels.
@@ -55,29 +73,29 @@ impl Tensor {
                 &[shape],
             ));
         }
-        Ok(Tensor { shape: shape.to_vec(), data: Arc::new(data) })
+        Ok(Tensor { shape: shape.to_vec(), data: Arc::new(data), start: 0 })
     }
 
     /// All zeros.
     pub fn zeros(shape: &[usize]) -> Self {
-        Tensor { shape: shape.to_vec(), data: Arc::new(vec![0.0; numel(shape)].into()) }
+        Tensor { shape: shape.to_vec(), data: Arc::new(vec![0.0; numel(shape)].into()), start: 0 }
     }
 
     /// Every element set to `value`.
     pub fn full(shape: &[usize], value: f32) -> Self {
-        Tensor { shape: shape.to_vec(), data: Arc::new(vec![value; numel(shape)].into()) }
+        Tensor { shape: shape.to_vec(), data: Arc::new(vec![value; numel(shape)].into()), start: 0 }
     }
 
     /// A scalar (shape `[]`).
     pub fn scalar(value: f32) -> Self {
-        Tensor { shape: vec![], data: Arc::new(vec![value].into()) }
+        Tensor { shape: vec![], data: Arc::new(vec![value].into()), start: 0 }
     }
 
     /// From an ndarray array (copies into row-major order).
     pub fn from_array(a: ArrayD<f32>) -> Self {
         let shape = a.shape().to_vec();
         let data = if a.is_standard_layout() { a.into_raw_vec_and_offset().0 } else { a.iter().copied().collect() };
-        Tensor { shape, data: Arc::new(data.into()) }
+        Tensor { shape, data: Arc::new(data.into()), start: 0 }
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -85,41 +103,60 @@ impl Tensor {
     }
 
     pub fn len(&self) -> usize {
-        self.data.len()
+        numel(&self.shape)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        self.len() == 0
     }
 
     pub fn data(&self) -> &[f32] {
-        &self.data
+        &self.data[self.start..self.start + self.len()]
     }
 
-    /// Mutable data; copies the buffer first if another tensor shares it.
+    /// Whether the tensor is a part of its buffer (a slice of rows).
+    fn is_part(&self) -> bool {
+        self.start != 0 || self.len() != self.data.len()
+    }
+
+    /// Mutable data; copies the values first if another tensor shares them.
     pub fn data_mut(&mut self) -> &mut [f32] {
+        if self.is_part() {
+            self.data = Arc::new(self.data().to_vec().into());
+            self.start = 0;
+        }
         Arc::make_mut(&mut self.data).as_mut_slice()
     }
 
     /// A weak handle on these values, for caches of what is derived from them:
     /// it stops matching once the values are changed in place ([`Tensor::data_mut`]
     /// moves them away from weak handles) or dropped, so a stale entry is never served.
+    /// A part of a buffer has a handle that matches nothing (its buffer holds more).
     pub fn downgrade(&self) -> Weak<Buf> {
+        if self.is_part() {
+            return Weak::new();
+        }
         Arc::downgrade(&self.data)
     }
 
     /// Whether `handle` (from [`Tensor::downgrade`]) still refers to these very values.
     pub fn holds(&self, handle: &Weak<Buf>) -> bool {
-        handle.upgrade().is_some_and(|values| Arc::ptr_eq(&values, &self.data))
+        !self.is_part() && handle.upgrade().is_some_and(|values| Arc::ptr_eq(&values, &self.data))
     }
 
     /// The buffer, copied only if shared.
     pub fn into_vec(self) -> Vec<f32> {
+        if self.is_part() {
+            return self.data().to_vec();
+        }
         Arc::try_unwrap(self.data).map(Buf::into_vec).unwrap_or_else(|shared| shared.to_vec())
     }
 
     /// The storage, copied only if shared.
     pub fn into_buf(self) -> Buf {
+        if self.is_part() {
+            return self.data().iter().copied().collect();
+        }
         Arc::try_unwrap(self.data).unwrap_or_else(|shared| (*shared).clone())
     }
 
@@ -132,7 +169,8 @@ impl Tensor {
     /// stays there, and the backend's kernels then run on it in place.
     pub fn move_to(&mut self, backend: &dyn Backend) -> Result<()> {
         if self.device() != backend.device() {
-            self.data = Arc::new(backend.buf_from(&self.data)?);
+            self.data = Arc::new(backend.buf_from(self.data())?);
+            self.start = 0;
         }
         Ok(())
     }
@@ -142,12 +180,12 @@ impl Tensor {
         if numel(shape) != self.len() {
             return Err(OpsError::shape("reshape", "element counts differ", &[&self.shape, shape]));
         }
-        Ok(Tensor { shape: shape.to_vec(), data: self.data.clone() })
+        Ok(Tensor { shape: shape.to_vec(), data: self.data.clone(), start: self.start })
     }
 
     /// An ndarray view.
     pub fn view(&self) -> ArrayViewD<'_, f32> {
-        ArrayViewD::from_shape(IxDyn(&self.shape), &self.data).expect("shape matches data")
+        ArrayViewD::from_shape(IxDyn(&self.shape), self.data()).expect("shape matches data")
     }
 
     /// An owned ndarray copy.
@@ -157,7 +195,7 @@ impl Tensor {
 
     /// The single value of a one-element tensor.
     pub fn item(&self) -> f32 {
-        self.data[0]
+        self.data()[0]
     }
 
     /// Largest absolute elementwise difference; `f32::INFINITY` if shapes differ.
@@ -165,7 +203,7 @@ impl Tensor {
         if self.shape != other.shape {
             return f32::INFINITY;
         }
-        self.data.iter().zip(other.data.iter()).fold(0.0, |m, (a, b)| m.max((a - b).abs()))
+        self.data().iter().zip(other.data()).fold(0.0, |m, (a, b)| m.max((a - b).abs()))
     }
 }
 
@@ -179,7 +217,7 @@ impl<T: Copy> HostTensor<T> {
                 &[shape],
             ));
         }
-        Ok(HostTensor { shape: shape.to_vec(), data: Arc::new(data) })
+        Ok(HostTensor { shape: shape.to_vec(), data: Arc::new(data), start: 0 })
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -187,38 +225,45 @@ impl<T: Copy> HostTensor<T> {
     }
 
     pub fn data(&self) -> &[T] {
-        &self.data
+        &self.data[self.start..self.start + self.len()]
     }
 
     pub fn len(&self) -> usize {
-        self.data.len()
+        numel(&self.shape)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        self.len() == 0
     }
 
     /// An ndarray view.
     pub fn view(&self) -> ArrayViewD<'_, T> {
-        ArrayViewD::from_shape(IxDyn(&self.shape), &self.data).expect("shape matches data")
+        ArrayViewD::from_shape(IxDyn(&self.shape), self.data()).expect("shape matches data")
     }
 
-    /// Rows `start..end` along the first axis (copies).
+    /// Rows `start..end` along the first axis, sharing this tensor's buffer.
     pub fn slice_rows(&self, start: usize, end: usize) -> Self {
+        assert!(start <= end && end <= self.shape[0], "rows {start}..{end} of {:?}", self.shape);
         let row: usize = self.shape[1..].iter().product();
         let mut shape = self.shape.clone();
         shape[0] = end - start;
-        HostTensor { shape, data: Arc::new(self.data[start * row..end * row].to_vec()) }
+        HostTensor { shape, data: self.data.clone(), start: self.start + start * row }
     }
 }
 
 impl Tensor {
-    /// Rows `start..end` along the first axis (copies).
+    /// Rows `start..end` along the first axis: sharing this tensor's buffer
+    /// on the host, a copy on a device (whose kernels take whole buffers).
     pub fn slice_rows(&self, start: usize, end: usize) -> Tensor {
+        assert!(start <= end && end <= self.shape[0], "rows {start}..{end} of {:?}", self.shape);
         let row: usize = self.shape[1..].iter().product();
         let mut shape = self.shape.clone();
         shape[0] = end - start;
-        Tensor { shape, data: Arc::new(self.data[start * row..end * row].to_vec().into()) }
+        let rows = start * row..end * row;
+        if self.device() != Device::Cpu {
+            return Tensor { shape, data: Arc::new(self.data()[rows].iter().copied().collect()), start: 0 };
+        }
+        Tensor { shape, data: self.data.clone(), start: self.start + rows.start }
     }
 }
 
@@ -329,5 +374,24 @@ mod tests {
         let a = Tensor::new(&[3, 2], (0..6).map(|x| x as f32).collect()).unwrap();
         assert_eq!(a.slice_rows(1, 3).data(), &[2.0, 3.0, 4.0, 5.0]);
         assert_eq!(a.slice_rows(1, 3).shape(), &[2, 2]);
+    }
+
+    #[test]
+    fn a_slice_of_rows_reads_its_parents_values_and_copies_only_to_change_them() {
+        let a = Tensor::new(&[4, 2], (0..8).map(|x| x as f32).collect()).unwrap();
+        let mut rows = a.slice_rows(1, 3);
+        assert_eq!(rows.data().as_ptr(), a.data()[2..].as_ptr(), "a slice shares the buffer");
+        let inner = rows.slice_rows(1, 2);
+        assert_eq!(inner.data(), &[4.0, 5.0]);
+        assert_eq!(inner.reshape(&[2]).unwrap().data(), &[4.0, 5.0]);
+        assert_eq!(rows, Tensor::new(&[2, 2], vec![2.0, 3.0, 4.0, 5.0]).unwrap(), "equal by values");
+        assert!(!rows.holds(&a.downgrade()) && !a.holds(&rows.downgrade()), "a part is not its buffer");
+        assert_eq!(rows.clone().into_vec(), vec![2.0, 3.0, 4.0, 5.0]);
+        rows.data_mut()[0] = 9.0;
+        assert_eq!(rows.data(), &[9.0, 3.0, 4.0, 5.0]);
+        assert_eq!(a.data()[2], 2.0, "the parent is unchanged");
+        let ids = IntTensor::new(&[3, 2], (0..6).collect()).unwrap();
+        assert_eq!(ids.slice_rows(2, 3).data(), &[4, 5]);
+        assert_eq!(ids.slice_rows(1, 3).slice_rows(1, 2), IntTensor::new(&[1, 2], vec![4, 5]).unwrap());
     }
 }

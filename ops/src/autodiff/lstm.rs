@@ -12,7 +12,7 @@ use super::sequence::{add_step_gradient, sequence_output};
 use super::tape::{Backward, Gradients, Tape, Var};
 use super::Mask;
 use crate::backend::calls::{RecurrentCall, SequenceDims};
-use crate::backend::{Backend, MatMut, MatRef};
+use crate::backend::{Backend, MatMut, MatRef, PackedMat, PackedWeights};
 use crate::buf::Buf;
 use crate::error::{OpsError, Result};
 use crate::tensor::{IntTensor, Tensor};
@@ -24,6 +24,15 @@ pub struct LstmOptions {
     pub return_sequences: bool,
     /// `[B * T]` valid-step mask.
     pub mask: Option<Mask>,
+    /// Weights packed for this pass (inference), found by their values.
+    pub packed: Option<std::sync::Arc<PackedWeights>>,
+}
+
+impl LstmOptions {
+    /// The packed form of `weight`, if this pass has one.
+    fn packed_form(&self, weight: &Tensor) -> Option<&PackedMat> {
+        self.packed.as_deref().and_then(|p| p.find(weight))
+    }
 }
 
 /// LSTM forward over `x: [B, T, I]` with `kernel: [I, 4u]`, `recurrent: [u, 4u]`, `bias: [4u]`.
@@ -48,8 +57,11 @@ pub fn lstm(tape: &mut Tape, x: Var, kernel: Var, recurrent: Var, bias: Option<V
     }
     let be = tape.backend();
     let bias_values = bias.map(|v| tape.value(v).data());
-    let gates = input_projection(be, tape.value(x).data(), b * t, tape.value(kernel).data(), (i, g4), bias_values)?;
-    let Recurrence { out, gates, cs, tc, hprev } = recur(be, gates, tape.value(recurrent).data(), (b, t, u), &opts)?;
+    let kernel_value = tape.value(kernel);
+    let packed_kernel = opts.packed_form(kernel_value);
+    let gates =
+        input_projection(be, tape.value(x).data(), b * t, (kernel_value.data(), packed_kernel), (i, g4), bias_values)?;
+    let Recurrence { out, gates, cs, tc, hprev } = recur(be, gates, tape.value(recurrent), (b, t, u), &opts)?;
     let rule = LstmBackward { x, kernel, recurrent, bias, opts, dims: (b, t, i, u), gates, cs, tc, hprev };
     Ok(tape.push(out, Box::new(rule)))
 }
@@ -81,12 +93,12 @@ pub fn lstm_over_projected_tokens(
     let be = tape.backend();
     let mut gates = be.zeros(b * t * g4)?;
     be.gather_rows(table.data(), g4, ids.data(), &mut gates)?;
-    let run = recur(be, gates, tape.value(recurrent).data(), (b, t, rs[0]), &opts)?;
+    let run = recur(be, gates, tape.value(recurrent), (b, t, rs[0]), &opts)?;
     Ok(tape.leaf(run.out, false))
 }
 
 /// `x·kernel + bias` for every row of `x: [rows, I]` (`kernel: [I, 4u]`, its
-/// shape given as `(I, 4u)`): the
+/// shape given as `(I, 4u)`, with its packed form where the pass has one): the
 /// gate inputs of all steps at once, rows (batch, step), batch-major. The one
 /// place this product is made, so that a table of projected tokens has the
 /// bits [`lstm`] computes.
@@ -94,7 +106,7 @@ pub fn input_projection(
     be: &dyn Backend,
     x: &[f32],
     rows: usize,
-    kernel: &[f32],
+    (kernel, packed): (&[f32], Option<&PackedMat>),
     (inputs, g4): (usize, usize),
     bias: Option<&[f32]>,
 ) -> Result<Buf> {
@@ -103,7 +115,11 @@ pub fn input_projection(
         super::linear::broadcast_rows(be, bd, &mut gates, rows)?;
     }
     let (x, k) = (MatRef::dense(x, rows, inputs), MatRef::dense(kernel, inputs, g4));
-    be.matmul(x, k, MatMut::dense(&mut gates, rows, g4), bias.is_some())?;
+    let out = MatMut::dense(&mut gates, rows, g4);
+    match packed {
+        Some(p) => be.matmul_packed(x, k, p, out, bias.is_some())?,
+        None => be.matmul(x, k, out, bias.is_some())?,
+    }
     Ok(gates)
 }
 
@@ -123,12 +139,13 @@ struct Recurrence {
 fn recur(
     be: &dyn Backend,
     mut gates: Buf,
-    rk: &[f32],
+    recurrent: &Tensor,
     dims: (usize, usize, usize),
     opts: &LstmOptions,
 ) -> Result<Recurrence> {
     let (b, t, u) = dims;
     let g4 = 4 * u;
+    let (rk, packed_rk) = (recurrent.data(), opts.packed_form(recurrent));
     // hprev[(b, t)] = h_{t-1}; c[(b, t)] = c_t; tc = tanh(c_t).
     let mut hprev = be.zeros(b * t * u)?;
     let mut cs = be.zeros(b * t * u)?;
@@ -138,12 +155,13 @@ fn recur(
     let mask = opts.mask.as_ref().map(|m| m.as_slice());
     for step in 0..t {
         if step > 0 {
-            be.matmul(
-                MatRef { data: &hprev, offset: step * u, rows: b, cols: u, row_stride: t * u, col_stride: 1 },
-                MatRef::dense(rk, u, g4),
-                MatMut { data: &mut gates, offset: step * g4, rows: b, cols: g4, row_stride: t * g4, col_stride: 1 },
-                true,
-            )?;
+            let h = MatRef { data: &hprev, offset: step * u, rows: b, cols: u, row_stride: t * u, col_stride: 1 };
+            let z =
+                MatMut { data: &mut gates, offset: step * g4, rows: b, cols: g4, row_stride: t * g4, col_stride: 1 };
+            match packed_rk {
+                Some(p) => be.matmul_packed(h, MatRef::dense(rk, u, g4), p, z, true)?,
+                None => be.matmul(h, MatRef::dense(rk, u, g4), z, true)?,
+            }
         }
         let (gates, cs, tc, hprev, h_last) = (&mut gates, &mut cs, &mut tc, &mut hprev, &mut h_last);
         be.recurrent(RecurrentCall::LstmStep { step, dims, mask, gates, cs, tc, hprev, h_last })?;

@@ -7,12 +7,15 @@ const LN2_HI: f32 = 0.693_359_4;
 const LN2_LO: f32 = -2.121_944_4e-4;
 /// Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a call.
 const ROUND_MAGIC: f32 = 12_582_912.0;
+/// The bits of `ROUND_MAGIC`: `ROUND_MAGIC + n` has the bits `ROUND_MAGIC_BITS + n`.
+const ROUND_MAGIC_BITS: u32 = 0x4B40_0000;
 
 /// `e^x` to about 2 ulp on [-87, 88]; clamps outside that range.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
+    let shifted = x * LOG2E + ROUND_MAGIC;
+    let n = shifted - ROUND_MAGIC;
     let r = x - n * LN2_HI - n * LN2_LO;
     // Cephes expf polynomial on [-ln2/2, ln2/2].
     let mut p = 1.987_569_1e-4_f32;
@@ -22,7 +25,9 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n from the integer in `shifted`'s low bits: `n as i32` saturates, and
+    // the compiler makes that a scalar loop, 3x the cost of the whole rest.
+    let scale = f32::from_bits(shifted.to_bits().wrapping_sub(ROUND_MAGIC_BITS - 127) << 23);
     e * scale
 }
 
@@ -160,6 +165,32 @@ mod tests {
             for (g, &x) in got.iter().zip(&xs) {
                 assert_eq!(g.to_bits(), scalar(x).to_bits(), "at {x}");
             }
+        }
+    }
+
+    /// `exp` with 2^n made by converting `n` to an integer: `exp` must give its
+    /// bits everywhere, clamped ends included (trained weights depend on them).
+    fn exp_by_conversion(x: f32) -> f32 {
+        let x = x.clamp(-87.0, 88.0);
+        let n = (x * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
+        let r = x - n * LN2_HI - n * LN2_LO;
+        let mut p = 1.987_569_1e-4_f32;
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+            p = p * r + c;
+        }
+        (p * r * r + r + 1.0) * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    }
+
+    #[test]
+    fn exp_takes_its_power_of_two_from_the_rounded_bits() {
+        let mut xs: Vec<f32> = (-9000..9000).map(|i| i as f32 * 0.0101).collect();
+        xs.extend([-87.0, 88.0, -87.5, 88.7, -1e30, 1e30, f32::MIN_POSITIVE, -0.0]);
+        let mut sliced = xs.clone();
+        exp_inplace(&mut sliced);
+        for (&x, s) in xs.iter().zip(&sliced) {
+            let want = exp_by_conversion(x).to_bits();
+            assert_eq!(exp(x).to_bits(), want, "exp({x})");
+            assert_eq!(s.to_bits(), want, "exp_inplace at {x}");
         }
     }
 

@@ -21,11 +21,13 @@ mod cuda_memory;
 mod default_device;
 mod host_fallback;
 pub mod math;
+mod packed;
 #[cfg(target_arch = "x86_64")]
 mod sgemm_avx512;
 
 pub use cpu::{with_single_threaded_kernels, CpuBackend};
 pub use cpu_kernels::{gemm_kernels, GemmKernels};
+pub use packed::{PackedMat, PackedWeights};
 
 pub use default_device::{default_backend, set_default_device};
 
@@ -265,6 +267,25 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// `c = a · b` (or `c += a · b` when `accumulate`), with `a: m x k`, `b: k x n`, `c: m x n`.
     fn matmul(&self, a: MatRef<'_>, b: MatRef<'_>, c: MatMut<'_>, accumulate: bool) -> Result<()>;
+
+    /// `b` laid out for many products with it as the right operand (a weight
+    /// during inference), or `None` where this backend has no better layout.
+    fn pack_matrix(&self, _b: MatRef<'_>) -> Result<Option<PackedMat>> {
+        Ok(None)
+    }
+
+    /// [`Backend::matmul`] reading `b` from `packed`, which
+    /// [`Backend::pack_matrix`] made of it: the same bits.
+    fn matmul_packed(
+        &self,
+        a: MatRef<'_>,
+        b: MatRef<'_>,
+        _packed: &PackedMat,
+        c: MatMut<'_>,
+        accumulate: bool,
+    ) -> Result<()> {
+        self.matmul(a, b, c, accumulate)
+    }
 
     /// Whether each row of a `matmul` result has the same bits whatever the
     /// other rows of `a` and the thread count: then rows may be computed ahead

@@ -12,6 +12,11 @@
 //! `m` (a recurrent step) reads a row-major `B` in place: packing it would
 //! cost as much as the product.
 //!
+//! A `B` used in many products (a weight during inference) can be packed
+//! once for all of them ([`pack`]): the products then read its panels
+//! instead of packing them again, or of reading a small product's `B` in
+//! place, whose rows (4 KB apart for W1's recurrent kernel) share cache sets.
+//!
 //! Determinism: every element of `C` is summed in the same order (a fused
 //! multiply-add chain over each `KC` block of `k`, the blocks added to `C` in
 //! order) whatever the tiling and the thread count, so one row gives the same
@@ -58,11 +63,76 @@ struct Operands {
     m: usize,
     k: usize,
     accumulate: bool,
+    /// `B` packed whole ([`PackedB::start`]), or null.
+    packed: *const f32,
+    /// Columns of `B` rounded up to panels: a packed block of `kc` rows holds `kc * n_panels` values.
+    n_panels: usize,
 }
 
 // SAFETY: threads write disjoint column ranges of `c` and only read `a` and `b`.
 unsafe impl Send for Operands {}
 unsafe impl Sync for Operands {}
+
+/// `B` packed once for many products ([`pack`]): each block of rows that
+/// [`gemm`] cuts `k` into, as the panels it would pack, for all columns.
+pub struct PackedB {
+    values: Vec<f32>,
+    /// Where the 64-byte aligned panels begin in `values`.
+    skip: usize,
+    k: usize,
+    n: usize,
+}
+
+impl PackedB {
+    fn start(&self) -> *const f32 {
+        self.values[self.skip..].as_ptr()
+    }
+
+    /// `(rows, cols)` of the matrix packed.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+}
+
+/// The depth of each block of `k` (the last may be shallower).
+fn block_depth(k: usize) -> usize {
+    k.div_ceil(k.div_ceil(KC).max(1)).max(1)
+}
+
+/// `b` packed for [`gemm_packed`].
+///
+/// # Safety
+/// `b` must be in bounds and the CPU must have `avx512f` ([`available`]).
+pub unsafe fn pack(b: MatRef<'_>) -> PackedB {
+    let (k, n) = (b.rows, b.cols);
+    let n_panels = n.div_ceil(NR) * NR;
+    let mut values = vec![0.0f32; k * n_panels + 16];
+    let skip = values.as_ptr().align_offset(64).min(16);
+    let ops = Operands {
+        a: std::ptr::null(),
+        rs_a: 0,
+        cs_a: 0,
+        b: b.data.as_ptr().add(b.offset),
+        rs_b: b.row_stride as isize,
+        cs_b: b.col_stride as isize,
+        c: std::ptr::null_mut(),
+        rs_c: 0,
+        m: 0,
+        k,
+        accumulate: false,
+        packed: std::ptr::null(),
+        n_panels,
+    };
+    let dst = values[skip..].as_mut_ptr();
+    let depth = block_depth(k);
+    let mut pc = 0;
+    while pc < k {
+        let kc = depth.min(k - pc);
+        pack_b(ops, pc, kc, 0, n, dst.add(pc * n_panels));
+        pc += kc;
+    }
+    PackedB { values, skip, k, n }
+}
 
 /// `c = a · b` (or `c += a · b`), with `c` of unit column stride, on `threads`
 /// threads (split by columns).
@@ -71,6 +141,28 @@ unsafe impl Sync for Operands {}
 /// The views must be in bounds (checked by the caller), `c.col_stride == 1`,
 /// and the CPU must have `avx512f` ([`available`]).
 pub unsafe fn gemm(a: MatRef<'_>, b: MatRef<'_>, c: MatMut<'_>, accumulate: bool, threads: usize) {
+    gemm_with(a, b, None, c, accumulate, threads)
+}
+
+/// [`gemm`] reading `b` from `packed` (made of `b` by [`pack`]): the same bits.
+///
+/// # Safety
+/// As for [`gemm`]; `packed` must be `b`'s ([`PackedB::dims`] are checked).
+pub unsafe fn gemm_packed(a: MatRef<'_>, packed: &PackedB, c: MatMut<'_>, accumulate: bool, threads: usize) {
+    assert_eq!((a.cols, c.cols), packed.dims(), "a packed B of another shape");
+    // `b`'s values are read from the panels only.
+    let b = MatRef { data: &[], offset: 0, rows: packed.k, cols: packed.n, row_stride: 0, col_stride: 0 };
+    gemm_with(a, b, Some(packed), c, accumulate, threads)
+}
+
+unsafe fn gemm_with(
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    packed: Option<&PackedB>,
+    c: MatMut<'_>,
+    accumulate: bool,
+    threads: usize,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     let ops = Operands {
         a: a.data.as_ptr().add(a.offset),
@@ -84,6 +176,8 @@ pub unsafe fn gemm(a: MatRef<'_>, b: MatRef<'_>, c: MatMut<'_>, accumulate: bool
         m,
         k,
         accumulate,
+        packed: packed.map_or(std::ptr::null(), PackedB::start),
+        n_panels: n.div_ceil(NR) * NR,
     };
     let panels = n.div_ceil(NR);
     let threads = threads.clamp(1, panels);
@@ -121,9 +215,10 @@ unsafe fn columns(ops: Operands, j0: usize, j1: usize) {
         let mut packs = packs.borrow_mut();
         let (bbuf, abuf) = &mut *packs;
         let a_pack = aligned(abuf, MR * KC).as_mut_ptr();
-        let b_in_place = ops.m <= UNPACKED_B_MAX_ROWS && ops.cs_b == 1;
-        let b_pack = if b_in_place { std::ptr::null_mut() } else { aligned(bbuf, KC * NC).as_mut_ptr() };
-        let depth = ops.k.div_ceil(ops.k.div_ceil(KC));
+        let prepacked = !ops.packed.is_null();
+        let b_in_place = !prepacked && ops.m <= UNPACKED_B_MAX_ROWS && ops.cs_b == 1;
+        let b_pack = if b_in_place || prepacked { std::ptr::null_mut() } else { aligned(bbuf, KC * NC).as_mut_ptr() };
+        let depth = block_depth(ops.k);
         let mut jc = j0;
         while jc < j1 {
             let nc = NC.min(j1 - jc);
@@ -131,7 +226,11 @@ unsafe fn columns(ops: Operands, j0: usize, j1: usize) {
             while pc < ops.k {
                 let kc = depth.min(ops.k - pc);
                 let add = ops.accumulate || pc > 0;
-                let (bp, rs_bp, panel_step) = if b_in_place {
+                let (bp, rs_bp, panel_step) = if prepacked {
+                    // `jc` is a whole number of panels (threads and blocks split at panels).
+                    let panels = ops.packed.add(pc * ops.n_panels + jc / NR * kc * NR);
+                    (panels, NR as isize, (kc * NR) as isize)
+                } else if b_in_place {
                     (ops.b.offset(pc as isize * ops.rs_b + jc as isize), ops.rs_b, NR as isize)
                 } else {
                     pack_b(ops, pc, kc, jc, nc, b_pack);
@@ -394,6 +493,31 @@ mod tests {
                 check(m, k, n, a_t, b_t, 1);
             }
             check(m, k, n, false, false, 2);
+        }
+    }
+
+    #[test]
+    fn a_prepacked_b_gives_the_bits_of_b_itself() {
+        if !available() {
+            return;
+        }
+        // Small `m` (B read in place otherwise), narrow and wide, several blocks of `k`
+        // (1000 = 3 x 334), columns not a whole number of panels, B stored transposed.
+        for &(m, k, n) in &[(1, 7, 3), (16, 256, 1024), (37, 1000, 70), (300, 513, 4200), (8, 384, 33)] {
+            for b_t in [false, true] {
+                let (ad, bd) = (values(m * k, 0.4), values(k * n, 1.1));
+                let a = MatRef::dense(&ad, m, k);
+                let b = if b_t { MatRef::dense(&bd, n, k).t() } else { MatRef::dense(&bd, k, n) };
+                let packed = unsafe { pack(b) };
+                for (threads, accumulate) in [(1, false), (2, false), (3, true)] {
+                    let start = values(m * n, 2.5);
+                    let (mut want, mut got) = (start.clone(), start);
+                    unsafe { gemm(a, b, MatMut::dense(&mut want, m, n), accumulate, threads) };
+                    unsafe { gemm_packed(a, &packed, MatMut::dense(&mut got, m, n), accumulate, threads) };
+                    let same = want.iter().zip(&got).all(|(w, g)| w.to_bits() == g.to_bits());
+                    assert!(same, "{m}x{k}x{n}, b transposed {b_t}, {threads} threads, accumulate {accumulate}");
+                }
+            }
         }
     }
 

@@ -92,11 +92,12 @@ impl Lstm {
         tape: &mut Tape,
         weights: &[Var],
         table: &Tensor,
-        ids: &IntTensor,
-        mask: Option<Mask>,
+        (ids, mask): (&IntTensor, Option<Mask>),
         embedding_layer: &str,
+        ctx: &CallContext<'_>,
     ) -> Result<Value> {
-        let opts = LstmOptions { return_sequences: self.cfg.return_sequences, mask: mask.clone() };
+        let packed = ctx.packed.clone();
+        let opts = LstmOptions { return_sequences: self.cfg.return_sequences, mask: mask.clone(), packed };
         let y = autodiff::lstm_over_projected_tokens(tape, table, ids, weights[1], opts, embedding_layer)?;
         Ok(Value::Float { var: y, mask: if self.cfg.return_sequences { mask } else { None } })
     }
@@ -156,9 +157,10 @@ impl Layer for Lstm {
         })
     }
 
-    fn forward(&self, tape: &mut Tape, weights: &[Var], inputs: &[Value], _ctx: &mut CallContext<'_>) -> Result<Value> {
+    fn forward(&self, tape: &mut Tape, weights: &[Var], inputs: &[Value], ctx: &mut CallContext<'_>) -> Result<Value> {
         let (x, mask) = inputs[0].float(self.name(), self.class_name())?;
-        let opts = LstmOptions { return_sequences: self.cfg.return_sequences, mask: mask.clone() };
+        let packed = if ctx.training { None } else { ctx.packed.clone() };
+        let opts = LstmOptions { return_sequences: self.cfg.return_sequences, mask: mask.clone(), packed };
         let y = autodiff::lstm(tape, x, weights[0], weights[1], weights.get(2).copied(), opts)?;
         Ok(Value::Float { var: y, mask: if self.cfg.return_sequences { mask } else { None } })
     }

@@ -150,11 +150,13 @@ pub struct CallContext<'a> {
     pub rng: &'a mut Rng,
     /// State updates recorded by the layers of this forward pass, in call order.
     pub updates: Vec<StateUpdate>,
+    /// Weights packed for this pass's products (inference over several shards).
+    pub packed: Option<std::sync::Arc<crate::backend::PackedWeights>>,
 }
 
 impl<'a> CallContext<'a> {
     pub fn new(training: bool, rng: &'a mut Rng) -> Self {
-        CallContext { training, rng, updates: vec![] }
+        CallContext { training, rng, updates: vec![], packed: None }
     }
 }
 

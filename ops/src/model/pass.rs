@@ -3,7 +3,7 @@
 //! micro-batch when it sums micro-batches in place
 //! ([`Model::gradients_on_micro_batch_into`]).
 
-use super::run::{BatchResult, WeightGrads};
+use super::run::{BatchResult, InferenceAids, WeightGrads};
 use super::token_tables::ProjectedTokens;
 use super::Model;
 use crate::autodiff::{Tape, Var};
@@ -39,7 +39,8 @@ impl Model {
         let samples = inputs.first().map_or(0, |d| d.batch());
         let mut tape = Tape::new();
         let mut rng = Rng::new(how.seed);
-        let pass = self.forward_with_tables(&mut tape, inputs, how.training, how.with_grads, &mut rng, projected)?;
+        let aids = InferenceAids { projected, packed: None };
+        let pass = self.forward_with_tables(&mut tape, inputs, how.training, how.with_grads, &mut rng, aids)?;
         let outs = &pass.outputs;
         let mut total: Option<Var> = None;
         let mut loss_sum = 0.0;

@@ -34,7 +34,7 @@ use super::pass::ShardPass;
 use super::token_tables::ProjectedTokens;
 use super::Model;
 use crate::autodiff::{Tape, TouchedRows, Var};
-use crate::backend::{default_backend, with_single_threaded_kernels, Backend, Device};
+use crate::backend::{default_backend, with_single_threaded_kernels, Backend, Device, PackedWeights};
 use crate::buf::Buf;
 use crate::error::{OpsError, Result};
 use crate::init::Rng;
@@ -45,6 +45,7 @@ use crate::optim::{Optimizer, OptimizerConfig, ParamUpdate, RangedStep};
 use crate::tensor::{Data, Tensor};
 use rayon::prelude::*;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Smallest shard worth its own thread.
 pub const MIN_SHARD: usize = 8;
@@ -215,7 +216,7 @@ impl Model {
         with_grads: bool,
         rng: &mut Rng,
     ) -> Result<ForwardPass> {
-        self.forward_with_tables(tape, inputs, training, with_grads, rng, &[])
+        self.forward_with_tables(tape, inputs, training, with_grads, rng, InferenceAids::default())
     }
 
     /// [`Model::forward_on_tape`] where the LSTM nodes of `projected` run over
@@ -227,7 +228,7 @@ impl Model {
         training: bool,
         with_grads: bool,
         rng: &mut Rng,
-        projected: &[ProjectedTokens],
+        aids: InferenceAids<'_>,
     ) -> Result<ForwardPass> {
         self.check_inputs(inputs)?;
         let mut flat = vec![];
@@ -259,7 +260,8 @@ impl Model {
             })
             .collect::<Result<_>>()?;
         let mut ctx = CallContext::new(training, rng);
-        let outs = self.run_graph(tape, &wvars, values, &mut ctx, projected)?;
+        ctx.packed = aids.packed.cloned();
+        let outs = self.run_graph(tape, &wvars, values, &mut ctx, aids.projected)?;
         let outputs = outs
             .iter()
             .zip(&self.outputs)
@@ -307,7 +309,7 @@ impl Model {
                 continue;
             }
             if let Some(p) = projected.iter().find(|p| p.lstm_node == n) {
-                values[node.output] = Some(self.lstm_over_table(tape, wvars, &values, p)?);
+                values[node.output] = Some(self.lstm_over_table(tape, wvars, &values, p, ctx)?);
                 continue;
             }
             let args: Vec<Value> = node
@@ -332,6 +334,22 @@ impl Model {
             .collect()
     }
 
+    /// The matrices of this model's LSTMs (kernel and recurrent kernel) packed
+    /// once for the products of all the shards of an inference batch (see
+    /// `backend::packed`); empty where the backend has no packed layout.
+    fn packed_weights(&self) -> Result<PackedWeights> {
+        let backend = default_backend();
+        let mut packed = PackedWeights::default();
+        for layer in &self.layers {
+            if layer.as_any().downcast_ref::<Lstm>().is_some() {
+                for weight in layer.weights().into_iter().take(2) {
+                    packed.add(&*backend, &weight.value)?;
+                }
+            }
+        }
+        Ok(packed)
+    }
+
     /// Whether a training step must see the whole batch at once (see the module doc).
     fn needs_whole_batch(&self) -> bool {
         self.layers.iter().any(|l| l.uses_batch_statistics())
@@ -345,6 +363,7 @@ impl Model {
         wvars: &[Vec<Var>],
         values: &[Option<Value>],
         p: &ProjectedTokens,
+        ctx: &CallContext<'_>,
     ) -> Result<Value> {
         let (enode, lnode) = (&self.nodes[p.embedding_node], &self.nodes[p.lstm_node]);
         let embedding = self.layers[enode.layer].as_any().downcast_ref::<Embedding>();
@@ -353,7 +372,7 @@ impl Model {
             return Err(OpsError::Config(format!("model '{}': a projected-token table lost its layers", self.name)));
         };
         let mask = embedding.mask_of(ids);
-        lstm.forward_over_projected_tokens(tape, &wvars[lnode.layer], &p.table, ids, mask, embedding.name())
+        lstm.forward_over_projected_tokens(tape, &wvars[lnode.layer], &p.table, (ids, mask), embedding.name(), ctx)
     }
 
     /// Forward pass in inference mode; one tensor per output.
@@ -361,11 +380,13 @@ impl Model {
         let batch = self.check_inputs(inputs)?;
         let projected = self.projected_tokens_for(inputs)?;
         let shards = infer_shard_bounds(batch);
+        let packed = if shards.len() > 1 { Some(Arc::new(self.packed_weights()?)) } else { None };
         let parts: Vec<Vec<Tensor>> = run_shards(&shards, |s, e| {
             let sliced: Vec<Data> = slice_all(inputs, s, e, shards.len());
             let mut tape = Tape::new();
             let mut rng = Rng::new(0);
-            let pass = self.forward_with_tables(&mut tape, &sliced, false, false, &mut rng, &projected)?;
+            let aids = InferenceAids { projected: &projected, packed: packed.as_ref() };
+            let pass = self.forward_with_tables(&mut tape, &sliced, false, false, &mut rng, aids)?;
             Ok(pass.outputs.iter().map(|v| tape.value(*v).clone()).collect())
         })?;
         (0..self.outputs.len()).map(|o| concat_rows(parts.iter().map(|p| &p[o]).collect())).collect()
@@ -586,6 +607,14 @@ pub struct RangedUpdate<'a> {
 
 /// `[start, end)` of each shard of a batch: one per thread on the CPU, the
 /// whole batch on a device (whose kernels are parallel already).
+/// What an inference pass brings to the graph besides its inputs: tables of
+/// projected tokens (`token_tables.rs`) and packed weights (`backend::packed`).
+#[derive(Clone, Copy, Default)]
+pub(super) struct InferenceAids<'a> {
+    pub projected: &'a [ProjectedTokens],
+    pub packed: Option<&'a Arc<PackedWeights>>,
+}
+
 fn shard_bounds(batch: usize) -> Vec<(usize, usize)> {
     if default_backend().device() != Device::Cpu {
         return vec![(0, batch)];
@@ -649,5 +678,36 @@ mod tests {
         let mut sum = grads(&[Some(1.0), Some(1.0), None, Some(1.0)], vec![rows(&[1]), rows(&[0]), None, rows(&[1])]);
         sum.add_assign(&grads(&[Some(1.0), Some(1.0), Some(1.0), None], vec![rows(&[0, 1]), None, rows(&[1]), None]));
         assert_eq!(sum.rows, vec![rows(&[0, 1]), None, rows(&[1]), rows(&[1])]);
+    }
+
+    /// An inference batch of several shards packs each LSTM's two matrices
+    /// once, and predicts the bits of one unpacked pass over the whole batch;
+    /// a weight changed in place no longer finds its packed form.
+    #[test]
+    fn inference_over_several_shards_packs_the_lstm_weights_and_keeps_the_bits() {
+        use crate::layers::Dense;
+        use crate::model::ModelBuilder;
+        use crate::tensor::DType;
+        let mut g = ModelBuilder::new("packed");
+        let frames = g.input("frames", &[6, 40], DType::F32);
+        let x = g.apply(Lstm::new(16).return_sequences(true).name("low"), &[frames]).unwrap();
+        let x = g.apply(Lstm::new(8).name("high"), &[x]).unwrap();
+        let out = g.apply(Dense::new(3).name("out"), &[x]).unwrap();
+        let mut model = g.build(&[frames], &[out], 11).unwrap();
+        let packs = default_backend().pack_matrix(crate::backend::MatRef::dense(&[1.0], 1, 1)).unwrap().is_some();
+        let packed = model.packed_weights().unwrap();
+        assert_eq!(packed.len(), 4 * packs as usize);
+        let batch = 3 * INFER_SHARD + 5;
+        let mut rng = Rng::new(5);
+        let x =
+            vec![Data::F32(Tensor::new(&[batch, 6, 40], (0..batch * 240).map(|_| rng.normal()).collect()).unwrap())];
+        let bits = |t: &Tensor| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let mut tape = Tape::new();
+        let pass = model.forward_on_tape(&mut tape, &x, false, false, &mut Rng::new(0)).unwrap();
+        assert_eq!(bits(&model.predict_on_batch(&x).unwrap()[0]), bits(tape.value(pass.outputs[0])));
+        let i = model.weight_keys().iter().position(|k| k == "low/kernel").unwrap();
+        model.weight_values_mut()[i][0] += 1.0;
+        let kernel = &model.layers[0].weights()[0].value;
+        assert!(packed.find(kernel).is_none(), "a changed kernel found its old packed form");
     }
 }

@@ -129,7 +129,7 @@ impl Model {
             if entry.table.is_none() && entry.tokens_seen >= vocab {
                 let bias = sources.get(2).map(|b| b.data());
                 let dims = (embeddings.shape()[1], g4);
-                let rows = input_projection(&*backend, embeddings.data(), vocab, kernel.data(), dims, bias)?;
+                let rows = input_projection(&*backend, embeddings.data(), vocab, (kernel.data(), None), dims, bias)?;
                 entry.table = Some(Tensor::from_buf(&[vocab, g4], rows)?);
             }
             if let Some(table) = &entry.table {

@@ -17,7 +17,7 @@ pub(super) mod recurrent;
 use super::calls::{BatchNormCall, DepthwiseCall, Elementwise, Im2colCall, LossCall, PoolCall, RecurrentCall};
 use super::{
     check_activation_backward, check_matmul, check_rows, math, zero_unless_accumulating, Activation, Backend, MatMut,
-    MatRef,
+    MatRef, PackedMat,
 };
 use crate::error::Result;
 use crate::optim::OptimizerKind;
@@ -102,6 +102,48 @@ impl Backend for CpuBackend {
             );
         }
         Ok(())
+    }
+
+    /// Packs for the AVX-512 SGEMM only (the `gemm` crate packs as it goes).
+    fn pack_matrix(&self, b: MatRef<'_>) -> Result<Option<PackedMat>> {
+        #[cfg(target_arch = "x86_64")]
+        if super::gemm_kernels() == super::GemmKernels::Avx512 && b.rows > 0 && b.cols > 0 {
+            if !b.in_bounds() {
+                return Err(crate::error::OpsError::shape(
+                    "pack_matrix",
+                    "a strided view reaches past its buffer",
+                    &[&[b.rows, b.cols]],
+                ));
+            }
+            // SAFETY: bounds checked above; the kernels are only chosen where the CPU has AVX-512.
+            let layout = unsafe { super::sgemm_avx512::pack(b) };
+            return Ok(Some(PackedMat { rows: b.rows, cols: b.cols, layout: Box::new(layout) }));
+        }
+        let _ = b;
+        Ok(None)
+    }
+
+    fn matmul_packed(
+        &self,
+        a: MatRef<'_>,
+        b: MatRef<'_>,
+        packed: &PackedMat,
+        c: MatMut<'_>,
+        accumulate: bool,
+    ) -> Result<()> {
+        check_matmul(&a, &b, &c)?;
+        #[cfg(target_arch = "x86_64")]
+        if let Some(layout) = packed.layout.downcast_ref::<super::sgemm_avx512::PackedB>() {
+            let usable = c.col_stride == 1 && a.cols > 0 && c.rows > 0 && c.cols > 0;
+            if usable && layout.dims() == (b.rows, b.cols) && super::gemm_kernels() == super::GemmKernels::Avx512 {
+                let threads = gemm_threads(a.rows, b.cols, a.cols);
+                // SAFETY: bounds checked above, unit column stride, AVX-512 chosen, and the
+                // layout has `b`'s shape (its values: the caller's contract).
+                unsafe { super::sgemm_avx512::gemm_packed(a, layout, c, accumulate, threads) };
+                return Ok(());
+            }
+        }
+        self.matmul(a, b, c, accumulate)
     }
 
     /// Kallista's AVX-512 SGEMM sums every element in one fixed order (see
