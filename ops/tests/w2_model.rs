@@ -51,3 +51,28 @@ fn toy_w2_trains_on_uint8_frames() {
     let err = model.predict_on_batch(&wrong).unwrap_err().to_string();
     assert!(err.contains("'video'") && err.contains("uint8"), "{err}");
 }
+
+/// Inference runs the TimeDistributed CNN over blocks of frames on tapes of
+/// their own; its predictions keep the bits of one pass over all frames (the
+/// pass that keeps gradients, which runs the CNN on all of them at once).
+#[test]
+fn inference_over_blocks_of_frames_predicts_the_bits_of_one_pass() {
+    use kallista_ops::autodiff::Tape;
+    use kallista_ops::init::Rng;
+    let d = VideoQaPixelsDims::toy();
+    let model = video_qa_pixels(&d, 5).unwrap();
+    let b = 5; // 15 frames: two blocks, the second one short
+    let n = b * d.frames * d.height * d.width * d.channels;
+    let video =
+        ByteTensor::new(&[b, d.frames, d.height, d.width, d.channels], (0..n).map(|i| (i * 37 % 251) as u8).collect())
+            .unwrap();
+    let q =
+        IntTensor::new(&[b, d.question_len], (0..b * d.question_len).map(|i| (i % 5 + 1) as i32).collect()).unwrap();
+    let x = vec![Data::U8(video), Data::I32(q)];
+    assert!(b * d.frames > kallista_ops::layers::FRAMES_PER_BLOCK, "the toy must span blocks");
+    let mut tape = Tape::new();
+    let pass = model.forward_on_tape(&mut tape, &x, false, true, &mut Rng::new(0)).unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let predicted = model.predict_on_batch(&x).unwrap();
+    assert_eq!(bits(predicted[0].data()), bits(tape.value(pass.outputs[0]).data()));
+}

@@ -65,7 +65,9 @@ pub fn conv2d(
     }
     let win = Window2d::new("conv2d", (h, w), (ks[0], ks[1]), opts.strides, opts.dilation, opts.padding)?;
     let geo = ConvGeometry { win, n, c, o };
-    let mut y = vec![0.0; n * geo.out_pixels() * o];
+    // Grown block by block, each block zeroed just before the GEMM writes it
+    // (in cache), not all at once ahead of the loop (tens of MB through memory).
+    let mut y = Vec::with_capacity(n * geo.out_pixels() * o);
     let xv = tape.value(x).data();
     let kv = tape.value(kernel).data();
     let bv = bias.map(|b| tape.value(b).data());
@@ -74,7 +76,8 @@ pub fn conv2d(
         for (f0, f1) in geo.blocks() {
             let rows = (f1 - f0) * geo.out_pixels();
             let lhs = geo.cols(be, xv, f0, f1, &mut scratch.cols)?;
-            let out = &mut y[f0 * geo.out_pixels() * o..f1 * geo.out_pixels() * o];
+            y.resize(f1 * geo.out_pixels() * o, 0.0);
+            let out = &mut y[f0 * geo.out_pixels() * o..];
             be.matmul(
                 MatRef::dense(lhs, rows, geo.kk()),
                 MatRef::dense(kv, geo.kk(), o),

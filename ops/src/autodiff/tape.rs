@@ -58,6 +58,11 @@ impl Tape {
         &*self.backend
     }
 
+    /// An empty tape on this tape's backend.
+    pub fn empty_like(&self) -> Tape {
+        Tape::with_backend(self.backend.clone())
+    }
+
     /// A leaf; `requires_grad` makes [`Tape::backward`] return its gradient.
     pub fn leaf(&mut self, value: Tensor, requires_grad: bool) -> Var {
         self.nodes.push(Node { value, requires_grad, rule: None });

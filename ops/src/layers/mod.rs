@@ -46,7 +46,7 @@ pub use pooling::{
 pub use registry::{layer_from_config, LayerJson};
 pub use rescaling::Rescaling;
 pub use reshape::Reshape;
-pub use time_distributed::TimeDistributed;
+pub use time_distributed::{TimeDistributed, FRAMES_PER_BLOCK};
 pub use zero_padding2d::{Padding2d, ZeroPadding2D};
 
 use crate::autodiff::{Mask, Tape, Var};

@@ -9,14 +9,26 @@
 //! convolution instead of `T` small ones, and, in training mode, batch
 //! statistics over all `B * T` frames as in Keras 3. Weights are keyed
 //! `<this layer>/<wrapped layer>/<weight>` (see `model/nested.rs`).
+//!
+//! Outside training, when nothing needs a gradient through it, the wrapped
+//! layer runs instead over blocks of [`FRAMES_PER_BLOCK`] frames, each on a
+//! tape of its own that is dropped before the next: only its output is kept,
+//! and a block's intermediate activations (W2's three convolutions: about
+//! 1.8 MB for 8 frames, 60 MB for a 32-sample inference shard) stay in cache
+//! and their memory is reused, instead of being written out and read back.
 
 use super::{
     bad_input, expect_inputs, snake, CallContext, Layer, LayerBase, LayerJson, TensorSpec, Value, Weight, WeightPath,
 };
 use crate::autodiff::{self, Tape, Var};
+use crate::backend::Device;
 use crate::error::{OpsError, Result};
 use crate::init::Rng;
+use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
+
+/// Frames per block of a pass without gradients (see the module doc).
+pub const FRAMES_PER_BLOCK: usize = 8;
 
 /// Keras arguments of TimeDistributed.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -58,6 +70,42 @@ impl TimeDistributed {
     pub(crate) fn from_config(v: &serde_json::Value) -> Result<Self> {
         let cfg: TimeDistributedConfig = super::parse_config("TimeDistributed", v)?;
         Ok(Self::from_boxed(cfg.layer.build()?))
+    }
+
+    /// The wrapped layer over `frames: [N, ...]` block by block, each block on
+    /// a tape of its own (see the module doc); the output is a constant of `tape`.
+    fn forward_by_blocks(
+        &self,
+        tape: &mut Tape,
+        weights: &[Var],
+        frames: Var,
+        ctx: &mut CallContext<'_>,
+    ) -> Result<Var> {
+        let x = tape.value(frames).clone();
+        let n = x.shape()[0];
+        let weight_values: Vec<Tensor> = weights.iter().map(|w| tape.value(*w).clone()).collect();
+        let (mut out, mut shape) = (Vec::new(), Vec::new());
+        for f0 in (0..n).step_by(FRAMES_PER_BLOCK) {
+            let f1 = (f0 + FRAMES_PER_BLOCK).min(n);
+            let mut block_tape = tape.empty_like();
+            let block_weights: Vec<Var> = weight_values.iter().map(|w| block_tape.leaf(w.clone(), false)).collect();
+            let xb = block_tape.leaf(x.slice_rows(f0, f1), false);
+            let mut block_ctx = CallContext::new(false, ctx.rng);
+            block_ctx.packed = ctx.packed.clone();
+            let input = [Value::Float { var: xb, mask: None }];
+            let (yb, _) = self
+                .layer
+                .forward(&mut block_tape, &block_weights, &input, &mut block_ctx)?
+                .float(self.name(), self.class_name())?;
+            let y = block_tape.value(yb);
+            if f0 == 0 {
+                shape = y.shape().to_vec();
+                out.reserve(n * y.len() / (f1 - f0));
+            }
+            out.extend_from_slice(y.data());
+        }
+        shape[0] = n;
+        Ok(tape.leaf(Tensor::new(&shape, out)?, false))
     }
 }
 
@@ -144,10 +192,15 @@ impl Layer for TimeDistributed {
         let mut folded = vec![b * t];
         folded.extend_from_slice(&xs[2..]);
         let xf = autodiff::reshape(tape, x, &folded)?;
-        let (yf, _) = self
-            .layer
-            .forward(tape, weights, &[Value::Float { var: xf, mask: None }], ctx)?
-            .float(self.name(), self.class_name())?;
+        let needs_grad = tape.requires_grad(xf) || weights.iter().any(|w| tape.requires_grad(*w));
+        let by_blocks =
+            !ctx.training && !needs_grad && b * t > FRAMES_PER_BLOCK && tape.backend().device() == Device::Cpu;
+        let yf = if by_blocks {
+            self.forward_by_blocks(tape, weights, xf, ctx)?
+        } else {
+            let y = self.layer.forward(tape, weights, &[Value::Float { var: xf, mask: None }], ctx)?;
+            y.float(self.name(), self.class_name())?.0
+        };
         let ys = tape.shape(yf).to_vec();
         let mut shape = vec![b, t];
         shape.extend_from_slice(&ys[1..]);
