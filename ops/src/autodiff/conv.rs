@@ -65,8 +65,9 @@ pub fn conv2d(
     }
     let win = Window2d::new("conv2d", (h, w), (ks[0], ks[1]), opts.strides, opts.dilation, opts.padding)?;
     let geo = ConvGeometry { win, n, c, o };
-    // Grown block by block, each block zeroed just before the GEMM writes it
-    // (in cache), not all at once ahead of the loop (tens of MB through memory).
+    // Grown block by block, each block set to the bias (or zero) just before
+    // the GEMM adds onto it (in cache), not zeroed all at once ahead of the
+    // loop (tens of MB through memory) and the bias added in a pass of its own.
     let mut y = Vec::with_capacity(n * geo.out_pixels() * o);
     let xv = tape.value(x).data();
     let kv = tape.value(kernel).data();
@@ -76,25 +77,38 @@ pub fn conv2d(
         for (f0, f1) in geo.blocks() {
             let rows = (f1 - f0) * geo.out_pixels();
             let lhs = geo.cols(be, xv, f0, f1, &mut scratch.cols)?;
-            y.resize(f1 * geo.out_pixels() * o, 0.0);
+            match bv {
+                Some(bv) => broadcast_rows_onto(&mut y, bv, rows),
+                None => y.resize(f1 * geo.out_pixels() * o, 0.0),
+            }
             let out = &mut y[f0 * geo.out_pixels() * o..];
             be.matmul(
                 MatRef::dense(lhs, rows, geo.kk()),
                 MatRef::dense(kv, geo.kk(), o),
                 MatMut::dense(out, rows, o),
-                false,
+                bv.is_some(),
             )?;
-            // Bias and activation while the block is still in cache.
-            if let Some(bv) = bv {
-                let bias_rows = MatRef { data: bv, offset: 0, rows, cols: o, row_stride: 0, col_stride: 1 };
-                be.copy(bias_rows, MatMut::dense(out, rows, o), true)?;
-            }
+            // The activation while the block is still in cache.
             be.activation_forward(act, out, o)?;
         }
         Ok(())
     })?;
     let shape = [n, win.out_h, win.out_w, o];
     Ok(tape.push(Tensor::new(&shape, y)?, Box::new(Conv2dBackward { x, kernel, bias, geo, act })))
+}
+
+/// Appends `rows` copies of `row` to `v`, doubling what is there already (a
+/// few long copies instead of one short copy per row).
+fn broadcast_rows_onto(v: &mut Vec<f32>, row: &[f32], rows: usize) {
+    let (start, len) = (v.len(), rows * row.len());
+    if len == 0 {
+        return;
+    }
+    v.extend_from_slice(row);
+    while v.len() - start < len {
+        let have = v.len() - start;
+        v.extend_from_within(start..start + have.min(len - have));
+    }
 }
 
 /// Sizes of one convolution.
@@ -300,6 +314,16 @@ mod tests {
     fn max_rel(a: &[f32], b: &[f32]) -> f32 {
         let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-20);
         a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs())) / scale
+    }
+
+    #[test]
+    fn rows_broadcast_onto_a_vector_are_copies_of_the_row() {
+        for rows in [0, 1, 2, 3, 7, 64, 100] {
+            let mut v = vec![9.0];
+            broadcast_rows_onto(&mut v, &[1.0, 2.0, 3.0], rows);
+            let want: Vec<f32> = std::iter::once(9.0).chain((0..rows).flat_map(|_| [1.0, 2.0, 3.0])).collect();
+            assert_eq!(v, want, "{rows} rows");
+        }
     }
 
     #[test]
