@@ -156,6 +156,21 @@ impl std::fmt::Debug for Buf {
     }
 }
 
+/// Appends `rows` copies of `row` to `v`, doubling what is there already: a
+/// few long copies instead of one short copy per row (a bias over a batch).
+pub fn extend_with_rows(v: &mut Vec<f32>, row: &[f32], rows: usize) {
+    let (start, len) = (v.len(), rows * row.len());
+    if len == 0 {
+        return;
+    }
+    v.reserve(len);
+    v.extend_from_slice(row);
+    while v.len() - start < len {
+        let have = v.len() - start;
+        v.extend_from_within(start..start + have.min(len - have));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,5 +184,15 @@ mod tests {
         assert_eq!(b.clone(), b);
         assert_eq!(b.into_vec(), vec![1.0, 5.0]);
         assert!(Buf::default().is_empty());
+    }
+
+    #[test]
+    fn rows_extended_onto_a_vector_are_copies_of_the_row() {
+        for rows in [0, 1, 2, 3, 7, 64, 100] {
+            let mut v = vec![9.0];
+            extend_with_rows(&mut v, &[1.0, 2.0, 3.0], rows);
+            let want: Vec<f32> = std::iter::once(9.0).chain((0..rows).flat_map(|_| [1.0, 2.0, 3.0])).collect();
+            assert_eq!(v, want, "{rows} rows");
+        }
     }
 }

@@ -310,6 +310,14 @@ fn conformance(be: &dyn Backend) -> Vec<String> {
         }
     }
     failures.extend(check_errors(be));
+    for (row, rows) in [(vec![], 3), (vec![1.5], 0), (vec![1.0, -2.0, 3.5], 1), (random(37, 9, 1.0), 45)] {
+        let want: Vec<f32> = (0..rows).flat_map(|_| row.iter().copied()).collect();
+        match be.rows_of(&row, rows) {
+            Ok(got) if got.as_slice() == want.as_slice() => {}
+            Ok(_) => failures.push(format!("rows_of {} x {rows}: not the row repeated", row.len())),
+            Err(e) => failures.push(format!("rows_of {} x {rows}: {e}", row.len())),
+        }
+    }
     failures.extend(conformance::check_families(be));
     failures
 }

@@ -78,7 +78,7 @@ pub fn conv2d(
             let rows = (f1 - f0) * geo.out_pixels();
             let lhs = geo.cols(be, xv, f0, f1, &mut scratch.cols)?;
             match bv {
-                Some(bv) => broadcast_rows_onto(&mut y, bv, rows),
+                Some(bv) => crate::buf::extend_with_rows(&mut y, bv, rows),
                 None => y.resize(f1 * geo.out_pixels() * o, 0.0),
             }
             let out = &mut y[f0 * geo.out_pixels() * o..];
@@ -95,20 +95,6 @@ pub fn conv2d(
     })?;
     let shape = [n, win.out_h, win.out_w, o];
     Ok(tape.push(Tensor::new(&shape, y)?, Box::new(Conv2dBackward { x, kernel, bias, geo, act })))
-}
-
-/// Appends `rows` copies of `row` to `v`, doubling what is there already (a
-/// few long copies instead of one short copy per row).
-fn broadcast_rows_onto(v: &mut Vec<f32>, row: &[f32], rows: usize) {
-    let (start, len) = (v.len(), rows * row.len());
-    if len == 0 {
-        return;
-    }
-    v.extend_from_slice(row);
-    while v.len() - start < len {
-        let have = v.len() - start;
-        v.extend_from_within(start..start + have.min(len - have));
-    }
 }
 
 /// Sizes of one convolution.
@@ -314,16 +300,6 @@ mod tests {
     fn max_rel(a: &[f32], b: &[f32]) -> f32 {
         let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-20);
         a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs())) / scale
-    }
-
-    #[test]
-    fn rows_broadcast_onto_a_vector_are_copies_of_the_row() {
-        for rows in [0, 1, 2, 3, 7, 64, 100] {
-            let mut v = vec![9.0];
-            broadcast_rows_onto(&mut v, &[1.0, 2.0, 3.0], rows);
-            let want: Vec<f32> = std::iter::once(9.0).chain((0..rows).flat_map(|_| [1.0, 2.0, 3.0])).collect();
-            assert_eq!(v, want, "{rows} rows");
-        }
     }
 
     #[test]

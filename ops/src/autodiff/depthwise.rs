@@ -31,14 +31,14 @@ pub fn depthwise_conv2d(tape: &mut Tape, x: Var, kernel: Var, bias: Option<Var>,
     }
     let win = Window2d::new("depthwise_conv2d", (h, w), (ks[0], ks[1]), opts.strides, opts.dilation, opts.padding)?;
     let be = tape.backend();
-    let mut y = vec![0.0; n * win.out_h * win.out_w * oc];
-    if let Some(b) = bias {
-        super::linear::broadcast_rows(be, tape.value(b).data(), &mut y, n * win.out_h * win.out_w)?;
-    }
+    let mut y = match bias {
+        Some(b) => be.rows_of(tape.value(b).data(), n * win.out_h * win.out_w)?,
+        None => be.zeros(n * win.out_h * win.out_w * oc)?,
+    };
     let (xv, kv) = (tape.value(x).data(), tape.value(kernel).data());
     be.depthwise(DepthwiseCall::Forward { win: &win, c, dm, x: xv, kernel: kv, y: &mut y })?;
     let shape = [n, win.out_h, win.out_w, oc];
-    Ok(tape.push(Tensor::new(&shape, y)?, Box::new(DepthwiseBackward { x, kernel, bias, win, c, dm })))
+    Ok(tape.push(Tensor::from_buf(&shape, y)?, Box::new(DepthwiseBackward { x, kernel, bias, win, c, dm })))
 }
 
 struct DepthwiseBackward {

@@ -46,8 +46,7 @@ pub fn gru(tape: &mut Tape, x: Var, kernel: Var, recurrent: Var, bias: Option<Va
     let zero_bias = be.zeros(2 * g3)?;
     let bd: &[f32] = bias.map_or(&zero_bias[..], |bv| tape.value(bv).data());
     // xz rows: x·K + b_in for all steps; after the step they hold z, r, hh (activated).
-    let mut xz = be.zeros(b * t * g3)?;
-    super::linear::broadcast_rows(be, &bd[..g3], &mut xz, b * t)?;
+    let mut xz = be.rows_of(&bd[..g3], b * t)?;
     be.matmul(
         MatRef::dense(tape.value(x).data(), b * t, i),
         MatRef::dense(tape.value(kernel).data(), i, g3),
@@ -56,8 +55,7 @@ pub fn gru(tape: &mut Tape, x: Var, kernel: Var, recurrent: Var, bias: Option<Va
     )?;
     let rk = tape.value(recurrent).data();
     // rec rows: h_{t-1}·U + b_rec (raw; its h part is needed by the backward pass).
-    let mut rec = be.zeros(b * t * g3)?;
-    super::linear::broadcast_rows(be, &bd[g3..], &mut rec, b * t)?;
+    let mut rec = be.rows_of(&bd[g3..], b * t)?;
     let mut hprev = be.zeros(b * t * u)?;
     let mut h_last = be.zeros(b * u)?;
     let dims = SequenceDims { batch: b, steps: t, units: u };

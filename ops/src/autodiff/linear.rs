@@ -2,7 +2,7 @@
 //! and `weighted_sum` (the scalar projection gradient checks use).
 
 use super::tape::{Backward, Gradients, Tape, Var};
-use crate::backend::{calls::Elementwise, Backend, MatMut, MatRef};
+use crate::backend::{calls::Elementwise, MatMut, MatRef};
 use crate::error::{OpsError, Result};
 use crate::tensor::Tensor;
 use std::sync::Arc;
@@ -22,10 +22,10 @@ pub fn dense(tape: &mut Tape, x: Var, kernel: Var, bias: Option<Var>) -> Result<
         }
     }
     let rows = tape.value(x).len() / inp.max(1);
-    let mut y = tape.backend().zeros(rows * out)?;
-    if let Some(b) = bias {
-        broadcast_rows(tape.backend(), tape.value(b).data(), &mut y, rows)?;
-    }
+    let mut y = match bias {
+        Some(b) => tape.backend().rows_of(tape.value(b).data(), rows)?,
+        None => tape.backend().zeros(rows * out)?,
+    };
     tape.backend().matmul(
         MatRef::dense(tape.value(x).data(), rows, inp),
         MatRef::dense(tape.value(kernel).data(), inp, out),
@@ -75,13 +75,6 @@ impl Backward for DenseBackward {
         }
         Ok(())
     }
-}
-
-/// Fills each of the `rows` rows of `y` with `row` (a bias before a product adds onto it).
-pub(crate) fn broadcast_rows(be: &dyn Backend, row: &[f32], y: &mut [f32], rows: usize) -> Result<()> {
-    let cols = row.len();
-    let src = MatRef { data: row, offset: 0, rows, cols, row_stride: 0, col_stride: 1 };
-    be.copy(src, MatMut::dense(y, rows, cols), false)
 }
 
 /// Elementwise `a + b` (same shapes).

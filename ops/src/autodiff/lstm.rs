@@ -24,7 +24,7 @@ pub struct LstmOptions {
     pub return_sequences: bool,
     /// `[B * T]` valid-step mask.
     pub mask: Option<Mask>,
-    /// Weights packed for this pass (inference), found by their values.
+    /// Weights packed for this pass (a batch of several shards), found by their values.
     pub packed: Option<std::sync::Arc<PackedWeights>>,
 }
 
@@ -110,10 +110,10 @@ pub fn input_projection(
     (inputs, g4): (usize, usize),
     bias: Option<&[f32]>,
 ) -> Result<Buf> {
-    let mut gates = be.zeros(rows * g4)?;
-    if let Some(bd) = bias {
-        super::linear::broadcast_rows(be, bd, &mut gates, rows)?;
-    }
+    let mut gates = match bias {
+        Some(bd) => be.rows_of(bd, rows)?,
+        None => be.zeros(rows * g4)?,
+    };
     let (x, k) = (MatRef::dense(x, rows, inputs), MatRef::dense(kernel, inputs, g4));
     let out = MatMut::dense(&mut gates, rows, g4);
     match packed {

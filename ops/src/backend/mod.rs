@@ -254,6 +254,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         Ok(vec![0.0; len].into())
     }
 
+    /// `rows` copies of `row`, one after another (a bias over a batch, which a
+    /// product then adds onto).
+    fn rows_of(&self, row: &[f32], rows: usize) -> Result<Buf> {
+        let mut y = self.zeros(rows * row.len())?;
+        let src = MatRef { data: row, offset: 0, rows, cols: row.len(), row_stride: 0, col_stride: 1 };
+        self.copy(src, MatMut::dense(&mut y, rows, row.len()), false)?;
+        Ok(y)
+    }
+
     /// A copy of `values` where this backend's kernels read them in place.
     fn buf_from(&self, values: &[f32]) -> Result<Buf> {
         Ok(values.to_vec().into())

@@ -1,7 +1,7 @@
-//! Weights laid out once for the many products of a pass that leaves them
-//! unchanged (inference): W1's LSTM kernel is packed once per batch instead
-//! of once per inference shard, and its recurrent kernel once instead of
-//! being read in place, 4 KB between rows, at every step.
+//! Weights laid out once for the many products of a batch that leaves them
+//! unchanged until its end: W1's LSTM kernel is packed once per batch instead
+//! of once per shard, and its recurrent kernel once instead of being read in
+//! place, 4 KB between rows, at every step.
 
 use super::{Backend, MatRef};
 use crate::buf::Buf;

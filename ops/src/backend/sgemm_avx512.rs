@@ -99,11 +99,11 @@ fn block_depth(k: usize) -> usize {
     k.div_ceil(k.div_ceil(KC).max(1)).max(1)
 }
 
-/// `b` packed for [`gemm_packed`].
+/// `b` packed for [`gemm_packed`], its blocks of rows shared out among `threads` threads.
 ///
 /// # Safety
 /// `b` must be in bounds and the CPU must have `avx512f` ([`available`]).
-pub unsafe fn pack(b: MatRef<'_>) -> PackedB {
+pub unsafe fn pack(b: MatRef<'_>, threads: usize) -> PackedB {
     let (k, n) = (b.rows, b.cols);
     let n_panels = n.div_ceil(NR) * NR;
     let mut values = vec![0.0f32; k * n_panels + 16];
@@ -123,13 +123,19 @@ pub unsafe fn pack(b: MatRef<'_>) -> PackedB {
         packed: std::ptr::null(),
         n_panels,
     };
-    let dst = values[skip..].as_mut_ptr();
     let depth = block_depth(k);
-    let mut pc = 0;
-    while pc < k {
-        let kc = depth.min(k - pc);
-        pack_b(ops, pc, kc, 0, n, dst.add(pc * n_panels));
-        pc += kc;
+    // Block `i` (rows `i * depth..`) is the `i`-th chunk: the blocks are disjoint.
+    let blocks = values[skip..skip + k * n_panels].chunks_mut(depth * n_panels).enumerate();
+    let pack_block = |(i, block): (usize, &mut [f32])| {
+        let pc = i * depth;
+        // SAFETY: `b` in bounds (the caller's), the block holds `kc * n_panels` values.
+        unsafe { pack_b(ops, pc, depth.min(k - pc), 0, n, block.as_mut_ptr()) };
+    };
+    if threads > 1 {
+        use rayon::prelude::*;
+        blocks.collect::<Vec<_>>().into_par_iter().with_max_len(1).for_each(pack_block);
+    } else {
+        blocks.for_each(pack_block);
     }
     PackedB { values, skip, k, n }
 }
@@ -508,7 +514,7 @@ mod tests {
                 let (ad, bd) = (values(m * k, 0.4), values(k * n, 1.1));
                 let a = MatRef::dense(&ad, m, k);
                 let b = if b_t { MatRef::dense(&bd, n, k).t() } else { MatRef::dense(&bd, k, n) };
-                let packed = unsafe { pack(b) };
+                let packed = unsafe { pack(b, 2) };
                 for (threads, accumulate) in [(1, false), (2, false), (3, true)] {
                     let start = values(m * n, 2.5);
                     let (mut want, mut got) = (start.clone(), start);

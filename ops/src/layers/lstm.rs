@@ -159,8 +159,8 @@ impl Layer for Lstm {
 
     fn forward(&self, tape: &mut Tape, weights: &[Var], inputs: &[Value], ctx: &mut CallContext<'_>) -> Result<Value> {
         let (x, mask) = inputs[0].float(self.name(), self.class_name())?;
-        let packed = if ctx.training { None } else { ctx.packed.clone() };
-        let opts = LstmOptions { return_sequences: self.cfg.return_sequences, mask: mask.clone(), packed };
+        let opts =
+            LstmOptions { return_sequences: self.cfg.return_sequences, mask: mask.clone(), packed: ctx.packed.clone() };
         let y = autodiff::lstm(tape, x, weights[0], weights[1], weights.get(2).copied(), opts)?;
         Ok(Value::Float { var: y, mask: if self.cfg.return_sequences { mask } else { None } })
     }

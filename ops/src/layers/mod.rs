@@ -150,7 +150,7 @@ pub struct CallContext<'a> {
     pub rng: &'a mut Rng,
     /// State updates recorded by the layers of this forward pass, in call order.
     pub updates: Vec<StateUpdate>,
-    /// Weights packed for this pass's products (inference over several shards).
+    /// Weights packed for this pass's products (a batch of several shards).
     pub packed: Option<std::sync::Arc<crate::backend::PackedWeights>>,
 }
 

@@ -3,8 +3,7 @@
 //! micro-batch when it sums micro-batches in place
 //! ([`Model::gradients_on_micro_batch_into`]).
 
-use super::run::{BatchResult, InferenceAids, WeightGrads};
-use super::token_tables::ProjectedTokens;
+use super::run::{BatchResult, PassAids, WeightGrads};
 use super::Model;
 use crate::autodiff::{Tape, Var};
 use crate::backend::with_single_threaded_kernels;
@@ -32,14 +31,13 @@ impl Model {
         how: &ShardPass,
         inputs: &[Data],
         targets: &[Data],
-        projected: &[ProjectedTokens],
+        aids: PassAids<'_>,
         start: Option<WeightGrads>,
     ) -> Result<(BatchResult, WeightGrads)> {
         let compiled = self.compiled()?;
         let samples = inputs.first().map_or(0, |d| d.batch());
         let mut tape = Tape::new();
         let mut rng = Rng::new(how.seed);
-        let aids = InferenceAids { projected, packed: None };
         let pass = self.forward_with_tables(&mut tape, inputs, how.training, how.with_grads, &mut rng, aids)?;
         let outs = &pass.outputs;
         let mut total: Option<Var> = None;
@@ -103,6 +101,6 @@ impl Model {
             ));
         }
         let how = ShardPass { training: true, with_grads: true, seed, share: 1.0, scale };
-        with_single_threaded_kernels(|| self.shard_pass(&how, inputs, targets, &[], Some(sum)))
+        with_single_threaded_kernels(|| self.shard_pass(&how, inputs, targets, PassAids::default(), Some(sum)))
     }
 }

@@ -104,6 +104,13 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    /// Built by doubling copies, with no zeroing first.
+    fn rows_of(&self, row: &[f32], rows: usize) -> Result<crate::buf::Buf> {
+        let mut y = Vec::new();
+        crate::buf::extend_with_rows(&mut y, row, rows);
+        Ok(y.into())
+    }
+
     /// Packs for the AVX-512 SGEMM only (the `gemm` crate packs as it goes).
     fn pack_matrix(&self, b: MatRef<'_>) -> Result<Option<PackedMat>> {
         #[cfg(target_arch = "x86_64")]
@@ -116,7 +123,9 @@ impl Backend for CpuBackend {
                 ));
             }
             // SAFETY: bounds checked above; the kernels are only chosen where the CPU has AVX-512.
-            let layout = unsafe { super::sgemm_avx512::pack(b) };
+            // Threads as for a product of 16 rows: packing 1 MB or more is shared out.
+            let threads = gemm_threads(16, b.rows, b.cols);
+            let layout = unsafe { super::sgemm_avx512::pack(b, threads) };
             return Ok(Some(PackedMat { rows: b.rows, cols: b.cols, layout: Box::new(layout) }));
         }
         let _ = b;
