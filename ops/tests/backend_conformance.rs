@@ -159,7 +159,7 @@ fn check_product(
         Ok(None) => {}
         Ok(Some(packed)) => {
             let mut packed_c = Placed::new(&c0, m, n, layouts[2]);
-            match be.matmul_packed(pa.view(), pb.view(), &packed, packed_c.view_mut(), accumulate) {
+            match be.matmul_packed(pa.view(), pb.view(), Some(&packed), packed_c.view_mut(), accumulate) {
                 Err(e) => failures.push(format!("{case}: matmul_packed: {e}")),
                 Ok(()) => {
                     let bits = |p: &Placed| p.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();

@@ -115,11 +115,7 @@ pub fn input_projection(
         None => be.zeros(rows * g4)?,
     };
     let (x, k) = (MatRef::dense(x, rows, inputs), MatRef::dense(kernel, inputs, g4));
-    let out = MatMut::dense(&mut gates, rows, g4);
-    match packed {
-        Some(p) => be.matmul_packed(x, k, p, out, bias.is_some())?,
-        None => be.matmul(x, k, out, bias.is_some())?,
-    }
+    be.matmul_packed(x, k, packed, MatMut::dense(&mut gates, rows, g4), bias.is_some())?;
     Ok(gates)
 }
 
@@ -158,10 +154,7 @@ fn recur(
             let h = MatRef { data: &hprev, offset: step * u, rows: b, cols: u, row_stride: t * u, col_stride: 1 };
             let z =
                 MatMut { data: &mut gates, offset: step * g4, rows: b, cols: g4, row_stride: t * g4, col_stride: 1 };
-            match packed_rk {
-                Some(p) => be.matmul_packed(h, MatRef::dense(rk, u, g4), p, z, true)?,
-                None => be.matmul(h, MatRef::dense(rk, u, g4), z, true)?,
-            }
+            be.matmul_packed(h, MatRef::dense(rk, u, g4), packed_rk, z, true)?;
         }
         let (gates, cs, tc, hprev, h_last) = (&mut gates, &mut cs, &mut tc, &mut hprev, &mut h_last);
         be.recurrent(RecurrentCall::LstmStep { step, dims, mask, gates, cs, tc, hprev, h_last })?;

@@ -283,13 +283,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         Ok(None)
     }
 
-    /// [`Backend::matmul`] reading `b` from `packed`, which
+    /// [`Backend::matmul`] reading `b` from `packed` where given, which
     /// [`Backend::pack_matrix`] made of it: the same bits.
     fn matmul_packed(
         &self,
         a: MatRef<'_>,
         b: MatRef<'_>,
-        _packed: &PackedMat,
+        _packed: Option<&PackedMat>,
         c: MatMut<'_>,
         accumulate: bool,
     ) -> Result<()> {

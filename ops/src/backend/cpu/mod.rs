@@ -136,13 +136,13 @@ impl Backend for CpuBackend {
         &self,
         a: MatRef<'_>,
         b: MatRef<'_>,
-        packed: &PackedMat,
+        packed: Option<&PackedMat>,
         c: MatMut<'_>,
         accumulate: bool,
     ) -> Result<()> {
         check_matmul(&a, &b, &c)?;
         #[cfg(target_arch = "x86_64")]
-        if let Some(layout) = packed.layout.downcast_ref::<super::sgemm_avx512::PackedB>() {
+        if let Some(layout) = packed.and_then(|p| p.layout.downcast_ref::<super::sgemm_avx512::PackedB>()) {
             let usable = c.col_stride == 1 && a.cols > 0 && c.rows > 0 && c.cols > 0;
             if usable && layout.dims() == (b.rows, b.cols) && super::gemm_kernels() == super::GemmKernels::Avx512 {
                 let threads = gemm_threads(a.rows, b.cols, a.cols);
