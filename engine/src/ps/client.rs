@@ -26,6 +26,8 @@ struct Link {
     slices: Vec<Slice>,
     /// The shard's version of the values this worker holds.
     version: u64,
+    /// This worker's run, as the shard answered its pull.
+    run: u64,
 }
 
 /// How a worker reaches one shard.
@@ -120,7 +122,7 @@ impl ParameterClient {
         for (index, (address, slices)) in addresses.iter().zip(plans).enumerate() {
             if let Some(shard) = local::find(address, job, secret).filter(|_| reach.direct) {
                 let transport = Transport::Local(shard);
-                links.push(Link { index, address: address.clone(), transport, slices, version: 0 });
+                links.push(Link { index, address: address.clone(), transport, slices, version: 0, run: 0 });
                 continue;
             }
             // Well within the segment's timeout: the error must be this one, not a timed-out segment.
@@ -133,7 +135,7 @@ impl ParameterClient {
                 false => None,
             };
             let transport = Transport::Connection(framed, region);
-            links.push(Link { index, address: address.clone(), transport, slices, version: 0 });
+            links.push(Link { index, address: address.clone(), transport, slices, version: 0, run: 0 });
         }
         Ok(ParameterClient { job: job.to_string(), worker, links })
     }
@@ -157,8 +159,8 @@ impl ParameterClient {
             let failed = |e: &dyn std::fmt::Display| unreachable_shard(index, &address, e);
             let (framed, region) = match &mut link.transport {
                 Transport::Local(shard) => {
-                    let (version, done_steps) = shard.pull(worker, segment, parts).map_err(|e| failed(&e))?;
-                    link.version = version;
+                    let (version, done_steps, run) = shard.pull(worker, segment, parts).map_err(|e| failed(&e))?;
+                    (link.version, link.run) = (version, run);
                     return Ok(done_steps);
                 }
                 Transport::Connection(framed, region) => (framed, region),
@@ -169,9 +171,9 @@ impl ParameterClient {
             };
             let answer = wire::send_json(framed, REQUEST, &request).and_then(|()| wire::receive_json(framed, REPLY));
             match answer.map_err(|e| failed(&e))? {
-                Reply::Weights { version, done_steps } => {
+                Reply::Weights { version, done_steps, run } => {
                     answered_values(framed, region.as_ref(), parts).map_err(|e| failed(&e))?;
-                    link.version = version;
+                    (link.version, link.run) = (version, run);
                     Ok(done_steps)
                 }
                 other => Err(failed(&format!("unexpected answer {other:?}"))),
@@ -187,7 +189,7 @@ impl ParameterClient {
             let (index, address) = (link.index, link.address.clone());
             let failed = |e: &dyn std::fmt::Display| unreachable_shard(index, &address, e);
             let mut mine = push.clone();
-            mine.base_version = link.version;
+            (mine.base_version, mine.run) = (link.version, link.run);
             let mut sent: Vec<&[f32]> = vec![];
             for s in &link.slices {
                 let g = grads.values.get(s.weight).and_then(|g| g.as_deref()).filter(|g| g.len() >= s.range.end);
@@ -223,6 +225,7 @@ impl ParameterClient {
                     link.version = version;
                     Ok((accepted, staleness))
                 }
+                Reply::Refused(why) => Err(failed(&format!("refused: {why}"))),
                 other => Err(failed(&format!("unexpected answer {other:?}"))),
             }
         })?;

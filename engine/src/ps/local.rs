@@ -53,12 +53,12 @@ impl LocalShard {
         }
     }
 
-    /// The shard's values into `parts` (one per slice); its version and the
-    /// steps of `segment` that `worker` already pushed.
-    pub fn pull(&self, worker: usize, segment: u64, parts: &mut [&mut [f32]]) -> Result<(u64, u64), FrameError> {
+    /// The shard's values into `parts` (one per slice); its version, the
+    /// steps of `segment` that `worker` already pushed, and the run this pull starts.
+    pub fn pull(&self, worker: usize, segment: u64, parts: &mut [&mut [f32]]) -> Result<(u64, u64, u64), FrameError> {
         let core = self.open()?;
-        let done_steps = shard::record_pull(core, worker, segment);
-        Ok((shard::copy_values_into(core, parts)?, done_steps))
+        let shard::Claim { done_steps, run } = shard::record_pull(core, worker, segment);
+        Ok((shard::copy_values_into(core, parts)?, done_steps, run))
     }
 
     /// Applies `grads` (one per slice) as a pushed gradient, then writes

@@ -68,10 +68,13 @@ pub struct SliceState {
 #[derive(Default)]
 struct Book {
     stats: ShardStats,
-    /// The last step each worker pushed, per segment.
+    /// The last step each worker pushed, per segment, and the run that pushed it.
     last_step: BTreeMap<(u64, usize), u64>,
+    last_run: BTreeMap<(u64, usize), u64>,
     /// Steps of a segment each worker pushed.
     done_steps: BTreeMap<(u64, usize), u64>,
+    /// Each worker's current run in a segment: one per pull.
+    runs: BTreeMap<(u64, usize), u64>,
     /// Refusals, as logged (the newest 100).
     refusals: Vec<String>,
 }
@@ -264,16 +267,16 @@ fn answer(framed: &mut Framed<TcpStream>, core: &Core, shared: &mut Shared) -> s
             wire::send_json(framed, REPLY, &Reply::Shared(shared.region.is_some()))
         }
         Request::Pull { worker, segment, .. } => {
-            let done_steps = record_pull(core, worker, segment);
+            let Claim { done_steps, run } = record_pull(core, worker, segment);
             let (version, values) = copy_values(core)?;
-            wire::send_json(framed, REPLY, &Reply::Weights { version, done_steps })?;
+            wire::send_json(framed, REPLY, &Reply::Weights { version, done_steps, run })?;
             send_copies(framed, &values)
         }
         Request::PullShared { worker, segment, .. } => {
             let region = shared.region.as_mut().ok_or_else(no_region)?;
-            let done_steps = record_pull(core, worker, segment);
+            let Claim { done_steps, run } = record_pull(core, worker, segment);
             let version = write_values_shared(core, region)?;
-            wire::send_json(framed, REPLY, &Reply::Weights { version, done_steps })
+            wire::send_json(framed, REPLY, &Reply::Weights { version, done_steps, run })
         }
         Request::Push(push) => {
             // The whole gradient first: nothing is applied unless every chunk passed its check.
@@ -285,10 +288,20 @@ fn answer(framed: &mut Framed<TcpStream>, core: &Core, shared: &mut Shared) -> s
         Request::PushShared(push) | Request::PushSharedRows(push) => {
             let Shared { region, piece } = shared;
             let region = region.as_mut().ok_or_else(no_region)?;
-            let (accepted, staleness, version) = apply_shared(core, &push, region, piece)?;
+            let (accepted, staleness, version) =
+                apply_shared(core, &push, region, piece).map_err(|e| told(framed, e))?;
             wire::send_json(framed, REPLY, &Reply::Pushed { accepted, staleness, version })
         }
     }
+}
+
+/// `e`, first told to the worker if it refuses the worker's (authenticated)
+/// push: a run that was replaced learns why its push failed.
+fn told(framed: &mut Framed<TcpStream>, e: FrameError) -> FrameError {
+    if let FrameError::Refused(why) = &e {
+        let _ = wire::send_json(framed, REPLY, &Reply::Refused(why.clone()));
+    }
+    e
 }
 
 fn no_region() -> FrameError {
@@ -312,11 +325,25 @@ pub(super) fn slice_lengths(core: &Core) -> Vec<usize> {
     core.slices.iter().map(|s| lock(s).values.len()).collect()
 }
 
-/// Counts a pull of `worker`; the steps of `segment` it already pushed.
-pub(super) fn record_pull(core: &Core, worker: usize, segment: u64) -> u64 {
+/// What a pull tells a worker about its place in a segment.
+pub(super) struct Claim {
+    /// Steps of the segment the worker already pushed.
+    pub done_steps: u64,
+    /// The run this pull starts.
+    pub run: u64,
+}
+
+/// Counts a pull of `worker` and starts its next run in `segment`: a worker
+/// pulls once per task, so a pull means that Ballista (or the driver, past
+/// a round's deadline) re-ran it, and the earlier run, which may still be
+/// computing, must not push any more.
+pub(super) fn record_pull(core: &Core, worker: usize, segment: u64) -> Claim {
     let mut book = lock(&core.book);
     book.stats.workers.entry(worker).or_default().pulls += 1;
-    book.done_steps.get(&(segment, worker)).copied().unwrap_or(0)
+    let run = book.runs.entry((segment, worker)).or_default();
+    *run += 1;
+    let run = *run;
+    Claim { done_steps: book.done_steps.get(&(segment, worker)).copied().unwrap_or(0), run }
 }
 
 /// The shard's version, its values written into `parts` (one per slice, of
@@ -377,7 +404,7 @@ fn apply_push(
     grads: Vec<Vec<f32>>,
 ) -> std::result::Result<(), FrameError> {
     let grads: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
-    let (accepted, staleness) = apply(core, push, &grads)?;
+    let (accepted, staleness) = apply(core, push, &grads).map_err(|e| told(framed, e))?;
     let (version, values) = copy_values(core)?;
     wire::send_json(framed, REPLY, &Reply::Pushed { accepted, staleness, version })?;
     send_copies(framed, &values)
@@ -492,14 +519,30 @@ fn apply_with(
     {
         let mut book = lock(&core.book);
         let key = (push.segment, push.worker);
-        // Steps of a worker only go forward: a replayed push is refused.
-        if book.last_step.get(&key).is_some_and(|&last| push.step <= last) {
+        let run = book.runs.get(&key).copied().unwrap_or(0);
+        if push.run < run {
             return Err(FrameError::Refused(format!(
-                "a second push of worker {} for step {} (a replay)",
+                "a push of worker {} for step {} from its run {} (run {} replaced it)",
+                push.worker, push.step, push.run, run
+            )));
+        }
+        // Steps of a worker only go forward: a replayed push is refused.
+        if let Some(&last) = book.last_step.get(&key).filter(|&&last| push.step <= last) {
+            if book.last_run.get(&key).is_some_and(|&r| r < push.run) {
+                // A re-run's first step that its earlier run pushed here
+                // after the re-run's pull read the count (of shard 0): in the
+                // weights already, applied once; not applied again, and
+                // answered as a dropped push is (with the values whole).
+                drop(book);
+                return Ok((false, 0, core.version.load(Ordering::SeqCst)));
+            }
+            return Err(FrameError::Refused(format!(
+                "a second push of worker {} for step {} (a replay; its last was step {last})",
                 push.worker, push.step
             )));
         }
         book.last_step.insert(key, push.step);
+        book.last_run.insert(key, push.run);
     }
     let step_guard = (!core.rules.hogwild).then(|| lock(&core.step_lock));
     let version = core.version.load(Ordering::SeqCst);

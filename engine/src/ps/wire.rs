@@ -69,6 +69,10 @@ pub struct Push {
     /// Steps the gradient covers (`push_every_steps`, fewer at a segment's end).
     pub steps: u64,
     pub base_version: u64,
+    /// The worker's run this push belongs to, as its pull was answered
+    /// ([`Reply::Weights::run`]).
+    #[serde(default)]
+    pub run: u64,
     pub rows: u64,
     pub loss_sum: f64,
     pub correct: u64,
@@ -118,10 +122,13 @@ impl SparseRows {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Reply {
     /// The values follow. `done_steps`: steps of `segment` this worker
-    /// already pushed (a re-run worker skips them).
+    /// already pushed (a re-run worker skips them). `run`: this pull's run
+    /// of the worker; pushes of an earlier run are refused from now on.
     Weights {
         version: u64,
         done_steps: u64,
+        #[serde(default)]
+        run: u64,
     },
     /// Whether the gradient was applied (not too stale); the values follow.
     Pushed {

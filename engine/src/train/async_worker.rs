@@ -17,10 +17,13 @@
 //! waits for another. Clipping (`clipnorm`, `global_clipnorm`) is applied here, to
 //! the whole gradient, before the push.
 //!
-//! A worker re-run by Ballista (its executor lost) pulls the current
-//! weights and skips the steps of the segment it already pushed (the
-//! shards count them): it repeats only the steps it had computed but not
-//! pushed, and never pushes a step twice.
+//! A worker re-run by Ballista (its executor lost), or by the driver (its
+//! round past the deadline), pulls the current weights and skips the steps
+//! of the segment it already pushed (the shards count them): it repeats
+//! only the steps it had computed but not pushed. Its pull starts a new run
+//! of the worker at the shards, which refuse the earlier run's pushes from
+//! then on (a run the driver gave up on may still be computing), and a
+//! step reaches each shard's weights once.
 
 use super::cpu_turns::CpuTurns;
 use super::host_workers::HostWorker;
@@ -262,6 +265,7 @@ pub fn run_worker(spec: &AsyncSpec, rank: usize) -> Result<WorkerReport> {
                 step,
                 steps: in_push,
                 base_version: 0,
+                run: 0,
                 rows,
                 loss_sum,
                 correct,

@@ -330,6 +330,7 @@ mod tests {
             step,
             steps: 1,
             base_version: 0,
+            run: 0,
             rows: 4,
             loss_sum: 1.0,
             correct: 1,
@@ -402,6 +403,75 @@ mod tests {
         // The worker holds the shards' new values.
         assert_eq!(worker.named_weights(), expected.named_weights());
         assert_eq!(c.pull(&mut worker, 0).unwrap(), 1, "one step of segment 0 pushed");
+    }
+
+    #[test]
+    fn a_re_run_workers_pull_stops_its_earlier_run_and_every_step_is_applied_once_per_shard() {
+        // Through connections, through shared memory and by direct calls.
+        for connect in [network_client, shared_memory_client, client] {
+            let model = tiny_model(&adam(&["accuracy"]));
+            let (ps, secret) = servers(&model, AsyncSettings { parameter_servers: 2, ..Default::default() });
+            let (mut old, mut new) = (model.clone(), model.clone());
+            let mut earlier = connect(&ps, &model, &secret, 0);
+            earlier.pull(&mut old, 0).unwrap();
+            earlier.push(&mut old, &grads_of(&model, 0.01), &push(0, 0)).unwrap();
+            // Ballista re-runs the worker (the driver resubmitted its round, or
+            // its task was retried) while the earlier run still computes.
+            let mut rerun = connect(&ps, &model, &secret, 0);
+            assert_eq!(rerun.pull(&mut new, 0).unwrap(), 1, "the re-run skips the step pushed");
+            let before = snapshot(&ps, &model);
+            let e = earlier.push(&mut old, &grads_of(&model, 0.02), &push(0, 2)).unwrap_err().to_string();
+            assert!(e.contains("run 2 replaced it"), "{e}");
+            assert_eq!(
+                snapshot(&ps, &model).named_weights(),
+                before.named_weights(),
+                "the earlier run changed nothing"
+            );
+            assert_eq!(rerun.push(&mut new, &grads_of(&model, 0.02), &push(0, 2)).unwrap().accepted, 2);
+            assert_eq!(ps.stats().unwrap().iter().map(|s| s.version).collect::<Vec<_>>(), [2, 2]);
+        }
+    }
+
+    #[test]
+    fn a_step_the_earlier_run_pushed_to_one_shard_after_the_re_runs_count_is_applied_there_once() {
+        use crate::ps::local;
+        let model = tiny_model(&adam(&["accuracy"]));
+        let (ps, secret) = servers(&model, AsyncSettings { parameter_servers: 2, ..Default::default() });
+        let shards: Vec<_> = ps.addresses().iter().map(|a| local::find(a, JOB, &secret).unwrap()).collect();
+        let plans = crate::ps::slices::plan(&model, 2);
+        let lengths: Vec<Vec<usize>> = plans.iter().map(|p| p.iter().map(|s| s.range.len()).collect()).collect();
+        let grads: Vec<Vec<Vec<f32>>> = lengths.iter().map(|l| l.iter().map(|&n| vec![0.01; n]).collect()).collect();
+        // The values a call answers with go to scratch buffers.
+        let scratch = |shard: usize| -> Vec<Vec<f32>> { lengths[shard].iter().map(|&n| vec![0.0; n]).collect() };
+        let pull = |shard: usize| {
+            let mut values = scratch(shard);
+            let mut parts: Vec<&mut [f32]> = values.iter_mut().map(Vec::as_mut_slice).collect();
+            shards[shard].pull(0, 0, &mut parts).unwrap()
+        };
+        let push_to = |shard: usize, run: u64| {
+            let g: Vec<&[f32]> = grads[shard].iter().map(Vec::as_slice).collect();
+            let mut values = scratch(shard);
+            let mut parts: Vec<&mut [f32]> = values.iter_mut().map(Vec::as_mut_slice).collect();
+            shards[shard].push(&Push { run, ..push(0, 0) }, &g, &mut parts)
+        };
+        let (_, _, earlier) = pull(0);
+        pull(1);
+        // The re-run pulls shard 0 (and reads its count there) first ...
+        let (_, done, rerun) = pull(0);
+        assert_eq!((done, rerun), (0, earlier + 1));
+        // ... then the earlier run's push of step 0 reaches both shards:
+        // shard 0 refuses it, shard 1 (not yet pulled by the re-run) applies it.
+        assert!(push_to(0, earlier).is_err());
+        assert!(push_to(1, earlier).unwrap().0);
+        let (_, done, rerun_1) = pull(1);
+        assert_eq!(done, 1, "shard 1 holds the step");
+        // The re-run pushes step 0 (its count said none was pushed): shard 0
+        // applies it, shard 1 answers without applying it a second time.
+        assert!(push_to(0, rerun).unwrap().0);
+        assert!(!push_to(1, rerun_1).unwrap().0);
+        assert_eq!(ps.stats().unwrap().iter().map(|s| s.version).collect::<Vec<_>>(), [1, 1]);
+        // A replay of the same run is still refused.
+        assert!(push_to(0, rerun).is_err());
     }
 
     #[test]
