@@ -150,14 +150,32 @@ impl ParameterClient {
         self.links.iter().filter(|l| matches!(l.transport, Transport::Connection(_, Some(_)))).count()
     }
 
-    /// Writes every shard's values into `model`; returns the steps of
-    /// `segment` this worker already pushed (by shard 0's count).
+    /// Writes every shard's values into `model`, starting this worker's run
+    /// in `segment` ([`Reply::Weights`]); returns the steps of `segment`
+    /// this worker already pushed (by shard 0's count).
     pub fn pull(&mut self, model: &mut Model, segment: u64) -> Result<u64> {
+        self.pull_as(model, segment, false)
+    }
+
+    /// Writes every shard's newer values into `model` within this worker's
+    /// run (a shard of this process whose version did not move is skipped):
+    /// for a worker that waited for its turn on the host's cores while
+    /// others pushed, its next gradient is then computed on weights about
+    /// as old as a worker's that did not wait.
+    pub fn pull_again(&mut self, model: &mut Model, segment: u64) -> Result<()> {
+        self.pull_as(model, segment, true).map(|_| ())
+    }
+
+    fn pull_as(&mut self, model: &mut Model, segment: u64, again: bool) -> Result<u64> {
         let (job, worker) = (self.job.clone(), self.worker);
         let results = self.each_link(model, |link, parts| {
             let (index, address) = (link.index, link.address.clone());
             let failed = |e: &dyn std::fmt::Display| unreachable_shard(index, &address, e);
             let (framed, region) = match &mut link.transport {
+                Transport::Local(shard) if again => {
+                    link.version = shard.pull_again(worker, segment, link.version, parts).map_err(|e| failed(&e))?;
+                    return Ok(0);
+                }
                 Transport::Local(shard) => {
                     let (version, done_steps, run) = shard.pull(worker, segment, parts).map_err(|e| failed(&e))?;
                     (link.version, link.run) = (version, run);
@@ -166,14 +184,17 @@ impl ParameterClient {
                 Transport::Connection(framed, region) => (framed, region),
             };
             let request = match region {
-                Some(_) => Request::PullShared { job: job.clone(), worker, segment },
-                None => Request::Pull { job: job.clone(), worker, segment },
+                Some(_) => Request::PullShared { job: job.clone(), worker, segment, again },
+                None => Request::Pull { job: job.clone(), worker, segment, again },
             };
             let answer = wire::send_json(framed, REQUEST, &request).and_then(|()| wire::receive_json(framed, REPLY));
             match answer.map_err(|e| failed(&e))? {
                 Reply::Weights { version, done_steps, run } => {
                     answered_values(framed, region.as_ref(), parts).map_err(|e| failed(&e))?;
-                    (link.version, link.run) = (version, run);
+                    link.version = version;
+                    if !again {
+                        link.run = run;
+                    }
                     Ok(done_steps)
                 }
                 other => Err(failed(&format!("unexpected answer {other:?}"))),

@@ -57,8 +57,25 @@ impl LocalShard {
     /// steps of `segment` that `worker` already pushed, and the run this pull starts.
     pub fn pull(&self, worker: usize, segment: u64, parts: &mut [&mut [f32]]) -> Result<(u64, u64, u64), FrameError> {
         let core = self.open()?;
-        let shard::Claim { done_steps, run } = shard::record_pull(core, worker, segment);
+        let shard::Claim { done_steps, run } = shard::record_pull(core, worker, segment, false);
         Ok((shard::copy_values_into(core, parts)?, done_steps, run))
+    }
+
+    /// The shard's values into `parts` if they are newer than `version`
+    /// (a pull within `worker`'s run); the version `parts` then hold.
+    pub fn pull_again(
+        &self,
+        worker: usize,
+        segment: u64,
+        version: u64,
+        parts: &mut [&mut [f32]],
+    ) -> Result<u64, FrameError> {
+        let core = self.open()?;
+        if core.version.load(Ordering::SeqCst) == version {
+            return Ok(version);
+        }
+        shard::record_pull(core, worker, segment, true);
+        shard::copy_values_into(core, parts)
     }
 
     /// Applies `grads` (one per slice) as a pushed gradient, then writes

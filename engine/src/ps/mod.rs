@@ -14,6 +14,7 @@
 pub mod client;
 pub mod host;
 pub mod local;
+pub mod momentum;
 pub mod shard;
 pub mod slices;
 pub mod wire;

@@ -11,14 +11,15 @@
 //! `max_staleness` versions old is dropped (not applied, counted); one
 //! `τ > 1` versions old is applied with the learning rate divided by `τ`
 //! when `divide_lr_by_staleness` (staleness-aware ASGD, Zhang et al. 2016;
-//! off by default: lowering Adam's `beta_1` for the workers, which the
-//! driver does in the rules' optimizer, learns about three times faster).
+//! off by default: lowering Adam's `beta_1` for the staleness of the
+//! pushes applied, [`super::momentum`], learns about three times faster).
 //! Every connection is authenticated with the job's secret; a refused
 //! message (unsigned, tampered, replayed, another job's) is logged and
 //! counted, closes its connection, and changes nothing: a push is applied
 //! only after all its values passed their checks. Workers in the shard's
 //! own process call it directly instead ([`super::local`]).
 
+use super::momentum::{self, MomentumCompensation, RunningStaleness};
 use super::slices::Slice;
 use super::wire::{self, Push, Reply, Request, ShardStats, REPLY, REQUEST};
 use crate::collective::frame::{FrameError, Framed, Secret};
@@ -41,6 +42,9 @@ pub struct ShardRules {
     /// A gradient `τ > 1` versions old is applied with `learning_rate / τ`.
     #[serde(default = "yes")]
     pub divide_lr_by_staleness: bool,
+    /// Adam's `beta_1` lowered for the pushes' staleness; none: the job's.
+    #[serde(default)]
+    pub momentum: Option<MomentumCompensation>,
 }
 
 fn yes() -> bool {
@@ -77,6 +81,8 @@ struct Book {
     runs: BTreeMap<(u64, usize), u64>,
     /// Refusals, as logged (the newest 100).
     refusals: Vec<String>,
+    /// The mean staleness of the pushes applied ([`momentum`]).
+    staleness: Option<RunningStaleness>,
 }
 
 pub(super) struct Core {
@@ -87,7 +93,7 @@ pub(super) struct Core {
     /// Held for a whole push or pull in Downpour mode.
     step_lock: Mutex<()>,
     slices: Vec<Mutex<SliceState>>,
-    version: AtomicU64,
+    pub(super) version: AtomicU64,
     book: Mutex<Book>,
     pub(super) closed: AtomicBool,
 }
@@ -266,15 +272,15 @@ fn answer(framed: &mut Framed<TcpStream>, core: &Core, shared: &mut Shared) -> s
                 .ok();
             wire::send_json(framed, REPLY, &Reply::Shared(shared.region.is_some()))
         }
-        Request::Pull { worker, segment, .. } => {
-            let Claim { done_steps, run } = record_pull(core, worker, segment);
+        Request::Pull { worker, segment, again, .. } => {
+            let Claim { done_steps, run } = record_pull(core, worker, segment, again);
             let (version, values) = copy_values(core)?;
             wire::send_json(framed, REPLY, &Reply::Weights { version, done_steps, run })?;
             send_copies(framed, &values)
         }
-        Request::PullShared { worker, segment, .. } => {
+        Request::PullShared { worker, segment, again, .. } => {
             let region = shared.region.as_mut().ok_or_else(no_region)?;
-            let Claim { done_steps, run } = record_pull(core, worker, segment);
+            let Claim { done_steps, run } = record_pull(core, worker, segment, again);
             let version = write_values_shared(core, region)?;
             wire::send_json(framed, REPLY, &Reply::Weights { version, done_steps, run })
         }
@@ -333,15 +339,16 @@ pub(super) struct Claim {
     pub run: u64,
 }
 
-/// Counts a pull of `worker` and starts its next run in `segment`: a worker
-/// pulls once per task, so a pull means that Ballista (or the driver, past
-/// a round's deadline) re-ran it, and the earlier run, which may still be
+/// Counts a pull of `worker` and, unless it is one `again` within a run,
+/// starts the worker's next run in `segment`: a worker starts a run once
+/// per task, so a second start means that Ballista (or the driver, past a
+/// round's deadline) re-ran it, and the earlier run, which may still be
 /// computing, must not push any more.
-pub(super) fn record_pull(core: &Core, worker: usize, segment: u64) -> Claim {
+pub(super) fn record_pull(core: &Core, worker: usize, segment: u64, again: bool) -> Claim {
     let mut book = lock(&core.book);
     book.stats.workers.entry(worker).or_default().pulls += 1;
     let run = book.runs.entry((segment, worker)).or_default();
-    *run += 1;
+    *run += u64::from(!again);
     let run = *run;
     Claim { done_steps: book.done_steps.get(&(segment, worker)).copied().unwrap_or(0), run }
 }
@@ -550,8 +557,18 @@ fn apply_with(
     let accepted = core.rules.max_staleness.is_none_or(|s| staleness <= s);
     if accepted {
         let lr_scale = core.rules.lr_scale(staleness);
+        let beta_1 = core.rules.momentum.as_ref().map(|m| {
+            let mut book = lock(&core.book);
+            let running = book.staleness.unwrap_or(RunningStaleness::new(m.prior_staleness)).updated(staleness);
+            book.staleness = Some(running);
+            m.beta_1_for(running.mean)
+        });
         for (index, slice) in core.slices.iter().enumerate() {
-            update(index, &mut lock(slice), lr_scale)?;
+            let mut state = lock(slice);
+            if let Some(b) = beta_1 {
+                momentum::set_beta_1(&mut state.optimizer.config, b);
+            }
+            update(index, &mut state, lr_scale)?;
         }
         core.version.fetch_add(1, Ordering::SeqCst);
     }

@@ -24,7 +24,15 @@ const CHUNK: usize = 1 << 20;
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Request {
     /// The shard's current values (then [`Reply::Weights`] and the values).
-    Pull { job: String, worker: usize, segment: u64 },
+    /// `again`: a pull within the worker's run (newer weights before a
+    /// step), not the pull that starts a run.
+    Pull {
+        job: String,
+        worker: usize,
+        segment: u64,
+        #[serde(default)]
+        again: bool,
+    },
     /// A gradient for the shard's slices (the values follow the request),
     /// computed on the shard's version `base_version`; the last of global
     /// step `step` of `segment` for this worker. Answered by
@@ -36,7 +44,13 @@ pub enum Request {
     /// slices in order ([`Reply::Shared`] says whether the shard opened it).
     Share { job: String, offer: Offer },
     /// [`Request::Pull`], the values answered in the shared region.
-    PullShared { job: String, worker: usize, segment: u64 },
+    PullShared {
+        job: String,
+        worker: usize,
+        segment: u64,
+        #[serde(default)]
+        again: bool,
+    },
     /// [`Request::Push`], the gradient in the shared region and the values
     /// answered there.
     PushShared(Push),

@@ -221,6 +221,13 @@ pub fn run_worker(spec: &AsyncSpec, rank: usize) -> Result<WorkerReport> {
         // scaled. Decided once per push.
         let in_place = *push_in_place.get_or_insert_with(|| running.count() >= rayon::current_num_threads());
         let turn = turns.as_ref().filter(|_| in_place).map(CpuTurns::take);
+        if turn.is_some() && in_push == 0 {
+            // Others pushed while this worker waited for its turn: a push's
+            // steps start from the newest weights (and all of them from the same).
+            let pulling = Instant::now();
+            client.pull_again(&mut model, spec.first_step)?;
+            report.push_ms += pulling.elapsed().as_secs_f64() * 1e3;
+        }
         let computing = Instant::now();
         let step_blocks =
             StepBlocks { rows: &blocks, binding: &spec.model.binding, data: &spec.data, seed: spec.seed, step };

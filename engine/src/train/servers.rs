@@ -9,12 +9,13 @@ use super::metrics::WorkerLine;
 use crate::collective::frame::Secret;
 use crate::error::{EngineError, Result};
 use crate::ps::host::{read_token, RemoteShard};
+use crate::ps::momentum::MomentumCompensation;
 use crate::ps::shard::{Shard, ShardRules, SliceState};
 use crate::ps::slices::plan;
 use crate::ps::wire::{ShardStats, WorkerStats};
 use kallista_ops::buf::Buf;
 use kallista_ops::model::Model;
-use kallista_ops::optim::{Optimizer, OptimizerConfig, OptimizerKind};
+use kallista_ops::optim::{Optimizer, OptimizerConfig};
 use std::collections::BTreeMap;
 
 /// How an `async` job uses its parameter servers.
@@ -30,7 +31,7 @@ pub struct AsyncSettings {
     pub hogwild: bool,
     /// Apply a gradient `τ > 1` versions old with `learning_rate / τ`.
     pub divide_lr_by_staleness: bool,
-    /// Run the shards' Adam with `beta_1` lowered for `workers` ([`shard_optimizer`]).
+    /// Run the shards' Adam with `beta_1` lowered for the pushes' staleness ([`MomentumCompensation`]).
     pub compensate_momentum: bool,
     /// `kallista ps` processes (`host:port`) hosting the shards, one each, in
     /// shard order; none: the driver hosts them.
@@ -54,27 +55,12 @@ impl Default for AsyncSettings {
     }
 }
 
-/// The optimizer the shards run for `workers` asynchronous workers.
-///
-/// Asynchrony adds momentum of its own: a gradient computed `τ` versions ago
-/// keeps pushing the weights the way they went then (Mitliagkas et al. 2016,
-/// "Asynchrony begets momentum"). Stacked on Adam's `beta_1 = 0.9`, four
-/// workers' gradients about three versions old never left the video-QA job's
-/// plateau near 0.25 accuracy in 7 epochs. Adam's first moment averages over
-/// about `1 / (1 - beta_1)` pushes; with `W` workers that window is divided
-/// by `W`: `beta_1 = 1 - (1 - beta_1) * W`, never below 0 (0.9 becomes 0.8
-/// for 2 workers, 0.6 for 4). One worker, and other optimizers, unchanged.
-pub fn shard_optimizer(config: &OptimizerConfig, workers: usize, compensate: bool) -> OptimizerConfig {
+/// The optimizer the shards run: the job's, without clipping (workers clip
+/// whole gradients; a shard sees only its slices). Its Adam `beta_1` is
+/// lowered push by push where the rules say ([`MomentumCompensation`]).
+pub fn shard_optimizer(config: &OptimizerConfig) -> OptimizerConfig {
     let mut config = config.clone();
-    // Workers clip whole gradients; a shard sees only its slices.
     (config.clipnorm, config.global_clipnorm) = (None, None);
-    if compensate {
-        let lowered = |b: f32| (1.0 - (1.0 - b) * workers.max(1) as f32).clamp(0.0, b);
-        match &mut config.kind {
-            OptimizerKind::Adam { beta_1, .. } | OptimizerKind::Adamw { beta_1, .. } => *beta_1 = lowered(*beta_1),
-            _ => {}
-        }
-    }
     config
 }
 
@@ -131,12 +117,13 @@ impl ParameterServers {
         advertised_host: &str,
     ) -> Result<ParameterServers> {
         let opt = model.optimizer().ok_or_else(|| EngineError::Invalid("async: the model is not compiled".into()))?;
-        let config = shard_optimizer(&opt.config, workers, settings.compensate_momentum);
+        let config = shard_optimizer(&opt.config);
         let rules = ShardRules {
             optimizer: config.clone(),
             hogwild: settings.hogwild,
             max_staleness: settings.max_staleness,
             divide_lr_by_staleness: settings.divide_lr_by_staleness,
+            momentum: MomentumCompensation::for_job(&config, workers).filter(|_| settings.compensate_momentum),
         };
         let keys = model.weight_keys();
         let secret = Secret::from_bytes(secret_bytes);
@@ -433,6 +420,31 @@ mod tests {
     }
 
     #[test]
+    fn a_pull_again_takes_the_weights_others_pushed_and_keeps_the_workers_run() {
+        // Through connections, through shared memory and by direct calls.
+        for connect in [network_client, shared_memory_client, client] {
+            let model = tiny_model(&adam(&["accuracy"]));
+            let (ps, secret) = servers(&model, AsyncSettings { parameter_servers: 2, ..Default::default() });
+            let (mut a, mut b) = (model.clone(), model.clone());
+            let (mut ca, mut cb) = (connect(&ps, &model, &secret, 0), connect(&ps, &model, &secret, 1));
+            ca.pull(&mut a, 0).unwrap();
+            cb.pull(&mut b, 0).unwrap();
+            // Nothing pushed yet: the weights stay those pulled.
+            ca.pull_again(&mut a, 0).unwrap();
+            assert_eq!(a.named_weights(), model.named_weights());
+            // Worker 1 pushes while worker 0 waits for its turn on the cores.
+            cb.push(&mut b, &grads_of(&model, 0.01), &push(1, 1)).unwrap();
+            ca.pull_again(&mut a, 0).unwrap();
+            assert_eq!(a.named_weights(), snapshot(&ps, &model).named_weights(), "the newest weights");
+            // Still the same run (its push is applied), and its gradient is
+            // on the newest version: not stale.
+            let out = ca.push(&mut a, &grads_of(&model, 0.01), &push(0, 2)).unwrap();
+            assert_eq!((out.accepted, out.staleness_sum), (2, 0));
+            assert_eq!(ps.stats().unwrap().iter().map(|s| s.version).collect::<Vec<_>>(), [2, 2]);
+        }
+    }
+
+    #[test]
     fn a_step_the_earlier_run_pushed_to_one_shard_after_the_re_runs_count_is_applied_there_once() {
         use crate::ps::local;
         let model = tiny_model(&adam(&["accuracy"]));
@@ -501,20 +513,8 @@ mod tests {
     }
 
     #[test]
-    fn shards_of_four_workers_run_adam_with_beta_1_lowered_to_0_6_and_one_worker_keeps_0_9() {
-        let beta_1 = |c: &OptimizerConfig| match c.kind {
-            OptimizerKind::Adam { beta_1, .. } => beta_1,
-            _ => panic!("not Adam: {c:?}"),
-        };
-        use crate::train::round::CompileSpec;
-        let job = adam(&["accuracy"]).optimizer;
-        let lowered: Vec<f32> = [1, 2, 4, 16].iter().map(|&w| beta_1(&shard_optimizer(&job, w, true))).collect();
-        assert!(lowered.iter().zip([0.9, 0.8, 0.6, 0.0]).all(|(a, b)| (a - b).abs() < 1e-6), "{lowered:?}");
-        assert_eq!(beta_1(&shard_optimizer(&job, 4, false)), 0.9);
-        let sgd = OptimizerConfig::new(OptimizerKind::Sgd { momentum: 0.9, nesterov: false });
-        assert_eq!(shard_optimizer(&sgd, 4, true).kind, sgd.kind, "only Adam's first moment is lowered");
-
-        // The shards really run it: two pushes equal Adam(beta_1 = 0.6) applied twice.
+    fn shards_of_four_workers_run_adam_with_beta_1_lowered_for_the_staleness_they_measured() {
+        use crate::ps::momentum::RunningStaleness;
         let model = tiny_model(&adam(&["accuracy"]));
         let settings = AsyncSettings { parameter_servers: 2, ..Default::default() };
         let (secret, bytes) = Secret::generate().unwrap();
@@ -525,16 +525,35 @@ mod tests {
         let (g1, g2) = (grads_of(&model, 0.01), grads_of(&model, -0.03));
         c.push(&mut worker, &g1, &push(0, 0)).unwrap();
         c.push(&mut worker, &g2, &push(0, 1)).unwrap();
-        let lowered = CompileSpec { optimizer: shard_optimizer(&job, 4, true), ..adam(&["accuracy"]) };
-        let mut expected = tiny_model(&lowered);
-        assert_eq!(weights_hash(&expected), weights_hash(&model), "the same first weights");
-        expected.apply_gradients(g1.clone()).unwrap();
-        expected.apply_gradients(g2.clone()).unwrap();
+        // The oracle: unsharded Adam with beta_1 lowered for a mean staleness
+        // that starts at 3 (4 workers) and follows these two fresh pushes.
+        let m = MomentumCompensation::for_job(&adam(&["accuracy"]).optimizer, 4).unwrap();
+        let first = RunningStaleness::new(3.0).updated(0);
+        let means = [first.mean, first.updated(0).mean];
+        let mut expected = model.clone();
+        for (g, mean) in [(&g1, means[0]), (&g2, means[1])] {
+            let beta_1 = m.beta_1_for(mean);
+            assert!((0.7..0.9).contains(&beta_1), "{beta_1}");
+            crate::ps::momentum::set_beta_1(&mut expected.optimizer_mut().unwrap().config, beta_1);
+            expected.apply_gradients(g.clone()).unwrap();
+        }
         assert_eq!(snapshot(&ps, &model).named_weights(), expected.named_weights());
         let mut unlowered = model.clone();
-        unlowered.apply_gradients(g1).unwrap();
-        unlowered.apply_gradients(g2).unwrap();
+        unlowered.apply_gradients(g1.clone()).unwrap();
+        unlowered.apply_gradients(g2.clone()).unwrap();
         assert_ne!(snapshot(&ps, &model).named_weights(), unlowered.named_weights(), "beta_1 made no difference");
+        // Without compensation, or with one worker, the shards run the job's Adam.
+        for (workers, compensate_momentum) in [(4, false), (1, true)] {
+            let settings = AsyncSettings { parameter_servers: 2, compensate_momentum, ..Default::default() };
+            let ps =
+                ParameterServers::start(&model, &settings, workers, JOB, &bytes, "127.0.0.1", "127.0.0.1").unwrap();
+            let mut c = client(&ps, &model, &secret, 0);
+            let mut worker = model.clone();
+            c.pull(&mut worker, 0).unwrap();
+            c.push(&mut worker, &g1, &push(0, 0)).unwrap();
+            c.push(&mut worker, &g2, &push(0, 1)).unwrap();
+            assert_eq!(snapshot(&ps, &model).named_weights(), unlowered.named_weights());
+        }
     }
 
     #[test]

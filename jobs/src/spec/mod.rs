@@ -195,7 +195,8 @@ pub struct ScalingSpec {
     #[serde(default)]
     pub divide_lr_by_staleness: Option<bool>,
     /// `async`: the shards' Adam runs with `beta_1` lowered for the momentum
-    /// that asynchrony itself adds (default true; see `AsyncSettings`).
+    /// that asynchrony itself adds, by the staleness of the pushes they
+    /// applied (default true; see the engine's `ps::momentum`).
     #[serde(default)]
     pub compensate_momentum: Option<bool>,
     /// `async`: `kallista ps` processes (`host:port`) that host the shards,
