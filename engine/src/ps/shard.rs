@@ -77,7 +77,7 @@ struct Book {
     last_run: BTreeMap<(u64, usize), u64>,
     /// Steps of a segment each worker pushed.
     done_steps: BTreeMap<(u64, usize), u64>,
-    /// Each worker's current run in a segment: one per pull.
+    /// Each worker's current run in a segment: one per task (a pull `again` keeps it).
     runs: BTreeMap<(u64, usize), u64>,
     /// Refusals, as logged (the newest 100).
     refusals: Vec<String>,
