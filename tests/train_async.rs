@@ -1,6 +1,7 @@
 //! `async` training end to end: workers as long Ballista tasks against
 //! parameter servers in the driver. A job with two workers and two shards
-//! learns its training rows, pushing every step's rows once; a worker that cannot reach its shard fails
+//! learns its training rows, pushing every step's rows once; workers taking
+//! turns on a core push before the next one pulls; a worker that cannot reach its shard fails
 //! the job naming the shard's address, and leaves no results behind; a
 //! resumed job ends as an uninterrupted one; shards on `kallista ps`
 //! processes close with their driver, however it ends; SIGTERM and Ctrl-C
@@ -66,6 +67,26 @@ fn an_async_job_of_two_workers_and_two_parameter_servers_learns() {
     }
     // The secret is gone with the job.
     assert!(!job_dir.join("collective.secret").exists());
+}
+
+#[test]
+fn workers_taking_turns_on_one_core_push_before_the_next_one_pulls() {
+    // Four workers, one thread: one turn, so each step runs alone. A worker
+    // gives its turn back only after its push, so the next pulls weights
+    // with it in: no push is stale, and none is dropped at `max_staleness: 0`.
+    // (Given back before the push, 17 of 44 pushes were dropped.)
+    let data = &prepared_set(300);
+    let dir = temp_dir("async-turns");
+    let job = small_job(&dir, data, 4, "  epochs: 4");
+    make_async(&job, "  workers: 4\n  mode: async\n  parameter_servers: 2\n  shards: 4\n  max_staleness: 0\n");
+    let out = ok(kallista_env(&["train", job.to_str().unwrap()], &[("RAYON_NUM_THREADS".into(), "1".into())]));
+    let lines = train_lines(&dir.join("job").display().to_string());
+    let workers: Vec<&serde_json::Value> = lines.iter().flat_map(|l| l["workers"].as_array().unwrap()).collect();
+    let pushes: u64 = workers.iter().map(|w| w["pushes"].as_u64().unwrap()).sum();
+    assert!(pushes >= 16, "{pushes} pushes\n{out}");
+    for w in workers {
+        assert_eq!((w["dropped"].as_u64(), w["max_staleness"].as_u64()), (Some(0), Some(0)), "{w}\n{out}");
+    }
 }
 
 #[test]

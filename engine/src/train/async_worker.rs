@@ -256,7 +256,6 @@ pub fn run_worker(spec: &AsyncSpec, rank: usize) -> Result<WorkerReport> {
             parts += 1;
         }
         report.times.compute_ms += computing.elapsed().as_secs_f64() * 1e3;
-        drop(turn);
         report.steps += 1;
         in_push += 1;
         if in_push as usize == every || i + 1 == numbers.len() {
@@ -287,6 +286,10 @@ pub fn run_worker(spec: &AsyncSpec, rank: usize) -> Result<WorkerReport> {
             report.push_ms += pushing.elapsed().as_secs_f64() * 1e3;
             (parts, in_push, rows, loss_sum, correct) = (0, 0, 0, 0.0, 0);
         }
+        // Given back after the push ([`super::cpu_turns`]): the worker that
+        // takes it next pulls weights with this push in them, and a shard in
+        // this process applies the push on this turn's core.
+        drop(turn);
     }
     Ok(report)
 }

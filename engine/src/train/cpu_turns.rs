@@ -3,10 +3,12 @@
 //! single-threaded workers on two cores), the kernel time-slices their
 //! steps every few milliseconds and each slice starts on caches the others
 //! filled. A worker instead takes one of the host's turns (as many as the
-//! process has threads) for each step's compute and gives it back for its
-//! push, so the cores run whole steps one after another and the pushes (the
-//! shards' optimizer) fill the gaps. A turn is an exclusive `flock` on a file
-//! in `/dev/shm` named by the job: it holds across the host's processes and
+//! process has threads) for each step's compute and its push, so the cores
+//! run whole steps one after another, and the worker that takes a turn next
+//! pulls weights with that push in them (given back before the push, 4
+//! workers on 2 cores pushed gradients 1.65 versions old on average, not
+//! 0.95). A turn is an exclusive `flock` on a file in `/dev/shm` named by
+//! the job: it holds across the host's processes and
 //! the kernel frees it when its process dies. Without `/dev/shm` there are
 //! no turns and the kernel schedules as before. A worker's thread runs its
 //! turn pinned to the turn's core (each turn a core of its own, starting at
