@@ -10,19 +10,19 @@
 # SEEDS (default "1 2 3"), data seed DATA_SEED (default 11), the data made once in DIR
 # (default /tmp/kallista-compare-async-VIDEOS-FRAMES-DATA_SEED).
 # ASYNC_EXTRA adds scaling lines to the async jobs. FULL=1 is the job itself: its data
-# (20,000 clips of 8 frames), batch 16, an eval every 1000 steps, its seed, with 7 epochs
+# (20,000 clips of 8 frames), batch 16, an eval every 1000 steps, its seed (or SEEDS), with 7 epochs
 # (the job now trains 11: the README's figures are after 7).
 #
 #   scripts/compare-async.sh
 #   VIDEOS=8000 EPOCHS=12 SEEDS="1 2 3 4" scripts/compare-async.sh
-#   FULL=1 scripts/compare-async.sh        # about 25 minutes on 2 cores
+#   FULL=1 scripts/compare-async.sh        # about 20 minutes on 2 cores (SEEDS="1234 1 2": three times)
 #   ASYNC_EXTRA='  compensate_momentum: false\n  divide_lr_by_staleness: true\n' scripts/compare-async.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 K="${KALLISTA_BIN:-$ROOT/target/release/kallista}"
 [ -x "$K" ] || K="$(cargo metadata --format-version 1 --no-deps --manifest-path "$ROOT/Cargo.toml" | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/kallista"
 if [ "${FULL:-0}" = 1 ]; then
-  VIDEOS=20000 FRAMES=8 BATCH=16 EPOCHS=7 EVAL_EVERY=1000 SEEDS=1234 DATA_SEED=1234
+  VIDEOS=20000 FRAMES=8 BATCH=16 EPOCHS=7 EVAL_EVERY=1000 SEEDS="${SEEDS:-1234}" DATA_SEED=1234
 fi
 VIDEOS="${VIDEOS:-4000}"
 FRAMES="${FRAMES:-4}"
