@@ -55,8 +55,29 @@ pub fn check_optimizer(c: &OptimizerConfig) -> Result<(), (&'static str, String)
             positive("learning_rate.decay_steps", *decay_steps as f32)?;
             positive("learning_rate.decay_rate", *decay_rate)?;
         }
-        Some(LearningRate::Schedule(Schedule::CosineDecay { initial_learning_rate, decay_steps, alpha })) => {
-            positive("learning_rate.initial_learning_rate", *initial_learning_rate)?;
+        Some(LearningRate::Schedule(Schedule::CosineDecay {
+            initial_learning_rate,
+            decay_steps,
+            alpha,
+            warmup_target,
+            warmup_steps,
+        })) => {
+            match warmup_target {
+                // A warm-up may start from 0, as Keras's example does.
+                Some(target) => {
+                    positive("learning_rate.warmup_target", *target)?;
+                    if !(*initial_learning_rate >= 0.0 && initial_learning_rate.is_finite()) {
+                        return Err((
+                            "learning_rate.initial_learning_rate",
+                            format!("{initial_learning_rate}: must be at least 0 and finite"),
+                        ));
+                    }
+                }
+                None if *warmup_steps > 0 => {
+                    return Err(("learning_rate.warmup_steps", "needs learning_rate.warmup_target".into()))
+                }
+                None => positive("learning_rate.initial_learning_rate", *initial_learning_rate)?,
+            }
             positive("learning_rate.decay_steps", *decay_steps as f32)?;
             if !(0.0..=1.0).contains(alpha) {
                 return Err(("learning_rate.alpha", format!("{alpha}: must be between 0 and 1")));
@@ -115,5 +136,26 @@ mod tests {
         assert_eq!(check_optimizer(&OptimizerConfig::sgd(0.1).clipnorm(-1.0)).unwrap_err().0, "clipnorm");
         let bad_beta = OptimizerConfig::new(OptimizerKind::Adam { beta_1: 1.0, beta_2: 0.999, epsilon: 1e-7 });
         assert_eq!(check_optimizer(&bad_beta).unwrap_err().0, "beta_1");
+    }
+
+    #[test]
+    fn a_warm_up_may_start_from_zero_but_needs_its_target() {
+        let cosine = |initial_learning_rate, warmup_target, warmup_steps| {
+            OptimizerConfig::adam(0.001).schedule(Schedule::CosineDecay {
+                initial_learning_rate,
+                decay_steps: 100,
+                alpha: 0.0,
+                warmup_target,
+                warmup_steps,
+            })
+        };
+        assert!(check_optimizer(&cosine(0.0, Some(0.001), 10)).is_ok());
+        assert_eq!(check_optimizer(&cosine(0.0, None, 0)).unwrap_err().0, "learning_rate.initial_learning_rate");
+        assert_eq!(check_optimizer(&cosine(0.1, None, 10)).unwrap_err().0, "learning_rate.warmup_steps");
+        assert_eq!(
+            check_optimizer(&cosine(-0.1, Some(0.001), 10)).unwrap_err().0,
+            "learning_rate.initial_learning_rate"
+        );
+        assert_eq!(check_optimizer(&cosine(0.0, Some(0.0), 10)).unwrap_err().0, "learning_rate.warmup_target");
     }
 }
