@@ -183,9 +183,11 @@ impl ParameterClient {
                 }
                 Transport::Connection(framed, region) => (framed, region),
             };
+            // Within a run the worker holds `link.version`'s values: a shard still at it sends none.
+            let have = again.then_some(link.version);
             let request = match region {
-                Some(_) => Request::PullShared { job: job.clone(), worker, segment, again },
-                None => Request::Pull { job: job.clone(), worker, segment, again },
+                Some(_) => Request::PullShared { job: job.clone(), worker, segment, again, have },
+                None => Request::Pull { job: job.clone(), worker, segment, again, have },
             };
             let answer = wire::send_json(framed, REQUEST, &request).and_then(|()| wire::receive_json(framed, REPLY));
             match answer.map_err(|e| failed(&e))? {
@@ -197,6 +199,7 @@ impl ParameterClient {
                     }
                     Ok(done_steps)
                 }
+                Reply::Unchanged { version } if again && version == link.version => Ok(0),
                 other => Err(failed(&format!("unexpected answer {other:?}"))),
             }
         })?;

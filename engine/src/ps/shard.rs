@@ -272,6 +272,13 @@ fn answer(framed: &mut Framed<TcpStream>, core: &Core, shared: &mut Shared) -> s
                 .ok();
             wire::send_json(framed, REPLY, &Reply::Shared(shared.region.is_some()))
         }
+        Request::Pull { again: true, have: Some(have), .. }
+        | Request::PullShared { again: true, have: Some(have), .. }
+            if core.version.load(Ordering::SeqCst) == have =>
+        {
+            // Not counted as a pull, as a direct call's is not.
+            wire::send_json(framed, REPLY, &Reply::Unchanged { version: have })
+        }
         Request::Pull { worker, segment, again, .. } => {
             let Claim { done_steps, run } = record_pull(core, worker, segment, again);
             let (version, values) = copy_values(core)?;

@@ -25,13 +25,17 @@ const CHUNK: usize = 1 << 20;
 pub enum Request {
     /// The shard's current values (then [`Reply::Weights`] and the values).
     /// `again`: a pull within the worker's run (newer weights before a
-    /// step), not the pull that starts a run.
+    /// step), not the pull that starts a run; `have`: the version the
+    /// worker holds, answered by [`Reply::Unchanged`] (no values) if the
+    /// shard is still at it.
     Pull {
         job: String,
         worker: usize,
         segment: u64,
         #[serde(default)]
         again: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        have: Option<u64>,
     },
     /// A gradient for the shard's slices (the values follow the request),
     /// computed on the shard's version `base_version`; the last of global
@@ -50,6 +54,8 @@ pub enum Request {
         segment: u64,
         #[serde(default)]
         again: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        have: Option<u64>,
     },
     /// [`Request::Push`], the gradient in the shared region and the values
     /// answered there.
@@ -148,6 +154,10 @@ pub enum Reply {
     Pushed {
         accepted: bool,
         staleness: u64,
+        version: u64,
+    },
+    /// A pull `again` of the version the worker holds: no values follow.
+    Unchanged {
         version: u64,
     },
     Stats(ShardStats),

@@ -429,13 +429,17 @@ mod tests {
             let (mut ca, mut cb) = (connect(&ps, &model, &secret, 0), connect(&ps, &model, &secret, 1));
             ca.pull(&mut a, 0).unwrap();
             cb.pull(&mut b, 0).unwrap();
-            // Nothing pushed yet: the weights stay those pulled.
+            let pulls_of_0 = || -> u64 { ps.stats().unwrap().iter().map(|s| s.workers[&0].pulls).sum() };
+            // Nothing pushed yet: the weights stay those pulled, and no shard
+            // sent them again (no pull counted).
             ca.pull_again(&mut a, 0).unwrap();
             assert_eq!(a.named_weights(), model.named_weights());
+            assert_eq!(pulls_of_0(), 2, "the first pull only, on each shard");
             // Worker 1 pushes while worker 0 waits for its turn on the cores.
             cb.push(&mut b, &grads_of(&model, 0.01), &push(1, 1)).unwrap();
             ca.pull_again(&mut a, 0).unwrap();
             assert_eq!(a.named_weights(), snapshot(&ps, &model).named_weights(), "the newest weights");
+            assert_eq!(pulls_of_0(), 4);
             // Still the same run (its push is applied), and its gradient is
             // on the newest version: not stale.
             let out = ca.push(&mut a, &grads_of(&model, 0.01), &push(0, 2)).unwrap();
