@@ -9,7 +9,7 @@
 # epochs (default 8), batch BATCH (default 32), an eval every EVAL_EVERY steps (default 100),
 # SEEDS (default "1 2 3"), data seed DATA_SEED (default 11), the data made once in DIR
 # (default /tmp/kallista-compare-async-VIDEOS-FRAMES-DATA_SEED).
-# ASYNC_EXTRA adds scaling lines to the async jobs. FULL=1 is the job itself: its data
+# ASYNC_EXTRA adds scaling lines to the async jobs; OPTIMIZER replaces every job's optimizer. FULL=1 is the job itself: its data
 # (20,000 clips of 8 frames), batch 16, an eval every 1000 steps, its seed (or SEEDS), with 7 epochs
 # (the job now trains 11: the README's figures are after 7).
 #
@@ -17,6 +17,7 @@
 #   VIDEOS=8000 EPOCHS=12 SEEDS="1 2 3 4" scripts/compare-async.sh
 #   FULL=1 scripts/compare-async.sh        # about 20 minutes on 2 cores (SEEDS="1234 1 2": three times)
 #   ASYNC_EXTRA='  compensate_momentum: false\n  divide_lr_by_staleness: true\n' scripts/compare-async.sh
+#   OPTIMIZER='{name: adam, learning_rate: {schedule: cosine_decay, initial_learning_rate: 0.0001, decay_steps: 1000000, alpha: 1.0, warmup_target: 0.001, warmup_steps: 1000}}' FULL=1 scripts/compare-async.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 K="${KALLISTA_BIN:-$ROOT/target/release/kallista}"
@@ -32,6 +33,7 @@ EVAL_EVERY="${EVAL_EVERY:-100}"
 DIR="${DIR:-/tmp/kallista-compare-async-$VIDEOS-$FRAMES-${DATA_SEED:-11}}"
 SEEDS="${SEEDS:-1 2 3}"
 ASYNC_EXTRA="${ASYNC_EXTRA:-}"
+OPTIMIZER="${OPTIMIZER:-}"
 mkdir -p "$DIR"
 if [ ! -d "$DIR/data/clips" ]; then
   "$K" data make-video-qa --out "$DIR/data" --videos "$VIDEOS" --frames "$FRAMES" --size 64 --seed "${DATA_SEED:-11}" >/dev/null
@@ -42,6 +44,7 @@ job() { # name, seed, scaling lines
       -e "s/batch_size: 16/batch_size: $BATCH/" \
       -e "s/epochs: [0-9]*/epochs: $EPOCHS/" -e "s/eval_every_steps: 1000/eval_every_steps: $EVAL_EVERY/" \
       -e '/^# How `kallista run`/,$d' -e '/^scaling:/,$d' "$ROOT/jobs/video_qa/job.yaml" > "$DIR/$1.yaml"
+  if [ -n "$OPTIMIZER" ]; then sed -i "s#^  optimizer: .*#  optimizer: $OPTIMIZER#" "$DIR/$1.yaml"; fi
   printf 'scaling:\n%b' "$3" >> "$DIR/$1.yaml"
 }
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2) ($(nproc) cores); $VIDEOS videos of $FRAMES frames, batch $BATCH, $EPOCHS epochs, seeds $SEEDS" >&2
