@@ -11,8 +11,9 @@
 //! count: `W` workers computing at once push gradients about `W - 1`
 //! versions old (the mean starts there, as one push), but 4 workers taking
 //! turns on 2 cores push them about 0.95 versions old, as 2 workers do, and
-//! learn as well with `beta_1` about 0.8 (the video-QA job: 0.90 eval
-//! accuracy, `sync` 0.915).
+//! run with `beta_1` about 0.8 (the video-QA job: 0.77 to 0.90 eval
+//! accuracy over runs, `sync` 0.915; left at 0.9, 4 workers stayed on its
+//! plateau in the one run tried).
 
 use kallista_ops::optim::{OptimizerConfig, OptimizerKind};
 use serde::{Deserialize, Serialize};
