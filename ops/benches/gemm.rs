@@ -1,7 +1,8 @@
 //! Compares the SGEMMs on the shapes W1 runs (row-major, 2 threads): the CPU
 //! backend as this host selects it (Kallista's AVX-512 kernels where the CPU
 //! has them; `KALLISTA_CPU_KERNELS=avx2` forces the `gemm` crate), the `gemm`
-//! crate itself (rayon) and `matrixmultiply` (ndarray's default, threaded).
+//! crate itself (rayon) and `matrixmultiply` (ndarray's default, threaded);
+//! last, the backend with `B` packed beforehand (a weight during inference), on one thread.
 //!
 //!     cargo bench --workspace --bench gemm
 use kallista_ops::backend::{cpu_backend, gemm_kernels, with_single_threaded_kernels, MatMut, MatRef};
@@ -32,6 +33,9 @@ fn main() {
         (8192, 288, 64, "W2 conv2 cols@K"),
         (4096, 576, 128, "W2 conv3 cols@K"),
         (512, 512, 512, "square 512"),
+        (8192, 27, 32, "W2 infer conv1 (8 frames)"),
+        (2048, 288, 64, "W2 infer conv2 (8 frames)"),
+        (512, 576, 128, "W2 infer conv3 (8 frames)"),
     ];
     println!("backend kernels: {}", gemm_kernels().name());
     println!("{:<28} {:>10} {:>10} {:>10} {:>10} {:>10}", "shape", "cpu-1t", "cpu-2t", "gemm-1t", "gemm-2t", "mmul-2t");
@@ -99,15 +103,29 @@ fn main() {
             },
             reps,
         );
+        let be = cpu_backend();
+        let b_view = MatRef::dense(&b, k, n);
+        let packed = be.pack_matrix(b_view).unwrap();
+        let p1 = time_it(
+            || {
+                with_single_threaded_kernels(|| {
+                    let c = MatMut::dense(&mut c, m, n);
+                    be.matmul_packed(MatRef::dense(&a, m, k), b_view, packed.as_ref(), c, false).unwrap()
+                })
+            },
+            reps,
+        );
         let gf = |t: f64| flops / t / 1e9;
         println!(
-            "{:<28} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}   GFLOP/s ({m}x{k}x{n})",
+            "{:<28} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}   GFLOP/s ({m}x{k}x{n})   packed-1t {:.1}{}",
             name,
             gf(c1),
             gf(c2),
             gf(g1),
             gf(g2),
-            gf(mm)
+            gf(mm),
+            gf(p1),
+            if packed.is_some() { "" } else { " (these kernels do not pack)" }
         );
     }
 }

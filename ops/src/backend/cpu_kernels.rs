@@ -1,8 +1,9 @@
 //! Which SGEMM the CPU backend runs on this host, chosen once per process.
 //!
-//! `avx512`: [`super::sgemm_avx512`] where the CPU has `avx512f`; `avx2`: the
-//! `gemm` crate (its AVX2+FMA kernels, or its portable ones without them).
-//! `KALLISTA_CPU_KERNELS=avx2` forces the latter on an AVX-512 host, to
+//! `avx512`: [`super::sgemm_avx512`] where the CPU has `avx512f`; `avx2`:
+//! [`super::sgemm_avx2`] where it has AVX2 and FMA; `portable`: the `gemm`
+//! crate (its own choice of kernels), for any other CPU.
+//! `KALLISTA_CPU_KERNELS=avx2` forces the AVX2 kernels on an AVX-512 host, to
 //! compare the two paths on one machine; `auto` (or unset) picks the best.
 
 use std::sync::OnceLock;
@@ -12,8 +13,10 @@ use std::sync::OnceLock;
 pub enum GemmKernels {
     /// Kallista's AVX-512 SGEMM.
     Avx512,
-    /// The `gemm` crate (AVX2+FMA when the CPU has them).
+    /// Kallista's AVX2+FMA SGEMM.
     Avx2,
+    /// The `gemm` crate, on a CPU without AVX2 and FMA (or when asked for).
+    Portable,
 }
 
 impl GemmKernels {
@@ -22,6 +25,7 @@ impl GemmKernels {
         match self {
             GemmKernels::Avx512 => "avx512",
             GemmKernels::Avx2 => "avx2",
+            GemmKernels::Portable => "portable",
         }
     }
 }
@@ -29,32 +33,46 @@ impl GemmKernels {
 /// The kernels of this process (`KALLISTA_CPU_KERNELS`, else the best the CPU runs).
 pub fn gemm_kernels() -> GemmKernels {
     static CHOSEN: OnceLock<GemmKernels> = OnceLock::new();
-    *CHOSEN.get_or_init(|| choose(std::env::var("KALLISTA_CPU_KERNELS").ok().as_deref(), avx512_available()))
+    *CHOSEN.get_or_init(|| choose(std::env::var("KALLISTA_CPU_KERNELS").ok().as_deref(), cpu_kernels()))
 }
 
-fn avx512_available() -> bool {
+/// The best kernels this CPU runs.
+fn cpu_kernels() -> GemmKernels {
     #[cfg(target_arch = "x86_64")]
     {
-        super::sgemm_avx512::available()
+        if super::sgemm_avx512::available() {
+            return GemmKernels::Avx512;
+        }
+        if super::sgemm_avx2::available() {
+            return GemmKernels::Avx2;
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    GemmKernels::Portable
 }
 
-/// The choice for a requested name and the CPU's AVX-512 support; a request
+/// The choice for a requested name and the best kernels of the CPU (each
+/// runs where a later one does: AVX-512, then AVX2, then portable); a request
 /// the CPU cannot honour, or a name it does not know, falls back (with a
 /// warning on stderr: a benchmark must not silently measure the other path).
-fn choose(requested: Option<&str>, has_avx512: bool) -> GemmKernels {
-    let best = if has_avx512 { GemmKernels::Avx512 } else { GemmKernels::Avx2 };
-    match requested.map(str::trim) {
-        None | Some("") | Some("auto") => best,
-        Some("avx2") => GemmKernels::Avx2,
-        Some("avx512") if has_avx512 => GemmKernels::Avx512,
-        Some(other) => {
+fn choose(requested: Option<&str>, best: GemmKernels) -> GemmKernels {
+    let runs = |k: GemmKernels| match best {
+        GemmKernels::Avx512 => true,
+        GemmKernels::Avx2 => k != GemmKernels::Avx512,
+        GemmKernels::Portable => k == GemmKernels::Portable,
+    };
+    let asked = match requested.map(str::trim) {
+        None | Some("") | Some("auto") => return best,
+        Some("avx512") => Some(GemmKernels::Avx512),
+        Some("avx2") => Some(GemmKernels::Avx2),
+        Some("portable") => Some(GemmKernels::Portable),
+        Some(_) => None,
+    };
+    match asked {
+        Some(k) if runs(k) => k,
+        _ => {
             eprintln!(
-                "warning: KALLISTA_CPU_KERNELS={other} is not available here (expected auto, avx512 or avx2); using {}",
+                "warning: KALLISTA_CPU_KERNELS={} is not available here (expected auto, avx512, avx2 or portable); using {}",
+                requested.unwrap_or_default().trim(),
                 best.name()
             );
             best
@@ -68,10 +86,14 @@ mod tests {
 
     #[test]
     fn requests_are_honoured_only_where_the_cpu_can() {
-        assert_eq!(choose(None, true), GemmKernels::Avx512);
-        assert_eq!(choose(Some("auto"), false), GemmKernels::Avx2);
-        assert_eq!(choose(Some("avx2"), true), GemmKernels::Avx2);
-        assert_eq!(choose(Some("avx512"), false), GemmKernels::Avx2);
-        assert_eq!(choose(Some("sse9"), true), GemmKernels::Avx512);
+        use GemmKernels::*;
+        assert_eq!(choose(None, Avx512), Avx512);
+        assert_eq!(choose(Some("auto"), Avx2), Avx2);
+        assert_eq!(choose(Some("avx2"), Avx512), Avx2);
+        assert_eq!(choose(Some("portable"), Avx512), Portable);
+        assert_eq!(choose(Some("portable"), Avx2), Portable);
+        assert_eq!(choose(Some("avx512"), Avx2), Avx2);
+        assert_eq!(choose(Some("avx2"), Portable), Portable);
+        assert_eq!(choose(Some("sse9"), Avx512), Avx512);
     }
 }

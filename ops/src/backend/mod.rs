@@ -23,6 +23,8 @@ mod host_fallback;
 pub mod math;
 mod packed;
 #[cfg(target_arch = "x86_64")]
+mod sgemm_avx2;
+#[cfg(target_arch = "x86_64")]
 mod sgemm_avx512;
 
 pub use cpu::{with_single_threaded_kernels, CpuBackend};

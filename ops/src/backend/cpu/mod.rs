@@ -1,5 +1,5 @@
-//! The CPU backend: SGEMM (Kallista's AVX-512 kernels where the CPU has
-//! them, else the pure-Rust `gemm` crate, chosen over ndarray's
+//! The CPU backend: SGEMM (Kallista's AVX-512 or AVX2 kernels where the CPU
+//! has them, else the pure-Rust `gemm` crate, chosen over ndarray's
 //! `matrixmultiply` by `benches/gemm.rs`; see [`super::cpu_kernels`]) and
 //! vectorised activation kernels.
 //!
@@ -52,32 +52,20 @@ fn gemm_threads(m: usize, n: usize, k: usize) -> usize {
     }
 }
 
-impl Backend for CpuBackend {
-    fn name(&self) -> &'static str {
-        "cpu"
-    }
-
-    fn matmul(&self, a: MatRef<'_>, b: MatRef<'_>, c: MatMut<'_>, accumulate: bool) -> Result<()> {
-        check_matmul(&a, &b, &c)?;
+impl CpuBackend {
+    /// `c (+)= a · b` on the `gemm` crate, for CPUs without Kallista's kernels
+    /// and for outputs whose columns are strided.
+    fn portable_matmul(
+        &self,
+        a: MatRef<'_>,
+        b: MatRef<'_>,
+        c: MatMut<'_>,
+        accumulate: bool,
+        threads: usize,
+    ) -> Result<()> {
         let (m, k, n) = (a.rows, a.cols, b.cols);
-        if m == 0 || n == 0 {
-            return Ok(());
-        }
-        if k == 0 {
-            let mut c = c;
-            zero_unless_accumulating(&mut c, accumulate);
-            return Ok(());
-        }
-        let threads = gemm_threads(m, n, k);
-        #[cfg(target_arch = "x86_64")]
-        if c.col_stride == 1 && super::gemm_kernels() == super::GemmKernels::Avx512 {
-            // SAFETY: bounds checked above, unit column stride, and the kernels are only
-            // chosen where the CPU has AVX-512.
-            unsafe { super::sgemm_avx512::gemm(a, b, c, accumulate, threads) };
-            return Ok(());
-        }
-        // SAFETY: all three views were bounds-checked above; `c` is borrowed mutably and
-        // cannot alias `a` or `b`.
+        // SAFETY: the caller bounds-checked all three views (`check_matmul`); `c` is
+        // borrowed mutably and cannot alias `a` or `b`.
         unsafe {
             gemm::gemm(
                 m,
@@ -103,6 +91,38 @@ impl Backend for CpuBackend {
         }
         Ok(())
     }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn matmul(&self, a: MatRef<'_>, b: MatRef<'_>, c: MatMut<'_>, accumulate: bool) -> Result<()> {
+        check_matmul(&a, &b, &c)?;
+        let (m, k, n) = (a.rows, a.cols, b.cols);
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        if k == 0 {
+            let mut c = c;
+            zero_unless_accumulating(&mut c, accumulate);
+            return Ok(());
+        }
+        let threads = gemm_threads(m, n, k);
+        #[cfg(target_arch = "x86_64")]
+        if c.col_stride == 1 {
+            // SAFETY: bounds checked above, unit column stride, and the kernels are only
+            // chosen where the CPU has their instructions.
+            match super::gemm_kernels() {
+                super::GemmKernels::Avx512 => unsafe { super::sgemm_avx512::gemm(a, b, c, accumulate, threads) },
+                super::GemmKernels::Avx2 => unsafe { super::sgemm_avx2::gemm(a, b, c, accumulate, threads) },
+                super::GemmKernels::Portable => return self.portable_matmul(a, b, c, accumulate, threads),
+            }
+            return Ok(());
+        }
+        self.portable_matmul(a, b, c, accumulate, threads)
+    }
 
     /// Built by doubling copies, with no zeroing first.
     fn rows_of(&self, row: &[f32], rows: usize) -> Result<crate::buf::Buf> {
@@ -111,10 +131,10 @@ impl Backend for CpuBackend {
         Ok(y.into())
     }
 
-    /// Packs for the AVX-512 SGEMM only (the `gemm` crate packs as it goes).
+    /// Packs for Kallista's own SGEMMs (the `gemm` crate packs as it goes).
     fn pack_matrix(&self, b: MatRef<'_>) -> Result<Option<PackedMat>> {
         #[cfg(target_arch = "x86_64")]
-        if super::gemm_kernels() == super::GemmKernels::Avx512 && b.rows > 0 && b.cols > 0 {
+        if super::gemm_kernels() != super::GemmKernels::Portable && b.rows > 0 && b.cols > 0 {
             if !b.in_bounds() {
                 return Err(crate::error::OpsError::shape(
                     "pack_matrix",
@@ -122,11 +142,15 @@ impl Backend for CpuBackend {
                     &[&[b.rows, b.cols]],
                 ));
             }
-            // SAFETY: bounds checked above; the kernels are only chosen where the CPU has AVX-512.
             // Threads as for a product of 16 rows: packing 1 MB or more is shared out.
             let threads = gemm_threads(16, b.rows, b.cols);
-            let layout = unsafe { super::sgemm_avx512::pack(b, threads) };
-            return Ok(Some(PackedMat { rows: b.rows, cols: b.cols, layout: Box::new(layout) }));
+            // SAFETY: bounds checked above; the kernels are only chosen where the CPU has
+            // their instructions.
+            let layout: Box<dyn std::any::Any + Send + Sync> = match super::gemm_kernels() {
+                super::GemmKernels::Avx512 => Box::new(unsafe { super::sgemm_avx512::pack(b, threads) }),
+                _ => Box::new(unsafe { super::sgemm_avx2::pack(b, threads) }),
+            };
+            return Ok(Some(PackedMat { rows: b.rows, cols: b.cols, layout }));
         }
         let _ = b;
         Ok(None)
@@ -142,23 +166,31 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         check_matmul(&a, &b, &c)?;
         #[cfg(target_arch = "x86_64")]
-        if let Some(layout) = packed.and_then(|p| p.layout.downcast_ref::<super::sgemm_avx512::PackedB>()) {
+        if let Some(packed) = packed {
             let usable = c.col_stride == 1 && a.cols > 0 && c.rows > 0 && c.cols > 0;
-            if usable && layout.dims() == (b.rows, b.cols) && super::gemm_kernels() == super::GemmKernels::Avx512 {
-                let threads = gemm_threads(a.rows, b.cols, a.cols);
-                // SAFETY: bounds checked above, unit column stride, AVX-512 chosen, and the
-                // layout has `b`'s shape (its values: the caller's contract).
-                unsafe { super::sgemm_avx512::gemm_packed(a, layout, c, accumulate, threads) };
-                return Ok(());
+            let threads = gemm_threads(a.rows, b.cols, a.cols);
+            // SAFETY (both): bounds checked above, unit column stride, the kernels chosen
+            // (a layout is made only by the kernels of this process), and the layout has
+            // `b`'s shape (its values: the caller's contract).
+            if let Some(layout) = packed.layout.downcast_ref::<super::sgemm_avx512::PackedB>() {
+                if usable && layout.dims() == (b.rows, b.cols) {
+                    unsafe { super::sgemm_avx512::gemm_packed(a, layout, c, accumulate, threads) };
+                    return Ok(());
+                }
+            } else if let Some(layout) = packed.layout.downcast_ref::<super::sgemm_avx2::PackedB>() {
+                if usable && layout.dims() == (b.rows, b.cols) {
+                    unsafe { super::sgemm_avx2::gemm_packed(a, layout, c, accumulate, threads) };
+                    return Ok(());
+                }
             }
         }
         self.matmul(a, b, c, accumulate)
     }
 
-    /// Kallista's AVX-512 SGEMM sums every element in one fixed order (see
-    /// `sgemm_avx512`); the `gemm` crate's blocking is not known to.
+    /// Kallista's SGEMMs sum every element in one fixed order (see
+    /// `sgemm_avx512`, `sgemm_avx2`); the `gemm` crate's blocking is not known to.
     fn rows_are_independent(&self) -> bool {
-        cfg!(target_arch = "x86_64") && super::gemm_kernels() == super::GemmKernels::Avx512
+        cfg!(target_arch = "x86_64") && super::gemm_kernels() != super::GemmKernels::Portable
     }
 
     fn activation_forward(&self, act: Activation, x: &mut [f32], cols: usize) -> Result<()> {
