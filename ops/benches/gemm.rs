@@ -1,6 +1,6 @@
 //! Compares the SGEMMs on the shapes W1 runs (row-major, 2 threads): the CPU
-//! backend as this host selects it (Kallista's AVX-512 kernels where the CPU
-//! has them; `KALLISTA_CPU_KERNELS=avx2` forces the `gemm` crate), the `gemm`
+//! backend as this host selects it (Kallista's AVX-512 or AVX2 kernels where
+//! the CPU has them; `KALLISTA_CPU_KERNELS=portable` forces the `gemm` crate), the `gemm`
 //! crate itself (rayon) and `matrixmultiply` (ndarray's default, threaded);
 //! last, the backend with `B` packed beforehand (a weight during inference), on one thread.
 //!
