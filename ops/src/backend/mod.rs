@@ -26,6 +26,8 @@ mod packed;
 mod sgemm_avx2;
 #[cfg(target_arch = "x86_64")]
 mod sgemm_avx512;
+#[cfg(target_arch = "x86_64")]
+mod sgemm_driver;
 
 pub use cpu::{with_single_threaded_kernels, CpuBackend};
 pub use cpu_kernels::{gemm_kernels, GemmKernels};

@@ -4,7 +4,7 @@
 //! crate packs `B` again at every call, so the 16 steps of W1's recurrent
 //! product repacked the same 1 MB recurrent kernel 16 times per shard (about
 //! half of the core's peak for 32 rows); here a weight used in many products
-//! is packed once ([`pack`]). And every element of `C` is summed in one fixed
+//! is packed once ([`super::sgemm_driver::pack`]). And every element of `C` is summed in one fixed
 //! order, which the crate's blocking does not promise, so inference may look
 //! projected tokens up in a table (`model/token_tables.rs`).
 //!
@@ -21,9 +21,8 @@
 //! tiling, the packing and the thread count: one row gives the same bits
 //! alone or in a batch, on one thread or several.
 
-use super::{MatMut, MatRef};
+use super::sgemm_driver::{aligned, block_depth, with_packs, Isa, Operands};
 use std::arch::x86_64::*;
-use std::cell::RefCell;
 
 /// Rows of the micro-tile (broadcast values of `A`).
 const MR: usize = 6;
@@ -43,189 +42,41 @@ const UNPACKED_B_MAX_ROWS: usize = 4 * MR;
 /// Values written past a packed `A` block by the overlapping stores of [`pack_a`].
 const A_SLACK: usize = 8;
 
-/// Whether this CPU runs [`gemm`].
+/// Alignment of the packed panels, in values: 32 bytes, one vector.
+const ALIGN: usize = 8;
+
+/// Whether this CPU runs [`Avx2`].
 pub fn available() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
-/// Raw pointers of one product, shared by the threads that compute disjoint
-/// column ranges of `C`.
-#[derive(Clone, Copy)]
-struct Operands {
-    a: *const f32,
-    rs_a: isize,
-    cs_a: isize,
-    b: *const f32,
-    rs_b: isize,
-    cs_b: isize,
-    c: *mut f32,
-    rs_c: isize,
-    m: usize,
-    k: usize,
-    accumulate: bool,
-    /// `B` packed whole ([`PackedB::start`]), or null.
-    packed: *const f32,
-    /// Columns of `B` rounded up to panels: a packed block of `kc` rows holds `kc * n_panels` values.
-    n_panels: usize,
-}
+/// This instruction set's SGEMM: `sgemm_driver::gemm::<Avx2>` and its kin run it.
+pub struct Avx2;
 
-// SAFETY: threads write disjoint column ranges of `c` and only read `a` and `b`.
-unsafe impl Send for Operands {}
-unsafe impl Sync for Operands {}
+impl Isa for Avx2 {
+    const NR: usize = NR;
+    const KC: usize = KC;
+    const ALIGN: usize = ALIGN;
 
-/// `B` packed once for many products ([`pack`]): each block of rows that
-/// [`gemm`] cuts `k` into, as the panels it would pack, for all columns.
-pub struct PackedB {
-    values: Vec<f32>,
-    /// Where the 32-byte aligned panels begin in `values`.
-    skip: usize,
-    k: usize,
-    n: usize,
-}
-
-impl PackedB {
-    fn start(&self) -> *const f32 {
-        self.values[self.skip..].as_ptr()
+    unsafe fn pack_b(ops: Operands, pc: usize, kc: usize, jc: usize, nc: usize, dst: *mut f32) {
+        pack_b(ops, pc, kc, jc, nc, dst)
     }
 
-    /// `(rows, cols)` of the matrix packed.
-    pub fn dims(&self) -> (usize, usize) {
-        (self.k, self.n)
+    unsafe fn columns(ops: Operands, j0: usize, j1: usize) {
+        columns(ops, j0, j1)
     }
-}
-
-/// The depth of each block of `k` (the last may be shallower).
-fn block_depth(k: usize) -> usize {
-    k.div_ceil(k.div_ceil(KC).max(1)).max(1)
-}
-
-/// `b` packed for [`gemm_packed`], its blocks of rows shared out among `threads` threads.
-///
-/// # Safety
-/// `b` must be in bounds and the CPU must have AVX2 and FMA ([`available`]).
-pub unsafe fn pack(b: MatRef<'_>, threads: usize) -> PackedB {
-    let (k, n) = (b.rows, b.cols);
-    let n_panels = n.div_ceil(NR) * NR;
-    let mut values = vec![0.0f32; k * n_panels + 8];
-    let skip = values.as_ptr().align_offset(32).min(8);
-    let ops = Operands {
-        a: std::ptr::null(),
-        rs_a: 0,
-        cs_a: 0,
-        b: b.data.as_ptr().add(b.offset),
-        rs_b: b.row_stride as isize,
-        cs_b: b.col_stride as isize,
-        c: std::ptr::null_mut(),
-        rs_c: 0,
-        m: 0,
-        k,
-        accumulate: false,
-        packed: std::ptr::null(),
-        n_panels,
-    };
-    let depth = block_depth(k);
-    // Block `i` (rows `i * depth..`) is the `i`-th chunk: the blocks are disjoint.
-    let blocks = values[skip..skip + k * n_panels].chunks_mut(depth * n_panels).enumerate();
-    let pack_block = |(i, block): (usize, &mut [f32])| {
-        let pc = i * depth;
-        // SAFETY: `b` in bounds (the caller's), the block holds `kc * n_panels` values.
-        unsafe { pack_b(ops, pc, depth.min(k - pc), 0, n, block.as_mut_ptr()) };
-    };
-    if threads > 1 {
-        use rayon::prelude::*;
-        blocks.collect::<Vec<_>>().into_par_iter().with_max_len(1).for_each(pack_block);
-    } else {
-        blocks.for_each(pack_block);
-    }
-    PackedB { values, skip, k, n }
-}
-
-/// `c = a · b` (or `c += a · b`), with `c` of unit column stride, on `threads`
-/// threads (split by columns).
-///
-/// # Safety
-/// The views must be in bounds (checked by the caller), `c.col_stride == 1`,
-/// and the CPU must have AVX2 and FMA ([`available`]).
-pub unsafe fn gemm(a: MatRef<'_>, b: MatRef<'_>, c: MatMut<'_>, accumulate: bool, threads: usize) {
-    gemm_with(a, b, None, c, accumulate, threads)
-}
-
-/// [`gemm`] reading `b` from `packed` (made of `b` by [`pack`]): the same bits.
-///
-/// # Safety
-/// As for [`gemm`]; `packed` must be `b`'s ([`PackedB::dims`] are checked).
-pub unsafe fn gemm_packed(a: MatRef<'_>, packed: &PackedB, c: MatMut<'_>, accumulate: bool, threads: usize) {
-    assert_eq!((a.cols, c.cols), packed.dims(), "a packed B of another shape");
-    // `b`'s values are read from the panels only.
-    let b = MatRef { data: &[], offset: 0, rows: packed.k, cols: packed.n, row_stride: 0, col_stride: 0 };
-    gemm_with(a, b, Some(packed), c, accumulate, threads)
-}
-
-unsafe fn gemm_with(
-    a: MatRef<'_>,
-    b: MatRef<'_>,
-    packed: Option<&PackedB>,
-    c: MatMut<'_>,
-    accumulate: bool,
-    threads: usize,
-) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    let ops = Operands {
-        a: a.data.as_ptr().add(a.offset),
-        rs_a: a.row_stride as isize,
-        cs_a: a.col_stride as isize,
-        b: b.data.as_ptr().add(b.offset),
-        rs_b: b.row_stride as isize,
-        cs_b: b.col_stride as isize,
-        c: c.data.as_mut_ptr().add(c.offset),
-        rs_c: c.row_stride as isize,
-        m,
-        k,
-        accumulate,
-        packed: packed.map_or(std::ptr::null(), PackedB::start),
-        n_panels: n.div_ceil(NR) * NR,
-    };
-    let panels = n.div_ceil(NR);
-    let threads = threads.clamp(1, panels);
-    if threads == 1 {
-        columns(ops, 0, n);
-        return;
-    }
-    use rayon::prelude::*;
-    (0..threads).into_par_iter().for_each(|t| {
-        let start = t * panels / threads * NR;
-        let end = ((t + 1) * panels / threads * NR).min(n);
-        // SAFETY: as for `gemm`; the column ranges of the threads are disjoint.
-        unsafe { columns(ops, start, end) };
-    });
-}
-
-thread_local! {
-    /// Packing buffers, kept between calls (fresh ones would fault their pages in each time).
-    static PACKS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-}
-
-/// A 32-byte aligned slice of `len` values inside `buf` (grown as needed).
-fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if buf.len() < len + 8 {
-        buf.resize(len + 8, 0.0);
-    }
-    let skip = buf.as_ptr().align_offset(32).min(8);
-    &mut buf[skip..skip + len]
 }
 
 /// Columns `[j0, j1)` of `C`, on this thread.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn columns(ops: Operands, j0: usize, j1: usize) {
-    PACKS.with(|packs| {
-        let mut packs = packs.borrow_mut();
-        let (bbuf, abuf) = &mut *packs;
-        let depth = block_depth(ops.k);
-        let a_pack = aligned(abuf, MC * depth + A_SLACK).as_mut_ptr();
+    with_packs(|bbuf, abuf| {
+        let depth = block_depth(ops.k, KC);
+        let a_pack = aligned(abuf, MC * depth + A_SLACK, ALIGN).as_mut_ptr();
         let prepacked = !ops.packed.is_null();
         let b_in_place = !prepacked && ops.m <= UNPACKED_B_MAX_ROWS && ops.cs_b == 1;
         let b_pack =
-            if b_in_place || prepacked { std::ptr::null_mut() } else { aligned(bbuf, depth * NC).as_mut_ptr() };
+            if b_in_place || prepacked { std::ptr::null_mut() } else { aligned(bbuf, depth * NC, ALIGN).as_mut_ptr() };
         let mut jc = j0;
         while jc < j1 {
             let nc = NC.min(j1 - jc);
@@ -368,9 +219,9 @@ unsafe fn pack_a(ops: Operands, i: usize, rows: usize, pc: usize, kc: usize, dst
     }
 }
 
-/// The transpose of an 8x8 block held as 8 rows.
+/// The transpose of an 8x8 block held as 8 rows (also packs the AVX-512 kernels' slivers).
 #[target_feature(enable = "avx2")]
-unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+pub(super) unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
     let t0 = _mm256_unpacklo_ps(r[0], r[1]);
     let t1 = _mm256_unpackhi_ps(r[0], r[1]);
     let t2 = _mm256_unpacklo_ps(r[2], r[3]);
@@ -472,124 +323,48 @@ unsafe fn kernel<const MASKED: bool, const DIRECT_A: bool>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(len: usize, seed: f32) -> Vec<f32> {
-        (0..len).map(|i| ((i as f32 * 0.618 + seed).sin() * 3.0).round() / 4.0 + 0.01 * (i % 7) as f32).collect()
-    }
-
-    /// `a·b` in f64, from strided views.
-    fn reference(a: MatRef<'_>, b: MatRef<'_>) -> Vec<f64> {
-        let at = |v: &MatRef<'_>, i: usize, j: usize| v.data[v.offset + i * v.row_stride + j * v.col_stride] as f64;
-        let mut c = vec![0.0; a.rows * b.cols];
-        for i in 0..a.rows {
-            for j in 0..b.cols {
-                c[i * b.cols + j] = (0..a.cols).map(|p| at(&a, i, p) * at(&b, p, j)).sum();
-            }
-        }
-        c
-    }
-
-    /// Runs the product with `a` and `b` stored transposed or not, and checks it
-    /// against the f64 reference (also with `accumulate`, onto a strided `c`).
-    fn check(m: usize, k: usize, n: usize, a_t: bool, b_t: bool, threads: usize) {
-        if !available() {
-            return;
-        }
-        let (ad, bd) = (values(m * k, 0.3), values(k * n, 1.7));
-        let a = if a_t { MatRef::dense(&ad, k, m).t() } else { MatRef::dense(&ad, m, k) };
-        let b = if b_t { MatRef::dense(&bd, n, k).t() } else { MatRef::dense(&bd, k, n) };
-        let want = reference(a, b);
-        // c lives in a wider buffer (row stride n + 3) with values outside the view.
-        let stride = n + 3;
-        let mut c = vec![5.0f32; m * stride];
-        fn view(c: &mut [f32], m: usize, n: usize, stride: usize) -> MatMut<'_> {
-            MatMut { data: c, offset: 0, rows: m, cols: n, row_stride: stride, col_stride: 1 }
-        }
-        unsafe { gemm(a, b, view(&mut c, m, n, stride), false, threads) };
-        for i in 0..m {
-            for j in 0..n {
-                let (got, w) = (c[i * stride + j] as f64, want[i * n + j]);
-                assert!((got - w).abs() <= 1e-4 * (1.0 + w.abs()), "{m}x{k}x{n} ({i},{j}): {got} vs {w}");
-            }
-            assert!(c[i * stride + n..(i + 1) * stride].iter().all(|&v| v == 5.0), "wrote outside the view");
-        }
-        unsafe { gemm(a, b, view(&mut c, m, n, stride), true, threads) };
-        for i in 0..m {
-            for j in 0..n {
-                let (got, w) = (c[i * stride + j] as f64, 2.0 * want[i * n + j]);
-                assert!((got - w).abs() <= 2e-4 * (1.0 + w.abs()), "accumulate {m}x{k}x{n} ({i},{j}): {got} vs {w}");
-            }
-        }
-    }
+    use crate::backend::sgemm_driver::checks;
 
     #[test]
     fn products_match_the_reference_on_every_edge_and_layout() {
-        // Rows past one `MC` block (100, 200), depths past one `KC` block (300, 513, 1000),
-        // columns narrow (read `A` in place), partial panels and wide.
-        for &(m, k, n) in &[
-            (1, 1, 1),
-            (7, 5, 3),
-            (6, 256, 16),
-            (16, 300, 45),
-            (17, 513, 70),
-            (40, 257, 600),
-            (3, 1000, 1),
-            (100, 64, 33),
-            (200, 9, 20),
-        ] {
-            for (a_t, b_t) in [(false, false), (true, false), (false, true), (true, true)] {
-                check(m, k, n, a_t, b_t, 1);
-            }
-            check(m, k, n, false, false, 2);
+        // Rows past one `MC` block (100, 200), depths past one `KC` block (513, 1000),
+        // columns narrow (`A` read in place), partial panels and wide.
+        if available() {
+            checks::products_match_the_reference::<Avx2>(&[
+                (1, 1, 1),
+                (7, 5, 3),
+                (6, 256, 16),
+                (16, 300, 45),
+                (17, 513, 70),
+                (40, 257, 600),
+                (3, 1000, 1),
+                (100, 64, 33),
+                (200, 9, 20),
+            ]);
         }
     }
 
     #[test]
     fn a_prepacked_b_gives_the_bits_of_b_itself() {
-        if !available() {
-            return;
-        }
         // Small `m` (B read in place otherwise), narrow and wide, several blocks of `k`
         // (1000 = 4 x 250), columns not a whole number of panels, B stored transposed.
-        for &(m, k, n) in &[(1, 7, 3), (16, 256, 1024), (37, 1000, 70), (300, 513, 4200), (6, 384, 33)] {
-            for b_t in [false, true] {
-                let (ad, bd) = (values(m * k, 0.4), values(k * n, 1.1));
-                let a = MatRef::dense(&ad, m, k);
-                let b = if b_t { MatRef::dense(&bd, n, k).t() } else { MatRef::dense(&bd, k, n) };
-                let packed = unsafe { pack(b, 2) };
-                for (threads, accumulate) in [(1, false), (2, false), (3, true)] {
-                    let start = values(m * n, 2.5);
-                    let (mut want, mut got) = (start.clone(), start);
-                    unsafe { gemm(a, b, MatMut::dense(&mut want, m, n), accumulate, threads) };
-                    unsafe { gemm_packed(a, &packed, MatMut::dense(&mut got, m, n), accumulate, threads) };
-                    let same = want.iter().zip(&got).all(|(w, g)| w.to_bits() == g.to_bits());
-                    assert!(same, "{m}x{k}x{n}, b transposed {b_t}, {threads} threads, accumulate {accumulate}");
-                }
-            }
+        if available() {
+            checks::a_prepacked_b_gives_the_bits_of_b_itself::<Avx2>(&[
+                (1, 7, 3),
+                (16, 256, 1024),
+                (37, 1000, 70),
+                (300, 513, 4200),
+                (6, 384, 33),
+            ]);
         }
     }
 
     #[test]
     fn bits_do_not_depend_on_threads_or_on_the_rest_of_the_batch() {
-        if !available() {
-            return;
-        }
-        // 700 columns pack `A`; 32 read full slivers of `A` in place; 137 rows cross an `MC` block.
-        for n in [700, 32] {
-            let (m, k) = (137, 600);
-            let (ad, bd) = (values(m * k, 0.1), values(k * n, 0.9));
-            let run = |rows: usize, threads: usize| {
-                let mut c = vec![0.0f32; rows * n];
-                let (a, b) = (MatRef::dense(&ad[..rows * k], rows, k), MatRef::dense(&bd, k, n));
-                unsafe { gemm(a, b, MatMut::dense(&mut c, rows, n), false, threads) };
-                c
-            };
-            let one = run(m, 1);
-            assert_eq!(one, run(m, 2));
-            assert_eq!(one, run(m, 3));
-            // The first rows alone (a partial sliver, `B` read in place) give the same
-            // bits as inside the batch.
-            assert_eq!(&one[..5 * n], &run(5, 1)[..]);
+        // 700 columns pack `A`; 32 read full slivers of `A` in place; 137 rows cross an
+        // `MC` block; the first rows alone are a partial sliver that reads `B` in place.
+        if available() {
+            checks::bits_do_not_depend_on_threads_or_on_the_rest_of_the_batch::<Avx2>(137, &[700, 32]);
         }
     }
 }

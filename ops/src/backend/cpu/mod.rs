@@ -19,6 +19,8 @@ use super::{
     check_activation_backward, check_matmul, check_rows, math, zero_unless_accumulating, Activation, Backend, MatMut,
     MatRef, PackedMat,
 };
+#[cfg(target_arch = "x86_64")]
+use super::{sgemm_avx2::Avx2, sgemm_avx512::Avx512, sgemm_driver as sgemm};
 use crate::error::Result;
 use crate::optim::OptimizerKind;
 use std::cell::Cell;
@@ -115,8 +117,8 @@ impl Backend for CpuBackend {
             // SAFETY: bounds checked above, unit column stride, and the kernels are only
             // chosen where the CPU has their instructions.
             match super::gemm_kernels() {
-                super::GemmKernels::Avx512 => unsafe { super::sgemm_avx512::gemm(a, b, c, accumulate, threads) },
-                super::GemmKernels::Avx2 => unsafe { super::sgemm_avx2::gemm(a, b, c, accumulate, threads) },
+                super::GemmKernels::Avx512 => unsafe { sgemm::gemm::<Avx512>(a, b, c, accumulate, threads) },
+                super::GemmKernels::Avx2 => unsafe { sgemm::gemm::<Avx2>(a, b, c, accumulate, threads) },
                 super::GemmKernels::Portable => return self.portable_matmul(a, b, c, accumulate, threads),
             }
             return Ok(());
@@ -134,7 +136,7 @@ impl Backend for CpuBackend {
     /// Packs for Kallista's own SGEMMs (the `gemm` crate packs as it goes).
     fn pack_matrix(&self, b: MatRef<'_>) -> Result<Option<PackedMat>> {
         #[cfg(target_arch = "x86_64")]
-        if super::gemm_kernels() != super::GemmKernels::Portable && b.rows > 0 && b.cols > 0 {
+        if b.rows > 0 && b.cols > 0 {
             if !b.in_bounds() {
                 return Err(crate::error::OpsError::shape(
                     "pack_matrix",
@@ -147,8 +149,9 @@ impl Backend for CpuBackend {
             // SAFETY: bounds checked above; the kernels are only chosen where the CPU has
             // their instructions.
             let layout: Box<dyn std::any::Any + Send + Sync> = match super::gemm_kernels() {
-                super::GemmKernels::Avx512 => Box::new(unsafe { super::sgemm_avx512::pack(b, threads) }),
-                _ => Box::new(unsafe { super::sgemm_avx2::pack(b, threads) }),
+                super::GemmKernels::Avx512 => Box::new(unsafe { sgemm::pack::<Avx512>(b, threads) }),
+                super::GemmKernels::Avx2 => Box::new(unsafe { sgemm::pack::<Avx2>(b, threads) }),
+                super::GemmKernels::Portable => return Ok(None),
             };
             return Ok(Some(PackedMat { rows: b.rows, cols: b.cols, layout }));
         }
@@ -172,14 +175,14 @@ impl Backend for CpuBackend {
             // SAFETY (both): bounds checked above, unit column stride, the kernels chosen
             // (a layout is made only by the kernels of this process), and the layout has
             // `b`'s shape (its values: the caller's contract).
-            if let Some(layout) = packed.layout.downcast_ref::<super::sgemm_avx512::PackedB>() {
+            if let Some(layout) = packed.layout.downcast_ref::<sgemm::PackedB<Avx512>>() {
                 if usable && layout.dims() == (b.rows, b.cols) {
-                    unsafe { super::sgemm_avx512::gemm_packed(a, layout, c, accumulate, threads) };
+                    unsafe { sgemm::gemm_packed(a, layout, c, accumulate, threads) };
                     return Ok(());
                 }
-            } else if let Some(layout) = packed.layout.downcast_ref::<super::sgemm_avx2::PackedB>() {
+            } else if let Some(layout) = packed.layout.downcast_ref::<sgemm::PackedB<Avx2>>() {
                 if usable && layout.dims() == (b.rows, b.cols) {
-                    unsafe { super::sgemm_avx2::gemm_packed(a, layout, c, accumulate, threads) };
+                    unsafe { sgemm::gemm_packed(a, layout, c, accumulate, threads) };
                     return Ok(());
                 }
             }
