@@ -223,10 +223,74 @@ pub(super) fn aligned(buf: &mut Vec<f32>, len: usize, align: usize) -> &mut [f32
     &mut buf[skip..skip + len]
 }
 
-/// The checks both SGEMMs pass, each run by the instruction set's own tests.
+/// The checks both SGEMMs pass, each run by the instruction set's own tests
+/// (and by [`checks::Scalar`] here, on any CPU).
 #[cfg(test)]
 pub(super) mod checks {
     use super::*;
+
+    /// A plain-Rust instruction set with narrow panels and shallow blocks: the
+    /// driver's packing, its cut of `k`, its column split and the packed layout
+    /// are checked on any host, the AVX-512 one's included.
+    pub struct Scalar;
+
+    impl Isa for Scalar {
+        const NR: usize = 4;
+        const KC: usize = 8;
+        const ALIGN: usize = 4;
+
+        unsafe fn pack_b(ops: Operands, pc: usize, kc: usize, jc: usize, nc: usize, dst: *mut f32) {
+            for q in 0..nc.div_ceil(Self::NR) {
+                for p in 0..kc {
+                    for lane in 0..Self::NR {
+                        let j = q * Self::NR + lane;
+                        let at = ops.b.offset((pc + p) as isize * ops.rs_b + (jc + j) as isize * ops.cs_b);
+                        *dst.add(q * kc * Self::NR + p * Self::NR + lane) = if j < nc { *at } else { 0.0 };
+                    }
+                }
+            }
+        }
+
+        unsafe fn columns(ops: Operands, j0: usize, j1: usize) {
+            let depth = block_depth(ops.k, Self::KC);
+            with_packs(|bbuf, _| {
+                let mut pc = 0;
+                while pc < ops.k {
+                    let kc = depth.min(ops.k - pc);
+                    // Panel `q` of this thread's columns, packed here or found in the whole.
+                    let (panels, first_panel) = if ops.packed.is_null() {
+                        let buf = aligned(bbuf, kc * (j1 - j0).div_ceil(Self::NR) * Self::NR, Self::ALIGN);
+                        Self::pack_b(ops, pc, kc, j0, j1 - j0, buf.as_mut_ptr());
+                        (buf.as_ptr(), j0 / Self::NR)
+                    } else {
+                        (ops.packed.add(pc * ops.n_panels), 0)
+                    };
+                    for i in 0..ops.m {
+                        for j in j0..j1 {
+                            let panel = panels.add((j / Self::NR - first_panel) * kc * Self::NR);
+                            let mut sum = 0.0f32;
+                            for p in 0..kc {
+                                let a = *ops.a.offset(i as isize * ops.rs_a + (pc + p) as isize * ops.cs_a);
+                                sum = a.mul_add(*panel.add(p * Self::NR + j % Self::NR), sum);
+                            }
+                            let c = ops.c.offset(i as isize * ops.rs_c + j as isize);
+                            *c = if ops.accumulate || pc > 0 { *c + sum } else { sum };
+                        }
+                    }
+                    pc += kc;
+                }
+            })
+        }
+    }
+
+    #[test]
+    fn the_driver_packs_cuts_and_splits_as_the_kernels_expect() {
+        // Depths of one block and of several unequal ones (13 = 7 + 6), partial panels.
+        let shapes = [(1, 1, 1), (5, 8, 4), (7, 13, 9), (3, 40, 17), (9, 17, 30)];
+        products_match_the_reference::<Scalar>(&shapes);
+        a_prepacked_b_gives_the_bits_of_b_itself::<Scalar>(&shapes);
+        bits_do_not_depend_on_threads_or_on_the_rest_of_the_batch::<Scalar>(11, &[9, 33]);
+    }
 
     fn values(len: usize, seed: f32) -> Vec<f32> {
         (0..len).map(|i| ((i as f32 * 0.618 + seed).sin() * 3.0).round() / 4.0 + 0.01 * (i % 7) as f32).collect()
