@@ -1,12 +1,13 @@
 //! SGEMM for CPUs with AVX2 and FMA, on stable Rust.
 //!
 //! Why our own, beside the `gemm` crate's AVX2 kernels of the same tile: the
-//! crate packs `B` again at every call, so the 16 steps of W1's recurrent
-//! product repacked the same 1 MB recurrent kernel 16 times per shard (about
+//! crate packs `B` again at every call, so W1's recurrent product repacked
+//! the same 1 MB recurrent kernel at 15 of its 16 steps, per shard (about
 //! half of the core's peak for 32 rows); here a weight used in many products
-//! is packed once ([`super::sgemm_driver::pack`]). And every element of `C` is summed in one fixed
-//! order, which the crate's blocking does not promise, so inference may look
-//! projected tokens up in a table (`model/token_tables.rs`).
+//! is packed once ([`super::sgemm_driver::pack`]). And every element of `C`
+//! is summed in one fixed order, which the crate's blocking does not
+//! promise, so inference may look projected tokens up in a table
+//! (`model/token_tables.rs`).
 //!
 //! Layout (BLIS's loops, vectors along `n`): `B` is packed in `KC x NR`
 //! panels (rows of `NR` contiguous values, one panel in L1 while every row
