@@ -29,14 +29,15 @@ use std::arch::x86_64::*;
 const MR: usize = 6;
 /// Columns of the micro-tile: two vectors of 8.
 const NR: usize = 16;
-/// Largest depth of one block of `k`: a `B` panel is `KC x NR` = 16 KB, half
-/// of L1. `k` is cut into equal blocks no deeper than this.
+/// Largest depth of one block of `k`: a `B` panel is `KC x NR` = 20 KB, in a
+/// 32 KB L1. `k` is cut into equal blocks no deeper than this (W2's 288- and
+/// 576-deep convolutions: one block of 288 and two; 256 measured slower).
 const KC: usize = 320;
-/// Rows of `A` packed at once (`MC x KC` = 96 KB, in L2) and run over each `B` panel.
+/// Rows of `A` packed at once (`MC x KC` = 120 KB, in L2) and run over each `B` panel.
 const MC: usize = 16 * MR;
 /// Products at most this wide read full `A` slivers in place.
 const DIRECT_A_MAX_COLS: usize = 8 * NR;
-/// Columns of one packed block of `B` (`KC x NC` = up to 4 MB, in L3).
+/// Columns of one packed block of `B` (`KC x NC` = up to 5 MB, in L3).
 const NC: usize = 4096;
 /// At most this many rows read an unpacked `B` in place instead of packing it.
 const UNPACKED_B_MAX_ROWS: usize = 4 * MR;
