@@ -31,7 +31,7 @@ const MR: usize = 6;
 const NR: usize = 16;
 /// Largest depth of one block of `k`: a `B` panel is `KC x NR` = 20 KB, in a
 /// 32 KB L1. `k` is cut into equal blocks no deeper than this (W2's 288- and
-/// 576-deep convolutions: one block of 288 and two; 256 measured slower).
+/// 576-deep convolutions: one block and two, not two and three as with 256).
 const KC: usize = 320;
 /// Rows of `A` packed at once (`MC x KC` = 120 KB, in L2) and run over each `B` panel.
 const MC: usize = 16 * MR;
