@@ -10,12 +10,12 @@
 # SEEDS (default "1 2 3"), data seed DATA_SEED (default 11), the data made once in DIR
 # (default /tmp/kallista-compare-async-VIDEOS-FRAMES-DATA_SEED).
 # ASYNC_EXTRA adds scaling lines to the async jobs; OPTIMIZER replaces every job's optimizer. FULL=1 is the job itself: its data
-# (20,000 clips of 8 frames), batch 16, an eval every 1000 steps, its seed (or SEEDS), with 7 epochs
-# (the job now trains 11: the README's figures are after 7).
+# (20,000 clips of 8 frames), batch 16, an eval every 1000 steps, its seed (or SEEDS) and its 11
+# epochs (or EPOCHS: the figures of earlier notes are after 7).
 #
 #   scripts/compare-async.sh
 #   VIDEOS=8000 EPOCHS=12 SEEDS="1 2 3 4" scripts/compare-async.sh
-#   FULL=1 scripts/compare-async.sh        # about 20 minutes on 2 cores (SEEDS="1234 1 2": three times)
+#   FULL=1 scripts/compare-async.sh        # about 30 minutes on 2 cores (SEEDS="1234 1 2": three times)
 #   ASYNC_EXTRA='  compensate_momentum: false\n  divide_lr_by_staleness: true\n' scripts/compare-async.sh
 #   OPTIMIZER='{name: adam, learning_rate: {schedule: cosine_decay, initial_learning_rate: 0.0001, decay_steps: 1000000, alpha: 1.0, warmup_target: 0.001, warmup_steps: 1000}}' FULL=1 scripts/compare-async.sh
 set -euo pipefail
@@ -23,7 +23,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 K="${KALLISTA_BIN:-$ROOT/target/release/kallista}"
 [ -x "$K" ] || K="$(cargo metadata --format-version 1 --no-deps --manifest-path "$ROOT/Cargo.toml" | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/kallista"
 if [ "${FULL:-0}" = 1 ]; then
-  VIDEOS=20000 FRAMES=8 BATCH=16 EPOCHS=7 EVAL_EVERY=1000 SEEDS="${SEEDS:-1234}" DATA_SEED=1234
+  VIDEOS=20000 FRAMES=8 BATCH=16 EPOCHS="${EPOCHS:-11}" EVAL_EVERY=1000 SEEDS="${SEEDS:-1234}" DATA_SEED=1234
 fi
 VIDEOS="${VIDEOS:-4000}"
 FRAMES="${FRAMES:-4}"
