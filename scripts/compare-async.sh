@@ -15,7 +15,7 @@
 #
 #   scripts/compare-async.sh
 #   VIDEOS=8000 EPOCHS=12 SEEDS="1 2 3 4" scripts/compare-async.sh
-#   FULL=1 scripts/compare-async.sh        # about 30 minutes on 2 cores (SEEDS="1234 1 2": three times)
+#   FULL=1 scripts/compare-async.sh        # about 45 minutes on 2 cores (SEEDS="1234 1 2": three times)
 #   ASYNC_EXTRA='  compensate_momentum: false\n  divide_lr_by_staleness: true\n' scripts/compare-async.sh
 #   OPTIMIZER='{name: adam, learning_rate: {schedule: cosine_decay, initial_learning_rate: 0.0001, decay_steps: 1000000, alpha: 1.0, warmup_target: 0.001, warmup_steps: 1000}}' FULL=1 scripts/compare-async.sh
 set -euo pipefail
