@@ -161,6 +161,7 @@ fn one_async_worker_takes_the_steps_that_sync_takes() {
     // Its blocks in parallel, then summed; and, with one thread (as many
     // workers on the host as threads), as one batch summed in place into
     // buffers reused from push to push, in turns on the cores.
+    let mut runs = vec![];
     for (name, threads) in [("async", "2"), ("async-in-place", "1")] {
         let job_dir = dir.join(name);
         let env = [("RAYON_NUM_THREADS".to_string(), threads.to_string())];
@@ -176,7 +177,10 @@ fn one_async_worker_takes_the_steps_that_sync_takes() {
             // another order). A divisor off by one: 0.4.
             assert!(apart <= 1e-3 * largest, "{name}: '{key}' is {apart} from sync (largest value {largest})");
         }
+        runs.push(b);
     }
+    // The one thread really took the other path: its sums ran in another order.
+    assert!(runs[0] != runs[1], "the in-place run ended with the parallel run's bits");
 }
 
 /// A `kallista ps` process on a free port, holding `token`; killed when dropped.
