@@ -274,6 +274,20 @@ struct Tile {
     add: bool,
 }
 
+/// Asks for the tile's rows of `C` before the loop over `k`, which hides
+/// their misses: rows a whole `C` row apart (4 KB for W1's 1024 columns)
+/// are not followed by the hardware prefetcher, and loaded only after the
+/// loop they stalled each tile (about 6% of W1's inference).
+#[target_feature(enable = "avx2,fma")]
+unsafe fn prefetch_c(tile: Tile) {
+    for r in 0..tile.rows {
+        let row = tile.c.offset(r as isize * tile.rs_c) as *const i8;
+        // A tile row is 64 bytes, on one or two cache lines.
+        _mm_prefetch::<_MM_HINT_T0>(row);
+        _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(63));
+    }
+}
+
 /// `C[0..rows, 0..cols] (+)= A · B` over `kc`: `a` is an `MR x kc` sliver
 /// (pointer, row stride, step stride: packed `(_, 1, MR)`, or `A` in place).
 #[target_feature(enable = "avx2,fma")]
@@ -283,6 +297,7 @@ unsafe fn kernel<const MASKED: bool, const DIRECT_A: bool>(
     tile: Tile,
 ) {
     let (m0, m1) = masks(tile.cols);
+    prefetch_c(tile);
     let mut lo = [_mm256_setzero_ps(); MR];
     let mut hi = [_mm256_setzero_ps(); MR];
     let (mut a, mut b) = (a, tile.b);
