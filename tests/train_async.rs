@@ -162,7 +162,8 @@ fn one_async_worker_takes_the_steps_that_sync_takes() {
     // workers on the host as threads), as one batch summed in place into
     // buffers reused from push to push, in turns on the cores.
     let mut runs = vec![];
-    for (name, threads) in [("async", "2"), ("async-in-place", "1")] {
+    // The in-place arm sums its step in another order, so it gets a looser bound.
+    for (name, threads, bound) in [("async", "2", 1e-4f32), ("async-in-place", "1", 1e-3)] {
         let job_dir = dir.join(name);
         let env = [("RAYON_NUM_THREADS".to_string(), threads.to_string())];
         ok(kallista_env(&["train", job.to_str().unwrap(), "--job-dir", job_dir.to_str().unwrap()], &env));
@@ -175,7 +176,7 @@ fn one_async_worker_takes_the_steps_that_sync_takes() {
             // Seen, of the tensor's largest value: at most 9.5e-7 (fc1's kernel)
             // and, in place, 1.3e-4 (conv1's bias's `m`: a sum of 32K terms in
             // another order). A divisor off by one: 0.4.
-            assert!(apart <= 1e-3 * largest, "{name}: '{key}' is {apart} from sync (largest value {largest})");
+            assert!(apart <= bound * largest, "{name}: '{key}' is {apart} from sync (largest value {largest})");
         }
         runs.push(b);
     }
