@@ -16,6 +16,9 @@ pub const NARROW: u8 = 12;
 pub const SPARSE: u8 = 13;
 /// f32 values, bit for bit (weights and optimizer slots, not sums).
 pub const FLOATS: u8 = 14;
+/// One process's own f32 gradient values, which the receiver rounds to
+/// fixed point itself (the same bits as sums rounded by the sender).
+pub const GRADIENTS: u8 = 15;
 /// Values per bitmap bit: a quarter of a 256-wide Embedding row.
 pub const GROUP: usize = 64;
 
@@ -50,14 +53,17 @@ pub fn encode(chunk: &[i64], narrow: &mut Vec<i32>, wide: &mut Vec<i64>) -> u8 {
 pub fn covers(kind: u8, narrow: &[i32], wide: &[i64], expected: usize) -> usize {
     match kind {
         WIDE => wide.len(),
-        NARROW | FLOATS => narrow.len(),
+        NARROW | FLOATS | GRADIENTS => narrow.len(),
         _ => expected,
     }
 }
 
 /// Adds (`add`) the chunk that arrived to `target` or sets `target` to it.
+/// Gradients are not sums: their rounding needs the weights' names for its
+/// errors ([`GRADIENTS`]), so they are refused here.
 pub fn apply(kind: u8, add: bool, target: &mut [i64], narrow: &[i32], wide: &[i64]) -> Result<()> {
     match (kind, add) {
+        (GRADIENTS | FLOATS, _) => Err(EngineError::Collective(format!("a chunk of kind {kind} where sums were due"))),
         (WIDE, true) => add_checked(target, wide),
         (WIDE, false) => {
             target.copy_from_slice(wide);
@@ -134,6 +140,15 @@ mod tests {
         assert_eq!(round_trip(&dense, None), (NARROW, 4000, dense.clone()));
         let large: Vec<i64> = (0..1000).map(|i| (i - 500) << 40).collect();
         assert_eq!(round_trip(&large, None), (WIDE, 8000, large.clone()));
+    }
+
+    #[test]
+    fn values_that_are_not_sums_are_refused_where_sums_are_due() {
+        let mut target = vec![0i64; 2];
+        for kind in [GRADIENTS, FLOATS] {
+            assert!(apply(kind, true, &mut target, &[1, 2], &[]).is_err(), "kind {kind}");
+        }
+        assert_eq!(target, [0, 0]);
     }
 
     #[test]

@@ -30,6 +30,10 @@ const SHM_YES: u8 = 17;
 const SHM_NO: u8 = 18;
 const DOORBELL: u8 = 19;
 const ACK: u8 = 20;
+/// Slots a reader acknowledges in one message (and the rest when its ring
+/// step ends): each message is a system call on both sides and a wake-up,
+/// and a writer needs only one free slot of [`SLOTS`] to go on.
+const ACK_EVERY: u32 = 4;
 /// A doorbell's body: kind, chunk header, slot (u32), length (u32).
 const DOORBELL_BYTES: usize = 1 + HEADER + 8;
 /// Values per frame (512 KB as i64: a shared slot holds one).
@@ -335,12 +339,35 @@ impl Outbox<'_> {
 
     /// Sends f32 values (the concatenation of `pieces`) bit for bit.
     pub fn floats(&mut self, at: Place, pieces: &[&[f32]]) -> Result<()> {
-        self.narrow.clear();
+        self.floats_as(chunk::FLOATS, at, pieces)
+    }
+
+    /// Sends one process's own gradient values (the concatenation of
+    /// `pieces`) as f32, for the next leader to round to fixed point: the
+    /// bits of the rounded sums, without this side's rounding and encoding.
+    pub fn gradients(&mut self, at: Place, pieces: &[&[f32]]) -> Result<()> {
+        self.floats_as(chunk::GRADIENTS, at, pieces)
+    }
+
+    /// f32 values of `kind`: through a shared slot they are written there
+    /// directly, piece by piece, not gathered into a buffer first.
+    fn floats_as(&mut self, kind: u8, at: Place, pieces: &[&[f32]]) -> Result<()> {
+        let len: usize = pieces.iter().map(|p| p.len() * 4).sum();
+        let Some(slots) = self.slots.as_deref_mut().filter(|_| len <= SLOT_BYTES) else {
+            self.narrow.clear();
+            for p in pieces {
+                self.narrow.extend_from_slice(bytemuck::cast_slice(p));
+            }
+            return self.seal(kind, at, len);
+        };
+        self.sent += (HEADER + len) as u64;
+        let slot = free_slot(self.to, slots)?;
+        let mut offset = 0;
         for p in pieces {
-            self.narrow.extend_from_slice(bytemuck::cast_slice(p));
+            slots.write_at(slot, offset, bytemuck::cast_slice(p));
+            offset += p.len() * 4;
         }
-        let len = self.narrow.len() * 4;
-        self.seal(chunk::FLOATS, at, len)
+        ring_doorbell(self.to, kind, at, slot, len)
     }
 
     fn seal(&mut self, kind: u8, at: Place, len: usize) -> Result<()> {
@@ -352,16 +379,26 @@ impl Outbox<'_> {
         let Some(slots) = self.slots.as_deref_mut().filter(|_| len <= SLOT_BYTES) else {
             return self.to.send_sealed(kind, &at.header(), payload).map_err(sending);
         };
-        let slot = loop {
-            match slots.take() {
-                Some(slot) => break slot,
-                None => await_ack(self.to, slots).map_err(sending)?,
-            }
-        };
+        let slot = free_slot(self.to, slots)?;
         slots.write(slot, &payload[..len]);
-        let doorbell = [&[kind][..], &at.header(), &(slot as u32).to_le_bytes(), &(len as u32).to_le_bytes()];
-        self.to.send(DOORBELL, &doorbell).map_err(sending)
+        ring_doorbell(self.to, kind, at, slot, len)
     }
+}
+
+/// A slot to write, once the next leader has acknowledged one if all are in flight.
+fn free_slot(to: &mut Framed<TcpStream>, slots: &mut Slots) -> Result<usize> {
+    loop {
+        match slots.take() {
+            Some(slot) => return Ok(slot),
+            None => await_ack(to, slots).map_err(sending)?,
+        }
+    }
+}
+
+/// Tells the next leader that `slot` holds a chunk of `kind` at `at`, `len` bytes.
+fn ring_doorbell(to: &mut Framed<TcpStream>, kind: u8, at: Place, slot: usize, len: usize) -> Result<()> {
+    let doorbell = [&[kind][..], &at.header(), &(slot as u32).to_le_bytes(), &(len as u32).to_le_bytes()];
+    to.send(DOORBELL, &doorbell).map_err(sending)
 }
 
 impl Outbox<'_> {
@@ -382,17 +419,20 @@ fn sending(e: FrameError) -> EngineError {
     EngineError::Collective(format!("sending to the next rank: {e}"))
 }
 
-/// Waits for the next leader to acknowledge the oldest slot in flight.
+/// Waits for the next leader to acknowledge slots in flight, the oldest first.
 fn await_ack(to: &mut Framed<TcpStream>, slots: &mut Slots) -> std::result::Result<(), FrameError> {
-    let expected = slots.oldest().map(|s| (s as u32).to_le_bytes().to_vec());
+    let refused = |why: String| Err(FrameError::Refused(why));
     match to.receive()? {
-        (ACK, body) if Some(&body) == expected.as_ref() => {
-            slots.acknowledged();
+        (ACK, body) if body.len() == 8 => {
+            let number = |at: usize| u32::from_le_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]);
+            let (first, count) = (number(0) as usize, number(4) as usize);
+            if Some(first) != slots.oldest() || count == 0 || count > slots.in_flight() {
+                return refused(format!("an acknowledgement of {count} slots from slot {first}, not those in flight"));
+            }
+            (0..count).for_each(|_| slots.acknowledged());
             Ok(())
         }
-        (kind, _) => {
-            Err(FrameError::Refused(format!("a message of kind {kind} instead of the acknowledgement of a slot")))
-        }
+        (kind, _) => refused(format!("a message of kind {kind} instead of the acknowledgement of a slot")),
     }
 }
 
@@ -402,6 +442,8 @@ pub struct Inbox<'r> {
     narrow: &'r mut Vec<i32>,
     wide: &'r mut Vec<i64>,
     slots: Option<&'r Slots>,
+    /// Slots read and not yet acknowledged: (the first, how many).
+    unacknowledged: Option<(usize, u32)>,
 }
 
 /// A chunk as it arrived (authenticated and decrypted).
@@ -416,7 +458,7 @@ impl Inbox<'_> {
     /// The next chunk of fixed-point sums: it must sit at `at` and cover
     /// exactly `values` values (a short one would leave its reader waiting).
     pub fn sums(&mut self, at: Place, values: usize) -> Result<Arrived<'_>> {
-        self.next(at, values, Some(chunk::WIDE), &[chunk::NARROW, chunk::SPARSE])
+        self.next(at, values, Some(chunk::WIDE), &[chunk::NARROW, chunk::SPARSE, chunk::GRADIENTS])
     }
 
     /// The next chunk of f32 values, at `at`, of exactly `values` values.
@@ -488,8 +530,23 @@ impl Inbox<'_> {
             }
         };
         slots.read(slot, bytes);
-        self.from.send(ACK, &[&(slot as u32).to_le_bytes()])?;
+        if self.unacknowledged.is_some_and(|(first, count)| (first + count as usize) % SLOTS != slot) {
+            self.acknowledge()?;
+        }
+        let (first, count) = self.unacknowledged.unwrap_or((slot, 0));
+        self.unacknowledged = Some((first, count + 1));
+        if count + 1 >= ACK_EVERY {
+            self.acknowledge()?;
+        }
         Ok(kind)
+    }
+
+    /// Acknowledges the slots read since the last acknowledgement.
+    fn acknowledge(&mut self) -> std::result::Result<(), FrameError> {
+        match self.unacknowledged.take() {
+            Some((first, count)) => self.from.send(ACK, &[&(first as u32).to_le_bytes(), &count.to_le_bytes()]),
+            None => Ok(()),
+        }
     }
 }
 
@@ -512,6 +569,12 @@ impl Arrived<'_> {
     /// Its f32 values.
     pub fn floats(&self) -> &[f32] {
         bytemuck::cast_slice(self.narrow)
+    }
+
+    /// The sender's own gradient values, when it sent those
+    /// ([`Outbox::gradients`]) rather than fixed-point sums.
+    pub fn gradients(&self) -> Option<&[f32]> {
+        (self.kind == chunk::GRADIENTS).then(|| bytemuck::cast_slice(self.narrow))
     }
 }
 
@@ -550,10 +613,13 @@ impl Ring {
             narrow: &mut self.narrow,
             wide: &mut self.buffer,
             slots: self.from_prev.as_ref(),
+            unacknowledged: None,
         };
         std::thread::scope(|s| {
             let sender = s.spawn(move || send(&mut outbox).and_then(|()| outbox.drain()).map(|()| outbox.sent));
-            let received = receive(&mut inbox);
+            let received = receive(&mut inbox).and_then(|()| {
+                inbox.acknowledge().map_err(|e| EngineError::Collective(format!("acknowledging slots: {e}")))
+            });
             let sent = sender.join().unwrap_or_else(|_| Err(EngineError::Collective("sender panicked".into())));
             received.and(sent)
         })

@@ -226,6 +226,11 @@ impl Slots {
         (self.in_flight > 0).then(|| (self.next + SLOTS - self.in_flight) % SLOTS)
     }
 
+    /// Slots written and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
     /// The oldest slot was read by the neighbour.
     pub fn acknowledged(&mut self) {
         self.in_flight = self.in_flight.saturating_sub(1);
@@ -241,6 +246,12 @@ impl Slots {
     pub fn write(&mut self, slot: usize, bytes: &[u8]) {
         let n = bytes.len().min(SLOT_BYTES);
         self.region.write(Self::at(slot), &bytes[..n]);
+    }
+
+    /// Writes `bytes` at `offset` in `slot`, as far as the slot goes.
+    pub fn write_at(&mut self, slot: usize, offset: usize, bytes: &[u8]) {
+        let n = bytes.len().min(SLOT_BYTES.saturating_sub(offset));
+        self.region.write(Self::at(slot) + offset.min(SLOT_BYTES), &bytes[..n]);
     }
 
     /// Copies the first `into.len()` bytes (at most [`SLOT_BYTES`]) of `slot`.
