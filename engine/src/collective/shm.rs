@@ -244,8 +244,7 @@ impl Slots {
     /// neighbour does not touch a slot between its doorbell and its
     /// acknowledgement.
     pub fn write(&mut self, slot: usize, bytes: &[u8]) {
-        let n = bytes.len().min(SLOT_BYTES);
-        self.region.write(Self::at(slot), &bytes[..n]);
+        self.write_at(slot, 0, bytes);
     }
 
     /// Writes `bytes` at `offset` in `slot`, as far as the slot goes.

@@ -510,6 +510,54 @@ mod tests {
         check_rings(3, &[(3, true)]);
     }
 
+    /// With one micro-batch per leader, a leader's own gradients reach the
+    /// next one unrounded, and it is the next one that rounds them: a NaN in
+    /// the part leader 1 sends (the last dense value) is refused by leader
+    /// 0, naming the weight, while leader 1, which never rounds that part,
+    /// fails only because its neighbour left the ring.
+    #[test]
+    fn a_neighbours_own_gradients_are_rounded_where_they_arrive() {
+        let base = tiny_model(&adam(&[]));
+        let entries = base.trainable_entries();
+        let weights: Vec<usize> = entries.iter().map(|e| e.0).collect();
+        let names: Vec<&str> = entries.iter().map(|e| e.1.as_str()).collect();
+        let lens: Vec<usize> = entries.iter().map(|e| e.2).collect();
+        // Every weight dense; the last one's last value of leader 1 is NaN.
+        let last = lens.len() - 1;
+        let mut grads: Vec<Vec<Vec<f32>>> = (0..2).map(|m| gradient(&lens, 0, m)).collect();
+        *grads[1][last].last_mut().unwrap() = f32::NAN;
+        let listeners: Vec<Listener> = (0..2).map(|_| Listener::bind("127.0.0.1", "127.0.0.1").unwrap()).collect();
+        let endpoints: Vec<(usize, String)> =
+            listeners.iter().enumerate().map(|(r, l)| (r, l.endpoint.clone())).collect();
+        let (secret, _) = Secret::generate().unwrap();
+        let results: Vec<Result<u64>> = std::thread::scope(|s| {
+            let handles: Vec<_> = listeners
+                .into_iter()
+                .enumerate()
+                .map(|(position, listener)| {
+                    let (endpoints, grads, secret, weights, names) = (&endpoints, &grads, &secret, &weights, &names);
+                    let mut model: Model = base.clone();
+                    s.spawn(move || {
+                        let peers =
+                            RingPeers { job: "j", generation: 1, leaders: endpoints, position, shared_memory: true };
+                        let none = GenerationWatch::none();
+                        let mut ring =
+                            connect(listener, &peers, secret, Duration::from_secs(10), &none).unwrap().unwrap();
+                        let vectors: Vec<Vec<&[f32]>> = grads[position].iter().map(|g| vec![g.as_slice()]).collect();
+                        let known = vec![None; weights.len()];
+                        let update = model.ranged_update(weights).unwrap().unwrap();
+                        sharded_step(&mut ring, 0, (&vectors, &known), names, 2, update, 7)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let refused = results[0].as_ref().expect_err("leader 0 rounds leader 1's NaN").to_string();
+        assert!(refused.contains(names[last]) && refused.contains("finite"), "{refused}");
+        let gone = results[1].as_ref().expect_err("leader 1 loses its neighbour").to_string();
+        assert!(!gone.contains("finite"), "leader 1 rounded the part it sent: {gone}");
+    }
+
     /// The steps of `micro_batches` micro-batches on each ring of `rings` (leaders, shared memory).
     fn check_rings(micro_batches: usize, rings: &[(usize, bool)]) {
         let base = tiny_model(&adam(&[]));
