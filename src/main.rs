@@ -153,6 +153,12 @@ enum Command {
         /// cuda:N (a build with `--features cuda`).
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Run on these CPUs only ("0", "0-3", "0,2"), as a container's
+        /// cpuset would: executors that share a host each get cores of
+        /// their own, and the executor's thread pools size to them
+        /// (default: every CPU the process may use).
+        #[arg(long)]
+        cpus: Option<String>,
     },
 }
 
@@ -457,8 +463,15 @@ fn run(cli: Cli) -> Result<(), kallista_jobs::JobError> {
             work_dir,
             object_cache_gib,
             device,
+            cpus,
         } => {
             use kallista_ops::backend::{default_backend, set_default_device, Device};
+            if let Some(list) = &cpus {
+                // First, so that every thread the executor starts inherits it.
+                let pinned = kallista_engine::cpu_set::parse_cpu_list(list)
+                    .and_then(|cpus| kallista_engine::cpu_set::run_on(&cpus));
+                pinned.map_err(|e| kallista_jobs::JobError::Invalid(format!("--cpus {list}: {e}")))?;
+            }
             let opened = Device::parse(&device).and_then(set_default_device);
             opened.map_err(|e| kallista_jobs::JobError::Invalid(format!("--device {device}: {e}")))?;
             eprintln!("kallista executor: workers run on {}", default_backend().device_name());

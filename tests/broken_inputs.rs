@@ -198,3 +198,18 @@ fn an_executor_on_a_device_it_cannot_use_names_the_flag() {
     assert!(e.contains("--features cuda") || e.contains("cuda:999: "), "{e}");
     assert!(!e.contains("panicked"), "{e}");
 }
+
+/// `--cpus` names a CPU the executor may not use, or a list it cannot read,
+/// before the executor binds a port.
+#[test]
+fn an_executor_on_cpus_it_cannot_use_names_the_flag() {
+    let outside = kallista(&["executor", "--cpus", "1023"]);
+    let e = stderr_of(&outside);
+    assert_eq!(outside.status.code(), Some(1), "{e}");
+    assert!(e.contains("--cpus 1023: CPU 1023 is not one this process may use"), "{e}");
+    let unreadable = kallista(&["executor", "--cpus", "0-x"]);
+    let e = stderr_of(&unreadable);
+    assert_eq!(unreadable.status.code(), Some(1), "{e}");
+    assert!(e.contains("--cpus 0-x: 'x' is not a CPU number"), "{e}");
+    assert!(!e.contains("panicked"), "{e}");
+}

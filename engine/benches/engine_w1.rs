@@ -16,7 +16,9 @@
 //! steps: ranks of one process sum in memory), and `sync_cluster`: 2 ranks
 //! on a cluster of processes on loopback (`kallista scheduler` and two
 //! `kallista executor`s of one slot, from the `kallista` binary next to this
-//! bench's directory, or `KALLISTA_BIN`): the ranks' sums cross processes,
+//! bench's directory, or `KALLISTA_BIN`; each on a CPU of its own, as on
+//! hosts of their own, where the host has a core per executor and unless
+//! `PIN_EXECUTORS=0`: `"executors_pinned"`): the ranks' sums cross processes,
 //! through shared memory (`scaling.shared_memory`, the default; `"shared_memory_links": 2`
 //! in the output), or with `SHARED_MEMORY=0` through TCP as between hosts.
 //! Sync runs also print the all-reduce's time per step and the bytes a rank
@@ -52,7 +54,7 @@ use std::time::Instant;
 
 mod common;
 
-use common::{env, write_rows, ProcessCluster};
+use common::{env, pins_executors, write_rows, ProcessCluster};
 
 const BATCH: usize = 32;
 
@@ -289,9 +291,10 @@ fn main() {
                 let rate = (before + after) / 2.0;
                 println!("{{\"run\": \"in_process\", \"round\": {round}, \"samples_per_s\": {rate:.1}, \"before\": {before:.1}, \"after\": {after:.1}}}");
                 println!(
-                "{{\"run\": \"{}\", \"store\": \"{store}\", \"workers\": {}, \"mode\": \"{:?}\", \"sync_every_steps\": {}, \"round\": {round}, \"samples_per_s\": {:.1}, \"ratio_to_in_process\": {:.3}, \"rounds\": {}, \"round_ms\": {:.1}, \"compute_ms\": {:.1}, \"overhead_ms\": {:.1}, \"job_wall_s\": {:.1}, \"parts\": {}}}",
+                "{{\"run\": \"{}\", \"store\": \"{store}\", \"workers\": {}, \"executors_pinned\": {}, \"mode\": \"{:?}\", \"sync_every_steps\": {}, \"round\": {round}, \"samples_per_s\": {:.1}, \"ratio_to_in_process\": {:.3}, \"rounds\": {}, \"round_ms\": {:.1}, \"compute_ms\": {:.1}, \"overhead_ms\": {:.1}, \"job_wall_s\": {:.1}, \"parts\": {}}}",
                 run.name,
                 run.workers,
+                run.processes && pins_executors(run.workers),
                 run.mode,
                 run.every,
                 r.samples_per_s,

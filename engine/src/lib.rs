@@ -16,6 +16,7 @@
 pub mod cancel;
 pub mod cluster;
 pub mod collective;
+pub mod cpu_set;
 pub mod digest;
 pub mod embedded;
 pub mod error;

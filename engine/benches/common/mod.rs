@@ -75,7 +75,10 @@ pub fn free_port() -> u16 {
 }
 
 /// A scheduler and `executors` executors of one slot, each a process of its
-/// own with its own work dir; killed when dropped.
+/// own with its own work dir; killed when dropped. When the host has a core
+/// for each, executor `i` runs on the `i`-th CPU this process may use
+/// (`--cpus`), as on hosts of their own, unless `PIN_EXECUTORS=0`
+/// ([`pins_executors`]).
 pub struct ProcessCluster {
     children: Vec<std::process::Child>,
     pub url: String,
@@ -97,26 +100,45 @@ impl ProcessCluster {
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+        let cpus_here = kallista_engine::cpu_set::allowed_cpus().unwrap_or_default();
+        let pinned = pins_executors(executors);
         for i in 0..executors {
             let work = dir.join(format!("executor-{i}"));
             std::fs::create_dir_all(&work).unwrap();
-            children.push(spawn(vec![
-                "executor".into(),
-                "--scheduler-port".into(),
-                port.to_string(),
-                "--port".into(),
-                free_port().to_string(),
-                "--grpc-port".into(),
-                free_port().to_string(),
-                "--task-slots".into(),
-                slots.to_string(),
-                "--work-dir".into(),
-                work.display().to_string(),
-            ]));
+            let cpus = match pinned {
+                true => cpus_here.get(i).map_or(vec![], |cpu| vec!["--cpus".into(), cpu.to_string()]),
+                false => vec![],
+            };
+            children.push(spawn(
+                [
+                    vec![
+                        "executor".into(),
+                        "--scheduler-port".into(),
+                        port.to_string(),
+                        "--port".into(),
+                        free_port().to_string(),
+                        "--grpc-port".into(),
+                        free_port().to_string(),
+                        "--task-slots".into(),
+                        slots.to_string(),
+                        "--work-dir".into(),
+                        work.display().to_string(),
+                    ],
+                    cpus,
+                ]
+                .concat(),
+            ));
         }
         std::thread::sleep(std::time::Duration::from_secs(3)); // executors register
         ProcessCluster { children, url: format!("df://127.0.0.1:{port}") }
     }
+}
+
+/// Whether [`ProcessCluster::start`] gives each of `executors` executors a
+/// CPU of its own: when the host has that many and `PIN_EXECUTORS` is not 0.
+pub fn pins_executors(executors: usize) -> bool {
+    let cpus = kallista_engine::cpu_set::allowed_cpus().map_or(0, |c| c.len());
+    executors <= cpus && std::env::var("PIN_EXECUTORS").map_or(true, |v| v != "0")
 }
 
 impl Drop for ProcessCluster {
