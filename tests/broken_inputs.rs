@@ -213,3 +213,34 @@ fn an_executor_on_cpus_it_cannot_use_names_the_flag() {
     assert!(e.contains("--cpus 0-x: 'x' is not a CPU number"), "{e}");
     assert!(!e.contains("panicked"), "{e}");
 }
+
+/// `--cpus`, taken: every thread of a running executor (its runtimes and
+/// servers, started after the flag was read) may run on the CPU given and
+/// no other.
+#[test]
+fn every_thread_of_an_executor_runs_on_the_cpus_it_is_given() {
+    let cpu = *kallista_engine::cpu_set::allowed_cpus().unwrap().last().unwrap();
+    let port = || kallista_engine::ports::unused_loopback_port().unwrap().to_string();
+    let work = temp_dir("executor-cpus");
+    // No scheduler listens there: the executor keeps retrying, with its threads started.
+    let mut executor = std::process::Command::new(env!("CARGO_BIN_EXE_kallista"))
+        .args(["executor", "--scheduler-port", &port(), "--port", &port(), "--grpc-port", &port()])
+        .args(["--work-dir", work.to_str().unwrap(), "--cpus", &cpu.to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let tasks = Path::new("/proc").join(executor.id().to_string()).join("task");
+    let masks: Vec<String> = std::fs::read_dir(&tasks)
+        .unwrap()
+        .map(|t| {
+            let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap_or_default();
+            let line = status.lines().find(|l| l.starts_with("Cpus_allowed_list:")).unwrap_or_default();
+            line.trim_start_matches("Cpus_allowed_list:").trim().to_string()
+        })
+        .collect();
+    let _ = executor.kill();
+    let _ = executor.wait();
+    assert!(masks.len() > 1, "the executor started no threads: {masks:?}");
+    assert!(masks.iter().all(|m| *m == cpu.to_string()), "threads' CPUs {masks:?}, expected {cpu} for each");
+}

@@ -54,7 +54,7 @@ use std::time::Instant;
 
 mod common;
 
-use common::{env, pins_executors, write_rows, ProcessCluster};
+use common::{env, write_rows, ProcessCluster};
 
 const BATCH: usize = 32;
 
@@ -294,7 +294,7 @@ fn main() {
                 "{{\"run\": \"{}\", \"store\": \"{store}\", \"workers\": {}, \"executors_pinned\": {}, \"mode\": \"{:?}\", \"sync_every_steps\": {}, \"round\": {round}, \"samples_per_s\": {:.1}, \"ratio_to_in_process\": {:.3}, \"rounds\": {}, \"round_ms\": {:.1}, \"compute_ms\": {:.1}, \"overhead_ms\": {:.1}, \"job_wall_s\": {:.1}, \"parts\": {}}}",
                 run.name,
                 run.workers,
-                run.processes && pins_executors(run.workers),
+                run.processes && processes.get(&run.workers).is_some_and(|p: &ProcessCluster| p.pinned),
                 run.mode,
                 run.every,
                 r.samples_per_s,

@@ -35,31 +35,32 @@ pub fn run_on(cpus: &[usize]) -> Result<(), String> {
     if cpus.is_empty() {
         return Err("no CPU given".into());
     }
-    // SAFETY: `set` is a plain bit set, zeroed and then filled within its
-    // size (every CPU in `cpus` is one `allowed_cpus` read from a set of the
-    // same size).
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &cpu in cpus {
-            libc::CPU_SET(cpu, &mut set);
-        }
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(format!("sched_setaffinity: {}", std::io::Error::last_os_error()));
-        }
-    }
-    Ok(())
+    set_affinity(cpus)
 }
 
 /// The CPUs the calling thread may run on, in order.
 pub fn allowed_cpus() -> Result<Vec<usize>, String> {
-    // SAFETY: `set` is written by the kernel within the size given.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Err(format!("sched_getaffinity: {}", std::io::Error::last_os_error()));
-        }
-        Ok((0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect())
+    // SAFETY: a zeroed `cpu_set_t` is a valid empty set; the call writes at most its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return Err(format!("sched_getaffinity: {}", std::io::Error::last_os_error()));
     }
+    Ok((0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect())
+}
+
+/// Lets the calling thread (and the threads it starts afterwards) run on
+/// `cpus` only, unchecked: CPUs beyond the set's size are left out, and
+/// the kernel refuses a set it has none of.
+pub fn set_affinity(cpus: &[usize]) -> Result<(), String> {
+    // SAFETY: as in `allowed_cpus`; `CPU_SET` is given indexes below `CPU_SETSIZE`.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(format!("sched_setaffinity: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 fn describe(cpus: &[usize]) -> String {

@@ -75,13 +75,14 @@ pub fn free_port() -> u16 {
 }
 
 /// A scheduler and `executors` executors of one slot, each a process of its
-/// own with its own work dir; killed when dropped. When the host has a core
+/// own with its own work dir; killed when dropped. When the host has a CPU
 /// for each, executor `i` runs on the `i`-th CPU this process may use
-/// (`--cpus`), as on hosts of their own, unless `PIN_EXECUTORS=0`
-/// ([`pins_executors`]).
+/// (`--cpus`), as on hosts of their own, unless `PIN_EXECUTORS=0`.
 pub struct ProcessCluster {
     children: Vec<std::process::Child>,
     pub url: String,
+    /// Whether each executor runs on a CPU of its own.
+    pub pinned: bool,
 }
 
 impl ProcessCluster {
@@ -100,15 +101,12 @@ impl ProcessCluster {
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        let cpus_here = kallista_engine::cpu_set::allowed_cpus().unwrap_or_default();
-        let pinned = pins_executors(executors);
+        let own_cpus = cpu_of_each(executors);
         for i in 0..executors {
             let work = dir.join(format!("executor-{i}"));
             std::fs::create_dir_all(&work).unwrap();
-            let cpus = match pinned {
-                true => cpus_here.get(i).map_or(vec![], |cpu| vec!["--cpus".into(), cpu.to_string()]),
-                false => vec![],
-            };
+            let cpus =
+                own_cpus.as_ref().and_then(|c| c.get(i)).map_or(vec![], |cpu| vec!["--cpus".into(), cpu.to_string()]);
             children.push(spawn(
                 [
                     vec![
@@ -130,15 +128,16 @@ impl ProcessCluster {
             ));
         }
         std::thread::sleep(std::time::Duration::from_secs(3)); // executors register
-        ProcessCluster { children, url: format!("df://127.0.0.1:{port}") }
+        ProcessCluster { children, url: format!("df://127.0.0.1:{port}"), pinned: own_cpus.is_some() }
     }
 }
 
-/// Whether [`ProcessCluster::start`] gives each of `executors` executors a
-/// CPU of its own: when the host has that many and `PIN_EXECUTORS` is not 0.
-pub fn pins_executors(executors: usize) -> bool {
-    let cpus = kallista_engine::cpu_set::allowed_cpus().map_or(0, |c| c.len());
-    executors <= cpus && std::env::var("PIN_EXECUTORS").map_or(true, |v| v != "0")
+/// A CPU for each of `executors` executors: the first this process may use,
+/// when it may use that many and `PIN_EXECUTORS` is not 0.
+fn cpu_of_each(executors: usize) -> Option<Vec<usize>> {
+    let cpus = kallista_engine::cpu_set::allowed_cpus().ok()?;
+    let wanted = std::env::var("PIN_EXECUTORS").map_or(true, |v| v != "0");
+    (wanted && executors <= cpus.len()).then(|| cpus[..executors].to_vec())
 }
 
 impl Drop for ProcessCluster {

@@ -64,23 +64,13 @@ impl Drop for Turn<'_> {
 
 /// The cores the calling thread may run on (none if unknown).
 fn allowed_cores() -> Vec<usize> {
-    // SAFETY: a zeroed `cpu_set_t` is a valid empty set; the call writes at most its size.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
-        return vec![];
-    }
-    (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
+    crate::cpu_set::allowed_cpus().unwrap_or_default()
 }
 
 /// Lets the calling thread run on `cores` only; best effort (a refused
 /// call leaves it where it may run).
 fn pin_to(cores: &[usize]) {
-    // SAFETY: as in `allowed_cores`; `CPU_SET` is given indexes below `CPU_SETSIZE`.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for &c in cores.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
-        unsafe { libc::CPU_SET(c, &mut set) };
-    }
-    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    let _ = crate::cpu_set::set_affinity(cores);
 }
 
 impl CpuTurns {
