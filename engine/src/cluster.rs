@@ -19,6 +19,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::functions::{kallista_aggregates, kallista_functions};
+use crate::job_ids::CountingJobIds;
 use crate::session::kallista_config;
 use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_executor::executor_process::{start_executor_process, ExecutorProcessConfig};
@@ -165,7 +166,8 @@ pub async fn run_scheduler(opts: &SchedulerOptions) -> Result<()> {
     config.expire_dead_executor_interval_seconds = 2;
     let config = config
         .with_override_config_producer(Arc::new(kallista_config))
-        .with_override_session_builder(Arc::new(session_builder));
+        .with_override_session_builder(Arc::new(session_builder))
+        .with_job_id_generator(Arc::new(CountingJobIds::new()));
     let cluster =
         BallistaCluster::new_from_config(&config).await.map_err(|e| EngineError::Invalid(format!("scheduler: {e}")))?;
     start_server(cluster, addr, Arc::new(config)).await.map_err(|e| EngineError::Invalid(format!("scheduler: {e}")))

@@ -21,6 +21,8 @@ pub mod digest;
 pub mod embedded;
 pub mod error;
 pub mod functions;
+pub mod gap_filler;
+pub mod job_ids;
 pub mod parquet_check;
 pub mod ports;
 pub mod predict;

@@ -6,7 +6,8 @@
 //! fresh 20 MB mean for W1 and read both back. Every operation is
 //! elementwise, so the bits are those of the whole-vector passes.
 
-use super::exact::{mean_into, mean_of_runs, runs_within, sum_exact_runs};
+use super::exact::{mean_into, runs_within};
+use super::exact_mean::mean_of_parts;
 use super::row_sums::RowSums;
 use crate::error::{EngineError, Result};
 use kallista_ops::model::RangedUpdate;
@@ -19,12 +20,16 @@ use std::ops::Range;
 pub(crate) type Known = [Option<Vec<Range<usize>>>];
 
 /// What `known` says of weight `e` within `range` of it (relative to its
-/// start), for [`super::exact::sum_exact_runs`].
+/// start), for [`mean_of_parts`].
 fn known_within(known: &Known, e: usize, range: Range<usize>) -> Option<Vec<Range<usize>>> {
     known.get(e).and_then(|k| k.as_deref()).map(|k| runs_within(k, range))
 }
 
-/// Values per chunk: its i64 sum and f32 mean (192 KB) stay in L2.
+/// One chunk's work: (weight, offset in it, its values, its slots' values,
+/// that range of the flat sum).
+type Work<'w, 's> = (usize, usize, &'w mut [f32], Vec<&'w mut [f32]>, Option<&'s [i64]>);
+
+/// Values per chunk: its f32 mean (64 KB) stays in L2 with the chunk's weights and slots.
 pub(crate) const CHUNK: usize = 1 << 14;
 
 /// What the mean is made of, one entry per updated weight in order.
@@ -90,17 +95,15 @@ pub(crate) fn apply_mean_in_chunks(
     if !flat_rest.is_empty() {
         return Err(EngineError::Training("the summed gradients are longer than the weights".into()));
     }
-    let scratch = || (vec![0i64; chunk], vec![0f32; chunk]);
-    work.into_par_iter().try_for_each_init(scratch, |(sum, mean), (e, offset, values, mut slots, flat)| {
+    let scratch = || vec![0f32; chunk];
+    let apply_one = |mean: &mut Vec<f32>, (e, offset, values, mut slots, flat): Work<'_, '_>| -> Result<()> {
         let n = values.len();
         match (&sums, flat) {
             (Sums::Parts(vectors, known), None) => {
                 let range = offset..offset + n;
                 let parts_here: Vec<&[f32]> = vectors[e].iter().map(|v| &v[range.clone()]).collect();
                 // Untouched Embedding rows are neither rounded nor averaged: their mean is +0.0.
-                let known = known_within(known, e, range);
-                let runs = sum_exact_runs(&mut sum[..n], &parts_here, names[e], known)?;
-                mean_of_runs(&mut mean[..n], &sum[..n], &runs, parts);
+                mean_of_parts(&mut mean[..n], &parts_here, known_within(known, e, range), parts, names[e])?;
             }
             (Sums::Rows(rows), None) => rows[e].mean_within(&mut mean[..n], offset..offset + n, parts),
             // A flat sum gives every chunk its range.
@@ -108,5 +111,11 @@ pub(crate) fn apply_mean_in_chunks(
         }
         step.apply(values, &mean[..n], &mut slots)?;
         Ok(())
-    })
+    };
+    // One core: on the calling thread, which may be a gap filler (`crate::gap_filler`).
+    if rayon::current_num_threads() == 1 {
+        let mut mean = scratch();
+        return work.into_iter().try_for_each(|w| apply_one(&mut mean, w));
+    }
+    work.into_par_iter().try_for_each_init(scratch, apply_one)
 }

@@ -13,18 +13,18 @@ use crate::error::{EngineError, Result};
 use std::ops::Range;
 
 /// Fixed-point fraction bits.
-const FRACTION_BITS: i32 = 36;
+pub(crate) const FRACTION_BITS: i32 = 36;
 /// Largest magnitude accepted (32768), leaving headroom for summing 2^12 micro-batches.
 const LIMIT: f64 = (1u64 << (63 - FRACTION_BITS - 12)) as f64;
 /// The bits of `LIMIT` as an f32: a value's magnitude bits at or above them
 /// (NaN and infinities included) are out of range.
-const LIMIT_F32_BITS: u32 = 0x4700_0000;
+pub(crate) const LIMIT_F32_BITS: u32 = 0x4700_0000;
 
 /// 1.5 * 2^52: adding it to an f64 of magnitude below 2^51 rounds that value
 /// to the nearest integer (ties to even) and leaves the integer in the low
 /// bits of the result, so the rounding and the conversion to i64 are two
 /// vector instructions instead of a call to `round` per value.
-const MAGIC: f64 = 6_755_399_441_055_744.0;
+pub(crate) const MAGIC: f64 = 6_755_399_441_055_744.0;
 
 /// Rounds `values` of vector `name` to fixed point and adds them to `sum`.
 pub fn add_exact(sum: &mut [i64], values: &[f32], name: &str) -> Result<()> {
@@ -103,7 +103,7 @@ fn multiversion_round<const SET: bool>(sum: &mut [i64], values: &[f32]) -> (u32,
 /// only the runs `known` (from the rows an Embedding's gradient was written
 /// in, [`runs_within`]: every part is zero outside them, and zeros sum to
 /// zero without rounding), or the whole range when `None`; returns the runs.
-/// Outside them `sum` is left as it was (only [`mean_of_runs`] reads it).
+/// Outside them `sum` is left as it was.
 /// Within the runs, the values of [`set_exact`] and [`add_exact`] over the
 /// whole range.
 /// Dense gradients are not scanned for zero groups: the scan cost more than
@@ -150,17 +150,6 @@ pub fn runs_within(runs: &[Range<usize>], range: Range<usize>) -> Vec<Range<usiz
         .take_while(|r| r.start < range.end)
         .map(|r| r.start.max(range.start) - range.start..r.end.min(range.end) - range.start)
         .collect()
-}
-
-/// [`mean_into`] of `sum` where `runs` say it may be non-zero, +0.0 elsewhere.
-pub fn mean_of_runs(out: &mut [f32], sum: &[i64], runs: &[Range<usize>], count: u64) {
-    let mut done = 0;
-    for run in runs {
-        out[done..run.start].fill(0.0);
-        mean_into(&mut out[run.clone()], &sum[run.clone()], count);
-        done = run.end;
-    }
-    out[done..].fill(0.0);
 }
 
 /// Writes `sum / count` as f32 into `out` (one rounding, the same for every grouping of the sum).
@@ -298,7 +287,7 @@ mod tests {
         let mut whole_mean = vec![0f32; n];
         mean_into(&mut whole_mean, &whole, 3);
         let mut runs_mean = vec![f32::NAN; n];
-        mean_of_runs(&mut runs_mean, &runs_sum, &runs, 3);
+        crate::train::exact_mean::mean_of_parts(&mut runs_mean, &refs, Some(runs.clone()), 3, "w").unwrap();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&runs_mean), bits(&whole_mean));
         parts[0][64 * 3 + 1] = f32::NAN;

@@ -48,6 +48,7 @@ mod cpu_turns;
 pub mod driver;
 pub mod eval_udaf;
 pub mod exact;
+mod exact_mean;
 mod host_workers;
 pub mod job_dir;
 pub mod layout;

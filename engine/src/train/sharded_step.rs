@@ -19,9 +19,11 @@
 
 use super::chunked_step::{apply_mean_in_chunks, Known, Sums, CHUNK};
 use super::exact::{add_exact, mean_into, sum_exact_runs};
+use super::exact_mean::mean_of_parts;
 use super::row_sums::{all_gather_rows, RowSums};
 use crate::collective::ring::{bounds, Arrived, Inbox, Outbox, Place, Ring};
 use crate::error::{EngineError, Result};
+use crate::gap_filler::GapFiller;
 use kallista_ops::model::RangedUpdate;
 use kallista_ops::optim::RangedStep;
 use std::ops::Range;
@@ -111,6 +113,24 @@ impl Grads<'_> {
         one_each.then_some(pieces)
     }
 
+    /// Writes the mean over `parts` micro-batches of `own` (this process's
+    /// gradients of `range`, flat, as [`Grads::own`] gives them) and
+    /// `theirs` (a neighbour's own gradients of `range`) into `mean`.
+    fn mean_of_both(
+        &self,
+        range: Range<usize>,
+        own: &[&[f32]],
+        theirs: &[f32],
+        parts: u64,
+        mean: &mut [f32],
+    ) -> Result<()> {
+        let mut pieces = own.iter();
+        overlaps(&self.spans, range, |e, _, at| {
+            let mine = pieces.next().ok_or_else(|| EngineError::Training("a gradient piece is missing".into()))?;
+            mean_of_parts(&mut mean[at.clone()], &[mine, &theirs[at]], None, parts, self.names[e])
+        })
+    }
+
     /// Adds the chunk of `range` (flat) that arrived to `target`: sums as
     /// they are, a neighbour's own gradients rounded here.
     fn add_arrived(&self, arrived: &Arrived, range: Range<usize>, target: &mut [i64]) -> Result<()> {
@@ -182,14 +202,21 @@ pub(crate) fn sharded_step(
     // The weights updated whole (every row: the optimizer's slots decay
     // where no token was) are updated while the dense sums travel: that
     // exchange waits on the network and on the peers for much of its time.
+    // On a core of its own the update fills the ring's waits ([`GapFiller`]).
+    let filler = GapFiller::new();
     std::thread::scope(|s| {
         let rows = rows_update.map(|(totals, update)| {
-            s.spawn(move || apply_mean_in_chunks(Sums::Rows(&totals), names, parts, update, CHUNK))
+            let filler = filler.clone();
+            s.spawn(move || {
+                filler.enter();
+                apply_mean_in_chunks(Sums::Rows(&totals), names, parts, update, CHUNK)
+            })
         });
         let dense_sent = match dense.weights.is_empty() {
             true => Ok(0),
             false => sharded_dense(ring, step, dense, rule, parts, chunk),
         };
+        filler.raise();
         let rows_done = rows.map_or(Ok(()), |h| {
             h.join()
                 .unwrap_or_else(|_| Err(EngineError::Training("the update of the row-wise weights panicked".into())))
@@ -378,10 +405,16 @@ fn update_own(
     for start in range.clone().step_by(grads.chunk) {
         let end = (start + grads.chunk).min(range.end);
         let (sum, mean) = (&mut sum[..end - start], &mut mean[..end - start]);
-        grads.sum(start..end, sum)?;
         let chunk = inbox.sums(place.plus(start), end - start)?;
-        grads.add_arrived(&chunk, start..end, sum)?;
-        mean_into(mean, sum, parts);
+        match (grads.own(start..end), chunk.gradients()) {
+            // One gradient here and one from the neighbour (a ring of two): the mean in one pass.
+            (Some(own), Some(theirs)) => grads.mean_of_both(start..end, &own, theirs, parts, mean)?,
+            _ => {
+                grads.sum(start..end, sum)?;
+                grads.add_arrived(&chunk, start..end, sum)?;
+                mean_into(mean, sum, parts);
+            }
+        }
         overlaps(&spans, start..end, |j, inside, at| {
             let mut s: Vec<&mut [f32]> = slots.iter_mut().map(|k| &mut k[j].1[inside.clone()]).collect();
             Ok(rule.apply(&mut values[j].1[inside], &mean[at], &mut s)?)
