@@ -216,6 +216,11 @@ impl Rendezvous {
                     let reason = format!("{started} of {world} ranks started within {}s", start_timeout.as_secs());
                     self.shared.fail_as(&mut state, generation, reason, false, true);
                 }
+                // Running: a failure is reported by a rank, and seen a little later.
+                Status::Started(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
                 _ => {}
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -235,6 +240,21 @@ impl Drop for Rendezvous {
     }
 }
 
+/// How often an idle accept loop looks whether the rendezvous closed. A
+/// connection wakes it at once: it does not poll (a 10 ms poll woke the
+/// driver 100 times a second, preempting a training rank on a small host).
+const CLOSED_CHECK: Duration = Duration::from_millis(250);
+
+/// Waits until `listener` has a connection to accept, at most `limit`.
+fn wait_readable(listener: &TcpListener, limit: Duration) {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd for the duration of the call.
+    if unsafe { libc::poll(&mut fd, 1, limit.as_millis() as libc::c_int) } < 0 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     while !shared.closed.load(Ordering::Relaxed) {
         match listener.accept() {
@@ -244,7 +264,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     .name("kallista-rendezvous-conn".into())
                     .spawn(move || serve(stream, peer.to_string(), &shared));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait_readable(&listener, CLOSED_CHECK),
             Err(e) => {
                 log::warn!("rendezvous: accept failed: {e}");
                 std::thread::sleep(Duration::from_millis(100));
