@@ -240,9 +240,11 @@ impl Drop for Rendezvous {
     }
 }
 
-/// How often an idle accept loop looks whether the rendezvous closed. A
-/// connection wakes it at once: it does not poll (a 10 ms poll woke the
-/// driver 100 times a second, preempting a training rank on a small host).
+/// How often an idle accept loop looks whether the rendezvous closed (it
+/// stops that much after being dropped; it refuses every request from the
+/// moment it is). A connection wakes it at once: it waits on the socket,
+/// where a 10 ms sleep woke the driver 100 times a second and preempted a
+/// training rank on a small host.
 const CLOSED_CHECK: Duration = Duration::from_millis(250);
 
 /// Waits until `listener` has a connection to accept, at most `limit`.

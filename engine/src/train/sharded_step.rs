@@ -208,7 +208,7 @@ pub(crate) fn sharded_step(
         let rows = rows_update.map(|(totals, update)| {
             let filler = filler.clone();
             s.spawn(move || {
-                filler.enter();
+                let _filling = filler.enter();
                 apply_mean_in_chunks(Sums::Rows(&totals), names, parts, update, CHUNK)
             })
         });
@@ -405,12 +405,21 @@ fn update_own(
     for start in range.clone().step_by(grads.chunk) {
         let end = (start + grads.chunk).min(range.end);
         let (sum, mean) = (&mut sum[..end - start], &mut mean[..end - start]);
+        let own = grads.own(start..end);
+        if own.is_none() {
+            // Summed while the chunk may still be on its way.
+            grads.sum(start..end, sum)?;
+        }
         let chunk = inbox.sums(place.plus(start), end - start)?;
-        match (grads.own(start..end), chunk.gradients()) {
+        match (own, chunk.gradients()) {
             // One gradient here and one from the neighbour (a ring of two): the mean in one pass.
             (Some(own), Some(theirs)) => grads.mean_of_both(start..end, &own, theirs, parts, mean)?,
-            _ => {
+            (Some(_), None) => {
                 grads.sum(start..end, sum)?;
+                grads.add_arrived(&chunk, start..end, sum)?;
+                mean_into(mean, sum, parts);
+            }
+            (None, _) => {
                 grads.add_arrived(&chunk, start..end, sum)?;
                 mean_into(mean, sum, parts);
             }
