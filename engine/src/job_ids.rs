@@ -5,7 +5,9 @@
 //! 2-core host that thread preempted a training rank about 900 times a
 //! second (`perf sched`) for ids a scheduler asks for once per query. These
 //! ids are the scheduler's start time (ms) and a counter: unique within a
-//! scheduler, ordered, and distinct from a restarted scheduler's.
+//! scheduler and ordered; a restarted scheduler's differ as long as it
+//! started later than the first one's start plus one millisecond per 2^20
+//! jobs that one ran (Ballista's snowflake ids had a like limit).
 
 use ballista_scheduler::scheduler_server::JobIdGenerator;
 use std::sync::atomic::{AtomicU64, Ordering};
