@@ -277,7 +277,7 @@ fn sharded_dense(
     // Reduce-scatter: partial sums of segments go around; the last ring step
     // brings this leader the whole sum of its own segment (p + 1).
     let mut partials = [vec![], vec![]];
-    for t in 0..l - 1 {
+    for t in 0..l - 2 {
         let (send, recv) = ((p + l - t) % l, (p + l - t - 1) % l);
         let place = Place { step, phase: SUMS, t: t as u32, offset: 0, n };
         let (read, write) = partials.split_at_mut(1);
@@ -287,21 +287,56 @@ fn sharded_dense(
         };
         let sent_partial: &[i64] = sent_partial;
         let grads = &grads;
-        let own = (&mut value_segments[recv], slot_segments.iter_mut().map(|s| &mut s[recv]).collect());
-        let last = t == l - 2;
         sent += ring.exchange(
             |out| send_sums(out, place, bounds(n, l, send), (t > 0).then_some(sent_partial), grads),
-            |inbox| match last {
-                true => update_own(inbox, place, bounds(n, l, recv), grads, parts, &rule, own),
-                false => {
-                    next_partial.resize(bounds(n, l, recv).len(), 0);
-                    receive_partial(inbox, place, bounds(n, l, recv), grads, next_partial)
-                }
+            |inbox| {
+                next_partial.resize(bounds(n, l, recv).len(), 0);
+                receive_partial(inbox, place, bounds(n, l, recv), grads, next_partial)
             },
         )?;
     }
-    // All-gather: the updated weights of every segment go around.
-    sent += all_gather(ring, Place { step, phase: WEIGHTS, t: 0, offset: 0, n }, &mut value_segments, chunk)?;
+    // The last ring step: this leader updates its own segment a chunk at a
+    // time as the sums arrive, and each updated chunk goes on at once, as
+    // the all-gather's first ring step (whose segment, p, arrives after the
+    // sums), while the rest of the segment is being updated. A separate
+    // first step waited for every leader's whole update, then sent 1/l of
+    // the weights in lockstep (W1, two processes: 2.3-2.5 ms a step).
+    let t = l - 2;
+    let (send, own, gathered) = ((p + 2) % l, (p + 1) % l, p);
+    let place = Place { step, phase: SUMS, t: t as u32, offset: 0, n };
+    let weights_place = Place { step, phase: WEIGHTS, t: 0, offset: 0, n };
+    let sent_partial: Option<&[i64]> = (t > 0).then_some(&partials[t % 2]);
+    let mine = std::mem::take(&mut value_segments[own]);
+    let my_slots: Vec<Pieces<'_>> = slot_segments.iter_mut().map(|s| std::mem::take(&mut s[own])).collect();
+    let (updated, to_send) = std::sync::mpsc::channel::<(Place, Vec<&[f32]>)>();
+    let into = &mut value_segments[gathered];
+    let grads = &grads;
+    sent += ring.exchange(
+        |out| {
+            send_sums(out, place, bounds(n, l, send), sent_partial, grads)?;
+            let mut chunks = 0;
+            for (at, values) in to_send {
+                out.floats(at, &values)?;
+                chunks += 1;
+            }
+            // An update that stopped early has its error; this side does not
+            // wait for acknowledgements of a segment the neighbour can never finish.
+            match chunks == bounds(n, l, own).len().div_ceil(chunk) {
+                true => Ok(()),
+                false => Err(EngineError::Collective("this leader's update of its segment stopped".into())),
+            }
+        },
+        |inbox| {
+            let own_range = bounds(n, l, own);
+            // A sender gone has failed the exchange already.
+            let done = |start, values| drop(updated.send((weights_place.plus(start), values)));
+            update_own(inbox, place, own_range, grads, parts, &rule, (mine, my_slots), done)?;
+            drop(updated);
+            receive_floats(inbox, weights_place, bounds(n, l, gathered), into, chunk)
+        },
+    )?;
+    // The all-gather's other ring steps.
+    sent += all_gather(ring, weights_place, &mut value_segments, chunk, 1)?;
     Ok(sent)
 }
 
@@ -334,7 +369,8 @@ pub(crate) fn gather_slots(
     for (k, of_slot) in by_index.into_iter().enumerate() {
         let n = of_slot.iter().map(|s| s.len()).sum();
         let mut segments = by_segment(of_slot, ring.size());
-        sent += all_gather(ring, Place { step, phase: SLOTS + k as u8, t: 0, offset: 0, n }, &mut segments, chunk)?;
+        let place = Place { step, phase: SLOTS + k as u8, t: 0, offset: 0, n };
+        sent += all_gather(ring, place, &mut segments, chunk, 0)?;
     }
     Ok(sent)
 }
@@ -389,18 +425,44 @@ fn receive_partial(
     Ok(())
 }
 
+/// Takes the front of `pieces` (flat offset, values; in flat order) up to
+/// flat offset `end`, cutting the piece that crosses it: one chunk's pieces.
+fn take_chunk<'a>(pieces: &mut std::collections::VecDeque<(usize, &'a mut [f32])>, end: usize) -> Pieces<'a> {
+    let mut out = vec![];
+    while let Some((start, values)) = pieces.pop_front() {
+        if start >= end {
+            pieces.push_front((start, values));
+            break;
+        }
+        if start + values.len() <= end {
+            out.push((start, values));
+            continue;
+        }
+        let (head, tail) = values.split_at_mut(end - start);
+        out.push((start, head));
+        pieces.push_front((end, tail));
+        break;
+    }
+    out
+}
+
 /// This leader's own segment: the other processes' sums arrive, its own are
-/// added, and the mean updates that segment of the weights and slots.
-fn update_own(
+/// added, and the mean updates that segment of the weights and slots, a
+/// chunk at a time; each chunk's updated values go to `done` (its flat
+/// start and its pieces).
+#[allow(clippy::too_many_arguments)]
+fn update_own<'a>(
     inbox: &mut Inbox,
     place: Place,
     range: Range<usize>,
     grads: &Grads,
     parts: u64,
     rule: &RangedStep,
-    (values, mut slots): (&mut Pieces<'_>, Vec<&mut Pieces<'_>>),
+    (values, slots): (Pieces<'a>, Vec<Pieces<'a>>),
+    mut done: impl FnMut(usize, Vec<&'a [f32]>),
 ) -> Result<()> {
-    let spans = spans_of(values);
+    let mut values: std::collections::VecDeque<_> = values.into();
+    let mut slots: Vec<std::collections::VecDeque<_>> = slots.into_iter().map(Into::into).collect();
     let (mut sum, mut mean) = (vec![0i64; grads.chunk], vec![0f32; grads.chunk]);
     for start in range.clone().step_by(grads.chunk) {
         let end = (start + grads.chunk).min(range.end);
@@ -424,21 +486,25 @@ fn update_own(
                 mean_into(mean, sum, parts);
             }
         }
-        overlaps(&spans, start..end, |j, inside, at| {
-            let mut s: Vec<&mut [f32]> = slots.iter_mut().map(|k| &mut k[j].1[inside.clone()]).collect();
-            Ok(rule.apply(&mut values[j].1[inside], &mean[at], &mut s)?)
-        })?;
+        let mut chunk_values = take_chunk(&mut values, end);
+        let mut chunk_slots: Vec<Pieces<'a>> = slots.iter_mut().map(|s| take_chunk(s, end)).collect();
+        for (j, (at, piece)) in chunk_values.iter_mut().enumerate() {
+            let mut s: Vec<&mut [f32]> = chunk_slots.iter_mut().map(|k| &mut *k[j].1).collect();
+            let mean = &mean[*at - start..*at - start + piece.len()];
+            rule.apply(piece, mean, &mut s)?;
+        }
+        done(start, chunk_values.into_iter().map(|(_, v)| &*v).collect());
     }
     Ok(())
 }
 
-/// The ring's all-gather of f32 segments: each
-/// leader starts with its own segment (p + 1) current and ends with all of
-/// them. Returns the bytes sent.
-fn all_gather(ring: &mut Ring, place: Place, segments: &mut [Pieces<'_>], chunk: usize) -> Result<u64> {
+/// The ring's all-gather of f32 segments from its ring step `first` on:
+/// each leader starts with its own segment (p + 1) current and ends with all
+/// of them. Returns the bytes sent.
+fn all_gather(ring: &mut Ring, place: Place, segments: &mut [Pieces<'_>], chunk: usize, first: usize) -> Result<u64> {
     let (l, p) = (ring.size(), ring.position());
     let mut sent = 0;
-    for t in 0..l - 1 {
+    for t in first..l - 1 {
         let (send, recv) = ((p + 1 + l - t) % l, (p + l - t) % l);
         let place = Place { t: t as u32, ..place };
         let (out_pieces, in_pieces) = two_mut(segments, send, recv);
