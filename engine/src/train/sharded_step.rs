@@ -3,7 +3,7 @@
 //! one segment of the flat gradient; that leader alone takes the mean and
 //! applies the optimizer to that segment of the weights and of their slots,
 //! then the ring's all-gather carries the updated weights (f32 bits), not
-//! the sums. Each process thus rounds, sums, averages and updates only its
+//! the sums, each chunk as soon as it is updated. Each process thus rounds, sums, averages and updates only its
 //! share, a chunk at a time while the chunk is in cache, and no 8-byte-per-
 //! value sum of the whole model is ever written. Every operation is
 //! elementwise, so the weights have the bits of the whole-vector step.
@@ -238,7 +238,7 @@ struct Subset<'w, 'g> {
 
 /// The step of the sharded weights `dense`: reduce-scatter of the sums,
 /// each leader's update of its segment by `rule`, all-gather of the
-/// updated values.
+/// updated values (its first ring step fused with the update).
 fn sharded_dense(
     ring: &mut Ring,
     step: u64,
@@ -274,8 +274,8 @@ fn sharded_dense(
         slot_segments.push(by_segment(of_slot, l));
     }
     let mut sent = 0;
-    // Reduce-scatter: partial sums of segments go around; the last ring step
-    // brings this leader the whole sum of its own segment (p + 1).
+    // Reduce-scatter, every ring step but the last (below): partial sums of
+    // segments go around.
     let mut partials = [vec![], vec![]];
     for t in 0..l - 2 {
         let (send, recv) = ((p + l - t) % l, (p + l - t - 1) % l);
@@ -499,8 +499,9 @@ fn update_own<'a>(
 }
 
 /// The ring's all-gather of f32 segments from its ring step `first` on:
-/// each leader starts with its own segment (p + 1) current and ends with all
-/// of them. Returns the bytes sent.
+/// before step `first` a leader holds segments p + 1, p, ..., p + 1 - first
+/// (its own, then what each step brought), and it ends with all of them.
+/// Returns the bytes sent.
 fn all_gather(ring: &mut Ring, place: Place, segments: &mut [Pieces<'_>], chunk: usize, first: usize) -> Result<u64> {
     let (l, p) = (ring.size(), ring.position());
     let mut sent = 0;

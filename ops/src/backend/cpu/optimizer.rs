@@ -1,5 +1,6 @@
 //! The CPU's optimizer updates: the per-variable rules (Keras 3 formulas),
-//! vectorised over chunks and spread over the rayon pool for large variables.
+//! vectorised over chunks and spread over the rayon pool (of more than one
+//! thread) for large variables.
 
 use crate::optim::OptimizerKind;
 use rayon::prelude::*;
