@@ -13,7 +13,7 @@
 //! `CAP_SYS_NICE` or a `RLIMIT_NICE` of 20: where the process cannot, a
 //! filler never lowers itself (it would crawl while its owner waits).
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 
 /// Where a filler stands; every change of its policy happens under the lock,
 /// so the owner never sets the policy of a thread that has ended.
@@ -26,15 +26,15 @@ enum State {
     Done,
 }
 
-/// See the module docs.
-#[derive(Clone)]
+/// See the module docs. The owner keeps it and lends it to the filler's
+/// (scoped) thread.
 pub struct GapFiller {
-    state: Arc<Mutex<State>>,
+    state: Mutex<State>,
 }
 
 impl Default for GapFiller {
     fn default() -> Self {
-        GapFiller { state: Arc::new(Mutex::new(State::NotEntered)) }
+        GapFiller { state: Mutex::new(State::NotEntered) }
     }
 }
 

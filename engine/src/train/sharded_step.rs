@@ -206,7 +206,7 @@ pub(crate) fn sharded_step(
     let filler = GapFiller::new();
     std::thread::scope(|s| {
         let rows = rows_update.map(|(totals, update)| {
-            let filler = filler.clone();
+            let filler = &filler;
             s.spawn(move || {
                 let _filling = filler.enter();
                 apply_mean_in_chunks(Sums::Rows(&totals), names, parts, update, CHUNK)

@@ -132,6 +132,15 @@ impl std::fmt::Display for Device {
     }
 }
 
+/// Whether `len` values are worth cutting into chunks of `chunk` over the
+/// rayon pool: two chunks at least, and a pool of two threads. A pool of
+/// one would run the chunks anyway, but on its own thread, each call a
+/// hand-off from the caller and back (a one-core `sync` rank: two wake-ups
+/// for each chunk of its ring's update).
+pub(crate) fn spread(len: usize, chunk: usize) -> bool {
+    len >= 2 * chunk && rayon::current_num_threads() > 1
+}
+
 /// Checks that `a · b` fits `c` and that every view lies inside its buffer;
 /// every backend's `matmul` starts here.
 pub(crate) fn check_matmul(a: &MatRef<'_>, b: &MatRef<'_>, c: &MatMut<'_>) -> Result<()> {

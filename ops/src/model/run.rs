@@ -98,8 +98,7 @@ pub struct WeightGrads {
 fn add_into<B: std::ops::DerefMut<Target = [f32]> + Clone>(dst: &mut [Option<B>], src: &[Option<B>]) {
     for (a, b) in dst.iter_mut().zip(src) {
         match (a, b) {
-            // On a pool of one the chunks would only move to its thread and back.
-            (Some(a), Some(b)) if rayon::current_num_threads() == 1 => {
+            (Some(a), Some(b)) if !crate::backend::spread(a.len(), 1 << 15) => {
                 a.iter_mut().zip(b.iter()).for_each(|(x, y)| *x += y);
             }
             (Some(a), Some(b)) => a.par_chunks_mut(1 << 15).zip(b.par_chunks(1 << 15)).for_each(|(a, b)| {

@@ -2,18 +2,11 @@
 //! vectorised over chunks and spread over the rayon pool (of more than one
 //! thread) for large variables.
 
+use crate::backend::spread;
 use crate::optim::OptimizerKind;
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 15;
-
-/// Whether an update of `len` values is cut over the pool: it must have two
-/// chunks and the pool two threads. A pool of one would run the chunks
-/// anyway, but on its own thread, each call a hand-off from the caller
-/// and back (a `sync` rank's chunks of the ring, a wake-up each).
-fn spread(len: usize) -> bool {
-    len >= 2 * CHUNK && rayon::current_num_threads() > 1
-}
 
 /// Applies one step of `kind` to `w` with gradient `g`, learning rate `lr` and
 /// 1-based step number `step`, updating `slots` in place.
@@ -72,7 +65,7 @@ fn adam(lr: f32, step: u64, b1: f32, b2: f32, eps: f32, wd: f32, w: &mut [f32], 
     };
     type Chunks<'a> = (((&'a mut [f32], &'a [f32]), &'a mut [f32]), &'a mut [f32]);
     let body = |(((w, g), m), v): Chunks<'_>| adam_chunk(w, g, m, v, k);
-    if !spread(w.len()) {
+    if !spread(w.len(), CHUNK) {
         body((((w, g), &mut m[..]), &mut v[..]));
     } else {
         w.par_chunks_mut(CHUNK)
@@ -84,7 +77,7 @@ fn adam(lr: f32, step: u64, b1: f32, b2: f32, eps: f32, wd: f32, w: &mut [f32], 
 }
 
 fn par2(w: &mut [f32], g: &[f32], f: impl Fn(&mut [f32], &[f32]) + Sync) {
-    if !spread(w.len()) {
+    if !spread(w.len(), CHUNK) {
         f(w, g)
     } else {
         w.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(w, g)| f(w, g));
@@ -92,7 +85,7 @@ fn par2(w: &mut [f32], g: &[f32], f: impl Fn(&mut [f32], &[f32]) + Sync) {
 }
 
 fn par3(w: &mut [f32], g: &[f32], s: &mut [f32], f: impl Fn(&mut [f32], &[f32], &mut [f32]) + Sync) {
-    if !spread(w.len()) {
+    if !spread(w.len(), CHUNK) {
         f(w, g, s)
     } else {
         w.par_chunks_mut(CHUNK)
