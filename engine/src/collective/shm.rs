@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 /// (W1's all-reduce: 17.6-18.5 ms per step with 16, 18.8-20.2 with 4). A
 /// `/dev/shm` too small for them (a container's 64 MiB) makes the link TCP.
 pub const SLOTS: usize = 16;
-/// Bytes of a slot: a frame of the ring's chunks (64 Ki i64 values) and more.
+/// Bytes of a slot: a frame of the ring's chunks (up to 128 Ki i64 values).
 pub const SLOT_BYTES: usize = 1 << 20;
 /// Where the files are made.
 const DIR: &str = "/dev/shm";
