@@ -3,9 +3,10 @@
 //! one segment of the flat gradient; that leader alone takes the mean and
 //! applies the optimizer to that segment of the weights and of their slots,
 //! then the ring's all-gather carries the updated weights (f32 bits), not
-//! the sums, each chunk as soon as it is updated. Each process thus rounds, sums, averages and updates only its
-//! share, a chunk at a time while the chunk is in cache, and no 8-byte-per-
-//! value sum of the whole model is ever written. Every operation is
+//! the sums, each chunk as soon as it is updated. Each process thus rounds,
+//! sums, averages and updates only its share, a chunk at a time while the
+//! chunk is in cache, and no 8-byte-per-value sum of the whole model is
+//! ever written. Every operation is
 //! elementwise, so the weights have the bits of the whole-vector step.
 //!
 //! Weights whose rows are known (an Embedding's) are not sharded: their
@@ -29,11 +30,11 @@ use kallista_ops::optim::RangedStep;
 use std::ops::Range;
 
 /// Values per frame: half the doorbells of 64 Ki, each a system call and a
-/// wake-up on both sides (on W1's two processes `send` and `recv` took
-/// about 2.3 ms of a rank's step in the kernel, `perf`). Its i64 sums (rings of three or
-/// more) fill one 1 MB shared slot. W1, two pinned executors, 12 runs of
-/// each interleaved: the all-reduce 11.4 ms a step against 12.7 with 64 Ki,
-/// lower in 10 of the 12 pairs.
+/// wake-up on both sides (`perf`: on W1's two processes `send` and `recv`
+/// took about 2.3 ms of a rank's step in the kernel). Its i64 sums (rings
+/// of three or more) fill one 1 MB shared slot. W1, two pinned executors,
+/// 12 runs of each interleaved: the all-reduce 11.4 ms a step against 12.7
+/// with 64 Ki, lower in 10 of the 12 pairs.
 pub(crate) const WIRE_CHUNK: usize = 1 << 17;
 /// Phases of the collective, in chunk headers.
 const SUMS: u8 = 0;
@@ -304,6 +305,7 @@ fn sharded_dense(
     // sums), while the rest of the segment is being updated. A separate
     // first step waited for every leader's whole update, then sent 1/l of
     // the weights in lockstep (W1, two processes: 2.3-2.5 ms a step).
+    // A ring has two leaders at least (`ring::connect`).
     let t = l - 2;
     let (send, own, gathered) = ((p + 2) % l, (p + 1) % l, p);
     let place = Place { step, phase: SUMS, t: t as u32, offset: 0, n };

@@ -95,13 +95,16 @@ pub struct WeightGrads {
     pub rows: Vec<Option<TouchedRows>>,
 }
 
+/// Values per chunk of a gradient sum spread over the rayon pool.
+const ADD_CHUNK: usize = 1 << 15;
+
 fn add_into<B: std::ops::DerefMut<Target = [f32]> + Clone>(dst: &mut [Option<B>], src: &[Option<B>]) {
     for (a, b) in dst.iter_mut().zip(src) {
         match (a, b) {
-            (Some(a), Some(b)) if !crate::backend::spread(a.len(), 1 << 15) => {
+            (Some(a), Some(b)) if !crate::backend::spread(a.len(), ADD_CHUNK) => {
                 a.iter_mut().zip(b.iter()).for_each(|(x, y)| *x += y);
             }
-            (Some(a), Some(b)) => a.par_chunks_mut(1 << 15).zip(b.par_chunks(1 << 15)).for_each(|(a, b)| {
+            (Some(a), Some(b)) => a.par_chunks_mut(ADD_CHUNK).zip(b.par_chunks(ADD_CHUNK)).for_each(|(a, b)| {
                 a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
             }),
             (a @ None, Some(b)) => *a = Some(b.clone()),
